@@ -1,0 +1,71 @@
+package lychee
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func TestWrapError(t *testing.T) {
+	st, err := status.New(codes.InvalidArgument, "bad request").WithDetails(&errdetails.BadRequest{
+		FieldViolations: []*errdetails.BadRequest_FieldViolation{
+			{Field: "documents[1].parts[0].text", Description: "empty text part"},
+			{Field: "documents[0].parts[0].image", Description: "not an image", Reason: "UNDECODABLE_IMAGE"},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapped := fmt.Errorf("outer: %w", wrapError(st.Err()))
+	var inv *InvalidArgumentError
+	if !errors.As(wrapped, &inv) {
+		t.Fatalf("errors.As failed on %v", wrapped)
+	}
+	if got := inv.Fields(); !slices.Equal(got, []string{"documents[1].parts[0].text", "documents[0].parts[0].image"}) {
+		t.Errorf("fields %v", got)
+	}
+	if v, ok := inv.Violation("documents[0].parts[0].image"); !ok || v.Reason != "UNDECODABLE_IMAGE" {
+		t.Errorf("violation %+v %v", v, ok)
+	}
+	if status.Code(wrapped) != codes.InvalidArgument {
+		t.Errorf("status.Code = %v", status.Code(wrapped))
+	}
+	other := status.Error(codes.Unavailable, "loading")
+	if wrapError(other) != other {
+		t.Errorf("non-INVALID_ARGUMENT error changed")
+	}
+	if wrapError(nil) != nil {
+		t.Errorf("nil changed")
+	}
+}
+
+func TestServiceConfigAccepted(t *testing.T) {
+	for _, opts := range [][]Option{
+		nil,
+		{WithoutRetry()},
+		{WithRetry(9, 50*time.Millisecond, time.Second), WithHealthCheck("")},
+		{WithTLS(nil), WithMaxRecvMsgSize(1 << 20)},
+	} {
+		c, err := New("dns:///lychee.example.svc.cluster.local:50051", opts...)
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		c.Close()
+	}
+	if _, err := New("localhost:1", WithRetry(3, time.Second, time.Millisecond)); err == nil {
+		t.Errorf("bad backoff accepted")
+	}
+	cfg := config{maxAttempts: 4, initialBackoff: 100 * time.Millisecond, maxBackoff: 2 * time.Second}
+	sc, _ := serviceConfig(&cfg)
+	want := `{"loadBalancingConfig":[{"round_robin":{}}],"methodConfig":[{"name":[{"service":"lychee.v1.RerankService"}],` +
+		`"retryPolicy":{"maxAttempts":4,"initialBackoff":"0.100000000s","maxBackoff":"2.000000000s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]}`
+	if sc != want {
+		t.Errorf("service config\n got %s\nwant %s", sc, want)
+	}
+}

@@ -1,0 +1,284 @@
+"""Request -> model inputs: validation, image decoding, tokenization, positions, prefix split.
+
+Every document of a request shares the prompt up to its query; those tokens are computed once.
+The split is verified per document against the whole-prompt tokenization (BPE may merge across
+the boundary), and a document whose tokens differ there is run on its full prompt instead, so
+scores always equal the plain single-pair computation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from . import template
+from .errors import FieldViolation, InvalidInput
+from .images import ImageLimits, ImageRejected, content_key, decode_image
+from .positions import mrope_positions
+from .types import Document, ImagePart, Part, Query, TextPart
+
+
+@dataclass(frozen=True)
+class TextLimits:
+    max_query_tokens: int = 1024
+    max_tokens_per_document: int = 2048
+    max_instruction_tokens: int = 256
+
+
+@dataclass
+class EncodedImage:
+    """One image ready for the vision tower. `pixel_values` is None when the vision cache
+    held its output at preparation time; `pixels()` recomputes them if it was evicted since."""
+
+    key: bytes
+    grid_thw: tuple[int, int, int]
+    tokens: int
+    pixel_values: torch.Tensor | None
+    pixels: Callable[[], torch.Tensor]
+
+
+@dataclass
+class Segment:
+    """Tokens the model computes for one sequence, with their positions and images."""
+
+    ids: torch.Tensor  # [n] long
+    positions: torch.Tensor  # [3, n] long
+    images: list[EncodedImage]
+
+    def __len__(self) -> int:
+        return int(self.ids.numel())
+
+
+@dataclass
+class PreparedQuery:
+    instruction: str
+    prefix: Segment  # the shared tokens, computed once per request
+    prefix_ids: list[int]
+    rendered_query: str
+    images: list[EncodedImage]
+    prepare_ms: float = 0.0
+
+
+@dataclass
+class PreparedDocument:
+    index: int
+    id: str
+    segment: Segment  # after the shared prefix, or the whole prompt when uses_prefix is False
+    uses_prefix: bool
+    prompt_tokens: int
+    images: int
+    cached_images: int
+    document: Document = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+class _GridCache:
+    """Content key -> grid for images already seen, so a cached image skips decoding."""
+
+    def __init__(self, capacity: int = 65536):
+        self._items: OrderedDict[bytes, tuple[int, int, int]] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> tuple[int, int, int] | None:
+        with self._lock:
+            grid = self._items.get(key)
+            if grid is not None:
+                self._items.move_to_end(key)
+            return grid
+
+    def put(self, key: bytes, grid: tuple[int, int, int]) -> None:
+        with self._lock:
+            self._items[key] = grid
+            self._items.move_to_end(key)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+
+class Preprocessor:
+    """Owns the tokenizer and image processor; safe to call from several threads."""
+
+    def __init__(
+        self,
+        processor,
+        image_token_id: int,
+        merge_size: int,
+        text_limits: TextLimits,
+        image_limits: ImageLimits,
+        min_image_pixels: int,
+        max_image_pixels: int,
+        vision_cached: Callable[[bytes], bool] = lambda key: False,
+    ):
+        self.tokenizer = processor.tokenizer
+        self.image_processor = processor.image_processor
+        self.image_token_id = image_token_id
+        self.merge_size = merge_size
+        self.text_limits = text_limits
+        self.image_limits = image_limits
+        self.min_image_pixels = min_image_pixels
+        self.max_image_pixels = max_image_pixels
+        self._vision_cached = vision_cached
+        self._grids = _GridCache()
+        self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
+
+    # ---- images -------------------------------------------------------------------------
+    def _pixels(self, data: bytes) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        image = decode_image(data, self.image_limits)
+        out = self.image_processor(
+            images=[image],
+            min_pixels=self.min_image_pixels,
+            max_pixels=self.max_image_pixels,
+            return_tensors="pt",
+        )
+        t, h, w = (int(x) for x in out["image_grid_thw"][0])
+        return out["pixel_values"], (t, h, w)
+
+    def encode_image(self, data: bytes) -> tuple[EncodedImage, bool]:
+        """Returns the image and whether its vision output was cached."""
+        key = content_key(data) + self._bounds_tag
+        grid = self._grids.get(key)
+        cached = grid is not None and self._vision_cached(key)
+        pixel_values = None
+        if not cached:
+            pixel_values, grid = self._pixels(data)
+            self._grids.put(key, grid)
+        assert grid is not None
+        t, h, w = grid
+        return (
+            EncodedImage(
+                key=key,
+                grid_thw=grid,
+                tokens=t * h * w // self.merge_size**2,
+                pixel_values=pixel_values,
+                pixels=lambda: self._pixels(data)[0],
+            ),
+            cached,
+        )
+
+    def _encode_parts(
+        self, parts: Sequence[Part], path: str, violations: list[FieldViolation]
+    ) -> tuple[list[EncodedImage], int]:
+        images: list[EncodedImage] = []
+        cached = 0
+        if not parts:
+            violations.append(FieldViolation(f"{path}.parts", "must have at least one part"))
+        for i, part in enumerate(parts):
+            if isinstance(part, TextPart):
+                if not part.text.strip():
+                    violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
+            elif isinstance(part, ImagePart):
+                try:
+                    image, hit = self.encode_image(part.data)
+                except ImageRejected as exc:
+                    violations.append(FieldViolation(f"{path}.parts[{i}].image", str(exc)))
+                    continue
+                images.append(image)
+                cached += hit
+            else:
+                violations.append(FieldViolation(f"{path}.parts[{i}]", "part has neither text nor image"))
+        return images, cached
+
+    # ---- query --------------------------------------------------------------------------
+    def prepare_query(self, query: Query, instruction: str) -> PreparedQuery:
+        start = time.perf_counter()
+        violations: list[FieldViolation] = []
+        images, _ = self._encode_parts(query.parts, "query", violations)
+        if instruction and len(self.tokenizer.encode(instruction, add_special_tokens=False)) > (
+            self.text_limits.max_instruction_tokens
+        ):
+            violations.append(
+                FieldViolation(
+                    "instruction", f"over {self.text_limits.max_instruction_tokens} tokens"
+                )
+            )
+        if violations:
+            raise InvalidInput(violations)
+        rendered = template.render_parts(query.parts, [im.tokens for im in images])
+        prefix_ids = self._tokenize([template.prefix_text(instruction, rendered)])[0]
+        query_tokens = len(prefix_ids) - self._prefix_overhead(instruction)
+        if query_tokens > self.text_limits.max_query_tokens:
+            raise InvalidInput(
+                [FieldViolation("query", f"query is {query_tokens} tokens, over the limit of "
+                                f"{self.text_limits.max_query_tokens}")]
+            )
+        # The last token may merge with the document's first characters; leave it to the document.
+        shared = len(prefix_ids) - 1
+        ids = torch.tensor(prefix_ids[:shared], dtype=torch.long)
+        positions = mrope_positions(
+            torch.tensor(prefix_ids), self.image_token_id, [im.grid_thw for im in images], self.merge_size
+        )[:, :shared]
+        return PreparedQuery(
+            instruction=instruction,
+            prefix=Segment(ids=ids, positions=positions, images=list(images)),
+            prefix_ids=prefix_ids[:shared],
+            rendered_query=rendered,
+            images=images,
+            prepare_ms=(time.perf_counter() - start) * 1e3,
+        )
+
+    def _prefix_overhead(self, instruction: str) -> int:
+        return len(self._tokenize([template.prefix_text(instruction, "")])[0])
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    # ---- documents ----------------------------------------------------------------------
+    def prepare_documents(
+        self, query: PreparedQuery, documents: Sequence[tuple[int, Document]]
+    ) -> list[PreparedDocument]:
+        """Validates and encodes documents; raises InvalidInput naming every bad field."""
+        violations: list[FieldViolation] = []
+        encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
+        for index, doc in documents:
+            images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations)
+            encoded.append((index, doc, images, cached))
+        if violations:
+            raise InvalidInput(violations)
+        prefix_text = template.prefix_text(query.instruction, query.rendered_query)
+        texts = [
+            prefix_text + template.suffix_text(template.render_parts(doc.parts, [im.tokens for im in images]))
+            for _, doc, images, _ in encoded
+        ]
+        all_ids = self._tokenize(texts)
+        shared = len(query.prefix_ids)
+        out: list[PreparedDocument] = []
+        for (index, doc, images, cached), ids in zip(encoded, all_ids):
+            doc_tokens = len(ids) - shared
+            if doc_tokens > self.text_limits.max_tokens_per_document:
+                violations.append(
+                    FieldViolation(
+                        f"documents[{index}]",
+                        f"document is {doc_tokens} tokens, over the limit of "
+                        f"{self.text_limits.max_tokens_per_document}",
+                    )
+                )
+                continue
+            all_images = query.images + images
+            ids_t = torch.tensor(ids, dtype=torch.long)
+            positions = mrope_positions(
+                ids_t, self.image_token_id, [im.grid_thw for im in all_images], self.merge_size
+            )
+            uses_prefix = ids[:shared] == query.prefix_ids
+            if uses_prefix:
+                segment = Segment(ids=ids_t[shared:], positions=positions[:, shared:], images=images)
+            else:
+                segment = Segment(ids=ids_t, positions=positions, images=all_images)
+            out.append(
+                PreparedDocument(
+                    index=index,
+                    id=doc.id,
+                    segment=segment,
+                    uses_prefix=uses_prefix,
+                    prompt_tokens=len(ids),
+                    images=len(images),
+                    cached_images=cached,
+                    document=doc,
+                )
+            )
+        if violations:
+            raise InvalidInput(violations)
+        return out

@@ -1,0 +1,61 @@
+"""Domain objects shared by the engine and the transport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    data: bytes
+
+
+Part = TextPart | ImagePart
+
+
+@dataclass(frozen=True)
+class Query:
+    parts: tuple[Part, ...]
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    parts: tuple[Part, ...]
+
+
+@dataclass(frozen=True)
+class Score:
+    """One document's result. `index` is its position in the request (or stream)."""
+
+    index: int
+    id: str
+    score: float
+    logit: float
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    computed_tokens: int = 0
+    images: int = 0
+    cached_images: int = 0
+
+
+@dataclass
+class Timings:
+    preprocess_ms: float = 0.0
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass
+class RequestStats:
+    usage: Usage = field(default_factory=Usage)
+    timings: Timings = field(default_factory=Timings)
