@@ -1,0 +1,213 @@
+"""Python clients (sync and asyncio) for lychee.v1.RerankService.
+
+    from lychee_grpc.client import LycheeClient, text, image
+    with LycheeClient("localhost:50051") as client:
+        response = client.rerank("retro denim jacket", ["vintage wash jeans coat", "green tea"])
+        for r in response.results:
+            print(r.index, r.score)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import grpc
+
+from .proto import lychee_pb2 as pb
+from .proto import lychee_pb2_grpc as pb_grpc
+
+PartLike = str | bytes | pb.Part
+QueryLike = str | pb.Query | Sequence[PartLike]
+DocumentLike = str | pb.Document | Sequence[PartLike]
+
+_RETRY_UNAVAILABLE = (
+    '{"methodConfig": [{"name": [{"service": "lychee.v1.RerankService"}], "retryPolicy": {'
+    '"maxAttempts": 4, "initialBackoff": "0.2s", "maxBackoff": "2s", "backoffMultiplier": 2,'
+    '"retryableStatusCodes": ["UNAVAILABLE"]}}]}'
+)
+
+
+def text(value: str) -> pb.Part:
+    return pb.Part(text=value)
+
+
+def image(data: bytes | str | Path) -> pb.Part:
+    """An image part from encoded bytes or a file path."""
+    if isinstance(data, (str, Path)):
+        data = Path(data).read_bytes()
+    return pb.Part(image=data)
+
+
+def _part(value: PartLike) -> pb.Part:
+    if isinstance(value, pb.Part):
+        return value
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, (bytes, bytearray)):
+        return image(bytes(value))
+    raise TypeError(f"a part is text (str), image (bytes) or lychee.v1.Part, not {type(value).__name__}")
+
+
+def make_query(query: QueryLike) -> pb.Query:
+    if isinstance(query, pb.Query):
+        return query
+    if isinstance(query, str):
+        return pb.Query(parts=[text(query)])
+    return pb.Query(parts=[_part(p) for p in query])
+
+
+def make_document(doc: DocumentLike, id: str = "") -> pb.Document:
+    if isinstance(doc, pb.Document):
+        return doc
+    if isinstance(doc, str):
+        return pb.Document(id=id, parts=[text(doc)])
+    return pb.Document(id=id, parts=[_part(p) for p in doc])
+
+
+def make_request(
+    query: QueryLike,
+    documents: Iterable[DocumentLike],
+    instruction: str = "",
+    top_n: int = 0,
+    return_documents: bool = False,
+) -> pb.RerankRequest:
+    return pb.RerankRequest(
+        query=make_query(query),
+        documents=[make_document(d, str(i)) for i, d in enumerate(documents)],
+        instruction=instruction,
+        top_n=top_n,
+        return_documents=return_documents,
+    )
+
+
+def _options(max_message_bytes: int) -> list[tuple[str, object]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.service_config", _RETRY_UNAVAILABLE),
+        ("grpc.enable_retries", 1),
+    ]
+
+
+def _stream_requests(
+    query: QueryLike, chunks: Iterable[Iterable[DocumentLike]], instruction: str, top_n: int
+) -> Iterator[pb.RerankStreamRequest]:
+    yield pb.RerankStreamRequest(
+        options=pb.StreamOptions(query=make_query(query), instruction=instruction, top_n=top_n)
+    )
+    for chunk in chunks:
+        yield pb.RerankStreamRequest(documents=[make_document(d) for d in chunk])
+
+
+class LycheeClient:
+    """Blocking client. `timeout` is the default per-call deadline in seconds."""
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_message_bytes: int = 256 * 1024 * 1024,
+    ):
+        options = _options(max_message_bytes)
+        self.channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials
+            else grpc.insecure_channel(target, options=options)
+        )
+        self.stub = pb_grpc.RerankServiceStub(self.channel)
+        self.timeout = timeout
+
+    def rerank(
+        self,
+        query: QueryLike,
+        documents: Iterable[DocumentLike],
+        instruction: str = "",
+        top_n: int = 0,
+        return_documents: bool = False,
+        timeout: float | None = None,
+    ) -> pb.RerankResponse:
+        request = make_request(query, documents, instruction, top_n, return_documents)
+        return self.stub.Rerank(request, timeout=timeout or self.timeout)
+
+    def rerank_stream(
+        self,
+        query: QueryLike,
+        chunks: Iterable[Iterable[DocumentLike]],
+        instruction: str = "",
+        top_n: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[pb.RerankStreamResponse]:
+        """Sends documents in chunks; yields a `scored` event per document, then `ranking`."""
+        return self.stub.RerankStream(
+            _stream_requests(query, chunks, instruction, top_n), timeout=timeout or self.timeout
+        )
+
+    def model_info(self, timeout: float | None = None) -> pb.GetModelInfoResponse:
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout or self.timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> LycheeClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncLycheeClient:
+    """asyncio client; same methods as LycheeClient, awaitable."""
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_message_bytes: int = 256 * 1024 * 1024,
+    ):
+        options = _options(max_message_bytes)
+        self.channel = (
+            grpc.aio.secure_channel(target, credentials, options=options)
+            if credentials
+            else grpc.aio.insecure_channel(target, options=options)
+        )
+        self.stub = pb_grpc.RerankServiceStub(self.channel)
+        self.timeout = timeout
+
+    async def rerank(
+        self,
+        query: QueryLike,
+        documents: Iterable[DocumentLike],
+        instruction: str = "",
+        top_n: int = 0,
+        return_documents: bool = False,
+        timeout: float | None = None,
+    ) -> pb.RerankResponse:
+        request = make_request(query, documents, instruction, top_n, return_documents)
+        return await self.stub.Rerank(request, timeout=timeout or self.timeout)
+
+    def rerank_stream(
+        self,
+        query: QueryLike,
+        chunks: Iterable[Iterable[DocumentLike]],
+        instruction: str = "",
+        top_n: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[pb.RerankStreamResponse]:
+        return self.stub.RerankStream(
+            _stream_requests(query, chunks, instruction, top_n), timeout=timeout or self.timeout
+        )
+
+    async def model_info(self, timeout: float | None = None) -> pb.GetModelInfoResponse:
+        return await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout or self.timeout)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncLycheeClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,48 @@
+"""Engine settings: model, limits, batching. The CLI fills these from flags and env vars."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .images import ImageLimits
+from .prepare import TextLimits
+from .template import DEFAULT_INSTRUCTION
+
+
+@dataclass(frozen=True)
+class BandThresholds:
+    strong: float = 0.75
+    medium: float = 0.55
+
+    def band(self, score: float) -> str:
+        if score >= self.strong:
+            return "strong"
+        if score >= self.medium:
+            return "medium"
+        return "weak"
+
+
+@dataclass
+class EngineConfig:
+    model: str
+    revision: str | None = None
+    device: str | None = None  # None: cuda when available, else cpu
+    dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
+    attention: str | None = None  # None: flash_attention_2 > sdpa > eager
+    default_instruction: str = DEFAULT_INSTRUCTION
+    bands: BandThresholds = field(default_factory=BandThresholds)
+    max_documents_per_request: int = 1000
+    text_limits: TextLimits = field(default_factory=TextLimits)
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    # Resize bounds before the vision tower; None keeps the checkpoint's own.
+    min_image_pixels: int | None = None
+    max_image_pixels: int | None = None
+    # Batching: documents from all requests meet in one queue.
+    max_batch_tokens: int | None = None  # None: 16384 on cuda, 4096 on cpu
+    max_batch_documents: int = 256
+    max_batch_images: int = 128
+    max_wait_ms: float = 2.0
+    max_queue_documents: int = 20000
+    vision_cache_bytes: int | None = None  # None: 2 GiB on cuda, 256 MiB on cpu
+    preprocess_threads: int = 4
+    warmup: bool = True

@@ -1,0 +1,217 @@
+"""The engine's face: open a job for a query, add documents, read scores as they come.
+
+Used by the transport (gRPC) and by anything else in-process; knows nothing of gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .config import BandThresholds, EngineConfig
+from .errors import FieldViolation, InvalidInput, NotReady
+from .executor import Executor
+from .loader import LoadedModel, load_model
+from .prepare import Preprocessor
+from .scheduler import DeadlineExpired, Job, Scheduler
+from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model: str
+    dtype: str
+    attention: str
+    devices: tuple[str, ...]
+    random_weights: bool
+    parameters: int
+    default_instruction: str
+    bands: BandThresholds
+    max_documents_per_request: int
+    max_tokens_per_document: int
+    max_query_tokens: int
+    max_instruction_tokens: int
+    max_image_bytes: int
+    max_image_pixels: int
+    min_image_model_pixels: int
+    max_image_model_pixels: int
+    image_cache_bytes: int
+    image_cache_capacity_bytes: int
+    image_cache_hits: int
+    image_cache_misses: int
+
+@dataclass
+class Ranking:
+    scores: list[Score]  # best first
+    stats: RequestStats
+
+def rank(scores: Sequence[Score], top_n: int = 0) -> list[Score]:
+    ordered = sorted(scores, key=lambda s: (-s.score, -s.logit, s.index))
+    return ordered[:top_n] if top_n > 0 else ordered
+
+class Engine:
+    def __init__(self, config: EngineConfig, loaded: LoadedModel):
+        self.config = config
+        self.loaded = loaded
+        cuda = loaded.device.type == "cuda"
+        image_processor = loaded.processor.image_processor
+        size = getattr(image_processor, "size", {}) or {}
+        self.min_image_pixels = config.min_image_pixels or size.get("shortest_edge") or 4 * 28 * 28
+        self.max_image_pixels = config.max_image_pixels or size.get("longest_edge") or 1280 * 28 * 28
+        self.executor = Executor(
+            loaded.model,
+            loaded.yes_id,
+            loaded.no_id,
+            config.vision_cache_bytes or ((2 << 30) if cuda else (256 << 20)),
+        )
+        self.preprocessor = Preprocessor(
+            loaded.processor,
+            image_token_id=loaded.model.config.image_token_id,
+            merge_size=loaded.model.config.vision_config.spatial_merge_size,
+            text_limits=config.text_limits,
+            image_limits=config.image_limits,
+            min_image_pixels=self.min_image_pixels,
+            max_image_pixels=self.max_image_pixels,
+            vision_cached=lambda key: key in self.executor.vision_cache,
+        )
+        self.scheduler: Scheduler | None = None
+        self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")
+        self.ready = False
+
+    @classmethod
+    def load(cls, config: EngineConfig) -> Engine:
+        return cls(config, load_model(config))
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        cuda = self.loaded.device.type == "cuda"
+        self.scheduler = Scheduler(
+            self.executor,
+            max_batch_tokens=self.config.max_batch_tokens or (16384 if cuda else 4096),
+            max_batch_documents=self.config.max_batch_documents,
+            max_batch_images=self.config.max_batch_images,
+            max_wait_ms=self.config.max_wait_ms,
+            max_queue_documents=self.config.max_queue_documents,
+        )
+        self.scheduler.start()
+        if self.config.warmup:
+            await self._warmup()
+        self.ready = True
+
+    async def _warmup(self) -> None:
+        buf = io.BytesIO()
+        Image.new("RGB", (56, 56), (200, 120, 40)).save(buf, "PNG")
+        started = time.perf_counter()
+        await self.rerank(
+            Query((TextPart("warm-up"),)),
+            [Document("t", (TextPart("text document"),)), Document("i", (ImagePart(buf.getvalue()), TextPart("x")))],
+        )
+        log.info("warm-up batch ran in %.0f ms", (time.perf_counter() - started) * 1e3)
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        self._cpu.shutdown(wait=False, cancel_futures=True)
+
+    # ---- requests -----------------------------------------------------------------------
+    async def open_job(self, query: Query, instruction: str = "", deadline: float | None = None) -> Job:
+        if self.scheduler is None:
+            raise NotReady("the model is still loading")
+        if not query.parts:
+            raise InvalidInput([FieldViolation("query.parts", "query must have at least one part")])
+        instruction = instruction or self.config.default_instruction
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self._cpu, self.preprocessor.prepare_query, query, instruction)
+        job = Job(query=prepared, deadline=deadline)
+        job.stats.timings.preprocess_ms += prepared.prepare_ms
+        job.stats.usage.images += len(prepared.images)
+        return job
+
+    async def add_documents(self, job: Job, documents: Sequence[Document]) -> None:
+        """Validates, prepares and queues documents; indices continue the job's count."""
+        assert self.scheduler is not None
+        limit = self.config.max_documents_per_request
+        if job.next_index + len(documents) > limit:
+            raise InvalidInput(
+                [FieldViolation("documents", f"{job.next_index + len(documents)} documents, over the limit of {limit}")]
+            )
+        first = job.next_index
+        indexed = [(first + k, doc) for k, doc in enumerate(documents)]
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self._cpu, self.preprocessor.prepare_documents, job.query, indexed)
+        job.stats.timings.preprocess_ms += (time.perf_counter() - started) * 1e3
+        job.next_index += len(documents)
+        usage = job.stats.usage
+        for doc in prepared:
+            usage.prompt_tokens += doc.prompt_tokens
+            usage.images += doc.images
+            usage.cached_images += doc.cached_images
+        if job.expired():
+            self.scheduler.documents_dropped += len(prepared)
+            raise DeadlineExpired("deadline expired before the documents were queued")
+        self.scheduler.submit(job, prepared)
+
+    async def rerank(
+        self,
+        query: Query,
+        documents: Sequence[Document],
+        instruction: str = "",
+        top_n: int = 0,
+        deadline: float | None = None,
+    ) -> Ranking:
+        started = time.perf_counter()
+        if not documents:
+            raise InvalidInput([FieldViolation("documents", "at least one document is required")])
+        job = await self.open_job(query, instruction, deadline)
+        try:
+            await self.add_documents(job, documents)
+            job.close()
+            scores = [s async for s in job.results()]
+        except BaseException:
+            job.cancel()
+            raise
+        job.stats.timings.total_ms = (time.perf_counter() - started) * 1e3
+        return Ranking(rank(scores, top_n), job.stats)
+
+    # ---- introspection ------------------------------------------------------------------
+    def info(self) -> ModelInfo:
+        c = self.config
+        cache = self.executor.vision_cache
+        dev = self.loaded.device
+        return ModelInfo(
+            model=c.model,
+            dtype=str(self.loaded.dtype).removeprefix("torch."),
+            attention=self.loaded.attention,
+            devices=(str(dev) if dev.type != "cuda" else f"{dev}:{_cuda_name(dev)}",),
+            random_weights=self.loaded.random_weights,
+            parameters=self.loaded.parameters,
+            default_instruction=c.default_instruction,
+            bands=c.bands,
+            max_documents_per_request=c.max_documents_per_request,
+            max_tokens_per_document=c.text_limits.max_tokens_per_document,
+            max_query_tokens=c.text_limits.max_query_tokens,
+            max_instruction_tokens=c.text_limits.max_instruction_tokens,
+            max_image_bytes=c.image_limits.max_bytes,
+            max_image_pixels=c.image_limits.max_pixels,
+            min_image_model_pixels=self.min_image_pixels,
+            max_image_model_pixels=self.max_image_pixels,
+            image_cache_bytes=cache.bytes,
+            image_cache_capacity_bytes=cache.capacity_bytes,
+            image_cache_hits=cache.hits,
+            image_cache_misses=cache.misses,
+        )
+
+def _cuda_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device)

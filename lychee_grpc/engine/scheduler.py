@@ -1,0 +1,313 @@
+"""One queue for the documents of every request; one worker that owns the GPU.
+
+Requests (jobs) put prepared documents into a shared queue. The worker takes them in arrival
+order into batches bounded by tokens, documents and images (waiting at most `max_wait_ms` for
+a batch to fill), drops the documents of cancelled or expired jobs before they reach the
+model, computes each new job's shared prefix once, scores the batch on a dedicated thread, and
+hands each score back to its job. A batch that runs out of GPU memory is split and retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import EngineError, LimitExceeded
+from .executor import Executor, PrefixKV
+from .prepare import PreparedDocument, PreparedQuery
+from .types import RequestStats, Score
+
+log = logging.getLogger(__name__)
+
+
+class DeadlineExpired(EngineError):
+    """The request's deadline passed before its documents were scored."""
+
+
+class Cancelled(EngineError):
+    """The request was cancelled by its caller."""
+
+
+@dataclass(eq=False)
+class Job:
+    """The documents of one RPC, their results, and the request's shared prefix."""
+
+    query: PreparedQuery
+    deadline: float | None  # time.monotonic() value
+    created: float = field(default_factory=time.perf_counter)
+    stats: RequestStats = field(default_factory=RequestStats)
+    prefix_kv: PrefixKV | None = None
+    cancelled: bool = False
+    closed: bool = False  # no more documents will be added
+    next_index: int = 0
+    outstanding: int = 0
+    error: Exception | None = None
+    _results: asyncio.Queue = field(default_factory=asyncio.Queue)
+    _batches_seen: set = field(default_factory=set)
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.deadline is not None and (now or time.monotonic()) >= self.deadline
+
+    def alive(self) -> bool:
+        return not self.cancelled and self.error is None and not self.expired()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.prefix_kv = None
+
+    def _deliver(self, score: Score) -> None:
+        self.outstanding -= 1
+        self._results.put_nowait(score)
+        self._maybe_release()
+
+    def _fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+            self._results.put_nowait(error)
+        self.prefix_kv = None
+
+    def close(self) -> None:
+        self.closed = True
+        self._results.put_nowait(None)
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        if self.closed and self.outstanding == 0:
+            self.prefix_kv = None  # the prefix is not needed once every document is scored
+
+    async def results(self):
+        """Scores as they are computed, until the job is closed and everything is scored."""
+        closed = False
+        while True:
+            # `outstanding` drops when a score is queued, so the queue must be drained too.
+            if closed and self.outstanding == 0 and self._results.empty():
+                return
+            item = await self._results.get()
+            if item is None:
+                closed = True
+                continue
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+
+@dataclass(eq=False)
+class _Item:
+    job: Job
+    doc: PreparedDocument
+    enqueued: float
+    tokens: int
+
+
+class Scheduler:
+    def __init__(
+        self,
+        executor: Executor,
+        max_batch_tokens: int,
+        max_batch_documents: int,
+        max_batch_images: int,
+        max_wait_ms: float,
+        max_queue_documents: int,
+    ):
+        self.executor = executor
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_documents = max_batch_documents
+        self.max_batch_images = max_batch_images
+        self.max_wait = max_wait_ms / 1e3
+        self.max_queue_documents = max_queue_documents
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lychee-gpu")
+        self._task: asyncio.Task | None = None
+        self._batch_id = 0
+        # Counters (read by tests and model info).
+        self.documents_scored = 0
+        self.documents_dropped = 0
+        self.batches = 0
+        self.oom_splits = 0
+        self.busy_seconds = 0.0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="lychee-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._gpu.shutdown(wait=True)
+
+    def submit(self, job: Job, docs: list[PreparedDocument]) -> None:
+        if len(self._queue) + len(docs) > self.max_queue_documents:
+            raise LimitExceeded(
+                f"queue is full ({len(self._queue)} documents waiting, limit {self.max_queue_documents}); retry later"
+            )
+        now = time.perf_counter()
+        job.outstanding += len(docs)
+        for doc in docs:
+            self._queue.append(_Item(job, doc, now, len(doc.segment)))
+        self._wakeup.set()
+
+    async def run_on_gpu(self, fn: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._gpu, fn, *args)
+
+    # ---- the worker ---------------------------------------------------------------------
+    async def _next_batch(self) -> list[_Item]:
+        batch: list[_Item] = []
+        budget = [0, 0]  # tokens, images
+        while not batch:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            deadline = time.perf_counter() + self.max_wait
+            while True:
+                if self._fill(batch, budget):
+                    return batch
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0 or not batch:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+        return batch
+
+    def _fill(self, batch: list[_Item], budget: list[int]) -> bool:
+        """Moves queued documents into `batch` while they fit; True when the batch is full."""
+        while self._queue:
+            if len(batch) >= self.max_batch_documents:
+                return True
+            item = self._queue[0]
+            item_images = len(item.doc.segment.images)
+            if batch and (
+                budget[0] + item.tokens > self.max_batch_tokens
+                or budget[1] + item_images > self.max_batch_images
+            ):
+                return True
+            self._queue.popleft()
+            if not item.job.alive():
+                self._drop(item)
+                continue
+            batch.append(item)
+            budget[0] += item.tokens
+            budget[1] += item_images
+        return len(batch) >= self.max_batch_documents
+
+    def _drop(self, item: _Item) -> None:
+        self.documents_dropped += 1
+        job = item.job
+        job.outstanding -= 1
+        if job.expired() and not job.cancelled:
+            job._fail(DeadlineExpired("deadline expired before the documents were scored"))
+        job._maybe_release()
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            start = time.perf_counter()
+            self._batch_id += 1
+            try:
+                logits, ran_images = await self.run_on_gpu(self._run_batch, batch)
+            except Exception as exc:  # one batch failing never stops the worker
+                log.exception("batch of %d documents failed", len(batch))
+                for item in batch:
+                    item.job.outstanding -= 1
+                    item.job._fail(exc if isinstance(exc, EngineError) else LimitExceeded(str(exc)))
+                continue
+            elapsed = time.perf_counter() - start
+            self.busy_seconds += elapsed
+            self.batches += 1
+            for item, logit in zip(batch, logits):
+                job = item.job
+                if self._batch_id not in job._batches_seen:
+                    job._batches_seen.add(self._batch_id)
+                    job.stats.timings.inference_ms += elapsed * 1e3
+                job.stats.timings.queue_ms = max(job.stats.timings.queue_ms, (start - item.enqueued) * 1e3)
+                if logit is None or not job.alive():
+                    job.outstanding -= 1
+                    if isinstance(logit, Exception):
+                        job._fail(logit)
+                    job._maybe_release()
+                    continue
+                self.documents_scored += 1
+                value = float(logit)
+                job._deliver(Score(item.doc.index, item.doc.id, _sigmoid(value), value))
+
+    # ---- on the GPU thread --------------------------------------------------------------
+    def _run_batch(self, batch: list[_Item]) -> tuple[list[float | Exception | None], int]:
+        ran = 0
+        new_jobs = [
+            job for job in dict.fromkeys(i.job for i in batch)
+            if job.prefix_kv is None and any(i.doc.uses_prefix for i in batch if i.job is job)
+        ]
+        for job in new_jobs:
+            try:
+                job.prefix_kv, n = self.executor.prefill(job.query.prefix)
+                ran += n
+                job.stats.usage.computed_tokens += len(job.query.prefix)
+            except torch.OutOfMemoryError:
+                _free_cuda()
+                job.prefix_kv = None
+        out: list[float | Exception | None] = [None] * len(batch)
+        todo = [
+            k for k, i in enumerate(batch)
+            if i.job.alive() and (not i.doc.uses_prefix or i.job.prefix_kv is not None)
+        ]
+        for k, i in enumerate(batch):
+            if i.doc.uses_prefix and i.job.prefix_kv is None and i.job.alive():
+                out[k] = LimitExceeded("the query is too large for the GPU memory left")
+        ran += self._score(batch, todo, out)
+        return out, ran
+
+    def _score(self, batch: list[_Item], todo: list[int], out: list) -> int:
+        if not todo:
+            return 0
+        items = [batch[k] for k in todo]
+        try:
+            logits, ran = self.executor.score(
+                [i.doc.segment for i in items],
+                [i.job.prefix_kv if i.doc.uses_prefix else None for i in items],
+            )
+        except torch.OutOfMemoryError:
+            _free_cuda()
+            if len(todo) == 1:
+                out[todo[0]] = LimitExceeded("the document is too large for the GPU memory left")
+                return 0
+            self.oom_splits += 1
+            half = len(todo) // 2
+            return self._score(batch, todo[:half], out) + self._score(batch, todo[half:], out)
+        for k, value in zip(todo, logits.tolist()):
+            out[k] = value
+            batch[k].job.stats.usage.computed_tokens += batch[k].tokens
+        return ran
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def _free_cuda() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
