@@ -54,7 +54,7 @@ def mapped(method):
             try:
                 async for response in method(self, request, context):
                     yield response
-            except Exception as exc:  # noqa: BLE001 - mapped to a status, never swallowed
+            except Exception as exc:
                 if _is_abort(exc):
                     raise
                 await abort(context, exc)
@@ -65,7 +65,7 @@ def mapped(method):
     async def unary(self, request, context):
         try:
             return await method(self, request, context)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if _is_abort(exc):
                 raise
             await abort(context, exc)

@@ -113,7 +113,7 @@ class RerankService(pb_grpc.RerankServiceServicer):
                 job.close()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - handed to the response side
+            except Exception as exc:
                 job._fail(exc)
 
         reader = asyncio.create_task(read())

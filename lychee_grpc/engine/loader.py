@@ -18,6 +18,7 @@ import torch
 from .config import EngineConfig
 from .errors import ModelLoadError
 from .tiny_model import RANDOM_WEIGHTS_FLAG
+from .vision_attention import install_packed_vision_attention
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ def load_model(config: EngineConfig) -> LoadedModel:
             f"ran out of GPU memory moving {config.model!r} to {device}; use a GPU with at least 24 GB"
         ) from None
     model.eval()
+    # One packed attention call per vision layer instead of one call per window.
+    log.info("vision attention: %s", install_packed_vision_attention(model))
     tokenizer = processor.tokenizer
     return LoadedModel(
         model=model,

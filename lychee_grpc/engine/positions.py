@@ -7,6 +7,7 @@ sequence so a document's positions can continue a shared prefix.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -23,7 +24,7 @@ def mrope_positions(
     bounds = [0, *change, n]
     cur = 0
     grid_iter = iter(grids)
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in itertools.pairwise(bounds):
         if not bool(is_image[start]):
             out[:, start:end] = torch.arange(cur, cur + end - start)
             cur += end - start

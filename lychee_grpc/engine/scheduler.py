@@ -220,37 +220,37 @@ class Scheduler:
 
     async def _loop(self) -> None:
         while True:
-            batch = await self._next_batch()
-            if not batch:
+            # No local keeps the batch (and so its jobs) alive while waiting for the next one.
+            await self._process(await self._next_batch())
+
+    async def _process(self, batch: list[_Item]) -> None:
+        start = time.perf_counter()
+        self._batch_id += 1
+        try:
+            logits, _ = await self.run_on_gpu(self._run_batch, batch)
+        except Exception as exc:  # one batch failing never stops the worker
+            log.exception("batch of %d documents failed", len(batch))
+            for item in batch:
+                item.job.outstanding -= 1
+                item.job._fail(exc if isinstance(exc, EngineError) else LimitExceeded(str(exc)))
+            return
+        elapsed = time.perf_counter() - start
+        self.busy_seconds += elapsed
+        self.batches += 1
+        for item, logit in zip(batch, logits):
+            job = item.job
+            if self._batch_id not in job._batches_seen:
+                job._batches_seen.add(self._batch_id)
+                job.stats.timings.inference_ms += elapsed * 1e3
+            job.stats.timings.queue_ms = max(job.stats.timings.queue_ms, (start - item.enqueued) * 1e3)
+            if not isinstance(logit, float) or not job.alive():
+                job.outstanding -= 1
+                if isinstance(logit, Exception):
+                    job._fail(logit)
+                job._maybe_release()
                 continue
-            start = time.perf_counter()
-            self._batch_id += 1
-            try:
-                logits, ran_images = await self.run_on_gpu(self._run_batch, batch)
-            except Exception as exc:  # one batch failing never stops the worker
-                log.exception("batch of %d documents failed", len(batch))
-                for item in batch:
-                    item.job.outstanding -= 1
-                    item.job._fail(exc if isinstance(exc, EngineError) else LimitExceeded(str(exc)))
-                continue
-            elapsed = time.perf_counter() - start
-            self.busy_seconds += elapsed
-            self.batches += 1
-            for item, logit in zip(batch, logits):
-                job = item.job
-                if self._batch_id not in job._batches_seen:
-                    job._batches_seen.add(self._batch_id)
-                    job.stats.timings.inference_ms += elapsed * 1e3
-                job.stats.timings.queue_ms = max(job.stats.timings.queue_ms, (start - item.enqueued) * 1e3)
-                if logit is None or not job.alive():
-                    job.outstanding -= 1
-                    if isinstance(logit, Exception):
-                        job._fail(logit)
-                    job._maybe_release()
-                    continue
-                self.documents_scored += 1
-                value = float(logit)
-                job._deliver(Score(item.doc.index, item.doc.id, _sigmoid(value), value))
+            self.documents_scored += 1
+            job._deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit))
 
     # ---- on the GPU thread --------------------------------------------------------------
     def _run_batch(self, batch: list[_Item]) -> tuple[list[float | Exception | None], int]:

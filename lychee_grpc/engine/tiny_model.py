@@ -96,7 +96,7 @@ def _train_tokenizer(vocab_size: int):
         show_progress=False,
     )
     # Repeat the words the model must read as single tokens so the merges surely form.
-    corpus = _CORPUS + ["yes no " * 50, "yes\nno\n" * 50]
+    corpus = [*_CORPUS, "yes no " * 50, "yes\nno\n" * 50]
     tok.train_from_iterator(corpus * 4, trainer=trainer)
     return json.loads(tok.to_str())["model"]
 

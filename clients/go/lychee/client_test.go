@@ -36,6 +36,15 @@ func TestWrapError(t *testing.T) {
 	if status.Code(wrapped) != codes.InvalidArgument {
 		t.Errorf("status.Code = %v", status.Code(wrapped))
 	}
+	if got, want := inv.Error(), "lychee: invalid argument: bad request [documents[1].parts[0].text: empty text part; documents[0].parts[0].image: not an image]"; got != want {
+		t.Errorf("Error()\n got %s\nwant %s", got, want)
+	}
+	st2, _ := status.New(codes.InvalidArgument, "documents[1].parts[0].text: empty").WithDetails(&errdetails.BadRequest{
+		FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "documents[1].parts[0].text", Description: "empty"}},
+	})
+	if got, want := wrapError(st2.Err()).Error(), "lychee: invalid argument: documents[1].parts[0].text: empty"; got != want {
+		t.Errorf("Error()\n got %s\nwant %s", got, want)
+	}
 	other := status.Error(codes.Unavailable, "loading")
 	if wrapError(other) != other {
 		t.Errorf("non-INVALID_ARGUMENT error changed")

@@ -2,7 +2,6 @@ package lychee
 
 import (
 	"errors"
-	"fmt"
 	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -39,16 +38,19 @@ func (e *InvalidArgumentError) Error() string {
 	var b strings.Builder
 	b.WriteString("lychee: invalid argument: ")
 	b.WriteString(e.Message)
-	for i, v := range e.Violations {
-		if i == 0 {
-			b.WriteString(" [")
-		} else {
-			b.WriteString("; ")
+	// List the violations the status message does not already spell out.
+	sep := " ["
+	for _, v := range e.Violations {
+		item := v.Field + ": " + v.Description
+		if strings.Contains(e.Message, item) {
+			continue
 		}
-		fmt.Fprintf(&b, "%s: %s", v.Field, v.Description)
-		if i == len(e.Violations)-1 {
-			b.WriteString("]")
-		}
+		b.WriteString(sep)
+		b.WriteString(item)
+		sep = "; "
+	}
+	if sep == "; " {
+		b.WriteString("]")
 	}
 	return b.String()
 }

@@ -8,6 +8,7 @@ package lychee_test
 //                      created with `lychee-grpc make-tiny-model DIR` when DIR/config.json is missing
 //   LYCHEE_TARGET      if set, use this running server instead of starting one
 //   LYCHEE_STARTUP_TIMEOUT  how long to wait for SERVING (default 120s)
+//   LYCHEE_SKIP_INTEGRATION=1  start nothing and skip the integration tests (unit tests only)
 
 import (
 	"bytes"
@@ -39,6 +40,9 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	if os.Getenv("LYCHEE_SKIP_INTEGRATION") != "" {
+		return m.Run()
+	}
 	target = os.Getenv("LYCHEE_TARGET")
 	if target == "" {
 		stop, addr, err := startServer()
@@ -192,6 +196,14 @@ func tail(path string, n int) string {
 		b = b[len(b)-n:]
 	}
 	return string(bytes.TrimSpace(b))
+}
+
+// needServer skips integration tests under LYCHEE_SKIP_INTEGRATION.
+func needServer(t *testing.T) {
+	t.Helper()
+	if client == nil {
+		t.Skip("LYCHEE_SKIP_INTEGRATION set: no server")
+	}
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {

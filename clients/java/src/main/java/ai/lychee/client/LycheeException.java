@@ -36,6 +36,11 @@ public class LycheeException extends RuntimeException {
     this(code, description, null, null);
   }
 
+  /** Creates an exception that did not come from the server, with its cause. */
+  public LycheeException(Status.Code code, String description, Throwable cause) {
+    this(code, description, null, cause);
+  }
+
   /** The canonical gRPC status code. */
   public Status.Code getCode() {
     return code;

@@ -314,9 +314,8 @@ public final class LycheeRerankClient implements Closeable {
           try {
             onScored.accept(value.getScored());
           } catch (RuntimeException | Error e) {
-            LycheeException le = new LycheeException(Status.Code.CANCELLED, "onScored listener failed: " + e);
-            le.initCause(e);
-            result.completeExceptionally(le);
+            result.completeExceptionally(
+                new LycheeException(Status.Code.CANCELLED, "onScored listener failed: " + e, e));
             requests.cancel("onScored listener failed", e);
             wake();
           }

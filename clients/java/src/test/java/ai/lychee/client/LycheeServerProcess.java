@@ -1,0 +1,189 @@
+package ai.lychee.client;
+
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
+import io.grpc.ManagedChannel;
+import io.grpc.health.v1.HealthCheckRequest;
+import io.grpc.health.v1.HealthCheckResponse;
+import io.grpc.health.v1.HealthGrpc;
+import java.io.IOException;
+import java.net.InetAddress;
+import java.net.ServerSocket;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.time.Duration;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * Starts the Python server ({@code lychee-grpc serve}) on the tiny random-weight model, on a free
+ * port, and waits for grpc.health.v1 SERVING.
+ *
+ * <ul>
+ *   <li>CLI: system property {@code lychee.cli}, else env {@code LYCHEE_CLI}, else
+ *       {@code ../../.venv/bin/lychee-grpc} (relative to clients/java).
+ *   <li>Model: system property {@code lychee.tinyModel}, else env {@code LYCHEE_TINY_MODEL}, else
+ *       {@code ../../.cache/tiny-model}; created with {@code make-tiny-model} if it has no config.json.
+ *   <li>Server output goes to {@code target/lychee-server.log}.
+ * </ul>
+ */
+final class LycheeServerProcess implements AutoCloseable {
+  static final Duration STARTUP_TIMEOUT = Duration.ofSeconds(120);
+
+  private final Process process;
+  private final Path log;
+  private final int port;
+
+  private LycheeServerProcess(Process process, Path log, int port) {
+    this.process = process;
+    this.log = log;
+    this.port = port;
+  }
+
+  int port() {
+    return port;
+  }
+
+  String target() {
+    return "127.0.0.1:" + port;
+  }
+
+  static Path cli() {
+    return Paths.get(setting("lychee.cli", "LYCHEE_CLI", "../../.venv/bin/lychee-grpc")).toAbsolutePath().normalize();
+  }
+
+  static Path tinyModel() {
+    return Paths.get(setting("lychee.tinyModel", "LYCHEE_TINY_MODEL", "../../.cache/tiny-model"))
+        .toAbsolutePath().normalize();
+  }
+
+  private static String setting(String property, String env, String fallback) {
+    String v = System.getProperty(property);
+    if (v == null || v.isBlank()) {
+      v = System.getenv(env);
+    }
+    return v == null || v.isBlank() ? fallback : v;
+  }
+
+  static LycheeServerProcess start() throws IOException, InterruptedException {
+    Path cli = cli();
+    if (!Files.isExecutable(cli)) {
+      throw new IllegalStateException("lychee-grpc CLI not found at " + cli
+          + " (set -Dlychee.cli=... or LYCHEE_CLI; build the Python venv first)");
+    }
+    Path logDir = Paths.get("target").toAbsolutePath();
+    Files.createDirectories(logDir);
+    Path model = tinyModel();
+    if (!Files.exists(model.resolve("config.json"))) {
+      Path makeLog = logDir.resolve("make-tiny-model.log");
+      Process p = new ProcessBuilder(cli.toString(), "make-tiny-model", model.toString())
+          .redirectErrorStream(true)
+          .redirectOutput(makeLog.toFile())
+          .start();
+      if (!p.waitFor(300, TimeUnit.SECONDS)) {
+        p.destroyForcibly().waitFor();
+        throw new IllegalStateException("make-tiny-model timed out; see " + makeLog);
+      }
+      if (p.exitValue() != 0 || !Files.exists(model.resolve("config.json"))) {
+        throw new IllegalStateException("make-tiny-model failed (exit " + p.exitValue() + "):\n" + tail(makeLog));
+      }
+    }
+
+    int port = freePort();
+    Path log = logDir.resolve("lychee-server.log");
+    ProcessBuilder pb = new ProcessBuilder(cli.toString(), "serve", "--model", model.toString(),
+        "--host", "127.0.0.1", "--port", Integer.toString(port), "--grace-seconds", "2")
+        .redirectErrorStream(true)
+        .redirectOutput(log.toFile());
+    pb.environment().put("PYTHONUNBUFFERED", "1");
+    Process process = pb.start();
+    LycheeServerProcess server = new LycheeServerProcess(process, log, port);
+    Runtime.getRuntime().addShutdownHook(new Thread(server::kill));
+    try {
+      server.awaitServing();
+    } catch (RuntimeException | InterruptedException e) {
+      server.close();
+      throw e;
+    }
+    return server;
+  }
+
+  private void awaitServing() throws InterruptedException {
+    ManagedChannel ch = Grpc.newChannelBuilder(target(), InsecureChannelCredentials.create()).build();
+    try {
+      HealthGrpc.HealthBlockingStub health = HealthGrpc.newBlockingStub(ch);
+      long deadline = System.nanoTime() + STARTUP_TIMEOUT.toNanos();
+      String last = "no answer";
+      while (System.nanoTime() < deadline) {
+        if (!process.isAlive()) {
+          throw new IllegalStateException("lychee-grpc serve exited with " + process.exitValue()
+              + " before SERVING:\n" + tail(log));
+        }
+        try {
+          HealthCheckResponse r = health.withDeadlineAfter(2, TimeUnit.SECONDS)
+              .check(HealthCheckRequest.newBuilder().setService("").build());
+          if (r.getStatus() == HealthCheckResponse.ServingStatus.SERVING) {
+            return;
+          }
+          last = r.getStatus().toString();
+        } catch (RuntimeException e) {
+          last = e.toString();
+        }
+        Thread.sleep(500);
+      }
+      throw new IllegalStateException("server not SERVING after " + STARTUP_TIMEOUT + " (last: " + last + "):\n"
+          + tail(log));
+    } finally {
+      ch.shutdownNow();
+    }
+  }
+
+  /** The last lines of the server log, for failure messages. */
+  String logTail() {
+    return tail(log);
+  }
+
+  private static String tail(Path file) {
+    try {
+      List<String> lines = Files.readAllLines(file, StandardCharsets.UTF_8);
+      return String.join("\n", lines.subList(Math.max(0, lines.size() - 40), lines.size()));
+    } catch (IOException e) {
+      return "(no log: " + e + ")";
+    }
+  }
+
+  private static int freePort() throws IOException {
+    try (ServerSocket s = new ServerSocket(0, 1, InetAddress.getByName("127.0.0.1"))) {
+      s.setReuseAddress(true);
+      return s.getLocalPort();
+    }
+  }
+
+  private void kill() {
+    process.descendants().forEach(ProcessHandle::destroyForcibly);
+    if (process.isAlive()) {
+      process.destroyForcibly();
+    }
+  }
+
+  /** SIGTERM, wait up to 20 s for the drain, then SIGKILL. */
+  @Override
+  public void close() throws InterruptedException {
+    List<ProcessHandle> children = process.descendants().toList();
+    if (process.isAlive()) {
+      process.destroy();
+      if (!process.waitFor(20, TimeUnit.SECONDS)) {
+        process.destroyForcibly();
+        process.waitFor(10, TimeUnit.SECONDS);
+      }
+    }
+    // Worker processes the server may have spawned and left behind.
+    for (ProcessHandle child : children) {
+      if (child.isAlive()) {
+        child.destroyForcibly();
+      }
+    }
+  }
+}
