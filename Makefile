@@ -46,7 +46,7 @@ test-go: tiny-model
 	$(MAKE) -C clients/go check-generated test
 
 test-java: tiny-model
-	cd clients/java && mvn -B -q test
+	cd clients/java && mvn -B -ntp test
 
 contract:
 	bash scripts/check_contract.sh

@@ -1,0 +1,368 @@
+"""GPU benchmark: 100-candidate reranks with a full-size Qwen2.5-VL-7B shape, RANDOM weights.
+
+Workloads (see bench/RESULTS.md): T100, I100 (cold), I100_warm, I100_hires (896x896 at the model's
+default pixel bound) and I100_hires_capped (same, --max-image-model-pixels 448*448), C8 (8 gRPC
+clients for --c8-seconds), and the plain transformers way REF_T100 / REF_I100 (left padding,
+batches of 16) on the same weights. Our paths run under a 24 GiB process cap (an A10 / RTX 3090).
+
+    python bench/run.py --tiny .cache/tiny-model        # on the GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import io
+import json
+import math
+import random
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lychee_grpc.engine.config import EngineConfig  # noqa: E402
+from lychee_grpc.engine.engine import Engine  # noqa: E402
+from lychee_grpc.engine.loader import LoadedModel  # noqa: E402
+from lychee_grpc.engine.reference import reference_logits  # noqa: E402
+from lychee_grpc.engine.template import DEFAULT_INSTRUCTION  # noqa: E402
+from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart  # noqa: E402
+from lychee_grpc.engine.vision_attention import install_packed_vision_attention  # noqa: E402
+from lychee_grpc.engine.vision_cache import VisionCache  # noqa: E402
+
+FLOP_PER_TOKEN = 2 * 6.53e9
+VISION_FLOP_448 = 1.37e12
+WORDS = ("retro denim jacket women slim vintage wash blue jeans coat spring autumn sofa grey fabric three "
+         "seater modern wireless bluetooth earbuds noise cancelling running shoes breathable mesh dress "
+         "summer chiffon floral midi water bottle insulated keyboard gaming organic green tea gift box").split()
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def build_model(tiny: str):
+    from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(tiny)
+    tiny_cfg = Qwen2_5_VLConfig.from_pretrained(tiny)
+    ids = {k: getattr(tiny_cfg, k) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                             "vision_end_token_id")}
+    tc = tiny_cfg.text_config
+    config = Qwen2_5_VLConfig(
+        text_config=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                         num_key_value_heads=4, vocab_size=152064, max_position_embeddings=128000,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+                         rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=tc.bos_token_id,
+                         eos_token_id=tc.eos_token_id, pad_token_id=tc.pad_token_id),
+        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[7, 15, 23, 31], in_channels=3, tokens_per_second=2),
+        tie_word_embeddings=False, **ids,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    torch.set_default_dtype(torch.float32)
+    model.eval()
+    vision = install_packed_vision_attention(model)
+    tok = processor.tokenizer
+    loaded = LoadedModel(model=model, processor=processor, yes_id=tok.convert_tokens_to_ids("yes"),
+                         no_id=tok.convert_tokens_to_ids("no"), device=torch.device("cuda"), dtype=torch.bfloat16,
+                         attention="sdpa", random_weights=True, parameters=sum(p.numel() for p in model.parameters()))
+    return loaded, vision
+
+
+def words_of_tokens(tok, rng: random.Random, n: int) -> str:
+    text = ""
+    while len(tok.encode(text, add_special_tokens=False)) < n:
+        text += ("" if not text else " ") + rng.choice(WORDS)
+    return text
+
+
+def jpeg(rng: random.Random, size: int) -> bytes:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(12):
+        x0, y0 = rng.randrange(size), rng.randrange(size)
+        draw.rectangle((x0, y0, x0 + rng.randrange(size // 2), y0 + rng.randrange(size // 2)),
+                       fill=tuple(rng.randrange(256) for _ in range(3)))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def text_workload(tok, seed: int) -> tuple[Query, list[Document]]:
+    rng = random.Random(seed)
+    query = Query((TextPart(words_of_tokens(tok, rng, 16)),))
+    docs = [Document(str(i), (TextPart(words_of_tokens(tok, rng, rng.randint(48, 144))),)) for i in range(100)]
+    return query, docs
+
+
+def image_workload(tok, seed: int, size: int = 448) -> tuple[Query, list[Document]]:
+    rng = random.Random(seed)
+    query = Query((TextPart(words_of_tokens(tok, rng, 12)),))
+    docs = [Document(str(i), (ImagePart(jpeg(rng, size)), TextPart(words_of_tokens(tok, rng, 32))))
+            for i in range(100)]
+    return query, docs
+
+
+def sync() -> None:
+    torch.cuda.synchronize()
+
+
+def matmul_tflops() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync()
+    return 2 * 8192**3 * 10 / (time.perf_counter() - start) / 1e12
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def summary(name, times_ms, needed_flop, matmul, extra=None) -> dict:
+    p50 = statistics.median(times_ms)
+    floor = needed_flop / (matmul * 1e12) * 1e3
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    out = {"p50_ms": round(p50, 1), "p95_ms": round(pct(times_ms, 0.95), 1), "floor_ms": round(floor, 1),
+           "candidates_per_s": round(100 / (p50 / 1e3), 1), "peak_gib": round(peak, 2),
+           "needed_tflops": round(needed_flop / (p50 / 1e3) / 1e12, 1), "iterations": len(times_ms)}
+    out.update(extra or {})
+    log(f"  {name}: p50 {out['p50_ms']} ms, p95 {out['p95_ms']} ms, floor {out['floor_ms']} ms "
+        f"({p50 / floor:.2f}x), peak {out['peak_gib']} GiB")
+    return out
+
+
+def time_reference(loaded, workloads, iterations: int) -> tuple[list[float], list[torch.Tensor]]:
+    times, logits = [], []
+    for k in range(iterations):
+        query, docs = workloads[k % len(workloads)]
+        sync()
+        start = time.perf_counter()
+        z = reference_logits(loaded.model, loaded.processor, DEFAULT_INSTRUCTION, query.parts,
+                             [d.parts for d in docs], batch_size=16)
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+        logits.append(z)
+    return times, logits
+
+
+async def time_engine(engine, workloads, iterations: int, cold: bool, warmup: int = 1):
+    times, rankings = [], []
+    for k in range(-warmup, iterations):
+        query, docs = workloads[max(k, 0) % len(workloads)] if not cold else workloads[(k + warmup) % len(workloads)]
+        if cold:
+            engine.executor.vision_cache = VisionCache(engine.executor.vision_cache.capacity_bytes)
+        torch.cuda.reset_peak_memory_stats() if k == 0 else None
+        sync()
+        start = time.perf_counter()
+        ranking = await engine.rerank(query, docs)
+        sync()
+        if k >= 0:
+            times.append((time.perf_counter() - start) * 1e3)
+            rankings.append(ranking)
+    return times, rankings
+
+
+def compare(fast_ranking, ref_logits) -> dict:
+    fast = {s.index: s.score for s in fast_ranking.scores}
+    ref = [1 / (1 + math.exp(-float(z))) for z in ref_logits]
+    diff = max(abs(fast[i] - ref[i]) for i in range(len(ref)))
+    flips = sum(1 for i in range(len(ref)) for j in range(len(ref))
+                if ref[i] - ref[j] > 2e-2 and fast[i] <= fast[j])
+    return {"max_abs_diff_vs_ref": round(diff, 5), "order_flips_over_2e-2": flips}
+
+
+def run_c8(engine_config, loaded, seconds: float, tok) -> dict:
+    from lychee_grpc.client import LycheeClient
+    from lychee_grpc.proto import lychee_pb2 as pb
+    from lychee_grpc.server import LycheeServer, ServerConfig
+
+    loop = asyncio.new_event_loop()
+    server = LycheeServer(engine_config, ServerConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+                          engine_factory=lambda cfg: Engine(cfg, loaded))
+    ready = threading.Event()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        loop.run_until_complete(server.load())
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    ready.wait(300)
+    requests = []
+    for seed in range(16):
+        q, docs = text_workload(tok, 1000 + seed)
+        requests.append(pb.RerankRequest(query=pb.Query(parts=[pb.Part(text=q.parts[0].text)]),
+                                         documents=[pb.Document(id=d.id, parts=[pb.Part(text=d.parts[0].text)])
+                                                    for d in docs]))
+    latencies: list[float] = []
+    computed = [0]
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds + 3
+
+    def client(cid: int):
+        with LycheeClient(f"127.0.0.1:{server.port}", timeout=60) as c:
+            k = cid
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                resp = c.stub.Rerank(requests[k % len(requests)], timeout=60)
+                t1 = time.perf_counter()
+                if t0 > stop_at - seconds:  # skip the first 3 s (warm-up)
+                    with lock:
+                        latencies.append((t1 - t0) * 1e3)
+                        computed[0] += resp.usage.computed_tokens
+                k += 8
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    loop.call_soon_threadsafe(loop.stop)
+    n = len(latencies)
+    return {"requests": n, "candidates_per_s": round(n * 100 / seconds, 1), "p50_ms": round(pct(latencies, 0.5), 1),
+            "p95_ms": round(pct(latencies, 0.95), 1), "p99_ms": round(pct(latencies, 0.99), 1),
+            "needed_tflops": round(computed[0] * FLOP_PER_TOKEN / seconds / 1e12, 1)}
+
+
+async def main_async(a) -> dict:
+    loaded, vision = build_model(a.tiny)
+    tok = loaded.processor.tokenizer
+    gpu = torch.cuda.get_device_name()
+    log(f"== lychee-grpc benchmark on {gpu}: Qwen2.5-VL-7B shape with RANDOM weights (not a trained model); "
+        f"scores are compared with the plain transformers path on the same weights")
+    log(f"vision attention: {vision}; torch {torch.__version__}")
+    matmul = matmul_tflops()
+    log(f"bf16 8192^3 matmul: {matmul:.0f} TFLOP/s")
+    results: dict = {"gpu": gpu, "matmul_tflops": round(matmul, 1), "random_weights": True,
+                     "date": dt.date.today().isoformat(), "workloads": {}}
+    W = results["workloads"]
+    texts = [text_workload(tok, s) for s in range(4)]
+    images = [image_workload(tok, 100 + s) for s in range(a.iters + 2)]
+
+    # The plain way, uncapped (left padding, batches of 16, full HF forward).
+    ref_t_times, ref_t_logits = time_reference(loaded, texts, a.ref_iters + 1)
+    ref_t_times = ref_t_times[1:]
+    ref_i_times, ref_i_logits = time_reference(loaded, images[:2], 3)
+    ref_i_times = ref_i_times[1:]
+
+    # Ours, capped at 24 GiB for the process.
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, a.cap_gib * 2**30 / total))
+    engine = Engine(EngineConfig(model="random-qwen2.5-vl-7b", warmup=False, preprocess_threads=8), loaded)
+    await engine.start()
+
+    t_times, t_rank = await time_engine(engine, texts, a.iters, cold=False, warmup=2)
+    t_tokens = t_rank[0].stats.usage.computed_tokens
+    pre = statistics.median(r.stats.timings.preprocess_ms for r in t_rank)
+    W["T100"] = summary("T100", t_times, t_tokens * FLOP_PER_TOKEN, matmul,
+                        {"computed_tokens": t_tokens, "preprocess_ms": round(pre, 1),
+                         **compare(t_rank[0], ref_t_logits[0 + 1 - 1])})
+    W["REF_T100"] = summary("REF_T100", ref_t_times, t_tokens * FLOP_PER_TOKEN, matmul)
+
+    i_times, i_rank = await time_engine(engine, images, a.iters, cold=True, warmup=1)
+    i_tokens = i_rank[0].stats.usage.computed_tokens
+    i_pre = statistics.median(r.stats.timings.preprocess_ms for r in i_rank)
+    W["I100"] = summary("I100", i_times, i_tokens * FLOP_PER_TOKEN + 100 * VISION_FLOP_448, matmul,
+                        {"computed_tokens": i_tokens, "preprocess_ms": round(i_pre, 1)})
+    w_times, w_rank = await time_engine(engine, images[:1], a.iters, cold=False, warmup=1)
+    W["I100_warm"] = summary("I100_warm", w_times, i_tokens * FLOP_PER_TOKEN, matmul,
+                             {"cached_images": w_rank[0].stats.usage.cached_images,
+                              "preprocess_ms": round(statistics.median(r.stats.timings.preprocess_ms
+                                                                       for r in w_rank), 1)})
+    # Parity on images: our cold run on workload 0 vs the reference's logits on the same inputs.
+    _, first = await time_engine(engine, images[:1], 1, cold=True, warmup=0)
+    W["I100"].update(compare(first[0], ref_i_logits[0]))
+    W["REF_I100"] = summary("REF_I100", ref_i_times, i_tokens * FLOP_PER_TOKEN + 100 * VISION_FLOP_448, matmul)
+    for k in ("T100", "I100"):
+        W[k]["ratio_vs_ref"] = round(W[f"REF_{k}"]["p50_ms"] / W[k]["p50_ms"], 2)
+        log(f"  {k} is {W[k]['ratio_vs_ref']}x faster than REF_{k}")
+
+    if a.hires:
+        hires = [image_workload(tok, 500 + s, size=896) for s in range(3)]
+        h_times, h_rank = await time_engine(engine, hires, 2, cold=True, warmup=1)
+        W["I100_hires_default_bound"] = summary("I100_hires (896px, default bound)", h_times,
+                                                h_rank[0].stats.usage.computed_tokens * FLOP_PER_TOKEN
+                                                + 400 * VISION_FLOP_448, matmul)
+        capped = Engine(EngineConfig(model="random-qwen2.5-vl-7b", warmup=False, preprocess_threads=8,
+                                     max_image_pixels=448 * 448), loaded)
+        await capped.start()
+        c_times, c_rank = await time_engine(capped, hires, 2, cold=True, warmup=1)
+        W["I100_hires_capped_448"] = summary("I100_hires (896px, max pixels 448*448)", c_times,
+                                             c_rank[0].stats.usage.computed_tokens * FLOP_PER_TOKEN
+                                             + 100 * VISION_FLOP_448, matmul)
+        await capped.stop()
+    await engine.stop()
+
+    if a.c8_seconds > 0:
+        c8 = run_c8(EngineConfig(model="random-qwen2.5-vl-7b", warmup=False, preprocess_threads=8), loaded,
+                    a.c8_seconds, tok)
+        c8["fraction_of_matmul"] = round(c8["needed_tflops"] / matmul, 2)
+        c8["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        W["C8"] = c8
+        log(f"  C8: {c8}")
+    return results
+
+
+def table(results: dict) -> str:
+    rows = ["| workload | p50 ms | p95 ms | floor ms | p50/floor | cand/s | peak GiB | needed TFLOP/s | x vs ref |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, w in results["workloads"].items():
+        floor = w.get("floor_ms")
+        ratio = f"{w['p50_ms'] / floor:.2f}" if floor else ""
+        rows.append(f"| {name} | {w['p50_ms']} | {w['p95_ms']} | {floor or ''} | {ratio} | {w['candidates_per_s']} "
+                    f"| {w.get('peak_gib', '')} | {w['needed_tflops']} | {w.get('ratio_vs_ref', '')} |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tiny", default=str(ROOT / ".cache" / "tiny-model"), help="tokenizer + image processor source")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--ref-iters", type=int, default=4)
+    p.add_argument("--cap-gib", type=float, default=24.0)
+    p.add_argument("--c8-seconds", type=float, default=30.0)
+    p.add_argument("--hires", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        print("bench/run.py needs a CUDA GPU (timings are reported from the GPU only)", file=sys.stderr)
+        return 2
+    results = asyncio.run(main_async(a))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = results["gpu"].lower().replace(" ", "-")
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    print("\nRANDOM WEIGHTS (Qwen2.5-VL-7B shape): timings are real, scores are not relevance judgements.")
+    print(f"GPU {results['gpu']}, bf16 matmul {results['matmul_tflops']} TFLOP/s, {results['date']}\n")
+    print(table(results))
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
