@@ -48,7 +48,7 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def build_model(tiny: str):
+def build_model(tiny: str, layers: int = 28, vision_depth: int = 32, dtype=torch.bfloat16):
     from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(tiny)
@@ -57,19 +57,20 @@ def build_model(tiny: str):
                                              "vision_end_token_id")}
     tc = tiny_cfg.text_config
     config = Qwen2_5_VLConfig(
-        text_config=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        text_config=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers, num_attention_heads=28,
                          num_key_value_heads=4, vocab_size=152064, max_position_embeddings=128000,
                          rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
                          rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=tc.bos_token_id,
                          eos_token_id=tc.eos_token_id, pad_token_id=tc.pad_token_id),
-        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[7, 15, 23, 31], in_channels=3, tokens_per_second=2),
+        vision_config=dict(depth=vision_depth, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                           out_hidden_size=3584, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                           window_size=112, in_channels=3, tokens_per_second=2,
+                           fullatt_block_indexes=[7, 15, 23, 31] if vision_depth == 32 else [1, 3]),
         tie_word_embeddings=False, **ids,
     )
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(dtype)
     with torch.device("cuda"):
         model = Qwen2_5_VLForConditionalGeneration(config)
     torch.set_default_dtype(torch.float32)
@@ -77,7 +78,7 @@ def build_model(tiny: str):
     vision = install_packed_vision_attention(model)
     tok = processor.tokenizer
     loaded = LoadedModel(model=model, processor=processor, yes_id=tok.convert_tokens_to_ids("yes"),
-                         no_id=tok.convert_tokens_to_ids("no"), device=torch.device("cuda"), dtype=torch.bfloat16,
+                         no_id=tok.convert_tokens_to_ids("no"), device=torch.device("cuda"), dtype=dtype,
                          attention="sdpa", random_weights=True, parameters=sum(p.numel() for p in model.parameters()))
     return loaded, vision
 
@@ -248,7 +249,31 @@ def run_c8(engine_config, loaded, seconds: float, tok) -> dict:
             "needed_tflops": round(computed[0] * FLOP_PER_TOKEN / seconds / 1e12, 1)}
 
 
+async def exactness_fp32(tiny: str) -> dict:
+    """Fast path vs the plain reference in float32 on the GPU, on a 7B-width model cut to 4 LM
+    and 4 vision layers (the full 28 layers in float32 would not fit beside the bf16 model)."""
+    loaded, _ = build_model(tiny, layers=4, vision_depth=4, dtype=torch.float32)
+    tok = loaded.processor.tokenizer
+    engine = Engine(EngineConfig(model="random-7b-width-4-layers-fp32", warmup=False), loaded)
+    await engine.start()
+    out = {}
+    for name, (query, docs) in {"text": text_workload(tok, 11), "image": image_workload(tok, 12)}.items():
+        docs = docs[:24] if name == "text" else docs[:8]
+        ranking = await engine.rerank(query, docs)
+        ref = reference_logits(loaded.model, loaded.processor, DEFAULT_INSTRUCTION, query.parts,
+                               [d.parts for d in docs], batch_size=1)
+        fast = {s.index: s.score for s in ranking.scores}
+        out[name] = max(abs(fast[i] - 1 / (1 + math.exp(-float(z)))) for i, z in enumerate(ref))
+    await engine.stop()
+    del engine, loaded
+    torch.cuda.empty_cache()
+    log(f"fp32 exactness on the GPU (4+4 layers, 7B width): max |score diff| text {out['text']:.2e}, "
+        f"image {out['image']:.2e}")
+    return {k: float(f"{v:.3g}") for k, v in out.items()}
+
+
 async def main_async(a) -> dict:
+    exact = await exactness_fp32(a.tiny)
     loaded, vision = build_model(a.tiny)
     tok = loaded.processor.tokenizer
     gpu = torch.cuda.get_device_name()
@@ -258,7 +283,7 @@ async def main_async(a) -> dict:
     matmul = matmul_tflops()
     log(f"bf16 8192^3 matmul: {matmul:.0f} TFLOP/s")
     results: dict = {"gpu": gpu, "matmul_tflops": round(matmul, 1), "random_weights": True,
-                     "date": dt.date.today().isoformat(), "workloads": {}}
+                     "date": dt.date.today().isoformat(), "fp32_max_abs_diff": exact, "workloads": {}}
     W = results["workloads"]
     texts = [text_workload(tok, s) for s in range(4)]
     images = [image_workload(tok, 100 + s) for s in range(a.iters + 2)]
@@ -266,6 +291,13 @@ async def main_async(a) -> dict:
     # The plain way, uncapped (left padding, batches of 16, full HF forward).
     ref_t_times, ref_t_logits = time_reference(loaded, texts, a.ref_iters + 1)
     ref_t_times = ref_t_times[1:]
+    # The reference's own bf16 noise: the same pairs at batch 1 instead of 16.
+    q0, d0 = texts[0]
+    r1 = reference_logits(loaded.model, loaded.processor, DEFAULT_INSTRUCTION, q0.parts, [d.parts for d in d0[:32]], 1)
+    noise = max(abs(1 / (1 + math.exp(-float(x))) - 1 / (1 + math.exp(-float(y))))
+                for x, y in zip(r1, ref_t_logits[0][:32]))
+    results["ref_bf16_self_diff_bs16_vs_bs1"] = round(noise, 4)
+    log(f"reference bf16 noise: batch 16 vs batch 1 max |score diff| {noise:.4f}")
     ref_i_times, ref_i_logits = time_reference(loaded, images[:2], 3)
     ref_i_times = ref_i_times[1:]
 
@@ -276,7 +308,16 @@ async def main_async(a) -> dict:
     engine = Engine(EngineConfig(model="random-qwen2.5-vl-7b", warmup=False, preprocess_threads=8), loaded)
     await engine.start()
 
-    t_times, t_rank = await time_engine(engine, texts, a.iters, cold=False, warmup=2)
+    if a.compare_eager:
+        from lychee_grpc.engine.fused import FusedOps
+
+        fused = engine.executor.ops
+        engine.executor.ops = FusedOps(torch.device("cpu"))  # eager kernels
+        e_times, _ = await time_engine(engine, texts, a.iters, cold=False, warmup=1)
+        W["T100_eager_elementwise"] = summary("T100 (eager elementwise)", e_times,
+                                              10889 * FLOP_PER_TOKEN, matmul)
+        engine.executor.ops = fused
+    t_times, t_rank = await time_engine(engine, texts, a.iters, cold=False, warmup=3)
     t_tokens = t_rank[0].stats.usage.computed_tokens
     pre = statistics.median(r.stats.timings.preprocess_ms for r in t_rank)
     W["T100"] = summary("T100", t_times, t_tokens * FLOP_PER_TOKEN, matmul,
@@ -347,6 +388,7 @@ def main() -> int:
     p.add_argument("--cap-gib", type=float, default=24.0)
     p.add_argument("--c8-seconds", type=float, default=30.0)
     p.add_argument("--hires", action="store_true")
+    p.add_argument("--compare-eager", action="store_true", help="also time T100 without the fused kernels")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = p.parse_args()
     if not torch.cuda.is_available():

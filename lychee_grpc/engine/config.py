@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from .images import ImageLimits
@@ -44,5 +45,5 @@ class EngineConfig:
     max_wait_ms: float = 2.0
     max_queue_documents: int = 20000
     vision_cache_bytes: int | None = None  # None: 2 GiB on cuda, 256 MiB on cpu
-    preprocess_threads: int = 4
+    preprocess_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     warmup: bool = True

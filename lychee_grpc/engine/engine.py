@@ -19,7 +19,7 @@ from .config import BandThresholds, EngineConfig
 from .errors import FieldViolation, InvalidInput, NotReady
 from .executor import Executor
 from .loader import LoadedModel, load_model
-from .prepare import Preprocessor
+from .prepare import PreparedDocument, Preprocessor
 from .scheduler import DeadlineExpired, Job, Scheduler
 from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
 
@@ -147,8 +147,7 @@ class Engine:
         first = job.next_index
         indexed = [(first + k, doc) for k, doc in enumerate(documents)]
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._cpu, self.preprocessor.prepare_documents, job.query, indexed)
+        prepared = await self._prepare(job, indexed)
         job.stats.timings.preprocess_ms += (time.perf_counter() - started) * 1e3
         job.next_index += len(documents)
         usage = job.stats.usage
@@ -160,6 +159,24 @@ class Engine:
             self.scheduler.documents_dropped += len(prepared)
             raise DeadlineExpired("deadline expired before the documents were queued")
         self.scheduler.submit(job, prepared)
+
+    async def _prepare(self, job: Job, indexed: list[tuple[int, Document]]) -> list[PreparedDocument]:
+        """Decodes and tokenizes in parallel chunks (image decoding dominates), all or nothing."""
+        loop = asyncio.get_running_loop()
+        has_images = any(isinstance(p, ImagePart) for _, d in indexed for p in d.parts)
+        size = max(1, -(-len(indexed) // self.config.preprocess_threads)) if has_images else len(indexed)
+        chunks = [indexed[i : i + size] for i in range(0, len(indexed), size)]
+        results = await asyncio.gather(
+            *(loop.run_in_executor(self._cpu, self.preprocessor.prepare_documents, job.query, c) for c in chunks),
+            return_exceptions=True,
+        )
+        violations = [v for r in results if isinstance(r, InvalidInput) for v in r.violations]
+        if violations:
+            raise InvalidInput(violations)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return [doc for r in results for doc in r]
 
     async def rerank(
         self,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .fused import FusedOps
 from .prepare import EncodedImage, Segment
 from .vision_cache import VisionCache
 
@@ -30,11 +31,6 @@ class PrefixKV:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     length: int
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 @dataclass
@@ -66,6 +62,11 @@ class Executor:
         rows = model.lm_head.weight.detach()[[yes_id, no_id]].float()
         self.yes_minus_no = (rows[0] - rows[1]).contiguous()
         self.vision_cache = VisionCache(vision_cache_bytes)
+        self.ops = FusedOps(self.device)
+        self.ops.install_vision(self.visual)
+        self.eps = text_cfg.rms_norm_eps
+        if text_cfg.hidden_act != "silu":
+            raise ValueError(f"unsupported activation {text_cfg.hidden_act!r} (Qwen2.5-VL uses silu)")
 
     # ---- vision -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -193,13 +194,14 @@ class Executor:
         kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         layers = self.lm.layers
         n_layers = len(layers)
+        ops, eps = self.ops, self.eps
         pad_kv = x.new_zeros(1, self.num_kv_heads, self.head_dim)
+        h = ops.rms_norm(x, layers[0].input_layernorm.weight, eps)
         for li, layer in enumerate(layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
             k = attn.k_proj(h).view(-1, self.num_kv_heads, self.head_dim)
             v = attn.v_proj(h).view(-1, self.num_kv_heads, self.head_dim)
-            k = k * cos + _rotate_half(k) * sin
+            k = ops.rope(k, cos, sin)
             if keep_kv:
                 kv.append((k, v))
                 if li == n_layers - 1:
@@ -209,22 +211,24 @@ class Executor:
             if is_last:
                 rows = lay.q_index[:, 0]
                 h, x, cos_q, sin_q = h[rows], x[rows], cos[rows], sin[rows]
-            else:
-                cos_q, sin_q = cos, sin
-            q = attn.q_proj(h).view(-1, self.num_heads, self.head_dim)
-            q = q * cos_q + _rotate_half(q) * sin_q
-            k_src = torch.cat([*[u.keys[li] for u in unique], k, pad_kv])
-            v_src = torch.cat([*[u.values[li] for u in unique], v, pad_kv])
-            if is_last:
                 lay = _Layout(
                     q_index=torch.arange(len(segments), device=self.device).unsqueeze(1),
                     q_pos=lay.q_pos, kv_index=lay.kv_index, mask=lay.mask, out_index=lay.out_index,
                 )
-            x = x + attn.o_proj(self._attention(q, k_src, v_src, lay))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            else:
+                cos_q, sin_q = cos, sin
+            q = ops.rope(attn.q_proj(h).view(-1, self.num_heads, self.head_dim), cos_q, sin_q)
+            k_src = torch.cat([*[u.keys[li] for u in unique], k, pad_kv])
+            v_src = torch.cat([*[u.values[li] for u in unique], v, pad_kv])
+            attn_out = attn.o_proj(self._attention(q, k_src, v_src, lay))
+            x, h = ops.add_rms_norm(x, attn_out, layer.post_attention_layernorm.weight, eps)
+            mlp = layer.mlp
+            delta = mlp.down_proj(ops.silu_mul(mlp.gate_proj(h), mlp.up_proj(h)))
+            norm_w = layers[li + 1].input_layernorm.weight if li + 1 < n_layers else self.lm.norm.weight
+            x, h = ops.add_rms_norm(x, delta, norm_w, eps)
         if keep_kv:
             return None, kv, ran
-        return self.lm.norm(x), kv, ran
+        return h, kv, ran  # h is the final norm of the last layer's output
 
     def prefill(self, segment: Segment) -> tuple[PrefixKV, int]:
         """Keys and values of a shared prefix, computed once per request."""

@@ -176,7 +176,7 @@ def packed_vision_attention_forward(
         self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     )
     cos, sin = position_embeddings
-    query_states, key_states = apply_rotary_pos_emb_vision(query_states, key_states, cos, sin)
+    query_states, key_states = _rotary(query_states, key_states, cos, sin)
     # [seq, heads, head_dim] each from here on.
 
     dropout = self.attention_dropout if self.training else 0.0
@@ -194,6 +194,15 @@ def packed_vision_attention_forward(
 
     attn_output = attn_output.reshape(seq_length, -1).contiguous()
     return self.proj(attn_output)
+
+
+_rotary = apply_rotary_pos_emb_vision
+
+
+def set_rotary(fn) -> None:
+    """Swaps the rotary function (the fused one computes the same thing in fewer kernels)."""
+    global _rotary
+    _rotary = fn
 
 
 def install_packed_vision_attention(model) -> str:

@@ -1,0 +1,44 @@
+"""The fused elementwise pieces compute what transformers' modules compute (checked eagerly on
+the CPU; on CUDA the same functions are compiled)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from lychee_grpc.engine.fused import FusedOps, rms_norm, rope, silu_mul
+
+
+def test_rms_norm_and_mlp_match_transformers_modules(loaded):
+    layer = loaded.model.model.language_model.layers[0]
+    x = torch.randn(7, layer.input_layernorm.weight.numel())
+    eps = layer.input_layernorm.variance_epsilon
+    assert torch.allclose(rms_norm(x, layer.input_layernorm.weight, eps), layer.input_layernorm(x), atol=1e-6)
+    mlp = layer.mlp
+    assert torch.allclose(mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x))), mlp(x), atol=1e-5)
+
+
+def test_rope_matches_transformers():
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+    q, k = torch.randn(1, 3, 5, 16), torch.randn(1, 2, 5, 16)
+    cos, sin = torch.randn(1, 5, 16), torch.randn(1, 5, 16)
+    ref_q, ref_k = apply_rotary_pos_emb(q, k, cos, sin)
+    assert torch.allclose(rope(q, cos.unsqueeze(1), sin.unsqueeze(1)), ref_q, atol=1e-6)
+    assert torch.allclose(rope(k, cos.unsqueeze(1), sin.unsqueeze(1)), ref_k, atol=1e-6)
+
+
+def test_fused_vision_blocks_give_the_same_tower_output(loaded):
+    model = copy.deepcopy(loaded.model)
+    visual = model.model.visual
+    pixels = torch.randn(2 * 16 * 16, 3 * 2 * 14 * 14)
+    grid = torch.tensor([[1, 16, 16], [1, 16, 16]])
+    with torch.inference_mode():
+        before = visual(pixels, grid_thw=grid).pooler_output
+        ops = FusedOps(torch.device("cpu"))
+        ops.enabled = True  # install eagerly: same functions the GPU compiles
+        assert ops.install_vision(visual)
+        after = visual(pixels, grid_thw=grid).pooler_output
+    assert before.abs().max() > 0.1
+    assert torch.allclose(before, after, atol=1e-5)
