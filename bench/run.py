@@ -273,7 +273,6 @@ async def exactness_fp32(tiny: str) -> dict:
 
 
 async def main_async(a) -> dict:
-    exact = await exactness_fp32(a.tiny)
     loaded, vision = build_model(a.tiny)
     tok = loaded.processor.tokenizer
     gpu = torch.cuda.get_device_name()
@@ -283,7 +282,7 @@ async def main_async(a) -> dict:
     matmul = matmul_tflops()
     log(f"bf16 8192^3 matmul: {matmul:.0f} TFLOP/s")
     results: dict = {"gpu": gpu, "matmul_tflops": round(matmul, 1), "random_weights": True,
-                     "date": dt.date.today().isoformat(), "fp32_max_abs_diff": exact, "workloads": {}}
+                     "date": dt.date.today().isoformat(), "workloads": {}}
     W = results["workloads"]
     texts = [text_workload(tok, s) for s in range(4)]
     images = [image_workload(tok, 100 + s) for s in range(a.iters + 2)]
@@ -366,6 +365,8 @@ async def main_async(a) -> dict:
         c8["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         W["C8"] = c8
         log(f"  C8: {c8}")
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    results["fp32_max_abs_diff"] = await exactness_fp32(a.tiny)
     return results
 
 
