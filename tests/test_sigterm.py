@@ -32,7 +32,7 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(tiny_model_dir):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "lychee_grpc.cli", "serve", "--model", tiny_model_dir, "--host", "127.0.0.1",
-         "--port", str(port), "--max-batch-documents", "4", "--grace-seconds", "60"],
+         "--port", str(port), "--max-batch-documents", "1", "--grace-seconds", "60"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:
@@ -53,18 +53,19 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(tiny_model_dir):
 
         def rerank():
             with LycheeClient(f"127.0.0.1:{port}", timeout=60) as client:
-                result["response"] = client.rerank("denim", [f"vintage jeans {i} " * 30 for i in range(600)])
+                result["response"] = client.rerank("denim", [f"vintage jeans {i} " * 30 for i in range(1000)])
 
         worker = threading.Thread(target=rerank)
         worker.start()
-        time.sleep(0.5)  # the request is being scored, 4 documents per batch
+        time.sleep(0.5)  # the request is being scored, one document per batch
         assert worker.is_alive(), "the request finished before SIGTERM; make it bigger"
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        time.sleep(0.1)
+        assert worker.is_alive(), "the request finished before the drain could be observed"
         assert health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
         assert health_status(channel, "lychee.v1.RerankService") == health_pb2.HealthCheckResponse.NOT_SERVING
         worker.join(120)
-        assert len(result["response"].results) == 600
+        assert len(result["response"].results) == 1000
         assert proc.wait(60) == 0
         output = proc.stdout.read()
         assert "draining" in output and "stopped" in output

@@ -161,22 +161,10 @@ class Engine:
         self.scheduler.submit(job, prepared)
 
     async def _prepare(self, job: Job, indexed: list[tuple[int, Document]]) -> list[PreparedDocument]:
-        """Decodes and tokenizes in parallel chunks (image decoding dominates), all or nothing."""
+        # One call per request: splitting it over threads was measured slower on the H100 host
+        # (bench/RESULTS.md, run 2) because the image processor is mostly Python and holds the GIL.
         loop = asyncio.get_running_loop()
-        has_images = any(isinstance(p, ImagePart) for _, d in indexed for p in d.parts)
-        size = max(1, -(-len(indexed) // self.config.preprocess_threads)) if has_images else len(indexed)
-        chunks = [indexed[i : i + size] for i in range(0, len(indexed), size)]
-        results = await asyncio.gather(
-            *(loop.run_in_executor(self._cpu, self.preprocessor.prepare_documents, job.query, c) for c in chunks),
-            return_exceptions=True,
-        )
-        violations = [v for r in results if isinstance(r, InvalidInput) for v in r.violations]
-        if violations:
-            raise InvalidInput(violations)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return [doc for r in results for doc in r]
+        return await loop.run_in_executor(self._cpu, self.preprocessor.prepare_documents, job.query, indexed)
 
     async def rerank(
         self,
