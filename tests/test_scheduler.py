@@ -47,14 +47,14 @@ async def test_vision_cache_stays_within_its_byte_bound(make_engine):
 async def test_out_of_memory_splits_the_batch_and_every_document_is_scored(make_engine):
     engine = await make_engine(max_wait_ms=20)
     expected = await engine.rerank(text_query("denim"), text_docs(*[f"title {i}" for i in range(12)]))
-    score = engine.executor.score
+    run = engine.executor.run
 
-    def small_batches_only(segments, prefixes):
-        if len(segments) > 3:
+    def small_batches_only(items):
+        if len(items) > 3:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return score(segments, prefixes)
+        return run(items)
 
-    engine.executor.score = small_batches_only
+    engine.executor.run = small_batches_only
     got = await engine.rerank(text_query("denim"), text_docs(*[f"title {i}" for i in range(12)]))
     assert engine.scheduler.oom_splits > 0
     assert [s.score for s in got.scores] == pytest.approx([s.score for s in expected.scores], abs=1e-6)
@@ -63,11 +63,11 @@ async def test_out_of_memory_splits_the_batch_and_every_document_is_scored(make_
 async def test_a_document_too_large_for_memory_fails_alone(make_engine):
     engine = await make_engine(max_wait_ms=20)
 
-    def always_oom(segments, prefixes):
+    def always_oom(items):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    engine.executor.score = always_oom
-    with pytest.raises(LimitExceeded, match="GPU memory"):
+    engine.executor.run = always_oom
+    with pytest.raises(LimitExceeded, match="GPU memory left"):
         await engine.rerank(text_query("denim"), text_docs("a", "b"))
 
 

@@ -193,13 +193,13 @@ async def test_corrupt_image_leaves_concurrent_requests_unharmed(client):
 
 
 def slow_batches(engine: Engine, seconds: float) -> None:
-    score = engine.executor.score
+    run = engine.executor.run
 
     def slow(*args, **kwargs):
         time.sleep(seconds)
-        return score(*args, **kwargs)
+        return run(*args, **kwargs)
 
-    engine.executor.score = slow
+    engine.executor.run = slow
 
 
 async def test_cancelled_rpc_documents_are_not_scored(server, client):

@@ -1,18 +1,22 @@
 """The GPU forward: packed sequences, a shared prefix computed once, two LM-head rows.
 
-The HF model's own modules (embeddings, decoder layers' projections and norms, rotary table,
-vision tower) are called directly; only the sequence layout differs from `model.forward`:
-- linear layers run on the packed tokens of every document (no padding);
-- attention gathers each document's queries into a padded block and its keys/values as
-  [its prefix ; its own tokens], with a causal mask offset by the prefix length; grouped
-  query heads are folded into the query rows so keys/values are never repeated;
-- a prefix is run once per request and only its keys/values are kept;
+The HF model's own modules (embeddings, projections, norms, rotary table, vision tower) are
+called directly; only the sequence layout differs from `model.forward`:
+- linear layers run on the packed tokens of every sequence in the batch (no padding);
+- a request's shared prefix (system + instruction + query) is one more packed sequence in the
+  first batch that carries its documents; each document attends to [prefix ; its own tokens]
+  with a causal mask offset by the prefix length, and the prefix's keys/values are kept for the
+  request's later batches;
+- attention runs as one `varlen_attn` call over the packed rows on CUDA (flash attention, no
+  padding), or as one padded SDPA call with an explicit mask elsewhere (grouped query heads
+  folded into the query rows, so keys/values are never repeated);
 - the last layer computes queries, o_proj and MLP only at each document's last token, and the
   score reads only the "yes" and "no" rows of the LM head: sigmoid(z_yes - z_no).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +26,13 @@ import torch.nn.functional as F
 from .fused import FusedOps
 from .prepare import EncodedImage, Segment
 from .vision_cache import VisionCache
+
+log = logging.getLogger(__name__)
+
+try:  # torch >= 2.10 on CUDA
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - older torch
+    varlen_attn = None
 
 
 @dataclass
@@ -34,14 +45,31 @@ class PrefixKV:
 
 
 @dataclass
-class _Layout:
-    """Index tensors describing one packed batch for attention."""
+class BatchItem:
+    """One packed sequence. `context` is what it attends to before its own tokens: a stored
+    prefix, the index of another item of the same batch (a prefix computed inline), or None."""
 
-    q_index: torch.Tensor  # [B, Lq] rows of the packed queries (N = padding row)
-    q_pos: torch.Tensor  # [B, Lq] position of each query within its own segment
-    kv_index: torch.Tensor  # [B, S] rows of cat(prefix rows, packed rows, padding row)
-    mask: torch.Tensor  # [B, 1, rep*Lq, S] True where attention is allowed
-    out_index: torch.Tensor  # [Nq] flat rows of the padded output that are real
+    segment: Segment
+    context: PrefixKV | int | None = None
+    score: bool = True  # read its last token
+    keep_kv: bool = False  # return its per-layer keys/values (a prefix)
+
+
+@dataclass
+class _Attend:
+    """Which rows attend to which, for one attention call (all layers but the last, or the last)."""
+
+    # Padded SDPA form.
+    q_index: torch.Tensor  # [B, Lq] rows of the query tensor (its last row is padding)
+    kv_index: torch.Tensor  # [B, S] rows of the key/value source (its last row is padding)
+    mask: torch.Tensor  # [B, 1, rep*Lq, S]
+    out_index: torch.Tensor  # real rows of the flattened [B*Lq] output
+    # Varlen form.
+    kv_rows: torch.Tensor  # flat rows of the key/value source, sequence after sequence
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    max_q: int
+    max_k: int
 
 
 class Executor:
@@ -62,6 +90,7 @@ class Executor:
         rows = model.lm_head.weight.detach()[[yes_id, no_id]].float()
         self.yes_minus_no = (rows[0] - rows[1]).contiguous()
         self.vision_cache = VisionCache(vision_cache_bytes)
+        self._probe_varlen()
         self.ops = FusedOps(self.device)
         self.ops.install_vision(self.visual)
         self.eps = text_cfg.rms_norm_eps
@@ -107,91 +136,133 @@ class Executor:
             x[ids == self.image_token_id] = torch.cat(embeds).to(x.dtype)
         return x, ran
 
-    def _layout(
-        self, lengths: list[int], prefix_lengths: list[int], prefix_offsets: list[int],
-        prefix_rows: int, last_only: bool,
-    ) -> _Layout:
-        dev = self.device
-        B = len(lengths)
-        n_total = sum(lengths)
-        lens = torch.tensor(lengths)
-        plens = torch.tensor(prefix_lengths)
-        starts = torch.cumsum(lens, 0) - lens
-        if last_only:
-            lq = 1
-            q_pos = (lens - 1).unsqueeze(1)
-            q_valid = torch.ones(B, 1, dtype=torch.bool)
-        else:
-            lq = max(lengths)
-            q_pos = torch.arange(lq).unsqueeze(0).expand(B, lq)
-            q_valid = q_pos < lens.unsqueeze(1)
-        q_index = torch.where(q_valid, starts.unsqueeze(1) + q_pos, torch.full_like(q_pos, n_total))
-        q_pos = torch.where(q_valid, q_pos, torch.zeros_like(q_pos))
-
-        total = plens + lens
-        S = int(total.max())
-        col = torch.arange(S).unsqueeze(0).expand(B, S)
-        in_prefix = col < plens.unsqueeze(1)
-        in_doc = (~in_prefix) & (col < total.unsqueeze(1))
-        pad_row = prefix_rows + n_total
-        kv_index = torch.full((B, S), pad_row, dtype=torch.long)
-        kv_index = torch.where(in_prefix, torch.tensor(prefix_offsets).unsqueeze(1) + col, kv_index)
-        kv_index = torch.where(
-            in_doc, prefix_rows + starts.unsqueeze(1) + col - plens.unsqueeze(1), kv_index
-        )
-        # Query j of a document sees its prefix and its own tokens 0..j (causal).
-        allowed = col.unsqueeze(1) <= (plens.unsqueeze(1) + q_pos).unsqueeze(2)  # [B, Lq, S]
-        allowed &= (in_prefix | in_doc).unsqueeze(1)
+    def _attend(
+        self, queries: list[tuple[int, int]], keys: list[list[tuple[int, int]]], q_rows: int, kv_rows: int
+    ) -> _Attend:
+        """`queries[i]` = (first query row, count): the last `count` tokens of sequence i;
+        `keys[i]` = runs (first row, count) of the key/value source, its context first.
+        `q_rows` / `kv_rows` are the padding rows of the query and key/value tensors."""
+        B = len(queries)
+        lq = max(n for _, n in queries)
+        klens = [sum(n for _, n in runs) for runs in keys]
+        S = max(klens)
+        q_index = torch.full((B, lq), q_rows, dtype=torch.long)
+        kv_index = torch.full((B, S), kv_rows, dtype=torch.long)
+        allowed = torch.zeros(B, lq, S, dtype=torch.bool)
+        flat_rows = []
+        out_index = []
+        for b, ((q0, n), runs) in enumerate(zip(queries, keys)):
+            q_index[b, :n] = torch.arange(q0, q0 + n)
+            out_index.append(torch.arange(b * lq, b * lq + n))
+            col = 0
+            for r0, count in runs:
+                kv_index[b, col : col + count] = torch.arange(r0, r0 + count)
+                flat_rows.append(torch.arange(r0, r0 + count))
+                col += count
+            # The queries are the sequence's last n tokens: query j sees keys 0 .. klen - n + j
+            # (causal, aligned bottom-right as flash attention's varlen kernel does).
+            visible = torch.arange(klens[b] - n + 1, klens[b] + 1)
+            allowed[b, :n] = torch.arange(S).unsqueeze(0) < visible.unsqueeze(1)
         mask = allowed.unsqueeze(1).expand(B, self.rep, lq, S).reshape(B, 1, self.rep * lq, S)
-        out_index = torch.nonzero(q_valid.flatten()).flatten()
-        return _Layout(
-            q_index=q_index.to(dev), q_pos=q_pos.to(dev), kv_index=kv_index.to(dev),
-            mask=mask.to(dev), out_index=out_index.to(dev),
+        dev = self.device
+        cu_q = torch.tensor([0, *torch.tensor([n for _, n in queries]).cumsum(0).tolist()], dtype=torch.int32)
+        cu_k = torch.tensor([0, *torch.tensor(klens).cumsum(0).tolist()], dtype=torch.int32)
+        return _Attend(
+            q_index=q_index.to(dev, non_blocking=True),
+            kv_index=kv_index.to(dev, non_blocking=True),
+            mask=mask.to(dev, non_blocking=True),
+            out_index=torch.cat(out_index).to(dev, non_blocking=True),
+            kv_rows=torch.cat(flat_rows).to(dev, non_blocking=True),
+            cu_q=cu_q.to(dev, non_blocking=True),
+            cu_k=cu_k.to(dev, non_blocking=True),
+            max_q=lq,
+            max_k=S,
         )
 
-    def _attention(
-        self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, lay: _Layout
-    ) -> torch.Tensor:
-        """q: [Nq_packed, H, D]; k_src/v_src: [rows, Hkv, D] with the padding row last."""
-        B, lq = lay.q_index.shape
-        q_pad = torch.cat([q, q.new_zeros(1, *q.shape[1:])])[lay.q_index]  # [B, Lq, H, D]
+    def _attention(self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, at: _Attend) -> torch.Tensor:
+        """q: [rows, H, D] packed in sequence order; k_src/v_src: [rows, Hkv, D], padding row last."""
+        if self.use_varlen:
+            k, v = k_src[at.kv_rows], v_src[at.kv_rows]
+            if self._varlen_expand_kv:
+                k, v = k.repeat_interleave(self.rep, dim=1), v.repeat_interleave(self.rep, dim=1)
+            out = varlen_attn(q, k, v, at.cu_q, at.cu_k, at.max_q, at.max_k, scale=self.scale, window_size=(-1, 0))
+            return out.reshape(q.shape[0], self.num_heads * self.head_dim)
+        B, lq = at.q_index.shape
+        q_pad = torch.cat([q, q.new_zeros(1, *q.shape[1:])])[at.q_index]  # [B, Lq, H, D]
         q_pad = q_pad.view(B, lq, self.num_kv_heads, self.rep, self.head_dim)
         q_pad = q_pad.permute(0, 2, 3, 1, 4).reshape(B, self.num_kv_heads, self.rep * lq, self.head_dim)
-        k = k_src[lay.kv_index].transpose(1, 2)  # [B, Hkv, S, D]
-        v = v_src[lay.kv_index].transpose(1, 2)
-        out = F.scaled_dot_product_attention(q_pad, k, v, attn_mask=lay.mask, scale=self.scale)
+        k = k_src[at.kv_index].transpose(1, 2)  # [B, Hkv, S, D]
+        v = v_src[at.kv_index].transpose(1, 2)
+        out = F.scaled_dot_product_attention(q_pad, k, v, attn_mask=at.mask, scale=self.scale)
         out = out.view(B, self.num_kv_heads, self.rep, lq, self.head_dim).permute(0, 3, 1, 2, 4)
-        out = out.reshape(B * lq, self.num_heads * self.head_dim)
-        return out[lay.out_index]
+        return out.reshape(B * lq, self.num_heads * self.head_dim)[at.out_index]
+
+    def _probe_varlen(self) -> None:
+        """Uses varlen_attn when it runs here, and learns whether it takes fewer KV heads."""
+        self.use_varlen = False
+        self._varlen_expand_kv = False
+        if varlen_attn is None or self.device.type != "cuda" or self.dtype not in (torch.bfloat16, torch.float16):
+            return
+        q = torch.randn(5, self.num_heads, self.head_dim, device=self.device, dtype=self.dtype)
+        kv = torch.randn(8, self.num_kv_heads, self.head_dim, device=self.device, dtype=self.dtype)
+        cu_q = torch.tensor([0, 2, 5], device=self.device, dtype=torch.int32)
+        cu_k = torch.tensor([0, 3, 8], device=self.device, dtype=torch.int32)
+        for expand in (False, True):
+            k = kv.repeat_interleave(self.rep, dim=1) if expand else kv
+            try:
+                varlen_attn(q, k, k, cu_q, cu_k, 3, 5, scale=self.scale, window_size=(-1, 0))
+            except Exception as exc:  # any refusal means: not this way
+                log.info("varlen_attn %s KV heads: %s", "repeated" if expand else "grouped", exc)
+                continue
+            self.use_varlen, self._varlen_expand_kv = True, expand
+            return
 
     @torch.inference_mode()
-    def _run(
-        self,
-        segments: Sequence[Segment],
-        prefixes: Sequence[PrefixKV | None],
-        keep_kv: bool,
-    ) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]], int]:
-        """Runs packed segments. Returns (hidden at each segment's last token after the final
-        norm, or None when keep_kv), the per-layer (k, v) of all packed tokens when keep_kv,
-        and how many images the vision tower ran on."""
+    def run(self, items: Sequence[BatchItem]) -> tuple[torch.Tensor, dict[int, PrefixKV], int]:
+        """Runs one packed batch. Returns z_yes - z_no (float32, CPU) for the items with
+        `score`, in order; the keys/values of the items with `keep_kv`, by item index; and how
+        many images the vision tower ran on."""
+        segments = [it.segment for it in items]
         x, ran = self._embed(segments)
         lengths = [len(s) for s in segments]
-        positions = torch.cat([s.positions for s in segments], dim=1).to(self.device)
+        starts = [0, *torch.tensor(lengths).cumsum(0).tolist()[:-1]]
+        positions = torch.cat([s.positions for s in segments], dim=1).to(self.device, non_blocking=True)
         cos, sin = self.lm.rotary_emb(x, positions.unsqueeze(1))
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [N, 1, D]
 
-        unique: list[PrefixKV] = []
-        for p in prefixes:
-            if p is not None and all(p is not u for u in unique):
-                unique.append(p)
-        offsets = {id(u): off for u, off in zip(unique, _cumsum0([u.length for u in unique]))}
-        prefix_rows = sum(u.length for u in unique)
-        plens = [0 if p is None else p.length for p in prefixes]
-        poffs = [0 if p is None else offsets[id(p)] for p in prefixes]
-        full = self._layout(lengths, plens, poffs, prefix_rows, last_only=False)
-        last = None if keep_kv else self._layout(lengths, plens, poffs, prefix_rows, last_only=True)
+        stored: list[PrefixKV] = []
+        for it in items:
+            if isinstance(it.context, PrefixKV) and all(it.context is not u for u in stored):
+                stored.append(it.context)
+        stored_off = {id(u): off for u, off in zip(stored, _cumsum0([u.length for u in stored]))}
+        base = sum(u.length for u in stored)  # packed rows follow the stored prefixes in the K/V source
+        n_total = sum(lengths)
 
-        kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        def key_runs(i: int) -> list[tuple[int, int]]:
+            ctx = items[i].context
+            runs = []
+            if isinstance(ctx, PrefixKV):
+                runs.append((stored_off[id(ctx)], ctx.length))
+            elif isinstance(ctx, int):
+                runs.append((base + starts[ctx], lengths[ctx]))
+            runs.append((base + starts[i], lengths[i]))
+            return runs
+
+        full = self._attend(
+            [(starts[i], lengths[i]) for i in range(len(items))],
+            [key_runs(i) for i in range(len(items))],
+            n_total, base + n_total,
+        )
+        scored = [i for i, it in enumerate(items) if it.score]
+        last = (
+            self._attend([(k, 1) for k in range(len(scored))], [key_runs(i) for i in scored],
+                         len(scored), base + n_total)
+            if scored else None
+        )
+        last_rows = torch.tensor([starts[i] + lengths[i] - 1 for i in scored], device=self.device)
+        keep = [i for i, it in enumerate(items) if it.keep_kv]
+        kept: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {i: ([], []) for i in keep}
+
         layers = self.lm.layers
         n_layers = len(layers)
         ops, eps = self.ops, self.eps
@@ -199,50 +270,46 @@ class Executor:
         h = ops.rms_norm(x, layers[0].input_layernorm.weight, eps)
         for li, layer in enumerate(layers):
             attn = layer.self_attn
-            k = attn.k_proj(h).view(-1, self.num_kv_heads, self.head_dim)
+            k = ops.rope(attn.k_proj(h).view(-1, self.num_kv_heads, self.head_dim), cos, sin)
             v = attn.v_proj(h).view(-1, self.num_kv_heads, self.head_dim)
-            k = ops.rope(k, cos, sin)
-            if keep_kv:
-                kv.append((k, v))
-                if li == n_layers - 1:
-                    break  # a prefix's own outputs are never read
-            is_last = li == n_layers - 1
-            lay = last if is_last and last is not None else full
-            if is_last:
-                rows = lay.q_index[:, 0]
-                h, x, cos_q, sin_q = h[rows], x[rows], cos[rows], sin[rows]
-                lay = _Layout(
-                    q_index=torch.arange(len(segments), device=self.device).unsqueeze(1),
-                    q_pos=lay.q_pos, kv_index=lay.kv_index, mask=lay.mask, out_index=lay.out_index,
-                )
+            for i in keep:
+                # Copies: a view would keep the whole batch's keys/values alive with the request.
+                kept[i][0].append(k[starts[i] : starts[i] + lengths[i]].clone())
+                kept[i][1].append(v[starts[i] : starts[i] + lengths[i]].clone())
+            k_src = torch.cat([*[u.keys[li] for u in stored], k, pad_kv])
+            v_src = torch.cat([*[u.values[li] for u in stored], v, pad_kv])
+            if li == n_layers - 1:
+                if last is None:
+                    break  # only keys/values were wanted
+                h, x = h[last_rows], x[last_rows]
+                q = ops.rope(attn.q_proj(h).view(-1, self.num_heads, self.head_dim), cos[last_rows], sin[last_rows])
+                at = last
             else:
-                cos_q, sin_q = cos, sin
-            q = ops.rope(attn.q_proj(h).view(-1, self.num_heads, self.head_dim), cos_q, sin_q)
-            k_src = torch.cat([*[u.keys[li] for u in unique], k, pad_kv])
-            v_src = torch.cat([*[u.values[li] for u in unique], v, pad_kv])
-            attn_out = attn.o_proj(self._attention(q, k_src, v_src, lay))
-            x, h = ops.add_rms_norm(x, attn_out, layer.post_attention_layernorm.weight, eps)
+                q = ops.rope(attn.q_proj(h).view(-1, self.num_heads, self.head_dim), cos, sin)
+                at = full
+            x, h = ops.add_rms_norm(x, attn.o_proj(self._attention(q, k_src, v_src, at)),
+                                    layer.post_attention_layernorm.weight, eps)
             mlp = layer.mlp
             delta = mlp.down_proj(ops.silu_mul(mlp.gate_proj(h), mlp.up_proj(h)))
             norm_w = layers[li + 1].input_layernorm.weight if li + 1 < n_layers else self.lm.norm.weight
             x, h = ops.add_rms_norm(x, delta, norm_w, eps)
-        if keep_kv:
-            return None, kv, ran
-        return h, kv, ran  # h is the final norm of the last layer's output
+        prefixes = {i: PrefixKV(keys=ks, values=vs, length=lengths[i]) for i, (ks, vs) in kept.items()}
+        if last is None:
+            return torch.empty(0), prefixes, ran
+        # h is the final norm of the last layer's output at each scored sequence's last token.
+        return (h.float() @ self.yes_minus_no).cpu(), prefixes, ran
 
     def prefill(self, segment: Segment) -> tuple[PrefixKV, int]:
-        """Keys and values of a shared prefix, computed once per request."""
-        _, kv, ran = self._run([segment], [None], keep_kv=True)
-        return PrefixKV(keys=[k for k, _ in kv], values=[v for _, v in kv], length=len(segment)), ran
+        """Keys and values of a shared prefix on its own."""
+        _, kept, ran = self.run([BatchItem(segment, None, score=False, keep_kv=True)])
+        return kept[0], ran
 
     def score(
         self, segments: Sequence[Segment], prefixes: Sequence[PrefixKV | None]
     ) -> tuple[torch.Tensor, int]:
         """z_yes - z_no at each segment's last token (float32, on the CPU)."""
-        hidden, _, ran = self._run(segments, prefixes, keep_kv=False)
-        assert hidden is not None
-        logits = hidden.float() @ self.yes_minus_no
-        return logits.cpu(), ran
+        logits, _, ran = self.run([BatchItem(s, p) for s, p in zip(segments, prefixes)])
+        return logits, ran
 
 
 def _cumsum0(values: list[int]) -> list[int]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import EngineError, LimitExceeded
-from .executor import Executor, PrefixKV
+from .executor import BatchItem, Executor, PrefixKV
 from .prepare import PreparedDocument, PreparedQuery
 from .types import RequestStats, Score
 
@@ -254,51 +254,62 @@ class Scheduler:
 
     # ---- on the GPU thread --------------------------------------------------------------
     def _run_batch(self, batch: list[_Item]) -> tuple[list[float | Exception | None], int]:
-        ran = 0
-        new_jobs = [
-            job for job in dict.fromkeys(i.job for i in batch)
-            if job.prefix_kv is None and any(i.doc.uses_prefix for i in batch if i.job is job)
-        ]
-        for job in new_jobs:
-            try:
-                job.prefix_kv, n = self.executor.prefill(job.query.prefix)
-                ran += n
-                job.stats.usage.computed_tokens += len(job.query.prefix)
-            except torch.OutOfMemoryError:
-                _free_cuda()
-                job.prefix_kv = None
         out: list[float | Exception | None] = [None] * len(batch)
-        todo = [
-            k for k, i in enumerate(batch)
-            if i.job.alive() and (not i.doc.uses_prefix or i.job.prefix_kv is not None)
-        ]
-        for k, i in enumerate(batch):
-            if i.doc.uses_prefix and i.job.prefix_kv is None and i.job.alive():
-                out[k] = LimitExceeded("the query is too large for the GPU memory left")
-        ran += self._score(batch, todo, out)
-        return out, ran
+        todo = [k for k, i in enumerate(batch) if i.job.alive()]
+        return out, self._score(batch, todo, out, inline_prefixes=True)
 
-    def _score(self, batch: list[_Item], todo: list[int], out: list) -> int:
+    def _score(self, batch: list[_Item], todo: list[int], out: list, inline_prefixes: bool) -> int:
+        """Scores batch[k] for k in todo into out[k]. A request's prefix that has not run yet
+        runs in the same pass as its first documents (inline); on OOM the prefixes run alone
+        first and the documents are split in halves until they fit."""
         if not todo:
             return 0
-        items = [batch[k] for k in todo]
+        items: list[BatchItem] = []
+        inline: dict[int, int] = {}  # id(job) -> index of its prefix item
+        jobs = {}
+        ran = 0
+        for k in todo:
+            job = batch[k].job
+            if batch[k].doc.uses_prefix and job.prefix_kv is None and id(job) not in inline:
+                if not inline_prefixes:
+                    try:
+                        job.prefix_kv, n = self.executor.prefill(job.query.prefix)
+                    except torch.OutOfMemoryError:
+                        _free_cuda()
+                        out[k] = LimitExceeded("the query is too large for the GPU memory left")
+                        continue
+                    ran += n
+                    job.stats.usage.computed_tokens += len(job.query.prefix)
+                    continue
+                inline[id(job)] = len(items)
+                jobs[id(job)] = job
+                items.append(BatchItem(job.query.prefix, None, score=False, keep_kv=True))
+        todo = [k for k in todo if out[k] is None]
+        for k in todo:
+            doc, job = batch[k].doc, batch[k].job
+            context = (job.prefix_kv if job.prefix_kv is not None else inline[id(job)]) if doc.uses_prefix else None
+            items.append(BatchItem(doc.segment, context))
         try:
-            logits, ran = self.executor.score(
-                [i.doc.segment for i in items],
-                [i.job.prefix_kv if i.doc.uses_prefix else None for i in items],
-            )
+            logits, kept, n = self.executor.run(items)
         except torch.OutOfMemoryError:
             _free_cuda()
+            if inline:
+                return ran + self._score(batch, todo, out, inline_prefixes=False)
             if len(todo) == 1:
                 out[todo[0]] = LimitExceeded("the document is too large for the GPU memory left")
-                return 0
+                return ran
             self.oom_splits += 1
             half = len(todo) // 2
-            return self._score(batch, todo[:half], out) + self._score(batch, todo[half:], out)
+            return (ran + self._score(batch, todo[:half], out, False)
+                    + self._score(batch, todo[half:], out, False))
+        for key, index in inline.items():
+            job = jobs[key]
+            job.prefix_kv = kept[index]
+            job.stats.usage.computed_tokens += len(job.query.prefix)
         for k, value in zip(todo, logits.tolist()):
             out[k] = value
             batch[k].job.stats.usage.computed_tokens += batch[k].tokens
-        return ran
+        return ran + n
 
 
 def _sigmoid(x: float) -> float:

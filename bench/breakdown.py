@@ -1,0 +1,85 @@
+"""Where a 100-candidate rerank spends its time, stage by stage, on the GPU (RANDOM weights,
+7B shape): preprocessing, prefix prefill, packed scoring, vision tower; then the top kernels of
+one scoring pass.
+
+    python bench/breakdown.py --tiny .cache/tiny-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.run import build_model, image_workload, text_workload
+from lychee_grpc.engine.config import EngineConfig
+from lychee_grpc.engine.engine import Engine
+from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.vision_cache import VisionCache
+
+
+def timed(fn, n: int = 5) -> tuple[float, object]:
+    out = None
+    times = []
+    for _ in range(n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tiny", default=".cache/tiny-model")
+    p.add_argument("--rows", type=int, default=25)
+    a = p.parse_args()
+    loaded, _ = build_model(a.tiny)
+    print("RANDOM weights, Qwen2.5-VL-7B shape")
+    engine = Engine(EngineConfig(model="random-7b", warmup=False), loaded)
+    ex, pre = engine.executor, engine.preprocessor
+    tok = loaded.processor.tokenizer
+    for name, (query, docs) in {"T100": text_workload(tok, 1), "I100": image_workload(tok, 2)}.items():
+        t_q, pq = timed(lambda: pre.prepare_query(query, DEFAULT_INSTRUCTION))
+        t_d, pds = timed(lambda: pre.prepare_documents(pq, list(enumerate(docs))), 3)
+        t_p, (kv, _) = timed(lambda: ex.prefill(pq.prefix))
+        segs = [d.segment for d in pds]
+        if name == "I100":
+            images = [im for s in segs for im in s.images]
+
+            def tower():
+                ex.vision_cache = VisionCache(1 << 32)
+                return ex.image_embeds(images)
+
+            t_v, _ = timed(tower, 3)
+            print(f"{name}: vision tower alone for {len(images)} images: {t_v:.1f} ms")
+        for chunk in (100, 50, 25):
+            def score(chunk=chunk):
+                if name == "I100":
+                    ex.vision_cache = VisionCache(1 << 32)
+                return [ex.score(segs[i:i + chunk], [kv] * len(segs[i:i + chunk])) for i in range(0, 100, chunk)]
+
+            t_s, _ = timed(score, 3)
+            print(f"{name}: score in batches of {chunk}: {t_s:.1f} ms")
+        tokens = sum(len(s) for s in segs)
+        print(f"{name}: prepare query {t_q:.1f} ms, documents {t_d:.1f} ms, prefill {t_p:.1f} ms "
+              f"({len(pq.prefix)} tokens), {tokens} document tokens")
+        from torch.profiler import ProfilerActivity, profile
+
+        ex.vision_cache = VisionCache(1 << 32)
+        if name == "T100":
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                ex.score(segs, [kv] * len(segs))
+                torch.cuda.synchronize()
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.rows, max_name_column_width=70))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
