@@ -46,21 +46,21 @@ def main() -> int:
     ex, pre = engine.executor, engine.preprocessor
     tok = loaded.processor.tokenizer
     for name, (query, docs) in {"T100": text_workload(tok, 1), "I100": image_workload(tok, 2)}.items():
-        t_q, pq = timed(lambda: pre.prepare_query(query, DEFAULT_INSTRUCTION))
-        t_d, pds = timed(lambda: pre.prepare_documents(pq, list(enumerate(docs))), 3)
-        t_p, (kv, _) = timed(lambda: ex.prefill(pq.prefix))
+        t_q, pq = timed(lambda q=query: pre.prepare_query(q, DEFAULT_INSTRUCTION))
+        t_d, pds = timed(lambda q=pq, d=docs: pre.prepare_documents(q, list(enumerate(d))), 3)
+        t_p, (kv, _) = timed(lambda q=pq: ex.prefill(q.prefix))
         segs = [d.segment for d in pds]
         if name == "I100":
             images = [im for s in segs for im in s.images]
 
-            def tower():
+            def tower(images=images):
                 ex.vision_cache = VisionCache(1 << 32)
                 return ex.image_embeds(images)
 
             t_v, _ = timed(tower, 3)
             print(f"{name}: vision tower alone for {len(images)} images: {t_v:.1f} ms")
         for chunk in (100, 50, 25):
-            def score(chunk=chunk):
+            def score(chunk=chunk, name=name, segs=segs, kv=kv):
                 if name == "I100":
                     ex.vision_cache = VisionCache(1 << 32)
                 return [ex.score(segs[i:i + chunk], [kv] * len(segs[i:i + chunk])) for i in range(0, 100, chunk)]

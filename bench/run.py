@@ -36,6 +36,7 @@ from lychee_grpc.engine.template import DEFAULT_INSTRUCTION  # noqa: E402
 from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart  # noqa: E402
 from lychee_grpc.engine.vision_attention import install_packed_vision_attention  # noqa: E402
 from lychee_grpc.engine.vision_cache import VisionCache  # noqa: E402
+from lychee_grpc.engine.vision_mlp import align_vision_mlp  # noqa: E402
 
 FLOP_PER_TOKEN = 2 * 6.53e9
 VISION_FLOP_448 = 1.37e12
@@ -76,6 +77,7 @@ def build_model(tiny: str, layers: int = 28, vision_depth: int = 32, dtype=torch
     torch.set_default_dtype(torch.float32)
     model.eval()
     vision = install_packed_vision_attention(model)
+    align_vision_mlp(model.model.visual)
     tok = processor.tokenizer
     loaded = LoadedModel(model=model, processor=processor, yes_id=tok.convert_tokens_to_ids("yes"),
                          no_id=tok.convert_tokens_to_ids("no"), device=torch.device("cuda"), dtype=dtype,
@@ -265,11 +267,29 @@ async def exactness_fp32(tiny: str) -> dict:
         fast = {s.index: s.score for s in ranking.scores}
         out[name] = max(abs(fast[i] - 1 / (1 + math.exp(-float(z)))) for i, z in enumerate(ref))
     await engine.stop()
-    del engine, loaded
-    torch.cuda.empty_cache()
     log(f"fp32 exactness on the GPU (4+4 layers, 7B width): max |score diff| text {out['text']:.2e}, "
         f"image {out['image']:.2e}")
-    return {k: float(f"{v:.3g}") for k, v in out.items()}
+    # bf16: the varlen attention path against the padded-mask path, same weights and inputs.
+    loaded.model.to(torch.bfloat16)
+    loaded.dtype = torch.bfloat16
+    engine = Engine(EngineConfig(model="random-7b-width-4-layers-bf16", warmup=False), loaded)
+    await engine.start()
+    ex = engine.executor
+    out["varlen_used"] = ex.use_varlen
+    out["varlen_repeats_kv"] = ex._varlen_expand_kv
+    for name, (query, docs) in {"text": text_workload(tok, 11), "image": image_workload(tok, 12)}.items():
+        docs = docs[:24] if name == "text" else docs[:8]
+        got = {}
+        for varlen in (True, False):
+            ex.use_varlen = varlen and out["varlen_used"]
+            ranking = await engine.rerank(query, docs)
+            got[varlen] = {s.index: s.score for s in ranking.scores}
+        out[f"bf16_varlen_vs_padded_{name}"] = max(abs(got[True][i] - got[False][i]) for i in got[True])
+    await engine.stop()
+    del engine, loaded
+    torch.cuda.empty_cache()
+    log(f"bf16 varlen vs padded SDPA: {out}")
+    return {k: (float(f"{v:.3g}") if isinstance(v, float) else v) for k, v in out.items()}
 
 
 async def main_async(a) -> dict:

@@ -19,6 +19,7 @@ from .config import EngineConfig
 from .errors import ModelLoadError
 from .tiny_model import RANDOM_WEIGHTS_FLAG
 from .vision_attention import install_packed_vision_attention
+from .vision_mlp import align_vision_mlp
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,8 @@ def load_model(config: EngineConfig) -> LoadedModel:
     model.eval()
     # One packed attention call per vision layer instead of one call per window.
     log.info("vision attention: %s", install_packed_vision_attention(model))
+    if width := align_vision_mlp(model.model.visual):
+        log.info("vision MLP zero-padded to width %d for aligned GEMMs", width)
     tokenizer = processor.tokenizer
     return LoadedModel(
         model=model,

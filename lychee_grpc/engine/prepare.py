@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from . import template
 from .errors import FieldViolation, InvalidInput
@@ -137,30 +138,57 @@ class Preprocessor:
         t, h, w = (int(x) for x in out["image_grid_thw"][0])
         return out["pixel_values"], (t, h, w)
 
-    def encode_image(self, data: bytes) -> tuple[EncodedImage, bool]:
-        """Returns the image and whether its vision output was cached."""
+    def _grid(self, height: int, width: int) -> tuple[int, int, int]:
+        # Qwen2.5-VL's own resize rule, so the token count is known before any pixel work.
+        patch = self.image_processor.patch_size
+        h, w = smart_resize(height, width, factor=patch * self.merge_size,
+                            min_pixels=self.min_image_pixels, max_pixels=self.max_image_pixels)
+        return (1, h // patch, w // patch)
+
+    def encode_image(self, data: bytes, pending: list) -> tuple[EncodedImage, bool]:
+        """Validates and decodes an image (unless its vision output is cached) and returns it
+        with whether it was cached; its pixels are computed later, with the request's others."""
         key = content_key(data) + self._bounds_tag
         grid = self._grids.get(key)
         cached = grid is not None and self._vision_cached(key)
-        pixel_values = None
+        picture = None
         if not cached:
-            pixel_values, grid = self._pixels(data)
-            self._grids.put(key, grid)
+            picture = decode_image(data, self.image_limits)
+            grid = self._grid(picture.height, picture.width)
         assert grid is not None
         t, h, w = grid
-        return (
-            EncodedImage(
-                key=key,
-                grid_thw=grid,
-                tokens=t * h * w // self.merge_size**2,
-                pixel_values=pixel_values,
-                pixels=lambda: self._pixels(data)[0],
-            ),
-            cached,
+        image = EncodedImage(
+            key=key,
+            grid_thw=grid,
+            tokens=t * h * w // self.merge_size**2,
+            pixel_values=None,
+            pixels=lambda: self._pixels(data)[0],
         )
+        if picture is not None:
+            pending.append((image, picture))
+        return image, cached
+
+    def _fill_pixels(self, pending: list) -> None:
+        """One image-processor call for all of a request's new images (per-image calls are
+        mostly Python overhead)."""
+        if not pending:
+            return
+        out = self.image_processor(
+            images=[picture for _, picture in pending],
+            min_pixels=self.min_image_pixels,
+            max_pixels=self.max_image_pixels,
+            return_tensors="pt",
+        )
+        grids = [tuple(int(x) for x in g) for g in out["image_grid_thw"]]
+        sizes = [t * h * w for t, h, w in grids]
+        for (image, _), grid, pixels in zip(pending, grids, torch.split(out["pixel_values"], sizes)):
+            if grid != image.grid_thw:
+                raise RuntimeError(f"image processor made grid {grid}, expected {image.grid_thw}")
+            image.pixel_values = pixels
+            self._grids.put(image.key, grid)
 
     def _encode_parts(
-        self, parts: Sequence[Part], path: str, violations: list[FieldViolation]
+        self, parts: Sequence[Part], path: str, violations: list[FieldViolation], pending: list
     ) -> tuple[list[EncodedImage], int]:
         images: list[EncodedImage] = []
         cached = 0
@@ -172,7 +200,7 @@ class Preprocessor:
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
             elif isinstance(part, ImagePart):
                 try:
-                    image, hit = self.encode_image(part.data)
+                    image, hit = self.encode_image(part.data, pending)
                 except ImageRejected as exc:
                     violations.append(FieldViolation(f"{path}.parts[{i}].image", str(exc)))
                     continue
@@ -186,7 +214,8 @@ class Preprocessor:
     def prepare_query(self, query: Query, instruction: str) -> PreparedQuery:
         start = time.perf_counter()
         violations: list[FieldViolation] = []
-        images, _ = self._encode_parts(query.parts, "query", violations)
+        pending: list = []
+        images, _ = self._encode_parts(query.parts, "query", violations, pending)
         if instruction and len(self.tokenizer.encode(instruction, add_special_tokens=False)) > (
             self.text_limits.max_instruction_tokens
         ):
@@ -197,6 +226,7 @@ class Preprocessor:
             )
         if violations:
             raise InvalidInput(violations)
+        self._fill_pixels(pending)
         rendered = template.render_parts(query.parts, [im.tokens for im in images])
         prefix_ids = self._tokenize([template.prefix_text(instruction, rendered)])[0]
         query_tokens = len(prefix_ids) - self._prefix_overhead(instruction)
@@ -232,12 +262,14 @@ class Preprocessor:
     ) -> list[PreparedDocument]:
         """Validates and encodes documents; raises InvalidInput naming every bad field."""
         violations: list[FieldViolation] = []
+        pending: list = []
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
         for index, doc in documents:
-            images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations)
+            images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending)
             encoded.append((index, doc, images, cached))
         if violations:
             raise InvalidInput(violations)
+        self._fill_pixels(pending)
         prefix_text = template.prefix_text(query.instruction, query.rendered_query)
         texts = [
             prefix_text + template.suffix_text(template.render_parts(doc.parts, [im.tokens for im in images]))
