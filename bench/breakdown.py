@@ -47,7 +47,11 @@ def main() -> int:
     tok = loaded.processor.tokenizer
     for name, (query, docs) in {"T100": text_workload(tok, 1), "I100": image_workload(tok, 2)}.items():
         t_q, pq = timed(lambda q=query: pre.prepare_query(q, DEFAULT_INSTRUCTION))
+        pre.image_device = None
+        t_cpu, _ = timed(lambda q=pq, d=docs: pre.prepare_documents(q, list(enumerate(d))), 3)
+        pre.image_device = "cuda"
         t_d, pds = timed(lambda q=pq, d=docs: pre.prepare_documents(q, list(enumerate(d))), 3)
+        print(f"{name}: prepare documents with images processed on cpu {t_cpu:.1f} ms, on cuda {t_d:.1f} ms")
         t_p, (kv, _) = timed(lambda q=pq: ex.prefill(q.prefix))
         segs = [d.segment for d in pds]
         if name == "I100":
@@ -73,11 +77,13 @@ def main() -> int:
         from torch.profiler import ProfilerActivity, profile
 
         ex.vision_cache = VisionCache(1 << 32)
-        if name == "T100":
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            if name == "T100":
                 ex.score(segs, [kv] * len(segs))
-                torch.cuda.synchronize()
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.rows, max_name_column_width=70))
+            else:
+                ex.image_embeds([im for s in segs for im in s.images])
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.rows, max_name_column_width=70))
     return 0
 
 

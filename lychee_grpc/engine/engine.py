@@ -81,6 +81,8 @@ class Engine:
             min_image_pixels=self.min_image_pixels,
             max_image_pixels=self.max_image_pixels,
             vision_cached=lambda key: key in self.executor.vision_cache,
+            image_device=str(loaded.device) if cuda and config.images_on_gpu else None,
+            decode_threads=config.preprocess_threads,
         )
         self.scheduler: Scheduler | None = None
         self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")

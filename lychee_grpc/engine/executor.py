@@ -16,6 +16,7 @@ called directly; only the sequence layout differs from `model.forward`:
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,17 +60,17 @@ class BatchItem:
 class _Attend:
     """Which rows attend to which, for one attention call (all layers but the last, or the last)."""
 
-    # Padded SDPA form.
-    q_index: torch.Tensor  # [B, Lq] rows of the query tensor (its last row is padding)
-    kv_index: torch.Tensor  # [B, S] rows of the key/value source (its last row is padding)
-    mask: torch.Tensor  # [B, 1, rep*Lq, S]
-    out_index: torch.Tensor  # real rows of the flattened [B*Lq] output
     # Varlen form.
     kv_rows: torch.Tensor  # flat rows of the key/value source, sequence after sequence
     cu_q: torch.Tensor
     cu_k: torch.Tensor
     max_q: int
     max_k: int
+    # Padded SDPA form (built only when varlen is not in use).
+    q_index: torch.Tensor | None = None  # [B, Lq] rows of the query tensor (its last row is padding)
+    kv_index: torch.Tensor | None = None  # [B, S] rows of the key/value source (its last row is padding)
+    mask: torch.Tensor | None = None  # [B, 1, rep*Lq, S]
+    out_index: torch.Tensor | None = None  # real rows of the flattened [B*Lq] output
 
 
 class Executor:
@@ -141,43 +142,37 @@ class Executor:
     ) -> _Attend:
         """`queries[i]` = (first query row, count): the last `count` tokens of sequence i;
         `keys[i]` = runs (first row, count) of the key/value source, its context first.
-        `q_rows` / `kv_rows` are the padding rows of the query and key/value tensors."""
-        B = len(queries)
-        lq = max(n for _, n in queries)
-        klens = [sum(n for _, n in runs) for runs in keys]
-        S = max(klens)
-        q_index = torch.full((B, lq), q_rows, dtype=torch.long)
-        kv_index = torch.full((B, S), kv_rows, dtype=torch.long)
-        allowed = torch.zeros(B, lq, S, dtype=torch.bool)
-        flat_rows = []
-        out_index = []
-        for b, ((q0, n), runs) in enumerate(zip(queries, keys)):
-            q_index[b, :n] = torch.arange(q0, q0 + n)
-            out_index.append(torch.arange(b * lq, b * lq + n))
-            col = 0
-            for r0, count in runs:
-                kv_index[b, col : col + count] = torch.arange(r0, r0 + count)
-                flat_rows.append(torch.arange(r0, r0 + count))
-                col += count
-            # The queries are the sequence's last n tokens: query j sees keys 0 .. klen - n + j
-            # (causal, aligned bottom-right as flash attention's varlen kernel does).
-            visible = torch.arange(klens[b] - n + 1, klens[b] + 1)
-            allowed[b, :n] = torch.arange(S).unsqueeze(0) < visible.unsqueeze(1)
-        mask = allowed.unsqueeze(1).expand(B, self.rep, lq, S).reshape(B, 1, self.rep * lq, S)
+        `q_rows` / `kv_rows` are the padding rows of the query and key/value tensors. Only the
+        tensors of the attention path in use are built (the padded mask is large)."""
         dev = self.device
-        cu_q = torch.tensor([0, *torch.tensor([n for _, n in queries]).cumsum(0).tolist()], dtype=torch.int32)
-        cu_k = torch.tensor([0, *torch.tensor(klens).cumsum(0).tolist()], dtype=torch.int32)
-        return _Attend(
-            q_index=q_index.to(dev, non_blocking=True),
-            kv_index=kv_index.to(dev, non_blocking=True),
-            mask=mask.to(dev, non_blocking=True),
-            out_index=torch.cat(out_index).to(dev, non_blocking=True),
-            kv_rows=torch.cat(flat_rows).to(dev, non_blocking=True),
-            cu_q=cu_q.to(dev, non_blocking=True),
-            cu_k=cu_k.to(dev, non_blocking=True),
-            max_q=lq,
-            max_k=S,
-        )
+        counts = [n for _, n in queries]
+        klens = [sum(n for _, n in runs) for runs in keys]
+        lq, S = max(counts), max(klens)
+        flat = torch.cat([torch.arange(r0, r0 + n) for runs in keys for r0, n in runs])
+        cu_q = torch.tensor([0, *itertools.accumulate(counts)], dtype=torch.int32)
+        cu_k = torch.tensor([0, *itertools.accumulate(klens)], dtype=torch.int32)
+        at = _Attend(kv_rows=flat.to(dev, non_blocking=True), cu_q=cu_q.to(dev, non_blocking=True),
+                     cu_k=cu_k.to(dev, non_blocking=True), max_q=lq, max_k=S)
+        if self.use_varlen:
+            return at
+        B = len(queries)
+        lens = torch.tensor(counts)
+        q_index = torch.tensor([q0 for q0, _ in queries]).unsqueeze(1) + torch.arange(lq).unsqueeze(0)
+        q_valid = torch.arange(lq).unsqueeze(0) < lens.unsqueeze(1)
+        q_index = torch.where(q_valid, q_index, torch.full_like(q_index, q_rows))
+        kv_index = torch.full((B, S), kv_rows, dtype=torch.long)
+        kv_valid = torch.arange(S).unsqueeze(0) < torch.tensor(klens).unsqueeze(1)
+        kv_index[kv_valid] = flat
+        # The queries are each sequence's last n tokens: query j sees keys 0 .. klen - n + j
+        # (causal, aligned bottom-right as flash attention's varlen kernel does).
+        visible = torch.tensor(klens).unsqueeze(1) - lens.unsqueeze(1) + 1 + torch.arange(lq).unsqueeze(0)
+        allowed = torch.arange(S).view(1, 1, S) < visible.unsqueeze(2)  # [B, Lq, S]
+        mask = allowed.unsqueeze(1).expand(B, self.rep, lq, S).reshape(B, 1, self.rep * lq, S)
+        at.q_index = q_index.to(dev)
+        at.kv_index = kv_index.to(dev)
+        at.mask = mask.to(dev)
+        at.out_index = torch.nonzero(q_valid.flatten()).flatten().to(dev)
+        return at
 
     def _attention(self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, at: _Attend) -> torch.Tensor:
         """q: [rows, H, D] packed in sequence order; k_src/v_src: [rows, Hkv, D], padding row last."""

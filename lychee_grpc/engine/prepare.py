@@ -12,9 +12,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from . import template
@@ -113,6 +115,8 @@ class Preprocessor:
         min_image_pixels: int,
         max_image_pixels: int,
         vision_cached: Callable[[bytes], bool] = lambda key: False,
+        image_device: str | None = None,
+        decode_threads: int = 4,
     ):
         self.tokenizer = processor.tokenizer
         self.image_processor = processor.image_processor
@@ -123,6 +127,9 @@ class Preprocessor:
         self.min_image_pixels = min_image_pixels
         self.max_image_pixels = max_image_pixels
         self._vision_cached = vision_cached
+        # Resize/normalize/patchify on this device (the model's GPU): one batched pass.
+        self.image_device = image_device
+        self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="lychee-decode")
         self._grids = _GridCache()
         self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
 
@@ -145,9 +152,10 @@ class Preprocessor:
                             min_pixels=self.min_image_pixels, max_pixels=self.max_image_pixels)
         return (1, h // patch, w // patch)
 
-    def encode_image(self, data: bytes, pending: list) -> tuple[EncodedImage, bool]:
-        """Validates and decodes an image (unless its vision output is cached) and returns it
-        with whether it was cached; its pixels are computed later, with the request's others."""
+    def encode_image(self, data: bytes) -> tuple[EncodedImage, bool, Image.Image | None]:
+        """Validates and decodes an image unless its vision output is cached. Returns it, whether
+        it was cached, and the decoded picture whose pixels are still to be computed (together
+        with the request's other images). Safe to call from several threads."""
         key = content_key(data) + self._bounds_tag
         grid = self._grids.get(key)
         cached = grid is not None and self._vision_cached(key)
@@ -164,9 +172,14 @@ class Preprocessor:
             pixel_values=None,
             pixels=lambda: self._pixels(data)[0],
         )
-        if picture is not None:
-            pending.append((image, picture))
-        return image, cached
+        return image, cached, picture
+
+    def _decode_all(self, part_lists: Sequence[Sequence[Part]]) -> list[list[Future]]:
+        """Starts decoding every image part (PIL releases the GIL while decoding)."""
+        return [
+            [self._decoder.submit(self.encode_image, p.data) for p in parts if isinstance(p, ImagePart)]
+            for parts in part_lists
+        ]
 
     def _fill_pixels(self, pending: list) -> None:
         """One image-processor call for all of a request's new images (per-image calls are
@@ -178,6 +191,7 @@ class Preprocessor:
             min_pixels=self.min_image_pixels,
             max_pixels=self.max_image_pixels,
             return_tensors="pt",
+            **({"device": self.image_device} if self.image_device else {}),
         )
         grids = [tuple(int(x) for x in g) for g in out["image_grid_thw"]]
         sizes = [t * h * w for t, h, w in grids]
@@ -188,10 +202,12 @@ class Preprocessor:
             self._grids.put(image.key, grid)
 
     def _encode_parts(
-        self, parts: Sequence[Part], path: str, violations: list[FieldViolation], pending: list
+        self, parts: Sequence[Part], path: str, violations: list[FieldViolation], pending: list,
+        decoded: list[Future],
     ) -> tuple[list[EncodedImage], int]:
         images: list[EncodedImage] = []
         cached = 0
+        decoded_iter = iter(decoded)
         if not parts:
             violations.append(FieldViolation(f"{path}.parts", "must have at least one part"))
         for i, part in enumerate(parts):
@@ -200,10 +216,12 @@ class Preprocessor:
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
             elif isinstance(part, ImagePart):
                 try:
-                    image, hit = self.encode_image(part.data, pending)
+                    image, hit, picture = next(decoded_iter).result()
                 except ImageRejected as exc:
                     violations.append(FieldViolation(f"{path}.parts[{i}].image", str(exc)))
                     continue
+                if picture is not None:
+                    pending.append((image, picture))
                 images.append(image)
                 cached += hit
             else:
@@ -215,7 +233,8 @@ class Preprocessor:
         start = time.perf_counter()
         violations: list[FieldViolation] = []
         pending: list = []
-        images, _ = self._encode_parts(query.parts, "query", violations, pending)
+        images, _ = self._encode_parts(query.parts, "query", violations, pending,
+                                       self._decode_all([query.parts])[0])
         if instruction and len(self.tokenizer.encode(instruction, add_special_tokens=False)) > (
             self.text_limits.max_instruction_tokens
         ):
@@ -264,8 +283,9 @@ class Preprocessor:
         violations: list[FieldViolation] = []
         pending: list = []
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
-        for index, doc in documents:
-            images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending)
+        decoded = self._decode_all([doc.parts for _, doc in documents])
+        for (index, doc), futures in zip(documents, decoded):
+            images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending, futures)
             encoded.append((index, doc, images, cached))
         if violations:
             raise InvalidInput(violations)
