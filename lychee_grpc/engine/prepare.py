@@ -273,6 +273,10 @@ class Preprocessor:
         return len(self._tokenize([template.prefix_text(instruction, "")])[0])
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        # The Rust tokenizer directly: the Python wrapper around it costs more than encoding.
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     # ---- documents ----------------------------------------------------------------------
@@ -311,8 +315,10 @@ class Preprocessor:
                 continue
             all_images = query.images + images
             ids_t = torch.tensor(ids, dtype=torch.long)
-            positions = mrope_positions(
-                ids_t, self.image_token_id, [im.grid_thw for im in all_images], self.merge_size
+            positions = (
+                mrope_positions(ids_t, self.image_token_id, [im.grid_thw for im in all_images], self.merge_size)
+                if all_images
+                else torch.arange(len(ids)).expand(3, -1)  # text only: all three axes advance together
             )
             uses_prefix = ids[:shared] == query.prefix_ids
             if uses_prefix:
