@@ -139,11 +139,7 @@ class Engine:
         return job
 
     async def add_documents(self, job: Job, documents: Sequence[Document]) -> None:
-        """Validates, prepares and queues documents; indices continue the job's count.
-
-        Documents with images are prepared in two steps, the first quarter then the rest, so the
-        GPU starts on the first while the others are decoded. Every bad field of the whole call
-        is still reported, and nothing is scored for a call that has one."""
+        """Validates, prepares and queues documents; indices continue the job's count."""
         assert self.scheduler is not None
         limit = self.config.max_documents_per_request
         if job.next_index + len(documents) > limit:
@@ -152,39 +148,23 @@ class Engine:
             )
         first = job.next_index
         indexed = [(first + k, doc) for k, doc in enumerate(documents)]
+        started = time.perf_counter()
+        prepared = await self._prepare(job, indexed)
+        job.stats.timings.preprocess_ms += (time.perf_counter() - started) * 1e3
         job.next_index += len(documents)
-        has_images = any(isinstance(p, ImagePart) for doc in documents for p in doc.parts)
-        split = max(1, len(indexed) // 4) if has_images and len(indexed) >= 16 else len(indexed)
-        violations: list[FieldViolation] = []
-        for chunk in (indexed[:split], indexed[split:]):
-            if not chunk:
-                continue
-            started = time.perf_counter()
-            try:
-                prepared = await self._prepare(job, chunk)
-            except InvalidInput as exc:
-                violations += exc.violations
-                continue
-            finally:
-                job.stats.timings.preprocess_ms += (time.perf_counter() - started) * 1e3
-            if violations:
-                continue
-            usage = job.stats.usage
-            for doc in prepared:
-                usage.prompt_tokens += doc.prompt_tokens
-                usage.images += doc.images
-                usage.cached_images += doc.cached_images
-            if job.expired():
-                self.scheduler.documents_dropped += len(prepared)
-                raise DeadlineExpired("deadline expired before the documents were queued")
-            self.scheduler.submit(job, prepared)
-        if violations:
-            job.cancel()  # drops whatever of this call was already queued
-            raise InvalidInput(violations)
+        usage = job.stats.usage
+        for doc in prepared:
+            usage.prompt_tokens += doc.prompt_tokens
+            usage.images += doc.images
+            usage.cached_images += doc.cached_images
+        if job.expired():
+            self.scheduler.documents_dropped += len(prepared)
+            raise DeadlineExpired("deadline expired before the documents were queued")
+        self.scheduler.submit(job, prepared)
 
     async def _prepare(self, job: Job, indexed: list[tuple[int, Document]]) -> list[PreparedDocument]:
-        # One call per request: splitting it over threads was measured slower on the H100 host
-        # (bench/RESULTS.md, run 2) because the image processor is mostly Python and holds the GIL.
+        # One call per request (images are decoded on the preprocessor's own threads). Splitting a
+        # request to overlap its preparation with the GPU was measured: no gain (bench/RESULTS.md).
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._cpu, self.preprocessor.prepare_documents, job.query, indexed)
 
