@@ -42,15 +42,3 @@ def test_fused_vision_blocks_give_the_same_tower_output(loaded):
         after = visual(pixels, grid_thw=grid).pooler_output
     assert before.abs().max() > 0.1
     assert torch.allclose(before, after, atol=1e-5)
-
-
-def test_projections_are_fused_once_per_model_and_shared(loaded):
-    from lychee_grpc.engine.executor import Executor
-
-    Executor(loaded.model, loaded.yes_id, loaded.no_id, 1 << 20)
-    layer = loaded.model.model.language_model.layers[0]
-    first = layer.lychee_qkv[0]
-    Executor(loaded.model, loaded.yes_id, loaded.no_id, 1 << 20)
-    assert layer.lychee_qkv[0] is first
-    # The module's own weight is a view of the fused tensor, not a copy.
-    assert layer.self_attn.q_proj.weight.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .fused import FusedOps, fused_linears
+from .fused import FusedOps, fuse_linears
 from .prepare import EncodedImage, Segment
 from .vision_cache import VisionCache
 
@@ -99,6 +99,7 @@ class Executor:
         if text_cfg.hidden_act != "silu":
             raise ValueError(f"unsupported activation {text_cfg.hidden_act!r} (Qwen2.5-VL uses silu)")
 
+    @torch.no_grad()
     def _fuse_projections(self) -> None:
         """One GEMM for q/k/v and one for gate/up per layer. The modules' own weights become views
         of the fused tensors, so memory is not doubled and the HF modules compute as before."""
@@ -106,8 +107,8 @@ class Executor:
         self._gate_up: list[torch.Tensor] = []
         for layer in self.lm.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            self._qkv.append(fused_linears(layer, "lychee_qkv", [attn.q_proj, attn.k_proj, attn.v_proj]))
-            self._gate_up.append(fused_linears(layer, "lychee_gate_up", [mlp.gate_proj, mlp.up_proj])[0])
+            self._qkv.append(fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj]))
+            self._gate_up.append(fuse_linears([mlp.gate_proj, mlp.up_proj])[0])
         self._q_width = self.num_heads * self.head_dim
         self._kv_width = self.num_kv_heads * self.head_dim
 

@@ -51,19 +51,6 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def fused_linears(
-    owner: torch.nn.Module, name: str, linears: Sequence[torch.nn.Linear]
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The fused weight (and bias) of `linears`, made once per model and kept on `owner`, so
-    that several engines over one model share it instead of fusing again."""
-    fused = getattr(owner, name, None)
-    if fused is None:
-        fused = fuse_linears(linears)
-        setattr(owner, name, fused)
-    return fused
-
-
-@torch.no_grad()
 def fuse_linears(linears: Sequence[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Concatenates the weights (and biases) of linears that read the same input, and points
     each linear at its slice of the result."""
@@ -115,7 +102,8 @@ class FusedOps:
 
         vision_attention.set_rotary(self.vision_rope)
         for block in visual.blocks:
-            fused_linears(block, "lychee_gate_up", [block.mlp.gate_proj, block.mlp.up_proj])
+            with torch.no_grad():
+                block.lychee_gate_up = fuse_linears([block.mlp.gate_proj, block.mlp.up_proj])
             block.forward = types.MethodType(_fused_vision_block_forward(self), block)
         return True
 
