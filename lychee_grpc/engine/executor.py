@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .fused import FusedOps, fuse_linears
+from .fused import FusedOps
 from .prepare import EncodedImage, Segment
 from .vision_cache import VisionCache
 
@@ -92,25 +92,11 @@ class Executor:
         self.yes_minus_no = (rows[0] - rows[1]).contiguous()
         self.vision_cache = VisionCache(vision_cache_bytes)
         self._probe_varlen()
-        self._fuse_projections()
         self.ops = FusedOps(self.device)
         self.ops.install_vision(self.visual)
         self.eps = text_cfg.rms_norm_eps
         if text_cfg.hidden_act != "silu":
             raise ValueError(f"unsupported activation {text_cfg.hidden_act!r} (Qwen2.5-VL uses silu)")
-
-    @torch.no_grad()
-    def _fuse_projections(self) -> None:
-        """One GEMM for q/k/v and one for gate/up per layer. The modules' own weights become views
-        of the fused tensors, so memory is not doubled and the HF modules compute as before."""
-        self._qkv: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-        self._gate_up: list[torch.Tensor] = []
-        for layer in self.lm.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            self._qkv.append(fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj]))
-            self._gate_up.append(fuse_linears([mlp.gate_proj, mlp.up_proj])[0])
-        self._q_width = self.num_heads * self.head_dim
-        self._kv_width = self.num_kv_heads * self.head_dim
 
     # ---- vision -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -277,12 +263,10 @@ class Executor:
         ops, eps = self.ops, self.eps
         pad_kv = x.new_zeros(1, self.num_kv_heads, self.head_dim)
         h = ops.rms_norm(x, layers[0].input_layernorm.weight, eps)
-        qw, kw = self._q_width, self._kv_width
         for li, layer in enumerate(layers):
             attn = layer.self_attn
-            qkv = F.linear(h, *self._qkv[li])
-            k = ops.rope(qkv[:, qw : qw + kw].view(-1, self.num_kv_heads, self.head_dim), cos, sin)
-            v = qkv[:, qw + kw :].view(-1, self.num_kv_heads, self.head_dim)
+            k = ops.rope(attn.k_proj(h).view(-1, self.num_kv_heads, self.head_dim), cos, sin)
+            v = attn.v_proj(h).view(-1, self.num_kv_heads, self.head_dim)
             for i in keep:
                 # Copies: a view would keep the whole batch's keys/values alive with the request.
                 kept[i][0].append(k[starts[i] : starts[i] + lengths[i]].clone())
@@ -292,18 +276,16 @@ class Executor:
             if li == n_layers - 1:
                 if last is None:
                     break  # only keys/values were wanted
-                x = x[last_rows]
-                q = qkv[last_rows, :qw].view(-1, self.num_heads, self.head_dim)
-                q = ops.rope(q, cos[last_rows], sin[last_rows])
+                h, x = h[last_rows], x[last_rows]
+                q = ops.rope(attn.q_proj(h).view(-1, self.num_heads, self.head_dim), cos[last_rows], sin[last_rows])
                 at = last
             else:
-                q = ops.rope(qkv[:, :qw].view(-1, self.num_heads, self.head_dim), cos, sin)
+                q = ops.rope(attn.q_proj(h).view(-1, self.num_heads, self.head_dim), cos, sin)
                 at = full
             x, h = ops.add_rms_norm(x, attn.o_proj(self._attention(q, k_src, v_src, at)),
                                     layer.post_attention_layernorm.weight, eps)
-            gate_up = F.linear(h, self._gate_up[li])
-            width = gate_up.shape[1] // 2
-            delta = layer.mlp.down_proj(ops.silu_mul(gate_up[:, :width], gate_up[:, width:]))
+            mlp = layer.mlp
+            delta = mlp.down_proj(ops.silu_mul(mlp.gate_proj(h), mlp.up_proj(h)))
             norm_w = layers[li + 1].input_layernorm.weight if li + 1 < n_layers else self.lm.norm.weight
             x, h = ops.add_rms_norm(x, delta, norm_w, eps)
         prefixes = {i: PrefixKV(keys=ks, values=vs, length=lengths[i]) for i, (ks, vs) in kept.items()}

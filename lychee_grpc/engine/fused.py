@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,22 +51,6 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def fuse_linears(linears: Sequence[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Concatenates the weights (and biases) of linears that read the same input, and points
-    each linear at its slice of the result."""
-    weight = torch.cat([lin.weight for lin in linears])
-    biases = [lin.bias for lin in linears]
-    bias = torch.cat(biases) if all(b is not None for b in biases) else None
-    row = 0
-    for lin in linears:
-        rows = lin.out_features
-        lin.weight = torch.nn.Parameter(weight[row : row + rows], requires_grad=False)
-        if bias is not None:
-            lin.bias = torch.nn.Parameter(bias[row : row + rows], requires_grad=False)
-        row += rows
-    return weight, bias
-
-
 class Kernel:
     """Calls the compiled function when enabled; falls back to eager for good on any failure."""
 
@@ -102,8 +86,6 @@ class FusedOps:
 
         vision_attention.set_rotary(self.vision_rope)
         for block in visual.blocks:
-            with torch.no_grad():
-                block.lychee_gate_up = fuse_linears([block.mlp.gate_proj, block.mlp.up_proj])
             block.forward = types.MethodType(_fused_vision_block_forward(self), block)
         return True
 
@@ -116,8 +98,7 @@ def _fused_vision_block_forward(ops: FusedOps):
             h, cu_seqlens=cu_seqlens, position_embeddings=position_embeddings, **kwargs
         )
         h = ops.rms_norm(hidden_states, self.norm2.weight, self.norm2.variance_epsilon)
-        gate_up = F.linear(h, *self.lychee_gate_up)
-        width = gate_up.shape[1] // 2
-        return hidden_states + self.mlp.down_proj(ops.silu_mul(gate_up[:, :width], gate_up[:, width:]))
+        mlp = self.mlp
+        return hidden_states + mlp.down_proj(ops.silu_mul(mlp.gate_proj(h), mlp.up_proj(h)))
 
     return forward
