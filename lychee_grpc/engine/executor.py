@@ -85,7 +85,6 @@ class Executor:
         self.rep = self.num_heads // self.num_kv_heads
         self.scale = self.head_dim**-0.5
         self.image_token_id = model.config.image_token_id
-        self.merge = model.config.vision_config.spatial_merge_size
         self.device = next(model.parameters()).device
         self.dtype = next(self.lm.parameters()).dtype
         rows = model.lm_head.weight.detach()[[yes_id, no_id]].float()
