@@ -32,7 +32,7 @@ def test_rope_matches_transformers():
 def test_fused_vision_blocks_give_the_same_tower_output(loaded):
     model = copy.deepcopy(loaded.model)
     visual = model.model.visual
-    pixels = torch.randn(2 * 16 * 16, 3 * 2 * 14 * 14)
+    pixels = torch.randn(2 * 16 * 16, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
     grid = torch.tensor([[1, 16, 16], [1, 16, 16]])
     with torch.inference_mode():
         before = visual(pixels, grid_thw=grid).pooler_output
@@ -41,4 +41,5 @@ def test_fused_vision_blocks_give_the_same_tower_output(loaded):
         assert ops.install_vision(visual)
         after = visual(pixels, grid_thw=grid).pooler_output
     assert before.abs().max() > 0.1
-    assert torch.allclose(before, after, atol=1e-5)
+    # float32 reductions may split differently across threads; a wrong formula is off by ~0.1.
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-4)
