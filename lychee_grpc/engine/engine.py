@@ -149,7 +149,11 @@ class Engine:
         first = job.next_index
         indexed = [(first + k, doc) for k, doc in enumerate(documents)]
         started = time.perf_counter()
-        prepared = await self._prepare(job, indexed)
+        self.scheduler.preparing += 1
+        try:
+            prepared = await self._prepare(job, indexed)
+        finally:
+            self.scheduler.preparing -= 1
         job.stats.timings.preprocess_ms += (time.perf_counter() - started) * 1e3
         job.next_index += len(documents)
         usage = job.stats.usage

@@ -65,6 +65,8 @@ class PreparedQuery:
     rendered_query: str
     images: list[EncodedImage]
     prepare_ms: float = 0.0
+    # All tokens of the prefix text, when no BPE merge can cross from it into a document.
+    clean_boundary_ids: list[int] | None = None
 
 
 @dataclass
@@ -77,6 +79,20 @@ class PreparedDocument:
     images: int
     cached_images: int
     document: Document = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+def _clean_boundary(query: Query) -> bool:
+    """Whether the prompt's pre-tokenization always splits between the query and the document.
+
+    The document part starts with a newline. After a letter or a digit (or after an image's
+    <|vision_end|>, a special token), no pattern of the Qwen2 pre-tokenizer joins that newline to
+    the query, so BPE cannot merge across and the tokens of prefix + suffix are the
+    concatenation of their own. After punctuation or a space they can merge ("?\n", " \n").
+    """
+    last = query.parts[-1] if query.parts else None
+    if isinstance(last, ImagePart):
+        return True
+    return isinstance(last, TextPart) and bool(last.text) and last.text[-1].isalnum()
 
 
 class _GridCache:
@@ -267,6 +283,7 @@ class Preprocessor:
             rendered_query=rendered,
             images=images,
             prepare_ms=(time.perf_counter() - start) * 1e3,
+            clean_boundary_ids=prefix_ids if _clean_boundary(query) else None,
         )
 
     def _prefix_overhead(self, instruction: str) -> int:
@@ -294,12 +311,16 @@ class Preprocessor:
         if violations:
             raise InvalidInput(violations)
         self._fill_pixels(pending)
-        prefix_text = template.prefix_text(query.instruction, query.rendered_query)
-        texts = [
-            prefix_text + template.suffix_text(template.render_parts(doc.parts, [im.tokens for im in images]))
+        suffixes = [
+            template.suffix_text(template.render_parts(doc.parts, [im.tokens for im in images]))
             for _, doc, images, _ in encoded
         ]
-        all_ids = self._tokenize(texts)
+        if query.clean_boundary_ids is not None:
+            # The prefix's tokens cannot change with the document: tokenize only the suffixes.
+            all_ids = [query.clean_boundary_ids + ids for ids in self._tokenize(suffixes)]
+        else:
+            prefix_text = template.prefix_text(query.instruction, query.rendered_query)
+            all_ids = self._tokenize([prefix_text + suffix for suffix in suffixes])
         shared = len(query.prefix_ids)
         out: list[PreparedDocument] = []
         for (index, doc, images, cached), ids in zip(encoded, all_ids):

@@ -128,6 +128,7 @@ class Scheduler:
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lychee-gpu")
         self._task: asyncio.Task | None = None
         self._batch_id = 0
+        self.preparing = 0  # calls between validation and submit: more work is on its way
         # Counters (read by tests and model info).
         self.documents_scored = 0
         self.documents_dropped = 0
@@ -180,7 +181,8 @@ class Scheduler:
                 if self._fill(batch, budget):
                     return batch
                 remaining = deadline - time.perf_counter()
-                if remaining <= 0 or not batch:
+                # Waiting only helps while another call is about to submit documents.
+                if remaining <= 0 or not batch or self.preparing == 0:
                     break
                 self._wakeup.clear()
                 try:

@@ -1,0 +1,49 @@
+"""Tokenizing only the document suffix, when the query ends in a letter, digit or image, gives
+exactly the tokens of the whole prompt."""
+
+from __future__ import annotations
+
+import random
+
+from lychee_grpc.engine import template
+from lychee_grpc.engine.prepare import _clean_boundary
+from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
+
+from .helpers import noise_image
+
+ALPHABET = "abcxyz XYZ019 \n\t.,:;!?'\"-_/()<>[]{}é漢字ー😀"
+
+
+def random_text(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(ALPHABET) for _ in range(n))
+
+
+async def test_clean_boundary_tokens_match_whole_prompt(make_engine):
+    engine = await make_engine()
+    pre = engine.preprocessor
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(300):
+        query = Query((TextPart(random_text(rng, rng.randint(1, 12))),))
+        docs = [(k, Document(str(k), (TextPart(random_text(rng, rng.randint(1, 12)) + "x"),))) for k in range(3)]
+        try:
+            pq = pre.prepare_query(query, DEFAULT_INSTRUCTION)
+        except Exception:
+            continue
+        prepared = pre.prepare_documents(pq, docs)
+        prefix_text = template.prefix_text(DEFAULT_INSTRUCTION, pq.rendered_query)
+        for (_, doc), p in zip(docs, prepared):
+            whole = pre._tokenize([prefix_text + template.suffix_text(template.render_parts(doc.parts))])[0]
+            got = (pq.prefix_ids + p.segment.ids.tolist()) if p.uses_prefix else p.segment.ids.tolist()
+            assert got == whole, (query, doc)
+        checked += pq.clean_boundary_ids is not None
+    assert checked > 50  # the suffix-only path really ran
+
+
+def test_clean_boundary_rule():
+    assert _clean_boundary(Query((TextPart("denim jacket"),)))
+    assert _clean_boundary(Query((TextPart("under 5000"),)))
+    assert _clean_boundary(Query((TextPart("x"), ImagePart(noise_image(8, 8)))))
+    assert not _clean_boundary(Query((TextPart("what fits?"),)))
+    assert not _clean_boundary(Query((TextPart("trailing space "),)))
