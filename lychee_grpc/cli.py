@@ -114,7 +114,7 @@ def _serve(a: argparse.Namespace) -> int:
 def _rerank(a: argparse.Namespace) -> int:
     import grpc
 
-    from .client import LycheeClient, image, text
+    from .client import LycheeClient, band_name, image, text
     from .proto import lychee_pb2 as pb
 
     try:
@@ -135,10 +135,9 @@ def _rerank(a: argparse.Namespace) -> int:
         print(f"lychee-grpc rerank: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
     labels = {d.id: (d.parts[0].text if d.parts[0].WhichOneof("content") == "text" else "<image>") for d in docs}
-    band = {1: "weak", 2: "medium", 3: "strong"}
     print(f"{'rank':>4}  {'score':>6}  {'band':<6}  {'index':>5}  document")
     for rank_, r in enumerate(resp.results, 1):
-        print(f"{rank_:>4}  {r.score:6.3f}  {band.get(r.band, '?'):<6}  {r.index:>5}  {labels[r.id][:70]}")
+        print(f"{rank_:>4}  {r.score:6.3f}  {band_name(r.band):<6}  {r.index:>5}  {labels[r.id][:70]}")
     t = resp.timings
     print(f"({resp.usage.prompt_tokens} prompt tokens, {resp.usage.computed_tokens} computed, "
           f"{resp.usage.images} images; {t.total_ms:.0f} ms total, {t.inference_ms:.0f} ms model)")

@@ -28,6 +28,11 @@ _RETRY_UNAVAILABLE = (
 )
 
 
+def band_name(band: int) -> str:
+    """'strong', 'medium' or 'weak' for a RelevanceBand value."""
+    return pb.RelevanceBand.Name(band).removeprefix("RELEVANCE_BAND_").lower()
+
+
 def text(value: str) -> pb.Part:
     return pb.Part(text=value)
 

@@ -13,10 +13,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image, ImageDraw
 
-from lychee_grpc.client import LycheeClient, image, text
+from lychee_grpc.client import LycheeClient, band_name, image, text
 from lychee_grpc.proto import lychee_pb2 as pb
-
-BANDS = {pb.RELEVANCE_BAND_STRONG: "strong", pb.RELEVANCE_BAND_MEDIUM: "medium", pb.RELEVANCE_BAND_WEAK: "weak"}
 
 
 def picture(color: tuple[int, int, int], shape: str) -> bytes:
@@ -48,7 +46,7 @@ def wait_serving(target: str, proc: subprocess.Popen, seconds: float = 180) -> N
 def show(title: str, response: pb.RerankResponse, labels: list[str]) -> None:
     print(f"\n== {title}")
     for rank, r in enumerate(response.results, 1):
-        print(f"  {rank}. {r.score:.3f} {BANDS.get(r.band, '?'):<6} [{r.index}] {labels[r.index]}")
+        print(f"  {rank}. {r.score:.3f} {band_name(r.band):<6} [{r.index}] {labels[r.index]}")
     t = response.timings
     print(f"  ({response.usage.prompt_tokens} prompt tokens, {response.usage.images} images, "
           f"{t.total_ms:.0f} ms total, {t.inference_ms:.0f} ms model)")

@@ -293,3 +293,28 @@ async def test_mixed_request_document_echo_keeps_images(client):
     img = noise_image(30, 30, seed=9)
     resp = await client.rerank("q", [["caption", img]], return_documents=True)
     assert resp.results[0].document.parts[1].image == img
+
+
+async def test_cli_rerank_prints_a_ranked_table(server, capsys, tmp_path):
+    from lychee_grpc import cli
+
+    picture = tmp_path / "shoe.png"
+    picture.write_bytes(noise_image(40, 40, seed=3))
+    args = ["rerank", "--target", f"127.0.0.1:{server.port}", "--query", "denim",
+            "--doc", "vintage jeans", "--doc", "green tea", "--doc-image", str(picture)]
+    assert await asyncio.to_thread(cli.main, args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["rank", "score", "band", "index"]
+    rows = [line.split() for line in lines[1:4]]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert all(r[2] in ("strong", "medium", "weak") for r in rows)
+    assert [float(r[1]) for r in rows] == sorted((float(r[1]) for r in rows), reverse=True)
+    assert "<image>" in "\n".join(lines)
+
+
+async def test_cli_rerank_names_a_missing_image_file(server, capsys):
+    from lychee_grpc import cli
+
+    args = ["rerank", "--target", f"127.0.0.1:{server.port}", "--query", "q", "--doc-image", "/nonexistent.png"]
+    assert await asyncio.to_thread(cli.main, args) == 2
+    assert "cannot read image" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from .config import BandThresholds, EngineConfig
 from .errors import FieldViolation, InvalidInput, NotReady
 from .executor import Executor
 from .loader import LoadedModel, load_model
-from .prepare import PreparedDocument, Preprocessor
+from .prepare import Preprocessor
 from .scheduler import DeadlineExpired, Job, Scheduler
 from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
 
@@ -151,7 +151,11 @@ class Engine:
         started = time.perf_counter()
         self.scheduler.preparing += 1
         try:
-            prepared = await self._prepare(job, indexed)
+            # One call per request (images are decoded on the preprocessor's own threads);
+            # splitting a request to overlap it with the GPU measured no gain (bench/RESULTS.md).
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                self._cpu, self.preprocessor.prepare_documents, job.query, indexed
+            )
         finally:
             self.scheduler.preparing -= 1
         job.stats.timings.preprocess_ms += (time.perf_counter() - started) * 1e3
@@ -165,12 +169,6 @@ class Engine:
             self.scheduler.documents_dropped += len(prepared)
             raise DeadlineExpired("deadline expired before the documents were queued")
         self.scheduler.submit(job, prepared)
-
-    async def _prepare(self, job: Job, indexed: list[tuple[int, Document]]) -> list[PreparedDocument]:
-        # One call per request (images are decoded on the preprocessor's own threads). Splitting a
-        # request to overlap its preparation with the GPU was measured: no gain (bench/RESULTS.md).
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._cpu, self.preprocessor.prepare_documents, job.query, indexed)
 
     async def rerank(
         self,

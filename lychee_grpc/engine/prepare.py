@@ -147,6 +147,7 @@ class Preprocessor:
         self.image_device = image_device
         self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="lychee-decode")
         self._grids = _GridCache()
+        self._overheads: dict[str, int] = {}
         self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
 
     # ---- images -------------------------------------------------------------------------
@@ -287,7 +288,13 @@ class Preprocessor:
         )
 
     def _prefix_overhead(self, instruction: str) -> int:
-        return len(self._tokenize([template.prefix_text(instruction, "")])[0])
+        # Template tokens around the query; depends only on the instruction.
+        overhead = self._overheads.get(instruction)
+        if overhead is None:
+            overhead = len(self._tokenize([template.prefix_text(instruction, "")])[0])
+            if len(self._overheads) < 1024:  # instructions are few; don't grow without bound
+                self._overheads[instruction] = overhead
+        return overhead
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         # The Rust tokenizer directly: the Python wrapper around it costs more than encoding.

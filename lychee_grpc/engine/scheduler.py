@@ -229,7 +229,7 @@ class Scheduler:
         start = time.perf_counter()
         self._batch_id += 1
         try:
-            logits, _ = await self.run_on_gpu(self._run_batch, batch)
+            logits = await self.run_on_gpu(self._run_batch, batch)
         except Exception as exc:  # one batch failing never stops the worker
             log.exception("batch of %d documents failed", len(batch))
             for item in batch:
@@ -255,63 +255,58 @@ class Scheduler:
             job._deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit))
 
     # ---- on the GPU thread --------------------------------------------------------------
-    def _run_batch(self, batch: list[_Item]) -> tuple[list[float | Exception | None], int]:
+    def _run_batch(self, batch: list[_Item]) -> list[float | Exception | None]:
         out: list[float | Exception | None] = [None] * len(batch)
-        todo = [k for k, i in enumerate(batch) if i.job.alive()]
-        return out, self._score(batch, todo, out, inline_prefixes=True)
+        self._score(batch, [k for k, i in enumerate(batch) if i.job.alive()], out, inline_prefixes=True)
+        return out
 
-    def _score(self, batch: list[_Item], todo: list[int], out: list, inline_prefixes: bool) -> int:
+    def _score(self, batch: list[_Item], todo: list[int], out: list, inline_prefixes: bool) -> None:
         """Scores batch[k] for k in todo into out[k]. A request's prefix that has not run yet
         runs in the same pass as its first documents (inline); on OOM the prefixes run alone
         first and the documents are split in halves until they fit."""
         if not todo:
-            return 0
+            return
         items: list[BatchItem] = []
-        inline: dict[int, int] = {}  # id(job) -> index of its prefix item
-        jobs = {}
-        ran = 0
+        inline: dict[Job, int] = {}  # job -> index of its prefix item in this pass
         for k in todo:
             job = batch[k].job
-            if batch[k].doc.uses_prefix and job.prefix_kv is None and id(job) not in inline:
+            if batch[k].doc.uses_prefix and job.prefix_kv is None and job not in inline:
                 if not inline_prefixes:
                     try:
-                        job.prefix_kv, n = self.executor.prefill(job.query.prefix)
+                        job.prefix_kv, _ = self.executor.prefill(job.query.prefix)
                     except torch.OutOfMemoryError:
                         _free_cuda()
                         out[k] = LimitExceeded("the query is too large for the GPU memory left")
                         continue
-                    ran += n
                     job.stats.usage.computed_tokens += len(job.query.prefix)
                     continue
-                inline[id(job)] = len(items)
-                jobs[id(job)] = job
+                inline[job] = len(items)
                 items.append(BatchItem(job.query.prefix, None, score=False, keep_kv=True))
         todo = [k for k in todo if out[k] is None]
         for k in todo:
             doc, job = batch[k].doc, batch[k].job
-            context = (job.prefix_kv if job.prefix_kv is not None else inline[id(job)]) if doc.uses_prefix else None
+            context = (job.prefix_kv if job.prefix_kv is not None else inline[job]) if doc.uses_prefix else None
             items.append(BatchItem(doc.segment, context))
         try:
-            logits, kept, n = self.executor.run(items)
+            logits, kept, _ = self.executor.run(items)
         except torch.OutOfMemoryError:
             _free_cuda()
             if inline:
-                return ran + self._score(batch, todo, out, inline_prefixes=False)
-            if len(todo) == 1:
+                self._score(batch, todo, out, inline_prefixes=False)
+            elif len(todo) == 1:
                 out[todo[0]] = LimitExceeded("the document is too large for the GPU memory left")
-                return ran
-            self.oom_splits += 1
-            half = len(todo) // 2
-            return (ran + self._score(batch, todo[:half], out, False)
-                    + self._score(batch, todo[half:], out, False))
-        for key, index in inline.items():
-            job = jobs[key]
+            else:
+                self.oom_splits += 1
+                half = len(todo) // 2
+                self._score(batch, todo[:half], out, False)
+                self._score(batch, todo[half:], out, False)
+            return
+        for job, index in inline.items():
             job.prefix_kv = kept[index]
             job.stats.usage.computed_tokens += len(job.query.prefix)
         for k, value in zip(todo, logits.tolist()):
             out[k] = value
             batch[k].job.stats.usage.computed_tokens += batch[k].tokens
-        return ran + n
 
 
 def _sigmoid(x: float) -> float:
