@@ -39,6 +39,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--tiny", default=".cache/tiny-model")
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--cprofile", action="store_true", help="also profile the CPU preparation (Python)")
     a = p.parse_args()
     loaded, _ = build_model(a.tiny)
     print("RANDOM weights, Qwen2.5-VL-7B shape")
@@ -52,6 +53,16 @@ def main() -> int:
         pre.image_device = "cuda"
         t_d, pds = timed(lambda q=pq, d=docs: pre.prepare_documents(q, list(enumerate(d))), 3)
         print(f"{name}: prepare documents with images processed on cpu {t_cpu:.1f} ms, on cuda {t_d:.1f} ms")
+        if a.cprofile:
+            import cProfile
+            import pstats
+
+            pr = cProfile.Profile()
+            pr.enable()
+            pre.prepare_documents(pq, list(enumerate(docs)))
+            torch.cuda.synchronize()
+            pr.disable()
+            pstats.Stats(pr).sort_stats("cumulative").print_stats(30)
         t_p, (kv, _) = timed(lambda q=pq: ex.prefill(q.prefix))
         segs = [d.segment for d in pds]
         if name == "I100":

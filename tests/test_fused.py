@@ -43,3 +43,20 @@ def test_fused_vision_blocks_give_the_same_tower_output(loaded):
     assert before.abs().max() > 0.1
     # float32 reductions may split differently across threads; a wrong formula is off by ~0.1.
     assert torch.allclose(before, after, rtol=1e-4, atol=1e-4)
+
+
+def test_vision_qk_rope_from_packed_qkv_matches_transformers():
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    from lychee_grpc.engine.fused import vision_qk_rope
+
+    g = torch.Generator().manual_seed(0)
+    heads, dim, n = 4, 10, 9
+    for dtype in (torch.float32, torch.bfloat16):
+        qkv = torch.randn(n, 3 * heads * dim, generator=g).to(dtype)
+        cos, sin = torch.randn(n, dim, generator=g), torch.randn(n, dim, generator=g)  # halves differ
+        q, k, _ = qkv.view(n, 3, heads, dim).unbind(1)
+        ref_q, ref_k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+        got_q, got_k = vision_qk_rope(qkv, heads, cos, sin)
+        assert got_q.dtype == dtype and got_q.shape == (n, heads, dim)
+        assert torch.equal(got_q, ref_q) and torch.equal(got_k, ref_k)

@@ -47,3 +47,29 @@ def test_clean_boundary_rule():
     assert _clean_boundary(Query((TextPart("x"), ImagePart(noise_image(8, 8)))))
     assert not _clean_boundary(Query((TextPart("what fits?"),)))
     assert not _clean_boundary(Query((TextPart("trailing space "),)))
+
+
+async def test_batched_pixels_equal_the_image_processor_on_each_picture(make_engine):
+    """Pixels from the decode threads' uint8 tensors, in one processor call, are exactly what the
+    checkpoint's image processor gives for each PIL image alone (resized or not)."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    engine = await make_engine()
+    pre = engine.preprocessor
+    sizes = [(56, 56), (61, 97), (300, 40), (56, 56)]
+    datas = [noise_image(w, h, seed=i) for i, (w, h) in enumerate(sizes)]
+    pending = []
+    for data in datas:
+        image, cached, picture = pre.encode_image(data)
+        assert not cached and picture.dtype == torch.uint8
+        pending.append((image, picture))
+    pre._fill_pixels(pending)
+    for data, (image, _) in zip(datas, pending):
+        pil = Image.open(io.BytesIO(data)).convert("RGB")
+        ref = pre.image_processor(images=[pil], min_pixels=pre.min_image_pixels, max_pixels=pre.max_image_pixels,
+                                  return_tensors="pt")
+        assert tuple(int(x) for x in ref["image_grid_thw"][0]) == image.grid_thw
+        assert torch.equal(image.pixel_values, ref["pixel_values"])

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .fused import FusedOps
 from .prepare import EncodedImage, Segment
 from .vision_cache import VisionCache
+from .vision_tower import VisionTower
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Executor:
         self._probe_varlen()
         self.ops = FusedOps(self.device)
         self.ops.install_vision(self.visual)
+        self.tower = VisionTower(self.visual)
         self.eps = text_cfg.rms_norm_eps
         if text_cfg.hidden_act != "silu":
             raise ValueError(f"unsupported activation {text_cfg.hidden_act!r} (Qwen2.5-VL uses silu)")
@@ -117,8 +119,7 @@ class Executor:
             pixels = torch.cat(
                 [im.pixel_values if im.pixel_values is not None else im.pixels() for im in pending]
             ).to(self.device, self.visual.dtype)
-            grid = torch.tensor([im.grid_thw for im in pending], device=self.device)
-            merged = self.visual(pixels, grid_thw=grid).pooler_output
+            merged = self.tower(pixels, [im.grid_thw for im in pending])
             for im, emb in zip(pending, torch.split(merged, [im.tokens for im in pending])):
                 emb = emb.to(self.dtype)
                 found[im.key] = emb

@@ -2,41 +2,57 @@
 
 Text tokens advance all three axes together; an image's merged patches take a (t, h, w) grid
 offset by the current position, after which text resumes at position + max(h, w). Computed per
-sequence so a document's positions can continue a shared prefix.
+sequence so a document's positions can continue a shared prefix. NumPy, with each grid's pattern
+computed once: a request prepares up to hundreds of these, and per-call torch overhead added up
+to ~20 ms per 100 image documents.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+
+
+@functools.lru_cache(maxsize=1024)
+def _grid_pattern(t: int, h: int, w: int, merge: int) -> np.ndarray:
+    """[3, t*lh*lw] offsets of an image's merged patches from the position where it starts."""
+    lh, lw = h // merge, w // merge
+    pattern = np.empty((3, t * lh * lw), dtype=np.int64)
+    pattern[0] = np.repeat(np.arange(t), lh * lw)
+    pattern[1] = np.tile(np.repeat(np.arange(lh), lw), t)
+    pattern[2] = np.tile(np.arange(lw), t * lh)
+    pattern.setflags(write=False)
+    return pattern
 
 
 def mrope_positions(
     ids: torch.Tensor, image_token_id: int, grids: Sequence[tuple[int, int, int]], merge: int
 ) -> torch.Tensor:
-    n = ids.numel()
-    out = torch.empty(3, n, dtype=torch.long)
-    is_image = ids == image_token_id
+    tokens = ids.numpy()
+    n = tokens.size
+    out = np.empty((3, n), dtype=np.int64)
+    is_image = tokens == image_token_id
     # Boundaries where the token kind changes give text runs and image runs.
-    change = torch.nonzero(is_image[1:] != is_image[:-1]).flatten().add_(1).tolist()
-    bounds = [0, *change, n]
+    bounds = [0, *(np.flatnonzero(is_image[1:] != is_image[:-1]) + 1).tolist(), n]
     cur = 0
     grid_iter = iter(grids)
     for start, end in itertools.pairwise(bounds):
-        if not bool(is_image[start]):
-            out[:, start:end] = torch.arange(cur, cur + end - start)
+        if start == end:
+            continue
+        if not is_image[start]:
+            out[:, start:end] = np.arange(cur, cur + end - start)
             cur += end - start
             continue
         pos = start
         while pos < end:  # consecutive images with no token between them (never in our template)
             t, h, w = next(grid_iter)
-            lh, lw = h // merge, w // merge
-            count = t * lh * lw
-            out[0, pos : pos + count] = torch.arange(t).repeat_interleave(lh * lw) + cur
-            out[1, pos : pos + count] = torch.arange(lh).repeat_interleave(lw).repeat(t) + cur
-            out[2, pos : pos + count] = torch.arange(lw).repeat(t * lh) + cur
+            pattern = _grid_pattern(t, h, w, merge)
+            count = pattern.shape[1]
+            out[:, pos : pos + count] = pattern + cur
             cur += max(h, w) // merge
             pos += count
-    return out
+    return torch.from_numpy(out)

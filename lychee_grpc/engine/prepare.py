@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from . import template
@@ -145,6 +145,7 @@ class Preprocessor:
         self._vision_cached = vision_cached
         # Resize/normalize/patchify on this device (the model's GPU): one batched pass.
         self.image_device = image_device
+        self._pin = image_device is not None and torch.device(image_device).type == "cuda"
         self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="lychee-decode")
         self._grids = _GridCache()
         self._overheads: dict[str, int] = {}
@@ -169,27 +170,31 @@ class Preprocessor:
                             min_pixels=self.min_image_pixels, max_pixels=self.max_image_pixels)
         return (1, h // patch, w // patch)
 
-    def encode_image(self, data: bytes) -> tuple[EncodedImage, bool, Image.Image | None]:
+    def encode_image(self, data: bytes) -> tuple[EncodedImage, bool, torch.Tensor | None]:
         """Validates and decodes an image unless its vision output is cached. Returns it, whether
-        it was cached, and the decoded picture whose pixels are still to be computed (together
-        with the request's other images). Safe to call from several threads."""
+        it was cached, and the decoded pixels (uint8, [height, width, 3]; pinned when they go to a
+        GPU) that are still to be processed with the request's other images. Safe to call from
+        several threads: the decode and the copies release the GIL."""
         key = content_key(data) + self._bounds_tag
         grid = self._grids.get(key)
         cached = grid is not None and self._vision_cached(key)
         picture = None
         if not cached:
-            picture = decode_image(data, self.image_limits)
-            grid = self._grid(picture.height, picture.width)
+            image = decode_image(data, self.image_limits)
+            grid = self._grid(image.height, image.width)
+            picture = torch.from_numpy(np.array(image))  # what pil_to_tensor gives, channels last
+            if self._pin:
+                picture = picture.pin_memory()
         assert grid is not None
         t, h, w = grid
-        image = EncodedImage(
+        encoded = EncodedImage(
             key=key,
             grid_thw=grid,
             tokens=t * h * w // self.merge_size**2,
             pixel_values=None,
             pixels=lambda: self._pixels(data)[0],
         )
-        return image, cached, picture
+        return encoded, cached, picture
 
     def _decode_all(self, part_lists: Sequence[Sequence[Part]]) -> list[list[Future]]:
         """Starts decoding every image part (PIL releases the GIL while decoding)."""
@@ -200,11 +205,17 @@ class Preprocessor:
 
     def _fill_pixels(self, pending: list) -> None:
         """One image-processor call for all of a request's new images (per-image calls are
-        mostly Python overhead)."""
+        mostly Python overhead). The images arrive as uint8 tensors, already on the processing
+        device: the processor's own conversion of PIL images ran per image under the GIL."""
         if not pending:
             return
+        if self.image_device:
+            pictures = [p.to(self.image_device, non_blocking=True).permute(2, 0, 1) for _, p in pending]
+        else:
+            pictures = [p.permute(2, 0, 1).contiguous() for _, p in pending]
         out = self.image_processor(
-            images=[picture for _, picture in pending],
+            images=pictures,
+            input_data_format="channels_first",
             min_pixels=self.min_image_pixels,
             max_pixels=self.max_image_pixels,
             return_tensors="pt",

@@ -172,11 +172,10 @@ def packed_vision_attention_forward(
         )
 
     seq_length = hidden_states.shape[0]
-    query_states, key_states, value_states = (
-        self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-    )
+    qkv = self.qkv(hidden_states)
+    value_states = qkv.view(seq_length, 3, self.num_heads, -1)[:, 2]
     cos, sin = position_embeddings
-    query_states, key_states = _rotary(query_states, key_states, cos, sin)
+    query_states, key_states = _qk_rope(qkv, self.num_heads, cos, sin)
     # [seq, heads, head_dim] each from here on.
 
     dropout = self.attention_dropout if self.training else 0.0
@@ -196,13 +195,21 @@ def packed_vision_attention_forward(
     return self.proj(attn_output)
 
 
-_rotary = apply_rotary_pos_emb_vision
+def _transformers_qk_rope(
+    qkv: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, _ = qkv.view(qkv.shape[0], 3, heads, -1).unbind(1)
+    return apply_rotary_pos_emb_vision(q, k, cos, sin)
+
+
+_qk_rope = _transformers_qk_rope
 
 
 def set_rotary(fn) -> None:
-    """Swaps the rotary function (the fused one computes the same thing in fewer kernels)."""
-    global _rotary
-    _rotary = fn
+    """Swaps the rotary function, (qkv, heads, cos, sin) -> (q, k); the fused one computes the
+    same thing in one kernel."""
+    global _qk_rope
+    _qk_rope = fn
 
 
 def install_packed_vision_attention(model) -> str:
