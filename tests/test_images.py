@@ -64,3 +64,56 @@ def test_decompression_bomb_is_refused_from_its_header(monkeypatch):
 def test_bad_images_are_rejected_with_a_reason(data, message):
     with pytest.raises(ImageRejected, match=message):
         decode_image(data, LIMITS)
+
+
+def _noise_jpeg(width: int, height: int, mode: str = "RGB", seed: int = 0, **options) -> bytes:
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buf, "JPEG", **options)
+    return buf.getvalue()
+
+
+def test_jpeg_fast_path_agrees_with_pil_on_this_machine():
+    from lychee_grpc.engine.images import jpeg_decoder_agrees
+
+    assert jpeg_decoder_agrees()
+
+
+@pytest.mark.parametrize(
+    ("size", "mode", "options"),
+    [
+        ((448, 448), "RGB", {"quality": 90}),
+        ((61, 97), "RGB", {"subsampling": 0, "quality": 100}),
+        ((97, 61), "RGB", {"subsampling": 1}),
+        ((1000, 7), "RGB", {"subsampling": 2, "quality": 50}),
+        ((64, 64), "RGB", {"progressive": True}),
+        ((33, 45), "L", {}),
+        ((40, 30), "CMYK", {}),  # PIL path
+    ],
+)
+def test_decoded_pixels_equal_pil_to_tensor_of_the_picture(size, mode, options):
+    import numpy as np
+    import torch
+
+    from lychee_grpc.engine.images import decode_pixels
+
+    data = _noise_jpeg(*size, mode=mode, **options)
+    ref = torch.from_numpy(np.array(decode_image(data, LIMITS))).permute(2, 0, 1)
+    for fast in (False, True):
+        got = decode_pixels(data, LIMITS, fast_jpeg=fast)
+        assert got.dtype == torch.uint8 and got.shape == ref.shape
+        assert torch.equal(got, ref)
+
+
+def test_jpeg_fast_path_keeps_exif_rotation_and_rejects_truncated_data():
+    from lychee_grpc.engine.images import decode_pixels
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = solid_image(60, 20, fmt="JPEG", exif=exif.tobytes())
+    assert tuple(decode_pixels(rotated, LIMITS, fast_jpeg=True).shape) == (3, 60, 20)
+    data = _noise_jpeg(64, 64)
+    with pytest.raises(ImageRejected, match="truncated or corrupt"):
+        decode_pixels(data[: len(data) // 2], LIMITS, fast_jpeg=True)

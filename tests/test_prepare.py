@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from lychee_grpc.engine import template
 from lychee_grpc.engine.prepare import _clean_boundary
 from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
@@ -49,7 +51,8 @@ def test_clean_boundary_rule():
     assert not _clean_boundary(Query((TextPart("trailing space "),)))
 
 
-async def test_batched_pixels_equal_the_image_processor_on_each_picture(make_engine):
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+async def test_batched_pixels_equal_the_image_processor_on_each_picture(make_engine, fmt):
     """Pixels from the decode threads' uint8 tensors, in one processor call, are exactly what the
     checkpoint's image processor gives for each PIL image alone (resized or not)."""
     import io
@@ -60,7 +63,7 @@ async def test_batched_pixels_equal_the_image_processor_on_each_picture(make_eng
     engine = await make_engine()
     pre = engine.preprocessor
     sizes = [(56, 56), (61, 97), (300, 40), (56, 56)]
-    datas = [noise_image(w, h, seed=i) for i, (w, h) in enumerate(sizes)]
+    datas = [noise_image(w, h, fmt=fmt, seed=i) for i, (w, h) in enumerate(sizes)]
     pending = []
     for data in datas:
         image, cached, picture = pre.encode_image(data)

@@ -15,13 +15,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from . import template
 from .errors import FieldViolation, InvalidInput
-from .images import ImageLimits, ImageRejected, content_key, decode_image
+from .images import ImageLimits, ImageRejected, content_key, decode_image, decode_pixels, jpeg_decoder_agrees
 from .positions import mrope_positions
 from .types import Document, ImagePart, Part, Query, TextPart
 
@@ -146,6 +145,7 @@ class Preprocessor:
         # Resize/normalize/patchify on this device (the model's GPU): one batched pass.
         self.image_device = image_device
         self._pin = image_device is not None and torch.device(image_device).type == "cuda"
+        self._fast_jpeg = jpeg_decoder_agrees()
         self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="lychee-decode")
         self._grids = _GridCache()
         self._overheads: dict[str, int] = {}
@@ -172,7 +172,7 @@ class Preprocessor:
 
     def encode_image(self, data: bytes) -> tuple[EncodedImage, bool, torch.Tensor | None]:
         """Validates and decodes an image unless its vision output is cached. Returns it, whether
-        it was cached, and the decoded pixels (uint8, [height, width, 3]; pinned when they go to a
+        it was cached, and the decoded pixels (uint8, [3, height, width]; pinned when they go to a
         GPU) that are still to be processed with the request's other images. Safe to call from
         several threads: the decode and the copies release the GIL."""
         key = content_key(data) + self._bounds_tag
@@ -180,9 +180,8 @@ class Preprocessor:
         cached = grid is not None and self._vision_cached(key)
         picture = None
         if not cached:
-            image = decode_image(data, self.image_limits)
-            grid = self._grid(image.height, image.width)
-            picture = torch.from_numpy(np.array(image))  # what pil_to_tensor gives, channels last
+            picture = decode_pixels(data, self.image_limits, fast_jpeg=self._fast_jpeg)
+            grid = self._grid(picture.shape[1], picture.shape[2])
             if self._pin:
                 picture = picture.pin_memory()
         assert grid is not None
@@ -210,9 +209,9 @@ class Preprocessor:
         if not pending:
             return
         if self.image_device:
-            pictures = [p.to(self.image_device, non_blocking=True).permute(2, 0, 1) for _, p in pending]
+            pictures = [p.to(self.image_device, non_blocking=True) for _, p in pending]
         else:
-            pictures = [p.permute(2, 0, 1).contiguous() for _, p in pending]
+            pictures = [p.contiguous() for _, p in pending]
         out = self.image_processor(
             images=pictures,
             input_data_format="channels_first",

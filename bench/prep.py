@@ -1,0 +1,91 @@
+"""Where the CPU time of preparing 100 image documents goes, stage by stage, on the machine it
+runs on (no model: the tiny checkpoint's tokenizer and image processor; images processed on the
+GPU when there is one).
+
+    python bench/prep.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoProcessor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.run import image_workload
+from lychee_grpc.engine.images import ImageLimits, content_key, decode_image, decode_pixels, jpeg_decoder_agrees
+from lychee_grpc.engine.prepare import Preprocessor, TextLimits
+from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
+
+
+def ms(fn, n: int = 5) -> float:
+    times = []
+    for _ in range(n):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> int:
+    proc = AutoProcessor.from_pretrained(".cache/tiny-model")
+    device = "cuda" if torch.cuda.is_available() else None
+    query, docs = image_workload(proc.tokenizer, 2)
+    datas = [d.parts[0].data for d in docs]
+    limits = ImageLimits()
+    rows = []
+    rows.append(("hash 100 (1 thread)", ms(lambda: [content_key(b) for b in datas])))
+    rows.append(("decode 100 (1 thread)", ms(lambda: [decode_image(b, limits) for b in datas])))
+    pics = [decode_image(b, limits) for b in datas]
+    rows.append(("np.array 100 (1 thread)", ms(lambda: [np.array(p) for p in pics])))
+    rows.append(("np.asarray 100 (1 thread)", ms(lambda: [np.asarray(p) for p in pics])))
+    rows.append(("tobytes 100 (1 thread)", ms(lambda: [p.tobytes() for p in pics])))
+    arrs = [torch.from_numpy(np.array(p)) for p in pics]
+    if device:
+        rows.append(("pin_memory 100 (1 thread)", ms(lambda: [a.pin_memory() for a in arrs])))
+    for threads in (4, 8, 16):
+        pool = ThreadPoolExecutor(threads)
+        rows.append((f"decode 100 ({threads} threads)",
+                     ms(lambda pool=pool: list(pool.map(lambda b: decode_image(b, limits), datas)))))
+        rows.append((f"decode+array 100 ({threads} threads)",
+                     ms(lambda pool=pool: list(pool.map(lambda b: np.array(decode_image(b, limits)), datas)))))
+    print("torchvision JPEG decoding agrees with PIL here:", jpeg_decoder_agrees())
+    for threads in (1, 8, 16):
+        pool = ThreadPoolExecutor(threads)
+        for fast in (False, True):
+            rows.append((f"decode_pixels fast={fast} 100 ({threads} threads)",
+                         ms(lambda pool=pool, fast=fast: list(pool.map(
+                             lambda b: decode_pixels(b, limits, fast_jpeg=fast), datas)))))
+    for threads in (8, 16):
+        pre = Preprocessor(proc, proc.tokenizer.convert_tokens_to_ids("<|image_pad|>"), 2, TextLimits(), limits,
+                           3136, 12845056, image_device=device, decode_threads=threads)
+        rows.append((f"encode_image 100 ({threads} threads)",
+                     ms(lambda pre=pre: [f.result() for f in pre._decode_all([[p] for p in (d.parts[0] for d in docs)])
+                                         for f in f])))
+        encoded = [pre.encode_image(b) for b in datas]
+        rows.append((f"_fill_pixels 100 ({threads})",
+                     ms(lambda pre=pre, e=encoded: pre._fill_pixels([(i, p) for i, _, p in e]))))
+        pq = pre.prepare_query(query, DEFAULT_INSTRUCTION)
+        rows.append((f"prepare_documents 100 ({threads})",
+                     ms(lambda pre=pre, pq=pq: pre.prepare_documents(pq, list(enumerate(docs))))))
+    import PIL
+
+    print(f"Pillow {PIL.__version__}, {len(datas)} JPEGs of {len(datas[0])} bytes, image device {device}")
+    print(f"{'stage':40s} {'ms':>8s}")
+    for name, t in rows:
+        print(f"{name:40s} {t:8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
