@@ -73,8 +73,8 @@ def main() -> int:
                      ms(lambda pre=pre: [f.result() for f in pre._decode_all([[p] for p in (d.parts[0] for d in docs)])
                                          for f in f])))
         encoded = [pre.encode_image(b) for b in datas]
-        rows.append((f"_fill_pixels 100 ({threads})",
-                     ms(lambda pre=pre, e=encoded: pre._fill_pixels([(i, p) for i, _, p in e]))))
+        rows.append((f"fill_pixels 100 ({threads})",
+                     ms(lambda pre=pre, e=encoded: pre.fill_pixels([(i, p) for i, _, p in e]))))
         pq = pre.prepare_query(query, DEFAULT_INSTRUCTION)
         rows.append((f"prepare_documents 100 ({threads})",
                      ms(lambda pre=pre, pq=pq: pre.prepare_documents(pq, list(enumerate(docs))))))

@@ -69,7 +69,7 @@ async def test_batched_pixels_equal_the_image_processor_on_each_picture(make_eng
         image, cached, picture = pre.encode_image(data)
         assert not cached and picture.dtype == torch.uint8
         pending.append((image, picture))
-    pre._fill_pixels(pending)
+    pre.fill_pixels(pending)
     for data, (image, _) in zip(datas, pending):
         pil = Image.open(io.BytesIO(data)).convert("RGB")
         ref = pre.image_processor(images=[pil], min_pixels=pre.min_image_pixels, max_pixels=pre.max_image_pixels,

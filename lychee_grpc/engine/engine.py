@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import torch
 from PIL import Image
 
 from .config import BandThresholds, EngineConfig
@@ -104,6 +105,7 @@ class Engine:
             max_queue_documents=self.config.max_queue_documents,
         )
         self.scheduler.start()
+        self.preprocessor.prefetch = self._prefetch
         if self.config.warmup:
             await self._warmup()
         self.ready = True
@@ -120,9 +122,24 @@ class Engine:
 
     async def stop(self) -> None:
         self.ready = False
+        self.preprocessor.prefetch = None
         if self.scheduler is not None:
             await self.scheduler.stop()
         self._cpu.shutdown(wait=False, cancel_futures=True)
+
+    def _prefetch(self, pending: list) -> None:
+        """Queues the vision tower for decoded images ahead of their batch (see Preprocessor)."""
+        if self.scheduler is not None:
+            self.scheduler.submit_to_gpu(self._embed_ahead, pending)
+
+    def _embed_ahead(self, pending: list) -> None:
+        try:
+            self.preprocessor.fill_pixels(pending)
+            self.executor.embed_ahead([image for image, _ in pending])
+        except Exception as exc:  # the batch computes whatever is missing, and reports its errors
+            if isinstance(exc, torch.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            log.warning("computing %d image embeddings ahead of their batch failed: %s", len(pending), exc)
 
     # ---- requests -----------------------------------------------------------------------
     async def open_job(self, query: Query, instruction: str = "", deadline: float | None = None) -> Job:

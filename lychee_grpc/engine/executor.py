@@ -109,6 +109,9 @@ class Executor:
         for im in images:
             if im.key in found or im.key in todo:
                 continue
+            if im.embedding is not None:
+                found[im.key] = im.embedding
+                continue
             hit = self.vision_cache.get(im.key)
             if hit is not None:
                 found[im.key] = hit
@@ -125,6 +128,13 @@ class Executor:
                 found[im.key] = emb
                 self.vision_cache.put(im.key, emb)
         return [found[im.key] for im in images], len(todo)
+
+    def embed_ahead(self, images: Sequence[EncodedImage]) -> None:
+        """Computes the images' tower outputs before their batch and attaches them."""
+        embeds, _ = self.image_embeds(images)
+        for im, emb in zip(images, embeds):
+            im.embedding = emb
+            im.pixel_values = None  # the pixels are no longer needed
 
     # ---- language model -----------------------------------------------------------------
     def _embed(self, segments: Sequence[Segment]) -> tuple[torch.Tensor, int]:

@@ -24,6 +24,11 @@ from .images import ImageLimits, ImageRejected, content_key, decode_image, decod
 from .positions import mrope_positions
 from .types import Document, ImagePart, Part, Query, TextPart
 
+# Prefetch in about this many chunks per request, of at least this many images: the first chunk
+# reaches the GPU after a few ms of decoding, and the tower still runs on large batches.
+PREFETCH_CHUNKS = 4
+PREFETCH_MIN_IMAGES = 16
+
 
 @dataclass(frozen=True)
 class TextLimits:
@@ -42,6 +47,7 @@ class EncodedImage:
     tokens: int
     pixel_values: torch.Tensor | None
     pixels: Callable[[], torch.Tensor]
+    embedding: torch.Tensor | None = None  # the tower's output, when computed ahead of the batch
 
 
 @dataclass
@@ -148,6 +154,9 @@ class Preprocessor:
         self._fast_jpeg = jpeg_decoder_agrees()
         self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="lychee-decode")
         self._grids = _GridCache()
+        # Set by the engine: starts the vision tower on a chunk of decoded images (on the GPU
+        # thread) while the request's other images decode and its text is tokenized.
+        self.prefetch: Callable[[list], None] | None = None
         self._overheads: dict[str, int] = {}
         self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
 
@@ -202,7 +211,7 @@ class Preprocessor:
             for parts in part_lists
         ]
 
-    def _fill_pixels(self, pending: list) -> None:
+    def fill_pixels(self, pending: list) -> None:
         """One image-processor call for all of a request's new images (per-image calls are
         mostly Python overhead). The images arrive as uint8 tensors, already on the processing
         device: the processor's own conversion of PIL images ran per image under the GIL."""
@@ -227,6 +236,13 @@ class Preprocessor:
                 raise RuntimeError(f"image processor made grid {grid}, expected {image.grid_thw}")
             image.pixel_values = pixels
             self._grids.put(image.key, grid)
+
+    def _pending_ready(self, pending: list, total: int) -> None:
+        """Hands full chunks of decoded images to `prefetch`, if set; `pending` keeps the rest."""
+        if self.prefetch is None or len(pending) < max(PREFETCH_MIN_IMAGES, -(-total // PREFETCH_CHUNKS)):
+            return
+        self.prefetch(pending[:])
+        pending.clear()
 
     def _encode_parts(
         self, parts: Sequence[Part], path: str, violations: list[FieldViolation], pending: list,
@@ -272,7 +288,7 @@ class Preprocessor:
             )
         if violations:
             raise InvalidInput(violations)
-        self._fill_pixels(pending)
+        self.fill_pixels(pending)
         rendered = template.render_parts(query.parts, [im.tokens for im in images])
         prefix_ids = self._tokenize([template.prefix_text(instruction, rendered)])[0]
         query_tokens = len(prefix_ids) - self._prefix_overhead(instruction)
@@ -322,12 +338,18 @@ class Preprocessor:
         pending: list = []
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
         decoded = self._decode_all([doc.parts for _, doc in documents])
+        total = sum(len(futures) for futures in decoded)
         for (index, doc), futures in zip(documents, decoded):
             images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending, futures)
             encoded.append((index, doc, images, cached))
+            if not violations:
+                self._pending_ready(pending, total)
         if violations:
             raise InvalidInput(violations)
-        self._fill_pixels(pending)
+        if self.prefetch is not None and pending:
+            self.prefetch(pending)
+        else:
+            self.fill_pixels(pending)
         suffixes = [
             template.suffix_text(template.render_parts(doc.parts, [im.tokens for im in images]))
             for _, doc, images, _ in encoded

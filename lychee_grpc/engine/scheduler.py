@@ -15,7 +15,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -164,6 +164,10 @@ class Scheduler:
         for doc in docs:
             self._queue.append(_Item(job, doc, now, len(doc.segment)))
         self._wakeup.set()
+
+    def submit_to_gpu(self, fn: Callable, *args) -> Future:
+        """Runs fn on the GPU thread, in order with the batches; callable from any thread."""
+        return self._gpu.submit(fn, *args)
 
     async def run_on_gpu(self, fn: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(self._gpu, fn, *args)
