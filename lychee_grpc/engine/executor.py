@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .device_copy import to_device
 from .fused import FusedOps
 from .prepare import EncodedImage, Segment
 from .vision_cache import VisionCache
@@ -138,13 +139,15 @@ class Executor:
 
     # ---- language model -----------------------------------------------------------------
     def _embed(self, segments: Sequence[Segment]) -> tuple[torch.Tensor, int]:
-        ids = torch.cat([s.ids for s in segments]).to(self.device, non_blocking=True)
-        x = self.lm.embed_tokens(ids)
+        ids_cpu = torch.cat([s.ids for s in segments])
+        x = self.lm.embed_tokens(to_device(ids_cpu, self.device))
         images = [im for s in segments for im in s.images]
         ran = 0
         if images:
             embeds, ran = self.image_embeds(images)
-            x[ids == self.image_token_id] = torch.cat(embeds).to(x.dtype)
+            # Rows found on the CPU: a boolean mask on the GPU would wait for the GPU to catch up.
+            rows = torch.nonzero(ids_cpu == self.image_token_id).flatten()
+            x[to_device(rows, self.device)] = torch.cat(embeds).to(x.dtype)
         return x, ran
 
     def _attend(
@@ -161,8 +164,8 @@ class Executor:
         flat = torch.cat([torch.arange(r0, r0 + n) for runs in keys for r0, n in runs])
         cu_q = torch.tensor([0, *itertools.accumulate(counts)], dtype=torch.int32)
         cu_k = torch.tensor([0, *itertools.accumulate(klens)], dtype=torch.int32)
-        at = _Attend(kv_rows=flat.to(dev, non_blocking=True), cu_q=cu_q.to(dev, non_blocking=True),
-                     cu_k=cu_k.to(dev, non_blocking=True), max_q=lq, max_k=S)
+        at = _Attend(kv_rows=to_device(flat, dev), cu_q=to_device(cu_q, dev), cu_k=to_device(cu_k, dev),
+                     max_q=lq, max_k=S)
         if self.use_varlen:
             return at
         B = len(queries)
@@ -231,7 +234,7 @@ class Executor:
         x, ran = self._embed(segments)
         lengths = [len(s) for s in segments]
         starts = [0, *torch.tensor(lengths).cumsum(0).tolist()[:-1]]
-        positions = torch.cat([s.positions for s in segments], dim=1).to(self.device, non_blocking=True)
+        positions = to_device(torch.cat([s.positions for s in segments], dim=1), self.device)
         cos, sin = self.lm.rotary_emb(x, positions.unsqueeze(1))
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [N, 1, D]
 
@@ -264,7 +267,7 @@ class Executor:
                          len(scored), base + n_total)
             if scored else None
         )
-        last_rows = torch.tensor([starts[i] + lengths[i] - 1 for i in scored], device=self.device)
+        last_rows = to_device(torch.tensor([starts[i] + lengths[i] - 1 for i in scored]), self.device)
         keep = [i for i, it in enumerate(items) if it.keep_kv]
         kept: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {i: ([], []) for i in keep}
 

@@ -31,6 +31,8 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 )
 from transformers.utils.generic import is_flash_attention_requested
 
+from .device_copy import to_device
+
 try:  # torch >= 2.10
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # pragma: no cover - older torch
@@ -49,8 +51,9 @@ class _Plan:
 
     __slots__ = ("_groups", "bounds", "cu_int32", "device", "lengths", "max_len", "total")
 
-    def __init__(self, cu_seqlens: torch.Tensor, device: torch.device):
-        bounds = [int(b) for b in cu_seqlens.tolist()]
+    def __init__(self, cu_seqlens: torch.Tensor, device: torch.device, bounds: list[int] | None = None):
+        if bounds is None:
+            bounds = [int(b) for b in cu_seqlens.tolist()]
         if not bounds or bounds[0] != 0:
             raise ValueError(f"cu_seqlens must start at 0, got {bounds[:1]}")
         self.bounds = bounds
@@ -82,7 +85,7 @@ class _Plan:
             else:
                 groups = []
                 for length, starts in starts_by_len.items():
-                    first = torch.tensor(starts, dtype=torch.long, device=self.device)
+                    first = to_device(torch.tensor(starts, dtype=torch.long), self.device)
                     index = (first[:, None] + torch.arange(length, device=self.device)).reshape(-1)
                     groups.append((length, len(starts), index))
                 self._groups = groups
@@ -101,13 +104,18 @@ def _forget(key: int, ref: weakref.ref) -> None:
             del _plans[key]
 
 
-def _plan_for(cu_seqlens: torch.Tensor, device: torch.device) -> _Plan:
+def register_plan(cu_seqlens: torch.Tensor, bounds: list[int]) -> None:
+    """Plans for `cu_seqlens` from its values known on the host, so no layer reads them back."""
+    _plan_for(cu_seqlens, cu_seqlens.device, bounds)
+
+
+def _plan_for(cu_seqlens: torch.Tensor, device: torch.device, bounds: list[int] | None = None) -> _Plan:
     key = id(cu_seqlens)
     with _plans_lock:
         entry = _plans.get(key)
     if entry is not None and entry[0]() is cu_seqlens and entry[1].device == device:
         return entry[1]
-    plan = _Plan(cu_seqlens, device)
+    plan = _Plan(cu_seqlens, device, bounds)
     ref = weakref.ref(cu_seqlens, lambda r, key=key: _forget(key, r))
     with _plans_lock:
         _plans.pop(key, None)

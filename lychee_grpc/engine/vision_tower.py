@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
+from .device_copy import to_device
+from .vision_attention import register_plan
+
 Grid = tuple[int, int, int]
 
 
@@ -102,8 +105,13 @@ class VisionTower:
         reverse[window_index] = np.arange(window_index.size)
         frames = [lay.frame for lay in layouts for _ in range(lay.patches // lay.frame)]
         windows = [n for lay in layouts for n in lay.window_lengths]
-        cu_full = torch.tensor(np.concatenate([[0], np.cumsum(frames)]), dtype=torch.int32).to(device)
-        cu_windows = torch.tensor(np.concatenate([[0], np.cumsum(windows)]), dtype=torch.int32).to(device)
+        full_bounds = [0, *np.cumsum(frames).tolist()]
+        window_bounds = [0, *np.cumsum(windows).tolist()]
+        cu_full = to_device(torch.tensor(full_bounds, dtype=torch.int32), device)
+        cu_windows = to_device(torch.tensor(window_bounds, dtype=torch.int32), device)
+        # The attention's plans from these host-side bounds: reading them back would wait for the GPU.
+        register_plan(cu_full, full_bounds)
+        register_plan(cu_windows, window_bounds)
         cos = torch.cat([lay.cos for lay in layouts])
         sin = torch.cat([lay.sin for lay in layouts])
 
@@ -112,7 +120,7 @@ class VisionTower:
         else:
             x = visual.patch_embed(pixels)
         n = x.shape[0]
-        x = x.view(n // self.unit, self.unit, -1)[torch.from_numpy(window_index).to(device)].view(n, -1)
+        x = x.view(n // self.unit, self.unit, -1)[to_device(torch.from_numpy(window_index), device)].view(n, -1)
         for i, block in enumerate(self.blocks):
             full = i in self.full_blocks
             x = block(
@@ -121,4 +129,4 @@ class VisionTower:
                 max_seqlen=max(frames) if full else max(windows),
                 position_embeddings=(cos, sin),
             )
-        return visual.merger(x)[torch.from_numpy(reverse).to(device)]
+        return visual.merger(x)[to_device(torch.from_numpy(reverse), device)]

@@ -1,0 +1,74 @@
+"""Where the GPU waits during one 100-candidate rerank (RANDOM weights, 7B shape): a request
+through `Engine.rerank` under the profiler; prints the wall time, the GPU's busy time, the time
+before its first kernel and after its last, and the longest idle gaps with the CPU work running
+in them.
+
+    python bench/timeline.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.run import build_model, image_workload, text_workload
+from lychee_grpc.engine.config import EngineConfig
+from lychee_grpc.engine.engine import Engine
+from lychee_grpc.engine.vision_cache import VisionCache
+
+
+def report(name: str, prof, wall_ms: float, t0_us: float, gaps: int = 8) -> None:
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                     if e.device_type == DeviceType.CUDA)
+    busy, merged = 0.0, []
+    for start, end in kernels:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    busy = sum(e - s for s, e in merged)
+    first, last = merged[0][0], merged[-1][1]
+    cpu = [e for e in prof.events() if e.device_type == DeviceType.CPU]
+    idle = sorted(((merged[i + 1][0] - merged[i][1], merged[i][1], merged[i + 1][0]) for i in range(len(merged) - 1)),
+                  reverse=True)
+    print(f"{name}: wall {wall_ms:.1f} ms, GPU busy {busy / 1e3:.1f} ms, first kernel at "
+          f"{(first - t0_us) / 1e3:.1f} ms, idle between kernels {(last - first - busy) / 1e3:.1f} ms")
+    for length, start, end in idle[:gaps]:
+        inside = sorted((e for e in cpu if start <= e.time_range.start < end), key=lambda e: -e.cpu_time_total)
+        names = ", ".join(dict.fromkeys(e.name for e in inside[:6]))
+        print(f"  gap {length / 1e3:6.2f} ms at {(start - t0_us) / 1e3:7.1f} ms: {names[:150]}")
+
+
+async def main_async() -> None:
+    loaded, _ = build_model(".cache/tiny-model")
+    print("RANDOM weights, Qwen2.5-VL-7B shape")
+    engine = Engine(EngineConfig(model="random-7b", warmup=False, preprocess_threads=8), loaded)
+    await engine.start()
+    tok = loaded.processor.tokenizer
+    for name, (query, docs) in (("T100", text_workload(tok, 1)), ("I100 cold", image_workload(tok, 7))):
+        for _ in range(3):  # compile and warm
+            engine.executor.vision_cache = VisionCache(1 << 32)
+            await engine.rerank(query, docs)
+        engine.executor.vision_cache = VisionCache(1 << 32)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            marker = torch.cuda.Event(enable_timing=False)
+            marker.record()
+            t0 = time.perf_counter()
+            ranking = await engine.rerank(query, docs)
+            wall = (time.perf_counter() - t0) * 1e3
+        t0_us = min(e.time_range.start for e in prof.events())
+        print(f"{name}: preprocessing {ranking.stats.timings.preprocess_ms:.1f} ms")
+        report(name, prof, wall, t0_us)
+    await engine.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main_async())
