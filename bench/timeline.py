@@ -46,6 +46,32 @@ def report(name: str, prof, wall_ms: float, t0_us: float, gaps: int = 8) -> None
         print(f"  gap {length / 1e3:6.2f} ms at {(start - t0_us) / 1e3:7.1f} ms: {names[:150]}")
 
 
+def time_calls(engine) -> dict[str, list[float]]:
+    """Wraps the executor's set-up steps with CPU timers (ms per call)."""
+    import lychee_grpc.engine.executor as executor_module
+
+    ex = engine.executor
+    spent: dict[str, list[float]] = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent.setdefault(name, []).append((time.perf_counter() - t) * 1e3)
+        return wrapper
+
+    ex._embed = timed("_embed", ex._embed)
+    ex._attend = timed("_attend", ex._attend)
+    ex.lm.rotary_emb.forward = timed("rotary_emb", ex.lm.rotary_emb.forward)
+    executor_module.to_device = timed("to_device", executor_module.to_device)
+    ex.run = timed("run", ex.run)
+    layer0 = ex.lm.layers[0].self_attn.k_proj
+    layer0.forward = timed("layer 0 k_proj (first call marks the loop start)", layer0.forward)
+    return spent
+
+
 async def main_async() -> None:
     loaded, _ = build_model(".cache/tiny-model")
     print("RANDOM weights, Qwen2.5-VL-7B shape")
@@ -67,6 +93,11 @@ async def main_async() -> None:
         t0_us = min(e.time_range.start for e in prof.events())
         print(f"{name}: preprocessing {ranking.stats.timings.preprocess_ms:.1f} ms")
         report(name, prof, wall, t0_us)
+        if name != "T100":
+            continue
+        spent = time_calls(engine)
+        await engine.rerank(query, docs)
+        print("  CPU ms per call: " + ", ".join(f"{k} {[round(v, 2) for v in vs][:4]}" for k, vs in spent.items()))
     await engine.stop()
 
 

@@ -16,11 +16,11 @@ called directly; only the sequence layout differs from `model.forward`:
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -158,27 +158,31 @@ class Executor:
         `q_rows` / `kv_rows` are the padding rows of the query and key/value tensors. Only the
         tensors of the attention path in use are built (the padded mask is large)."""
         dev = self.device
-        counts = [n for _, n in queries]
-        klens = [sum(n for _, n in runs) for runs in keys]
-        lq, S = max(counts), max(klens)
-        flat = torch.cat([torch.arange(r0, r0 + n) for runs in keys for r0, n in runs])
-        cu_q = torch.tensor([0, *itertools.accumulate(counts)], dtype=torch.int32)
-        cu_k = torch.tensor([0, *itertools.accumulate(klens)], dtype=torch.int32)
+        counts = np.fromiter((n for _, n in queries), dtype=np.int64, count=len(queries))
+        run_starts = np.array([r0 for runs in keys for r0, _ in runs], dtype=np.int64)
+        run_lens = np.array([n for runs in keys for _, n in runs], dtype=np.int64)
+        klens = np.array([sum(n for _, n in runs) for runs in keys], dtype=np.int64)
+        lq, S = int(counts.max()), int(klens.max())
+        # Every run's rows, run after run, without a Python loop over rows (NumPy: ~100x fewer calls).
+        flat_np = np.repeat(run_starts - (np.cumsum(run_lens) - run_lens), run_lens) + np.arange(run_lens.sum())
+        flat = torch.from_numpy(flat_np)
+        cu_q = torch.from_numpy(np.concatenate(([0], np.cumsum(counts))).astype(np.int32))
+        cu_k = torch.from_numpy(np.concatenate(([0], np.cumsum(klens))).astype(np.int32))
         at = _Attend(kv_rows=to_device(flat, dev), cu_q=to_device(cu_q, dev), cu_k=to_device(cu_k, dev),
                      max_q=lq, max_k=S)
         if self.use_varlen:
             return at
         B = len(queries)
-        lens = torch.tensor(counts)
+        lens = torch.from_numpy(counts)
         q_index = torch.tensor([q0 for q0, _ in queries]).unsqueeze(1) + torch.arange(lq).unsqueeze(0)
         q_valid = torch.arange(lq).unsqueeze(0) < lens.unsqueeze(1)
         q_index = torch.where(q_valid, q_index, torch.full_like(q_index, q_rows))
         kv_index = torch.full((B, S), kv_rows, dtype=torch.long)
-        kv_valid = torch.arange(S).unsqueeze(0) < torch.tensor(klens).unsqueeze(1)
+        kv_valid = torch.arange(S).unsqueeze(0) < torch.from_numpy(klens).unsqueeze(1)
         kv_index[kv_valid] = flat
         # The queries are each sequence's last n tokens: query j sees keys 0 .. klen - n + j
         # (causal, aligned bottom-right as flash attention's varlen kernel does).
-        visible = torch.tensor(klens).unsqueeze(1) - lens.unsqueeze(1) + 1 + torch.arange(lq).unsqueeze(0)
+        visible = torch.from_numpy(klens).unsqueeze(1) - lens.unsqueeze(1) + 1 + torch.arange(lq).unsqueeze(0)
         allowed = torch.arange(S).view(1, 1, S) < visible.unsqueeze(2)  # [B, Lq, S]
         mask = allowed.unsqueeze(1).expand(B, self.rep, lq, S).reshape(B, 1, self.rep * lq, S)
         at.q_index = q_index.to(dev)
