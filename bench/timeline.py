@@ -9,6 +9,7 @@ in them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,29 @@ def time_calls(engine) -> dict[str, list[float]]:
     return spent
 
 
+class GcClock:
+    """Time spent in Python's garbage collector, per generation."""
+
+    def __init__(self):
+        self.spent: dict[int, float] = {}
+        self._start = 0.0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            gen = info["generation"]
+            self.spent[gen] = self.spent.get(gen, 0.0) + (time.perf_counter() - self._start) * 1e3
+
+    def take(self) -> str:
+        out = ", ".join(f"gen{g} {ms:.1f} ms" for g, ms in sorted(self.spent.items())) or "none"
+        self.spent = {}
+        return out
+
+
 async def main_async() -> None:
+    clock = GcClock()
     loaded, _ = build_model(".cache/tiny-model")
     print("RANDOM weights, Qwen2.5-VL-7B shape")
     engine = Engine(EngineConfig(model="random-7b", warmup=False, preprocess_threads=8), loaded)
@@ -84,6 +107,7 @@ async def main_async() -> None:
             await engine.rerank(query, docs)
         engine.executor.vision_cache = VisionCache(1 << 32)
         torch.cuda.synchronize()
+        clock.take()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             marker = torch.cuda.Event(enable_timing=False)
             marker.record()
@@ -91,7 +115,8 @@ async def main_async() -> None:
             ranking = await engine.rerank(query, docs)
             wall = (time.perf_counter() - t0) * 1e3
         t0_us = min(e.time_range.start for e in prof.events())
-        print(f"{name}: preprocessing {ranking.stats.timings.preprocess_ms:.1f} ms")
+        print(f"{name}: preprocessing {ranking.stats.timings.preprocess_ms:.1f} ms; garbage collection {clock.take()} "
+              f"(frozen objects: {gc.get_freeze_count()})")
         report(name, prof, wall, t0_us)
         if name != "T100":
             continue
