@@ -328,7 +328,7 @@ async def main_async(a) -> dict:
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, a.cap_gib * 2**30 / total))
-    engine = Engine(EngineConfig(model="random-qwen2.5-vl-7b", warmup=False, preprocess_threads=8), loaded)
+    engine = Engine(EngineConfig(model="random-qwen2.5-vl-7b", warmup=True, preprocess_threads=8), loaded)
     await engine.start()
 
     if a.compare_eager:
@@ -372,7 +372,7 @@ async def main_async(a) -> dict:
         W["I100_hires_default_bound"] = summary("I100_hires (896px, default bound)", h_times,
                                                 h_rank[0].stats.usage.computed_tokens * FLOP_PER_TOKEN
                                                 + 400 * VISION_FLOP_448, matmul)
-        capped = Engine(EngineConfig(model="random-qwen2.5-vl-7b", warmup=False, preprocess_threads=8,
+        capped = Engine(EngineConfig(model="random-qwen2.5-vl-7b", warmup=True, preprocess_threads=8,
                                      max_image_pixels=448 * 448), loaded)
         await capped.start()
         c_times, c_rank = await time_engine(capped, hires, 2, cold=True, warmup=1)
@@ -383,7 +383,7 @@ async def main_async(a) -> dict:
     await engine.stop()
 
     if a.c8_seconds > 0:
-        c8 = run_c8(EngineConfig(model="random-qwen2.5-vl-7b", warmup=False, preprocess_threads=8), loaded,
+        c8 = run_c8(EngineConfig(model="random-qwen2.5-vl-7b", warmup=True, preprocess_threads=8), loaded,
                     a.c8_seconds, tok)
         c8["fraction_of_matmul"] = round(c8["needed_tflops"] / matmul, 2)
         c8["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)

@@ -98,7 +98,7 @@ async def main_async() -> None:
     clock = GcClock()
     loaded, _ = build_model(".cache/tiny-model")
     print("RANDOM weights, Qwen2.5-VL-7B shape")
-    engine = Engine(EngineConfig(model="random-7b", warmup=False, preprocess_threads=8), loaded)
+    engine = Engine(EngineConfig(model="random-7b", warmup=True, preprocess_threads=8), loaded)
     await engine.start()
     tok = loaded.processor.tokenizer
     for name, (query, docs) in (("T100", text_workload(tok, 1)), ("I100 cold", image_workload(tok, 7))):
@@ -114,8 +114,9 @@ async def main_async() -> None:
             t0 = time.perf_counter()
             ranking = await engine.rerank(query, docs)
             wall = (time.perf_counter() - t0) * 1e3
+            collected = clock.take()
         t0_us = min(e.time_range.start for e in prof.events())
-        print(f"{name}: preprocessing {ranking.stats.timings.preprocess_ms:.1f} ms; garbage collection {clock.take()} "
+        print(f"{name}: preprocessing {ranking.stats.timings.preprocess_ms:.1f} ms; garbage collection {collected} "
               f"(frozen objects: {gc.get_freeze_count()})")
         report(name, prof, wall, t0_us)
         if name != "T100":
