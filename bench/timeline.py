@@ -49,8 +49,6 @@ def report(name: str, prof, wall_ms: float, t0_us: float, gaps: int = 8) -> None
 
 def time_calls(engine) -> dict[str, list[float]]:
     """Wraps the executor's set-up steps with CPU timers (ms per call)."""
-    import lychee_grpc.engine.executor as executor_module
-
     ex = engine.executor
     spent: dict[str, list[float]] = {}
 
@@ -63,20 +61,10 @@ def time_calls(engine) -> dict[str, list[float]]:
                 spent.setdefault(name, []).append((time.perf_counter() - t) * 1e3)
         return wrapper
 
-    ex._embed = timed("_embed", ex._embed)
+    ex._attend_host = timed("_attend_host", ex._attend_host)
     ex._attend = timed("_attend", ex._attend)
     ex.lm.rotary_emb.forward = timed("rotary_emb", ex.lm.rotary_emb.forward)
-    def to_device(t, device):
-        t0 = time.perf_counter()
-        pinned = t.pin_memory()
-        t1 = time.perf_counter()
-        out = pinned.to(device, non_blocking=True)
-        t2 = time.perf_counter()
-        spent.setdefault("to_device pin/copy", []).append(
-            (tuple(t.shape), t.stride(), round((t1 - t0) * 1e3, 2), round((t2 - t1) * 1e3, 2)))
-        return out
-
-    executor_module.to_device = to_device
+    ex.staging.copy = timed("staging.copy", ex.staging.copy)
     ex.run = timed("run", ex.run)
     layer0 = ex.lm.layers[0].self_attn.k_proj
     layer0.forward = timed("layer 0 k_proj (first call marks the loop start)", layer0.forward)

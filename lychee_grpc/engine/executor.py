@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device_copy import to_device
+from .device_copy import PinnedStaging
 from .fused import FusedOps
 from .prepare import EncodedImage, Segment
 from .vision_cache import VisionCache
@@ -56,6 +56,20 @@ class BatchItem:
     context: PrefixKV | int | None = None
     score: bool = True  # read its last token
     keep_kv: bool = False  # return its per-layer keys/values (a prefix)
+
+
+@dataclass
+class _AttendHost:
+    """An attention plan's host side (see Executor._attend_host)."""
+
+    q_starts: list[int]
+    counts: np.ndarray  # query rows per sequence
+    klens: np.ndarray  # key rows per sequence
+    q_rows: int
+    kv_rows: int
+    flat: torch.Tensor  # rows of the key/value source, sequence after sequence
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
 
 
 @dataclass
@@ -92,6 +106,7 @@ class Executor:
         rows = model.lm_head.weight.detach()[[yes_id, no_id]].float()
         self.yes_minus_no = (rows[0] - rows[1]).contiguous()
         self.vision_cache = VisionCache(vision_cache_bytes)
+        self.staging = PinnedStaging(self.device)
         self._probe_varlen()
         self.ops = FusedOps(self.device)
         self.ops.install_vision(self.visual)
@@ -138,51 +153,45 @@ class Executor:
             im.pixel_values = None  # the pixels are no longer needed
 
     # ---- language model -----------------------------------------------------------------
-    def _embed(self, segments: Sequence[Segment]) -> tuple[torch.Tensor, int]:
-        ids_cpu = torch.cat([s.ids for s in segments])
-        x = self.lm.embed_tokens(to_device(ids_cpu, self.device))
-        images = [im for s in segments for im in s.images]
-        ran = 0
-        if images:
-            embeds, ran = self.image_embeds(images)
-            # Rows found on the CPU: a boolean mask on the GPU would wait for the GPU to catch up.
-            rows = torch.nonzero(ids_cpu == self.image_token_id).flatten()
-            x[to_device(rows, self.device)] = torch.cat(embeds).to(x.dtype)
-        return x, ran
-
-    def _attend(
+    def _attend_host(
         self, queries: list[tuple[int, int]], keys: list[list[tuple[int, int]]], q_rows: int, kv_rows: int
-    ) -> _Attend:
+    ) -> _AttendHost:
         """`queries[i]` = (first query row, count): the last `count` tokens of sequence i;
         `keys[i]` = runs (first row, count) of the key/value source, its context first.
-        `q_rows` / `kv_rows` are the padding rows of the query and key/value tensors. Only the
-        tensors of the attention path in use are built (the padded mask is large)."""
-        dev = self.device
+        `q_rows` / `kv_rows` are the padding rows of the query and key/value tensors."""
         counts = np.fromiter((n for _, n in queries), dtype=np.int64, count=len(queries))
         run_starts = np.array([r0 for runs in keys for r0, _ in runs], dtype=np.int64)
         run_lens = np.array([n for runs in keys for _, n in runs], dtype=np.int64)
         klens = np.array([sum(n for _, n in runs) for runs in keys], dtype=np.int64)
-        lq, S = int(counts.max()), int(klens.max())
         # Every run's rows, run after run, without a Python loop over rows (NumPy: ~100x fewer calls).
-        flat_np = np.repeat(run_starts - (np.cumsum(run_lens) - run_lens), run_lens) + np.arange(run_lens.sum())
-        flat = torch.from_numpy(flat_np)
-        cu_q = torch.from_numpy(np.concatenate(([0], np.cumsum(counts))).astype(np.int32))
-        cu_k = torch.from_numpy(np.concatenate(([0], np.cumsum(klens))).astype(np.int32))
-        at = _Attend(kv_rows=to_device(flat, dev), cu_q=to_device(cu_q, dev), cu_k=to_device(cu_k, dev),
-                     max_q=lq, max_k=S)
+        flat = np.repeat(run_starts - (np.cumsum(run_lens) - run_lens), run_lens) + np.arange(run_lens.sum())
+        return _AttendHost(
+            q_starts=[q0 for q0, _ in queries], counts=counts, klens=klens, q_rows=q_rows, kv_rows=kv_rows,
+            flat=torch.from_numpy(flat),
+            cu_q=torch.from_numpy(np.concatenate(([0], np.cumsum(counts))).astype(np.int32)),
+            cu_k=torch.from_numpy(np.concatenate(([0], np.cumsum(klens))).astype(np.int32)),
+        )
+
+    def _attend(self, host: _AttendHost, kv_rows: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor) -> _Attend:
+        """The attention plan on the device. The padded path's tensors are built only when used
+        (its mask is large)."""
+        lq, S = int(host.counts.max()), int(host.klens.max())
+        at = _Attend(kv_rows=kv_rows, cu_q=cu_q, cu_k=cu_k, max_q=lq, max_k=S)
         if self.use_varlen:
             return at
-        B = len(queries)
-        lens = torch.from_numpy(counts)
-        q_index = torch.tensor([q0 for q0, _ in queries]).unsqueeze(1) + torch.arange(lq).unsqueeze(0)
+        dev = self.device
+        B = len(host.q_starts)
+        lens = torch.from_numpy(host.counts)
+        klens = torch.from_numpy(host.klens)
+        q_index = torch.tensor(host.q_starts).unsqueeze(1) + torch.arange(lq).unsqueeze(0)
         q_valid = torch.arange(lq).unsqueeze(0) < lens.unsqueeze(1)
-        q_index = torch.where(q_valid, q_index, torch.full_like(q_index, q_rows))
-        kv_index = torch.full((B, S), kv_rows, dtype=torch.long)
-        kv_valid = torch.arange(S).unsqueeze(0) < torch.from_numpy(klens).unsqueeze(1)
-        kv_index[kv_valid] = flat
+        q_index = torch.where(q_valid, q_index, torch.full_like(q_index, host.q_rows))
+        kv_index = torch.full((B, S), host.kv_rows, dtype=torch.long)
+        kv_valid = torch.arange(S).unsqueeze(0) < klens.unsqueeze(1)
+        kv_index[kv_valid] = host.flat
         # The queries are each sequence's last n tokens: query j sees keys 0 .. klen - n + j
         # (causal, aligned bottom-right as flash attention's varlen kernel does).
-        visible = torch.from_numpy(klens).unsqueeze(1) - lens.unsqueeze(1) + 1 + torch.arange(lq).unsqueeze(0)
+        visible = klens.unsqueeze(1) - lens.unsqueeze(1) + 1 + torch.arange(lq).unsqueeze(0)
         allowed = torch.arange(S).view(1, 1, S) < visible.unsqueeze(2)  # [B, Lq, S]
         mask = allowed.unsqueeze(1).expand(B, self.rep, lq, S).reshape(B, 1, self.rep * lq, S)
         at.q_index = q_index.to(dev)
@@ -235,12 +244,10 @@ class Executor:
         `score`, in order; the keys/values of the items with `keep_kv`, by item index; and how
         many images the vision tower ran on."""
         segments = [it.segment for it in items]
-        x, ran = self._embed(segments)
         lengths = [len(s) for s in segments]
-        starts = [0, *torch.tensor(lengths).cumsum(0).tolist()[:-1]]
-        positions = to_device(torch.cat([s.positions for s in segments], dim=1), self.device)
-        cos, sin = self.lm.rotary_emb(x, positions.unsqueeze(1))
-        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [N, 1, D]
+        starts = _cumsum0(lengths)
+        ids_cpu = torch.cat([s.ids for s in segments])
+        images = [im for s in segments for im in s.images]
 
         stored: list[PrefixKV] = []
         for it in items:
@@ -260,18 +267,38 @@ class Executor:
             runs.append((base + starts[i], lengths[i]))
             return runs
 
-        full = self._attend(
+        full_host = self._attend_host(
             [(starts[i], lengths[i]) for i in range(len(items))],
             [key_runs(i) for i in range(len(items))],
             n_total, base + n_total,
         )
         scored = [i for i, it in enumerate(items) if it.score]
-        last = (
-            self._attend([(k, 1) for k in range(len(scored))], [key_runs(i) for i in scored],
-                         len(scored), base + n_total)
+        last_host = (
+            self._attend_host([(k, 1) for k in range(len(scored))], [key_runs(i) for i in scored],
+                              len(scored), base + n_total)
             if scored else None
         )
-        last_rows = to_device(torch.tensor([starts[i] + lengths[i] - 1 for i in scored]), self.device)
+        # Everything the batch needs from the host, in one transfer; image rows found on the CPU
+        # (a boolean mask on the GPU would make this thread wait for the GPU).
+        host = [ids_cpu, torch.cat([s.positions for s in segments], dim=1),
+                torch.tensor([starts[i] + lengths[i] - 1 for i in scored], dtype=torch.long),
+                full_host.flat, full_host.cu_q, full_host.cu_k]
+        if last_host is not None:
+            host += [last_host.flat, last_host.cu_q, last_host.cu_k]
+        if images:
+            host.append(torch.nonzero(ids_cpu == self.image_token_id).flatten())
+        dev = self.staging.copy(host)
+        ids, positions, last_rows = dev[:3]
+        full = self._attend(full_host, *dev[3:6])
+        last = self._attend(last_host, *dev[6:9]) if last_host is not None else None
+
+        x = self.lm.embed_tokens(ids)
+        ran = 0
+        if images:
+            embeds, ran = self.image_embeds(images)
+            x[dev[-1]] = torch.cat(embeds).to(x.dtype)
+        cos, sin = self.lm.rotary_emb(x, positions.unsqueeze(1))
+        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [N, 1, D]
         keep = [i for i, it in enumerate(items) if it.keep_kv]
         kept: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {i: ([], []) for i in keep}
 
