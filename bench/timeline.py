@@ -93,6 +93,17 @@ class GcClock:
 
 
 async def main_async() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
+    p.add_argument("--switch-ms", type=float, default=0.0, help="sys.setswitchinterval in ms (0: leave)")
+    a = p.parse_args()
+    if a.torch_threads:
+        torch.set_num_threads(a.torch_threads)
+    if a.switch_ms:
+        sys.setswitchinterval(a.switch_ms / 1e3)
+    print(f"torch threads {torch.get_num_threads()}, GIL switch interval {sys.getswitchinterval() * 1e3:.1f} ms")
     clock = GcClock()
     loaded, _ = build_model(".cache/tiny-model")
     print("RANDOM weights, Qwen2.5-VL-7B shape")
