@@ -39,6 +39,8 @@ SERVE_FLAGS: list[tuple[str, type, object, str]] = [
     ("max-wait-ms", float, 2.0, "how long a batch waits to fill"),
     ("max-queue-documents", int, 20000, "queued documents before RESOURCE_EXHAUSTED"),
     ("vision-cache-mib", int, None, "vision-tower output cache (default: 2048 on cuda, 256 on cpu)"),
+    ("preprocess-threads", int, None, "threads decoding images and preparing requests (default: min(8, cores))"),
+    ("torch-threads", int, None, "torch CPU threads (default: 4 with a GPU, torch's own on cpu)"),
     ("max-message-mib", int, 256, "largest request or response message"),
     ("grace-seconds", float, 30.0, "time in-flight RPCs get to finish on SIGTERM"),
     ("max-connection-age-seconds", float, 300.0, "close connections after this age so clients re-resolve (0: never)"),
@@ -62,6 +64,8 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
     kwargs = {}
     if a.default_instruction:
         kwargs["default_instruction"] = a.default_instruction
+    if a.preprocess_threads:
+        kwargs["preprocess_threads"] = a.preprocess_threads
     return EngineConfig(
         model=a.model,
         revision=a.revision,
@@ -79,6 +83,7 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
         max_wait_ms=a.max_wait_ms,
         max_queue_documents=a.max_queue_documents,
         vision_cache_bytes=None if a.vision_cache_mib is None else a.vision_cache_mib << 20,
+        torch_threads=a.torch_threads,
         **kwargs,
     )
 
