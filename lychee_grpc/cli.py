@@ -40,7 +40,7 @@ SERVE_FLAGS: list[tuple[str, type, object, str]] = [
     ("max-queue-documents", int, 20000, "queued documents before RESOURCE_EXHAUSTED"),
     ("vision-cache-mib", int, None, "vision-tower output cache (default: 2048 on cuda, 256 on cpu)"),
     ("preprocess-threads", int, None, "threads decoding images and preparing requests (default: min(8, cores))"),
-    ("torch-threads", int, None, "torch CPU threads (default: 4 with a GPU, torch's own on cpu)"),
+    ("torch-threads", int, None, "torch CPU threads (default: torch's own, one per core)"),
     ("max-message-mib", int, 256, "largest request or response message"),
     ("grace-seconds", float, 30.0, "time in-flight RPCs get to finish on SIGTERM"),
     ("max-connection-age-seconds", float, 300.0, "close connections after this age so clients re-resolve (0: never)"),

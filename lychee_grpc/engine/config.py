@@ -47,7 +47,6 @@ class EngineConfig:
     vision_cache_bytes: int | None = None  # None: 2 GiB on cuda, 256 MiB on cpu
     images_on_gpu: bool = True  # resize/normalize images on the model's GPU
     preprocess_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
-    # torch's CPU threads; None: 4 when the model is on a GPU (its CPU work is small copies, and
-    # more OpenMP threads fought the tokenizer and decode threads for cores), torch's default on cpu.
+    # torch's CPU threads (None: torch's default), for hosts shared with other processes.
     torch_threads: int | None = None
     warmup: bool = True

@@ -9,8 +9,6 @@ import asyncio
 import gc
 import io
 import logging
-import os
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,12 +97,8 @@ class Engine:
     # ---- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         cuda = self.loaded.device.type == "cuda"
-        if self.config.torch_threads or cuda:
-            torch.set_num_threads(self.config.torch_threads or min(4, os.cpu_count() or 1))
-        if cuda:
-            # The GPU thread gets the GIL back within 0.5 ms (not 5) when a busy Python thread holds it
-            # as one of its torch calls returns: a batch's set-up took 5 ms instead of 0.5 on the H100 host.
-            sys.setswitchinterval(0.0005)
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
         self.scheduler = Scheduler(
             self.executor,
             max_batch_tokens=self.config.max_batch_tokens or (16384 if cuda else 4096),
