@@ -7,24 +7,15 @@ packed varlen flash attention vs scaled_dot_product_attention backends on padded
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.varlen import varlen_attn
 
-
-def time_ms(fn, iters: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.gpu_timing import time_ms
 
 
 def case(name: str, seqs: int, lq: int, lk: int, heads: int, kv_heads: int, dim: int, causal: bool) -> list:
