@@ -39,6 +39,8 @@ SERVE_FLAGS: list[tuple[str, type, object, str]] = [
     ("max-wait-ms", float, 2.0, "how long a batch waits to fill"),
     ("max-queue-documents", int, 20000, "queued documents before RESOURCE_EXHAUSTED"),
     ("vision-cache-mib", int, None, "vision-tower output cache (default: 2048 on cuda, 256 on cpu)"),
+    ("prefetch-image-tokens", int, 32768,
+     "image tokens per request sent through the vision tower as they decode, ahead of the batch (0: off)"),
     ("preprocess-threads", int, None, "threads decoding images and preparing requests (default: min(8, cores))"),
     ("torch-threads", int, None, "torch CPU threads (default: torch's own, one per core)"),
     ("max-message-mib", int, 256, "largest request or response message"),
@@ -84,6 +86,7 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
         max_queue_documents=a.max_queue_documents,
         vision_cache_bytes=None if a.vision_cache_mib is None else a.vision_cache_mib << 20,
         torch_threads=a.torch_threads,
+        prefetch_image_tokens=a.prefetch_image_tokens,
         **kwargs,
     )
 

@@ -1,5 +1,6 @@
 """Image embeddings computed ahead of the batch, in chunks as a request's images decode, give the
-same scores as the tower run inside the batch, and a failure there only costs the time."""
+same scores as the tower run inside the batch; a failure there only costs the time; a budget
+bounds what waits on the GPU; a cancelled request's chunks are skipped."""
 
 from __future__ import annotations
 
@@ -25,32 +26,77 @@ async def _scores(engine, docs) -> list[float]:
     return by_index(await engine.rerank(text_query("red shoes"), docs))
 
 
+def _spy(engine) -> tuple[list[int], list[int]]:
+    """Records the chunk sizes handed to the prefetch and the images per tower call."""
+    chunks: list[int] = []
+    tower_calls: list[int] = []
+    make = engine._prefetch
+
+    def prefetch(job):
+        plan = make(job)
+        if plan is not None:
+            start = plan.start
+            plan.start = lambda pending: (chunks.append(len(pending)), start(pending))
+        return plan
+
+    engine._prefetch = prefetch
+    tower = engine.executor.tower
+    engine.executor.tower = lambda pixels, grids: (tower_calls.append(len(grids)), tower(pixels, grids))[1]
+    return chunks, tower_calls
+
+
+async def _in_batch_scores(engine, docs) -> list[float]:
+    make = engine._prefetch
+    engine._prefetch = lambda job: None
+    try:
+        return await _scores(engine, docs)
+    finally:
+        engine._prefetch = make
+
+
 async def test_prefetched_embeddings_give_the_in_batch_scores(make_engine):
     engine = await make_engine()
     docs = image_docs(40)
-    chunks: list[int] = []
-    prefetch = engine.preprocessor.prefetch
-    engine.preprocessor.prefetch = lambda pending: (chunks.append(len(pending)), prefetch(pending))
-    tower_calls: list[int] = []
-    tower = engine.executor.tower
-    engine.executor.tower = lambda pixels, grids: (tower_calls.append(len(grids)), tower(pixels, grids))[1]
+    expected = await _in_batch_scores(engine, docs)
+    chunks, tower_calls = _spy(engine)
     ahead = await _scores(engine, docs)
     assert len(chunks) >= 2 and sum(chunks) == 40  # in chunks, while the rest decoded
     assert tower_calls == chunks  # the batch found every embedding ready
-    engine.preprocessor.prefetch = None
-    in_batch = await _scores(engine, docs)
-    assert ahead == pytest.approx(in_batch, abs=1e-6)
+    assert ahead == pytest.approx(expected, abs=1e-6)
+
+
+async def test_prefetch_stops_at_the_budget_and_the_rest_runs_in_the_batch(make_engine):
+    docs = image_docs(40)
+    probe = await make_engine()
+    tokens = [probe.preprocessor.encode_image(d.parts[0].data)[0].tokens for d in docs]
+    engine = await make_engine(prefetch_image_tokens=sum(tokens[:16]) + 1)  # one chunk of 16 fits
+    expected = await _in_batch_scores(engine, docs)
+    chunks, tower_calls = _spy(engine)
+    assert await _scores(engine, docs) == pytest.approx(expected, abs=1e-6)
+    assert chunks == [16]
+    assert sum(tower_calls) == 40 and tower_calls[0] == 16
 
 
 async def test_a_failed_prefetch_is_recomputed_in_the_batch(make_engine, monkeypatch):
     engine = await make_engine()
     docs = image_docs(20)
-    engine.preprocessor.prefetch = None
-    expected = await _scores(engine, docs)
-    engine.preprocessor.prefetch = engine._prefetch
+    expected = await _in_batch_scores(engine, docs)
 
     def fail(images):
         raise RuntimeError("simulated failure")
 
     monkeypatch.setattr(engine.executor, "embed_ahead", fail)
     assert await _scores(engine, docs) == pytest.approx(expected, abs=1e-6)
+
+
+async def test_a_cancelled_requests_chunks_are_skipped(make_engine, monkeypatch):
+    engine = await make_engine()
+    ran: list[int] = []
+    monkeypatch.setattr(engine.executor, "embed_ahead", lambda images: ran.append(len(images)))
+
+    class Gone:
+        def alive(self) -> bool:
+            return False
+
+    engine._embed_ahead([(object(), None)], Gone())
+    assert ran == []

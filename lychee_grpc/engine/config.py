@@ -47,6 +47,9 @@ class EngineConfig:
     vision_cache_bytes: int | None = None  # None: 2 GiB on cuda, 256 MiB on cpu
     images_on_gpu: bool = True  # resize/normalize images on the model's GPU
     preprocess_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    # Image tokens per request whose vision outputs are computed as the images decode, ahead of
+    # their batch (they wait on the GPU: 32768 tokens are ~230 MiB for the 7B); 0 turns it off.
+    prefetch_image_tokens: int = 32768
     # torch's CPU threads (None: torch's default), for hosts shared with other processes.
     torch_threads: int | None = None
     warmup: bool = True

@@ -21,7 +21,7 @@ from .config import BandThresholds, EngineConfig
 from .errors import FieldViolation, InvalidInput, NotReady
 from .executor import Executor
 from .loader import LoadedModel, load_model
-from .prepare import Preprocessor
+from .prepare import Prefetch, Preprocessor
 from .scheduler import DeadlineExpired, Job, Scheduler
 from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
 
@@ -108,7 +108,6 @@ class Engine:
             max_queue_documents=self.config.max_queue_documents,
         )
         self.scheduler.start()
-        self.preprocessor.prefetch = self._prefetch
         if self.config.warmup:
             await self._warmup()
         # Everything alive now (model, libraries) lives as long as the process: keep it out of the
@@ -129,17 +128,21 @@ class Engine:
 
     async def stop(self) -> None:
         self.ready = False
-        self.preprocessor.prefetch = None
         if self.scheduler is not None:
             await self.scheduler.stop()
         self._cpu.shutdown(wait=False, cancel_futures=True)
 
-    def _prefetch(self, pending: list) -> None:
-        """Queues the vision tower for decoded images ahead of their batch (see Preprocessor)."""
-        if self.scheduler is not None:
-            self.scheduler.submit_to_gpu(self._embed_ahead, pending)
+    def _prefetch(self, job: Job) -> Prefetch | None:
+        """Image embeddings computed on the GPU thread ahead of the job's batches (see Prefetch)."""
+        scheduler = self.scheduler
+        if scheduler is None or self.config.prefetch_image_tokens <= 0:
+            return None
+        return Prefetch(start=lambda pending: scheduler.submit_to_gpu(self._embed_ahead, pending, job),
+                        budget=self.config.prefetch_image_tokens)
 
-    def _embed_ahead(self, pending: list) -> None:
+    def _embed_ahead(self, pending: list, job: Job) -> None:
+        if not job.alive():  # cancelled or expired while its images decoded
+            return
         try:
             self.preprocessor.fill_pixels(pending)
             self.executor.embed_ahead([image for image, _ in pending])
@@ -178,7 +181,7 @@ class Engine:
             # One call per request (images are decoded on the preprocessor's own threads);
             # splitting a request to overlap it with the GPU measured no gain (bench/RESULTS.md).
             prepared = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, self.preprocessor.prepare_documents, job.query, indexed
+                self._cpu, self.preprocessor.prepare_documents, job.query, indexed, self._prefetch(job)
             )
         finally:
             self.scheduler.preparing -= 1

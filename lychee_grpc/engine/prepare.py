@@ -30,6 +30,16 @@ PREFETCH_CHUNKS = 4
 PREFETCH_MIN_IMAGES = 16
 
 
+@dataclass
+class Prefetch:
+    """Starts the vision tower on chunks of a request's decoded images (the engine runs them on
+    the GPU thread ahead of the request's batch) while its other images decode and its text is
+    tokenized. `budget` bounds the image tokens whose embeddings wait on the GPU for their batch."""
+
+    start: Callable[[list], None]
+    budget: int
+
+
 @dataclass(frozen=True)
 class TextLimits:
     max_query_tokens: int = 1024
@@ -154,9 +164,6 @@ class Preprocessor:
         self._fast_jpeg = jpeg_decoder_agrees()
         self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="lychee-decode")
         self._grids = _GridCache()
-        # Set by the engine: starts the vision tower on a chunk of decoded images (on the GPU
-        # thread) while the request's other images decode and its text is tokenized.
-        self.prefetch: Callable[[list], None] | None = None
         self._overheads: dict[str, int] = {}
         self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
 
@@ -237,11 +244,17 @@ class Preprocessor:
             image.pixel_values = pixels
             self._grids.put(image.key, grid)
 
-    def _pending_ready(self, pending: list, total: int) -> None:
-        """Hands full chunks of decoded images to `prefetch`, if set; `pending` keeps the rest."""
-        if self.prefetch is None or len(pending) < max(PREFETCH_MIN_IMAGES, -(-total // PREFETCH_CHUNKS)):
+    def _prefetch_ready(self, pending: list, total: int, prefetch: Prefetch) -> None:
+        """Hands a full chunk of decoded images to `prefetch` while the request's budget of image
+        tokens lasts; `pending` keeps what is not handed over."""
+        if prefetch.budget <= 0 or len(pending) < max(PREFETCH_MIN_IMAGES, -(-total // PREFETCH_CHUNKS)):
             return
-        self.prefetch(pending[:])
+        tokens = sum(image.tokens for image, _ in pending)
+        if tokens > prefetch.budget:
+            prefetch.budget = 0  # the rest are computed in their batches, as without prefetching
+            return
+        prefetch.budget -= tokens
+        prefetch.start(pending[:])
         pending.clear()
 
     def _encode_parts(
@@ -331,9 +344,10 @@ class Preprocessor:
 
     # ---- documents ----------------------------------------------------------------------
     def prepare_documents(
-        self, query: PreparedQuery, documents: Sequence[tuple[int, Document]]
+        self, query: PreparedQuery, documents: Sequence[tuple[int, Document]], prefetch: Prefetch | None = None
     ) -> list[PreparedDocument]:
-        """Validates and encodes documents; raises InvalidInput naming every bad field."""
+        """Validates and encodes documents; raises InvalidInput naming every bad field. With
+        `prefetch`, chunks of new images are handed to it as soon as they are decoded."""
         violations: list[FieldViolation] = []
         pending: list = []
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
@@ -342,12 +356,13 @@ class Preprocessor:
         for (index, doc), futures in zip(documents, decoded):
             images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending, futures)
             encoded.append((index, doc, images, cached))
-            if not violations:
-                self._pending_ready(pending, total)
+            if not violations and prefetch is not None:
+                self._prefetch_ready(pending, total, prefetch)
         if violations:
             raise InvalidInput(violations)
-        if self.prefetch is not None and pending:
-            self.prefetch(pending)
+        if prefetch is not None and pending and 0 < sum(image.tokens for image, _ in pending) <= prefetch.budget:
+            prefetch.budget -= sum(image.tokens for image, _ in pending)
+            prefetch.start(pending)
         else:
             self.fill_pixels(pending)
         suffixes = [
