@@ -100,3 +100,17 @@ async def test_a_cancelled_requests_chunks_are_skipped(make_engine, monkeypatch)
 
     engine._embed_ahead([(object(), None)], Gone())
     assert ran == []
+
+
+async def test_pixels_beyond_the_budget_are_computed_per_batch(make_engine):
+    """Without prefetching, a request's pixels are made batch by batch from the decoded pictures,
+    so at most a batch's worth waits on the device."""
+    engine = await make_engine(prefetch_image_tokens=0, max_batch_images=8)
+    calls: list[int] = []
+    fill = engine.executor.fill_pixels
+    engine.executor.fill_pixels = lambda pending: (calls.append(len(pending)), fill(pending))[1]
+    docs = image_docs(30)
+    scores = await _scores(engine, docs)
+    assert sum(calls) == 30 and max(calls) <= 8
+    reference = await make_engine(prefetch_image_tokens=0)
+    assert scores == pytest.approx(await _scores(reference, docs), abs=1e-5)

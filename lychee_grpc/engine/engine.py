@@ -86,6 +86,7 @@ class Engine:
             image_device=str(loaded.device) if cuda and config.images_on_gpu else None,
             decode_threads=config.preprocess_threads,
         )
+        self.executor.fill_pixels = self.preprocessor.fill_pixels
         self.scheduler: Scheduler | None = None
         self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")
         self.ready = False

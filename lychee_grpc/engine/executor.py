@@ -17,7 +17,7 @@ called directly; only the sequence layout differs from `model.forward`:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +107,8 @@ class Executor:
         self.yes_minus_no = (rows[0] - rows[1]).contiguous()
         self.vision_cache = VisionCache(vision_cache_bytes)
         self.staging = PinnedStaging(self.device)
+        # Set by the engine: the image processor's batched pixels for (image, decoded picture) pairs.
+        self.fill_pixels: Callable[[list], None] | None = None
         self._probe_varlen()
         self.ops = FusedOps(self.device)
         self.ops.install_vision(self.visual)
@@ -135,6 +137,10 @@ class Executor:
                 todo[im.key] = im
         if todo:
             pending = list(todo.values())
+            # Pixels are computed here, for this batch's images only, from the decoded pictures.
+            undone = [(im, im.picture) for im in pending if im.pixel_values is None and im.picture is not None]
+            if undone and self.fill_pixels is not None:
+                self.fill_pixels(undone)
             pixels = torch.cat(
                 [im.pixel_values if im.pixel_values is not None else im.pixels() for im in pending]
             ).to(self.device, self.visual.dtype)
@@ -143,6 +149,7 @@ class Executor:
                 emb = emb.to(self.dtype)
                 found[im.key] = emb
                 self.vision_cache.put(im.key, emb)
+                im.pixel_values = im.picture = None  # no longer needed; free them now
         return [found[im.key] for im in images], len(todo)
 
     def embed_ahead(self, images: Sequence[EncodedImage]) -> None:
@@ -150,7 +157,6 @@ class Executor:
         embeds, _ = self.image_embeds(images)
         for im, emb in zip(images, embeds):
             im.embedding = emb
-            im.pixel_values = None  # the pixels are no longer needed
 
     # ---- language model -----------------------------------------------------------------
     def _attend_host(

@@ -58,6 +58,9 @@ class EncodedImage:
     pixel_values: torch.Tensor | None
     pixels: Callable[[], torch.Tensor]
     embedding: torch.Tensor | None = None  # the tower's output, when computed ahead of the batch
+    # The decoded picture (uint8 [3, h, w], on the host) until its pixels are computed, in its
+    # batch or a prefetch chunk: a request's pixels never wait on the GPU all at once.
+    picture: torch.Tensor | None = None
 
 
 @dataclass
@@ -277,6 +280,7 @@ class Preprocessor:
                     violations.append(FieldViolation(f"{path}.parts[{i}].image", str(exc)))
                     continue
                 if picture is not None:
+                    image.picture = picture
                     pending.append((image, picture))
                 images.append(image)
                 cached += hit
@@ -363,8 +367,6 @@ class Preprocessor:
         if prefetch is not None and pending and 0 < sum(image.tokens for image, _ in pending) <= prefetch.budget:
             prefetch.budget -= sum(image.tokens for image, _ in pending)
             prefetch.start(pending)
-        else:
-            self.fill_pixels(pending)
         suffixes = [
             template.suffix_text(template.render_parts(doc.parts, [im.tokens for im in images]))
             for _, doc, images, _ in encoded
