@@ -6,7 +6,6 @@ Used by the transport (gRPC) and by anything else in-process; knows nothing of g
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import logging
 import time
@@ -111,10 +110,6 @@ class Engine:
         self.scheduler.start()
         if self.config.warmup:
             await self._warmup()
-        # Everything alive now (model, libraries) lives as long as the process: keep it out of the
-        # collector's full passes, which otherwise rescanned it mid-request (~5 ms on the GPU thread).
-        gc.collect()
-        gc.freeze()
         self.ready = True
 
     async def _warmup(self) -> None:
