@@ -114,3 +114,17 @@ async def test_pixels_beyond_the_budget_are_computed_per_batch(make_engine):
     assert sum(calls) == 30 and max(calls) <= 8
     reference = await make_engine(prefetch_image_tokens=0)
     assert scores == pytest.approx(await _scores(reference, docs), abs=1e-5)
+
+
+async def test_a_repeated_image_is_embedded_once_and_its_pixels_freed(make_engine):
+    engine = await make_engine()
+    docs = image_docs(20)
+    docs += [Document("again", docs[3].parts)]  # the same bytes in a second document
+    expected = await _in_batch_scores(engine, docs)
+    _, tower_calls = _spy(engine)
+    seen: list = []
+    embed_ahead = engine.executor.embed_ahead
+    engine.executor.embed_ahead = lambda images: (seen.extend(images), embed_ahead(images))[1]
+    assert await _scores(engine, docs) == pytest.approx(expected, abs=1e-6)
+    assert sum(tower_calls) == 20  # 21 images, 20 distinct
+    assert all(im.embedding is not None and im.pixel_values is None and im.picture is None for im in seen)

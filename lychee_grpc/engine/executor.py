@@ -157,6 +157,7 @@ class Executor:
         embeds, _ = self.image_embeds(images)
         for im, emb in zip(images, embeds):
             im.embedding = emb
+            im.pixel_values = im.picture = None  # a repeated image's copy too
 
     # ---- language model -----------------------------------------------------------------
     def _attend_host(
