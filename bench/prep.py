@@ -18,6 +18,7 @@ import torch
 from transformers import AutoProcessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.breakdown import prepare_with_pixels
 from bench.run import image_workload
 from lychee_grpc.engine.images import ImageLimits, content_key, decode_image, decode_pixels, jpeg_decoder_agrees
 from lychee_grpc.engine.prepare import Preprocessor, TextLimits
@@ -76,8 +77,8 @@ def main() -> int:
         rows.append((f"fill_pixels 100 ({threads})",
                      ms(lambda pre=pre, e=encoded: pre.fill_pixels([(i, p) for i, _, p in e]))))
         pq = pre.prepare_query(query, DEFAULT_INSTRUCTION)
-        rows.append((f"prepare_documents 100 ({threads})",
-                     ms(lambda pre=pre, pq=pq: pre.prepare_documents(pq, list(enumerate(docs))))))
+        rows.append((f"prepare_documents + pixels 100 ({threads})",
+                     ms(lambda pre=pre, pq=pq: prepare_with_pixels(pre, pq, docs))))
     import PIL
 
     print(f"Pillow {PIL.__version__}, {len(datas)} JPEGs of {len(datas[0])} bytes, image device {device}")
