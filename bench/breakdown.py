@@ -39,7 +39,7 @@ def prepare_with_pixels(pre, query, docs):
     """Documents prepared as a request's are, plus their images' pixels (which the engine makes in
     prefetch chunks or in the batch)."""
     prepared = pre.prepare_documents(query, list(enumerate(docs)))
-    pre.fill_pixels([(im, im.picture) for p in prepared for im in p.segment.images if im.picture is not None])
+    pre.fill_pixels([im for p in prepared for im in p.segment.images if im.picture is not None])
     return prepared
 
 

@@ -73,9 +73,9 @@ def main() -> int:
         rows.append((f"encode_image 100 ({threads} threads)",
                      ms(lambda pre=pre: [f.result() for f in pre._decode_all([[p] for p in (d.parts[0] for d in docs)])
                                          for f in f])))
-        encoded = [pre.encode_image(b) for b in datas]
+        encoded = [pre.encode_image(b)[0] for b in datas]
         rows.append((f"fill_pixels 100 ({threads})",
-                     ms(lambda pre=pre, e=encoded: pre.fill_pixels([(i, p) for i, _, p in e]))))
+                     ms(lambda pre=pre, e=encoded: pre.fill_pixels(e))))
         pq = pre.prepare_query(query, DEFAULT_INSTRUCTION)
         rows.append((f"prepare_documents + pixels 100 ({threads})",
                      ms(lambda pre=pre, pq=pq: prepare_with_pixels(pre, pq, docs))))

@@ -66,11 +66,11 @@ async def test_batched_pixels_equal_the_image_processor_on_each_picture(make_eng
     datas = [noise_image(w, h, fmt=fmt, seed=i) for i, (w, h) in enumerate(sizes)]
     pending = []
     for data in datas:
-        image, cached, picture = pre.encode_image(data)
-        assert not cached and picture.dtype == torch.uint8
-        pending.append((image, picture))
+        image, cached = pre.encode_image(data)
+        assert not cached and image.picture.dtype == torch.uint8
+        pending.append(image)
     pre.fill_pixels(pending)
-    for data, (image, _) in zip(datas, pending):
+    for data, image in zip(datas, pending):
         pil = Image.open(io.BytesIO(data)).convert("RGB")
         ref = pre.image_processor(images=[pil], min_pixels=pre.min_image_pixels, max_pixels=pre.max_image_pixels,
                                   return_tensors="pt")

@@ -20,7 +20,7 @@ from .config import BandThresholds, EngineConfig
 from .errors import FieldViolation, InvalidInput, NotReady
 from .executor import Executor
 from .loader import LoadedModel, load_model
-from .prepare import Prefetch, Preprocessor
+from .prepare import EncodedImage, Prefetch, Preprocessor
 from .scheduler import DeadlineExpired, Job, Scheduler
 from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
 
@@ -136,12 +136,12 @@ class Engine:
         return Prefetch(start=lambda pending: scheduler.submit_to_gpu(self._embed_ahead, pending, job),
                         budget=self.config.prefetch_image_tokens)
 
-    def _embed_ahead(self, pending: list, job: Job) -> None:
+    def _embed_ahead(self, pending: list[EncodedImage], job: Job) -> None:
         if not job.alive():  # cancelled or expired while its images decoded
             return
         try:
             self.preprocessor.fill_pixels(pending)
-            self.executor.embed_ahead([image for image, _ in pending])
+            self.executor.embed_ahead(pending)
         except Exception as exc:  # the batch computes whatever is missing, and reports its errors
             if isinstance(exc, torch.OutOfMemoryError):
                 torch.cuda.empty_cache()

@@ -107,8 +107,8 @@ class Executor:
         self.yes_minus_no = (rows[0] - rows[1]).contiguous()
         self.vision_cache = VisionCache(vision_cache_bytes)
         self.staging = PinnedStaging(self.device)
-        # Set by the engine: the image processor's batched pixels for (image, decoded picture) pairs.
-        self.fill_pixels: Callable[[list], None] | None = None
+        # Set by the engine: the image processor's batched pixels for images with a decoded picture.
+        self.fill_pixels: Callable[[list[EncodedImage]], None] | None = None
         self._probe_varlen()
         self.ops = FusedOps(self.device)
         self.ops.install_vision(self.visual)
@@ -138,7 +138,7 @@ class Executor:
         if todo:
             pending = list(todo.values())
             # Pixels are computed here, for this batch's images only, from the decoded pictures.
-            undone = [(im, im.picture) for im in pending if im.pixel_values is None and im.picture is not None]
+            undone = [im for im in pending if im.pixel_values is None and im.picture is not None]
             if undone and self.fill_pixels is not None:
                 self.fill_pixels(undone)
             pixels = torch.cat(

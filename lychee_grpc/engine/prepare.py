@@ -36,7 +36,7 @@ class Prefetch:
     the GPU thread ahead of the request's batch) while its other images decode and its text is
     tokenized. `budget` bounds the image tokens whose embeddings wait on the GPU for their batch."""
 
-    start: Callable[[list], None]
+    start: Callable[[list[EncodedImage]], None]
     budget: int
 
 
@@ -189,11 +189,10 @@ class Preprocessor:
                             min_pixels=self.min_image_pixels, max_pixels=self.max_image_pixels)
         return (1, h // patch, w // patch)
 
-    def encode_image(self, data: bytes) -> tuple[EncodedImage, bool, torch.Tensor | None]:
-        """Validates and decodes an image unless its vision output is cached. Returns it, whether
-        it was cached, and the decoded pixels (uint8, [3, height, width]; pinned when they go to a
-        GPU) that are still to be processed with the request's other images. Safe to call from
-        several threads: the decode and the copies release the GIL."""
+    def encode_image(self, data: bytes) -> tuple[EncodedImage, bool]:
+        """Validates and decodes an image unless its vision output is cached. Returns it (with its
+        decoded `picture`, pinned when it goes to a GPU, unless cached) and whether it was cached.
+        Safe to call from several threads: the decode and the copies release the GIL."""
         key = content_key(data) + self._bounds_tag
         grid = self._grids.get(key)
         cached = grid is not None and self._vision_cached(key)
@@ -211,8 +210,9 @@ class Preprocessor:
             tokens=t * h * w // self.merge_size**2,
             pixel_values=None,
             pixels=lambda: self._pixels(data)[0],
+            picture=picture,
         )
-        return encoded, cached, picture
+        return encoded, cached
 
     def _decode_all(self, part_lists: Sequence[Sequence[Part]]) -> list[list[Future]]:
         """Starts decoding every image part (PIL releases the GIL while decoding)."""
@@ -221,16 +221,16 @@ class Preprocessor:
             for parts in part_lists
         ]
 
-    def fill_pixels(self, pending: list) -> None:
-        """One image-processor call for all of a request's new images (per-image calls are
-        mostly Python overhead). The images arrive as uint8 tensors, already on the processing
-        device: the processor's own conversion of PIL images ran per image under the GIL."""
+    def fill_pixels(self, pending: Sequence[EncodedImage]) -> None:
+        """Pixels for decoded images, in one image-processor call (per-image calls are mostly
+        Python overhead). The pictures are uint8 tensors, moved to the processing device here:
+        the processor's own conversion of PIL images ran per image under the GIL."""
         if not pending:
             return
         if self.image_device:
-            pictures = [p.to(self.image_device, non_blocking=True) for _, p in pending]
+            pictures = [im.picture.to(self.image_device, non_blocking=True) for im in pending]
         else:
-            pictures = [p.contiguous() for _, p in pending]
+            pictures = [im.picture.contiguous() for im in pending]
         out = self.image_processor(
             images=pictures,
             input_data_format="channels_first",
@@ -241,18 +241,18 @@ class Preprocessor:
         )
         grids = [tuple(int(x) for x in g) for g in out["image_grid_thw"]]
         sizes = [t * h * w for t, h, w in grids]
-        for (image, _), grid, pixels in zip(pending, grids, torch.split(out["pixel_values"], sizes)):
+        for image, grid, pixels in zip(pending, grids, torch.split(out["pixel_values"], sizes)):
             if grid != image.grid_thw:
                 raise RuntimeError(f"image processor made grid {grid}, expected {image.grid_thw}")
             image.pixel_values = pixels
             self._grids.put(image.key, grid)
 
-    def _prefetch_ready(self, pending: list, total: int, prefetch: Prefetch) -> None:
-        """Hands a full chunk of decoded images to `prefetch` while the request's budget of image
-        tokens lasts; `pending` keeps what is not handed over."""
-        if prefetch.budget <= 0 or len(pending) < max(PREFETCH_MIN_IMAGES, -(-total // PREFETCH_CHUNKS)):
+    def _prefetch_ready(self, pending: list[EncodedImage], chunk: int, prefetch: Prefetch) -> None:
+        """Hands `pending` to `prefetch` once it holds `chunk` images, while the request's budget
+        of image tokens lasts; `pending` keeps what is not handed over."""
+        if prefetch.budget <= 0 or not pending or len(pending) < chunk:
             return
-        tokens = sum(image.tokens for image, _ in pending)
+        tokens = sum(image.tokens for image in pending)
         if tokens > prefetch.budget:
             prefetch.budget = 0  # the rest are computed in their batches, as without prefetching
             return
@@ -261,7 +261,7 @@ class Preprocessor:
         pending.clear()
 
     def _encode_parts(
-        self, parts: Sequence[Part], path: str, violations: list[FieldViolation], pending: list,
+        self, parts: Sequence[Part], path: str, violations: list[FieldViolation], pending: list[EncodedImage],
         decoded: list[Future],
     ) -> tuple[list[EncodedImage], int]:
         images: list[EncodedImage] = []
@@ -275,13 +275,12 @@ class Preprocessor:
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
             elif isinstance(part, ImagePart):
                 try:
-                    image, hit, picture = next(decoded_iter).result()
+                    image, hit = next(decoded_iter).result()
                 except ImageRejected as exc:
                     violations.append(FieldViolation(f"{path}.parts[{i}].image", str(exc)))
                     continue
-                if picture is not None:
-                    image.picture = picture
-                    pending.append((image, picture))
+                if image.picture is not None:
+                    pending.append(image)
                 images.append(image)
                 cached += hit
             else:
@@ -292,7 +291,7 @@ class Preprocessor:
     def prepare_query(self, query: Query, instruction: str) -> PreparedQuery:
         start = time.perf_counter()
         violations: list[FieldViolation] = []
-        pending: list = []
+        pending: list[EncodedImage] = []
         images, _ = self._encode_parts(query.parts, "query", violations, pending,
                                        self._decode_all([query.parts])[0])
         if instruction and len(self.tokenizer.encode(instruction, add_special_tokens=False)) > (
@@ -353,20 +352,19 @@ class Preprocessor:
         """Validates and encodes documents; raises InvalidInput naming every bad field. With
         `prefetch`, chunks of new images are handed to it as soon as they are decoded."""
         violations: list[FieldViolation] = []
-        pending: list = []
+        pending: list[EncodedImage] = []
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
         decoded = self._decode_all([doc.parts for _, doc in documents])
-        total = sum(len(futures) for futures in decoded)
+        chunk = max(PREFETCH_MIN_IMAGES, -(-sum(len(futures) for futures in decoded) // PREFETCH_CHUNKS))
         for (index, doc), futures in zip(documents, decoded):
             images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending, futures)
             encoded.append((index, doc, images, cached))
             if not violations and prefetch is not None:
-                self._prefetch_ready(pending, total, prefetch)
+                self._prefetch_ready(pending, chunk, prefetch)
         if violations:
             raise InvalidInput(violations)
-        if prefetch is not None and pending and 0 < sum(image.tokens for image, _ in pending) <= prefetch.budget:
-            prefetch.budget -= sum(image.tokens for image, _ in pending)
-            prefetch.start(pending)
+        if prefetch is not None:
+            self._prefetch_ready(pending, 1, prefetch)  # the last, shorter chunk
         suffixes = [
             template.suffix_text(template.render_parts(doc.parts, [im.tokens for im in images]))
             for _, doc, images, _ in encoded
