@@ -39,6 +39,8 @@ def test_fused_vision_blocks_give_the_same_tower_output(loaded):
         ops = FusedOps(torch.device("cpu"))
         ops.enabled = True  # install eagerly: same functions the GPU compiles
         assert ops.install_vision(visual)
+        # The residual adds are folded into the projections' GEMMs (packed attention, biased projections).
+        assert all(block.forward.__func__.__qualname__.startswith("_folded") for block in visual.blocks)
         after = visual(pixels, grid_thw=grid).pooler_output
     assert before.abs().max() > 0.1
     # float32 reductions may split differently across threads; a wrong formula is off by ~0.1.
@@ -60,3 +62,14 @@ def test_vision_qk_rope_from_packed_qkv_matches_transformers():
         got_q, got_k = vision_qk_rope(qkv, heads, cos, sin)
         assert got_q.dtype == dtype and got_q.shape == (n, heads, dim)
         assert torch.equal(got_q, ref_q) and torch.equal(got_k, ref_k)
+
+
+def test_residual_add_folded_into_the_gemm_matches_linear_then_add():
+    from lychee_grpc.engine.executor import add_linear
+
+    g = torch.Generator().manual_seed(0)
+    x, h = torch.randn(5, 6, generator=g), torch.randn(5, 4, generator=g)
+    for bias in (False, True):
+        linear = torch.nn.Linear(4, 6, bias=bias)
+        expected = x + linear(h)
+        assert torch.allclose(add_linear(x.clone(), h, linear), expected, atol=1e-6)

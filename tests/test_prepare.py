@@ -53,7 +53,7 @@ def test_clean_boundary_rule():
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 async def test_batched_pixels_equal_the_image_processor_on_each_picture(make_engine, fmt):
-    """Pixels from the decode threads' uint8 tensors, in one processor call, are exactly what the
+    """Pixels from the decode threads' uint8 tensors, grouped by size, are exactly what the
     checkpoint's image processor gives for each PIL image alone (resized or not)."""
     import io
 
@@ -76,3 +76,38 @@ async def test_batched_pixels_equal_the_image_processor_on_each_picture(make_eng
                                   return_tensors="pt")
         assert tuple(int(x) for x in ref["image_grid_thw"][0]) == image.grid_thw
         assert torch.equal(image.pixel_values, ref["pixel_values"])
+
+
+async def test_one_pad_per_image_expands_to_the_tokens_of_every_pad(make_engine):
+    """Prompts are tokenized with one <|image_pad|> per image, then expanded: the same ids as
+    tokenizing every pad, for images in the query and the documents, with both prefix paths."""
+    engine = await make_engine()
+    pre = engine.preprocessor
+    image = ImagePart(noise_image(61, 97, seed=3))
+    for query in (Query((image, TextPart("red shoes"))), Query((TextPart("red shoes?"), image))):
+        pq = pre.prepare_query(query, DEFAULT_INSTRUCTION)
+        docs = [(0, Document("a", (TextPart("trainers"), ImagePart(noise_image(56, 56, seed=4)), image))),
+                (1, Document("b", (TextPart("plain text"),)))]
+        prepared = pre.prepare_documents(pq, docs)
+        query_tokens = [im.tokens for im in pq.images]
+        rendered_query = template.render_parts(query.parts, query_tokens)
+        for (_, doc), p in zip(docs, prepared):
+            doc_tokens = [im.tokens for im in p.segment.images[len(pq.images):]] if not p.uses_prefix else \
+                [im.tokens for im in p.segment.images]
+            text = template.render_prompt(DEFAULT_INSTRUCTION, rendered_query,
+                                          template.render_parts(doc.parts, doc_tokens))
+            whole = pre._tokenize([text])[0]
+            got = (pq.prefix_ids + p.segment.ids.tolist()) if p.uses_prefix else p.segment.ids.tolist()
+            assert got == whole
+            assert whole.count(engine.executor.image_token_id) == sum(query_tokens) + sum(doc_tokens)
+
+
+async def test_text_holding_the_image_pad_marker_is_refused_naming_the_field(make_engine):
+    from lychee_grpc.engine.errors import InvalidInput
+
+    engine = await make_engine()
+    with pytest.raises(InvalidInput) as err:
+        await engine.rerank(Query((TextPart("shoes"),)),
+                            [Document("a", (TextPart("ok"),)), Document("b", (TextPart("x <|image_pad|> y"),))])
+    assert [v.field for v in err.value.violations] == ["documents[1].parts[0].text"]
+    assert "<|image_pad|>" in err.value.violations[0].description

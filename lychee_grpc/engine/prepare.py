@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from transformers.image_utils import SizeDict
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from . import template
@@ -80,7 +82,7 @@ class PreparedQuery:
     instruction: str
     prefix: Segment  # the shared tokens, computed once per request
     prefix_ids: list[int]
-    rendered_query: str
+    rendered_query: str  # one <|image_pad|> per image (expanded after tokenization)
     images: list[EncodedImage]
     prepare_ms: float = 0.0
     # All tokens of the prefix text, when no BPE merge can cross from it into a document.
@@ -222,30 +224,36 @@ class Preprocessor:
         ]
 
     def fill_pixels(self, pending: Sequence[EncodedImage]) -> None:
-        """Pixels for decoded images, in one image-processor call (per-image calls are mostly
-        Python overhead). The pictures are uint8 tensors, moved to the processing device here:
-        the processor's own conversion of PIL images ran per image under the GIL."""
-        if not pending:
-            return
-        if self.image_device:
-            pictures = [im.picture.to(self.image_device, non_blocking=True) for im in pending]
-        else:
-            pictures = [im.picture.contiguous() for im in pending]
-        out = self.image_processor(
-            images=pictures,
-            input_data_format="channels_first",
-            min_pixels=self.min_image_pixels,
-            max_pixels=self.max_image_pixels,
-            return_tensors="pt",
-            **({"device": self.image_device} if self.image_device else {}),
-        )
-        grids = [tuple(int(x) for x in g) for g in out["image_grid_thw"]]
-        sizes = [t * h * w for t, h, w in grids]
-        for image, grid, pixels in zip(pending, grids, torch.split(out["pixel_values"], sizes)):
-            if grid != image.grid_thw:
-                raise RuntimeError(f"image processor made grid {grid}, expected {image.grid_thw}")
-            image.pixel_values = pixels
-            self._grids.put(image.key, grid)
+        """Pixels for decoded images (uint8 [3, h, w] pictures), made on the processing device by
+        the image processor's own resize, rescale+normalize and patchify steps, once per group
+        of same-size pictures. The processor's full call spent ~50 torch calls per image; each
+        call gives up the GIL and takes it back, and while a request's images decode the decode
+        threads and the request thread hold it, so the first prefetch chunk waited ~25 ms for
+        its pixels (bench/trace.py). A group here is a handful of calls."""
+        proc = self.image_processor
+        device = torch.device(self.image_device) if self.image_device else None
+        groups: dict[tuple, list[EncodedImage]] = {}
+        for image in pending:
+            groups.setdefault((tuple(image.picture.shape), image.grid_thw), []).append(image)
+        size = SizeDict(shortest_edge=self.min_image_pixels, longest_edge=self.max_image_pixels)
+        for (shape, grid), images in groups.items():
+            pictures = [image.picture for image in images]
+            if device is not None and device.type == "cuda":
+                # One call copies every (pinned) picture, asynchronously, into one device batch.
+                batch = torch.empty((len(pictures), *shape), dtype=torch.uint8, device=device)
+                torch._foreach_copy_(list(batch.unbind(0)), pictures, non_blocking=True)
+            else:
+                batch = torch.stack(pictures).to(device) if device is not None else torch.stack(pictures)
+            batch = proc.resize(batch, size=size, resample=proc.resample, factor=proc.patch_size * self.merge_size)
+            batch = proc.rescale_and_normalize(batch, proc.do_rescale, proc.rescale_factor, proc.do_normalize,
+                                               tuple(proc.image_mean), tuple(proc.image_std))
+            patches, grid_h, grid_w = proc.patchify(batch, patch_size=proc.patch_size, merge_size=self.merge_size,
+                                                   temporal_patch_size=proc.temporal_patch_size)
+            if (1, grid_h, grid_w) != grid:
+                raise RuntimeError(f"image processor made grid {(1, grid_h, grid_w)}, expected {grid}")
+            for image, pixels in zip(images, patches.unbind(0)):
+                image.pixel_values = pixels
+                self._grids.put(image.key, grid)
 
     def _prefetch_ready(self, pending: list[EncodedImage], chunk: int, prefetch: Prefetch) -> None:
         """Hands `pending` to `prefetch` once it holds `chunk` images, while the request's budget
@@ -273,6 +281,9 @@ class Preprocessor:
             if isinstance(part, TextPart):
                 if not part.text.strip():
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
+                elif template.IMAGE_PAD in part.text:
+                    violations.append(FieldViolation(
+                        f"{path}.parts[{i}].text", f"text contains {template.IMAGE_PAD}, which marks image tokens"))
             elif isinstance(part, ImagePart):
                 try:
                     image, hit = next(decoded_iter).result()
@@ -305,8 +316,9 @@ class Preprocessor:
         if violations:
             raise InvalidInput(violations)
         self.fill_pixels(pending)
-        rendered = template.render_parts(query.parts, [im.tokens for im in images])
-        prefix_ids = self._tokenize([template.prefix_text(instruction, rendered)])[0]
+        rendered = template.render_parts(query.parts)  # one pad per image, expanded after tokenization
+        prefix_ids = self._expand_pads(self._tokenize([template.prefix_text(instruction, rendered)])[0],
+                                       images).tolist()
         query_tokens = len(prefix_ids) - self._prefix_overhead(instruction)
         if query_tokens > self.text_limits.max_query_tokens:
             raise InvalidInput(
@@ -345,6 +357,18 @@ class Preprocessor:
             return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
+    def _expand_pads(self, ids: list[int], images: Sequence[EncodedImage]) -> np.ndarray:
+        """Token ids with each image's single <|image_pad|> repeated to its token count."""
+        arr = np.asarray(ids, dtype=np.int64)
+        if not images:
+            return arr
+        where = np.flatnonzero(arr == self.image_token_id)
+        if where.size != len(images):  # text parts cannot hold the pad marker (refused in validation)
+            raise RuntimeError(f"{where.size} image pads for {len(images)} images")
+        counts = np.ones(arr.size, dtype=np.int64)
+        counts[where] = [image.tokens for image in images]
+        return np.repeat(arr, counts)
+
     # ---- documents ----------------------------------------------------------------------
     def prepare_documents(
         self, query: PreparedQuery, documents: Sequence[tuple[int, Document]], prefetch: Prefetch | None = None
@@ -365,20 +389,27 @@ class Preprocessor:
             raise InvalidInput(violations)
         if prefetch is not None:
             self._prefetch_ready(pending, 1, prefetch)  # the last, shorter chunk
-        suffixes = [
-            template.suffix_text(template.render_parts(doc.parts, [im.tokens for im in images]))
-            for _, doc, images, _ in encoded
-        ]
+        # One <|image_pad|> per image, expanded after tokenization: it is a special token, split off
+        # before BPE, so this equals tokenizing every pad (256 per 448x448 image) at a fraction of the work.
+        suffixes = [template.suffix_text(template.render_parts(doc.parts)) for _, doc, _, _ in encoded]
         if query.clean_boundary_ids is not None:
             # The prefix's tokens cannot change with the document: tokenize only the suffixes.
-            all_ids = [query.clean_boundary_ids + ids for ids in self._tokenize(suffixes)]
+            prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
+            all_ids = [
+                np.concatenate((prefix, self._expand_pads(ids, images)))
+                for ids, (_, _, images, _) in zip(self._tokenize(suffixes), encoded)
+            ]
         else:
             prefix_text = template.prefix_text(query.instruction, query.rendered_query)
-            all_ids = self._tokenize([prefix_text + suffix for suffix in suffixes])
+            all_ids = [
+                self._expand_pads(ids, query.images + images)
+                for ids, (_, _, images, _) in zip(self._tokenize([prefix_text + x for x in suffixes]), encoded)
+            ]
         shared = len(query.prefix_ids)
+        prefix_ids = np.asarray(query.prefix_ids, dtype=np.int64)
         out: list[PreparedDocument] = []
         for (index, doc, images, cached), ids in zip(encoded, all_ids):
-            doc_tokens = len(ids) - shared
+            doc_tokens = ids.size - shared
             if doc_tokens > self.text_limits.max_tokens_per_document:
                 violations.append(
                     FieldViolation(
@@ -389,13 +420,13 @@ class Preprocessor:
                 )
                 continue
             all_images = query.images + images
-            ids_t = torch.tensor(ids, dtype=torch.long)
+            ids_t = torch.from_numpy(ids)
             positions = (
                 mrope_positions(ids_t, self.image_token_id, [im.grid_thw for im in all_images], self.merge_size)
                 if all_images
-                else torch.arange(len(ids)).expand(3, -1)  # text only: all three axes advance together
+                else torch.arange(ids.size).expand(3, -1)  # text only: all three axes advance together
             )
-            uses_prefix = ids[:shared] == query.prefix_ids
+            uses_prefix = bool(np.array_equal(ids[:shared], prefix_ids))
             if uses_prefix:
                 segment = Segment(ids=ids_t[shared:], positions=positions[:, shared:], images=images)
             else:
@@ -406,7 +437,7 @@ class Preprocessor:
                     id=doc.id,
                     segment=segment,
                     uses_prefix=uses_prefix,
-                    prompt_tokens=len(ids),
+                    prompt_tokens=int(ids.size),
                     images=len(images),
                     cached_images=cached,
                     document=doc,

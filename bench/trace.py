@@ -1,0 +1,139 @@
+"""What the GPU thread and the request thread do, and when the GPU gets to it, during one
+100-candidate rerank (RANDOM weights, 7B shape), without the profiler's overhead: the engine's
+steps are wrapped with CPU timestamps and CUDA events. "gpu from / to" is when the GPU reached
+the step's first and last work; where it is later than the CPU's, the GPU was busy before it.
+
+    python bench/trace.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.run import build_model, image_workload, text_workload
+from lychee_grpc.engine.config import EngineConfig
+from lychee_grpc.engine.engine import Engine
+from lychee_grpc.engine.vision_cache import VisionCache
+
+
+class Tracer:
+    def __init__(self):
+        self.spans: list[dict] = []
+        self.t0_cpu = 0.0
+        self.t0_gpu: torch.cuda.Event | None = None
+        self.on = False
+
+    def start(self) -> None:
+        torch.cuda.synchronize()
+        self.spans = []
+        self.t0_gpu = torch.cuda.Event(enable_timing=True)
+        self.t0_gpu.record()
+        self.t0_cpu = time.perf_counter()
+        self.on = True
+
+    def wrap(self, name: str, fn, gpu: bool):
+        def wrapper(*args, **kwargs):
+            if not self.on:
+                return fn(*args, **kwargs)
+            span = {"name": name, "thread": threading.current_thread().name, "enter": time.perf_counter()}
+            if gpu:
+                span["ev0"] = torch.cuda.Event(enable_timing=True)
+                span["ev0"].record()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                span["exit"] = time.perf_counter()
+                if gpu:
+                    span["ev1"] = torch.cuda.Event(enable_timing=True)
+                    span["ev1"].record()
+                self.spans.append(span)
+        return wrapper
+
+    def report(self, title: str, wall_ms: float) -> None:
+        torch.cuda.synchronize()
+        self.on = False
+        rows = []
+        for s in sorted(self.spans, key=lambda s: s["enter"]):
+            row = {"name": s["name"], "thread": s["thread"], "enter": (s["enter"] - self.t0_cpu) * 1e3,
+                   "exit": (s["exit"] - self.t0_cpu) * 1e3}
+            if "ev0" in s:
+                row["g0"] = self.t0_gpu.elapsed_time(s["ev0"])
+                row["g1"] = self.t0_gpu.elapsed_time(s["ev1"])
+            rows.append(row)
+        print(f"\n{title}: wall {wall_ms:.1f} ms")
+        print(f"  {'step':22s} {'thread':14s} {'cpu from':>8s} {'to':>7s} {'gpu from':>8s} {'to':>7s} "
+              f"{'gpu waited':>10s}")
+        top_end = None
+        idle = 0.0
+        for r in rows:
+            g = f"{r['g0']:8.1f} {r['g1']:7.1f}" if "g0" in r else f"{'':8s} {'':7s}"
+            waited = ""
+            if "g0" in r and r["name"] in ("embed_ahead", "batch"):
+                if top_end is not None and r["g0"] > top_end:
+                    idle += r["g0"] - top_end
+                    waited = f"{r['g0'] - top_end:10.1f}"
+                top_end = max(top_end or 0.0, r["g1"])
+            print(f"  {r['name']:22s} {r['thread'][:14]:14s} {r['enter']:8.1f} {r['exit']:7.1f} {g} {waited}")
+        firsts = [r["g0"] for r in rows if "g0" in r]
+        if firsts:
+            print(f"  GPU idle between steps {idle:.1f} ms; first GPU step at {min(firsts):.1f} ms; "
+                  f"last GPU work ends at {top_end:.1f} ms")
+
+
+def install(engine: Engine, tracer: Tracer) -> None:
+    ex, pre, sched = engine.executor, engine.preprocessor, engine.scheduler
+    engine._embed_ahead = tracer.wrap("embed_ahead", engine._embed_ahead, gpu=True)
+    sched._run_batch = tracer.wrap("batch", sched._run_batch, gpu=True)
+    fill = tracer.wrap("  fill_pixels", pre.fill_pixels, gpu=True)
+    pre.fill_pixels = fill
+    ex.fill_pixels = fill
+    ex.run = tracer.wrap("  executor.run", ex.run, gpu=True)
+    tower = ex.tower
+    tower.__class__ = type("TracedTower", (tower.__class__,), {
+        "__call__": tracer.wrap("  vision tower", tower.__class__.__call__, gpu=True)})
+    pre.prepare_documents = tracer.wrap("prepare_documents", pre.prepare_documents, gpu=False)
+    pre.prepare_query = tracer.wrap("prepare_query", pre.prepare_query, gpu=False)
+
+
+async def timed(engine: Engine, query, docs, cold: bool) -> float:
+    if cold:
+        engine.executor.vision_cache = VisionCache(1 << 32)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    await engine.rerank(query, docs)
+    return (time.perf_counter() - t) * 1e3
+
+
+async def main_async() -> None:
+    loaded, _ = build_model(".cache/tiny-model")
+    print("RANDOM weights, Qwen2.5-VL-7B shape; GPU:", torch.cuda.get_device_name())
+    engine = Engine(EngineConfig(model="random-7b", warmup=True, preprocess_threads=8), loaded)
+    await engine.start()
+    tok = loaded.processor.tokenizer
+    tracer = Tracer()
+    install(engine, tracer)
+    for name, (query, docs), cold in (("T100", text_workload(tok, 1), False),
+                                      ("I100 cold", image_workload(tok, 7), True),
+                                      ("I100 warm", image_workload(tok, 7), False)):
+        times = [await timed(engine, query, docs, cold) for _ in range(6)]
+        print(f"\n{name}: p50 {statistics.median(times):.1f} ms of 6 untraced requests")
+        for _ in range(2):
+            if cold:
+                engine.executor.vision_cache = VisionCache(1 << 32)
+            tracer.start()
+            t = time.perf_counter()
+            await engine.rerank(query, docs)
+            tracer.report(name, (time.perf_counter() - t) * 1e3)
+    await engine.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main_async())
