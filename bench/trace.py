@@ -99,6 +99,9 @@ def install(engine: Engine, tracer: Tracer) -> None:
     tower = ex.tower
     tower.__class__ = type("TracedTower", (tower.__class__,), {
         "__call__": tracer.wrap("  vision tower", tower.__class__.__call__, gpu=True)})
+    proc = pre.image_processor
+    for name in ("resize", "rescale_and_normalize", "patchify"):
+        setattr(proc, name, tracer.wrap(f"    {name}", getattr(proc, name), gpu=True))
     pre.prepare_documents = tracer.wrap("prepare_documents", pre.prepare_documents, gpu=False)
     pre.prepare_query = tracer.wrap("prepare_query", pre.prepare_query, gpu=False)
 
@@ -113,9 +116,23 @@ async def timed(engine: Engine, query, docs, cold: bool) -> float:
 
 
 async def main_async() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--switch-ms", type=float, default=0.0, help="sys.setswitchinterval in ms (0: leave)")
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
+    ap.add_argument("--preprocess-threads", type=int, default=8)
+    ap.add_argument("--only", default="", help="comma-separated workloads (T100, I100 cold, I100 warm)")
+    a = ap.parse_args()
+    if a.switch_ms:
+        sys.setswitchinterval(a.switch_ms / 1e3)
+    if a.torch_threads:
+        torch.set_num_threads(a.torch_threads)
+    print(f"GIL switch interval {sys.getswitchinterval() * 1e3:.2f} ms, torch threads {torch.get_num_threads()}, "
+          f"preprocess threads {a.preprocess_threads}")
     loaded, _ = build_model(".cache/tiny-model")
     print("RANDOM weights, Qwen2.5-VL-7B shape; GPU:", torch.cuda.get_device_name())
-    engine = Engine(EngineConfig(model="random-7b", warmup=True, preprocess_threads=8), loaded)
+    engine = Engine(EngineConfig(model="random-7b", warmup=True, preprocess_threads=a.preprocess_threads), loaded)
     await engine.start()
     tok = loaded.processor.tokenizer
     tracer = Tracer()
@@ -123,6 +140,8 @@ async def main_async() -> None:
     for name, (query, docs), cold in (("T100", text_workload(tok, 1), False),
                                       ("I100 cold", image_workload(tok, 7), True),
                                       ("I100 warm", image_workload(tok, 7), False)):
+        if a.only and name not in a.only.split(","):
+            continue
         times = [await timed(engine, query, docs, cold) for _ in range(6)]
         print(f"\n{name}: p50 {statistics.median(times):.1f} ms of 6 untraced requests")
         for _ in range(2):

@@ -236,14 +236,15 @@ class Preprocessor:
         for image in pending:
             groups.setdefault((tuple(image.picture.shape), image.grid_thw), []).append(image)
         size = SizeDict(shortest_edge=self.min_image_pixels, longest_edge=self.max_image_pixels)
-        for (shape, grid), images in groups.items():
+        for (_, grid), images in groups.items():
             pictures = [image.picture for image in images]
-            if device is not None and device.type == "cuda":
-                # One call copies every (pinned) picture, asynchronously, into one device batch.
-                batch = torch.empty((len(pictures), *shape), dtype=torch.uint8, device=device)
-                torch._foreach_copy_(list(batch.unbind(0)), pictures, non_blocking=True)
+            if device is not None:
+                # Each pinned picture copied as it lies in memory (decoders give a [3, h, w] view of
+                # [h, w, 3]), which is asynchronous; copying into a [3, h, w] slot is not a plain memcpy,
+                # and made this thread wait for the GPU (bench/h2d.py). The stack runs on the GPU.
+                batch = torch.stack([picture.to(device, non_blocking=True) for picture in pictures])
             else:
-                batch = torch.stack(pictures).to(device) if device is not None else torch.stack(pictures)
+                batch = torch.stack(pictures)
             batch = proc.resize(batch, size=size, resample=proc.resample, factor=proc.patch_size * self.merge_size)
             batch = proc.rescale_and_normalize(batch, proc.do_rescale, proc.rescale_factor, proc.do_normalize,
                                                tuple(proc.image_mean), tuple(proc.image_std))
