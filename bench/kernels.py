@@ -31,6 +31,18 @@ def dim0(fn):
     return call
 
 
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float):
+    # The residual add fused with the next norm (what the engine ran before bench/residual.py).
+    x = x + delta
+    return x, fused.rms_norm(x, weight, eps)
+
+
+def vision_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    # transformers' apply_rotary_pos_emb_vision on q/k views: float32, cast back.
+    c, s = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
+    return tuple(fused.rope(t.float(), c, s).to(t.dtype) for t in (q, k))
+
+
 def vision_qk_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int):
     # q and k straight from the packed qkv projection; cos/sin halves are equal (cat(f, f)).
     n = qkv.shape[0]
@@ -63,7 +75,7 @@ def main() -> int:
     u = torch.randn_like(g)
     for label, wrap in (("eager", lambda f: f), ("dynamic=True", lambda f: torch.compile(f, dynamic=True)),
                         ("dim0", dim0)):
-        ar, rp, sm = wrap(fused.add_rms_norm), wrap(fused.rope), wrap(fused.silu_mul)
+        ar, rp, sm = wrap(add_rms_norm), wrap(fused.rope), wrap(fused.silu_mul)
         row(f"LM add_rms_norm {label}", lambda ar=ar: ar(x, d, w, 1e-6), 4 * x.numel() * 2)
         row(f"LM rope q {label}", lambda rp=rp: rp(q, cos, sin), 2 * q.numel() * 2)
         row(f"LM silu_mul {label}", lambda sm=sm: sm(g, u), 3 * g.numel() * 2)
@@ -79,14 +91,16 @@ def main() -> int:
     rope_bytes = 4 * vq.numel() * 2
     for label, wrap in (("eager", lambda f: f), ("dynamic=True", lambda f: torch.compile(f, dynamic=True)),
                         ("dim0", dim0)):
-        vr, rn, ar = wrap(fused.vision_rope), wrap(fused.rms_norm), wrap(fused.add_rms_norm)
+        vr, rn, ar = wrap(vision_rope), wrap(fused.rms_norm), wrap(add_rms_norm)
         row(f"ViT rope q,k views {label}", lambda vr=vr: vr(vq, vk, vcos, vsin), rope_bytes)
         row(f"ViT rms_norm {label}", lambda rn=rn: rn(vx, vw, 1e-6), 2 * vx.numel() * 2)
         row(f"ViT add + rms_norm {label}", lambda rn=rn: rn(vx + vd, vw, 1e-6), 5 * vx.numel() * 2)
         row(f"ViT add_rms_norm {label}", lambda ar=ar: ar(vx, vd, vw, 1e-6), 4 * vx.numel() * 2)
+        rs = wrap(fused.rms_norm_shift)
+        row(f"ViT rms_norm_shift {label}", lambda rs=rs: rs(vx, vw, 1e-6, vw), 3 * vx.numel() * 2)
     qk = dim0(lambda a, c, s: vision_qk_rope(a, c, s, 16))
     row("ViT rope from qkv dim0", lambda: qk(qkv, vcos, vsin), rope_bytes)
-    ref = fused.vision_rope(vq, vk, vcos, vsin)
+    ref = vision_rope(vq, vk, vcos, vsin)
     got = qk(qkv, vcos, vsin)
     print("vision rope from qkv vs reference: max diff",
           max(float((a.float() - b.float()).abs().max()) for a, b in zip(ref, got)))

@@ -79,6 +79,23 @@ def main() -> int:
         pq = pre.prepare_query(query, DEFAULT_INSTRUCTION)
         rows.append((f"prepare_documents + pixels 100 ({threads})",
                      ms(lambda pre=pre, pq=pq: prepare_with_pixels(pre, pq, docs))))
+    # Text: T100's tokenization (the CPU before its GPU work).
+    from bench.run import text_workload
+
+    tq, tdocs = text_workload(proc.tokenizer, 1)
+    texts = [d.parts[0].text for d in tdocs]
+    backend = proc.tokenizer.backend_tokenizer
+    rows.append(("encode_batch T100 (tokenizers' threads)", ms(lambda: backend.encode_batch(texts), 20)))
+    rows.append(("encode T100 one by one", ms(lambda: [backend.encode(t) for t in texts], 20)))
+    for threads in (2, 4, 8):
+        pool = ThreadPoolExecutor(threads)
+        parts = [texts[k::threads] for k in range(threads)]
+        rows.append((f"encode_batch T100 in {threads} pieces on threads",
+                     ms(lambda pool=pool, parts=parts: list(pool.map(backend.encode_batch, parts)), 20)))
+    pre = Preprocessor(proc, proc.tokenizer.convert_tokens_to_ids("<|image_pad|>"), 2, TextLimits(), limits,
+                       3136, 12845056, image_device=device, decode_threads=8)
+    tpq = pre.prepare_query(tq, DEFAULT_INSTRUCTION)
+    rows.append(("prepare_documents T100", ms(lambda: pre.prepare_documents(tpq, list(enumerate(tdocs))), 20)))
     import PIL
 
     print(f"Pillow {PIL.__version__}, {len(datas)} JPEGs of {len(datas[0])} bytes, image device {device}")

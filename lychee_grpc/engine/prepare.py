@@ -240,8 +240,8 @@ class Preprocessor:
             pictures = [image.picture for image in images]
             if device is not None:
                 # Each pinned picture copied as it lies in memory (decoders give a [3, h, w] view of
-                # [h, w, 3]), which is asynchronous; copying into a [3, h, w] slot is not a plain memcpy,
-                # and made this thread wait for the GPU (bench/h2d.py). The stack runs on the GPU.
+                # [h, w, 3]): asynchronous. Copying into a device batch's [3, h, w] slots is not a plain
+                # memcpy and made this thread wait for the GPU (bench/h2d.py). The stack runs on the GPU.
                 batch = torch.stack([picture.to(device, non_blocking=True) for picture in pictures])
             else:
                 batch = torch.stack(pictures)
