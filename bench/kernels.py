@@ -96,8 +96,6 @@ def main() -> int:
         row(f"ViT rms_norm {label}", lambda rn=rn: rn(vx, vw, 1e-6), 2 * vx.numel() * 2)
         row(f"ViT add + rms_norm {label}", lambda rn=rn: rn(vx + vd, vw, 1e-6), 5 * vx.numel() * 2)
         row(f"ViT add_rms_norm {label}", lambda ar=ar: ar(vx, vd, vw, 1e-6), 4 * vx.numel() * 2)
-        rs = wrap(fused.rms_norm_shift)
-        row(f"ViT rms_norm_shift {label}", lambda rs=rs: rs(vx, vw, 1e-6, vw), 3 * vx.numel() * 2)
     qk = dim0(lambda a, c, s: vision_qk_rope(a, c, s, 16))
     row("ViT rope from qkv dim0", lambda: qk(qkv, vcos, vsin), rope_bytes)
     ref = vision_rope(vq, vk, vcos, vsin)

@@ -3,8 +3,10 @@ GEMM's epilogue), against a separate add kernel, at the model's shapes (random i
 the bf16 matmul rate holds up over a sustained stretch of GEMMs, as inside a 250 ms forward,
 against the short burst the benchmark's floor uses.
 
-    python bench/residual.py            # GEMM shapes and the sustained matmul rate
-    python bench/residual.py --tower    # the vision tower, folded vs separate adds
+    python bench/residual.py
+
+(The vision tower A/B of folded vs separate residual adds, `--tower`, is in commit 46a9890; the
+folding measured no faster there and was not kept.)
 """
 
 from __future__ import annotations
@@ -72,43 +74,7 @@ def measure(ops: FusedOps, name: str, m: int, k: int, n: int, bias: bool) -> Non
           f"{t_fold_n:11.3f} {diff:9.2e}")
 
 
-def tower_ab() -> None:
-    """The 7B vision tower (RANDOM weights) on 25 images of 448x448, its blocks with the residual
-    adds folded into the GEMMs vs the same fused blocks with separate adds; alternating, one process."""
-    import types
-
-    from bench.run import build_model
-    from lychee_grpc.engine import fused
-    from lychee_grpc.engine.vision_tower import VisionTower
-
-    loaded, _ = build_model(".cache/tiny-model", layers=1)
-    visual = loaded.model.model.visual
-    ops = FusedOps(torch.device("cuda"))
-    ops.install_vision(visual)
-    folded = [b.forward for b in visual.blocks]
-    separate = [types.MethodType(fused._fused_vision_block_forward(ops), b) for b in visual.blocks]
-    tower = VisionTower(visual)
-    grids = [(1, 32, 32)] * 25
-    pixels = torch.randn(25 * 1024, 3 * 2 * 14 * 14, device="cuda", dtype=torch.bfloat16)
-    outs, times = {}, {"folded": [], "separate": []}
-    for _ in range(6):
-        for name, forwards in (("folded", folded), ("separate", separate)):
-            for b, f in zip(visual.blocks, forwards):
-                b.forward = f
-            times[name].append(time_ms(lambda: tower(pixels, grids), iters=5, warmup=1))
-            outs[name] = tower(pixels, grids).float()
-    diff = (outs["folded"] - outs["separate"]).abs().max().item()
-    scale = outs["separate"].abs().max().item()
-    print("vision tower, 25 images of 448x448 (RANDOM weights), GPU ms per call, 6 alternating rounds:")
-    for name, ts in times.items():
-        print(f"  {name:9s} median {sorted(ts)[len(ts) // 2]:6.2f}  min {min(ts):6.2f}  max {max(ts):6.2f}")
-    print(f"  max |folded - separate| {diff:.3g} (outputs up to {scale:.3g}; bf16 rounding order)")
-
-
 def main() -> int:
-    if "--tower" in sys.argv:
-        tower_ab()
-        return 0
     ops = FusedOps(torch.device("cuda"))
     print(f"GPU: {torch.cuda.get_device_name()}; random inputs")
     print("sustained 8192^3 bf16 matmul:")

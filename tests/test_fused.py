@@ -39,8 +39,6 @@ def test_fused_vision_blocks_give_the_same_tower_output(loaded):
         ops = FusedOps(torch.device("cpu"))
         ops.enabled = True  # install eagerly: same functions the GPU compiles
         assert ops.install_vision(visual)
-        # The residual adds are folded into the projections' GEMMs (packed attention, biased projections).
-        assert all(block.forward.__func__.__qualname__.startswith("_folded") for block in visual.blocks)
         after = visual(pixels, grid_thw=grid).pooler_output
     assert before.abs().max() > 0.1
     # float32 reductions may split differently across threads; a wrong formula is off by ~0.1.

@@ -26,14 +26,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * h.to(x.dtype)
 
 
-def rms_norm_shift(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, shift: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """rms_norm(x), and x + shift: a residual stream with the next linear layer's bias already
-    added, so that layer's GEMM can add its product straight into it (cuBLAS beta = 1)."""
-    return rms_norm(x, weight, eps), x + shift
-
-
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -92,7 +84,6 @@ class FusedOps:
         enabled = device.type == "cuda" and os.environ.get("LYCHEE_COMPILE", "1") != "0"
         self.enabled = enabled
         self.rms_norm = Kernel(rms_norm, enabled)
-        self.rms_norm_shift = Kernel(rms_norm_shift, enabled)
         self.rope = Kernel(rope, enabled)
         self.silu_mul = Kernel(silu_mul, enabled)
         self.vision_qk_rope = Kernel(vision_qk_rope, enabled)
@@ -105,18 +96,8 @@ class FusedOps:
 
         vision_attention.set_rotary(self.vision_qk_rope)
         for block in visual.blocks:
-            folded = (
-                vision_attention.is_packed(block.attn)
-                and _plain_linear(block.attn.proj, bias=True)
-                and _plain_linear(block.mlp.down_proj, bias=True)
-            )
-            make = _folded_vision_block_forward if folded else _fused_vision_block_forward
-            block.forward = types.MethodType(make(self), block)
+            block.forward = types.MethodType(_fused_vision_block_forward(self), block)
         return True
-
-
-def _plain_linear(module: torch.nn.Module, bias: bool) -> bool:
-    return type(module) is torch.nn.Linear and (module.bias is not None) == bias
 
 
 def _fused_vision_block_forward(ops: FusedOps):
@@ -129,23 +110,5 @@ def _fused_vision_block_forward(ops: FusedOps):
         h = ops.rms_norm(hidden_states, self.norm2.weight, self.norm2.variance_epsilon)
         mlp = self.mlp
         return hidden_states + mlp.down_proj(ops.silu_mul(mlp.gate_proj(h), mlp.up_proj(h)))
-
-    return forward
-
-
-def _folded_vision_block_forward(ops: FusedOps):
-    """The same block with each residual add made by the GEMM before it: the norm kernel also
-    writes the stream plus the coming projection's bias, and the projection (bias-free GEMM with
-    beta = 1) adds its product into that. No separate add kernels: ViT proj + add 0.195 -> 0.134
-    ms and down + add 0.371 -> 0.311 ms per 25 images (bench/residual.py)."""
-    from .vision_attention import packed_vision_attention
-
-    def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
-        attn, mlp = self.attn, self.mlp
-        h, x = ops.rms_norm_shift(hidden_states, self.norm1.weight, self.norm1.variance_epsilon, attn.proj.bias)
-        x = x.addmm_(packed_vision_attention(attn, h, cu_seqlens, position_embeddings, max_seqlen),
-                     attn.proj.weight.t())
-        h, x = ops.rms_norm_shift(x, self.norm2.weight, self.norm2.variance_epsilon, mlp.down_proj.bias)
-        return x.addmm_(ops.silu_mul(mlp.gate_proj(h), mlp.up_proj(h)), mlp.down_proj.weight.t())
 
     return forward

@@ -184,25 +184,7 @@ def packed_vision_attention_forward(
         return Qwen2_5_VLVisionAttention.forward(
             self, hidden_states, cu_seqlens, position_embeddings=position_embeddings, max_seqlen=max_seqlen, **kwargs
         )
-    return self.proj(packed_vision_attention(self, hidden_states, cu_seqlens, position_embeddings, max_seqlen))
 
-
-def is_packed(attention: torch.nn.Module) -> bool:
-    """Whether this vision attention runs `packed_vision_attention` (not transformers' flash path)."""
-    forward = getattr(attention, "forward", None)
-    return getattr(forward, "__func__", None) is packed_vision_attention_forward and not (
-        is_flash_attention_requested(attention.config)
-    )
-
-
-def packed_vision_attention(
-    self: Qwen2_5_VLVisionAttention,
-    hidden_states: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
-    max_seqlen: int | None = None,
-) -> torch.Tensor:
-    """The attention's output before its output projection `self.proj`, [seq, heads * head_dim]."""
     seq_length = hidden_states.shape[0]
     qkv = self.qkv(hidden_states)
     value_states = qkv.view(seq_length, 3, self.num_heads, -1)[:, 2]
@@ -230,7 +212,9 @@ def packed_vision_attention(
             attn_output = _try_varlen(query_states, key_states, value_states, cu, max_len, self.scaling)
     if attn_output is None:
         attn_output = _grouped_sdpa(query_states, key_states, value_states, plan, self.scaling, dropout)
-    return attn_output.reshape(seq_length, -1).contiguous()
+
+    attn_output = attn_output.reshape(seq_length, -1).contiguous()
+    return self.proj(attn_output)
 
 
 def _transformers_qk_rope(
