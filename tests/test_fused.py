@@ -60,14 +60,3 @@ def test_vision_qk_rope_from_packed_qkv_matches_transformers():
         got_q, got_k = vision_qk_rope(qkv, heads, cos, sin)
         assert got_q.dtype == dtype and got_q.shape == (n, heads, dim)
         assert torch.equal(got_q, ref_q) and torch.equal(got_k, ref_k)
-
-
-def test_residual_add_folded_into_the_gemm_matches_linear_then_add():
-    from lychee_grpc.engine.executor import add_linear
-
-    g = torch.Generator().manual_seed(0)
-    x, h = torch.randn(5, 6, generator=g), torch.randn(5, 4, generator=g)
-    for bias in (False, True):
-        linear = torch.nn.Linear(4, 6, bias=bias)
-        expected = x + linear(h)
-        assert torch.allclose(add_linear(x.clone(), h, linear), expected, atol=1e-6)

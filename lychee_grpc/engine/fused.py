@@ -26,6 +26,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * h.to(x.dtype)
 
 
+def add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x + delta
+    return x, rms_norm(x, weight, eps)
+
+
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -84,6 +91,7 @@ class FusedOps:
         enabled = device.type == "cuda" and os.environ.get("LYCHEE_COMPILE", "1") != "0"
         self.enabled = enabled
         self.rms_norm = Kernel(rms_norm, enabled)
+        self.add_rms_norm = Kernel(add_rms_norm, enabled)
         self.rope = Kernel(rope, enabled)
         self.silu_mul = Kernel(silu_mul, enabled)
         self.vision_qk_rope = Kernel(vision_qk_rope, enabled)
