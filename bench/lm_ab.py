@@ -1,10 +1,14 @@
-"""The language model's residual adds made by the GEMMs (this code) vs the previous forward
-(separate GEMM, then a fused add + RMSNorm kernel; K/V copied with a padding row), in ONE process,
-alternating request by request so both see the same GPU clocks and temperature (RANDOM weights,
-7B shape). The previous `Executor.run` is loaded from a copy of commit 6f7aff4's package, renamed
-`lychee_old`, under the folder given by --old.
+"""`Executor.run` of another checkout vs this checkout's, in ONE process, alternating request by
+request so both see the same GPU clocks and temperature (RANDOM weights, 7B shape). The other
+checkout's package is copied and renamed `lychee_old` under the folder given by --old, e.g.
 
+    mkdir ab_old && git archive 6f7aff4 lychee_grpc | tar -x -C ab_old
+    mv ab_old/lychee_grpc ab_old/lychee_old
     python bench/lm_ab.py --old ab_old
+
+Run 18's A/B (bench/RESULTS.md): the LM residual adds made by the GEMMs (commit a148a42) against
+the separate add + fused RMSNorm of commit 6f7aff4. The "previous" forward needs the old fused
+add_rms_norm kernel, which this script compiles from the old package.
 """
 
 from __future__ import annotations
