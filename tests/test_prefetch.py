@@ -1,6 +1,7 @@
 """Image embeddings computed ahead of the batch, in chunks as a request's images decode, give the
 same scores as the tower run inside the batch; a failure there only costs the time; a budget
-bounds what waits on the GPU; a cancelled request's chunks are skipped."""
+bounds what waits on the GPU; a cancelled request's chunks are skipped; an image evicted from the
+vision cache after preparation is decoded again in its batch."""
 
 from __future__ import annotations
 
@@ -128,3 +129,24 @@ async def test_a_repeated_image_is_embedded_once_and_its_pixels_freed(make_engin
     assert await _scores(engine, docs) == pytest.approx(expected, abs=1e-6)
     assert sum(tower_calls) == 20  # 21 images, 20 distinct
     assert all(im.embedding is not None and im.pixel_values is None and im.picture is None for im in seen)
+
+
+async def test_image_evicted_between_preparation_and_batch_is_decoded_again(make_engine):
+    """An image whose vision output was cached when its request was prepared (so it was not
+    decoded) but evicted before its batch ran is decoded again there, with the same scores."""
+    engine = await make_engine(prefetch_image_tokens=0)
+    docs = image_docs(6)
+    expected = await _scores(engine, docs)  # leaves every image in a fresh cache
+    prepare = engine.preprocessor.prepare_documents
+    evicted = []
+
+    def prepare_then_evict(*args):
+        prepared = prepare(*args)
+        evicted.extend(im for doc in prepared for im in doc.segment.images if im.picture is None)
+        engine.executor.vision_cache = VisionCache(1 << 30)
+        return prepared
+
+    engine.preprocessor.prepare_documents = prepare_then_evict
+    got = by_index(await engine.rerank(text_query("red shoes"), docs))
+    assert len(evicted) == 6
+    assert got == pytest.approx(expected, abs=1e-6)

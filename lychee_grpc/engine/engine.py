@@ -67,12 +67,6 @@ class Engine:
         size = getattr(image_processor, "size", {}) or {}
         self.min_image_pixels = config.min_image_pixels or size.get("shortest_edge") or 4 * 28 * 28
         self.max_image_pixels = config.max_image_pixels or size.get("longest_edge") or 1280 * 28 * 28
-        self.executor = Executor(
-            loaded.model,
-            loaded.yes_id,
-            loaded.no_id,
-            config.vision_cache_bytes or ((2 << 30) if cuda else (256 << 20)),
-        )
         self.preprocessor = Preprocessor(
             loaded.processor,
             image_token_id=loaded.model.config.image_token_id,
@@ -85,7 +79,13 @@ class Engine:
             image_device=str(loaded.device) if cuda and config.images_on_gpu else None,
             decode_threads=config.preprocess_threads,
         )
-        self.executor.fill_pixels = self.preprocessor.fill_pixels
+        self.executor = Executor(
+            loaded.model,
+            loaded.yes_id,
+            loaded.no_id,
+            config.vision_cache_bytes or ((2 << 30) if cuda else (256 << 20)),
+            fill_pixels=self.preprocessor.fill_pixels,
+        )
         self.scheduler: Scheduler | None = None
         self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")
         self.ready = False

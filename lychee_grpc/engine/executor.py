@@ -90,7 +90,10 @@ class _Attend:
 
 
 class Executor:
-    def __init__(self, model, yes_id: int, no_id: int, vision_cache_bytes: int):
+    def __init__(
+        self, model, yes_id: int, no_id: int, vision_cache_bytes: int,
+        fill_pixels: Callable[[list[EncodedImage]], None],
+    ):
         self.model = model
         self.lm = model.model.language_model
         self.visual = model.model.visual
@@ -107,8 +110,8 @@ class Executor:
         self.yes_minus_no = (rows[0] - rows[1]).contiguous()
         self.vision_cache = VisionCache(vision_cache_bytes)
         self.staging = PinnedStaging(self.device)
-        # Set by the engine: the image processor's batched pixels for images with a decoded picture.
-        self.fill_pixels: Callable[[list[EncodedImage]], None] | None = None
+        # The preprocessor's batched pixels for images with a decoded picture.
+        self.fill_pixels = fill_pixels
         self._probe_varlen()
         self.ops = FusedOps(self.device)
         self.ops.install_vision(self.visual)
@@ -138,12 +141,13 @@ class Executor:
         if todo:
             pending = list(todo.values())
             # Pixels are computed here, for this batch's images only, from the decoded pictures.
-            undone = [im for im in pending if im.pixel_values is None and im.picture is not None]
-            if undone and self.fill_pixels is not None:
+            undone = [im for im in pending if im.pixel_values is None]
+            for im in undone:
+                if im.picture is None:  # its output was cached at preparation and evicted since
+                    im.picture = im.decode()
+            if undone:
                 self.fill_pixels(undone)
-            pixels = torch.cat(
-                [im.pixel_values if im.pixel_values is not None else im.pixels() for im in pending]
-            ).to(self.device, self.visual.dtype)
+            pixels = torch.cat([im.pixel_values for im in pending]).to(self.device, self.visual.dtype)
             merged = self.tower(pixels, [im.grid_thw for im in pending])
             for im, emb in zip(pending, torch.split(merged, [im.tokens for im in pending])):
                 emb = emb.to(self.dtype)

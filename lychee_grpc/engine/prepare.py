@@ -22,7 +22,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from . import template
 from .errors import FieldViolation, InvalidInput
-from .images import ImageLimits, ImageRejected, content_key, decode_image, decode_pixels, jpeg_decoder_agrees
+from .images import ImageLimits, ImageRejected, content_key, decode_pixels, jpeg_decoder_agrees
 from .positions import mrope_positions
 from .types import Document, ImagePart, Part, Query, TextPart
 
@@ -51,14 +51,14 @@ class TextLimits:
 
 @dataclass
 class EncodedImage:
-    """One image ready for the vision tower. `pixel_values` is None when the vision cache
-    held its output at preparation time; `pixels()` recomputes them if it was evicted since."""
+    """One image ready for the vision tower. `picture` is None when the vision cache held its
+    output at preparation time; `decode()` gives it again if that output was evicted since."""
 
     key: bytes
     grid_thw: tuple[int, int, int]
     tokens: int
     pixel_values: torch.Tensor | None
-    pixels: Callable[[], torch.Tensor]
+    decode: Callable[[], torch.Tensor]
     embedding: torch.Tensor | None = None  # the tower's output, when computed ahead of the batch
     # The decoded picture (uint8 [3, h, w], on the host) until its pixels are computed, in its
     # batch or a prefetch chunk: a request's pixels never wait on the GPU all at once.
@@ -173,16 +173,9 @@ class Preprocessor:
         self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
 
     # ---- images -------------------------------------------------------------------------
-    def _pixels(self, data: bytes) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        image = decode_image(data, self.image_limits)
-        out = self.image_processor(
-            images=[image],
-            min_pixels=self.min_image_pixels,
-            max_pixels=self.max_image_pixels,
-            return_tensors="pt",
-        )
-        t, h, w = (int(x) for x in out["image_grid_thw"][0])
-        return out["pixel_values"], (t, h, w)
+    def _picture(self, data: bytes) -> torch.Tensor:
+        picture = decode_pixels(data, self.image_limits, fast_jpeg=self._fast_jpeg)
+        return picture.pin_memory() if self._pin else picture
 
     def _grid(self, height: int, width: int) -> tuple[int, int, int]:
         # Qwen2.5-VL's own resize rule, so the token count is known before any pixel work.
@@ -200,10 +193,8 @@ class Preprocessor:
         cached = grid is not None and self._vision_cached(key)
         picture = None
         if not cached:
-            picture = decode_pixels(data, self.image_limits, fast_jpeg=self._fast_jpeg)
+            picture = self._picture(data)
             grid = self._grid(picture.shape[1], picture.shape[2])
-            if self._pin:
-                picture = picture.pin_memory()
         assert grid is not None
         t, h, w = grid
         encoded = EncodedImage(
@@ -211,7 +202,7 @@ class Preprocessor:
             grid_thw=grid,
             tokens=t * h * w // self.merge_size**2,
             pixel_values=None,
-            pixels=lambda: self._pixels(data)[0],
+            decode=lambda: self._picture(data),
             picture=picture,
         )
         return encoded, cached
