@@ -71,7 +71,7 @@ def main() -> int:
             torch.cuda.synchronize()
             pr.disable()
             pstats.Stats(pr).sort_stats("cumulative").print_stats(30)
-        t_p, (kv, _) = timed(lambda q=pq: ex.prefill(q.prefix))
+        t_p, kv = timed(lambda q=pq: ex.prefill(q.prefix))
         segs = [d.segment for d in pds]
         if name == "I100":
             images = [im for s in segs for im in s.images]

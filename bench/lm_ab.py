@@ -47,7 +47,9 @@ async def main_async() -> None:
     await engine.start()
     ex = engine.executor
     ex.ops.add_rms_norm = Kernel(add_rms_norm, ex.ops.enabled)
-    runs = {"previous": types.MethodType(old_ex.Executor.run, ex), "this": types.MethodType(new_ex.Executor.run, ex)}
+    old_run = types.MethodType(old_ex.Executor.run, ex)
+    # Older run()s also returned how many images the tower ran on; the scheduler takes two values.
+    runs = {"previous": lambda items: old_run(items)[:2], "this": types.MethodType(new_ex.Executor.run, ex)}
     tok = loaded.processor.tokenizer
     print(f"RANDOM weights, Qwen2.5-VL-7B shape, {torch.cuda.get_device_name()}")
     for name, workload in (("T100", text_workload(tok, 1)), ("I100 warm", image_workload(tok, 7))):

@@ -122,9 +122,8 @@ class Executor:
 
     # ---- vision -------------------------------------------------------------------------
     @torch.inference_mode()
-    def image_embeds(self, images: Sequence[EncodedImage]) -> tuple[list[torch.Tensor], int]:
-        """Vision-tower outputs for `images`, from the cache where possible.
-        Returns the embeddings in order and the number of images the tower ran on."""
+    def image_embeds(self, images: Sequence[EncodedImage]) -> list[torch.Tensor]:
+        """Vision-tower outputs for `images`, in order, from the cache where possible."""
         found: dict[bytes, torch.Tensor] = {}
         todo: dict[bytes, EncodedImage] = {}
         for im in images:
@@ -154,11 +153,11 @@ class Executor:
                 found[im.key] = emb
                 self.vision_cache.put(im.key, emb)
                 im.pixel_values = im.picture = None  # no longer needed; free them now
-        return [found[im.key] for im in images], len(todo)
+        return [found[im.key] for im in images]
 
     def embed_ahead(self, images: Sequence[EncodedImage]) -> None:
         """Computes the images' tower outputs before their batch and attaches them."""
-        embeds, _ = self.image_embeds(images)
+        embeds = self.image_embeds(images)
         for im, emb in zip(images, embeds):
             im.embedding = emb
             im.pixel_values = im.picture = None  # a repeated image's copy too
@@ -250,10 +249,9 @@ class Executor:
             return
 
     @torch.inference_mode()
-    def run(self, items: Sequence[BatchItem]) -> tuple[torch.Tensor, dict[int, PrefixKV], int]:
+    def run(self, items: Sequence[BatchItem]) -> tuple[torch.Tensor, dict[int, PrefixKV]]:
         """Runs one packed batch. Returns z_yes - z_no (float32, CPU) for the items with
-        `score`, in order; the keys/values of the items with `keep_kv`, by item index; and how
-        many images the vision tower ran on."""
+        `score`, in order, and the keys/values of the items with `keep_kv`, by item index."""
         segments = [it.segment for it in items]
         lengths = [len(s) for s in segments]
         starts = _cumsum0(lengths)
@@ -304,9 +302,8 @@ class Executor:
         last = self._attend(last_host, *dev[6:9]) if last_host is not None else None
 
         x = self.lm.embed_tokens(ids)
-        ran = 0
         if images:
-            embeds, ran = self.image_embeds(images)
+            embeds = self.image_embeds(images)
             x[dev[-1]] = torch.cat(embeds).to(x.dtype)
         cos, sin = self.lm.rotary_emb(x, positions.unsqueeze(1))
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [N, 1, D]
@@ -345,21 +342,19 @@ class Executor:
             x, h = ops.add_rms_norm(x, delta, norm_w, eps)
         prefixes = {i: PrefixKV(keys=ks, values=vs, length=lengths[i]) for i, (ks, vs) in kept.items()}
         if last is None:
-            return torch.empty(0), prefixes, ran
+            return torch.empty(0), prefixes
         # h is the final norm of the last layer's output at each scored sequence's last token.
-        return (h.float() @ self.yes_minus_no).cpu(), prefixes, ran
+        return (h.float() @ self.yes_minus_no).cpu(), prefixes
 
-    def prefill(self, segment: Segment) -> tuple[PrefixKV, int]:
+    def prefill(self, segment: Segment) -> PrefixKV:
         """Keys and values of a shared prefix on its own."""
-        _, kept, ran = self.run([BatchItem(segment, None, score=False, keep_kv=True)])
-        return kept[0], ran
+        _, kept = self.run([BatchItem(segment, None, score=False, keep_kv=True)])
+        return kept[0]
 
-    def score(
-        self, segments: Sequence[Segment], prefixes: Sequence[PrefixKV | None]
-    ) -> tuple[torch.Tensor, int]:
+    def score(self, segments: Sequence[Segment], prefixes: Sequence[PrefixKV | None]) -> torch.Tensor:
         """z_yes - z_no at each segment's last token (float32, on the CPU)."""
-        logits, _, ran = self.run([BatchItem(s, p) for s, p in zip(segments, prefixes)])
-        return logits, ran
+        logits, _ = self.run([BatchItem(s, p) for s, p in zip(segments, prefixes)])
+        return logits
 
 
 def _cumsum0(values: list[int]) -> list[int]:

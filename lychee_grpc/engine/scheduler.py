@@ -277,7 +277,7 @@ class Scheduler:
             if batch[k].doc.uses_prefix and job.prefix_kv is None and job not in inline:
                 if not inline_prefixes:
                     try:
-                        job.prefix_kv, _ = self.executor.prefill(job.query.prefix)
+                        job.prefix_kv = self.executor.prefill(job.query.prefix)
                     except torch.OutOfMemoryError:
                         _free_cuda()
                         out[k] = LimitExceeded("the query is too large for the GPU memory left")
@@ -292,7 +292,7 @@ class Scheduler:
             context = (job.prefix_kv if job.prefix_kv is not None else inline[job]) if doc.uses_prefix else None
             items.append(BatchItem(doc.segment, context))
         try:
-            logits, kept, _ = self.executor.run(items)
+            logits, kept = self.executor.run(items)
         except torch.OutOfMemoryError:
             _free_cuda()
             if inline:
