@@ -4,6 +4,8 @@ Without flash_attention_2, transformers' `Qwen2_5_VLVisionAttention.forward` spl
 `cu_seqlens` and calls SDPA once per chunk: 16 windows per 448x448 image, so 1,600 tiny calls per layer for
 100 images. `packed_vision_attention_forward` computes the same thing with:
 
+- on CUDA, when every chunk is a window of at most 64 patches (28 of the 32 layers), one Triton kernel that
+  also applies the rotary embedding on the way in (vision_window_kernel.py);
 - on CUDA, when every chunk has the same length (a standard image's windows, or whole images), one SDPA
   call on a dense [chunks, heads, length, head_dim] view, cuDNN's kernel preferred;
 - `torch.nn.attention.varlen.varlen_attn` (flash varlen, fp16/bf16) on CUDA otherwise: one call over all chunks;
@@ -18,6 +20,7 @@ object to its 28 window layers and another to its 4 full-attention layers. An en
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import types
 import weakref
@@ -31,6 +34,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 )
 from transformers.utils.generic import is_flash_attention_requested
 
+from . import vision_window_kernel
 from .device_copy import to_device
 
 try:  # torch >= 2.10
@@ -187,15 +191,19 @@ def packed_vision_attention_forward(
 
     seq_length = hidden_states.shape[0]
     qkv = self.qkv(hidden_states)
-    value_states = qkv.view(seq_length, 3, self.num_heads, -1)[:, 2]
     cos, sin = position_embeddings
-    query_states, key_states = _qk_rope(qkv, self.num_heads, cos, sin)
-    # [seq, heads, head_dim] each from here on.
-
     dropout = self.attention_dropout if self.training else 0.0
-    plan = _plan_for(cu_seqlens, query_states.device)
+    plan = _plan_for(cu_seqlens, qkv.device)
     if plan.total != seq_length:
         raise ValueError(f"cu_seqlens covers {plan.total} tokens, hidden_states has {seq_length}")
+    if dropout == 0.0:
+        windowed = _window_kernel(qkv, cos, sin, cu_seqlens, plan, self.num_heads, self.scaling)
+        if windowed is not None:
+            return self.proj(windowed)
+
+    value_states = qkv.view(seq_length, 3, self.num_heads, -1)[:, 2]
+    query_states, key_states = _qk_rope(qkv, self.num_heads, cos, sin)
+    # [seq, heads, head_dim] each from here on.
 
     attn_output = None
     if query_states.is_cuda and dropout == 0.0:
@@ -215,6 +223,27 @@ def packed_vision_attention_forward(
 
     attn_output = attn_output.reshape(seq_length, -1).contiguous()
     return self.proj(attn_output)
+
+
+# Off with LYCHEE_WINDOW_KERNEL=0; switched off for good if it ever fails to compile or run here.
+window_kernel_enabled = os.environ.get("LYCHEE_WINDOW_KERNEL", "1") != "0"
+
+
+def _window_kernel(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor, plan: _Plan, heads: int,
+    scale: float,
+) -> torch.Tensor | None:
+    """The fused rotary + window attention, [seq, heads * head_dim], where it applies; else None."""
+    global window_kernel_enabled
+    if not window_kernel_enabled or not vision_window_kernel.supported(qkv, heads, plan.max_len):
+        return None
+    cu = plan.cu_int32 if plan.cu_int32 is not None else cu_seqlens
+    try:
+        return vision_window_kernel.window_attention_rope(qkv, cos, sin, cu, len(plan.lengths), heads, scale)
+    except Exception as exc:  # a missing compiler must not stop serving
+        window_kernel_enabled = False
+        log.warning("the fused window attention kernel failed (%s); using SDPA for the vision windows", exc)
+        return None
 
 
 def _transformers_qk_rope(
