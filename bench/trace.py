@@ -106,6 +106,58 @@ def install(engine: Engine, tracer: Tracer) -> None:
     pre.prepare_query = tracer.wrap("prepare_query", pre.prepare_query, gpu=False)
 
 
+class CallProfile:
+    """Where a thread's time goes in C calls (torch ops, GIL-releasing waits) while `on`: per
+    callable, how many calls, their total and their longest wall time (sys.setprofile, per thread)."""
+
+    def __init__(self):
+        self.on = False
+        self.stats: dict[tuple[str, str], list[float]] = {}
+        self.lock = threading.Lock()
+
+    def wrap(self, fn, first_only: bool):
+        done = set()
+
+        def wrapper(*args, **kwargs):
+            key = threading.current_thread().name.split("_")[0]
+            if not self.on or (first_only and key in done):
+                return fn(*args, **kwargs)
+            done.add(key)
+            stack: list[float] = []
+
+            def hook(frame, event, arg):
+                if event == "c_call":
+                    stack.append(time.perf_counter())
+                elif event in ("c_return", "c_exception") and stack:
+                    ms = (time.perf_counter() - stack.pop()) * 1e3
+                    name = getattr(arg, "__qualname__", None) or getattr(arg, "__name__", str(arg))
+                    with self.lock:
+                        entry = self.stats.setdefault((key, name), [0, 0.0, 0.0])
+                        entry[0] += 1
+                        entry[1] += ms
+                        entry[2] = max(entry[2], ms)
+
+            sys.setprofile(hook)
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sys.setprofile(None)
+                with self.lock:
+                    entry = self.stats.setdefault((key, f"<whole {getattr(fn, '__name__', fn)}>"), [0, 0.0, 0.0])
+                    entry[0] += 1
+                    entry[1] += (time.perf_counter() - t) * 1e3
+
+        return wrapper
+
+    def report(self, top: int = 14) -> None:
+        rows = sorted(self.stats.items(), key=lambda kv: -kv[1][1])[:top]
+        print(f"  {'thread':14s} {'call':44s} {'calls':>6s} {'total ms':>9s} {'max ms':>7s}")
+        for (thread, name), (n, total, longest) in rows:
+            print(f"  {thread[:14]:14s} {name[:44]:44s} {n:6d} {total:9.2f} {longest:7.2f}")
+        self.stats = {}
+
+
 async def timed(engine: Engine, query, docs, cold: bool) -> float:
     if cold:
         engine.executor.vision_cache = VisionCache(1 << 32)
@@ -123,6 +175,8 @@ async def main_async() -> None:
     ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
     ap.add_argument("--preprocess-threads", type=int, default=8)
     ap.add_argument("--only", default="", help="comma-separated workloads (T100, I100 cold, I100 warm)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile the C calls of I100 cold's first prefetch chunk and of its image decodes")
     a = ap.parse_args()
     if a.switch_ms:
         sys.setswitchinterval(a.switch_ms / 1e3)
@@ -137,6 +191,10 @@ async def main_async() -> None:
     tok = loaded.processor.tokenizer
     tracer = Tracer()
     install(engine, tracer)
+    calls = CallProfile()
+    if a.profile:
+        engine._embed_ahead = calls.wrap(engine._embed_ahead, first_only=True)
+        engine.preprocessor.encode_image = calls.wrap(engine.preprocessor.encode_image, first_only=False)
     for name, (query, docs), cold in (("T100", text_workload(tok, 1), False),
                                       ("I100 cold", image_workload(tok, 7), True),
                                       ("I100 warm", image_workload(tok, 7), False)):
@@ -151,6 +209,15 @@ async def main_async() -> None:
             t = time.perf_counter()
             await engine.rerank(query, docs)
             tracer.report(name, (time.perf_counter() - t) * 1e3)
+        if a.profile and cold:
+            engine.executor.vision_cache = VisionCache(1 << 32)
+            calls.on = True
+            t = time.perf_counter()
+            await engine.rerank(query, docs)
+            calls.on = False
+            print(f"\n{name}, C calls of the first prefetch chunk (GPU thread) and of all image decodes "
+                  f"(decode threads), under sys.setprofile: wall {(time.perf_counter() - t) * 1e3:.1f} ms")
+            calls.report()
     await engine.stop()
 
 

@@ -111,3 +111,13 @@ async def test_text_holding_the_image_pad_marker_is_refused_naming_the_field(mak
                             [Document("a", (TextPart("ok"),)), Document("b", (TextPart("x <|image_pad|> y"),))])
     assert [v.field for v in err.value.violations] == ["documents[1].parts[0].text"]
     assert "<|image_pad|>" in err.value.violations[0].description
+
+
+async def test_tokenize_gives_the_tokenizers_own_ids(make_engine):
+    engine = await make_engine()
+    pre = engine.preprocessor
+    rng = random.Random(3)
+    texts = [random_text(rng, rng.randint(0, 80)) for _ in range(200)]
+    texts += [template.prefix_text(DEFAULT_INSTRUCTION, "retro denim jacket") + template.suffix_text("a title")]
+    want = [pre.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    assert pre._tokenize(texts) == want

