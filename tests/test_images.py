@@ -117,3 +117,64 @@ def test_jpeg_fast_path_keeps_exif_rotation_and_rejects_truncated_data():
     data = _noise_jpeg(64, 64)
     with pytest.raises(ImageRejected, match="truncated or corrupt"):
         decode_pixels(data[: len(data) // 2], LIMITS, fast_jpeg=True)
+
+
+def _with_declared_size(data: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its frame header (SOF0) declaring another size."""
+    sof = data.index(b"\xff\xc0")
+    return data[: sof + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[sof + 9 :]
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "plain"),
+    [("RGB", {}, True), ("RGB", {"progressive": True}, True), ("L", {}, True), ("CMYK", {}, False)],
+    ids=["baseline", "progressive", "grey", "cmyk"],
+)
+def test_jpeg_header_reads_plain_jpegs_and_leaves_the_rest_to_pil(mode, options, plain):
+    from lychee_grpc.engine.images import _jpeg_header
+
+    data = _noise_jpeg(37, 21, mode=mode, **options)
+    assert _jpeg_header(data) == ((37, 21) if plain else None)
+    assert _jpeg_header(solid_image(8, 8, fmt="PNG")) is None
+    assert _jpeg_header(data[:40]) is None  # cut before its frame header
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "MPO", save_all=True, append_images=frames[1:])
+    assert _jpeg_header(buf.getvalue()) is None  # a multi-picture file
+
+
+def test_jpeg_fast_path_reads_no_header_with_pil(monkeypatch):
+    from lychee_grpc.engine import images
+
+    def no_pil(*args, **kwargs):
+        raise AssertionError("PIL opened a plain JPEG on the fast path")
+
+    monkeypatch.setattr(images.Image, "open", no_pil)
+    assert tuple(images.decode_pixels(_noise_jpeg(30, 20), LIMITS, fast_jpeg=True).shape) == (3, 20, 30)
+
+
+def test_jpeg_fast_path_refuses_a_declared_bomb_before_decoding(monkeypatch):
+    from lychee_grpc.engine import images
+
+    decoded = []
+    monkeypatch.setattr(images, "_decode_jpeg", lambda *args: decoded.append(1))
+    bomb = _with_declared_size(_noise_jpeg(16, 16), 30000, 30000)
+    with pytest.raises(ImageRejected, match="declares 30000x30000"):
+        images.decode_pixels(bomb, LIMITS, fast_jpeg=True)
+    with pytest.raises(ImageRejected, match="aspect ratio"):
+        images.decode_pixels(_with_declared_size(_noise_jpeg(16, 16), 3000, 2), LIMITS, fast_jpeg=True)
+    assert not decoded
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_fast_path_applies_each_exif_orientation_as_pil_does(orientation):
+    import numpy as np
+    import torch
+
+    from lychee_grpc.engine.images import decode_pixels
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _noise_jpeg(30, 17, seed=orientation, exif=exif.tobytes())
+    ref = torch.from_numpy(np.array(decode_image(data, LIMITS))).permute(2, 0, 1)
+    assert torch.equal(decode_pixels(data, LIMITS, fast_jpeg=True), ref)
