@@ -30,6 +30,10 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     triton = None
 
 MAX_WINDOW = 64  # rows of one program; longer chunks go to the generic path
+# 8 warps: with 4, Triton 3.6's code for this kernel read past its shared memory on an H200
+# (compute-sanitizer memcheck; wrong outputs, then an illegal address). bench/window_kernel_check.py
+# runs every window geometry under compute-sanitizer.
+KERNEL_OPTIONS = {"num_warps": 8}
 
 if triton is not None:
 
@@ -72,10 +76,10 @@ if triton is not None:
         s = tl.dot(qa, tl.trans(ka)) + tl.dot(qb, tl.trans(kb))  # float32
         s = tl.where(valid[None, :], s * scale, float("-inf"))
         p = tl.exp(s - tl.max(s, axis=1)[:, None])
-        total = tl.sum(p, axis=1)[:, None]  # normalised after the products, as flash attention does
-        p = p.to(dtype)
         va = tl.load(v_base + rows[:, None] * ROW + da[None, :], mask=valid[:, None], other=0.0)
         vb = tl.load(v_base + rows[:, None] * ROW + db[None, :], mask=valid[:, None], other=0.0)
+        total = tl.sum(p, axis=1)[:, None]  # normalised after the products, as flash attention does
+        p = p.to(dtype)
         oa = tl.dot(p, va) / total
         ob = tl.dot(p, vb) / total
         o_base = out_ptr + start * (H * D) + head * D
@@ -116,6 +120,6 @@ def window_attention_rope(
     _window_attention_rope_kernel[(windows, heads)](
         qkv, cos.contiguous(), sin.contiguous(), out, cu_seqlens, scale,
         H=heads, D=head_dim, HALF=head_dim // 2, DA=split[0], DB=split[1], BLOCK=MAX_WINDOW,
-        num_warps=4,
+        num_warps=KERNEL_OPTIONS["num_warps"],
     )
     return out
