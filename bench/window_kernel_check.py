@@ -4,6 +4,7 @@ float32. Run it under `compute-sanitizer --tool memcheck` to check its memory ac
 
     python3 bench/window_kernel_check.py [num_warps=8]
     compute-sanitizer --tool memcheck python3 bench/window_kernel_check.py
+    python3 bench/window_kernel_check.py --tower    # the whole tower in bf16 vs float32, kernel on / off
 """
 
 from __future__ import annotations
@@ -41,7 +42,38 @@ def check(grids: list[tuple[int, int, int]], heads: int = 16, head_dim: int = 80
     return worst
 
 
+def tower_check(images: int = 25) -> None:
+    """The full-size vision tower (RANDOM weights) in bf16, with and without the kernel, against
+    the same tower in float32 (TF32 off), which the kernel does not take."""
+    from bench.run import build_model
+    from lychee_grpc.engine import vision_attention
+    from lychee_grpc.engine.vision_tower import VisionTower
+
+    loaded, _ = build_model(".cache/tiny-model", layers=1, vision_depth=32, dtype=torch.float32)
+    visual = loaded.model.model.visual
+    grids = [(1, 32, 32)] * images
+    torch.manual_seed(1)
+    pixels = torch.randn(images * 1024, 3 * 2 * 14 * 14, device="cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.inference_mode():
+        ref = VisionTower(visual)(pixels, grids).float()
+        visual.to(torch.bfloat16)
+        tower = VisionTower(visual)
+        out = {}
+        for on in (False, True):
+            vision_attention.window_kernel_enabled = on
+            out[on] = tower(pixels.bfloat16(), grids).float()
+    for on, name in ((False, "rotary + cuDNN SDPA"), (True, "fused kernel")):
+        rel = ((out[on] - ref).norm() / ref.norm()).item()
+        print(f"tower, {images} 448x448 images, bf16 with {name} vs float32: relative error {rel:.3e}, "
+              f"max abs {(out[on] - ref).abs().max().item():.3g} (|float32| max {ref.abs().max().item():.3g})")
+
+
 def main() -> int:
+    if "--tower" in sys.argv:
+        tower_check()
+        return 0
     for arg in sys.argv[1:]:  # e.g. num_warps=4
         key, value = arg.split("=")
         KERNEL_OPTIONS[key] = int(value)
