@@ -204,9 +204,10 @@ def jpeg_decoder_agrees() -> bool:
         Image.fromarray(pixels).convert(mode).save(buf, "JPEG", **options)
         data = buf.getvalue()
         try:
-            fast = _jpeg_header(data) is not None and _decode_jpeg(
+            # Each sample is a plain JPEG: the fast path must take it and give PIL's pixels.
+            fast = None if _jpeg_header(data) is None else _decode_jpeg(
                 torch.frombuffer(bytearray(data), dtype=torch.uint8), _RGB, True)
-            same = fast is not False and torch.equal(fast, decode_pixels(data, limits))
+            same = fast is not None and torch.equal(fast, decode_pixels(data, limits))
         except Exception as exc:  # any failure means: keep PIL
             log.info("torchvision JPEG decoding unavailable: %s", exc)
             return False
