@@ -92,7 +92,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for _ in range(3):
         for header, decode in (("PIL header", decode_pixels_pil_header), ("_jpeg_header", decode_pixels)):
-            for mode in ("none", "pin_memory"):
+            for mode in ("none", "pin_memory", "arena slot"):
                 r = run(datas, mode, arena, decode)
                 print(f"| {header}, {r['mode']} | {r['wall']:.1f} | {r['call_p50']:.3f} | {r['call_max']:.2f} | "
                       f"{r['call_total']:.1f} | {r['launches']} | {r['launch_p50']:.3f} | "
