@@ -11,8 +11,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from .engine.errors import InvalidInput, LimitExceeded, NotReady
-from .engine.scheduler import Cancelled, DeadlineExpired
+from .engine.errors import Cancelled, DeadlineExpired, InvalidInput, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +27,7 @@ def to_status(exc: BaseException) -> status_pb2.Status:
         packed = any_pb2.Any()
         packed.Pack(details)
         return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc), details=[packed])
-    if isinstance(exc, LimitExceeded):
+    if isinstance(exc, Overloaded):
         return status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=str(exc))
     if isinstance(exc, NotReady):
         return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(exc))

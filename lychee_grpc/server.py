@@ -114,7 +114,7 @@ class RerankService(pb_grpc.RerankServiceServicer):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                job._fail(exc)
+                job.fail(exc)
 
         reader = asyncio.create_task(read())
         scores = []

@@ -9,7 +9,7 @@ import weakref
 import pytest
 import torch
 
-from lychee_grpc.engine.errors import InvalidInput, LimitExceeded
+from lychee_grpc.engine.errors import InvalidInput, Overloaded, TooLarge
 from lychee_grpc.engine.scheduler import Job
 from lychee_grpc.engine.types import Document, ImagePart
 
@@ -67,13 +67,13 @@ async def test_a_document_too_large_for_memory_fails_alone(make_engine):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     engine.executor.run = always_oom
-    with pytest.raises(LimitExceeded, match="GPU memory left"):
+    with pytest.raises(TooLarge, match="GPU memory left"):
         await engine.rerank(text_query("denim"), text_docs("a", "b"))
 
 
 async def test_queue_bound_refuses_with_limit_exceeded(make_engine):
     engine = await make_engine(max_queue_documents=5)
-    with pytest.raises(LimitExceeded, match="queue is full"):
+    with pytest.raises(Overloaded, match="queue is full"):
         await engine.rerank(text_query("denim"), text_docs(*["x"] * 6))
 
 

@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from .config import BandThresholds, EngineConfig
-from .errors import FieldViolation, InvalidInput, NotReady
+from .errors import DeadlineExpired, FieldViolation, InvalidInput, NotReady, TooLarge
 from .executor import Executor
 from .loader import LoadedModel, load_model
 from .prepare import EncodedImage, Prefetch, Preprocessor
-from .scheduler import DeadlineExpired, Job, Scheduler
+from .scheduler import Job, Scheduler
 from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class Engine:
         assert self.scheduler is not None
         limit = self.config.max_documents_per_request
         if job.next_index + len(documents) > limit:
-            raise InvalidInput(
+            raise TooLarge(
                 [FieldViolation("documents", f"{job.next_index + len(documents)} documents, over the limit of {limit}")]
             )
         first = job.next_index

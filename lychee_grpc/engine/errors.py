@@ -1,4 +1,5 @@
-"""Domain errors. The transport maps each to one gRPC status code, in one place."""
+"""Domain errors, the whole taxonomy. The service layer gives each a kind (service/errors.py)
+and each transport maps kinds to its status codes in one table."""
 
 from __future__ import annotations
 
@@ -25,16 +26,29 @@ class InvalidInput(EngineError):
         super().__init__(summary + (f" (and {more} more)" if more > 0 else ""))
 
 
-class LimitExceeded(EngineError):
-    """Over a configured size limit (documents per request, queue depth)."""
+class TooLarge(InvalidInput):
+    """Over a per-request size limit (documents per request, tokens, or the GPU memory one
+    document needs). Retrying the same request cannot succeed; a smaller one can."""
 
-    def __init__(self, message: str, field: str | None = None):
-        self.field = field
+
+class Overloaded(EngineError):
+    """The server holds more work than its bounds allow; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float):
+        self.retry_after = retry_after
         super().__init__(message)
 
 
 class NotReady(EngineError):
     """The engine is loading, or draining for shutdown."""
+
+
+class DeadlineExpired(EngineError):
+    """The request's deadline passed before its documents were scored."""
+
+
+class Cancelled(EngineError):
+    """The request was cancelled by its caller."""
 
 
 class ModelLoadError(EngineError):

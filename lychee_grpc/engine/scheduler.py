@@ -20,20 +20,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import EngineError, LimitExceeded
+from .errors import DeadlineExpired, FieldViolation, Overloaded, TooLarge
 from .executor import BatchItem, Executor, PrefixKV
 from .prepare import PreparedDocument, PreparedQuery
 from .types import RequestStats, Score
 
 log = logging.getLogger(__name__)
-
-
-class DeadlineExpired(EngineError):
-    """The request's deadline passed before its documents were scored."""
-
-
-class Cancelled(EngineError):
-    """The request was cancelled by its caller."""
 
 
 @dataclass(eq=False)
@@ -63,12 +55,12 @@ class Job:
         self.cancelled = True
         self.prefix_kv = None
 
-    def _deliver(self, score: Score) -> None:
+    def deliver(self, score: Score) -> None:
         self.outstanding -= 1
         self._results.put_nowait(score)
-        self._maybe_release()
+        self.release_if_done()
 
-    def _fail(self, error: Exception) -> None:
+    def fail(self, error: Exception) -> None:
         if self.error is None:
             self.error = error
             self._results.put_nowait(error)
@@ -77,9 +69,9 @@ class Job:
     def close(self) -> None:
         self.closed = True
         self._results.put_nowait(None)
-        self._maybe_release()
+        self.release_if_done()
 
-    def _maybe_release(self) -> None:
+    def release_if_done(self) -> None:
         if self.closed and self.outstanding == 0:
             self.prefix_kv = None  # the prefix is not needed once every document is scored
 
@@ -156,14 +148,23 @@ class Scheduler:
 
     def submit(self, job: Job, docs: list[PreparedDocument]) -> None:
         if len(self._queue) + len(docs) > self.max_queue_documents:
-            raise LimitExceeded(
-                f"queue is full ({len(self._queue)} documents waiting, limit {self.max_queue_documents}); retry later"
+            raise Overloaded(
+                f"queue is full ({len(self._queue)} documents waiting, limit {self.max_queue_documents}); retry later",
+                retry_after=self.drain_seconds(len(docs)),
             )
         now = time.perf_counter()
         job.outstanding += len(docs)
         for doc in docs:
             self._queue.append(_Item(job, doc, now, len(doc.segment)))
         self._wakeup.set()
+
+    def drain_seconds(self, extra_documents: int = 0) -> float:
+        """How long the queue (plus `extra_documents`) takes to drain at the measured rate: the
+        delay an overloaded caller is told to wait. 1 s until a batch has been measured."""
+        if self.busy_seconds <= 0 or self.documents_scored == 0:
+            return 1.0
+        rate = self.documents_scored / self.busy_seconds
+        return min(60.0, max(0.1, (len(self._queue) + extra_documents) / rate))
 
     def submit_to_gpu(self, fn: Callable, *args) -> Future:
         """Runs fn on the GPU thread, in order with the batches; callable from any thread."""
@@ -221,8 +222,8 @@ class Scheduler:
         job = item.job
         job.outstanding -= 1
         if job.expired() and not job.cancelled:
-            job._fail(DeadlineExpired("deadline expired before the documents were scored"))
-        job._maybe_release()
+            job.fail(DeadlineExpired("deadline expired before the documents were scored"))
+        job.release_if_done()
 
     async def _loop(self) -> None:
         while True:
@@ -235,10 +236,11 @@ class Scheduler:
         try:
             logits = await self.run_on_gpu(self._run_batch, batch)
         except Exception as exc:  # one batch failing never stops the worker
+            # An unexpected error is a fault, never overload: it reaches the caller as INTERNAL.
             log.exception("batch of %d documents failed", len(batch))
             for item in batch:
                 item.job.outstanding -= 1
-                item.job._fail(exc if isinstance(exc, EngineError) else LimitExceeded(str(exc)))
+                item.job.fail(exc)
             return
         elapsed = time.perf_counter() - start
         self.busy_seconds += elapsed
@@ -252,11 +254,11 @@ class Scheduler:
             if not isinstance(logit, float) or not job.alive():
                 job.outstanding -= 1
                 if isinstance(logit, Exception):
-                    job._fail(logit)
-                job._maybe_release()
+                    job.fail(logit)
+                job.release_if_done()
                 continue
             self.documents_scored += 1
-            job._deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit))
+            job.deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit))
 
     # ---- on the GPU thread --------------------------------------------------------------
     def _run_batch(self, batch: list[_Item]) -> list[float | Exception | None]:
@@ -280,7 +282,7 @@ class Scheduler:
                         job.prefix_kv = self.executor.prefill(job.query.prefix)
                     except torch.OutOfMemoryError:
                         _free_cuda()
-                        out[k] = LimitExceeded("the query is too large for the GPU memory left")
+                        out[k] = TooLarge([FieldViolation("query", "the query is too large for the GPU memory left")])
                         continue
                     job.stats.usage.computed_tokens += len(job.query.prefix)
                     continue
@@ -298,7 +300,8 @@ class Scheduler:
             if inline:
                 self._score(batch, todo, out, inline_prefixes=False)
             elif len(todo) == 1:
-                out[todo[0]] = LimitExceeded("the document is too large for the GPU memory left")
+                out[todo[0]] = TooLarge([FieldViolation(
+                    f"documents[{batch[todo[0]].doc.index}]", "the document is too large for the GPU memory left")])
             else:
                 self.oom_splits += 1
                 half = len(todo) // 2
