@@ -61,18 +61,20 @@ async def make_engine(loaded, tiny_model_dir):
 
 @pytest.fixture
 async def server(loaded, tiny_model_dir):
-    """An in-process server on a real loopback port, over the tiny model."""
-    from lychee_grpc.server import LycheeServer, ServerConfig
+    """The whole app (service, lifecycle, gRPC on a real loopback port) over the tiny model."""
+    from lychee_grpc.app import App
+    from lychee_grpc.config import AppConfig, GrpcConfig
 
-    srv = LycheeServer(
-        engine_config(tiny_model_dir, max_batch_documents=16),
-        ServerConfig(host="127.0.0.1", port=0, grace_seconds=2, max_connection_age_seconds=0),
-        engine_factory=lambda cfg: Engine(cfg, loaded),
+    config = AppConfig(
+        engine=engine_config(tiny_model_dir, max_batch_documents=16),
+        grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+        grace_seconds=2,
     )
-    await srv.start()
-    await srv.load()
-    yield srv
-    await srv.stop()
+    app = App(config, engine_factory=lambda cfg: Engine(cfg, loaded))
+    await app.start()
+    await app.load()
+    yield app
+    await app.stop()
 
 
 @pytest.fixture

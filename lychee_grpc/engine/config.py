@@ -10,19 +10,6 @@ from .prepare import TextLimits
 from .template import DEFAULT_INSTRUCTION
 
 
-@dataclass(frozen=True)
-class BandThresholds:
-    strong: float = 0.75
-    medium: float = 0.55
-
-    def band(self, score: float) -> str:
-        if score >= self.strong:
-            return "strong"
-        if score >= self.medium:
-            return "medium"
-        return "weak"
-
-
 @dataclass
 class EngineConfig:
     model: str
@@ -31,7 +18,6 @@ class EngineConfig:
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
     attention: str | None = None  # None: flash_attention_2 > sdpa > eager
     default_instruction: str = DEFAULT_INSTRUCTION
-    bands: BandThresholds = field(default_factory=BandThresholds)
     max_documents_per_request: int = 1000
     text_limits: TextLimits = field(default_factory=TextLimits)
     image_limits: ImageLimits = field(default_factory=ImageLimits)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .config import BandThresholds, EngineConfig
+from .config import EngineConfig
 from .errors import DeadlineExpired, FieldViolation, InvalidInput, NotReady, TooLarge
 from .executor import Executor
 from .loader import LoadedModel, load_model
@@ -35,8 +35,8 @@ class ModelInfo:
     random_weights: bool
     parameters: int
     default_instruction: str
-    bands: BandThresholds
     max_documents_per_request: int
+    max_queue_documents: int
     max_tokens_per_document: int
     max_query_tokens: int
     max_instruction_tokens: int
@@ -228,8 +228,8 @@ class Engine:
             random_weights=self.loaded.random_weights,
             parameters=self.loaded.parameters,
             default_instruction=c.default_instruction,
-            bands=c.bands,
             max_documents_per_request=c.max_documents_per_request,
+            max_queue_documents=c.max_queue_documents,
             max_tokens_per_document=c.text_limits.max_tokens_per_document,
             max_query_tokens=c.text_limits.max_query_tokens,
             max_instruction_tokens=c.text_limits.max_instruction_tokens,

@@ -37,6 +37,7 @@ class Score:
     id: str
     score: float
     logit: float
+    truncated: bool = False  # the document's text was cut to fit the token limit
 
 
 @dataclass

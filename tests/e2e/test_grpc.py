@@ -15,17 +15,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
+from lychee_grpc.app import App
 from lychee_grpc.client import AsyncLycheeClient, image, make_request, text
+from lychee_grpc.config import AppConfig, GrpcConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.reference import reference_logits
 from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import TextPart
 from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.proto import lychee_pb2_grpc as pb_grpc
-from lychee_grpc.server import LycheeServer, ServerConfig
 
-from .conftest import engine_config
-from .helpers import noise_image, png_declaring
+from ..conftest import engine_config
+from ..helpers import noise_image, png_declaring
 
 TITLES = ["vintage wash blue jeans coat", "organic green tea", "denim jacket women", "running shoes", "grey sofa"]
 
@@ -250,9 +251,9 @@ async def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_
         gate.wait(30)
         return Engine(cfg, loaded)
 
-    srv = LycheeServer(engine_config(tiny_model_dir, warmup=True, max_batch_documents=8),
-                       ServerConfig(host="127.0.0.1", port=0, grace_seconds=20, max_connection_age_seconds=0),
-                       engine_factory=factory)
+    srv = App(AppConfig(engine=engine_config(tiny_model_dir, warmup=True, max_batch_documents=8),
+                        grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0), grace_seconds=20),
+              engine_factory=factory)
     await srv.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -274,7 +275,7 @@ async def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_
         slow_batches(srv.engine, 0.05)
         client = AsyncLycheeClient(f"127.0.0.1:{srv.port}")
         in_flight = asyncio.create_task(client.rerank("denim", [f"title {i}" for i in range(100)]))
-        while srv.engine.scheduler.documents_scored == 0 or srv.inflight == 0:
+        while srv.engine.scheduler.documents_scored == 0 or srv.lifecycle.in_flight == 0:
             await asyncio.sleep(0.01)
         stopping = asyncio.create_task(srv.stop())
         await asyncio.sleep(0.05)

@@ -1,0 +1,130 @@
+"""Protobuf <-> service types. The only module that reads or builds lychee.v1 messages."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from ..proto import lychee_pb2 as pb
+from ..service.errors import FieldViolation, InvalidInput
+from ..service.types import (
+    Document,
+    ImagePart,
+    ModelInfo,
+    Part,
+    Query,
+    RankedResult,
+    RerankOptions,
+    RerankOutcome,
+    TextPart,
+)
+
+_BANDS = {
+    "strong": pb.RELEVANCE_BAND_STRONG,
+    "medium": pb.RELEVANCE_BAND_MEDIUM,
+    "weak": pb.RELEVANCE_BAND_WEAK,
+}
+_TRUNCATION_FROM_PB = {pb.TRUNCATION_UNSPECIFIED: None, pb.TRUNCATION_NONE: "none", pb.TRUNCATION_END: "end"}
+_TRUNCATION_TO_PB = {"none": pb.TRUNCATION_NONE, "end": pb.TRUNCATION_END}
+
+
+def band(name: str) -> int:
+    return _BANDS[name]
+
+
+def _parts(parts, path: str, violations: list[FieldViolation]) -> tuple[Part, ...]:
+    # An empty oneof has no domain form, so it is refused here; every other rule is the engine's.
+    out: list[Part] = []
+    for i, part in enumerate(parts):
+        kind = part.WhichOneof("content")
+        if kind == "text":
+            out.append(TextPart(part.text))
+        elif kind == "image":
+            out.append(ImagePart(part.image))
+        else:
+            violations.append(FieldViolation(f"{path}.parts[{i}]", "part has neither text nor image"))
+    return tuple(out)
+
+
+def query_from_proto(query: pb.Query, path: str = "query") -> Query:
+    violations: list[FieldViolation] = []
+    parts = _parts(query.parts, path, violations)
+    if violations:
+        raise InvalidInput(violations)
+    return Query(parts)
+
+
+def documents_from_proto(documents: Sequence[pb.Document], first_index: int = 0) -> list[Document]:
+    violations: list[FieldViolation] = []
+    out = [
+        Document(doc.id, _parts(doc.parts, f"documents[{first_index + k}]", violations))
+        for k, doc in enumerate(documents)
+    ]
+    if violations:
+        raise InvalidInput(violations)
+    return out
+
+
+def truncation_from_proto(value: int, path: str) -> str | None:
+    if value not in _TRUNCATION_FROM_PB:
+        raise InvalidInput([FieldViolation(path, f"unknown truncation {value}")])
+    return _TRUNCATION_FROM_PB[value]
+
+
+def options_from_proto(
+    message: pb.RerankRequest | pb.StreamOptions, deadline: float | None, request_id: str, path: str = ""
+) -> RerankOptions:
+    return RerankOptions(
+        instruction=message.instruction,
+        top_n=message.top_n,
+        min_score=message.min_score if message.HasField("min_score") else None,
+        truncation=truncation_from_proto(message.truncation, f"{path}truncation"),
+        max_tokens_per_document=message.max_tokens_per_document,
+        return_documents=message.return_documents,
+        deadline=deadline,
+        request_id=request_id,
+    )
+
+
+def result(r: RankedResult, document: pb.Document | None = None) -> pb.RerankResult:
+    msg = pb.RerankResult(
+        index=r.index, id=r.id, score=r.score, band=_BANDS[r.band], logit=r.logit, truncated=r.truncated
+    )
+    if document is not None:
+        msg.document.CopyFrom(document)
+    return msg
+
+
+def rerank_response(outcome: RerankOutcome, documents: Sequence[pb.Document] | None = None) -> pb.RerankResponse:
+    usage, timings = outcome.usage, outcome.timings
+    return pb.RerankResponse(
+        results=[result(r, documents[r.index] if documents is not None else None) for r in outcome.results],
+        usage=pb.Usage(**dataclasses.asdict(usage)),
+        timings=pb.Timings(**dataclasses.asdict(timings)),
+        model=outcome.model,
+        truncated_documents=outcome.truncated_documents,
+        dropped_documents=outcome.dropped_documents,
+        request_id=outcome.request_id,
+    )
+
+
+def model_info(info: ModelInfo) -> pb.GetModelInfoResponse:
+    limits = dataclasses.asdict(info.limits)
+    limits["default_truncation"] = _TRUNCATION_TO_PB[limits["default_truncation"]]
+    return pb.GetModelInfoResponse(
+        model=info.model,
+        dtype=info.dtype,
+        attention_implementation=info.attention,
+        devices=list(info.devices),
+        limits=pb.Limits(**limits),
+        default_instruction=info.default_instruction,
+        band_thresholds=pb.BandThresholds(strong=info.bands.strong, medium=info.bands.medium),
+        random_weights=info.random_weights,
+        parameters=info.parameters,
+        image_cache_bytes=info.image_cache_bytes,
+        image_cache_capacity_bytes=info.image_cache_capacity_bytes,
+        image_cache_hits=info.image_cache_hits,
+        image_cache_misses=info.image_cache_misses,
+        server_version=info.server_version,
+        workers=info.workers,
+    )

@@ -1,0 +1,182 @@
+"""Applied to every lychee.v1 RPC, present and future: request id, bearer auth, junk bodies,
+errors -> status (rpc/status.py), and one observer call per RPC (access log, metrics)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+import grpc
+from grpc_status import rpc_status
+
+from ..service import context as request_context
+from ..service.errors import ErrorKind, FieldViolation, InvalidInput, kind_of
+from .status import CODES, to_status
+
+log = logging.getLogger(__name__)
+
+LYCHEE_PREFIX = "/lychee.v1."
+
+
+class RequestObserver(Protocol):
+    def request_done(
+        self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str
+    ) -> None: ...
+
+
+class Authenticator(Protocol):
+    def check(self, authorization: str | None) -> None:
+        """Raises Unauthenticated unless the header carries a valid bearer token."""
+
+
+class _Junk:
+    """A request body that did not parse: answered INVALID_ARGUMENT by the interceptor instead
+    of grpc's own INTERNAL/UNKNOWN with a traceback per call."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class _RateLimitedLog:
+    def __init__(self, interval: float = 60.0):
+        self.interval = interval
+        self._last = -interval
+        self._suppressed = 0
+
+    def warning(self, message: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            extra = f" ({self._suppressed} more since the last such line)" if self._suppressed else ""
+            log.warning(message + extra, *args)
+            self._last, self._suppressed = now, 0
+        else:
+            self._suppressed += 1
+
+
+def _tolerant(deserializer: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> object:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Junk(exc)
+
+    return parse
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        observers: list[RequestObserver] | None = None,
+        authenticator: Authenticator | None = None,
+    ):
+        self.observers = observers or []
+        self.authenticator = authenticator
+        self._junk_log = _RateLimitedLog()
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(LYCHEE_PREFIX):
+            return handler  # health and reflection: unauthenticated and untouched
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary),
+                request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._stream(method, handler.stream_stream),
+                request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    # ---- the per-call steps -------------------------------------------------------------
+    async def _open(self, context: grpc.aio.ServicerContext) -> str:
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        rid = request_context.new_request_id(metadata.get("x-request-id"))
+        request_context.request_id.set(rid)
+        await context.send_initial_metadata((("x-request-id", rid),))
+        if self.authenticator is not None:
+            self.authenticator.check(metadata.get("authorization"))
+        return rid
+
+    def _junk(self, method: str, junk: _Junk) -> InvalidInput:
+        self._junk_log.warning("%s: a request body that is not a valid message: %s", method, junk.error)
+        return InvalidInput([FieldViolation("request", f"the body is not a valid lychee.v1 {method} request")])
+
+    async def _fail(self, context: grpc.aio.ServicerContext, method: str, exc: Exception, rid: str) -> None:
+        if kind_of(exc) is ErrorKind.INTERNAL:
+            log.error("%s failed (request id %s)", method, rid, exc_info=exc)
+        await context.abort_with_status(rpc_status.to_status(to_status(exc, rid)))
+
+    def _done(self, method: str, code: str, started: float, rid: str, context) -> None:
+        seconds = time.perf_counter() - started
+        for observer in self.observers:
+            try:
+                observer.request_done("grpc", method, code, seconds, rid, context.peer() or "")
+            except Exception:  # an observer never breaks a call
+                log.exception("request observer failed")
+
+    def _unary(self, method: str, behaviour: Callable[..., Awaitable[object]]):
+        async def call(request, context: grpc.aio.ServicerContext):
+            started, rid, code = time.perf_counter(), "", "CANCELLED"
+            try:
+                rid = await self._open(context)
+                if isinstance(request, _Junk):
+                    raise self._junk(method, request)
+                response = await behaviour(request, context)
+                code = "OK"
+                return response
+            except grpc.aio.AbortError:
+                code = _code_name(context)
+                raise
+            except Exception as exc:
+                code = _status_code(exc).name
+                await self._fail(context, method, exc, rid)
+            finally:
+                self._done(method, code, started, rid, context)
+
+        return call
+
+    def _stream(self, method: str, behaviour: Callable[..., AsyncIterator[object]]):
+        async def call(request_iterator, context: grpc.aio.ServicerContext):
+            started, rid, code = time.perf_counter(), "", "CANCELLED"
+
+            async def requests():
+                async for message in request_iterator:
+                    if isinstance(message, _Junk):
+                        raise self._junk(method, message)
+                    yield message
+
+            try:
+                rid = await self._open(context)
+                async for response in behaviour(requests(), context):
+                    yield response
+                code = "OK"
+            except grpc.aio.AbortError:
+                code = _code_name(context)
+                raise
+            except Exception as exc:
+                code = _status_code(exc).name
+                await self._fail(context, method, exc, rid)
+            finally:
+                self._done(method, code, started, rid, context)
+
+        return call
+
+
+def _status_code(exc: BaseException) -> grpc.StatusCode:
+    value = CODES[kind_of(exc)]
+    return next(c for c in grpc.StatusCode if c.value[0] == value)
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"

@@ -1,0 +1,98 @@
+"""The grpc.aio server: servicer, interceptors, health driven by the lifecycle, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..config import GrpcConfig
+from ..lifecycle import Lifecycle, State
+from ..proto import lychee_pb2 as pb
+from ..proto import lychee_pb2_grpc as pb_grpc
+from ..service import Service
+from .interceptors import ServiceInterceptor
+from .servicer import RerankServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
+
+
+class GrpcServer:
+    def __init__(
+        self,
+        service: Service,
+        lifecycle: Lifecycle,
+        config: GrpcConfig,
+        interceptor: ServiceInterceptor | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+    ):
+        self.service = service
+        self.lifecycle = lifecycle
+        self.config = config
+        self.interceptor = interceptor or ServiceInterceptor()
+        self.credentials = credentials
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health_updates: set[asyncio.Task] = set()
+
+    async def start(self) -> int:
+        c = self.config
+        options = [
+            ("grpc.max_receive_message_length", c.max_message_mib << 20),
+            ("grpc.max_send_message_length", c.max_message_mib << 20),
+        ]
+        if c.max_connection_age_seconds > 0:
+            options += [
+                ("grpc.max_connection_age_ms", int(c.max_connection_age_seconds * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(c.max_connection_age_grace_seconds * 1000)),
+            ]
+        server = grpc.aio.server(options=options, interceptors=[self.interceptor])
+        pb_grpc.add_RerankServiceServicer_to_server(RerankServicer(self.service), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if c.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+                server,
+            )
+        address = f"{c.host}:{c.port}"
+        if self.credentials is not None:
+            self.port = server.add_secure_port(address, self.credentials)
+        else:
+            self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind {address}")
+        await server.start()
+        self._server = server
+        self.lifecycle.subscribe(self._on_state)
+        await self.settle_health()
+        log.info("gRPC listening on %s:%d%s", c.host, self.port, " (TLS)" if self.credentials else "")
+        return self.port
+
+    def _on_state(self, state: State) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if state is State.SERVING
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        task = asyncio.get_running_loop().create_task(self._set_health(status))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _set_health(self, status) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def settle_health(self) -> None:
+        """Waits until health reflects every lifecycle change so far."""
+        while self._health_updates:
+            await asyncio.gather(*list(self._health_updates))
+
+    async def stop(self, grace: float) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None

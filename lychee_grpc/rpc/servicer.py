@@ -1,0 +1,72 @@
+"""lychee.v1.RerankService: protobuf -> service call -> protobuf. Errors, request ids and auth
+are the interceptor's (interceptors.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+
+from ..proto import lychee_pb2 as pb
+from ..proto import lychee_pb2_grpc as pb_grpc
+from ..service import Service
+from ..service import context as request_context
+from ..service.errors import FieldViolation, InvalidInput
+from ..service.types import Document, RankedResult
+from . import convert
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class RerankServicer(pb_grpc.RerankServiceServicer):
+    def __init__(self, service: Service):
+        self.service = service
+
+    async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
+        options = convert.options_from_proto(request, _deadline(context), request_context.request_id.get())
+        query = convert.query_from_proto(request.query)
+        documents = convert.documents_from_proto(request.documents)
+        outcome = await self.service.rerank(query, documents, options)
+        return convert.rerank_response(outcome, request.documents if request.return_documents else None)
+
+    async def RerankStream(
+        self, request_iterator: AsyncIterator[pb.RerankStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RerankStreamResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("options"):
+            raise InvalidInput([FieldViolation("options", "the first message must carry the query options")])
+        options = convert.options_from_proto(
+            first.options, _deadline(context), request_context.request_id.get(), path="options."
+        )
+        query = convert.query_from_proto(first.options.query)
+        sent: list[pb.Document] = []
+
+        async def chunks() -> AsyncIterator[Sequence[Document]]:
+            message = first
+            while True:
+                documents = convert.documents_from_proto(message.documents, len(sent))
+                sent.extend(message.documents)
+                yield documents
+                message = await anext(request_iterator, None)
+                if message is None:
+                    return
+                if message.HasField("options"):
+                    raise InvalidInput([FieldViolation("options", "only the first message may carry options")])
+
+        async for event in self.service.rerank_stream(query, options, chunks()):
+            if isinstance(event, RankedResult):
+                document = sent[event.index] if options.return_documents else None
+                yield pb.RerankStreamResponse(scored=convert.result(event, document))
+            else:
+                yield pb.RerankStreamResponse(
+                    ranking=convert.rerank_response(event, sent if options.return_documents else None)
+                )
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        return convert.model_info(self.service.model_info())

@@ -1,0 +1,74 @@
+"""One error taxonomy for every transport: each error has a kind, and each transport maps kinds
+to its own codes in one table (rpc/status.py, the HTTP status table)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from ..engine.errors import (
+    Cancelled,
+    DeadlineExpired,
+    EngineError,
+    FieldViolation,
+    InvalidInput,
+    NotReady,
+    Overloaded,
+    TooLarge,
+)
+
+__all__ = [
+    "Cancelled",
+    "DeadlineExpired",
+    "EngineError",
+    "ErrorKind",
+    "FieldViolation",
+    "InvalidInput",
+    "NotReady",
+    "Overloaded",
+    "TooLarge",
+    "Unauthenticated",
+    "kind_of",
+    "retry_after_of",
+    "violations_of",
+]
+
+
+class ErrorKind(str, Enum):
+    INVALID = "invalid_argument"
+    TOO_LARGE = "too_large"
+    OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
+    DEADLINE = "deadline_exceeded"
+    CANCELLED = "cancelled"
+    UNAUTHENTICATED = "unauthenticated"
+    INTERNAL = "internal"
+
+
+class Unauthenticated(EngineError):
+    """No bearer token, or one the server does not hold."""
+
+
+_KINDS: tuple[tuple[type[BaseException], ErrorKind], ...] = (
+    (TooLarge, ErrorKind.TOO_LARGE),  # before InvalidInput, its base
+    (InvalidInput, ErrorKind.INVALID),
+    (Overloaded, ErrorKind.OVERLOADED),
+    (NotReady, ErrorKind.UNAVAILABLE),
+    (DeadlineExpired, ErrorKind.DEADLINE),
+    (Cancelled, ErrorKind.CANCELLED),
+    (Unauthenticated, ErrorKind.UNAUTHENTICATED),
+)
+
+
+def kind_of(exc: BaseException) -> ErrorKind:
+    for cls, kind in _KINDS:
+        if isinstance(exc, cls):
+            return kind
+    return ErrorKind.INTERNAL
+
+
+def violations_of(exc: BaseException) -> list[FieldViolation]:
+    return list(exc.violations) if isinstance(exc, InvalidInput) else []
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    return exc.retry_after if isinstance(exc, Overloaded) else None

@@ -1,0 +1,184 @@
+"""Rerank, RerankStream and model info: their meaning, once, for every transport."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from .. import __version__
+from ..engine.errors import FieldViolation, InvalidInput, NotReady
+from ..engine.types import Document, Query, RequestStats, Score
+from ..lifecycle import Lifecycle
+from ..workers.protocol import EngineClient
+from .config import ServiceConfig
+from .types import TRUNCATIONS, Limits, ModelInfo, RankedResult, RerankOptions, RerankOutcome
+
+log = logging.getLogger(__name__)
+
+
+def rank(scores: Sequence[Score], top_n: int = 0) -> list[Score]:
+    """Best first; ties by logit, then by arrival."""
+    ordered = sorted(scores, key=lambda s: (-s.score, -s.logit, s.index))
+    return ordered[:top_n] if top_n > 0 else ordered
+
+
+class Service:
+    def __init__(self, lifecycle: Lifecycle, config: ServiceConfig | None = None, engine: EngineClient | None = None):
+        self.lifecycle = lifecycle
+        self.config = config or ServiceConfig()
+        self._engine = engine
+
+    def attach(self, engine: EngineClient) -> None:
+        """The engine, once loaded; until then the lifecycle refuses every request."""
+        self._engine = engine
+
+    @property
+    def engine(self) -> EngineClient:
+        if self._engine is None:
+            raise NotReady("the model is loading; retry shortly")
+        return self._engine
+
+    # ---- options ------------------------------------------------------------------------
+    def _check_options(self, options: RerankOptions, prefix: str = "") -> None:
+        violations = []
+        if options.top_n < 0:
+            violations.append(FieldViolation(f"{prefix}top_n", "must be 0 (all) or positive"))
+        if options.min_score is not None and not 0.0 <= options.min_score <= 1.0:
+            violations.append(FieldViolation(f"{prefix}min_score", f"{options.min_score} is outside [0, 1]"))
+        if options.truncation is not None and options.truncation not in TRUNCATIONS:
+            violations.append(FieldViolation(f"{prefix}truncation", f"must be one of {', '.join(TRUNCATIONS)}"))
+        if options.max_tokens_per_document < 0:
+            violations.append(FieldViolation(f"{prefix}max_tokens_per_document", "must be 0 or positive"))
+        if violations:
+            raise InvalidInput(violations)
+
+    def _result(self, score: Score) -> RankedResult:
+        return RankedResult(
+            index=score.index,
+            id=score.id,
+            score=score.score,
+            logit=score.logit,
+            band=self.config.bands.band(score.score),
+            truncated=score.truncated,
+        )
+
+    def _outcome(
+        self, scores: list[Score], stats: RequestStats, options: RerankOptions, started: float
+    ) -> RerankOutcome:
+        ranked = rank(scores)
+        dropped = 0
+        if options.min_score is not None:
+            kept = [s for s in ranked if s.score >= options.min_score]
+            dropped = len(ranked) - len(kept)
+            ranked = kept
+        if options.top_n > 0:
+            ranked = ranked[: options.top_n]
+        stats.timings.total_ms = (time.perf_counter() - started) * 1e3
+        return RerankOutcome(
+            results=[self._result(s) for s in ranked],
+            usage=stats.usage,
+            timings=stats.timings,
+            model=self.engine.info().model,
+            truncated_documents=sum(1 for s in scores if s.truncated),
+            dropped_documents=dropped,
+            request_id=options.request_id,
+        )
+
+    # ---- verbs --------------------------------------------------------------------------
+    async def rerank(self, query: Query, documents: Sequence[Document], options: RerankOptions) -> RerankOutcome:
+        started = time.perf_counter()
+        with self.lifecycle.request():
+            self._check_options(options)
+            if not documents:
+                raise InvalidInput([FieldViolation("documents", "at least one document is required")])
+            job = await self.engine.open_job(query, options.instruction, options.deadline)
+            try:
+                await job.add_documents(documents)
+                job.close()
+                scores = [s async for s in job.results()]
+            except BaseException:
+                job.cancel()
+                raise
+            return self._outcome(scores, job.stats, options, started)
+
+    async def rerank_stream(
+        self,
+        query: Query,
+        options: RerankOptions,
+        documents: AsyncIterator[Sequence[Document]],
+    ) -> AsyncIterator[RankedResult | RerankOutcome]:
+        """Yields each document's result as soon as it is scored, then the final outcome once
+        `documents` is exhausted and every document is scored. An error raised by `documents`
+        (a malformed message) ends the stream with that error; so does a stream with no
+        document, like a unary call with none."""
+        started = time.perf_counter()
+        with self.lifecycle.request():
+            self._check_options(options, "options.")
+            job = await self.engine.open_job(query, options.instruction, options.deadline)
+            received = 0
+
+            async def read() -> None:
+                nonlocal received
+                try:
+                    async for chunk in documents:
+                        if chunk:
+                            await job.add_documents(chunk)
+                            received += len(chunk)
+                    if received == 0:
+                        raise InvalidInput([FieldViolation("documents", "at least one document is required")])
+                    job.close()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    job.fail(exc)
+
+            reader = asyncio.create_task(read(), name="lychee-stream-reader")
+            scores: list[Score] = []
+            try:
+                async for score in job.results():
+                    scores.append(score)
+                    yield self._result(score)
+            finally:
+                if not reader.done():
+                    reader.cancel()
+                job.cancel()
+            yield self._outcome(scores, job.stats, options, started)
+
+    def model_info(self) -> ModelInfo:
+        self.lifecycle.check()
+        info = self.engine.info()
+        c = self.config
+        return ModelInfo(
+            model=info.model,
+            dtype=info.dtype,
+            attention=info.attention,
+            devices=tuple(info.devices),
+            limits=Limits(
+                max_documents_per_request=info.max_documents_per_request,
+                max_tokens_per_document=info.max_tokens_per_document,
+                max_query_tokens=info.max_query_tokens,
+                max_image_bytes=info.max_image_bytes,
+                max_image_pixels=info.max_image_pixels,
+                min_image_model_pixels=info.min_image_model_pixels,
+                max_image_model_pixels=info.max_image_model_pixels,
+                max_instruction_tokens=info.max_instruction_tokens,
+                max_concurrent_requests=c.max_concurrent_requests,
+                max_queue_tokens=c.max_queue_tokens,
+                max_queue_documents=info.max_queue_documents,
+                default_truncation=c.default_truncation,
+                max_explain_fragments=c.max_explain_fragments,
+                explain_grid_size=c.explain_grid_size,
+            ),
+            default_instruction=info.default_instruction,
+            bands=c.bands,
+            random_weights=info.random_weights,
+            parameters=info.parameters,
+            image_cache_bytes=info.image_cache_bytes,
+            image_cache_capacity_bytes=info.image_cache_capacity_bytes,
+            image_cache_hits=info.image_cache_hits,
+            image_cache_misses=info.image_cache_misses,
+            server_version=__version__,
+            workers=self.engine.workers,
+        )

@@ -1,0 +1,47 @@
+"""What the service layer needs from an engine, wherever it runs (in process, or worker
+processes behind a pool)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from ..engine.types import Document, Query, RequestStats, Score
+
+
+class JobHandle(Protocol):
+    """The documents of one request, and their scores as they are computed."""
+
+    stats: RequestStats
+
+    async def add_documents(self, documents: Sequence[Document]) -> None:
+        """Validates, prepares and queues documents; their indices continue the job's count."""
+
+    def close(self) -> None:
+        """No more documents will be added."""
+
+    def cancel(self) -> None:
+        """Drops the job's remaining work."""
+
+    def fail(self, error: BaseException) -> None:
+        """Ends the job's results with this error."""
+
+    def results(self) -> AsyncIterator[Score]:
+        """Scores as they are computed, until the job is closed and everything is scored."""
+
+
+class EngineClient(Protocol):
+    workers: int  # engine workers (devices) behind this client
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def open_job(self, query: Query, instruction: str, deadline: float | None) -> JobHandle: ...
+
+    def info(self): ...  # engine ModelInfo
+
+    def stats(self): ...  # engine EngineStats
