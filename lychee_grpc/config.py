@@ -29,8 +29,35 @@ class GrpcConfig:
 
 
 @dataclass
+class HttpConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080  # REST API and web console; 0: off
+
+
+@dataclass
+class MetricsConfig:
+    port: int = 9000  # Prometheus /metrics on its own port; 0: off
+
+
+@dataclass
+class SecurityConfig:
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # mutual TLS when set
+    auth_tokens_file: str | None = None  # one bearer token per line
+    auth_token: str | None = None  # comma-separated bearer tokens
+
+
+@dataclass
+class WorkersConfig:
+    devices: str = ""  # "": one engine on --device; "cuda:0,cuda:1" or "all": one worker process per device
+
+
+@dataclass
 class LogConfig:
     level: str = "INFO"
+    format: str = "text"  # text or json
+    otlp_endpoint: str | None = None  # OpenTelemetry traces exported here when set
 
 
 @dataclass
@@ -38,6 +65,10 @@ class AppConfig:
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(model=""))
     service: ServiceConfig = field(default_factory=ServiceConfig)
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
     log: LogConfig = field(default_factory=LogConfig)
     grace_seconds: float = 30.0  # time in-flight requests get to finish on SIGTERM
 
@@ -96,6 +127,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("attention", "engine.attention", "flash_attention_2, sdpa or eager (default: best available)",
             _optional(str)),
     Setting("default-instruction", "engine.default_instruction", "instruction used when a request leaves it empty"),
+    # ---- workers (multi-GPU) ----
     # ---- per-request limits ----
     Setting("max-documents", "engine.max_documents_per_request", "documents per request (or per stream)", int),
     Setting("max-document-tokens", "engine.text_limits.max_tokens_per_document",
@@ -103,6 +135,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-query-tokens", "engine.text_limits.max_query_tokens", "tokens of the query, image tokens included",
             int),
     Setting("max-instruction-tokens", "engine.text_limits.max_instruction_tokens", "tokens of the instruction", int),
+    # ---- truncation ----
     Setting("max-image-bytes", "engine.image_limits.max_bytes", "encoded bytes per image", int),
     Setting("max-image-pixels", "engine.image_limits.max_pixels",
             "declared width x height per image, checked before decoding", int),
@@ -111,6 +144,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-image-model-pixels", "engine.max_image_pixels",
             "resize ceiling before the vision tower; lower trades detail for speed (default: the checkpoint's)",
             _optional(int)),
+    # ---- explain ----
     # ---- bands ----
     Setting("band-strong", "service.bands.strong", "scores at or above this are 'strong'", float),
     Setting("band-medium", "service.bands.medium", "scores at or above this (and below strong) are 'medium'", float),
@@ -120,6 +154,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-batch-documents", "engine.max_batch_documents", "documents per model batch", int),
     Setting("max-batch-images", "engine.max_batch_images", "images per model batch", int),
     Setting("max-wait-ms", "engine.max_wait_ms", "how long a batch waits to fill", float),
+    # ---- admission ----
     Setting("max-queue-documents", "engine.max_queue_documents",
             "queued documents before new work is refused (RESOURCE_EXHAUSTED)", int),
     Setting("vision-cache-mib", "engine.vision_cache_bytes",
@@ -139,7 +174,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-connection-age-seconds", "grpc.max_connection_age_seconds",
             "close connections after this age so clients re-resolve (0: never)", float),
     Setting("reflection", "grpc.reflection", "serve gRPC reflection", parse_bool),
+    # ---- security ----
     Setting("grace-seconds", "grace_seconds", "time in-flight requests get to finish on SIGTERM", float),
+    # ---- http ----
+    # ---- metrics ----
     # ---- logs ----
     Setting("log-level", "log.level", "DEBUG, INFO, WARNING, ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )

@@ -10,7 +10,10 @@ from .bands import BandThresholds
 
 __all__ = [
     "Document",
+    "ExplainOptions",
+    "ExplainOutcome",
     "FieldViolation",
+    "Fragment",
     "ImagePart",
     "Limits",
     "ModelInfo",
@@ -57,6 +60,44 @@ class RerankOutcome:
     model: str
     truncated_documents: int = 0
     dropped_documents: int = 0  # below min_score
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    instruction: str = ""
+    grid_size: int = 0  # 0: the server's default
+    include_query: bool = False
+    deadline: float | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Fragment:
+    source: str  # "query" or "document"
+    part_index: int
+    attribution: float  # full score minus the occluded variant's score
+    occluded_score: float
+    # Text fragments: the text and its [start, end) code-point offsets in the part.
+    text: str = ""
+    start: int = 0
+    end: int = 0
+    # Image fragments: the cell's box in the image's pixels.
+    x: int = 0
+    y: int = 0
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class ExplainOutcome:
+    score: float
+    logit: float
+    band: str
+    fragments: list[Fragment]
+    usage: Usage
+    timings: Timings
+    model: str
     request_id: str = ""
 
 
