@@ -319,3 +319,76 @@ async def test_cli_rerank_names_a_missing_image_file(server, capsys):
     args = ["rerank", "--target", f"127.0.0.1:{server.port}", "--query", "q", "--doc-image", "/nonexistent.png"]
     assert await asyncio.to_thread(cli.main, args) == 2
     assert "cannot read image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["Rerank", "GetModelInfo"])
+async def test_a_body_that_is_not_a_message_is_invalid_argument_and_logged_once(server, method, caplog):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = channel.unary_unary(f"/lychee.v1.RerankService/{method}")
+        for _ in range(5):
+            with pytest.raises(grpc.RpcError) as info:
+                await call(b"\xff\xff\xff\xff not protobuf", timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid" in info.value.details()
+    junk_lines = [r for r in caplog.records if "not a valid message" in r.getMessage()]
+    assert len(junk_lines) <= 1
+    assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_a_junk_stream_message_is_invalid_argument(server):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = channel.stream_stream("/lychee.v1.RerankService/RerankStream")
+
+        async def messages():
+            yield b"\x0a\x05\x0a\x03\x0a\x01"  # truncated StreamOptions
+        with pytest.raises(grpc.RpcError) as info:
+            async for _ in call(messages(), timeout=10):
+                pass
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_request_id_is_echoed_and_named_in_errors(server):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.RerankServiceStub(channel)
+        call = stub.Rerank(make_request("q", ["d"]), metadata=(("x-request-id", "search-abc-1"),), timeout=30)
+        response = await call
+        assert ("x-request-id", "search-abc-1") in list(await call.initial_metadata())
+        assert response.request_id == "search-abc-1"
+        with pytest.raises(grpc.RpcError) as info:
+            await stub.Rerank(make_request("q", []), metadata=(("x-request-id", "search-abc-2"),), timeout=30)
+        assert "search-abc-2" in info.value.details()
+
+
+async def test_an_unexpected_batch_error_is_internal_and_the_server_keeps_serving(server, client):
+    engine = server.engine
+    run = engine.executor.run
+
+    def broken(*args, **kwargs):
+        engine.executor.run = run  # only this batch fails
+        raise RuntimeError("injected fault")
+
+    engine.executor.run = broken
+    with pytest.raises(grpc.RpcError) as info:
+        await client.rerank("denim", TITLES)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert "request id" in info.value.details() and "injected" not in info.value.details()
+    ok = await client.rerank("denim", TITLES)
+    assert len(ok.results) == len(TITLES)
+
+
+async def test_stream_with_options_and_no_documents_is_invalid_like_unary(client):
+    with pytest.raises(grpc.RpcError) as info:
+        async for _ in client.rerank_stream("denim", []):
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "documents" in violations(info.value)
+
+
+async def test_min_score_and_top_n_apply_over_grpc(client):
+    full = await client.rerank("retro denim jacket", TITLES)
+    cut = full.results[2].score
+    request = make_request("retro denim jacket", TITLES)
+    request.min_score = cut
+    resp = await client.stub.Rerank(request, timeout=30)
+    assert [r.index for r in resp.results] == [r.index for r in full.results if r.score >= cut]
+    assert resp.dropped_documents == sum(1 for r in full.results if r.score < cut)
