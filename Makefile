@@ -8,7 +8,7 @@ PORT ?= 50051
 MODEL ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto tiny-model demo serve test test-python test-clients test-go test-java contract lint bench clean
+.PHONY: install proto tiny-model demo serve test test-python test-clients test-go test-java contract lint bench clean deploy-check
 
 install: $(STAMP) lychee_grpc/proto/lychee_pb2.py
 
@@ -52,6 +52,10 @@ contract:
 	bash scripts/check_contract.sh
 
 test-clients: test-go test-java contract
+
+# Dockerfile consistency, helm lint, and rendered manifests decoded strictly into the Kubernetes types.
+deploy-check: install
+	PYTHON=$(PY) bash scripts/check_deploy.sh
 
 bench: install
 	$(PY) bench/run.py
