@@ -16,6 +16,8 @@ from .rpc.interceptors import ServiceInterceptor
 from .rpc.server import GrpcServer
 from .service import Service
 from .workers.local import LocalEngineClient
+from .workers.pool import WorkerPool, parse_devices
+from .workers.protocol import EngineClient
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ class App:
         self.service = Service(self.lifecycle, config.service)
         self.interceptor = ServiceInterceptor()
         self.grpc = GrpcServer(self.service, self.lifecycle, config.grpc, self.interceptor)
-        self.engine_client: LocalEngineClient | None = None
+        self.engine_client: EngineClient | None = None
 
     @property
     def port(self) -> int:
@@ -38,18 +40,35 @@ class App:
 
     @property
     def engine(self) -> Engine | None:
-        return self.engine_client.engine if self.engine_client is not None else None
+        """The in-process engine (None with worker processes)."""
+        return self.engine_client.engine if isinstance(self.engine_client, LocalEngineClient) else None
 
     async def start(self) -> None:
         await self.grpc.start()
 
-    async def load(self) -> None:
+    async def _engine_client(self) -> EngineClient:
+        workers = self.config.workers
+        if workers.devices:
+            pool = WorkerPool(
+                self.config.engine,
+                parse_devices(workers.devices),
+                on_failure=self.lifecycle.fail,
+                split_min_documents=workers.split_min_documents,
+                log_level=self.config.log.level.upper(),
+            )
+            self.engine_client = pool
+            await pool.start()
+            return pool
         engine = await asyncio.to_thread(self._factory, self.config.engine)
         client = LocalEngineClient(engine)
-        await client.start()
         self.engine_client = client
+        await client.start()
+        return client
+
+    async def load(self) -> None:
+        client = await self._engine_client()
         self.service.attach(client)
-        info = engine.info()
+        info = client.info()
         if info.random_weights:
             log.warning(
                 "%s has RANDOM weights (a generated test checkpoint): its scores are not relevance judgements",

@@ -51,6 +51,7 @@ class SecurityConfig:
 @dataclass
 class WorkersConfig:
     devices: str = ""  # "": one engine on --device; "cuda:0,cuda:1" or "all": one worker process per device
+    split_min_documents: int = 16  # a request is spread over workers only in shares of at least this many
 
 
 @dataclass
@@ -128,6 +129,11 @@ SETTINGS: tuple[Setting, ...] = (
             _optional(str)),
     Setting("default-instruction", "engine.default_instruction", "instruction used when a request leaves it empty"),
     # ---- workers (multi-GPU) ----
+    Setting("devices", "workers.devices",
+            "one engine worker process per device behind this endpoint: cuda:0,cuda:1 or all (empty: one in-process "
+            "engine on --device)"),
+    Setting("split-min-documents", "workers.split_min_documents",
+            "with several workers, a request is spread over them in shares of at least this many documents", int),
     # ---- per-request limits ----
     Setting("max-documents", "engine.max_documents_per_request", "documents per request (or per stream)", int),
     Setting("max-document-tokens", "engine.text_limits.max_tokens_per_document",
