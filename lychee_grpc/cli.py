@@ -14,6 +14,7 @@ from .engine.config import BandThresholds, EngineConfig
 from .engine.errors import ModelLoadError
 from .engine.images import ImageLimits
 from .engine.prepare import TextLimits
+from .eval.cli import add_parser as add_eval_parser
 
 SERVE_FLAGS: list[tuple[str, type, object, str]] = [
     ("model", str, None, "hub id or local checkpoint folder (required)"),
@@ -194,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("dir")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--force", action="store_true")
+    add_eval_parser(sub)
     a = parser.parse_args(argv)
+    if hasattr(a, "func"):
+        return a.func(a)
     return {"serve": _serve, "rerank": _rerank, "info": _info, "make-tiny-model": _make_tiny}[a.command](a)
 
 
