@@ -100,15 +100,18 @@ class ScoreStore:
                 f"{self.path} holds scores of another run ({header}); use --fresh to start over or another --out"
             )
         done: dict[str, list[float]] = {}
+        broken = False
         for line in lines[1:]:
             try:
                 row = json.loads(line)
                 done[str(row["query_id"])] = [float(s) for s in row["scores"]]
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # a line cut short when the run was killed: that query is scored again
-        if lines and not self.path.read_text().endswith("\n"):
-            with self.path.open("a") as f:
-                f.write("\n")
+                broken = True  # a line cut short when the run was killed: that query is scored again
+        if broken:
+            tmp = self.path.with_suffix(".tmp")
+            rows = [{"query_id": qid, "scores": scores} for qid, scores in done.items()]
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in [{"header": self.header}, *rows]))
+            tmp.replace(self.path)
         return done
 
     def append(self, query_id: str, scores: list[float]) -> None:
