@@ -59,10 +59,10 @@ class EsciOptions:
 def _document(p: Mapping[str, str], max_chars: int) -> str:
     title = p.get("product_title", "").strip()
     extras = [p.get(k, "").strip() for k in ("product_brand", "product_color")]
-    bullets = _TAG.sub(" ", p.get("product_bullet_point", "")).split("\n")
-    parts = [title] + [e for e in extras if e] + [b.strip() for b in bullets if b.strip()]
-    if len(parts) == 1:
-        parts.append(_TAG.sub(" ", p.get("product_description", "")).strip())
+    bullets = [b.strip() for b in _TAG.sub(" ", p.get("product_bullet_point", "")).split("\n") if b.strip()]
+    # the selling points, or the description where a product has none
+    body = bullets or [_TAG.sub(" ", p.get("product_description", "")).strip()]
+    parts = [title, *extras, *body]
     return " ".join(" ".join(x for x in parts if x).split())[:max_chars]
 
 
