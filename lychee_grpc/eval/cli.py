@@ -96,7 +96,16 @@ def _err(message: str) -> int:
     return 2
 
 
+def _missing_extras() -> list[str]:
+    import importlib.util
+
+    return [m for m in ("ir_measures", "matplotlib", "tqdm") if importlib.util.find_spec(m) is None]
+
+
 def run_eval(a: argparse.Namespace) -> int:
+    missing = _missing_extras()
+    if missing:
+        return _err(f"needs {', '.join(missing)}: pip install 'lychee-grpc[eval]'")
     from .evaluate import Settings, evaluate
     from .report import write_report
     from .rules import MinScore, parse_blend
