@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m = subparsers.add_parser("make-eval-data", help="write a small synthetic evaluation dataset with product images")
     m.add_argument("dir")
     m.add_argument("--queries", type=int, default=24)
-    m.add_argument("--candidates", type=int, default=10)
+    m.add_argument("--candidates", type=int, default=20)
     m.add_argument("--image-size", type=int, default=112)
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=make_eval_data)

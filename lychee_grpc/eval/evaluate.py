@@ -50,6 +50,7 @@ def _block(
     pairs: list[tuple[str, str, str]],
     names: list[str],
     st: Settings,
+    systems: list[str] | None = None,
 ) -> dict[str, object]:
     """Means with intervals for each system, and each comparison, over the queries `ids` (given
     as positions into the per-query arrays)."""
@@ -59,6 +60,7 @@ def _block(
         "systems": {
             system: {m: mean_ci(v[m][idx], st.resamples, st.level, st.seed).as_dict() for m in names}
             for system, v in values.items()
+            if systems is None or system in systems
         },
         "comparisons": [
             {
@@ -141,13 +143,18 @@ def evaluate(
     everything = list(range(len(ids)))
     results["overall"] = _block(everything, values, pairs, names, st)
 
+    # per category: incoming and each deployment's reranking, not every rule (those are overall)
+    per_category = [p for p in pairs if p[0] != "rule"]
+    shown = [INCOMING] + [s.side.name for s in sides]
     categories: dict[str, dict[str, object]] = {}
     for fld in dataset.category_fields:
         groups: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
             if fld in q.categories:
                 groups.setdefault(q.categories[fld], []).append(i)
-        categories[fld] = {v: _block(members, values, pairs, names, st) for v, members in sorted(groups.items())}
+        categories[fld] = {
+            v: _block(members, values, per_category, names, st, shown) for v, members in sorted(groups.items())
+        }
     results["categories"] = categories
 
     first = sides[0]

@@ -110,7 +110,7 @@ def randomization_p(a: np.ndarray, b: np.ndarray, permutations: int = 10000, see
     for start in range(0, permutations, _CHUNK):
         signs = rng.choice((-1.0, 1.0), size=(min(_CHUNK, permutations - start), len(diff)))
         # a small tolerance so that the observed arrangement counts itself despite rounding
-        hits += int(np.sum(np.abs((signs * diff).mean(axis=1)) >= observed - 1e-12))
+        hits += int(np.sum(np.abs(signs @ diff) / len(diff) >= observed - 1e-12))
     return (hits + 1) / (permutations + 1)
 
 

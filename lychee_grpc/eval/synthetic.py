@@ -130,8 +130,8 @@ def make_synthetic(
                 plan.append((kind, color, rng.choice([s for s in STYLES if s != style]), 2))
             else:
                 plan.append((rng.choice(others), rng.choice(list(COLORS)), rng.choice(STYLES), 0))
-        # a first-stage retriever that only half knows: relevant ones drift down the list
-        order = sorted(range(len(plan)), key=lambda i: rng.random() + 0.15 * plan[i][3])
+        # a first-stage retriever that only half knows: relevant ones drift up the list a little
+        order = sorted(range(len(plan)), key=lambda i: rng.random() - 0.05 * plan[i][3])
 
         rows = []
         for rank, i in enumerate(order):
