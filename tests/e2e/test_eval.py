@@ -162,3 +162,12 @@ async def test_a_query_the_server_refuses_is_counted_and_reported_not_fatal(serv
     assert failed[rows[1]["query_id"]].startswith("INVALID_ARGUMENT")
     assert results["dataset"]["evaluated_queries"] == 2
     assert "1 queries failed" in capsys.readouterr().err
+
+
+async def test_the_demo_entry_point_writes_a_report(server, tmp_path):
+    from lychee_grpc.eval.cli import demo
+
+    assert await asyncio.to_thread(demo, f"127.0.0.1:{server.port}", tmp_path) == 0
+    results = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert results["dataset"]["evaluated_queries"] == 12
+    assert set(results["rules"]) == {"A score>=0.55", "A blend sales 0.2"}
