@@ -70,14 +70,9 @@ def import_esci(examples: str | Path, out: str | Path, products: str | Path | No
                 options: EsciOptions = EsciOptions()) -> dict[str, int]:
     """Writes the evaluation JSONL to `out`; returns counts of what it wrote and skipped."""
     examples, out = Path(examples), Path(out)
-    catalog: dict[tuple[str, str], dict[str, str]] = {}
-    if products is not None:
-        for i, p in enumerate(_rows(Path(products))):
-            if i == 0:
-                _columns_check(p, ("product_id", "product_title"), Path(products))
-            catalog[(p["product_id"], p.get("product_locale", ""))] = p
     labels = set(options.gains)
     queries: dict[str, dict[str, object]] = {}
+    chosen: dict[str, list[dict[str, str]]] = {}
     skipped = {"label": 0, "product": 0}
     for i, row in enumerate(_rows(examples)):
         if i == 0:
@@ -99,17 +94,33 @@ def import_esci(examples: str | Path, out: str | Path, products: str | Path | No
             queries[qid] = {"query_id": qid, "query": {"text": row["query"]}, "candidates": []}
             if not options.locale and locale:
                 queries[qid]["categories"] = {"locale": locale}
+            chosen[qid] = []
+        if options.max_candidates is not None and len(chosen[qid]) >= options.max_candidates:
+            continue
+        chosen[qid].append(row)
+
+    # the products table is large (descriptions of every product): keep only the rows asked for
+    catalog: dict[tuple[str, str], dict[str, str]] = {}
+    if products is not None:
+        wanted = {(r["product_id"], r.get("product_locale", "")) for rows in chosen.values() for r in rows}
+        for i, p in enumerate(_rows(Path(products))):
+            if i == 0:
+                _columns_check(p, ("product_id", "product_title"), Path(products))
+            key = (p["product_id"], p.get("product_locale", ""))
+            if key in wanted:
+                catalog[key] = p
+
+    for qid, rows in chosen.items():
         candidates = queries[qid]["candidates"]
         assert isinstance(candidates, list)
-        if options.max_candidates is not None and len(candidates) >= options.max_candidates:
-            continue
-        product = catalog.get((row["product_id"], locale), row) if catalog else row
-        doc = _document(product, options.max_chars)
-        if not doc:
-            skipped["product"] += 1
-            continue
-        candidates.append({"id": row["product_id"], "text": doc, "label": options.gains[row["esci_label"]],
-                           "esci_label": row["esci_label"]})
+        for row in rows:
+            product = catalog.get((row["product_id"], row.get("product_locale", "")), row) if catalog else row
+            doc = _document(product, options.max_chars)
+            if not doc:
+                skipped["product"] += 1
+                continue
+            candidates.append({"id": row["product_id"], "text": doc, "label": options.gains[row["esci_label"]],
+                               "esci_label": row["esci_label"]})
     kept = [q for q in queries.values() if q["candidates"]]
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
