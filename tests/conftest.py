@@ -60,21 +60,37 @@ async def make_engine(loaded, tiny_model_dir):
 
 
 @pytest.fixture
-async def server(loaded, tiny_model_dir):
-    """The whole app (service, lifecycle, gRPC on a real loopback port) over the tiny model."""
+async def make_server(loaded, tiny_model_dir):
+    """Apps (service, lifecycle, gRPC on a real loopback port) over the tiny model; keyword
+    arguments override the engine settings, `app=` the other AppConfig groups."""
     from lychee_grpc.app import App
     from lychee_grpc.config import AppConfig, GrpcConfig
 
-    config = AppConfig(
-        engine=engine_config(tiny_model_dir, max_batch_documents=16),
-        grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
-        grace_seconds=2,
-    )
-    app = App(config, engine_factory=lambda cfg: Engine(cfg, loaded))
-    await app.start()
-    await app.load()
-    yield app
-    await app.stop()
+    apps = []
+
+    async def factory(app: dict | None = None, **engine_overrides):
+        engine_overrides.setdefault("max_batch_documents", 16)
+        config = AppConfig(
+            engine=engine_config(tiny_model_dir, **engine_overrides),
+            grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+            grace_seconds=2,
+            **(app or {}),
+        )
+        instance = App(config, engine_factory=lambda cfg: Engine(cfg, loaded))
+        await instance.start()
+        await instance.load()
+        apps.append(instance)
+        return instance
+
+    yield factory
+    for instance in apps:
+        await instance.stop()
+
+
+@pytest.fixture
+async def server(make_server):
+    """The whole app over the tiny model."""
+    return await make_server()
 
 
 @pytest.fixture

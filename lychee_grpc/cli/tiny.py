@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
     t.add_argument("dir")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--force", action="store_true")
-    t.set_defaults(run=run)
+    t.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> int:
