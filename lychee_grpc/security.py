@@ -56,15 +56,14 @@ def problems(config: SecurityConfig) -> list[str]:
             problem = _unreadable(flag, path)
             if problem:
                 out.append(problem)
-    if out:
-        return out
-    if cert and key:
+    tls_loadable = not out
+    if tls_loadable and cert and key:
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
         except ssl.SSLError as exc:
             out.append(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate chain and its matching "
                        f"private key ({exc.reason or exc})")
-    if ca:
+    if tls_loadable and ca:
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(cafile=ca)
         except ssl.SSLError as exc:
