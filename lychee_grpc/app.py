@@ -14,6 +14,7 @@ from .engine.engine import Engine
 from .lifecycle import Lifecycle, State
 from .rpc.interceptors import ServiceInterceptor
 from .rpc.server import GrpcServer
+from .security import TokenAuthenticator, grpc_server_credentials
 from .service import Service
 from .workers.local import LocalEngineClient
 from .workers.pool import WorkerPool, parse_devices
@@ -30,8 +31,14 @@ class App:
         self._factory = engine_factory
         self.lifecycle = Lifecycle()
         self.service = Service(self.lifecycle, config.service)
-        self.interceptor = ServiceInterceptor()
-        self.grpc = GrpcServer(self.service, self.lifecycle, config.grpc, self.interceptor)
+        self.authenticator = TokenAuthenticator.from_config(config.security)
+        self.interceptor = ServiceInterceptor(
+            authenticator=self.authenticator, authenticate_reflection=config.security.auth_reflection
+        )
+        self.grpc = GrpcServer(self.service, self.lifecycle, config.grpc, self.interceptor,
+                               credentials=grpc_server_credentials(config.security))
+        if self.authenticator is not None and self.grpc.credentials is None:
+            log.warning("bearer tokens are on without TLS: they cross the network in plaintext (--tls-cert)")
         self.engine_client: EngineClient | None = None
 
     @property

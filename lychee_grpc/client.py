@@ -5,6 +5,10 @@
         response = client.rerank("retro denim jacket", ["vintage wash jeans coat", "green tea"])
         for r in response.results:
             print(r.index, r.score)
+
+Over TLS with a bearer token (`certificate_chain`/`private_key` add a client certificate):
+
+    LycheeClient("rerank.internal:50051", root_certificates="ca.pem", bearer_token=token)
 """
 
 from __future__ import annotations
@@ -95,6 +99,40 @@ def _options(max_message_bytes: int) -> list[tuple[str, object]]:
     ]
 
 
+Pem = bytes | str | Path
+
+
+def _pem(value: Pem | None) -> bytes | None:
+    """PEM bytes as given, or read from a path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+def channel_credentials(
+    credentials: grpc.ChannelCredentials | None = None,
+    root_certificates: Pem | None = None,
+    certificate_chain: Pem | None = None,
+    private_key: Pem | None = None,
+) -> grpc.ChannelCredentials | None:
+    """`credentials` when given; else TLS when any PEM is given (the system's roots unless
+    `root_certificates`; a client certificate for mutual TLS with `certificate_chain` and
+    `private_key`); else None (plaintext)."""
+    if credentials is not None:
+        return credentials
+    if root_certificates is None and certificate_chain is None and private_key is None:
+        return None
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError("certificate_chain and private_key go together (mutual TLS): give both or neither")
+    return grpc.ssl_channel_credentials(_pem(root_certificates), _pem(private_key), _pem(certificate_chain))
+
+
+def _call_metadata(bearer_token: str | None) -> tuple[tuple[str, str], ...]:
+    # Plain metadata rather than call credentials: grpc sends call credentials only over TLS, and
+    # a server may take tokens without it (behind a TLS-terminating proxy).
+    return (("authorization", f"Bearer {bearer_token}"),) if bearer_token else ()
+
+
 def _stream_requests(
     query: QueryLike, chunks: Iterable[Iterable[DocumentLike]], instruction: str, top_n: int
 ) -> Iterator[pb.RerankStreamRequest]:
@@ -114,8 +152,14 @@ class LycheeClient:
         timeout: float | None = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
         max_message_bytes: int = 256 * 1024 * 1024,
+        *,
+        root_certificates: Pem | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
+        bearer_token: str | None = None,
     ):
         options = _options(max_message_bytes)
+        credentials = channel_credentials(credentials, root_certificates, certificate_chain, private_key)
         self.channel = (
             grpc.secure_channel(target, credentials, options=options)
             if credentials
@@ -123,6 +167,7 @@ class LycheeClient:
         )
         self.stub = pb_grpc.RerankServiceStub(self.channel)
         self.timeout = timeout
+        self.metadata = _call_metadata(bearer_token)
 
     def rerank(
         self,
@@ -134,7 +179,7 @@ class LycheeClient:
         timeout: float | None = None,
     ) -> pb.RerankResponse:
         request = make_request(query, documents, instruction, top_n, return_documents)
-        return self.stub.Rerank(request, timeout=timeout or self.timeout)
+        return self.stub.Rerank(request, timeout=timeout or self.timeout, metadata=self.metadata)
 
     def rerank_stream(
         self,
@@ -146,11 +191,15 @@ class LycheeClient:
     ) -> Iterator[pb.RerankStreamResponse]:
         """Sends documents in chunks; yields a `scored` event per document, then `ranking`."""
         return self.stub.RerankStream(
-            _stream_requests(query, chunks, instruction, top_n), timeout=timeout or self.timeout
+            _stream_requests(query, chunks, instruction, top_n),
+            timeout=timeout or self.timeout,
+            metadata=self.metadata,
         )
 
     def model_info(self, timeout: float | None = None) -> pb.GetModelInfoResponse:
-        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout or self.timeout)
+        return self.stub.GetModelInfo(
+            pb.GetModelInfoRequest(), timeout=timeout or self.timeout, metadata=self.metadata
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -171,8 +220,14 @@ class AsyncLycheeClient:
         timeout: float | None = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
         max_message_bytes: int = 256 * 1024 * 1024,
+        *,
+        root_certificates: Pem | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
+        bearer_token: str | None = None,
     ):
         options = _options(max_message_bytes)
+        credentials = channel_credentials(credentials, root_certificates, certificate_chain, private_key)
         self.channel = (
             grpc.aio.secure_channel(target, credentials, options=options)
             if credentials
@@ -180,6 +235,7 @@ class AsyncLycheeClient:
         )
         self.stub = pb_grpc.RerankServiceStub(self.channel)
         self.timeout = timeout
+        self.metadata = _call_metadata(bearer_token)
 
     async def rerank(
         self,
@@ -191,7 +247,7 @@ class AsyncLycheeClient:
         timeout: float | None = None,
     ) -> pb.RerankResponse:
         request = make_request(query, documents, instruction, top_n, return_documents)
-        return await self.stub.Rerank(request, timeout=timeout or self.timeout)
+        return await self.stub.Rerank(request, timeout=timeout or self.timeout, metadata=self.metadata)
 
     def rerank_stream(
         self,
@@ -202,11 +258,15 @@ class AsyncLycheeClient:
         timeout: float | None = None,
     ) -> AsyncIterator[pb.RerankStreamResponse]:
         return self.stub.RerankStream(
-            _stream_requests(query, chunks, instruction, top_n), timeout=timeout or self.timeout
+            _stream_requests(query, chunks, instruction, top_n),
+            timeout=timeout or self.timeout,
+            metadata=self.metadata,
         )
 
     async def model_info(self, timeout: float | None = None) -> pb.GetModelInfoResponse:
-        return await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout or self.timeout)
+        return await self.stub.GetModelInfo(
+            pb.GetModelInfoRequest(), timeout=timeout or self.timeout, metadata=self.metadata
+        )
 
     async def close(self) -> None:
         await self.channel.close()

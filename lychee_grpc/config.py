@@ -46,6 +46,7 @@ class SecurityConfig:
     tls_client_ca: str | None = None  # mutual TLS when set
     auth_tokens_file: str | None = None  # one bearer token per line
     auth_token: str | None = None  # comma-separated bearer tokens
+    auth_reflection: bool = False  # reflection needs a token too; health never does
 
 
 @dataclass
@@ -80,6 +81,9 @@ class AppConfig:
         band_problem = self.service.bands.problem()
         if band_problem:
             out.append(band_problem + " (--band-medium, --band-strong)")
+        from .security import problems as security_problems  # reads the TLS and token files
+
+        out += security_problems(self.security)
         return out
 
 
@@ -108,6 +112,7 @@ class Setting:
     kind: Callable[[str], Any] = str
     scale: int = 1  # the field holds flag value x scale (MiB flags over byte fields)
     choices: tuple[str, ...] | None = None
+    secret: bool = False  # its value never shows in --help or error messages
 
     @property
     def env(self) -> str:
@@ -180,8 +185,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-connection-age-seconds", "grpc.max_connection_age_seconds",
             "close connections after this age so clients re-resolve (0: never)", float),
     Setting("reflection", "grpc.reflection", "serve gRPC reflection", parse_bool),
-    # ---- security ----
     Setting("grace-seconds", "grace_seconds", "time in-flight requests get to finish on SIGTERM", float),
+    # ---- security ----
+    Setting("tls-cert", "security.tls_cert", "PEM certificate chain: gRPC speaks TLS when set (re-read when it "
+            "changes)", _optional(str)),
+    Setting("tls-key", "security.tls_key", "PEM private key of --tls-cert", _optional(str)),
+    Setting("tls-client-ca", "security.tls_client_ca",
+            "PEM CA bundle: mutual TLS, clients must present a certificate it signed", _optional(str)),
+    Setting("auth-tokens-file", "security.auth_tokens_file",
+            "bearer tokens, one per line (# comments), re-read when it changes; every RPC but health needs one",
+            _optional(str)),
+    Setting("auth-token", "security.auth_token",
+            "comma-separated bearer tokens (prefer the variable: flags show in ps)", _optional(str), secret=True),
+    Setting("auth-reflection", "security.auth_reflection", "gRPC reflection needs a bearer token too",
+            parse_bool),
     # ---- http ----
     # ---- metrics ----
     # ---- logs ----
@@ -222,7 +239,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             try:
                 out[s.flag] = s.kind(raw)
             except ValueError as exc:
-                raise ValueError(f"{s.env}={raw!r}: {exc}") from None
+                shown = "<hidden>" if s.secret else repr(raw)
+                raise ValueError(f"{s.env}={shown}: {exc}") from None
     return out
 
 
