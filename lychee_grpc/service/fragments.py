@@ -54,7 +54,16 @@ _TOKENS = re.compile(
 )
 _OPENING = ("Ps", "Pi")  # brackets and quotes that open: they go with the next word
 
+_STRAIGHT_QUOTES = "\"'"
+
 _jieba_lock = threading.Lock()
+
+
+def _opens(text: str, at: int) -> bool:
+    char = text[at]
+    if char in _STRAIGHT_QUOTES:  # neither opening nor closing by category: read where it stands
+        return (at == 0 or text[at - 1].isspace()) and at + 1 < len(text) and not text[at + 1].isspace()
+    return unicodedata.category(char) in _OPENING
 
 
 @functools.cache
@@ -91,7 +100,7 @@ def _tokens(text: str) -> list[tuple[str, int, int]]:
             out += [("word", start + s, start + e) for s, e in _han_segments(m.group())]
         elif kind == "word":
             out.append(("word", start, end))
-        elif kind == "other" and unicodedata.category(m.group()) in _OPENING:
+        elif kind == "other" and _opens(text, start):
             out.append(("open", start, end))
         else:
             out.append(("rest", start, end))
