@@ -81,6 +81,8 @@ class AppConfig:
         band_problem = self.service.bands.problem()
         if band_problem:
             out.append(band_problem + " (--band-medium, --band-strong)")
+        if self.service.max_explain_fragments < 1 or self.service.explain_grid_size < 1:
+            out.append("--max-explain-fragments and --explain-grid must be at least 1")
         from .security import problems as security_problems  # reads the TLS and token files
 
         out += security_problems(self.security)
@@ -156,6 +158,10 @@ SETTINGS: tuple[Setting, ...] = (
             "resize ceiling before the vision tower; lower trades detail for speed (default: the checkpoint's)",
             _optional(int)),
     # ---- explain ----
+    Setting("max-explain-fragments", "service.max_explain_fragments",
+            "fragments one Explain call attributes (text merged into phrases to fit; image cells count too)", int),
+    Setting("explain-grid", "service.explain_grid_size",
+            "Explain's grid over each image (grid x grid cells): its default and its largest", int),
     # ---- bands ----
     Setting("band-strong", "service.bands.strong", "scores at or above this are 'strong'", float),
     Setting("band-medium", "service.bands.medium", "scores at or above this (and below strong) are 'medium'", float),

@@ -1,4 +1,4 @@
-"""Rerank, RerankStream and model info: their meaning, once, for every transport."""
+"""Rerank, RerankStream, Explain and model info: their meaning, once, for every transport."""
 
 from __future__ import annotations
 
@@ -13,7 +13,17 @@ from ..engine.types import Document, Query, RequestStats, Score
 from ..lifecycle import Lifecycle
 from ..workers.protocol import EngineClient
 from .config import ServiceConfig
-from .types import TRUNCATIONS, Limits, ModelInfo, RankedResult, RerankOptions, RerankOutcome
+from .explain import explain as explain_pair
+from .types import (
+    TRUNCATIONS,
+    ExplainOptions,
+    ExplainOutcome,
+    Limits,
+    ModelInfo,
+    RankedResult,
+    RerankOptions,
+    RerankOutcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +155,11 @@ class Service:
                     reader.cancel()
                 job.cancel()
             yield self._outcome(scores, job.stats, options, started)
+
+    async def explain(self, query: Query, document: Document, options: ExplainOptions) -> ExplainOutcome:
+        """The pair's score and each fragment's attribution, measured by occlusion (explain.py)."""
+        with self.lifecycle.request():
+            return await explain_pair(self.engine, self.config, query, document, options)
 
     def model_info(self) -> ModelInfo:
         self.lifecycle.check()
