@@ -61,13 +61,14 @@ async def make_engine(loaded, tiny_model_dir):
 
 @pytest.fixture
 async def server(loaded, tiny_model_dir):
-    """The whole app (service, lifecycle, gRPC on a real loopback port) over the tiny model."""
+    """The whole app (service, lifecycle, gRPC and HTTP on real loopback ports) over the tiny model."""
     from lychee_grpc.app import App
-    from lychee_grpc.config import AppConfig, GrpcConfig
+    from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig
 
     config = AppConfig(
         engine=engine_config(tiny_model_dir, max_batch_documents=16),
         grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+        http=HttpConfig(host="127.0.0.1", port=0),
         grace_seconds=2,
     )
     app = App(config, engine_factory=lambda cfg: Engine(cfg, loaded))
