@@ -87,9 +87,9 @@ def create_app(
     app.include_router(probes)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_middleware(
-        RequestMiddleware, observers=observers, authenticator=authenticator, max_body_bytes=max_body_bytes
-    )
+    routes = frozenset({r.path for router in (api, probes) for r in router.routes} | {"/openapi.json", "/docs"})
+    app.add_middleware(RequestMiddleware, observers=observers, authenticator=authenticator,
+                       max_body_bytes=max_body_bytes, routes=routes)
     # Last: it answers every path the routes above do not.
     app.mount("/", StaticFiles(directory=CONSOLE, html=True), name="console")
     return app

@@ -133,3 +133,36 @@ def explain_response(outcome: ExplainOutcome, query: Content, document: Content)
         "model": outcome.model,
         "request_id": outcome.request_id,
     }
+
+
+_PART_PATH = re.compile(r"^(?P<owner>query|document|documents\[(?P<i>\d+)\])\.parts\[(?P<k>\d+)\](\.(text|image))?")
+
+
+def named_fields(
+    exc: InvalidInput, query: Content, documents: Sequence[Content] = (), document: Content | None = None
+) -> InvalidInput:
+    """The service names fields as parts (`documents[3].parts[0].image`, the gRPC shape); a JSON
+    caller sent `documents[3].image`, so that is the name it gets back."""
+
+    def rename(field: str) -> str:
+        match = _PART_PATH.match(field)
+        if not match:
+            return field
+        owner = match.group("owner")
+        if owner == "query":
+            content: Content | None = query
+        elif owner == "document":
+            content = document
+        else:
+            i = int(match.group("i"))
+            content = documents[i] if i < len(documents) else None
+        names = fields_of(content) if content is not None else []
+        k = int(match.group("k"))
+        if k >= len(names):
+            return field
+        return f"{owner}.{names[k]}{field[match.end():]}"
+
+    renamed = [FieldViolation(rename(v.field), v.description) for v in exc.violations]
+    out = type(exc)(renamed)
+    out.__cause__ = exc.__cause__
+    return out

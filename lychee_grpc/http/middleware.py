@@ -31,13 +31,13 @@ def _too_large(limit: int) -> TooLarge:
     return TooLarge([FieldViolation("body", f"the request body is over {limit >> 20} MiB")])
 
 
-def _route_name(scope: Scope) -> str:
-    """The route's template (bounded cardinality for metrics), not the raw path."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if path:
+def _route_name(scope: Scope, routes: frozenset[str]) -> str:
+    """The route's template (bounded cardinality for metrics), never a raw path a client made
+    up; also for a request refused before routing (auth, size)."""
+    path = getattr(scope.get("route"), "path", None) or scope["path"]
+    if path in routes:
         return path
-    return "console" if scope.get("endpoint") is not None else "unmatched"
+    return "unmatched" if path.startswith(PROTECTED_PREFIXES) else "console"
 
 
 class RequestMiddleware:
@@ -47,8 +47,10 @@ class RequestMiddleware:
         observers: Sequence[RequestObserver] = (),
         authenticator: Authenticator | None = None,
         max_body_bytes: int = 256 << 20,
+        routes: frozenset[str] = frozenset(),
     ):
         self.app = app
+        self.routes = routes
         self.observers = list(observers)
         self.authenticator = authenticator
         self.max_body_bytes = max_body_bytes
@@ -103,7 +105,7 @@ class RequestMiddleware:
         seconds = time.perf_counter() - started
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else ""
-        route = _route_name(scope)
+        route = _route_name(scope, self.routes)
         for observer in self.observers:
             try:
                 observer.request_done("http", route, code, seconds, rid, peer)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -72,15 +72,21 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
-async def _guarded(request: Request, work: Awaitable[T], timeout: float | None) -> T:
+async def _guarded(
+    request: Request, work: Awaitable[T], timeout: float | None, rename: Callable[[InvalidInput], InvalidInput]
+) -> T:
     """Runs the service call, cancelling it when the client goes away (its documents are dropped,
-    as for a cancelled RPC) or when the request's timeout passes."""
+    as for a cancelled RPC) or when the request's timeout passes. `rename` gives the service's
+    field names (parts) the request's JSON names."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
         done, _ = await asyncio.wait({task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
-            return task.result()
+            try:
+                return task.result()
+            except InvalidInput as exc:
+                raise rename(exc) from exc
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         if watcher in done:
@@ -115,7 +121,8 @@ async def rerank(body: RerankRequest, request: Request) -> Any:
         deadline=_deadline(timeout),
         request_id=request_context.request_id.get(),
     )
-    outcome = await _guarded(request, _service(request).rerank(query, documents, options), timeout)
+    outcome = await _guarded(request, _service(request).rerank(query, documents, options), timeout,
+                             lambda exc: convert.named_fields(exc, body.query, body.documents))
     return convert.rerank_response(outcome, body.documents if body.return_documents else None)
 
 
@@ -125,8 +132,9 @@ async def api_rerank(body: ApiRerankRequest, request: Request) -> Any:
     their scores."""
     timeout = _timeout(request)
     violations: list[FieldViolation] = []
-    query = convert.query_from(Content(text=body.query), violations)
-    documents = convert.documents_from([Content(text=d) for d in body.documents], violations)
+    query_content, contents = Content(text=body.query), [Content(text=d) for d in body.documents]
+    query = convert.query_from(query_content, violations)
+    documents = convert.documents_from(contents, violations)
     options = RerankOptions(
         instruction=body.instruction,
         top_n=body.top_n or 0,
@@ -134,7 +142,8 @@ async def api_rerank(body: ApiRerankRequest, request: Request) -> Any:
         deadline=_deadline(timeout),
         request_id=request_context.request_id.get(),
     )
-    outcome = await _guarded(request, _service(request).rerank(query, documents, options), timeout)
+    outcome = await _guarded(request, _service(request).rerank(query, documents, options), timeout,
+                             lambda exc: convert.named_fields(exc, query_content, contents))
     return {
         "results": [
             {"index": r.index, "document": body.documents[r.index], "score": r.score, "band": r.band}
@@ -164,7 +173,8 @@ async def explain(body: ExplainRequest, request: Request) -> Any:
     )
     service = _service(request)
     pair = service.explain(query, document, options)  # type: ignore[attr-defined]
-    outcome = await _guarded(request, pair, timeout)
+    outcome = await _guarded(request, pair, timeout,
+                             lambda exc: convert.named_fields(exc, body.query, document=body.document))
     return convert.explain_response(outcome, body.query, body.document)
 
 
