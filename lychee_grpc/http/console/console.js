@@ -71,7 +71,8 @@ async function api(method, path, body) {
 }
 
 function explainError(err) {
-  let text = err.message;
+  // With field violations listed below, the message would only repeat them.
+  let text = err.violations.length ? "The server refused the request:" : err.message;
   if (err.status === 401) text = "This server needs a bearer token: set it in Settings. " + text;
   else if (err.status === 429) text = "The server is busy; try again in a moment. " + text;
   else if (err.status === 503) text = "The server is not ready (loading or shutting down). " + text;
