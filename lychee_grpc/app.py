@@ -11,10 +11,12 @@ from collections.abc import Callable
 from .config import AppConfig
 from .engine.config import EngineConfig
 from .engine.engine import Engine
+from .http.app import create_app
+from .http.server import HttpServer
 from .lifecycle import Lifecycle, State
 from .rpc.interceptors import ServiceInterceptor
 from .rpc.server import GrpcServer
-from .security import TokenAuthenticator, grpc_server_credentials
+from .security import TokenAuthenticator, grpc_server_credentials, uvicorn_ssl_options
 from .service import Service
 from .workers.local import LocalEngineClient
 from .workers.pool import WorkerPool, parse_devices
@@ -39,11 +41,21 @@ class App:
                                credentials=grpc_server_credentials(config.security))
         if self.authenticator is not None and self.grpc.credentials is None:
             log.warning("bearer tokens are on without TLS: they cross the network in plaintext (--tls-cert)")
+        # REST and the console: same service, lifecycle, auth, observers and size bound as gRPC.
+        self.http: HttpServer | None = None
+        if config.http.enabled:
+            rest = create_app(self.service, self.lifecycle, authenticator=self.interceptor.authenticator,
+                              observers=self.interceptor.observers, max_body_bytes=config.grpc.max_message_mib << 20)
+            self.http = HttpServer(rest, config.http.host, config.http.port, uvicorn_ssl_options(config.security))
         self.engine_client: EngineClient | None = None
 
     @property
     def port(self) -> int:
         return self.grpc.port
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port if self.http is not None else 0
 
     @property
     def engine(self) -> Engine | None:
@@ -52,6 +64,8 @@ class App:
 
     async def start(self) -> None:
         await self.grpc.start()
+        if self.http is not None:
+            await self.http.start()
 
     async def _engine_client(self) -> EngineClient:
         workers = self.config.workers
@@ -96,6 +110,8 @@ class App:
         if not await self.lifecycle.wait_idle(self.config.grace_seconds):
             log.warning("%d requests still in flight after the grace period", self.lifecycle.in_flight)
         await self.grpc.stop(max(0.0, deadline - loop.time()))
+        if self.http is not None:
+            await self.http.stop(max(0.0, deadline - loop.time()))
         if self.engine_client is not None:
             await self.engine_client.stop()
         if self.lifecycle.state is not State.FAILED:
@@ -112,6 +128,9 @@ async def run(config: AppConfig) -> int:
     app.lifecycle.subscribe(lambda state: stop.set() if state is State.FAILED else None)
     await app.start()
     log.info("listening on %s:%d", config.grpc.host, app.port)
+    if app.http is not None:
+        shown = "localhost" if config.http.host in ("0.0.0.0", "::") else config.http.host
+        log.info("web console: http://%s:%d/  (REST API docs at /docs)", shown, app.http_port)
     loader = asyncio.create_task(app.load())
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({loader, stopper}, return_when=asyncio.FIRST_COMPLETED)

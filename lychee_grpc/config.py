@@ -30,8 +30,9 @@ class GrpcConfig:
 
 @dataclass
 class HttpConfig:
+    enabled: bool = True  # REST API and web console
     host: str = "0.0.0.0"
-    port: int = 8080  # REST API and web console; 0: off
+    port: int = 8080  # 0 picks a free one, as for gRPC
 
 
 @dataclass
@@ -206,6 +207,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth-reflection", "security.auth_reflection", "gRPC reflection needs a bearer token too",
             parse_bool),
     # ---- http ----
+    Setting("http", "http.enabled", "serve the REST API and the web console", parse_bool),
+    Setting("http-host", "http.host", "address the REST API and web console bind"),
+    Setting("http-port", "http.port", "REST API and web console port (0 picks a free one)", int),
     # ---- metrics ----
     # ---- logs ----
     Setting("log-level", "log.level", "DEBUG, INFO, WARNING, ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR")),

@@ -61,10 +61,10 @@ async def make_engine(loaded, tiny_model_dir):
 
 @pytest.fixture
 async def make_server(loaded, tiny_model_dir):
-    """Apps (service, lifecycle, gRPC on a real loopback port) over the tiny model; keyword
+    """Apps (service, lifecycle, gRPC and HTTP on real loopback ports) over the tiny model; keyword
     arguments override the engine settings, `app=` the other AppConfig groups."""
     from lychee_grpc.app import App
-    from lychee_grpc.config import AppConfig, GrpcConfig
+    from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig
 
     apps = []
 
@@ -74,7 +74,7 @@ async def make_server(loaded, tiny_model_dir):
             engine=engine_config(tiny_model_dir, **engine_overrides),
             grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
             grace_seconds=2,
-            **(app or {}),
+            **{"http": HttpConfig(host="127.0.0.1", port=0), **(app or {})},
         )
         instance = App(config, engine_factory=lambda cfg: Engine(cfg, loaded))
         await instance.start()

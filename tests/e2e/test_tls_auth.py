@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from lychee_grpc.app import App
 from lychee_grpc.cli import main as cli_main
 from lychee_grpc.client import AsyncLycheeClient, channel_credentials, make_request
-from lychee_grpc.config import AppConfig, GrpcConfig, SecurityConfig
+from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, SecurityConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.proto import lychee_pb2 as pb
 
@@ -45,6 +45,7 @@ async def make_app(loaded, tiny_model_dir):
         config = AppConfig(
             engine=engine_config(tiny_model_dir, max_batch_documents=16),
             grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+            http=HttpConfig(host="127.0.0.1", port=0),
             security=security,
             grace_seconds=1,
         )
@@ -269,3 +270,23 @@ async def test_cli_info_and_rerank_take_ca_and_token(make_app, pems, capsys, mon
     assert "rank" in capsys.readouterr().out
     assert await asyncio.to_thread(cli_main, ["info", *base, "--cert", str(pems.cert)]) == 2
     assert "--cert and --key go together" in capsys.readouterr().err
+
+
+async def test_http_speaks_tls_and_takes_the_same_tokens(make_app, pems, tmp_path):
+    import httpx
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    app = await make_app(tls(pems, auth_tokens_file=str(tokens)))
+    base = f"https://127.0.0.1:{app.http_port}"
+    body = {"query": "denim", "documents": DOCS}
+    async with httpx.AsyncClient(verify=str(pems.ca), timeout=30) as http:
+        assert (await http.get(f"{base}/health")).status_code == 200  # probes need no token
+        refused = await http.post(f"{base}/v1/rerank", json=body)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "unauthenticated"
+        ok = await http.post(f"{base}/v1/rerank", json=body, headers={"authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200 and len(ok.json()["results"]) == 2
+    async with httpx.AsyncClient(timeout=10) as plain:  # no TLS: refused at the handshake
+        with pytest.raises(httpx.HTTPError):
+            await plain.get(f"http://127.0.0.1:{app.http_port}/health")

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lychee_grpc.app import App
 from lychee_grpc.client import AsyncLycheeClient
-from lychee_grpc.config import AppConfig, GrpcConfig, WorkersConfig
+from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, WorkersConfig
 from lychee_grpc.engine.reference import reference_logits
 from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import ImagePart, TextPart
@@ -36,6 +36,7 @@ async def pool_app(tiny_model_dir):
     config = AppConfig(
         engine=engine_config(tiny_model_dir, max_batch_documents=8),
         grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+        http=HttpConfig(enabled=False),
         workers=WorkersConfig(devices="cpu,cpu", split_min_documents=4),
         grace_seconds=5,
     )
@@ -109,7 +110,7 @@ def test_a_killed_worker_turns_health_not_serving_and_the_server_exits_non_zero(
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lychee_grpc", "serve", "--model", tiny_model_dir, "--host", "127.0.0.1",
-         "--port", str(port), "--devices", "cpu,cpu", "--warmup", "false", "--grace-seconds", "5"],
+         "--port", str(port), "--devices", "cpu,cpu", "--warmup", "false", "--grace-seconds", "5", "--http", "false"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     try:
