@@ -23,16 +23,18 @@ RUN python3 -m venv "$VIRTUAL_ENV"
 WORKDIR /src
 # Dependencies first, read from pyproject.toml alone, so that a code change does not re-install torch.
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+COPY clients/python/pyproject.toml clients/python/README.md clients/python/
+RUN python -c "import tomllib; print('\n'.join(d for f in ('pyproject.toml', 'clients/python/pyproject.toml') for d in tomllib.load(open(f, 'rb'))['project']['dependencies'] if not d.startswith('lychee-grpc-client')))" \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 COPY proto/lychee.proto proto/
 COPY scripts/gen_proto.py scripts/
+COPY clients/python/lychee_client/ clients/python/lychee_client/
 COPY lychee_grpc/ lychee_grpc/
 # The protobuf stubs are generated here (grpcio-tools is a dependency); .dockerignore keeps a checkout's
 # own generated stubs out of the context so that they can never be stale.
 RUN python scripts/gen_proto.py \
- && pip install --no-deps . \
+ && pip install --no-deps ./clients/python . \
  && lychee-grpc serve --help > /dev/null
 
 FROM ${CUDA_BASE}

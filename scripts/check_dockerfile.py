@@ -37,7 +37,7 @@ from docker.utils.build import exclude_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 # Written by scripts/gen_proto.py, imported by the server; git-ignored, so only the image build makes them.
-GENERATED_STUBS = ("lychee_grpc/proto/lychee_pb2.py", "lychee_grpc/proto/lychee_pb2_grpc.py")
+GENERATED_STUBS = ("lychee_client/proto/lychee_pb2.py", "lychee_client/proto/lychee_pb2_grpc.py")
 _ENV_WORD = re.compile(r"\bLYCHEE_[A-Z0-9_]+\b")
 
 
@@ -177,6 +177,7 @@ def settings_from_help(context: Path, script: str, args: list[str]) -> set[str]:
 
 
 def _build_wheel(src: Path, out: Path, report: Report, line: int) -> Path | None:
+    out = out / src.name
     out.mkdir(parents=True, exist_ok=True)
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                           str(out), str(src)], capture_output=True, text=True, timeout=600)
@@ -187,20 +188,23 @@ def _build_wheel(src: Path, out: Path, report: Report, line: int) -> Path | None
     return wheels[0] if wheels else None
 
 
-def _check_wheel(wheel: Path, script: str | None, report: Report, line: int) -> None:
-    with zipfile.ZipFile(wheel) as zf:
-        names = set(zf.namelist())
-        for stub in GENERATED_STUBS:
-            if stub not in names:
-                report.add(line, f"the wheel built here lacks {stub}: generate the stubs (scripts/gen_proto.py) "
-                                 "before installing the package")
-        entry_points = next((n for n in names if n.endswith(".dist-info/entry_points.txt")), None)
-        scripts: set[str] = set()
-        if entry_points:
-            parser = configparser.ConfigParser()
-            parser.read_string(zf.read(entry_points).decode())
-            if parser.has_section("console_scripts"):
-                scripts = set(parser.options("console_scripts"))
+def _check_wheels(wheels: list[Path], script: str | None, report: Report, line: int) -> None:
+    """The wheels one RUN installs, together: the stubs and the console script must be among them."""
+    names: set[str] = set()
+    scripts: set[str] = set()
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            names |= set(zf.namelist())
+            entry_points = next((n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt")), None)
+            if entry_points:
+                parser = configparser.ConfigParser()
+                parser.read_string(zf.read(entry_points).decode())
+                if parser.has_section("console_scripts"):
+                    scripts |= set(parser.options("console_scripts"))
+    for stub in GENERATED_STUBS:
+        if stub not in names:
+            report.add(line, f"the wheel built here lacks {stub}: generate the stubs (scripts/gen_proto.py) "
+                             "before installing the package")
     if script and script not in scripts:
         report.add(line, f"the wheel built here has no console script {script!r}")
 
@@ -218,12 +222,21 @@ def _shell_steps(text: str) -> list[list[str]]:
     return [step for step in steps if step]
 
 
-def _installs_package(tokens: list[str]) -> bool:
-    """`pip install [...] .` or `pip wheel [...] .` (also `python -m pip`, `.[extra]`)."""
+def _installed_paths(tokens: list[str]) -> list[str]:
+    """The local folders of `pip install [...] . ./clients/python` (also `python -m pip`, `.[extra]`,
+    `pip wheel`); empty when the command installs no local package."""
     if "pip" not in tokens and "pip3" not in tokens:
-        return False
+        return []
     rest = tokens[tokens.index("pip" if "pip" in tokens else "pip3") + 1 :]
-    return bool(rest) and rest[0] in ("install", "wheel") and any(t == "." or t.startswith(".[") for t in rest)
+    if not rest or rest[0] not in ("install", "wheel"):
+        return []
+    paths, args = [], iter(rest[1:])
+    for token in args:
+        if token in ("-r", "--requirement", "-c", "--constraint"):
+            next(args, None)  # a requirements file, not a package folder
+        elif token == "." or token.startswith((".[", "./", "/")):
+            paths.append(token.split("[")[0])
+    return paths
 
 
 def _run_gen_proto(fs: Path, cwd: Path, workdir: str, token: str, report: Report, line: int) -> None:
@@ -258,10 +271,11 @@ def _replay_build(stage: Stage, context: Path, kept: set[str], script: str | Non
                     proto_script = next((t for t in tokens if t.endswith("gen_proto.py")), None)
                     if proto_script:
                         _run_gen_proto(fs, cwd, workdir, proto_script, report, cmd.start_line)
-                    elif _installs_package(tokens):
-                        wheel = _build_wheel(cwd, Path(tmp) / "wheel", report, cmd.start_line)
-                        if wheel:
-                            _check_wheel(wheel, script, report, cmd.start_line)
+                    elif paths := _installed_paths(tokens):
+                        wheels = [_build_wheel(cwd / path, Path(tmp) / "wheel", report, cmd.start_line)
+                                  for path in paths]
+                        if all(wheels):
+                            _check_wheels([w for w in wheels if w], script, report, cmd.start_line)
                         return True
     return False
 

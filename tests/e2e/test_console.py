@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from lychee_grpc.service.types import ExplainOptions, ExplainOutcome, Fragment, RerankOptions, TextPart
-
 from ..helpers import noise_image
 
 CHROMIUM = "/usr/bin/chromium"
@@ -30,35 +28,10 @@ pytestmark = [
 TITLES = ["vintage wash blue jeans coat", "organic green tea", "denim jacket, women", "running shoes", "grey sofa"]
 
 
-def explain_double(service):
-    """Stands in for Service.explain until service/explain.py merges: the pair's score is the real
-    service's; each document word and each image quarter gets a fixed attribution (+ then -)."""
-
-    async def explain(query, document, options: ExplainOptions) -> ExplainOutcome:
-        outcome = await service.rerank(query, [document], RerankOptions(instruction=options.instruction))
-        top = outcome.results[0]
-        fragments = []
-        for k, part in enumerate(document.parts):
-            if isinstance(part, TextPart):
-                for i, word in enumerate(re.finditer(r"\S+", part.text)):
-                    sign = 1 if i % 2 == 0 else -1
-                    fragments.append(Fragment("document", k, sign * 0.1 * (i + 1), top.score, text=word.group(),
-                                              start=word.start(), end=word.end()))
-            else:
-                for cell in range(4):
-                    fragments.append(Fragment("document", k, 0.2 - 0.1 * cell, top.score, x=(cell % 2) * 32,
-                                              y=(cell // 2) * 32, width=32, height=32))
-        return ExplainOutcome(top.score, top.logit, top.band, fragments, outcome.usage, outcome.timings,
-                              outcome.model, options.request_id)
-
-    return explain
-
-
 @pytest.fixture
 async def page(server, tmp_path):
     from playwright.async_api import async_playwright
 
-    server.service.explain = explain_double(server.service)
     SHOTS.mkdir(exist_ok=True)
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(
@@ -91,17 +64,23 @@ async def test_single_analysis_with_an_image_upload_shows_score_band_highlights_
     band = await page.inner_text("#single-band")
     assert band in ("strong", "medium", "weak")
     assert f"band-{band}" in await page.get_attribute("#single-band", "class")
-    marks = await page.query_selector_all("#x-document-text mark")
-    assert [await m.inner_text() for m in marks] == ["vintage", "wash", "blue", "jeans", "coat"]
-    assert "22, 163, 74" in await marks[0].get_attribute("style")  # raised: green
-    assert "220, 38, 38" in await marks[1].get_attribute("style")  # lowered: red
-    # The same pair over gRPC scores the same (image first, as the console sends it).
+    # The same pair over gRPC scores and explains the same (image first, as the console sends it).
     from lychee_grpc.client import image, text
     from lychee_grpc.proto import lychee_pb2 as pb
 
-    rpc = await client.rerank("retro denim jacket", [pb.Document(parts=[image(noise_image(64, 64, seed=5)),
-                                                                         text("vintage wash blue jeans coat")])])
+    pair = pb.Document(parts=[image(noise_image(64, 64, seed=5)), text("vintage wash blue jeans coat")])
+    rpc = await client.rerank("retro denim jacket", [pair])
     assert score == f"{rpc.results[0].score:.3f}"
+    explained = await client.explain("retro denim jacket", pair)
+    words = [f for f in explained.fragments if f.text]
+    marks = await page.query_selector_all("#x-document-text mark")
+    assert [(await m.inner_text()).strip() for m in marks] == [f.text.strip() for f in words]
+    for mark, fragment in zip(marks, words):  # raised: green, lowered: red
+        style = await mark.get_attribute("style") or ""
+        if fragment.attribution > 0:
+            assert "22, 163, 74" in style
+        elif fragment.attribution < 0:
+            assert "220, 38, 38" in style
     await page.screenshot(path=str(SHOTS / "console-single.png"), full_page=True)
 
 

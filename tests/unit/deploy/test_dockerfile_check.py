@@ -91,7 +91,7 @@ def test_unexposed_grpc_port_is_caught(tmp_path, settings):
 def test_stubs_generated_after_the_install_are_caught(tmp_path, settings):
     path = _variant(
         tmp_path,
-        "RUN python scripts/gen_proto.py \\\n && pip install --no-deps . \\",
-        "RUN pip install --no-deps . \\\n && python scripts/gen_proto.py \\",
+        "RUN python scripts/gen_proto.py \\\n && pip install --no-deps ./clients/python . \\",
+        "RUN pip install --no-deps ./clients/python . \\\n && python scripts/gen_proto.py \\",
     )
-    assert "the wheel built here lacks lychee_grpc/proto/lychee_pb2_grpc.py" in _problems(path, settings, build=True)
+    assert "the wheel built here lacks lychee_client/proto/lychee_pb2_grpc.py" in _problems(path, settings, build=True)
