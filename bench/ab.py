@@ -25,7 +25,7 @@ async def main_async() -> None:
     from bench.run import build_model, image_workload, text_workload
     from lychee_grpc.engine.config import EngineConfig
     from lychee_grpc.engine.engine import Engine
-    from lychee_grpc.engine.vision_cache import VisionCache
+    from lychee_grpc.engine.vision.cache import VisionCache
 
     p = argparse.ArgumentParser()
     p.add_argument("--label", default="")

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.run import build_model, image_workload, text_workload
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
-from lychee_grpc.engine.reference import reference_logits
-from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
-from lychee_grpc.engine.vision_cache import VisionCache
+from lychee_grpc.engine.model.reference import reference_logits
+from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.vision.cache import VisionCache
 
 
 def sig(z: float) -> float:

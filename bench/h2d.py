@@ -63,7 +63,7 @@ def engine_path() -> None:
     from bench.run import image_workload
     from lychee_grpc.engine.config import EngineConfig
     from lychee_grpc.engine.engine import Engine
-    from lychee_grpc.engine.loader import load_model
+    from lychee_grpc.engine.model.loader import load_model
 
     async def run() -> None:
         cfg = EngineConfig(model=".cache/tiny-model", warmup=False)

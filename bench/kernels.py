@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gpu_timing import time_ms
-from lychee_grpc.engine import fused
+from lychee_grpc.engine.lm import fused
 
 
 def dim0(fn):

@@ -31,7 +31,7 @@ async def main_async() -> None:
     from lychee_grpc.engine import executor as new_ex
     from lychee_grpc.engine.config import EngineConfig
     from lychee_grpc.engine.engine import Engine
-    from lychee_grpc.engine.fused import Kernel
+    from lychee_grpc.engine.lm.fused import Kernel
 
     p = argparse.ArgumentParser()
     p.add_argument("--old", required=True)

@@ -28,7 +28,7 @@ from torchvision.io import ImageReadMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.run import image_workload
-from lychee_grpc.engine.images import ImageLimits, _load, _open, decode_jpeg, decode_pixels
+from lychee_grpc.engine.prompt.images import ImageLimits, _load, _open, decode_jpeg, decode_pixels
 
 
 def decode_pixels_pil_header(data: bytes, limits: ImageLimits, fast_jpeg: bool = False) -> torch.Tensor:

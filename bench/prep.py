@@ -20,9 +20,9 @@ from transformers import AutoProcessor
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.breakdown import prepare_with_pixels
 from bench.run import image_workload
-from lychee_grpc.engine.images import ImageLimits, content_key, decode_image, decode_pixels, jpeg_decoder_agrees
-from lychee_grpc.engine.prepare import Preprocessor, TextLimits
-from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.prompt.images import ImageLimits, content_key, decode_image, decode_pixels, jpeg_decoder_agrees
+from lychee_grpc.engine.prompt.prepare import Preprocessor, TextLimits
+from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 
 
 def ms(fn, n: int = 5) -> float:

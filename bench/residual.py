@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gpu_timing import time_ms
-from lychee_grpc.engine.fused import FusedOps
+from lychee_grpc.engine.lm.fused import FusedOps
 
 
 def sustained(seconds: float = 1.0) -> None:

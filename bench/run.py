@@ -31,13 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 from lychee_grpc.engine.config import EngineConfig  # noqa: E402
 from lychee_grpc.engine.engine import Engine  # noqa: E402
-from lychee_grpc.engine.loader import LoadedModel  # noqa: E402
-from lychee_grpc.engine.reference import reference_logits  # noqa: E402
-from lychee_grpc.engine.template import DEFAULT_INSTRUCTION  # noqa: E402
+from lychee_grpc.engine.model.loader import LoadedModel  # noqa: E402
+from lychee_grpc.engine.model.reference import reference_logits  # noqa: E402
+from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION  # noqa: E402
 from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart  # noqa: E402
-from lychee_grpc.engine.vision_attention import install_packed_vision_attention  # noqa: E402
-from lychee_grpc.engine.vision_cache import VisionCache  # noqa: E402
-from lychee_grpc.engine.vision_mlp import align_vision_mlp  # noqa: E402
+from lychee_grpc.engine.vision.attention import install_packed_vision_attention  # noqa: E402
+from lychee_grpc.engine.vision.cache import VisionCache  # noqa: E402
+from lychee_grpc.engine.vision.mlp import align_vision_mlp  # noqa: E402
 
 FLOP_PER_TOKEN = 2 * 6.53e9
 VISION_FLOP_448 = 1.37e12
@@ -339,7 +339,7 @@ async def main_async(a) -> dict:
     await engine.start()
 
     if a.compare_eager:
-        from lychee_grpc.engine.fused import FusedOps
+        from lychee_grpc.engine.lm.fused import FusedOps
 
         fused = engine.executor.ops
         engine.executor.ops = FusedOps(torch.device("cpu"))  # eager kernels

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.run import build_model, image_workload, text_workload
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
-from lychee_grpc.engine.vision_cache import VisionCache
+from lychee_grpc.engine.vision.cache import VisionCache
 
 
 def report(name: str, prof, wall_ms: float, t0_us: float, gaps: int = 8) -> None:

@@ -37,7 +37,7 @@ from bench.run import (
 from lychee_grpc.engine import prepare, vision_attention, vision_window_kernel
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
-from lychee_grpc.engine.vision_cache import VisionCache
+from lychee_grpc.engine.vision.cache import VisionCache
 
 
 def window_layer(engine: Engine, images: int) -> list[str]:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import itertools
 
-from lychee_grpc.engine.vision_window_kernel import KERNEL_OPTIONS, window_attention_rope
+from lychee_grpc.engine.vision.window_kernel import KERNEL_OPTIONS, window_attention_rope
 
 
 def check(grids: list[tuple[int, int, int]], heads: int = 16, head_dim: int = 80) -> float:
@@ -46,8 +46,8 @@ def tower_check(images: int = 25) -> None:
     """The full-size vision tower (RANDOM weights) in bf16, with and without the kernel, against
     the same tower in float32 (TF32 off), which the kernel does not take."""
     from bench.run import build_model
-    from lychee_grpc.engine import vision_attention
-    from lychee_grpc.engine.vision_tower import VisionTower
+    from lychee_grpc.engine.vision import attention as vision_attention
+    from lychee_grpc.engine.vision.tower import VisionTower
 
     loaded, _ = build_model(".cache/tiny-model", layers=1, vision_depth=32, dtype=torch.float32)
     visual = loaded.model.model.visual

@@ -10,10 +10,11 @@ import os
 import sys
 from pathlib import Path
 
-from .engine.config import BandThresholds, EngineConfig
+from .engine.config import EngineConfig
+from .service.bands import BandThresholds
 from .engine.errors import ModelLoadError
-from .engine.images import ImageLimits
-from .engine.prepare import TextLimits
+from .engine.config import ImageLimits
+from .engine.config import TextLimits
 
 SERVE_FLAGS: list[tuple[str, type, object, str]] = [
     ("model", str, None, "hub id or local checkpoint folder (required)"),
@@ -163,7 +164,7 @@ def _info(a: argparse.Namespace) -> int:
 
 
 def _make_tiny(a: argparse.Namespace) -> int:
-    from .engine.tiny_model import make_tiny_model
+    from .engine.model.tiny_model import make_tiny_model
 
     out = Path(a.dir)
     if (out / "config.json").exists() and not a.force:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .engine.config import BandThresholds
+from .service.bands import BandThresholds
 from .engine.engine import ModelInfo, Ranking
 from .engine.errors import FieldViolation, InvalidInput
 from .engine.types import Document, ImagePart, Part, Query, Score, TextPart

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lychee_grpc.engine.config import EngineConfig
+from lychee_grpc.engine.config import EngineConfig, ImageLimits, TextLimits
 from lychee_grpc.engine.engine import Engine
-from lychee_grpc.engine.images import ImageLimits
-from lychee_grpc.engine.loader import LoadedModel, load_model
-from lychee_grpc.engine.prepare import TextLimits
+from lychee_grpc.engine.model.loader import LoadedModel, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def tiny_model_dir() -> str:
     path = Path(os.environ.get("LYCHEE_TINY_MODEL", ROOT / ".cache" / "tiny-model"))
     if not (path / "config.json").exists():
-        from lychee_grpc.engine.tiny_model import make_tiny_model
+        from lychee_grpc.engine.model.tiny_model import make_tiny_model
 
         make_tiny_model(path)
     return str(path)

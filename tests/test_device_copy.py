@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lychee_grpc.engine.device_copy import PinnedStaging
+from lychee_grpc.engine.util.device_copy import PinnedStaging
 
 
 def _tensors():

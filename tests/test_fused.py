@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from lychee_grpc.engine.fused import FusedOps, rms_norm, rope, silu_mul
+from lychee_grpc.engine.lm.fused import FusedOps, rms_norm, rope, silu_mul
 
 
 def test_rms_norm_and_mlp_match_transformers_modules(loaded):
@@ -48,7 +48,7 @@ def test_fused_vision_blocks_give_the_same_tower_output(loaded):
 def test_vision_qk_rope_from_packed_qkv_matches_transformers():
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
-    from lychee_grpc.engine.fused import vision_qk_rope
+    from lychee_grpc.engine.lm.fused import vision_qk_rope
 
     g = torch.Generator().manual_seed(0)
     heads, dim, n = 4, 10, 9

@@ -7,7 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from lychee_grpc.engine.images import ImageLimits, ImageRejected, decode_image
+from lychee_grpc.engine.config import ImageLimits
+from lychee_grpc.engine.prompt.images import ImageRejected, decode_image
 
 from .helpers import png_declaring, solid_image
 
@@ -76,7 +77,7 @@ def _noise_jpeg(width: int, height: int, mode: str = "RGB", seed: int = 0, **opt
 
 
 def test_jpeg_fast_path_agrees_with_pil_on_this_machine():
-    from lychee_grpc.engine.images import jpeg_decoder_agrees
+    from lychee_grpc.engine.prompt.images import jpeg_decoder_agrees
 
     assert jpeg_decoder_agrees()
 
@@ -97,7 +98,7 @@ def test_decoded_pixels_equal_pil_to_tensor_of_the_picture(size, mode, options):
     import numpy as np
     import torch
 
-    from lychee_grpc.engine.images import decode_pixels
+    from lychee_grpc.engine.prompt.images import decode_pixels
 
     data = _noise_jpeg(*size, mode=mode, **options)
     ref = torch.from_numpy(np.array(decode_image(data, LIMITS))).permute(2, 0, 1)
@@ -108,7 +109,7 @@ def test_decoded_pixels_equal_pil_to_tensor_of_the_picture(size, mode, options):
 
 
 def test_jpeg_fast_path_keeps_exif_rotation_and_rejects_truncated_data():
-    from lychee_grpc.engine.images import decode_pixels
+    from lychee_grpc.engine.prompt.images import decode_pixels
 
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -131,7 +132,7 @@ def _with_declared_size(data: bytes, width: int, height: int) -> bytes:
     ids=["baseline", "progressive", "grey", "cmyk"],
 )
 def test_jpeg_header_reads_plain_jpegs_and_leaves_the_rest_to_pil(mode, options, plain):
-    from lychee_grpc.engine.images import _jpeg_header
+    from lychee_grpc.engine.prompt.images import _jpeg_header
 
     data = _noise_jpeg(37, 21, mode=mode, **options)
     assert _jpeg_header(data) == ((37, 21) if plain else None)
@@ -144,7 +145,7 @@ def test_jpeg_header_reads_plain_jpegs_and_leaves_the_rest_to_pil(mode, options,
 
 
 def test_jpeg_fast_path_reads_no_header_with_pil(monkeypatch):
-    from lychee_grpc.engine import images
+    from lychee_grpc.engine.prompt import images
 
     def no_pil(*args, **kwargs):
         raise AssertionError("PIL opened a plain JPEG on the fast path")
@@ -154,7 +155,7 @@ def test_jpeg_fast_path_reads_no_header_with_pil(monkeypatch):
 
 
 def test_jpeg_fast_path_refuses_a_declared_bomb_before_decoding(monkeypatch):
-    from lychee_grpc.engine import images
+    from lychee_grpc.engine.prompt import images
 
     decoded = []
     monkeypatch.setattr(images, "_decode_jpeg", lambda *args: decoded.append(1))
@@ -171,7 +172,7 @@ def test_jpeg_fast_path_applies_each_exif_orientation_as_pil_does(orientation):
     import numpy as np
     import torch
 
-    from lychee_grpc.engine.images import decode_pixels
+    from lychee_grpc.engine.prompt.images import decode_pixels
 
     exif = Image.Exif()
     exif[0x0112] = orientation

@@ -12,7 +12,7 @@ import pytest
 
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.errors import ModelLoadError
-from lychee_grpc.engine.loader import load_model
+from lychee_grpc.engine.model.loader import load_model
 
 
 def test_tiny_model_loads_and_says_its_weights_are_random(loaded):

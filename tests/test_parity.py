@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from lychee_grpc.engine.reference import reference_logits
-from lychee_grpc.engine.template import DEFAULT_INSTRUCTION, ECOMMERCE_INSTRUCTION
+from lychee_grpc.engine.model.reference import reference_logits
+from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION, ECOMMERCE_INSTRUCTION
 
 from .helpers import pair_cases, text_docs, text_query
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lychee_grpc.engine.positions import mrope_positions
+from lychee_grpc.engine.prompt.positions import mrope_positions
 
 IMAGE = 99
 

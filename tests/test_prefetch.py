@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from lychee_grpc.engine.types import Document, ImagePart, TextPart
-from lychee_grpc.engine.vision_cache import VisionCache
+from lychee_grpc.engine.vision.cache import VisionCache
 
 from .helpers import noise_image, text_query
 

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from lychee_grpc.engine import template
-from lychee_grpc.engine.prepare import _clean_boundary
-from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.prompt import template
+from lychee_grpc.engine.prompt.prepare import _clean_boundary
+from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
 
 from .helpers import noise_image

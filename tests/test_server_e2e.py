@@ -17,8 +17,8 @@ from grpc_status import rpc_status
 
 from lychee_grpc.client import AsyncLycheeClient, image, make_request, text
 from lychee_grpc.engine.engine import Engine
-from lychee_grpc.engine.reference import reference_logits
-from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.model.reference import reference_logits
+from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import TextPart
 from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.proto import lychee_pb2_grpc as pb_grpc

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lychee_grpc.engine import template
-from lychee_grpc.engine.reference import reference_prompt
+from lychee_grpc.engine.model.reference import reference_prompt
+from lychee_grpc.engine.prompt import template
 from lychee_grpc.engine.types import ImagePart, TextPart
 
 from .helpers import pair_cases

@@ -11,8 +11,8 @@ import transformers
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_window_index
 
-from lychee_grpc.engine import vision_attention
-from lychee_grpc.engine.vision_attention import install_packed_vision_attention, packed_vision_attention_forward
+from lychee_grpc.engine.vision import attention as vision_attention
+from lychee_grpc.engine.vision.attention import install_packed_vision_attention, packed_vision_attention_forward
 
 # Grids in patch units (t, h, w); h and w even. Their windows (112 px = 8 patches) come in several lengths.
 GRIDS = [(1, 16, 16), (1, 10, 22), (1, 32, 32), (1, 6, 8)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from lychee_grpc.engine.vision_mlp import align_vision_mlp
+from lychee_grpc.engine.vision.mlp import align_vision_mlp
 
 
 def test_padding_an_unaligned_vision_mlp_is_exact():

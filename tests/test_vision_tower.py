@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lychee_grpc.engine.vision_tower import VisionTower
+from lychee_grpc.engine.vision.tower import VisionTower
 
 GRIDS = [(1, 16, 16), (1, 20, 28), (1, 8, 12), (1, 16, 16)]  # windows both full and cut at the edges
 

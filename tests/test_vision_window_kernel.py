@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lychee_grpc.engine import vision_window_kernel
+from lychee_grpc.engine.vision import window_kernel as vision_window_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def run_interpreted(code: str) -> dict:
 KERNEL_VS_REFERENCE = """
     import json, torch
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
-    from lychee_grpc.engine.vision_window_kernel import window_attention_rope
+    from lychee_grpc.engine.vision.window_kernel import window_attention_rope
     torch.manual_seed(0)
     heads, head_dim = 16, 80
     lengths = [64, 48, 8, 1, 64, 33, 16]
@@ -71,9 +71,9 @@ def test_window_kernel_equals_rotary_then_attention_per_window():
 TOWER_WITH_AND_WITHOUT_KERNEL = """
     import json, math, torch, transformers
     from transformers.vision_utils import get_vision_cu_seqlens, get_vision_window_index
-    from lychee_grpc.engine import vision_attention, vision_window_kernel
-    from lychee_grpc.engine.vision_attention import install_packed_vision_attention
-    from lychee_grpc.engine.vision_tower import VisionTower
+    from lychee_grpc.engine.vision import attention as vision_attention, window_kernel as vision_window_kernel
+    from lychee_grpc.engine.vision.attention import install_packed_vision_attention
+    from lychee_grpc.engine.vision.tower import VisionTower
 
     config = transformers.Qwen2_5_VLConfig(
         vision_config=dict(depth=2, hidden_size=160, intermediate_size=64, num_heads=2, out_hidden_size=32,

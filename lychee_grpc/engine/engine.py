@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .config import BandThresholds, EngineConfig
+from .config import EngineConfig
 from .errors import DeadlineExpired, FieldViolation, InvalidInput, NotReady, TooLarge
-from .executor import Executor
-from .loader import LoadedModel, load_model
-from .prepare import EncodedImage, Prefetch, Preprocessor
-from .scheduler import Job, Scheduler
+from .job import Job
+from .lm.executor import Executor
+from .model.loader import LoadedModel, load_model
+from .prompt.prepare import EncodedImage, Prefetch, Preprocessor
+from .scheduler import Scheduler
 from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ class ModelInfo:
     random_weights: bool
     parameters: int
     default_instruction: str
-    bands: BandThresholds
     max_documents_per_request: int
     max_tokens_per_document: int
     max_query_tokens: int
@@ -228,7 +228,6 @@ class Engine:
             random_weights=self.loaded.random_weights,
             parameters=self.loaded.parameters,
             default_instruction=c.default_instruction,
-            bands=c.bands,
             max_documents_per_request=c.max_documents_per_request,
             max_tokens_per_document=c.text_limits.max_tokens_per_document,
             max_query_tokens=c.text_limits.max_query_tokens,

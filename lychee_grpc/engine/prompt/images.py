@@ -25,11 +25,12 @@ import io
 import logging
 import struct
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from ..config import ImageLimits
 
 try:
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -50,12 +51,6 @@ MAX_ASPECT_RATIO = 200  # Qwen2.5-VL's smart_resize refuses anything wider
 
 class ImageRejected(ValueError):
     """The bytes are not an acceptable image; the message says why."""
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
 
 
 def content_key(data: bytes) -> bytes:

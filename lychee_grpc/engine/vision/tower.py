@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-from .device_copy import to_device
-from .vision_attention import register_plan
+from ..util.device_copy import to_device
+from .attention import register_plan
 
 Grid = tuple[int, int, int]
 

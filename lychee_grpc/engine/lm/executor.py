@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device_copy import PinnedStaging
+from ..prompt.prepare import EncodedImage, Segment
+from ..util.device_copy import PinnedStaging
+from ..vision.cache import VisionCache
+from ..vision.tower import VisionTower
 from .fused import FusedOps
-from .prepare import EncodedImage, Segment
-from .vision_cache import VisionCache
-from .vision_tower import VisionTower
 
 log = logging.getLogger(__name__)
 

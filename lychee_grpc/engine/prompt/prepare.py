@@ -20,11 +20,12 @@ import torch
 from transformers.image_utils import SizeDict
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+from ..config import ImageLimits, TextLimits
+from ..errors import FieldViolation, InvalidInput
+from ..types import Document, ImagePart, Part, Query, TextPart
 from . import template
-from .errors import FieldViolation, InvalidInput
-from .images import ImageLimits, ImageRejected, content_key, decode_pixels, jpeg_decoder_agrees
+from .images import ImageRejected, content_key, decode_pixels, jpeg_decoder_agrees
 from .positions import mrope_positions
-from .types import Document, ImagePart, Part, Query, TextPart
 
 # Prefetch in about this many chunks per request, of at least this many images: the first chunk
 # reaches the GPU after a few ms of decoding, and the tower still runs on large batches.
@@ -40,13 +41,6 @@ class Prefetch:
 
     start: Callable[[list[EncodedImage]], None]
     budget: int
-
-
-@dataclass(frozen=True)
-class TextLimits:
-    max_query_tokens: int = 1024
-    max_tokens_per_document: int = 2048
-    max_instruction_tokens: int = 256
 
 
 @dataclass

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .template import SYSTEM_PROMPT
-from .types import ImagePart, Part, TextPart
+from ..prompt.template import SYSTEM_PROMPT
+from ..types import ImagePart, Part, TextPart
 
 
 def chat_messages(instruction: str, query: Sequence[Part], document: Sequence[Part]) -> list[dict]:
@@ -36,7 +36,8 @@ def reference_prompt(processor, instruction: str, query: Sequence[Part], documen
 
 
 def _images(parts: Sequence[Part]):
-    from .images import ImageLimits, decode_image
+    from ..config import ImageLimits
+    from ..prompt.images import decode_image
 
     return [decode_image(p.data, ImageLimits()) for p in parts if isinstance(p, ImagePart)]
 

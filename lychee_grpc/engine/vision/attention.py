@@ -34,8 +34,8 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 )
 from transformers.utils.generic import is_flash_attention_requested
 
-from . import vision_window_kernel
-from .device_copy import to_device
+from ..util.device_copy import to_device
+from . import window_kernel as vision_window_kernel
 
 try:  # torch >= 2.10
     from torch.nn.attention.varlen import varlen_attn

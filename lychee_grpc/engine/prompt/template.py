@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .types import ImagePart, Part, TextPart
+from ..types import ImagePart, Part, TextPart
 
 SYSTEM_PROMPT = (
     'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '

@@ -100,7 +100,7 @@ class FusedOps:
         """Routes the vision blocks' norms, SiLU*up and rotary through the fused kernels."""
         if not self.enabled:
             return False
-        from . import vision_attention
+        from ..vision import attention as vision_attention
 
         vision_attention.set_rotary(self.vision_qk_rope)
         for block in visual.blocks:

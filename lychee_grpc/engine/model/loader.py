@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .config import EngineConfig
-from .errors import ModelLoadError
+from ..config import EngineConfig
+from ..errors import ModelLoadError
+from ..vision.attention import install_packed_vision_attention
+from ..vision.mlp import align_vision_mlp
 from .tiny_model import RANDOM_WEIGHTS_FLAG
-from .vision_attention import install_packed_vision_attention
-from .vision_mlp import align_vision_mlp
 
 log = logging.getLogger(__name__)
 
