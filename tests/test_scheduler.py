@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lychee_grpc.engine.errors import InvalidInput, Overloaded, TooLarge
-from lychee_grpc.engine.scheduler import Job
+from lychee_grpc.engine.job import Job
 from lychee_grpc.engine.types import Document, ImagePart
 
 from .helpers import noise_image, text_docs, text_query
@@ -32,16 +32,17 @@ async def test_jobs_and_prefixes_are_released_over_thousands_of_requests(make_en
     await asyncio.sleep(0.2)  # the worker finishes handing back its last batch
     gc.collect()
     assert len(alive) == 0, f"{len(alive)} jobs still referenced"
-    assert engine.scheduler.queued == 0
-    assert engine.scheduler.documents_scored == 2000 * 2
+    stats = engine.stats()
+    assert stats.queue_documents == 0 and stats.queue_tokens == 0
+    assert stats.documents_scored == 2000 * 2
 
 
 async def test_vision_cache_stays_within_its_byte_bound(make_engine):
     engine = await make_engine(vision_cache_bytes=4096)
     for seed in range(12):
         await engine.rerank(text_query("q"), [Document("i", (ImagePart(noise_image(56, 56, seed=seed)),))])
-    cache = engine.executor.vision_cache
-    assert 0 < cache.bytes <= 4096
+    stats = engine.stats()
+    assert 0 < stats.image_cache_bytes <= stats.image_cache_capacity_bytes == 4096
 
 
 async def test_out_of_memory_splits_the_batch_and_every_document_is_scored(make_engine):
@@ -56,7 +57,7 @@ async def test_out_of_memory_splits_the_batch_and_every_document_is_scored(make_
 
     engine.executor.run = small_batches_only
     got = await engine.rerank(text_query("denim"), text_docs(*[f"title {i}" for i in range(12)]))
-    assert engine.scheduler.oom_splits > 0
+    assert engine.stats().oom_splits > 0
     assert [s.score for s in got.scores] == pytest.approx([s.score for s in expected.scores], abs=1e-6)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import math
 
 import pytest
@@ -12,7 +11,8 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionA
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_window_index
 
 from lychee_grpc.engine.vision import attention as vision_attention
-from lychee_grpc.engine.vision.attention import install_packed_vision_attention, packed_vision_attention_forward
+from lychee_grpc.engine.vision.attention import Plan, VisionAttention
+from lychee_grpc.engine.vision.tower import VisionTower
 
 # Grids in patch units (t, h, w); h and w even. Their windows (112 px = 8 patches) come in several lengths.
 GRIDS = [(1, 16, 16), (1, 10, 22), (1, 32, 32), (1, 6, 8)]
@@ -82,8 +82,15 @@ def layer_cu_seqlens(visual, grid: torch.Tensor) -> list[torch.Tensor]:
 
 
 def tower(model, pixels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """transformers' own tower: SDPA once per chunk."""
     with torch.inference_mode():
         return model.model.visual(pixels, grid_thw=grid).pooler_output
+
+
+def packed_tower(model, pixels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """The engine's tower: one attention call (or one per distinct chunk length) per layer."""
+    with torch.inference_mode():
+        return VisionTower(model.model.visual)(pixels, [tuple(g) for g in grid.tolist()])
 
 
 def test_inputs_have_windows_of_unequal_length(inputs):
@@ -100,10 +107,8 @@ def test_packed_tower_matches_per_window_loop_float32(inputs):
     expected = tower(model, pixels, grid)
     expected_other = tower(model, other, grid)
 
-    description = install_packed_vision_attention(model)
-    assert "sdpa" in description
-    got = tower(model, pixels, grid)
-    got_other = tower(model, other, grid)
+    got = packed_tower(model, pixels, grid)
+    got_other = packed_tower(model, other, grid)
 
     assert got.shape == expected.shape == (int(grid.prod(dim=1).sum()) // 4, 64)
     # The output carries the input: not constant, and other pixels give a clearly different one.
@@ -117,24 +122,21 @@ def test_packed_tower_matches_per_window_loop_bfloat16(inputs):
     pixels, _, grid = inputs
     model = make_model().to(torch.bfloat16)
     expected = tower(model, pixels.bfloat16(), grid).float()
-    install_packed_vision_attention(model)
-    got = tower(model, pixels.bfloat16(), grid).float()
+    got = packed_tower(model, pixels.bfloat16(), grid).float()
     assert got.dtype == expected.dtype and got.shape == expected.shape
     scale = expected.abs().max()
     assert (got - expected).abs().max() <= 0.03 * scale
 
 
-def test_every_vision_attention_is_patched_and_flash_is_left_alone():
+def test_flash_attention_config_keeps_transformers_own_attention(monkeypatch):
     model = make_model()
-    install_packed_vision_attention(model)
-    attentions = [m for m in model.model.visual.modules() if isinstance(m, Qwen2_5_VLVisionAttention)]
-    assert len(attentions) == 4
-    assert all(m.forward.__func__ is packed_vision_attention_forward for m in attentions)
-
-    flash = make_model()
-    flash.model.visual.config._attn_implementation = "flash_attention_2"
-    assert "not patched" in install_packed_vision_attention(flash)
-    assert all("forward" not in vars(m) for m in flash.model.visual.modules())
+    model.model.visual.config._attn_implementation = "flash_attention_2"
+    attention = model.model.visual.blocks[0].attn
+    seen = []
+    monkeypatch.setattr(Qwen2_5_VLVisionAttention, "forward", lambda self, *args, **kwargs: seen.append(self) or 0)
+    cu_seqlens = torch.tensor([0, 4], dtype=torch.int32)
+    VisionAttention()(attention, torch.randn(4, 64), Plan(cu_seqlens), torch.ones(4, 16), torch.zeros(4, 16))
+    assert seen == [attention]
 
 
 def count_sdpa_calls(monkeypatch) -> list[tuple[int, ...]]:
@@ -158,9 +160,8 @@ def test_one_sdpa_call_per_distinct_chunk_length(inputs, monkeypatch):
     tower(model, pixels, grid)
     assert len(calls) == sum(len(lengths) for lengths in per_layer)  # transformers: once per chunk
 
-    install_packed_vision_attention(model)
     calls.clear()
-    tower(model, pixels, grid)
+    packed_tower(model, pixels, grid)
     assert len(calls) == sum(len(set(lengths)) for lengths in per_layer)
     assert len(calls) < sum(len(lengths) for lengths in per_layer) / 3
     # Each call is a [chunks, heads, length, head_dim] batch of all the chunks of one length.
@@ -184,32 +185,26 @@ def test_single_attention_call_on_ragged_chunks(monkeypatch):
     with torch.inference_mode():
         expected = attention(hidden, cu_seqlens=cu_seqlens, position_embeddings=position_embeddings)
         calls = count_sdpa_calls(monkeypatch)
-        got = packed_vision_attention_forward(attention, hidden, cu_seqlens, position_embeddings=position_embeddings)
+        got = VisionAttention()(attention, hidden, Plan(cu_seqlens), *position_embeddings)
     assert len(calls) == len(set(lengths))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     # Attention stays within a chunk: changing the last chunk leaves the others untouched.
     changed = hidden.clone()
     changed[-1] += 1.0
     with torch.inference_mode():
-        moved = packed_vision_attention_forward(attention, changed, cu_seqlens, position_embeddings=position_embeddings)
+        moved = VisionAttention()(attention, changed, Plan(cu_seqlens), *position_embeddings)
     torch.testing.assert_close(moved[:-1], got[:-1])
     assert (moved[-1] - got[-1]).abs().max() > 1e-3
 
 
-def test_plan_is_cached_per_cu_seqlens_object_and_dropped_with_it():
+def test_plan_groups_chunks_by_length():
     cu_seqlens = torch.tensor([0, 4, 8, 11, 15], dtype=torch.int32)
-    plan = vision_attention._plan_for(cu_seqlens, cu_seqlens.device)
-    assert vision_attention._plan_for(cu_seqlens, cu_seqlens.device) is plan
+    plan = Plan(cu_seqlens)
     assert sorted((length, count) for length, count, _ in plan.groups()) == [(3, 1), (4, 3)]
     equal = torch.tensor([0, 4, 8, 12], dtype=torch.int32)
-    assert [
-        (length, count, index) for length, count, index in vision_attention._plan_for(equal, equal.device).groups()
-    ] == [(4, 3, None)]
-    key = id(cu_seqlens)
-    assert key in vision_attention._plans
-    del cu_seqlens
-    gc.collect()
-    assert key not in vision_attention._plans
+    assert [(length, count, index) for length, count, index in Plan(equal, [0, 4, 8, 12]).groups()] == [(4, 3, None)]
+    with pytest.raises(ValueError, match="non-decreasing"):
+        Plan(torch.tensor([0, 4, 2], dtype=torch.int32))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen_attn needs CUDA")
@@ -219,7 +214,6 @@ def test_cuda_matches_per_window_loop(inputs, dtype, monkeypatch):
     model = make_model().to("cuda", dtype)
     pixels, grid = pixels.to("cuda", dtype), grid.to("cuda")
     expected = tower(model, pixels, grid).float()
-    install_packed_vision_attention(model)
     varlen_calls = []
     real = vision_attention.varlen_attn
 
@@ -228,7 +222,8 @@ def test_cuda_matches_per_window_loop(inputs, dtype, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(vision_attention, "varlen_attn", counting)
-    got = tower(model, pixels, grid).float()
+    with torch.inference_mode():
+        got = VisionTower(model.model.visual, window_kernel=False)(pixels, [tuple(g) for g in grid.tolist()]).float()
     if dtype == torch.bfloat16:
         assert len(varlen_calls) == 4  # one per layer
         torch.testing.assert_close(got, expected, atol=0.03 * expected.abs().max().item(), rtol=0)

@@ -71,8 +71,7 @@ def test_window_kernel_equals_rotary_then_attention_per_window():
 TOWER_WITH_AND_WITHOUT_KERNEL = """
     import json, math, torch, transformers
     from transformers.vision_utils import get_vision_cu_seqlens, get_vision_window_index
-    from lychee_grpc.engine.vision import attention as vision_attention, window_kernel as vision_window_kernel
-    from lychee_grpc.engine.vision.attention import install_packed_vision_attention
+    from lychee_grpc.engine.vision import window_kernel as vision_window_kernel
     from lychee_grpc.engine.vision.tower import VisionTower
 
     config = transformers.Qwen2_5_VLConfig(
@@ -90,7 +89,6 @@ TOWER_WITH_AND_WITHOUT_KERNEL = """
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv3d)):
                 module.weight.normal_(0.0, 1.0 / math.sqrt(module.weight[0].numel()))
     visual = model.model.visual
-    install_packed_vision_attention(model)
     calls = []
     real = vision_window_kernel.window_attention_rope
     def counted(*args):
@@ -100,12 +98,10 @@ TOWER_WITH_AND_WITHOUT_KERNEL = """
     vision_window_kernel.supported = lambda qkv, heads, max_len: max_len <= vision_window_kernel.MAX_WINDOW
     grids = [(1, 16, 16), (1, 10, 22), (1, 6, 8)]  # windows of 64, 48, 32, 24 and 16 patches
     pixels = torch.randn(sum(t * h * w for t, h, w in grids), 3 * 2 * 14 * 14)
-    tower = VisionTower(visual)
     with torch.inference_mode():
-        fused = tower(pixels, grids)
+        fused = VisionTower(visual, window_kernel=True)(pixels, grids)
         kernel_calls = list(calls)
-        vision_attention.window_kernel_enabled = False
-        plain = tower(pixels, grids)
+        plain = VisionTower(visual, window_kernel=False)(pixels, grids)
         hf = visual(pixels, grid_thw=torch.tensor(grids))  # transformers' tower, SDPA windows
         hf = getattr(hf, "pooler_output", hf)
     print(json.dumps({"kernel_calls": len(kernel_calls), "windows": kernel_calls,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..prompt.prepare import EncodedImage, Segment
+from ..stats import NullObserver, StatsObserver
 from ..util.device_copy import PinnedStaging
 from ..vision.cache import VisionCache
 from ..vision.tower import VisionTower
@@ -93,6 +94,8 @@ class Executor:
     def __init__(
         self, model, yes_id: int, no_id: int, vision_cache_bytes: int,
         fill_pixels: Callable[[list[EncodedImage]], None],
+        observer: StatsObserver | None = None,
+        window_kernel: bool = True,
     ):
         self.model = model
         self.lm = model.model.language_model
@@ -114,8 +117,8 @@ class Executor:
         self.fill_pixels = fill_pixels
         self._probe_varlen()
         self.ops = FusedOps(self.device)
-        self.ops.install_vision(self.visual)
-        self.tower = VisionTower(self.visual)
+        self.tower = VisionTower(self.visual, self.ops, window_kernel=window_kernel)
+        self.observer: StatsObserver = observer if observer is not None else NullObserver()
         self.eps = text_cfg.rms_norm_eps
         if text_cfg.hidden_act != "silu":
             raise ValueError(f"unsupported activation {text_cfg.hidden_act!r} (Qwen2.5-VL uses silu)")
@@ -126,6 +129,7 @@ class Executor:
         """Vision-tower outputs for `images`, in order, from the cache where possible."""
         found: dict[bytes, torch.Tensor] = {}
         todo: dict[bytes, EncodedImage] = {}
+        hits = 0
         for im in images:
             if im.key in found or im.key in todo:
                 continue
@@ -135,8 +139,11 @@ class Executor:
             hit = self.vision_cache.get(im.key)
             if hit is not None:
                 found[im.key] = hit
+                hits += 1
             else:
                 todo[im.key] = im
+        if hits or todo:
+            self.observer.image_cache(hits, len(todo))
         if todo:
             pending = list(todo.values())
             # Pixels are computed here, for this batch's images only, from the decoded pictures.

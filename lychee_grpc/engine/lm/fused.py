@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import types
 from collections.abc import Callable
 
 import torch
@@ -66,7 +65,7 @@ class Kernel:
 
     Only the token dimension (dim 0 of every tensor of 2+ dims) is compiled as dynamic: with
     hidden sizes and head counts as constants the kernels index and reduce with fixed sizes,
-    which on an H100/H200 made them 1.7-2.4x faster than `dynamic=True` (bench/kernels.py).
+    which on an H100/H200 made them 1.7-2.4x faster than `dynamic=True` (RESULTS.md, "Elementwise kernels").
     """
 
     def __init__(self, fn: Callable, compiled: bool):
@@ -87,36 +86,16 @@ class Kernel:
 
 
 class FusedOps:
-    def __init__(self, device: torch.device):
-        enabled = device.type == "cuda" and os.environ.get("LYCHEE_COMPILE", "1") != "0"
+    """The elementwise pieces of the LM and vision layers, compiled on CUDA unless `compile` is
+    False (default: LYCHEE_COMPILE, on unless 0), eager otherwise."""
+
+    def __init__(self, device: torch.device, compile: bool | None = None):
+        if compile is None:
+            compile = os.environ.get("LYCHEE_COMPILE", "1") != "0"
+        enabled = device.type == "cuda" and compile
         self.enabled = enabled
         self.rms_norm = Kernel(rms_norm, enabled)
         self.add_rms_norm = Kernel(add_rms_norm, enabled)
         self.rope = Kernel(rope, enabled)
         self.silu_mul = Kernel(silu_mul, enabled)
         self.vision_qk_rope = Kernel(vision_qk_rope, enabled)
-
-    def install_vision(self, visual) -> bool:
-        """Routes the vision blocks' norms, SiLU*up and rotary through the fused kernels."""
-        if not self.enabled:
-            return False
-        from ..vision import attention as vision_attention
-
-        vision_attention.set_rotary(self.vision_qk_rope)
-        for block in visual.blocks:
-            block.forward = types.MethodType(_fused_vision_block_forward(self), block)
-        return True
-
-
-def _fused_vision_block_forward(ops: FusedOps):
-    # Qwen2_5_VLVisionBlock.forward with the elementwise work fused.
-    def forward(self, hidden_states, cu_seqlens, position_embeddings=None, **kwargs):
-        h = ops.rms_norm(hidden_states, self.norm1.weight, self.norm1.variance_epsilon)
-        hidden_states = hidden_states + self.attn(
-            h, cu_seqlens=cu_seqlens, position_embeddings=position_embeddings, **kwargs
-        )
-        h = ops.rms_norm(hidden_states, self.norm2.weight, self.norm2.variance_epsilon)
-        mlp = self.mlp
-        return hidden_states + mlp.down_proj(ops.silu_mul(mlp.gate_proj(h), mlp.up_proj(h)))
-
-    return forward

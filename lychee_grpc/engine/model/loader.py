@@ -17,8 +17,7 @@ import torch
 
 from ..config import EngineConfig
 from ..errors import ModelLoadError
-from ..vision.attention import install_packed_vision_attention
-from ..vision.mlp import align_vision_mlp
+from .patch import prepare_model
 from .tiny_model import RANDOM_WEIGHTS_FLAG
 
 log = logging.getLogger(__name__)
@@ -144,11 +143,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
         raise ModelLoadError(
             f"ran out of GPU memory moving {config.model!r} to {device}; use a GPU with at least 24 GB"
         ) from None
-    model.eval()
-    # One packed attention call per vision layer instead of one call per window.
-    log.info("vision attention: %s", install_packed_vision_attention(model))
-    if width := align_vision_mlp(model.model.visual):
-        log.info("vision MLP zero-padded to width %d for aligned GEMMs", width)
+    prepare_model(model)
     tokenizer = processor.tokenizer
     return LoadedModel(
         model=model,

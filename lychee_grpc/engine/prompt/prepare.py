@@ -8,9 +8,7 @@ scores always equal the plain single-pair computation.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 from ..config import ImageLimits, TextLimits
 from ..errors import FieldViolation, InvalidInput
 from ..types import Document, ImagePart, Part, Query, TextPart
+from ..util.lru import LRU
 from . import template
 from .images import ImageRejected, content_key, decode_pixels, jpeg_decoder_agrees
 from .positions import mrope_positions
@@ -109,29 +108,6 @@ def _clean_boundary(query: Query) -> bool:
     return isinstance(last, TextPart) and bool(last.text) and last.text[-1].isalnum()
 
 
-class _GridCache:
-    """Content key -> grid for images already seen, so a cached image skips decoding."""
-
-    def __init__(self, capacity: int = 65536):
-        self._items: OrderedDict[bytes, tuple[int, int, int]] = OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes) -> tuple[int, int, int] | None:
-        with self._lock:
-            grid = self._items.get(key)
-            if grid is not None:
-                self._items.move_to_end(key)
-            return grid
-
-    def put(self, key: bytes, grid: tuple[int, int, int]) -> None:
-        with self._lock:
-            self._items[key] = grid
-            self._items.move_to_end(key)
-            while len(self._items) > self._capacity:
-                self._items.popitem(last=False)
-
-
 class Preprocessor:
     """Owns the tokenizer and image processor; safe to call from several threads."""
 
@@ -162,7 +138,8 @@ class Preprocessor:
         self._pin = image_device is not None and torch.device(image_device).type == "cuda"
         self._fast_jpeg = jpeg_decoder_agrees()
         self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="lychee-decode")
-        self._grids = _GridCache()
+        # Content key -> grid for images already seen, so a cached image skips decoding.
+        self._grids: LRU[bytes, tuple[int, int, int]] = LRU(max_items=65536)
         self._overheads: dict[str, int] = {}
         self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
 

@@ -1,50 +1,27 @@
 """Content-hash LRU of vision-tower outputs, bounded in bytes (a product image recurs across
-queries; its tower output does not change)."""
+queries; its tower output does not change). Hits and misses are counted by the caller, through
+the engine's stats observer."""
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 import torch
 
+from ..util.lru import LRU
 
-class VisionCache:
+
+def _nbytes(value: torch.Tensor) -> int:
+    return value.numel() * value.element_size()
+
+
+class VisionCache(LRU[bytes, torch.Tensor]):
     def __init__(self, capacity_bytes: int):
-        self.capacity_bytes = capacity_bytes
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self._items: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
+        super().__init__(max_size=capacity_bytes, size_of=_nbytes)
 
-    def __contains__(self, key: bytes) -> bool:
-        with self._lock:
-            return key in self._items
+    @property
+    def capacity_bytes(self) -> int:
+        assert self.max_size is not None
+        return self.max_size
 
-    def get(self, key: bytes) -> torch.Tensor | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self.hits += 1
-            self._items.move_to_end(key)
-            return value
-
-    def put(self, key: bytes, value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
-        if size > self.capacity_bytes:
-            return
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.bytes -= old.numel() * old.element_size()
-            self._items[key] = value
-            self.bytes += size
-            while self.bytes > self.capacity_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self.bytes -= evicted.numel() * evicted.element_size()
-
-    def __len__(self) -> int:
-        return len(self._items)
+    @property
+    def bytes(self) -> int:
+        return self.size

@@ -9,13 +9,13 @@ the Conv3d (stride = kernel, so a plain GEMM) took 12 ms. Here:
   window permutation, window lengths and rotary cos/sin already in window order;
 - a batch's layout is those pieces concatenated with offsets (one device copy each);
 - the patch embedding is the Conv3d's weight used as a [out, in] matrix, the same sums;
-- the blocks and the merger are the model's own modules (with whatever forward is installed).
+- each block runs here, explicitly, with the block's own weights: its norms, SiLU*up and rotary
+  through `FusedOps` (compiled on CUDA), its attention through `VisionAttention`; only the
+  merger is called as the model's module. Nothing in the HF model is replaced.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
+from ..lm.fused import FusedOps
 from ..util.device_copy import to_device
-from .attention import register_plan
+from ..util.lru import LRU
+from .attention import Plan, VisionAttention
 
 Grid = tuple[int, int, int]
 
@@ -41,8 +43,16 @@ class _ImageLayout:
 
 
 class VisionTower:
-    def __init__(self, visual, max_layouts: int = 256):
+    """`ops`: the elementwise kernels (eager on the CPU when None); `window_kernel`: the fused
+    Triton window attention where it applies (CUDA, half precision)."""
+
+    def __init__(self, visual, ops: FusedOps | None = None, window_kernel: bool = True, max_layouts: int = 256):
         self.visual = visual
+        self.ops = ops if ops is not None else FusedOps(torch.device("cpu"))
+        self.attention = VisionAttention(window_kernel=window_kernel, qk_rope=self.ops.vision_qk_rope)
+        act = getattr(visual.config, "hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"unsupported vision activation {act!r} (Qwen2.5-VL uses silu)")
         self.merge = visual.spatial_merge_size
         self.unit = self.merge**2
         self.blocks = visual.blocks
@@ -54,16 +64,12 @@ class VisionTower:
         )
         # [out, in * t * p * p]: a view, in the (C, T, P, P) order the patches are flattened in.
         self.patch_weight = proj.weight.view(proj.out_channels, -1) if plain else None
-        self._layouts: OrderedDict[Grid, _ImageLayout] = OrderedDict()
-        self._max_layouts = max_layouts
-        self._lock = threading.Lock()
+        self._layouts: LRU[Grid, _ImageLayout] = LRU(max_items=max_layouts)
 
     def _layout(self, grid: Grid) -> _ImageLayout:
-        with self._lock:
-            found = self._layouts.get(grid)
-            if found is not None:
-                self._layouts.move_to_end(grid)
-                return found
+        found = self._layouts.get(grid)
+        if found is not None:
+            return found
         visual = self.visual
         device = visual.patch_embed.proj.weight.device
         grid_t = torch.tensor([grid])
@@ -83,10 +89,7 @@ class VisionTower:
             cos=self._window_order(cos, order),
             sin=self._window_order(sin, order),
         )
-        with self._lock:
-            self._layouts[grid] = layout
-            while len(self._layouts) > self._max_layouts:
-                self._layouts.popitem(last=False)
+        self._layouts.put(grid, layout)
         return layout
 
     def _window_order(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -110,8 +113,8 @@ class VisionTower:
         cu_full = to_device(torch.tensor(full_bounds, dtype=torch.int32), device)
         cu_windows = to_device(torch.tensor(window_bounds, dtype=torch.int32), device)
         # The attention's plans from these host-side bounds: reading them back would wait for the GPU.
-        register_plan(cu_full, full_bounds)
-        register_plan(cu_windows, window_bounds)
+        plan_full = Plan(cu_full, full_bounds)
+        plan_windows = Plan(cu_windows, window_bounds)
         cos = torch.cat([lay.cos for lay in layouts])
         sin = torch.cat([lay.sin for lay in layouts])
 
@@ -122,11 +125,14 @@ class VisionTower:
         n = x.shape[0]
         x = x.view(n // self.unit, self.unit, -1)[to_device(torch.from_numpy(window_index), device)].view(n, -1)
         for i, block in enumerate(self.blocks):
-            full = i in self.full_blocks
-            x = block(
-                x,
-                cu_seqlens=cu_full if full else cu_windows,
-                max_seqlen=max(frames) if full else max(windows),
-                position_embeddings=(cos, sin),
-            )
+            x = self._block(block, x, plan_full if i in self.full_blocks else plan_windows, cos, sin)
         return visual.merger(x)[to_device(torch.from_numpy(reverse), device)]
+
+    def _block(self, block, x: torch.Tensor, plan: Plan, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """`Qwen2_5_VLVisionBlock.forward` with the block's weights: the same arithmetic, fused."""
+        ops = self.ops
+        h = ops.rms_norm(x, block.norm1.weight, block.norm1.variance_epsilon)
+        x = x + self.attention(block.attn, h, plan, cos, sin)
+        h = ops.rms_norm(x, block.norm2.weight, block.norm2.variance_epsilon)
+        mlp = block.mlp
+        return x + mlp.down_proj(ops.silu_mul(mlp.gate_proj(h), mlp.up_proj(h)))
