@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lychee_grpc.engine.config import EngineConfig, ImageLimits, TextLimits
+from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.model.loader import LoadedModel, load_model
+
+from .helpers import engine_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,18 +29,6 @@ def tiny_model_dir() -> str:
 @pytest.fixture(scope="session")
 def loaded(tiny_model_dir) -> LoadedModel:
     return load_model(EngineConfig(model=tiny_model_dir))
-
-
-def engine_config(model: str, **overrides) -> EngineConfig:
-    base = dict(
-        model=model,
-        max_documents_per_request=150,
-        text_limits=TextLimits(max_tokens_per_document=512, max_query_tokens=512, max_instruction_tokens=64),
-        image_limits=ImageLimits(max_bytes=2 * 1024 * 1024, max_pixels=4_000_000),
-        warmup=False,
-    )
-    base.update(overrides)
-    return EngineConfig(**base)
 
 
 @pytest.fixture

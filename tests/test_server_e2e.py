@@ -24,8 +24,7 @@ from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.proto import lychee_pb2_grpc as pb_grpc
 from lychee_grpc.server import LycheeServer, ServerConfig
 
-from .conftest import engine_config
-from .helpers import noise_image, png_declaring
+from .helpers import engine_config, noise_image, png_declaring
 
 TITLES = ["vintage wash blue jeans coat", "organic green tea", "denim jacket women", "running shoes", "grey sofa"]
 

@@ -10,7 +10,7 @@ from PIL import Image
 from lychee_grpc.engine.config import ImageLimits
 from lychee_grpc.engine.prompt.images import ImageRejected, decode_image
 
-from .helpers import png_declaring, solid_image
+from ...helpers import png_declaring, solid_image
 
 LIMITS = ImageLimits(max_bytes=1024 * 1024, max_pixels=1_000_000)
 

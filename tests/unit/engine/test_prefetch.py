@@ -10,7 +10,7 @@ import pytest
 from lychee_grpc.engine.types import Document, ImagePart, TextPart
 from lychee_grpc.engine.vision.cache import VisionCache
 
-from .helpers import noise_image, text_query
+from ...helpers import noise_image, text_query
 
 
 def image_docs(n: int) -> list[Document]:

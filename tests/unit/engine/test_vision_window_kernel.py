@@ -20,7 +20,7 @@ import torch
 
 from lychee_grpc.engine.vision import window_kernel as vision_window_kernel
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.skipif(vision_window_kernel.triton is None, reason="triton is not installed")
 

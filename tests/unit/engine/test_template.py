@@ -8,7 +8,7 @@ from lychee_grpc.engine.model.reference import reference_prompt
 from lychee_grpc.engine.prompt import template
 from lychee_grpc.engine.types import ImagePart, TextPart
 
-from .helpers import pair_cases
+from ...helpers import pair_cases
 
 EXPECTED_TEXT_PROMPT = (
     "<|im_start|>system\n"

@@ -12,7 +12,7 @@ import torch
 from lychee_grpc.engine.model.reference import reference_logits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION, ECOMMERCE_INSTRUCTION
 
-from .helpers import pair_cases, text_docs, text_query
+from ..helpers import pair_cases, text_docs, text_query
 
 TOL = 1e-4
 

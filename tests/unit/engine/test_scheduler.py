@@ -13,7 +13,7 @@ from lychee_grpc.engine.errors import InvalidInput, Overloaded, TooLarge
 from lychee_grpc.engine.job import Job
 from lychee_grpc.engine.types import Document, ImagePart
 
-from .helpers import noise_image, text_docs, text_query
+from ...helpers import noise_image, text_docs, text_query
 
 
 async def test_jobs_and_prefixes_are_released_over_thousands_of_requests(make_engine, monkeypatch):

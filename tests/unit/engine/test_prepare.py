@@ -12,7 +12,7 @@ from lychee_grpc.engine.prompt.prepare import _clean_boundary
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
 
-from .helpers import noise_image
+from ...helpers import noise_image
 
 ALPHABET = "abcxyz XYZ019 \n\t.,:;!?'\"-_/()<>[]{}é漢字ー😀"
 
