@@ -189,8 +189,8 @@ class Engine:
         started = time.perf_counter()
         with scheduler.expecting_documents():
             # One call per request (images are decoded on the preprocessor's own threads);
-            # splitting a request to overlap it with the GPU measured no gain (RESULTS.md,
-            # "Splitting a request's preparation").
+            # splitting a request to overlap it with the GPU measured no gain (bench/RESULTS.md,
+            # "Where the time goes now, and what is next").
             prepared = await asyncio.get_running_loop().run_in_executor(
                 self._cpu, self.preprocessor.prepare_documents, job.query, indexed, self._prefetch(job)
             )

@@ -65,7 +65,7 @@ class Kernel:
 
     Only the token dimension (dim 0 of every tensor of 2+ dims) is compiled as dynamic: with
     hidden sizes and head counts as constants the kernels index and reduce with fixed sizes,
-    which on an H100/H200 made them 1.7-2.4x faster than `dynamic=True` (RESULTS.md, "Elementwise kernels").
+    which on an H100/H200 made them 1.7-2.4x faster than `dynamic=True` (bench/RESULTS.md, "Elementwise kernels").
     """
 
     def __init__(self, fn: Callable, compiled: bool):

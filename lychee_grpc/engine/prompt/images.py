@@ -13,8 +13,8 @@ libraries at start-up, and everything else goes through PIL.
 
 On that path the JPEG's header is read by `_jpeg_header` (a walk over its markers) rather than by
 PIL, whose parser runs ~100 Python-level steps per image holding the GIL: with 8 decode threads,
-the thread that launches GPU work waited 0.5-0.9 ms for each torch call (bench/pinning.py, H200),
-which delayed the vision tower of a request's first images.
+the thread that launches GPU work waited 0.5-0.9 ms for each torch call on an H200, which delayed
+the vision tower of a request's first images (bench/RESULTS.md, "Decode threads and the GIL").
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ class Preprocessor:
         """Pixels for decoded images (uint8 [3, h, w] pictures), made on the processing device by
         the image processor's own resize, rescale+normalize and patchify steps, once per group of
         same-size pictures: a few torch calls per group, where the processor's full call made ~50
-        per image (25 images: 0.8 ms of this thread's time instead of 1.6-3 ms; bench/trace.py)."""
+        per image (25 images: 0.8 ms of this thread's time instead of 1.6-3 ms; bench/RESULTS.md, "History", run 18)."""
         proc = self.image_processor
         device = torch.device(self.image_device) if self.image_device else None
         groups: dict[tuple, list[EncodedImage]] = {}
@@ -201,7 +201,8 @@ class Preprocessor:
             if device is not None:
                 # Each pinned picture copied as it lies in memory (decoders give a [3, h, w] view of
                 # [h, w, 3]): asynchronous. Copying into a device batch's [3, h, w] slots is not a plain
-                # memcpy and made this thread wait for the GPU (bench/h2d.py). The stack runs on the GPU.
+                # memcpy and made this thread wait for the GPU (bench/RESULTS.md, "Host-to-device copies
+                # of pictures"). The stack runs on the GPU.
                 batch = torch.stack([picture.to(device, non_blocking=True) for picture in pictures])
             else:
                 batch = torch.stack(pictures)

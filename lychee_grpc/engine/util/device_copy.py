@@ -20,7 +20,7 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 class PinnedStaging:
     """A batch's host tensors copied to the device in one transfer, through one pinned buffer kept
     for the process. Fresh pinned allocations of a few hundred KB measured 3-7 ms each on the
-    H100 host (bench/timeline.py); reusing one buffer avoids them. One user thread at a time."""
+    H100 host (bench/RESULTS.md, "GPU idle gaps"); reusing one buffer avoids them. One user thread at a time."""
 
     _ALIGN = 256
 

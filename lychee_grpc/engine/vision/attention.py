@@ -155,7 +155,7 @@ class VisionAttention:
             if len(groups) == 1 and groups[0][2] is None:
                 # Chunks of one length tile the sequence (windows of a standard image, whole images in the
                 # full-attention layers): a dense batch, where cuDNN's kernel beat flash varlen on an H100
-                # (RESULTS.md, "Vision attention: cuDNN dense vs flash varlen").
+                # (bench/RESULTS.md, "Vision attention: cuDNN dense vs flash varlen").
                 with sdpa_kernel(_PREFER_CUDNN, set_priority=True):
                     attn_output = _grouped_sdpa(query_states, key_states, value_states, plan, attn.scaling, dropout)
             elif varlen_attn is not None:

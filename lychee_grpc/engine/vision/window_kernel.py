@@ -32,8 +32,9 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
 
 MAX_WINDOW = 64  # rows of one program; longer chunks go to the generic path
 # 8 warps: with 4, Triton 3.6's code for this kernel read past its shared memory on an H200
-# (compute-sanitizer memcheck; wrong outputs, then an illegal address). bench/window_kernel_check.py
-# runs every window geometry under compute-sanitizer.
+# (compute-sanitizer memcheck; wrong outputs, then an illegal address: bench/RESULTS.md, "Window
+# kernel under compute-sanitizer"). `python -m bench.kernels.window_kernel_check` runs every window
+# geometry, under compute-sanitizer when wrapped in it.
 KERNEL_OPTIONS = {"num_warps": 8}
 
 if triton is not None:

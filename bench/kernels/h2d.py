@@ -1,7 +1,7 @@
 """Whether host-to-device copies of pinned pictures return at once while the GPU is busy: CPU ms
 of each way of copying 25 pinned uint8 [3, 448, 448] pictures, queued behind ~100 ms of GEMMs.
 
-    python bench/h2d.py
+    python -m bench.kernels.h2d
 """
 
 from __future__ import annotations
@@ -56,17 +56,15 @@ def main() -> None:
 def engine_path() -> None:
     """The same for the pictures the engine's decode threads make, through fill_pixels."""
     import asyncio
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.run import image_workload
+    from bench.harness.model import DEFAULT_TINY
+    from bench.harness.workloads import image_workload
     from lychee_grpc.engine.config import EngineConfig
     from lychee_grpc.engine.engine import Engine
     from lychee_grpc.engine.model.loader import load_model
 
     async def run() -> None:
-        cfg = EngineConfig(model=".cache/tiny-model", warmup=False)
+        cfg = EngineConfig(model=DEFAULT_TINY, warmup=False)
         engine = Engine(cfg, load_model(cfg))
         pre = engine.preprocessor
         query, docs = image_workload(pre.tokenizer, 7)

@@ -2,7 +2,7 @@
 (torch.profiler, top CUDA kernels), and how far bf16 scores move between the plain reference at
 batch 16 and at batch 1 (the reference's own noise) versus our fast path.
 
-    python bench/diagnose.py --tiny .cache/tiny-model
+    python -m bench.profile.diagnose --tiny .cache/tiny-model
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import asyncio
 import math
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import build_model, image_workload, text_workload
+from bench.harness.model import DEFAULT_TINY, build_model
+from bench.harness.workloads import image_workload, text_workload
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.model.reference import reference_logits
@@ -30,7 +29,7 @@ def sig(z: float) -> float:
 
 
 async def main_async(a) -> None:
-    loaded, _ = build_model(a.tiny)
+    loaded = build_model(a.tiny)
     tok = loaded.processor.tokenizer
     print("RANDOM weights, Qwen2.5-VL-7B shape")
     engine = Engine(EngineConfig(model="random-7b", warmup=False, preprocess_threads=8), loaded)
@@ -72,7 +71,7 @@ async def main_async(a) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--tiny", default=".cache/tiny-model")
+    p.add_argument("--tiny", default=DEFAULT_TINY)
     p.add_argument("--docs", type=int, default=100)
     p.add_argument("--rows", type=int, default=22)
     a = p.parse_args()

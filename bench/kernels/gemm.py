@@ -1,19 +1,17 @@
 """The model's GEMM shapes under both weight layouts, timed on the GPU (random inputs): nn.Linear's
 [out, in] weight (cuBLAS "TN") against the same weight stored [in, out] ("NN").
 
-    python bench/gemm.py
+    python -m bench.kernels.gemm
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.gpu_timing import time_ms
+from bench.harness.timing import time_ms
 
 
 def main() -> int:

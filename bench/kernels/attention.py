@@ -1,21 +1,19 @@
 """Attention kernels on the shapes of a 100-candidate rerank, timed on the GPU (random inputs):
 packed varlen flash attention vs scaled_dot_product_attention backends on padded batches.
 
-    python bench/attention.py
+    python -m bench.kernels.attention
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.varlen import varlen_attn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.gpu_timing import time_ms
+from bench.harness.timing import time_ms
 
 
 def case(name: str, seqs: int, lq: int, lk: int, heads: int, kv_heads: int, dim: int, causal: bool) -> list:

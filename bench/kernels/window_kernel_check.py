@@ -2,23 +2,19 @@
 the tower produces for a few image sizes, against transformers' rotary + per-window SDPA in
 float32. Run it under `compute-sanitizer --tool memcheck` to check its memory accesses.
 
-    python3 bench/window_kernel_check.py [num_warps=8]
-    compute-sanitizer --tool memcheck python3 bench/window_kernel_check.py
-    python3 bench/window_kernel_check.py --tower    # the whole tower in bf16 vs float32, kernel on / off
+    python -m bench.kernels.window_kernel_check [num_warps=8]
+    compute-sanitizer --tool memcheck python -m bench.kernels.window_kernel_check
+    python -m bench.kernels.window_kernel_check --tower    # the whole tower in bf16 vs float32, kernel on / off
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
-from pathlib import Path
 
 import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import itertools
 
 from lychee_grpc.engine.vision.window_kernel import KERNEL_OPTIONS, window_attention_rope
 
@@ -45,11 +41,10 @@ def check(grids: list[tuple[int, int, int]], heads: int = 16, head_dim: int = 80
 def tower_check(images: int = 25) -> None:
     """The full-size vision tower (RANDOM weights) in bf16, with and without the kernel, against
     the same tower in float32 (TF32 off), which the kernel does not take."""
-    from bench.run import build_model
-    from lychee_grpc.engine.vision import attention as vision_attention
+    from bench.harness.model import Shape, build_model
     from lychee_grpc.engine.vision.tower import VisionTower
 
-    loaded, _ = build_model(".cache/tiny-model", layers=1, vision_depth=32, dtype=torch.float32)
+    loaded = build_model(shape=Shape(layers=1), dtype=torch.float32)
     visual = loaded.model.model.visual
     grids = [(1, 32, 32)] * images
     torch.manual_seed(1)
@@ -59,11 +54,7 @@ def tower_check(images: int = 25) -> None:
     with torch.inference_mode():
         ref = VisionTower(visual)(pixels, grids).float()
         visual.to(torch.bfloat16)
-        tower = VisionTower(visual)
-        out = {}
-        for on in (False, True):
-            vision_attention.window_kernel_enabled = on
-            out[on] = tower(pixels.bfloat16(), grids).float()
+        out = {on: VisionTower(visual, window_kernel=on)(pixels.bfloat16(), grids).float() for on in (False, True)}
     for on, name in ((False, "rotary + cuDNN SDPA"), (True, "fused kernel")):
         rel = ((out[on] - ref).norm() / ref.norm()).item()
         print(f"tower, {images} 448x448 images, bf16 with {name} vs float32: relative error {rel:.3e}, "

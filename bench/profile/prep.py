@@ -2,7 +2,7 @@
 runs on (no model: the tiny checkpoint's tokenizer and image processor; images processed on the
 GPU when there is one).
 
-    python bench/prep.py
+    python -m bench.profile.prep
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoProcessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.breakdown import prepare_with_pixels
-from bench.run import image_workload
+from bench.harness.model import DEFAULT_TINY
+from bench.harness.workloads import image_workload
+from bench.profile.breakdown import prepare_with_pixels
 from lychee_grpc.engine.prompt.images import ImageLimits, content_key, decode_image, decode_pixels, jpeg_decoder_agrees
 from lychee_grpc.engine.prompt.prepare import Preprocessor, TextLimits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
@@ -39,7 +38,7 @@ def ms(fn, n: int = 5) -> float:
 
 
 def main() -> int:
-    proc = AutoProcessor.from_pretrained(".cache/tiny-model")
+    proc = AutoProcessor.from_pretrained(DEFAULT_TINY)
     device = "cuda" if torch.cuda.is_available() else None
     query, docs = image_workload(proc.tokenizer, 2)
     datas = [d.parts[0].data for d in docs]
@@ -80,7 +79,7 @@ def main() -> int:
         rows.append((f"prepare_documents + pixels 100 ({threads})",
                      ms(lambda pre=pre, pq=pq: prepare_with_pixels(pre, pq, docs))))
     # Text: T100's tokenization (the CPU before its GPU work).
-    from bench.run import text_workload
+    from bench.harness.workloads import text_workload
 
     tq, tdocs = text_workload(proc.tokenizer, 1)
     texts = [d.parts[0].text for d in tdocs]

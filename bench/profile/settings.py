@@ -1,7 +1,7 @@
 """T100 and I100 p50 under the engine's CPU-side settings (torch threads, GIL switch interval),
 all in one process on one GPU (RANDOM weights, 7B shape).
 
-    python bench/settings.py
+    python -m bench.profile.settings
 """
 
 from __future__ import annotations
@@ -9,18 +9,18 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import build_model, image_workload, text_workload, time_engine
+from bench.harness.model import build_model
+from bench.harness.timing import time_engine
+from bench.harness.workloads import image_workload, text_workload
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 
 
 async def main_async() -> None:
-    loaded, _ = build_model(".cache/tiny-model")
+    loaded = build_model()
     tok = loaded.processor.tokenizer
     texts = [text_workload(tok, s) for s in range(4)]
     images = [image_workload(tok, 200 + s) for s in range(8)]

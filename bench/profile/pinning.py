@@ -6,10 +6,10 @@ three ways, while the main thread launches tiny GPU ops and times each launch:
 - `pin_memory()` per picture (the caching host allocator; what the engine does);
 - a copy into a slot of one page-locked arena allocated once;
 - no page-locked copy at all.
-Each either reads the JPEG header with PIL (`decode_pixels_pil_header`, the engine before
-2026-11-28) or with `images._jpeg_header` (now).
+(The same with PIL reading the JPEG header, the engine before 2026-11-28, is in RESULTS.md,
+"Decode threads and the GIL", with its commit.)
 
-    python3 bench/pinning.py [torch threads]
+    python -m bench.profile.pinning [torch threads]
 """
 
 from __future__ import annotations
@@ -19,33 +19,22 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import numpy as np
 import torch
-from torchvision.io import ImageReadMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.run import image_workload
-from lychee_grpc.engine.prompt.images import ImageLimits, _load, _open, decode_jpeg, decode_pixels
-
-
-def decode_pixels_pil_header(data: bytes, limits: ImageLimits, fast_jpeg: bool = False) -> torch.Tensor:
-    """The engine's decode_pixels before 2026-11-28: PIL reads the header, torchvision decodes."""
-    img = _open(data, limits)
-    if fast_jpeg and img.format == "JPEG" and img.mode in ("RGB", "L") and img.getexif().get(0x0112, 1) == 1:
-        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    return torch.from_numpy(np.array(_load(img))).permute(2, 0, 1)
+from bench.harness.model import DEFAULT_TINY
+from bench.harness.workloads import image_workload
+from lychee_grpc.engine.config import ImageLimits
+from lychee_grpc.engine.prompt.images import decode_pixels
 
 
-def run(datas: list[bytes], mode: str, arena: torch.Tensor, decode=decode_pixels) -> dict:
+def run(datas: list[bytes], mode: str, arena: torch.Tensor) -> dict:
     limits = ImageLimits()
     per_call: list[float] = []
     lock = threading.Lock()
 
     def work(i: int, data: bytes) -> None:
-        picture = decode(data, limits, fast_jpeg=True)
+        picture = decode_pixels(data, limits, fast_jpeg=True)
         t = time.perf_counter()
         if mode == "pin_memory":
             picture = picture.pin_memory()
@@ -84,19 +73,18 @@ def main() -> int:
     if len(sys.argv) > 1:
         torch.set_num_threads(int(sys.argv[1]))
 
-    tok = AutoProcessor.from_pretrained(".cache/tiny-model").tokenizer
+    tok = AutoProcessor.from_pretrained(DEFAULT_TINY).tokenizer
     datas = [d.parts[0].data for d in image_workload(tok, 7)[1]]
     arena = torch.empty(len(datas) * 3 * 448 * 448, dtype=torch.uint8, pin_memory=True)
     print(f"torch threads {torch.get_num_threads()}; 100 448x448 JPEGs on 8 threads; ms")
     print("| mode | wall | per call p50 | max | total | GPU launches | launch p50 | p99 | max |")
     print("|---|---|---|---|---|---|---|---|---|")
     for _ in range(3):
-        for header, decode in (("PIL header", decode_pixels_pil_header), ("_jpeg_header", decode_pixels)):
-            for mode in ("none", "pin_memory", "arena slot"):
-                r = run(datas, mode, arena, decode)
-                print(f"| {header}, {r['mode']} | {r['wall']:.1f} | {r['call_p50']:.3f} | {r['call_max']:.2f} | "
-                      f"{r['call_total']:.1f} | {r['launches']} | {r['launch_p50']:.3f} | "
-                      f"{r['launch_p99']:.3f} | {r['launch_max']:.2f} |", flush=True)
+        for mode in ("none", "pin_memory", "arena slot"):
+            r = run(datas, mode, arena)
+            print(f"| {r['mode']} | {r['wall']:.1f} | {r['call_p50']:.3f} | {r['call_max']:.2f} | "
+                  f"{r['call_total']:.1f} | {r['launches']} | {r['launch_p50']:.3f} | "
+                  f"{r['launch_p99']:.3f} | {r['launch_max']:.2f} |", flush=True)
     return 0
 
 

@@ -2,19 +2,17 @@
 no model weights involved). Which compile settings make the fused kernels run near memory
 bandwidth? Prints one table; bytes/time is the achieved bandwidth.
 
-    python bench/kernels.py
+    python -m bench.kernels.elementwise
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.gpu_timing import time_ms
+from bench.harness.timing import time_ms
 from lychee_grpc.engine.lm import fused
 
 

@@ -3,7 +3,7 @@ GEMM's epilogue), against a separate add kernel, at the model's shapes (random i
 the bf16 matmul rate holds up over a sustained stretch of GEMMs, as inside a 250 ms forward,
 against the short burst the benchmark's floor uses.
 
-    python bench/residual.py
+    python -m bench.kernels.residual
 
 (The vision tower A/B of folded vs separate residual adds, `--tower`, is in commit 46a9890; the
 folding measured no faster there and was not kept.)
@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.gpu_timing import time_ms
+from bench.harness.timing import time_ms
 from lychee_grpc.engine.lm.fused import FusedOps
 
 

@@ -3,7 +3,7 @@ through `Engine.rerank` under the profiler; prints the wall time, the GPU's busy
 before its first kernel and after its last, and the longest idle gaps with the CPU work running
 in them.
 
-    python bench/timeline.py
+    python -m bench.profile.timeline
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import asyncio
 import gc
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import build_model, image_workload, text_workload
+from bench.harness.model import build_model
+from bench.harness.workloads import image_workload, text_workload
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.vision.cache import VisionCache
@@ -105,7 +104,7 @@ async def main_async() -> None:
         sys.setswitchinterval(a.switch_ms / 1e3)
     print(f"torch threads {torch.get_num_threads()}, GIL switch interval {sys.getswitchinterval() * 1e3:.1f} ms")
     clock = GcClock()
-    loaded, _ = build_model(".cache/tiny-model")
+    loaded = build_model()
     print("RANDOM weights, Qwen2.5-VL-7B shape")
     engine = Engine(EngineConfig(model="random-7b", warmup=True, preprocess_threads=8), loaded)
     await engine.start()

@@ -3,7 +3,7 @@
 steps are wrapped with CPU timestamps and CUDA events. "gpu from / to" is when the GPU reached
 the step's first and last work; where it is later than the CPU's, the GPU was busy before it.
 
-    python bench/trace.py
+    python -m bench.profile.trace
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import build_model, image_workload, text_workload
+from bench.harness.model import build_model
+from bench.harness.workloads import image_workload, text_workload
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.vision.cache import VisionCache
@@ -184,7 +183,7 @@ async def main_async() -> None:
         torch.set_num_threads(a.torch_threads)
     print(f"GIL switch interval {sys.getswitchinterval() * 1e3:.2f} ms, torch threads {torch.get_num_threads()}, "
           f"preprocess threads {a.preprocess_threads}")
-    loaded, _ = build_model(".cache/tiny-model")
+    loaded = build_model()
     print("RANDOM weights, Qwen2.5-VL-7B shape; GPU:", torch.cuda.get_device_name())
     engine = Engine(EngineConfig(model="random-7b", warmup=True, preprocess_threads=a.preprocess_threads), loaded)
     await engine.start()

@@ -2,7 +2,7 @@
 7B shape): preprocessing, prefix prefill, packed scoring, vision tower; then the top kernels of
 one scoring pass.
 
-    python bench/breakdown.py --tiny .cache/tiny-model
+    python -m bench.profile.breakdown --tiny .cache/tiny-model
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import build_model, image_workload, text_workload
+from bench.harness.model import DEFAULT_TINY, build_model
+from bench.harness.workloads import image_workload, text_workload
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
@@ -45,11 +44,11 @@ def prepare_with_pixels(pre, query, docs):
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--tiny", default=".cache/tiny-model")
+    p.add_argument("--tiny", default=DEFAULT_TINY)
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--cprofile", action="store_true", help="also profile the CPU preparation (Python)")
     a = p.parse_args()
-    loaded, _ = build_model(a.tiny)
+    loaded = build_model(a.tiny)
     print("RANDOM weights, Qwen2.5-VL-7B shape")
     engine = Engine(EngineConfig(model="random-7b", warmup=False), loaded)
     ex, pre = engine.executor, engine.preprocessor
