@@ -18,6 +18,7 @@ from bench.harness.model import DEFAULT_TINY, build_model
 from bench.harness.workloads import image_workload, text_workload
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
+from lychee_grpc.engine.lm.executor import BatchItem
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.vision.cache import VisionCache
 
@@ -85,7 +86,7 @@ def main() -> int:
             def score(chunk=chunk, name=name, segs=segs, kv=kv):
                 if name == "I100":
                     ex.vision_cache = VisionCache(1 << 32)
-                return [ex.score(segs[i:i + chunk], [kv] * len(segs[i:i + chunk])) for i in range(0, 100, chunk)]
+                return [ex.run([BatchItem(s, kv) for s in segs[i:i + chunk]])[0] for i in range(0, 100, chunk)]
 
             t_s, _ = timed(score, 3)
             print(f"{name}: score in batches of {chunk}: {t_s:.1f} ms")
@@ -101,7 +102,7 @@ def main() -> int:
                 if part == "vision tower":
                     ex.image_embeds([im for s in segs for im in s.images])
                 else:
-                    ex.score(segs, [kv] * len(segs))
+                    ex.run([BatchItem(s, kv) for s in segs])
                 torch.cuda.synchronize()
             print(f"{name} {part}:")
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.rows, max_name_column_width=70))

@@ -23,7 +23,6 @@ class Job:
 
     query: PreparedQuery
     deadline: float | None  # time.monotonic() value
-    created: float = field(default_factory=time.perf_counter)
     stats: RequestStats = field(default_factory=RequestStats)
     prefix_kv: PrefixKV | None = None
     cancelled: bool = False

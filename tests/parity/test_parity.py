@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from lychee_grpc.engine.lm.executor import BatchItem
 from lychee_grpc.engine.model.reference import reference_logits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION, ECOMMERCE_INSTRUCTION
 
@@ -61,7 +62,7 @@ async def test_document_without_shared_prefix_is_scored_on_its_full_prompt(make_
     prepared_query.prefix_ids = [*prepared_query.prefix_ids[:-1], -1]  # force a mismatch
     prepared = engine.preprocessor.prepare_documents(prepared_query, list(enumerate(docs)))
     assert not any(p.uses_prefix for p in prepared)
-    logits = engine.executor.score([p.segment for p in prepared], [None] * len(prepared))
+    logits, _ = engine.executor.run([BatchItem(p.segment) for p in prepared])
     expected = reference_logits(loaded.model, loaded.processor, DEFAULT_INSTRUCTION, query.parts,
                                 [d.parts for d in docs])
     assert torch.allclose(logits, expected, atol=1e-4)

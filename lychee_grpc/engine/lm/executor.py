@@ -358,11 +358,6 @@ class Executor:
         _, kept = self.run([BatchItem(segment, None, score=False, keep_kv=True)])
         return kept[0]
 
-    def score(self, segments: Sequence[Segment], prefixes: Sequence[PrefixKV | None]) -> torch.Tensor:
-        """z_yes - z_no at each segment's last token (float32, on the CPU)."""
-        logits, _ = self.run([BatchItem(s, p) for s, p in zip(segments, prefixes)])
-        return logits
-
 
 def _cumsum0(values: list[int]) -> list[int]:
     out, total = [], 0

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from ..prompt.template import SYSTEM_PROMPT
-from ..types import ImagePart, Part, TextPart
+from ..types import ImagePart, Part
 
 
 def chat_messages(instruction: str, query: Sequence[Part], document: Sequence[Part]) -> list[dict]:
@@ -73,7 +73,3 @@ def reference_logits(
         logits = model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
         out.append((logits[:, yes_id] - logits[:, no_id]).cpu())
     return torch.cat(out)
-
-
-def text_parts(*texts: str) -> tuple[Part, ...]:
-    return tuple(TextPart(t) for t in texts)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -91,7 +91,6 @@ class PreparedDocument:
     prompt_tokens: int
     images: int
     cached_images: int
-    document: Document = field(repr=False, default=None)  # type: ignore[assignment]
 
 
 def _clean_boundary(query: Query) -> bool:
@@ -404,7 +403,6 @@ class Preprocessor:
                     prompt_tokens=int(ids.size),
                     images=len(images),
                     cached_images=cached,
-                    document=doc,
                 )
             )
         if violations:
