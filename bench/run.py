@@ -120,14 +120,14 @@ async def exactness_fp32(tiny: str) -> dict:
     loaded.dtype = torch.bfloat16
     engine = Engine(EngineConfig(model="random-7b-width-4-layers-bf16", warmup=False), loaded)
     await engine.start()
-    ex = engine.executor
-    out["varlen_used"] = ex.use_varlen
-    out["varlen_repeats_kv"] = ex._varlen_expand_kv
+    attention = engine.executor.attention
+    out["varlen_used"] = attention.use_varlen
+    out["varlen_repeats_kv"] = attention._varlen_expand_kv
     for name, (query, docs) in {"text": text_workload(tok, 11), "image": image_workload(tok, 12)}.items():
         docs = docs[:24] if name == "text" else docs[:8]
         got = {}
         for varlen in (True, False):
-            ex.use_varlen = varlen and out["varlen_used"]
+            attention.use_varlen = varlen and out["varlen_used"]
             ranking = await engine.rerank(query, docs)
             got[varlen] = {s.index: s.score for s in ranking.scores}
         out[f"bf16_varlen_vs_padded_{name}"] = max(abs(got[True][i] - got[False][i]) for i in got[True])

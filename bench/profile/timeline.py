@@ -60,8 +60,10 @@ def time_calls(engine) -> dict[str, list[float]]:
                 spent.setdefault(name, []).append((time.perf_counter() - t) * 1e3)
         return wrapper
 
-    ex._attend_host = timed("_attend_host", ex._attend_host)
-    ex._attend = timed("_attend", ex._attend)
+    from lychee_grpc.engine.lm import executor as executor_module
+
+    executor_module.host_plan = timed("host_plan", executor_module.host_plan)
+    ex.attention.plan = timed("attention.plan", ex.attention.plan)
     ex.lm.rotary_emb.forward = timed("rotary_emb", ex.lm.rotary_emb.forward)
     ex.staging.copy = timed("staging.copy", ex.staging.copy)
     ex.run = timed("run", ex.run)
