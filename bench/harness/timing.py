@@ -11,7 +11,6 @@ import torch
 
 from lychee_grpc.engine.model.reference import reference_logits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
-from lychee_grpc.engine.vision.cache import VisionCache
 
 from .workloads import Workload
 
@@ -46,7 +45,7 @@ def p50(values: Sequence[float]) -> float:
 
 def forget_images(engine) -> None:
     """Empties the engine's vision cache: the next request computes every image (a cold run)."""
-    engine.executor.vision_cache = VisionCache(engine.executor.vision_cache.capacity_bytes)
+    engine.executor.vision_cache.clear()
 
 
 async def time_engine(engine, workloads: Sequence[Workload], iterations: int, cold: bool, warmup: int = 1):

@@ -20,7 +20,6 @@ from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.lm.executor import BatchItem
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
-from lychee_grpc.engine.vision.cache import VisionCache
 
 
 def timed(fn, n: int = 5) -> tuple[float, object]:
@@ -77,7 +76,7 @@ def main() -> int:
             images = [im for s in segs for im in s.images]
 
             def tower(images=images):
-                ex.vision_cache = VisionCache(1 << 32)
+                ex.vision_cache.clear()
                 return ex.image_embeds(images)
 
             t_v, _ = timed(tower, 3)
@@ -85,7 +84,7 @@ def main() -> int:
         for chunk in (100, 50, 25):
             def score(chunk=chunk, name=name, segs=segs, kv=kv):
                 if name == "I100":
-                    ex.vision_cache = VisionCache(1 << 32)
+                    ex.vision_cache.clear()
                 return [ex.run([BatchItem(s, kv) for s in segs[i:i + chunk]])[0] for i in range(0, 100, chunk)]
 
             t_s, _ = timed(score, 3)
@@ -95,7 +94,7 @@ def main() -> int:
               f"({len(pq.prefix)} tokens), {tokens} document tokens")
         from torch.profiler import ProfilerActivity, profile
 
-        ex.vision_cache = VisionCache(1 << 32)
+        ex.vision_cache.clear()
         parts = {"T100": ["score"], "I100": ["vision tower", "score with the vision cache warm"]}[name]
         for part in parts:
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

@@ -21,7 +21,6 @@ from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.model.reference import reference_logits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
-from lychee_grpc.engine.vision.cache import VisionCache
 
 
 def sig(z: float) -> float:
@@ -53,10 +52,10 @@ async def main_async(a) -> None:
                                "I100": (*image_workload(tok, 7), True)}.items():
         for _ in range(2):
             if cold:
-                engine.executor.vision_cache = VisionCache(1 << 31)
+                engine.executor.vision_cache.clear()
             await engine.rerank(q, d)
         if cold:
-            engine.executor.vision_cache = VisionCache(1 << 31)
+            engine.executor.vision_cache.clear()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             t0 = time.perf_counter()

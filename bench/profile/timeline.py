@@ -21,7 +21,6 @@ from bench.harness.model import build_model
 from bench.harness.workloads import image_workload, text_workload
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
-from lychee_grpc.engine.vision.cache import VisionCache
 
 
 def report(name: str, prof, wall_ms: float, t0_us: float, gaps: int = 8) -> None:
@@ -113,9 +112,9 @@ async def main_async() -> None:
     tok = loaded.processor.tokenizer
     for name, (query, docs) in (("T100", text_workload(tok, 1)), ("I100 cold", image_workload(tok, 7))):
         for _ in range(3):  # compile and warm
-            engine.executor.vision_cache = VisionCache(1 << 32)
+            engine.executor.vision_cache.clear()
             await engine.rerank(query, docs)
-        engine.executor.vision_cache = VisionCache(1 << 32)
+        engine.executor.vision_cache.clear()
         torch.cuda.synchronize()
         clock.take()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

@@ -20,7 +20,6 @@ from bench.harness.model import build_model
 from bench.harness.workloads import image_workload, text_workload
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
-from lychee_grpc.engine.vision.cache import VisionCache
 
 
 class Tracer:
@@ -159,7 +158,7 @@ class CallProfile:
 
 async def timed(engine: Engine, query, docs, cold: bool) -> float:
     if cold:
-        engine.executor.vision_cache = VisionCache(1 << 32)
+        engine.executor.vision_cache.clear()
     torch.cuda.synchronize()
     t = time.perf_counter()
     await engine.rerank(query, docs)
@@ -203,13 +202,13 @@ async def main_async() -> None:
         print(f"\n{name}: p50 {statistics.median(times):.1f} ms of 6 untraced requests")
         for _ in range(2):
             if cold:
-                engine.executor.vision_cache = VisionCache(1 << 32)
+                engine.executor.vision_cache.clear()
             tracer.start()
             t = time.perf_counter()
             await engine.rerank(query, docs)
             tracer.report(name, (time.perf_counter() - t) * 1e3)
         if a.profile and cold:
-            engine.executor.vision_cache = VisionCache(1 << 32)
+            engine.executor.vision_cache.clear()
             calls.on = True
             t = time.perf_counter()
             await engine.rerank(query, docs)

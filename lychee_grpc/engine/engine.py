@@ -25,6 +25,7 @@ from .prompt.prepare import EncodedImage, Prefetch, Preprocessor
 from .scheduler import Scheduler
 from .stats import CANCELLED, DEADLINE, DeviceMemory, EngineStats, StatsObserver, StatsRecorder
 from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
+from .vision.cache import VisionCache
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class Engine:
         size = getattr(image_processor, "size", {}) or {}
         self.min_image_pixels = config.min_image_pixels or size.get("shortest_edge") or 4 * 28 * 28
         self.max_image_pixels = config.max_image_pixels or size.get("longest_edge") or 1280 * 28 * 28
+        # Tower outputs by image content: the preprocessor skips decoding what it holds, the
+        # executor reads and fills it.
+        self.vision_cache = VisionCache(config.vision_cache_bytes or ((2 << 30) if cuda else (256 << 20)))
         self.preprocessor = Preprocessor(
             loaded.processor,
             image_token_id=loaded.model.config.image_token_id,
@@ -85,7 +89,7 @@ class Engine:
             image_limits=config.image_limits,
             min_image_pixels=self.min_image_pixels,
             max_image_pixels=self.max_image_pixels,
-            vision_cached=lambda key: key in self.executor.vision_cache,
+            vision_cached=self.vision_cache.__contains__,
             image_device=str(loaded.device) if cuda and config.images_on_gpu else None,
             decode_threads=config.preprocess_threads,
         )
@@ -93,7 +97,7 @@ class Engine:
             loaded.model,
             loaded.yes_id,
             loaded.no_id,
-            config.vision_cache_bytes or ((2 << 30) if cuda else (256 << 20)),
+            self.vision_cache,
             fill_pixels=self.preprocessor.fill_pixels,
             observer=self._recorder,
             window_kernel=config.window_kernel,
@@ -231,7 +235,7 @@ class Engine:
     # ---- introspection ------------------------------------------------------------------
     def info(self) -> ModelInfo:
         c = self.config
-        cache = self.executor.vision_cache
+        cache = self.vision_cache
         counters = self._recorder.counters()
         dev = self.loaded.device
         return ModelInfo(
@@ -261,7 +265,7 @@ class Engine:
         """The engine's counters and gauges now; cheap enough to call at every metrics scrape."""
         counters = self._recorder.counters()
         scheduler = self.scheduler
-        cache = self.executor.vision_cache
+        cache = self.vision_cache
         dev = self.loaded.device
         if dev.type == "cuda":
             memory = DeviceMemory(str(dev), torch.cuda.memory_allocated(dev), torch.cuda.memory_reserved(dev))

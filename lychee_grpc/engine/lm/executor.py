@@ -55,7 +55,7 @@ class BatchItem:
 
 class Executor:
     def __init__(
-        self, model, yes_id: int, no_id: int, vision_cache_bytes: int,
+        self, model, yes_id: int, no_id: int, vision_cache: VisionCache,
         fill_pixels: Callable[[list[EncodedImage]], None],
         observer: StatsObserver | None = None,
         window_kernel: bool = True,
@@ -72,7 +72,7 @@ class Executor:
         self.dtype = next(self.lm.parameters()).dtype
         rows = model.lm_head.weight.detach()[[yes_id, no_id]].float()
         self.yes_minus_no = (rows[0] - rows[1]).contiguous()
-        self.vision_cache = VisionCache(vision_cache_bytes)
+        self.vision_cache = vision_cache
         self.staging = PinnedStaging(self.device)
         # The preprocessor's batched pixels for images with a decoded picture.
         self.fill_pixels = fill_pixels

@@ -46,6 +46,11 @@ class LRU(Generic[K, V]):
                 _, evicted = self._items.popitem(last=False)
                 self._size -= self._size_of(evicted)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
     def __contains__(self, key: object) -> bool:
         with self._lock:
             return key in self._items

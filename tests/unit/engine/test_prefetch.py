@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 
 from lychee_grpc.engine.types import Document, ImagePart, TextPart
-from lychee_grpc.engine.vision.cache import VisionCache
 
 from ...helpers import noise_image, text_query
 
@@ -23,7 +22,7 @@ def by_index(ranking) -> list[float]:
 
 
 async def _scores(engine, docs) -> list[float]:
-    engine.executor.vision_cache = VisionCache(1 << 30)  # every image is new to the tower
+    engine.executor.vision_cache.clear()  # every image is new to the tower
     return by_index(await engine.rerank(text_query("red shoes"), docs))
 
 
@@ -143,7 +142,7 @@ async def test_image_evicted_between_preparation_and_batch_is_decoded_again(make
     def prepare_then_evict(*args):
         prepared = prepare(*args)
         evicted.extend(im for doc in prepared for im in doc.segment.images if im.picture is None)
-        engine.executor.vision_cache = VisionCache(1 << 30)
+        engine.executor.vision_cache.clear()
         return prepared
 
     engine.preprocessor.prepare_documents = prepare_then_evict
