@@ -10,11 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from .engine.config import EngineConfig
-from .service.bands import BandThresholds
+from .engine.config import EngineConfig, ImageLimits, TextLimits
 from .engine.errors import ModelLoadError
-from .engine.config import ImageLimits
-from .engine.config import TextLimits
+from .service.bands import BandThresholds
 
 SERVE_FLAGS: list[tuple[str, type, object, str]] = [
     ("model", str, None, "hub id or local checkpoint folder (required)"),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .service.bands import BandThresholds
 from .engine.engine import ModelInfo, Ranking
 from .engine.errors import FieldViolation, InvalidInput
 from .engine.types import Document, ImagePart, Part, Query, Score, TextPart
 from .proto import lychee_pb2 as pb
+from .service.bands import BandThresholds
 
 _BANDS = {
     "strong": pb.RELEVANCE_BAND_STRONG,
