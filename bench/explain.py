@@ -50,7 +50,7 @@ async def timed(make, iters: int) -> tuple[float, object]:
 
 async def main_async(a) -> None:
     if a.on_tiny:
-        from lychee_grpc.engine.loader import load_model
+        from lychee_grpc.engine.model.loader import load_model
 
         loaded = load_model(EngineConfig(model=a.tiny))
         print("== Explain cost of the TINY checkpoint on the CPU: the shape of the work, not GPU timings", flush=True)

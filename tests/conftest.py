@@ -9,9 +9,9 @@ import pytest
 
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
-from lychee_grpc.engine.images import ImageLimits
-from lychee_grpc.engine.loader import LoadedModel, load_model
-from lychee_grpc.engine.prepare import TextLimits
+from lychee_grpc.engine.model.loader import LoadedModel, load_model
+
+from .helpers import engine_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def tiny_model_dir() -> str:
     path = Path(os.environ.get("LYCHEE_TINY_MODEL", ROOT / ".cache" / "tiny-model"))
     if not (path / "config.json").exists():
-        from lychee_grpc.engine.tiny_model import make_tiny_model
+        from lychee_grpc.engine.model.tiny_model import make_tiny_model
 
         make_tiny_model(path)
     return str(path)
@@ -29,18 +29,6 @@ def tiny_model_dir() -> str:
 @pytest.fixture(scope="session")
 def loaded(tiny_model_dir) -> LoadedModel:
     return load_model(EngineConfig(model=tiny_model_dir))
-
-
-def engine_config(model: str, **overrides) -> EngineConfig:
-    base = dict(
-        model=model,
-        max_documents_per_request=150,
-        text_limits=TextLimits(max_tokens_per_document=512, max_query_tokens=512, max_instruction_tokens=64),
-        image_limits=ImageLimits(max_bytes=2 * 1024 * 1024, max_pixels=4_000_000),
-        warmup=False,
-    )
-    base.update(overrides)
-    return EngineConfig(**base)
 
 
 @pytest.fixture

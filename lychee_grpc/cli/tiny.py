@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from ..engine.tiny_model import make_tiny_model
+    from ..engine.model.tiny_model import make_tiny_model
 
     out = Path(a.dir)
     if (out / "config.json").exists() and not a.force:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from .. import __version__
 from ..engine.errors import FieldViolation, InvalidInput, NotReady
+from ..engine.ranking import rank
 from ..engine.types import Document, Query, RequestStats, Score
 from ..lifecycle import Lifecycle
 from ..workers.protocol import EngineClient
@@ -26,12 +27,6 @@ from .types import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def rank(scores: Sequence[Score], top_n: int = 0) -> list[Score]:
-    """Best first; ties by logit, then by arrival."""
-    ordered = sorted(scores, key=lambda s: (-s.score, -s.logit, s.index))
-    return ordered[:top_n] if top_n > 0 else ordered
 
 
 class Service:

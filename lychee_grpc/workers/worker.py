@@ -92,13 +92,9 @@ class _Worker:
 
     def _load(self):
         from ..engine.engine import Engine
-        from ..engine.loader import load_model
+        from ..engine.model.loader import load_model
 
-        loaded = load_model(self.config)
-        try:
-            return Engine(self.config, loaded, observer=_Forward(self.send))
-        except TypeError:  # an engine without the stats seam
-            return Engine(self.config, loaded)
+        return Engine(self.config, load_model(self.config), observer=_Forward(self.send))
 
     def _snapshot(self) -> ipc.Snapshot:
         stats = getattr(self.engine, "stats", None)

@@ -19,14 +19,13 @@ from lychee_grpc.app import App
 from lychee_grpc.client import AsyncLycheeClient, image, make_request, text
 from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig
 from lychee_grpc.engine.engine import Engine
-from lychee_grpc.engine.reference import reference_logits
-from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.model.reference import reference_logits
+from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import TextPart
 from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.proto import lychee_pb2_grpc as pb_grpc
 
-from ..conftest import engine_config
-from ..helpers import noise_image, png_declaring
+from ..helpers import engine_config, noise_image, png_declaring
 
 TITLES = ["vintage wash blue jeans coat", "organic green tea", "denim jacket women", "running shoes", "grey sofa"]
 
@@ -204,28 +203,28 @@ def slow_batches(engine: Engine, seconds: float) -> None:
 
 
 async def test_cancelled_rpc_documents_are_not_scored(server, client):
-    scheduler = server.engine.scheduler
-    slow_batches(server.engine, 0.05)  # 16 documents per batch: 150 documents take ~0.5 s
-    before = scheduler.documents_scored
+    engine = server.engine
+    slow_batches(engine, 0.05)  # 16 documents per batch: 150 documents take ~0.5 s
+    before = engine.stats().documents_scored
     call = client.stub.Rerank(make_request("denim", [f"title {i}" for i in range(150)]), timeout=30)
     await asyncio.sleep(0.15)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
     await asyncio.sleep(0.3)
-    scored = scheduler.documents_scored - before
-    assert scored < 150 and scheduler.documents_dropped > 0
-    assert scheduler.queued == 0
+    stats = engine.stats()
+    assert stats.documents_scored - before < 150 and sum(stats.documents_dropped.values()) > 0
+    assert stats.queue_documents == 0
 
 
 async def test_expired_deadline_returns_deadline_exceeded_without_running_the_model(server, client):
-    scheduler = server.engine.scheduler
-    before = scheduler.documents_scored
+    engine = server.engine
+    before = engine.stats().documents_scored
     with pytest.raises(grpc.RpcError) as info:
         await client.stub.Rerank(make_request("denim", TITLES * 20), timeout=0.001)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await asyncio.sleep(0.3)
-    assert scheduler.documents_scored == before
+    assert engine.stats().documents_scored == before
     ok = await client.rerank("denim", TITLES)  # the server carries on
     assert len(ok.results) == len(TITLES)
 
@@ -276,7 +275,7 @@ async def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_
         slow_batches(srv.engine, 0.05)
         client = AsyncLycheeClient(f"127.0.0.1:{srv.port}")
         in_flight = asyncio.create_task(client.rerank("denim", [f"title {i}" for i in range(100)]))
-        while srv.engine.scheduler.documents_scored == 0 or srv.lifecycle.in_flight == 0:
+        while srv.engine.stats().documents_scored == 0 or srv.lifecycle.in_flight == 0:
             await asyncio.sleep(0.01)
         stopping = asyncio.create_task(srv.stop())
         await asyncio.sleep(0.05)

@@ -20,7 +20,7 @@ from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, SecurityConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.proto import lychee_pb2 as pb
 
-from ..conftest import engine_config
+from ..helpers import engine_config
 from ..tls import Pems, write_leaf
 
 TOKEN = "test-token-1"

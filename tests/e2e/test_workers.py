@@ -20,13 +20,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lychee_grpc.app import App
 from lychee_grpc.client import AsyncLycheeClient
 from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, WorkersConfig
-from lychee_grpc.engine.reference import reference_logits
-from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.model.reference import reference_logits
+from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import ImagePart, TextPart
 from lychee_grpc.proto import lychee_pb2 as pb
 
-from ..conftest import engine_config
-from ..helpers import noise_image
+from ..helpers import engine_config, noise_image
 
 TITLES = [f"{word} denim jacket size {i}" for i, word in enumerate(["vintage", "slim", "blue", "washed"] * 5)]
 
