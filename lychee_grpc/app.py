@@ -7,12 +7,11 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .config import AppConfig
 from .engine.config import EngineConfig
 from .engine.engine import Engine
-from .http.app import create_app
-from .http.server import HttpServer
 from .lifecycle import Lifecycle, State
 from .rpc.interceptors import ServiceInterceptor
 from .rpc.server import GrpcServer
@@ -22,15 +21,26 @@ from .workers.local import LocalEngineClient
 from .workers.pool import WorkerPool, parse_devices
 from .workers.protocol import EngineClient
 
+if TYPE_CHECKING:
+    from .http.server import HttpServer
+
 log = logging.getLogger(__name__)
 
 
 class App:
     """Binds first (health NOT_SERVING), then loads and warms the model, then SERVING."""
 
-    def __init__(self, config: AppConfig, engine_factory: Callable[[EngineConfig], Engine] = Engine.load):
+    def __init__(
+        self,
+        config: AppConfig,
+        engine_factory: Callable[[EngineConfig], Engine] = Engine.load,
+        worker_engine_factory: Callable | None = None,
+    ):
+        """`worker_engine_factory(config, observer)` builds each worker's engine instead of loading
+        the model (the benchmark's random 7B weights); it must be picklable."""
         self.config = config
         self._factory = engine_factory
+        self._worker_factory = worker_engine_factory
         self.lifecycle = Lifecycle()
         self.service = Service(self.lifecycle, config.service)
         self.authenticator = TokenAuthenticator.from_config(config.security)
@@ -44,6 +54,9 @@ class App:
         # REST and the console: same service, lifecycle, auth, observers and size bound as gRPC.
         self.http: HttpServer | None = None
         if config.http.enabled:
+            from .http.app import create_app  # FastAPI is loaded only when HTTP is on
+            from .http.server import HttpServer
+
             rest = create_app(self.service, self.lifecycle, authenticator=self.interceptor.authenticator,
                               observers=self.interceptor.observers, max_body_bytes=config.grpc.max_message_mib << 20)
             self.http = HttpServer(rest, config.http.host, config.http.port, uvicorn_ssl_options(config.security))
@@ -76,6 +89,7 @@ class App:
                 on_failure=self.lifecycle.fail,
                 split_min_documents=workers.split_min_documents,
                 log_level=self.config.log.level.upper(),
+                engine_factory=self._worker_factory,
             )
             self.engine_client = pool
             await pool.start()

@@ -235,6 +235,7 @@ class WorkerPool:
         observer_for: Callable[[str], object] | None = None,
         split_min_documents: int = 16,
         log_level: str = "INFO",
+        engine_factory: Callable | None = None,
     ):
         self.engine_config = engine_config
         self.devices = devices
@@ -242,6 +243,7 @@ class WorkerPool:
         self.observer_for = observer_for
         self.split_min_documents = split_min_documents
         self.log_level = log_level
+        self.engine_factory = engine_factory  # picklable: it crosses to each worker process
         self._workers: list[_Worker] = []
         self._jobs: dict[int, PoolJob] = {}
         self._ids = itertools.count(1)
@@ -271,8 +273,8 @@ class WorkerPool:
             cuda = int(device.split(":")[1]) if device.startswith("cuda:") else None
             config = self.engine_config if cuda is not None else dataclasses.replace(self.engine_config, device=device)
             process = context.Process(
-                target=worker.main, args=(child, config, cuda, self.log_level), name=f"lychee-worker-{index}",
-                daemon=True,
+                target=worker.main, args=(child, config, cuda, self.log_level, self.engine_factory),
+                name=f"lychee-worker-{index}", daemon=True,
             )
             process.start()
             child.close()

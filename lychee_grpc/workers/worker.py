@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from . import ipc
@@ -21,12 +22,15 @@ log = logging.getLogger(__name__)
 SNAPSHOT_SECONDS = 0.5
 
 
-def main(conn: Connection, engine_config, cuda_index: int | None, log_level: str = "INFO") -> None:
+def main(conn: Connection, engine_config, cuda_index: int | None, log_level: str = "INFO",
+         engine_factory: Callable | None = None) -> None:
+    """`engine_factory(config, observer) -> Engine` replaces loading `config.model` (the benchmark
+    builds random weights of the 7B shape this way; it is never a server setting)."""
     if cuda_index is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(cuda_index)
         engine_config = dataclasses.replace(engine_config, device="cuda:0")
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s worker %(process)d %(name)s: %(message)s")
-    asyncio.run(_Worker(conn, engine_config).serve())
+    asyncio.run(_Worker(conn, engine_config, engine_factory).serve())
 
 
 class _Forward:
@@ -43,9 +47,10 @@ class _Forward:
 
 
 class _Worker:
-    def __init__(self, conn: Connection, engine_config):
+    def __init__(self, conn: Connection, engine_config, engine_factory: Callable | None = None):
         self.conn = conn
         self.config = engine_config
+        self.engine_factory = engine_factory
         self.jobs: dict[int, object] = {}
         self.queues: dict[int, asyncio.Queue] = {}
         self.tasks: set[asyncio.Task] = set()
@@ -91,6 +96,8 @@ class _Worker:
             await engine.stop()
 
     def _load(self):
+        if self.engine_factory is not None:
+            return self.engine_factory(self.config, _Forward(self.send))
         from ..engine.engine import Engine
         from ..engine.model.loader import load_model
 
