@@ -4,14 +4,19 @@ starts every transport over them on one event loop; SIGTERM drains."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Callable
 
+from . import __version__
 from .config import AppConfig
 from .engine.config import EngineConfig
 from .engine.engine import Engine
 from .lifecycle import Lifecycle, State
+from .observability.logs import AccessLog
+from .observability.metrics import MetricsExporter, PrometheusObserver
+from .observability.tracing import otlp_observer
 from .rpc.interceptors import ServiceInterceptor
 from .rpc.server import GrpcServer
 from .service import Service
@@ -27,8 +32,18 @@ class App:
         self.config = config
         self._factory = engine_factory
         self.lifecycle = Lifecycle()
-        self.service = Service(self.lifecycle, config.service)
-        self.interceptor = ServiceInterceptor()
+        # ---- operations: metrics, access log, traces ----
+        self.metrics = PrometheusObserver()
+        self.metrics.watch_engine(self._engine_stats, lambda: self.lifecycle.in_flight)
+        self.metrics_exporter = None
+        if config.metrics.port:
+            self.metrics_exporter = MetricsExporter(self.metrics.registry, config.metrics.host, config.metrics.port)
+        self.tracing = otlp_observer(config.log.otlp_endpoint) if config.log.otlp_endpoint else None
+        request_observers: list = [self.metrics, AccessLog()]
+        if self.tracing is not None:
+            request_observers.append(self.tracing)
+        self.service = Service(self.lifecycle, config.service, observers=[self.metrics])
+        self.interceptor = ServiceInterceptor(observers=request_observers)
         self.grpc = GrpcServer(self.service, self.lifecycle, config.grpc, self.interceptor)
         self.engine_client: LocalEngineClient | None = None
 
@@ -40,11 +55,19 @@ class App:
     def engine(self) -> Engine | None:
         return self.engine_client.engine if self.engine_client is not None else None
 
+    def _engine_stats(self):
+        return self.engine_client.stats() if self.engine_client is not None else None
+
     async def start(self) -> None:
         await self.grpc.start()
+        if self.metrics_exporter is not None:
+            self.metrics_exporter.start()
 
     async def load(self) -> None:
-        engine = await asyncio.to_thread(self._factory, self.config.engine)
+        # The queued-token bound is the service's setting, enforced where tokens are known.
+        engine_config = dataclasses.replace(self.config.engine, max_queue_tokens=self.config.service.max_queue_tokens)
+        engine = await asyncio.to_thread(self._factory, engine_config)
+        engine.recorder.observer = self.metrics
         client = LocalEngineClient(engine)
         await client.start()
         self.engine_client = client
@@ -57,6 +80,7 @@ class App:
             )
         log.info("model %s ready on %s (%s, attention %s)", info.model, ",".join(info.devices), info.dtype,
                  info.attention)
+        self.metrics.set_build_info(__version__, info.model, info.dtype, ",".join(info.devices))
         self.lifecycle.serve()
         await self.grpc.settle_health()
 
@@ -74,6 +98,10 @@ class App:
             await self.engine_client.stop()
         if self.lifecycle.state is not State.FAILED:
             self.lifecycle.stopped()
+        if self.metrics_exporter is not None:
+            self.metrics_exporter.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
 async def run(config: AppConfig) -> int:

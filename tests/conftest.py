@@ -63,11 +63,12 @@ async def make_engine(loaded, tiny_model_dir):
 async def server(loaded, tiny_model_dir):
     """The whole app (service, lifecycle, gRPC on a real loopback port) over the tiny model."""
     from lychee_grpc.app import App
-    from lychee_grpc.config import AppConfig, GrpcConfig
+    from lychee_grpc.config import AppConfig, GrpcConfig, MetricsConfig
 
     config = AppConfig(
         engine=engine_config(tiny_model_dir, max_batch_documents=16),
         grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+        metrics=MetricsConfig(port=0),  # tests that scrape start their own exporter on a free port
         grace_seconds=2,
     )
     app = App(config, engine_factory=lambda cfg: Engine(cfg, loaded))

@@ -22,6 +22,7 @@ from .executor import Executor
 from .loader import LoadedModel, load_model
 from .prepare import EncodedImage, Prefetch, Preprocessor
 from .scheduler import Job, Scheduler
+from .stats import DEADLINE, DeviceMemory, EngineStats, StatsObserver, StatsRecorder
 from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,9 @@ def rank(scores: Sequence[Score], top_n: int = 0) -> list[Score]:
     return ordered[:top_n] if top_n > 0 else ordered
 
 class Engine:
-    def __init__(self, config: EngineConfig, loaded: LoadedModel):
+    def __init__(self, config: EngineConfig, loaded: LoadedModel, observer: StatsObserver | None = None):
         self.config = config
+        self.recorder = StatsRecorder(observer)
         self.loaded = loaded
         cuda = loaded.device.type == "cuda"
         image_processor = loaded.processor.image_processor
@@ -106,6 +108,8 @@ class Engine:
             max_batch_images=self.config.max_batch_images,
             max_wait_ms=self.config.max_wait_ms,
             max_queue_documents=self.config.max_queue_documents,
+            max_queue_tokens=self.config.max_queue_tokens,
+            stats=self.recorder,
         )
         self.scheduler.start()
         if self.config.warmup:
@@ -161,8 +165,11 @@ class Engine:
         job.stats.usage.images += len(prepared.images)
         return job
 
-    async def add_documents(self, job: Job, documents: Sequence[Document]) -> None:
-        """Validates, prepares and queues documents; indices continue the job's count."""
+    async def add_documents(
+        self, job: Job, documents: Sequence[Document], truncate: bool = False, max_tokens: int = 0
+    ) -> None:
+        """Validates, prepares and queues documents; indices continue the job's count. Over-long
+        documents are refused, or with `truncate` cut to fit (see Preprocessor.prepare_documents)."""
         assert self.scheduler is not None
         limit = self.config.max_documents_per_request
         if job.next_index + len(documents) > limit:
@@ -177,7 +184,8 @@ class Engine:
             # One call per request (images are decoded on the preprocessor's own threads);
             # splitting a request to overlap it with the GPU measured no gain (bench/RESULTS.md).
             prepared = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, self.preprocessor.prepare_documents, job.query, indexed, self._prefetch(job)
+                self._cpu, self.preprocessor.prepare_documents, job.query, indexed, self._prefetch(job),
+                truncate, max_tokens,
             )
         finally:
             self.scheduler.preparing -= 1
@@ -190,6 +198,7 @@ class Engine:
             usage.cached_images += doc.cached_images
         if job.expired():
             self.scheduler.documents_dropped += len(prepared)
+            self.recorder.documents_dropped(len(prepared), DEADLINE)
             raise DeadlineExpired("deadline expired before the documents were queued")
         self.scheduler.submit(job, prepared)
 
@@ -216,6 +225,33 @@ class Engine:
         return Ranking(rank(scores, top_n), job.stats)
 
     # ---- introspection ------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        counters = self.recorder.counters()
+        cache = self.executor.vision_cache
+        scheduler = self.scheduler
+        dev = self.loaded.device
+        if dev.type == "cuda":
+            memory = (DeviceMemory(str(dev), torch.cuda.memory_allocated(dev), torch.cuda.memory_reserved(dev)),)
+        else:
+            memory = ()
+        return EngineStats(
+            queue_documents=scheduler.queued if scheduler else 0,
+            queue_tokens=scheduler.queued_tokens if scheduler else 0,
+            preparing_requests=scheduler.preparing if scheduler else 0,
+            documents_scored=counters.documents_scored,
+            documents_dropped={"cancelled": counters.documents_dropped_cancelled,
+                               "deadline": counters.documents_dropped_deadline},
+            batches=counters.batches,
+            batch_seconds=counters.batch_seconds,
+            oom_splits=counters.oom_splits,
+            prefix_tokens_saved=counters.prefix_tokens_saved,
+            image_cache_hits=cache.hits,
+            image_cache_misses=cache.misses,
+            image_cache_bytes=cache.bytes,
+            image_cache_capacity_bytes=cache.capacity_bytes,
+            gpu_memory=memory,
+        )
+
     def info(self) -> ModelInfo:
         c = self.config
         cache = self.executor.vision_cache

@@ -23,6 +23,7 @@ import torch
 from .errors import DeadlineExpired, FieldViolation, Overloaded, TooLarge
 from .executor import BatchItem, Executor, PrefixKV
 from .prepare import PreparedDocument, PreparedQuery
+from .stats import CANCELLED, DEADLINE, NullObserver, StatsObserver
 from .types import RequestStats, Score
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class Scheduler:
         max_batch_images: int,
         max_wait_ms: float,
         max_queue_documents: int,
+        max_queue_tokens: int = 0,
+        stats: StatsObserver | None = None,
     ):
         self.executor = executor
         self.max_batch_tokens = max_batch_tokens
@@ -115,6 +118,8 @@ class Scheduler:
         self.max_batch_images = max_batch_images
         self.max_wait = max_wait_ms / 1e3
         self.max_queue_documents = max_queue_documents
+        self.max_queue_tokens = max_queue_tokens  # 0: no bound beyond documents
+        self.stats: StatsObserver = stats if stats is not None else NullObserver()
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lychee-gpu")
@@ -127,6 +132,8 @@ class Scheduler:
         self.batches = 0
         self.oom_splits = 0
         self.busy_seconds = 0.0
+        self.queued_tokens = 0
+        self.tokens_scored = 0
 
     @property
     def queued(self) -> int:
@@ -152,19 +159,31 @@ class Scheduler:
                 f"queue is full ({len(self._queue)} documents waiting, limit {self.max_queue_documents}); retry later",
                 retry_after=self.drain_seconds(len(docs)),
             )
+        tokens = sum(len(doc.segment) for doc in docs)
+        if self.max_queue_tokens and self.queued_tokens + tokens > self.max_queue_tokens:
+            raise Overloaded(
+                f"queue is full ({self.queued_tokens} tokens waiting, limit {self.max_queue_tokens}, "
+                f"this request adds {tokens}); retry later",
+                retry_after=self.drain_seconds(extra_tokens=tokens),
+            )
         now = time.perf_counter()
         job.outstanding += len(docs)
+        self.queued_tokens += tokens
         for doc in docs:
             self._queue.append(_Item(job, doc, now, len(doc.segment)))
         self._wakeup.set()
 
-    def drain_seconds(self, extra_documents: int = 0) -> float:
-        """How long the queue (plus `extra_documents`) takes to drain at the measured rate: the
-        delay an overloaded caller is told to wait. 1 s until a batch has been measured."""
+    def drain_seconds(self, extra_documents: int = 0, extra_tokens: int = 0) -> float:
+        """How long the queue (plus the extra work) takes to drain at the measured rate, in tokens
+        per second when tokens are given, else documents: the delay an overloaded caller is told to
+        wait. 1 s until a batch has been measured."""
         if self.busy_seconds <= 0 or self.documents_scored == 0:
             return 1.0
-        rate = self.documents_scored / self.busy_seconds
-        return min(60.0, max(0.1, (len(self._queue) + extra_documents) / rate))
+        if extra_tokens:
+            seconds = (self.queued_tokens + extra_tokens) * self.busy_seconds / max(1, self.tokens_scored)
+        else:
+            seconds = (len(self._queue) + extra_documents) * self.busy_seconds / self.documents_scored
+        return min(60.0, max(0.1, seconds))
 
     def submit_to_gpu(self, fn: Callable, *args) -> Future:
         """Runs fn on the GPU thread, in order with the batches; callable from any thread."""
@@ -209,6 +228,7 @@ class Scheduler:
             ):
                 return True
             self._queue.popleft()
+            self.queued_tokens -= item.tokens
             if not item.job.alive():
                 self._drop(item)
                 continue
@@ -221,6 +241,7 @@ class Scheduler:
         self.documents_dropped += 1
         job = item.job
         job.outstanding -= 1
+        self.stats.documents_dropped(1, CANCELLED if job.cancelled or not job.expired() else DEADLINE)
         if job.expired() and not job.cancelled:
             job.fail(DeadlineExpired("deadline expired before the documents were scored"))
         job.release_if_done()
@@ -245,12 +266,17 @@ class Scheduler:
         elapsed = time.perf_counter() - start
         self.busy_seconds += elapsed
         self.batches += 1
+        self.tokens_scored += sum(item.tokens for item in batch)
+        self.stats.batch_done(len(batch), sum(item.tokens for item in batch),
+                              sum(len(item.doc.segment.images) for item in batch), elapsed)
         for item, logit in zip(batch, logits):
             job = item.job
             if self._batch_id not in job._batches_seen:
                 job._batches_seen.add(self._batch_id)
                 job.stats.timings.inference_ms += elapsed * 1e3
+                job.stats.batches.append((start, start + elapsed))
             job.stats.timings.queue_ms = max(job.stats.timings.queue_ms, (start - item.enqueued) * 1e3)
+            self.stats.queue_wait(start - item.enqueued)
             if not isinstance(logit, float) or not job.alive():
                 job.outstanding -= 1
                 if isinstance(logit, Exception):
@@ -258,7 +284,9 @@ class Scheduler:
                 job.release_if_done()
                 continue
             self.documents_scored += 1
-            job.deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit))
+            if item.doc.uses_prefix:
+                self.stats.prefix_saved(len(job.query.prefix))
+            job.deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit, truncated=item.doc.truncated))
 
     # ---- on the GPU thread --------------------------------------------------------------
     def _run_batch(self, batch: list[_Item]) -> list[float | Exception | None]:
@@ -304,6 +332,7 @@ class Scheduler:
                     f"documents[{batch[todo[0]].doc.index}]", "the document is too large for the GPU memory left")])
             else:
                 self.oom_splits += 1
+                self.stats.oom_split()
                 half = len(todo) // 2
                 self._score(batch, todo[:half], out, False)
                 self._score(batch, todo[half:], out, False)

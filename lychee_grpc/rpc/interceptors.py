@@ -22,8 +22,11 @@ LYCHEE_PREFIX = "/lychee.v1."
 
 class RequestObserver(Protocol):
     def request_done(
-        self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str
-    ) -> None: ...
+        self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str,
+        record: request_context.RequestRecord | None = None,
+    ) -> None:
+        """Once per call, when it ends; `record` holds what the call carried (documents, tokens,
+        images, the engine's timings) and the caller's trace context."""
 
 
 class Authenticator(Protocol):
@@ -102,6 +105,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         rid = request_context.new_request_id(metadata.get("x-request-id"))
         request_context.request_id.set(rid)
+        request_context.request_record.set(request_context.RequestRecord(
+            traceparent=metadata.get("traceparent", ""), tracestate=metadata.get("tracestate", "")))
         await context.send_initial_metadata((("x-request-id", rid),))
         if self.authenticator is not None:
             self.authenticator.check(metadata.get("authorization"))
@@ -118,9 +123,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def _done(self, method: str, code: str, started: float, rid: str, context) -> None:
         seconds = time.perf_counter() - started
+        record = request_context.request_record.get()
         for observer in self.observers:
             try:
-                observer.request_done("grpc", method, code, seconds, rid, context.peer() or "")
+                observer.request_done("grpc", method, code, seconds, rid, context.peer() or "", record)
             except Exception:  # an observer never breaks a call
                 log.exception("request observer failed")
 
