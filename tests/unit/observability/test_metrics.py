@@ -114,3 +114,17 @@ def test_every_metric_name_has_the_lychee_prefix():
     m.watch_engine(stats, lambda: 0)
     m.request_done("grpc", "Rerank", "OK", 0.01, "", "")
     assert all(name.startswith("lychee_") for name in families(m))
+
+
+def test_every_exposed_metric_is_in_the_operations_doc():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
+    m = PrometheusObserver()
+    m.watch_engine(stats, lambda: 0)
+    m.request_done("grpc", "Rerank", "OK", 0.01, "", "")
+    m.set_build_info("v", "m", "d", "x")
+    names = {sample.name for family in families(m).values() for sample in family.samples}
+    shown = {n for n in names if not n.endswith(("_bucket", "_sum", "_count", "_created"))}
+    missing = sorted(n for n in shown if f"`{n}`" not in doc)
+    assert not missing, f"not in docs/operations.md: {missing}"
