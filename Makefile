@@ -8,17 +8,19 @@ PORT ?= 50051
 MODEL ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto tiny-model demo serve test test-python test-clients test-go test-java contract lint bench clean
+.PHONY: install proto tiny-model demo serve test test-python test-python-client test-clients test-go test-java contract lint bench clean deploy-check
 
-install: $(STAMP) lychee_grpc/proto/lychee_pb2.py
+STUBS := clients/python/lychee_client/proto/lychee_pb2.py
 
-$(STAMP): pyproject.toml
+install: $(STAMP) $(STUBS)
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e clients/python -e ".[dev]"
 	touch $(STAMP)
 
-lychee_grpc/proto/lychee_pb2.py: proto/lychee.proto $(STAMP)
+$(STUBS): proto/lychee.proto $(STAMP)
 	$(PY) scripts/gen_proto.py
 
 proto: $(STAMP)
@@ -42,6 +44,14 @@ test-python: tiny-model lint
 
 test: test-python
 
+# The Python client in an environment of its own (no torch), against a live server.
+CLIENT_VENV := .cache/client-venv
+test-python-client: tiny-model
+	test -x $(CLIENT_VENV)/bin/python || $(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/python -m pip install -q --upgrade "./clients/python[test]"
+	cd clients/python && LYCHEE_CLI=$(abspath $(VENV))/bin/lychee-grpc LYCHEE_TINY_MODEL=$(abspath $(TINY)) \
+		$(abspath $(CLIENT_VENV))/bin/python -m pytest -q -p no:cacheprovider
+
 test-go: tiny-model
 	$(MAKE) -C clients/go check-generated test
 
@@ -51,10 +61,14 @@ test-java: tiny-model
 contract:
 	bash scripts/check_contract.sh
 
-test-clients: test-go test-java contract
+test-clients: test-python-client test-go test-java contract
+
+# Dockerfile consistency, helm lint, and rendered manifests decoded strictly into the Kubernetes types.
+deploy-check: install
+	PYTHON=$(PY) bash scripts/check_deploy.sh
 
 bench: install
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) .cache lychee_grpc/proto .pytest_cache .ruff_cache clients/java/target
+	rm -rf $(VENV) .cache clients/python/lychee_client/proto .pytest_cache .ruff_cache clients/java/target

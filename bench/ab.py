@@ -1,62 +1,164 @@
-"""p50 of T100, I100 cold and I100 warm through `Engine.rerank` (RANDOM weights, 7B shape) for
-whichever `lychee_grpc` is first on the path: run it for two checkouts, alternating, to compare
-code on one machine.
+"""The one A/B tool: two variants of the engine in ONE process, alternating request by request
+(so both see the same GPU clocks and temperature), p50 per variant and workload.
 
-    PYTHONPATH=old-checkout python bench/ab.py --label old
-    python bench/ab.py --label new
+A variant is either engine settings (EngineConfig fields, `key=value`, comma-separated) or
+another checkout's package, copied and imported as `lychee_b` (a checkout with the engine/
+subpackage layout; its `prepare_model` is applied to the same model). Both variants share one
+model (RANDOM weights, 7B shape).
+
+    python -m bench.ab --a window_kernel=true --b window_kernel=false
+    python -m bench.ab --b max_batch_tokens=8192 --workloads T100
+    python -m bench.ab --b-checkout ../lychee-grpc-old           # this checkout vs that one
+    python -m bench.ab --smoke --rounds 1                        # a tiny model on the CPU: does it run
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import importlib
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-sys.path.append(str(Path(__file__).resolve().parent.parent))  # after PYTHONPATH: a checkout there wins
+from bench.harness.model import DEFAULT_TINY, SEVEN_B, SMOKE, build_model
+from bench.harness.timing import forget_images, sync
+from bench.harness.workloads import image_workload, text_workload
+from lychee_grpc.engine.config import EngineConfig
+from lychee_grpc.engine.engine import Engine
+from lychee_grpc.engine.types import Document, Query, TextPart
+
+WORKLOADS = ("T100", "I100", "I100_warm")
 
 
-async def main_async() -> None:
-    import lychee_grpc
-    from bench.run import build_model, image_workload, text_workload
-    from lychee_grpc.engine.config import EngineConfig
-    from lychee_grpc.engine.engine import Engine
-    from lychee_grpc.engine.vision_cache import VisionCache
+def parse_settings(text: str) -> dict[str, Any]:
+    """`key=value,key=value` into EngineConfig overrides, each value converted to its field's type."""
+    fields = {f.name: f for f in dataclasses.fields(EngineConfig)}
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"bench.ab: {item!r} is not key=value with key an EngineConfig field "
+                             f"({', '.join(sorted(fields))})")
+        out[key] = _convert(value, str(fields[key].type), key)
+    return out
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--label", default="")
-    p.add_argument("--text", type=int, default=10)
-    p.add_argument("--image", type=int, default=6)
-    a = p.parse_args()
-    loaded, _ = build_model(".cache/tiny-model")
-    engine = Engine(EngineConfig(model="random-7b", warmup=True), loaded)
-    await engine.start()
+
+def _convert(value: str, kind: str, key: str) -> Any:
+    if value.lower() == "none" and "None" in kind:
+        return None
+    if kind.startswith("bool"):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise SystemExit(f"bench.ab: {key} takes true or false, not {value!r}")
+        return value.lower() in ("true", "1")
+    for number in (int, float):
+        if number.__name__ in kind:
+            try:
+                return number(value)
+            except ValueError:
+                continue
+    return value
+
+
+def import_checkout(path: str):
+    """The engine package of another checkout, copied under the name `lychee_b`."""
+    source = Path(path).expanduser().resolve() / "lychee_grpc"
+    if not (source / "engine" / "engine.py").exists():
+        raise SystemExit(f"bench.ab: {source} has no engine/engine.py")
+    target = Path(tempfile.mkdtemp(prefix="lychee-ab-"))
+    shutil.copytree(source, target / "lychee_b", ignore=shutil.ignore_patterns("__pycache__", "proto"))
+    sys.path.insert(0, str(target))
+    return importlib.import_module("lychee_b.engine.engine"), importlib.import_module("lychee_b.engine.config")
+
+
+def in_package(types, query: Query, docs: list[Document]) -> tuple[Any, list[Any]]:
+    """The request in another package's domain types (its engine checks parts by class)."""
+    def parts(ps):
+        return tuple(types.TextPart(p.text) if isinstance(p, TextPart) else types.ImagePart(p.data) for p in ps)
+
+    return types.Query(parts(query.parts)), [types.Document(d.id, parts(d.parts)) for d in docs]
+
+
+async def main_async(a: argparse.Namespace) -> int:
+    device = "cpu" if a.smoke else "cuda"
+    loaded = build_model(a.tiny, SMOKE if a.smoke else SEVEN_B, dtype=torch.float32 if a.smoke else torch.bfloat16,
+                         device=device)
+    documents = 4 if a.smoke else 100
+    base = dict(model="random-qwen2.5-vl", warmup=not a.smoke, preprocess_threads=8)
+    variants: dict[str, Any] = {"a": Engine(EngineConfig(**{**base, **parse_settings(a.a)}), loaded)}
+    types_of = {"a": None, "b": None}
+    if a.b_checkout:
+        engine_b, config_b = import_checkout(a.b_checkout)
+        try:
+            importlib.import_module("lychee_b.engine.model.patch").prepare_model(loaded.model)
+        except ModuleNotFoundError:
+            pass
+        variants["b"] = engine_b.Engine(config_b.EngineConfig(**{**base, **parse_settings(a.b)}), loaded)
+        types_of["b"] = importlib.import_module("lychee_b.engine.types")
+    else:
+        variants["b"] = Engine(EngineConfig(**{**base, **parse_settings(a.b)}), loaded)
+    for engine in variants.values():
+        await engine.start()
     tok = loaded.processor.tokenizer
-    text, images = text_workload(tok, 1), image_workload(tok, 7)
+    texts = [text_workload(tok, s, documents) for s in range(4)]
+    images = [image_workload(tok, 100 + s, documents=documents) for s in range(4)]
+    plan = {"T100": (texts, False), "I100": (images, True), "I100_warm": (images[:1], False)}
+    chosen = [w.strip() for w in a.workloads.split(",")]
+    for name in chosen:
+        if name not in plan:
+            raise SystemExit(f"bench.ab: unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+    times: dict[tuple[str, str], list[float]] = {(w, v): [] for w in chosen for v in variants}
+    for r in range(a.warmup + a.rounds):
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))  # neither always goes first
+        for name in chosen:
+            workloads, cold = plan[name]
+            query, docs = workloads[r % len(workloads)]
+            for label in order:
+                engine = variants[label]
+                if cold:
+                    forget_images(engine)
+                request = (query, docs) if types_of[label] is None else in_package(types_of[label], query, docs)
+                sync()
+                start = time.perf_counter()
+                await engine.rerank(*request)
+                sync()
+                if r >= a.warmup:
+                    times[(name, label)].append((time.perf_counter() - start) * 1e3)
+    for engine in variants.values():
+        await engine.stop()
+    where = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke: timings mean nothing)"
+    print(f"A: {a.a or 'defaults'} | B: {a.b_checkout or ''} {a.b or 'defaults'} | {where}, RANDOM weights")
+    print("| workload | A p50 ms | B p50 ms | B/A |")
+    print("|---|---|---|---|")
+    for name in chosen:
+        pa, pb = statistics.median(times[(name, "a")]), statistics.median(times[(name, "b")])
+        print(f"| {name} | {pa:.1f} | {pb:.1f} | {pb / pa:.3f} |", flush=True)
+    return 0
 
-    async def p50(workload, n: int, cold: bool) -> float:
-        times = []
-        for i in range(n + 2):
-            if cold:
-                engine.executor.vision_cache = VisionCache(1 << 32)
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            await engine.rerank(*workload)
-            if i >= 2:  # the first two compile and warm
-                times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
 
-    t100 = await p50(text, a.text, False)
-    cold = await p50(images, a.image, True)
-    warm = await p50(images, a.image, False)
-    print(f"{a.label or Path(lychee_grpc.__file__).parent}: T100 {t100:.1f} ms, I100 cold {cold:.1f} ms, "
-          f"I100 warm {warm:.1f} ms (RANDOM weights, {torch.cuda.get_device_name()})", flush=True)
-    await engine.stop()
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
+    p.add_argument("--a", default="", help="variant A's EngineConfig settings, key=value,...")
+    p.add_argument("--b", default="", help="variant B's EngineConfig settings, key=value,...")
+    p.add_argument("--b-checkout", default="", help="variant B is this checkout's lychee_grpc (imported as lychee_b)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
+    p.add_argument("--rounds", type=int, default=10, help="timed requests per variant and workload")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (compilation, caches)")
+    p.add_argument("--tiny", default=DEFAULT_TINY, help="tokenizer + image processor source")
+    p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU, 4 documents: checks that it runs")
+    a = p.parse_args(argv)
+    if not a.smoke and not torch.cuda.is_available():
+        print("python -m bench.ab needs a CUDA GPU (or --smoke)", file=sys.stderr)
+        return 2
+    return asyncio.run(main_async(a))
 
 
 if __name__ == "__main__":
-    asyncio.run(main_async())
+    sys.exit(main())

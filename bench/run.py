@@ -5,7 +5,7 @@ default pixel bound) and I100_hires_capped (same, --max-image-model-pixels 448*4
 clients for --c8-seconds), and the plain transformers way REF_T100 / REF_I100 (left padding,
 batches of 16) on the same weights. Our paths run under a 24 GiB process cap (an A10 / RTX 3090).
 
-    python bench/run.py --tiny .cache/tiny-model        # on the GPU machine
+    python -m bench.run --tiny .cache/tiny-model        # on the GPU machine
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import io
 import json
 import math
-import random
 import shlex
 import statistics
 import sys
@@ -26,186 +24,25 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from lychee_grpc.engine.config import EngineConfig  # noqa: E402
-from lychee_grpc.engine.engine import Engine  # noqa: E402
-from lychee_grpc.engine.loader import LoadedModel  # noqa: E402
-from lychee_grpc.engine.reference import reference_logits  # noqa: E402
-from lychee_grpc.engine.template import DEFAULT_INSTRUCTION  # noqa: E402
-from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart  # noqa: E402
-from lychee_grpc.engine.vision_attention import install_packed_vision_attention  # noqa: E402
-from lychee_grpc.engine.vision_cache import VisionCache  # noqa: E402
-from lychee_grpc.engine.vision_mlp import align_vision_mlp  # noqa: E402
-
-FLOP_PER_TOKEN = 2 * 6.53e9
-VISION_FLOP_448 = 1.37e12
-WORDS = ("retro denim jacket women slim vintage wash blue jeans coat spring autumn sofa grey fabric three "
-         "seater modern wireless bluetooth earbuds noise cancelling running shoes breathable mesh dress "
-         "summer chiffon floral midi water bottle insulated keyboard gaming organic green tea gift box").split()
+from bench.harness.floor import FLOP_PER_TOKEN, VISION_FLOP_448, matmul_tflops, summary
+from bench.harness.model import DEFAULT_TINY, ROOT, Shape, build_model
+from bench.harness.timing import compare, pct, time_engine, time_reference
+from bench.harness.workloads import image_workload, text_workload
+from lychee_grpc.engine.config import EngineConfig
+from lychee_grpc.engine.engine import Engine
+from lychee_grpc.engine.model.reference import reference_logits
+from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 
 
 def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def build_model(tiny: str, layers: int = 28, vision_depth: int = 32, dtype=torch.bfloat16):
-    from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(tiny)
-    tiny_cfg = Qwen2_5_VLConfig.from_pretrained(tiny)
-    ids = {k: getattr(tiny_cfg, k) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                                             "vision_end_token_id")}
-    tc = tiny_cfg.text_config
-    config = Qwen2_5_VLConfig(
-        text_config=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers, num_attention_heads=28,
-                         num_key_value_heads=4, vocab_size=152064, max_position_embeddings=128000,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-                         rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=tc.bos_token_id,
-                         eos_token_id=tc.eos_token_id, pad_token_id=tc.pad_token_id),
-        vision_config=dict(depth=vision_depth, hidden_size=1280, intermediate_size=3420, num_heads=16,
-                           out_hidden_size=3584, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                           window_size=112, in_channels=3, tokens_per_second=2,
-                           fullatt_block_indexes=[7, 15, 23, 31] if vision_depth == 32 else [1, 3]),
-        tie_word_embeddings=False, **ids,
-    )
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    torch.set_default_dtype(dtype)
-    with torch.device("cuda"):
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    torch.set_default_dtype(torch.float32)
-    model.eval()
-    vision = install_packed_vision_attention(model)
-    align_vision_mlp(model.model.visual)
-    tok = processor.tokenizer
-    loaded = LoadedModel(model=model, processor=processor, yes_id=tok.convert_tokens_to_ids("yes"),
-                         no_id=tok.convert_tokens_to_ids("no"), device=torch.device("cuda"), dtype=dtype,
-                         attention="sdpa", random_weights=True, parameters=sum(p.numel() for p in model.parameters()))
-    return loaded, vision
-
-
-def words_of_tokens(tok, rng: random.Random, n: int) -> str:
-    text = ""
-    while len(tok.encode(text, add_special_tokens=False)) < n:
-        text += ("" if not text else " ") + rng.choice(WORDS)
-    return text
-
-
-def jpeg(rng: random.Random, size: int) -> bytes:
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
-    draw = ImageDraw.Draw(img)
-    for _ in range(12):
-        x0, y0 = rng.randrange(size), rng.randrange(size)
-        draw.rectangle((x0, y0, x0 + rng.randrange(size // 2), y0 + rng.randrange(size // 2)),
-                       fill=tuple(rng.randrange(256) for _ in range(3)))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def text_workload(tok, seed: int) -> tuple[Query, list[Document]]:
-    rng = random.Random(seed)
-    query = Query((TextPart(words_of_tokens(tok, rng, 16)),))
-    docs = [Document(str(i), (TextPart(words_of_tokens(tok, rng, rng.randint(48, 144))),)) for i in range(100)]
-    return query, docs
-
-
-def image_workload(tok, seed: int, size: int = 448) -> tuple[Query, list[Document]]:
-    rng = random.Random(seed)
-    query = Query((TextPart(words_of_tokens(tok, rng, 12)),))
-    docs = [Document(str(i), (ImagePart(jpeg(rng, size)), TextPart(words_of_tokens(tok, rng, 32))))
-            for i in range(100)]
-    return query, docs
-
-
-def sync() -> None:
-    torch.cuda.synchronize()
-
-
-def matmul_tflops() -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    sync()
-    start = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    sync()
-    return 2 * 8192**3 * 10 / (time.perf_counter() - start) / 1e12
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
-
-
-def summary(name, times_ms, needed_flop, matmul, extra=None) -> dict:
-    p50 = statistics.median(times_ms)
-    floor = needed_flop / (matmul * 1e12) * 1e3
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    out = {"p50_ms": round(p50, 1), "p95_ms": round(pct(times_ms, 0.95), 1), "floor_ms": round(floor, 1),
-           "candidates_per_s": round(100 / (p50 / 1e3), 1), "peak_gib": round(peak, 2),
-           "needed_tflops": round(needed_flop / (p50 / 1e3) / 1e12, 1), "iterations": len(times_ms)}
-    out.update(extra or {})
-    log(f"  {name}: p50 {out['p50_ms']} ms, p95 {out['p95_ms']} ms, floor {out['floor_ms']} ms "
-        f"({p50 / floor:.2f}x), peak {out['peak_gib']} GiB")
-    return out
-
-
-def time_reference(loaded, workloads, iterations: int) -> tuple[list[float], list[torch.Tensor]]:
-    times, logits = [], []
-    for k in range(iterations):
-        query, docs = workloads[k % len(workloads)]
-        sync()
-        start = time.perf_counter()
-        z = reference_logits(loaded.model, loaded.processor, DEFAULT_INSTRUCTION, query.parts,
-                             [d.parts for d in docs], batch_size=16)
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-        logits.append(z)
-    return times, logits
-
-
-async def time_engine(engine, workloads, iterations: int, cold: bool, warmup: int = 1):
-    times, rankings = [], []
-    for k in range(-warmup, iterations):
-        query, docs = workloads[max(k, 0) % len(workloads)] if not cold else workloads[(k + warmup) % len(workloads)]
-        if cold:
-            engine.executor.vision_cache = VisionCache(engine.executor.vision_cache.capacity_bytes)
-        torch.cuda.reset_peak_memory_stats() if k == 0 else None
-        sync()
-        start = time.perf_counter()
-        ranking = await engine.rerank(query, docs)
-        sync()
-        if k >= 0:
-            times.append((time.perf_counter() - start) * 1e3)
-            rankings.append(ranking)
-    return times, rankings
-
-
-def compare(fast_ranking, ref_logits) -> dict:
-    """Largest score difference, and pairs the reference orders by more than 2e-2 that `fast`
-    (a ranking, or another set of reference logits) does not."""
-    if hasattr(fast_ranking, "scores"):
-        fast = {s.index: s.score for s in fast_ranking.scores}
-    else:
-        fast = dict(enumerate(1 / (1 + math.exp(-float(z))) for z in fast_ranking))
-    ref = [1 / (1 + math.exp(-float(z))) for z in ref_logits]
-    diff = max(abs(fast[i] - ref[i]) for i in range(len(ref)))
-    flips = sum(1 for i in range(len(ref)) for j in range(len(ref))
-                if ref[i] - ref[j] > 2e-2 and fast[i] <= fast[j])
-    return {"max_abs_diff_vs_ref": round(diff, 5), "order_flips_over_2e-2": flips}
-
-
 def run_c8(engine_config, loaded, seconds: float, tok) -> dict:
+    from lychee_grpc.server import LycheeServer, ServerConfig
+
     from lychee_grpc.client import LycheeClient
     from lychee_grpc.proto import lychee_pb2 as pb
-    from lychee_grpc.server import LycheeServer, ServerConfig
 
     loop = asyncio.new_event_loop()
     server = LycheeServer(engine_config, ServerConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
@@ -260,7 +97,7 @@ def run_c8(engine_config, loaded, seconds: float, tok) -> dict:
 async def exactness_fp32(tiny: str) -> dict:
     """Fast path vs the plain reference in float32 on the GPU, on a 7B-width model cut to 4 LM
     and 4 vision layers (the full 28 layers in float32 would not fit beside the bf16 model)."""
-    loaded, _ = build_model(tiny, layers=4, vision_depth=4, dtype=torch.float32)
+    loaded = build_model(tiny, Shape(layers=4, vision_depth=4), dtype=torch.float32)
     tok = loaded.processor.tokenizer
     # cuDNN runs float32 convolutions in TF32 by default: the reference's patch Conv3d would be
     # the one rounded (ours is a float32 GEMM). Compare true float32 with true float32.
@@ -284,14 +121,14 @@ async def exactness_fp32(tiny: str) -> dict:
     loaded.dtype = torch.bfloat16
     engine = Engine(EngineConfig(model="random-7b-width-4-layers-bf16", warmup=False), loaded)
     await engine.start()
-    ex = engine.executor
-    out["varlen_used"] = ex.use_varlen
-    out["varlen_repeats_kv"] = ex._varlen_expand_kv
+    attention = engine.executor.attention
+    out["varlen_used"] = attention.use_varlen
+    out["varlen_repeats_kv"] = attention._varlen_expand_kv
     for name, (query, docs) in {"text": text_workload(tok, 11), "image": image_workload(tok, 12)}.items():
         docs = docs[:24] if name == "text" else docs[:8]
         got = {}
         for varlen in (True, False):
-            ex.use_varlen = varlen and out["varlen_used"]
+            attention.use_varlen = varlen and out["varlen_used"]
             ranking = await engine.rerank(query, docs)
             got[varlen] = {s.index: s.score for s in ranking.scores}
         out[f"bf16_varlen_vs_padded_{name}"] = max(abs(got[True][i] - got[False][i]) for i in got[True])
@@ -303,12 +140,12 @@ async def exactness_fp32(tiny: str) -> dict:
 
 
 async def main_async(a) -> dict:
-    loaded, vision = build_model(a.tiny)
+    loaded = build_model(a.tiny)
     tok = loaded.processor.tokenizer
     gpu = torch.cuda.get_device_name()
     log(f"== lychee-grpc benchmark on {gpu}: Qwen2.5-VL-7B shape with RANDOM weights (not a trained model); "
         f"scores are compared with the plain transformers path on the same weights")
-    log(f"vision attention: {vision}; torch {torch.__version__}")
+    log(f"torch {torch.__version__}")
     matmul = matmul_tflops()
     log(f"bf16 8192^3 matmul: {matmul:.0f} TFLOP/s")
     results: dict = {"gpu": gpu, "matmul_tflops": round(matmul, 1), "random_weights": True,
@@ -339,7 +176,7 @@ async def main_async(a) -> dict:
     await engine.start()
 
     if a.compare_eager:
-        from lychee_grpc.engine.fused import FusedOps
+        from lychee_grpc.engine.lm.fused import FusedOps
 
         fused = engine.executor.ops
         engine.executor.ops = FusedOps(torch.device("cpu"))  # eager kernels
@@ -416,8 +253,8 @@ def table(results: dict) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--tiny", default=str(ROOT / ".cache" / "tiny-model"), help="tokenizer + image processor source")
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", default=DEFAULT_TINY, help="tokenizer + image processor source")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--ref-iters", type=int, default=4)
     p.add_argument("--cap-gib", type=float, default=24.0)
@@ -427,7 +264,7 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = p.parse_args()
     if not torch.cuda.is_available():
-        print("bench/run.py needs a CUDA GPU (timings are reported from the GPU only)", file=sys.stderr)
+        print("python -m bench.run needs a CUDA GPU (timings are reported from the GPU only)", file=sys.stderr)
         return 2
     results = asyncio.run(main_async(a))
     out = Path(a.out)
@@ -444,7 +281,7 @@ def main() -> int:
 
 def append_to_results(results: dict, path: Path) -> None:
     """Appends the date, the exact command and the table to bench/RESULTS.md's run log."""
-    command = shlex.join(["python3", *sys.argv])
+    command = shlex.join(["python3", "-m", "bench.run", *sys.argv[1:]])
     entry = (f"\n### {results['date']}, {results['gpu']}, bf16 matmul {results['matmul_tflops']} TFLOP/s, "
              f"RANDOM weights\n\n    {command}\n\n{table(results)}\n")
     text = path.read_text() if path.exists() else "# Benchmark results\n"

@@ -13,14 +13,19 @@ from . import __version__
 from .config import AppConfig
 from .engine.config import EngineConfig
 from .engine.engine import Engine
+from .http.app import create_app
+from .http.server import HttpServer
 from .lifecycle import Lifecycle, State
 from .observability.logs import AccessLog
 from .observability.metrics import MetricsExporter, PrometheusObserver
 from .observability.tracing import otlp_observer
 from .rpc.interceptors import ServiceInterceptor
 from .rpc.server import GrpcServer
+from .security import TokenAuthenticator, grpc_server_credentials, uvicorn_ssl_options
 from .service import Service
 from .workers.local import LocalEngineClient
+from .workers.pool import WorkerPool, parse_devices
+from .workers.protocol import EngineClient
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +48,35 @@ class App:
         if self.tracing is not None:
             request_observers.append(self.tracing)
         self.service = Service(self.lifecycle, config.service, observers=[self.metrics])
-        self.interceptor = ServiceInterceptor(observers=request_observers)
-        self.grpc = GrpcServer(self.service, self.lifecycle, config.grpc, self.interceptor)
-        self.engine_client: LocalEngineClient | None = None
+        self.authenticator = TokenAuthenticator.from_config(config.security)
+        self.interceptor = ServiceInterceptor(
+            observers=request_observers,
+            authenticator=self.authenticator, authenticate_reflection=config.security.auth_reflection
+        )
+        self.grpc = GrpcServer(self.service, self.lifecycle, config.grpc, self.interceptor,
+                               credentials=grpc_server_credentials(config.security))
+        if self.authenticator is not None and self.grpc.credentials is None:
+            log.warning("bearer tokens are on without TLS: they cross the network in plaintext (--tls-cert)")
+        # REST and the console: same service, lifecycle, auth, observers and size bound as gRPC.
+        self.http: HttpServer | None = None
+        if config.http.enabled:
+            rest = create_app(self.service, self.lifecycle, authenticator=self.interceptor.authenticator,
+                              observers=self.interceptor.observers, max_body_bytes=config.grpc.max_message_mib << 20)
+            self.http = HttpServer(rest, config.http.host, config.http.port, uvicorn_ssl_options(config.security))
+        self.engine_client: EngineClient | None = None
 
     @property
     def port(self) -> int:
         return self.grpc.port
 
     @property
+    def http_port(self) -> int:
+        return self.http.port if self.http is not None else 0
+
+    @property
     def engine(self) -> Engine | None:
-        return self.engine_client.engine if self.engine_client is not None else None
+        """The in-process engine (None with worker processes)."""
+        return self.engine_client.engine if isinstance(self.engine_client, LocalEngineClient) else None
 
     def _engine_stats(self):
         return self.engine_client.stats() if self.engine_client is not None else None
@@ -62,17 +85,35 @@ class App:
         await self.grpc.start()
         if self.metrics_exporter is not None:
             self.metrics_exporter.start()
+        if self.http is not None:
+            await self.http.start()
 
-    async def load(self) -> None:
+    async def _engine_client(self) -> EngineClient:
+        workers = self.config.workers
         # The queued-token bound is the service's setting, enforced where tokens are known.
         engine_config = dataclasses.replace(self.config.engine, max_queue_tokens=self.config.service.max_queue_tokens)
+        if workers.devices:
+            pool = WorkerPool(
+                engine_config,
+                parse_devices(workers.devices),
+                on_failure=self.lifecycle.fail,
+                split_min_documents=workers.split_min_documents,
+                log_level=self.config.log.level.upper(),
+            )
+            self.engine_client = pool
+            await pool.start()
+            return pool
         engine = await asyncio.to_thread(self._factory, engine_config)
-        engine.recorder.observer = self.metrics
+        engine.observe(self.metrics)
         client = LocalEngineClient(engine)
-        await client.start()
         self.engine_client = client
+        await client.start()
+        return client
+
+    async def load(self) -> None:
+        client = await self._engine_client()
         self.service.attach(client)
-        info = engine.info()
+        info = client.info()
         if info.random_weights:
             log.warning(
                 "%s has RANDOM weights (a generated test checkpoint): its scores are not relevance judgements",
@@ -94,6 +135,8 @@ class App:
         if not await self.lifecycle.wait_idle(self.config.grace_seconds):
             log.warning("%d requests still in flight after the grace period", self.lifecycle.in_flight)
         await self.grpc.stop(max(0.0, deadline - loop.time()))
+        if self.http is not None:
+            await self.http.stop(max(0.0, deadline - loop.time()))
         if self.engine_client is not None:
             await self.engine_client.stop()
         if self.lifecycle.state is not State.FAILED:
@@ -114,6 +157,9 @@ async def run(config: AppConfig) -> int:
     app.lifecycle.subscribe(lambda state: stop.set() if state is State.FAILED else None)
     await app.start()
     log.info("listening on %s:%d", config.grpc.host, app.port)
+    if app.http is not None:
+        shown = "localhost" if config.http.host in ("0.0.0.0", "::") else config.http.host
+        log.info("web console: http://%s:%d/  (REST API docs at /docs)", shown, app.http_port)
     loader = asyncio.create_task(app.load())
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({loader, stopper}, return_when=asyncio.FIRST_COMPLETED)

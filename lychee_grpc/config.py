@@ -30,8 +30,9 @@ class GrpcConfig:
 
 @dataclass
 class HttpConfig:
+    enabled: bool = True  # REST API and web console
     host: str = "0.0.0.0"
-    port: int = 8080  # REST API and web console; 0: off
+    port: int = 8080  # 0 picks a free one, as for gRPC
 
 
 @dataclass
@@ -47,11 +48,13 @@ class SecurityConfig:
     tls_client_ca: str | None = None  # mutual TLS when set
     auth_tokens_file: str | None = None  # one bearer token per line
     auth_token: str | None = None  # comma-separated bearer tokens
+    auth_reflection: bool = False  # reflection needs a token too; health never does
 
 
 @dataclass
 class WorkersConfig:
     devices: str = ""  # "": one engine on --device; "cuda:0,cuda:1" or "all": one worker process per device
+    split_min_documents: int = 16  # a request is spread over workers only in shares of at least this many
 
 
 @dataclass
@@ -80,6 +83,11 @@ class AppConfig:
         band_problem = self.service.bands.problem()
         if band_problem:
             out.append(band_problem + " (--band-medium, --band-strong)")
+        if self.service.max_explain_fragments < 1 or self.service.explain_grid_size < 1:
+            out.append("--max-explain-fragments and --explain-grid must be at least 1")
+        from .security import problems as security_problems  # reads the TLS and token files
+
+        out += security_problems(self.security)
         return out
 
 
@@ -108,6 +116,7 @@ class Setting:
     kind: Callable[[str], Any] = str
     scale: int = 1  # the field holds flag value x scale (MiB flags over byte fields)
     choices: tuple[str, ...] | None = None
+    secret: bool = False  # its value never shows in --help or error messages
 
     @property
     def env(self) -> str:
@@ -129,6 +138,11 @@ SETTINGS: tuple[Setting, ...] = (
             _optional(str)),
     Setting("default-instruction", "engine.default_instruction", "instruction used when a request leaves it empty"),
     # ---- workers (multi-GPU) ----
+    Setting("devices", "workers.devices",
+            "one engine worker process per device behind this endpoint: cuda:0,cuda:1 or all (empty: one in-process "
+            "engine on --device)"),
+    Setting("split-min-documents", "workers.split_min_documents",
+            "with several workers, a request is spread over them in shares of at least this many documents", int),
     # ---- per-request limits ----
     Setting("max-documents", "engine.max_documents_per_request", "documents per request (or per stream)", int),
     Setting("max-document-tokens", "engine.text_limits.max_tokens_per_document",
@@ -149,6 +163,10 @@ SETTINGS: tuple[Setting, ...] = (
             "resize ceiling before the vision tower; lower trades detail for speed (default: the checkpoint's)",
             _optional(int)),
     # ---- explain ----
+    Setting("max-explain-fragments", "service.max_explain_fragments",
+            "fragments one Explain call attributes (text merged into phrases to fit; image cells count too)", int),
+    Setting("explain-grid", "service.explain_grid_size",
+            "Explain's grid over each image (grid x grid cells): its default and its largest", int),
     # ---- bands ----
     Setting("band-strong", "service.bands.strong", "scores at or above this are 'strong'", float),
     Setting("band-medium", "service.bands.medium", "scores at or above this (and below strong) are 'medium'", float),
@@ -184,9 +202,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-connection-age-seconds", "grpc.max_connection_age_seconds",
             "close connections after this age so clients re-resolve (0: never)", float),
     Setting("reflection", "grpc.reflection", "serve gRPC reflection", parse_bool),
-    # ---- security ----
     Setting("grace-seconds", "grace_seconds", "time in-flight requests get to finish on SIGTERM", float),
+    # ---- security ----
+    Setting("tls-cert", "security.tls_cert", "PEM certificate chain: gRPC speaks TLS when set (re-read when it "
+            "changes)", _optional(str)),
+    Setting("tls-key", "security.tls_key", "PEM private key of --tls-cert", _optional(str)),
+    Setting("tls-client-ca", "security.tls_client_ca",
+            "PEM CA bundle: mutual TLS, clients must present a certificate it signed", _optional(str)),
+    Setting("auth-tokens-file", "security.auth_tokens_file",
+            "bearer tokens, one per line (# comments), re-read when it changes; every RPC but health needs one",
+            _optional(str)),
+    Setting("auth-token", "security.auth_token",
+            "comma-separated bearer tokens (prefer the variable: flags show in ps)", _optional(str), secret=True),
+    Setting("auth-reflection", "security.auth_reflection", "gRPC reflection needs a bearer token too",
+            parse_bool),
     # ---- http ----
+    Setting("http", "http.enabled", "serve the REST API and the web console", parse_bool),
+    Setting("http-host", "http.host", "address the REST API and web console bind"),
+    Setting("http-port", "http.port", "REST API and web console port (0 picks a free one)", int),
     # ---- metrics ----
     Setting("metrics-port", "metrics.port", "Prometheus /metrics port (0: off)", int),
     Setting("metrics-host", "metrics.host", "address the metrics port binds"),
@@ -232,7 +265,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             try:
                 out[s.flag] = s.kind(raw)
             except ValueError as exc:
-                raise ValueError(f"{s.env}={raw!r}: {exc}") from None
+                shown = "<hidden>" if s.secret else repr(raw)
+                raise ValueError(f"{s.env}={shown}: {exc}") from None
     return out
 
 

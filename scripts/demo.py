@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -56,11 +58,13 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--keep", action="store_true", help="keep the server (and its web console) up until Ctrl-C")
     a = parser.parse_args()
     target = f"127.0.0.1:{a.port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "lychee_grpc.cli", "serve", "--model", a.model, "--host", "127.0.0.1",
-         "--port", str(a.port), "--grace-seconds", "5"]
+         "--port", str(a.port), "--http-host", "127.0.0.1", "--http-port", str(a.http_port), "--grace-seconds", "5"]
     )
     try:
         wait_serving(target, server)
@@ -84,6 +88,24 @@ def main() -> int:
             query = pb.Query(parts=[image(picture((210, 40, 40), "circle")), text("same item")])
             show("image + text query -> image + text documents", client.rerank(query, docs),
                  [name for name, _ in pictures])
+        # The article's HTTP call, on the REST port beside gRPC.
+        call = urllib.request.Request(f"http://127.0.0.1:{a.http_port}/api/rerank", headers={
+            "content-type": "application/json"}, data=json.dumps({"query": "retro denim jacket",
+                                                                  "documents": titles}).encode())
+        with urllib.request.urlopen(call, timeout=60) as reply:
+            ranked = json.load(reply)["results"]
+        print("\n== POST /api/rerank (REST, the article's call)")
+        for rank, r in enumerate(ranked, 1):
+            print(f"  {rank}. {r['score']:.3f} {r['band']:<6} [{r['index']}] {r['document']}")
+        console = f"http://localhost:{a.http_port}/"
+        if a.keep:
+            print(f"\nWeb console: open {console} in a browser (REST API docs at {console}docs). Ctrl-C stops.")
+            try:
+                server.wait()
+            except KeyboardInterrupt:
+                pass
+        else:
+            print(f"\nWeb console: run `make demo DEMO_ARGS=--keep` (or `lychee-grpc serve`) and open {console}")
     finally:
         server.terminate()
         code = server.wait(30)

@@ -1,5 +1,6 @@
-"""Generates the Python stubs of proto/lychee.proto into lychee_grpc/proto/ (build step;
-the generated files are not checked in)."""
+"""Generates the Python stubs of proto/lychee.proto into the client package,
+clients/python/lychee_client/proto/ (build step; the generated files are not checked in). The
+server imports that one copy through lychee_grpc.proto."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "lychee_grpc" / "proto"
+OUT = ROOT / "clients" / "python" / "lychee_client" / "proto"
 
 
 def main() -> int:
@@ -32,7 +33,7 @@ def main() -> int:
     if code != 0:
         return code
     grpc_file = OUT / "lychee_pb2_grpc.py"
-    # protoc writes an absolute import; the stubs live inside the package.
+    # protoc writes an absolute import; the stubs live inside the client package.
     grpc_file.write_text(re.sub(r"^import lychee_pb2", "from . import lychee_pb2", grpc_file.read_text(), flags=re.M))
     (OUT / "__init__.py").write_text('"""Generated from proto/lychee.proto by scripts/gen_proto.py."""\n')
     return 0

@@ -9,9 +9,9 @@ import pytest
 
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
-from lychee_grpc.engine.images import ImageLimits
-from lychee_grpc.engine.loader import LoadedModel, load_model
-from lychee_grpc.engine.prepare import TextLimits
+from lychee_grpc.engine.model.loader import LoadedModel, load_model
+
+from .helpers import engine_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def tiny_model_dir() -> str:
     path = Path(os.environ.get("LYCHEE_TINY_MODEL", ROOT / ".cache" / "tiny-model"))
     if not (path / "config.json").exists():
-        from lychee_grpc.engine.tiny_model import make_tiny_model
+        from lychee_grpc.engine.model.tiny_model import make_tiny_model
 
         make_tiny_model(path)
     return str(path)
@@ -29,18 +29,6 @@ def tiny_model_dir() -> str:
 @pytest.fixture(scope="session")
 def loaded(tiny_model_dir) -> LoadedModel:
     return load_model(EngineConfig(model=tiny_model_dir))
-
-
-def engine_config(model: str, **overrides) -> EngineConfig:
-    base = dict(
-        model=model,
-        max_documents_per_request=150,
-        text_limits=TextLimits(max_tokens_per_document=512, max_query_tokens=512, max_instruction_tokens=64),
-        image_limits=ImageLimits(max_bytes=2 * 1024 * 1024, max_pixels=4_000_000),
-        warmup=False,
-    )
-    base.update(overrides)
-    return EngineConfig(**base)
 
 
 @pytest.fixture
@@ -60,22 +48,38 @@ async def make_engine(loaded, tiny_model_dir):
 
 
 @pytest.fixture
-async def server(loaded, tiny_model_dir):
-    """The whole app (service, lifecycle, gRPC on a real loopback port) over the tiny model."""
+async def make_server(loaded, tiny_model_dir):
+    """Apps (service, lifecycle, gRPC and HTTP on real loopback ports) over the tiny model; keyword
+    arguments override the engine settings, `app=` the other AppConfig groups."""
     from lychee_grpc.app import App
-    from lychee_grpc.config import AppConfig, GrpcConfig, MetricsConfig
+    from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, MetricsConfig
 
-    config = AppConfig(
-        engine=engine_config(tiny_model_dir, max_batch_documents=16),
-        grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
-        metrics=MetricsConfig(port=0),  # tests that scrape start their own exporter on a free port
-        grace_seconds=2,
-    )
-    app = App(config, engine_factory=lambda cfg: Engine(cfg, loaded))
-    await app.start()
-    await app.load()
-    yield app
-    await app.stop()
+    apps = []
+
+    async def factory(app: dict | None = None, **engine_overrides):
+        engine_overrides.setdefault("max_batch_documents", 16)
+        config = AppConfig(
+            engine=engine_config(tiny_model_dir, **engine_overrides),
+            grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+            grace_seconds=2,
+            # Metrics off: tests that scrape start an exporter on a free port (tests/e2e/ops_server.py).
+            **{"http": HttpConfig(host="127.0.0.1", port=0), "metrics": MetricsConfig(port=0), **(app or {})},
+        )
+        instance = App(config, engine_factory=lambda cfg: Engine(cfg, loaded))
+        await instance.start()
+        await instance.load()
+        apps.append(instance)
+        return instance
+
+    yield factory
+    for instance in apps:
+        await instance.stop()
+
+
+@pytest.fixture
+async def server(make_server):
+    """The whole app over the tiny model."""
+    return await make_server()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Image bytes and request builders shared by the tests."""
+"""Plain helpers shared by the tests (fixtures live in conftest.py): engine settings, image
+bytes, request builders."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import zlib
 
 from PIL import Image
 
+from lychee_grpc.engine.config import EngineConfig, ImageLimits, TextLimits
 from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
 
 
@@ -69,3 +71,16 @@ def pair_cases() -> dict[str, tuple[Query, list[Document]]]:
             ],
         ),
     }
+
+
+def engine_config(model: str, **overrides) -> EngineConfig:
+    """Small limits for the tiny model; `overrides` set any other EngineConfig field."""
+    base = dict(
+        model=model,
+        max_documents_per_request=150,
+        text_limits=TextLimits(max_tokens_per_document=512, max_query_tokens=512, max_instruction_tokens=64),
+        image_limits=ImageLimits(max_bytes=2 * 1024 * 1024, max_pixels=4_000_000),
+        warmup=False,
+    )
+    base.update(overrides)
+    return EngineConfig(**base)

@@ -1,5 +1,7 @@
-"""`lychee-grpc`: serve, rerank, info, make-tiny-model. Imports nothing heavy: `serve` loads the
-server (torch, transformers) only when it runs; the client commands never do."""
+"""`lychee-grpc`: serve, rerank, info, eval, make-eval-data, import-esci, make-tiny-model.
+
+Imports nothing heavy: `serve` loads the server (torch, transformers) only when it runs; the
+client commands never do."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ..eval.cli import add_parser as add_eval_parsers
     from . import call, tiny
 
     parser = argparse.ArgumentParser(prog="lychee-grpc", description=__doc__)
@@ -15,6 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the server (see `lychee-grpc serve --help` for every setting)")
     call.add_parsers(sub)
     tiny.add_parser(sub)
+    add_eval_parsers(sub)
     return parser
 
 
@@ -25,4 +29,4 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(argv[1:])
     args = _parser().parse_args(argv)
-    return args.run(args)
+    return args.func(args)

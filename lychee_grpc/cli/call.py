@@ -4,13 +4,30 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+
+def _client(a: argparse.Namespace):
+    from ..client import LycheeClient
+
+    return LycheeClient(a.target, timeout=a.timeout, root_certificates=a.ca, certificate_chain=a.cert,
+                        private_key=a.key, bearer_token=a.token or os.environ.get("LYCHEE_TOKEN") or None)
+
+
+def _connection_problem(a: argparse.Namespace) -> str | None:
+    if (a.cert is None) != (a.key is None):
+        return "--cert and --key go together (mutual TLS): give both or neither"
+    for flag, path in (("--ca", a.ca), ("--cert", a.cert), ("--key", a.key)):
+        if path and not os.access(path, os.R_OK):
+            return f"{flag} {path}: cannot read it"
+    return None
 
 
 def _rerank(a: argparse.Namespace) -> int:
     import grpc
 
-    from ..client import LycheeClient, band_name, image, text
+    from ..client import band_name, image, text
     from ..proto import lychee_pb2 as pb
 
     try:
@@ -24,8 +41,12 @@ def _rerank(a: argparse.Namespace) -> int:
     if not query or not docs:
         print("lychee-grpc rerank: give --query/--query-image and at least one --doc/--doc-image", file=sys.stderr)
         return 2
+    problem = _connection_problem(a)
+    if problem:
+        print(f"lychee-grpc rerank: {problem}", file=sys.stderr)
+        return 2
     try:
-        with LycheeClient(a.target, timeout=a.timeout) as client:
+        with _client(a) as client:
             resp = client.rerank(pb.Query(parts=query), docs, instruction=a.instruction or "", top_n=a.top_n)
     except grpc.RpcError as err:
         print(f"lychee-grpc rerank: {err.code().name}: {err.details()}", file=sys.stderr)
@@ -41,27 +62,43 @@ def _rerank(a: argparse.Namespace) -> int:
 
 
 def _info(a: argparse.Namespace) -> int:
+    import grpc
     from google.protobuf import json_format
 
-    from ..client import LycheeClient
-
-    with LycheeClient(a.target, timeout=a.timeout) as client:
-        print(json_format.MessageToJson(client.model_info()))
+    problem = _connection_problem(a)
+    if problem:
+        print(f"lychee-grpc info: {problem}", file=sys.stderr)
+        return 2
+    try:
+        with _client(a) as client:
+            info = client.model_info()
+    except grpc.RpcError as err:
+        print(f"lychee-grpc info: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    print(json_format.MessageToJson(info))
     return 0
+
+
+def _add_connection(p: argparse.ArgumentParser, timeout: float) -> None:
+    p.add_argument("--target", default="localhost:50051")
+    p.add_argument("--timeout", type=float, default=timeout)
+    p.add_argument("--ca", help="PEM CA bundle to verify the server with (TLS; the system's roots when only "
+                                "--cert/--key are given)")
+    p.add_argument("--cert", help="PEM client certificate chain (mutual TLS; with --key)")
+    p.add_argument("--key", help="PEM private key of --cert")
+    p.add_argument("--token", help="bearer token (default: env LYCHEE_TOKEN; prefer it: flags show in ps)")
 
 
 def add_parsers(sub) -> None:
     r = sub.add_parser("rerank", help="rerank documents against a query through a running server")
-    r.add_argument("--target", default="localhost:50051")
+    _add_connection(r, timeout=60.0)
     r.add_argument("--query")
     r.add_argument("--query-image", action="append", help="image file for the query (repeatable)")
     r.add_argument("--doc", action="append", help="a text document (repeatable)")
     r.add_argument("--doc-image", action="append", help="an image document file (repeatable)")
     r.add_argument("--instruction")
     r.add_argument("--top-n", type=int, default=0)
-    r.add_argument("--timeout", type=float, default=60.0)
-    r.set_defaults(run=_rerank)
+    r.set_defaults(func=_rerank)
     i = sub.add_parser("info", help="print a running server's model info")
-    i.add_argument("--target", default="localhost:50051")
-    i.add_argument("--timeout", type=float, default=10.0)
-    i.set_defaults(run=_info)
+    _add_connection(i, timeout=10.0)
+    i.set_defaults(func=_info)

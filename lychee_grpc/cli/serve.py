@@ -15,7 +15,7 @@ def parser(environ=None) -> argparse.ArgumentParser:
     env_values = settings.from_env(environ)
     for s in settings.SETTINGS:
         default = env_values.get(s.flag, s.default())
-        shown = "" if default in (None, "") else f" (default: {default})"
+        shown = "" if default in (None, "") else " (set)" if s.secret else f" (default: {default})"
         p.add_argument(f"--{s.flag}", type=s.kind, default=default, choices=s.choices,
                        help=f"{s.help}{shown} [env {s.env}]")
     return p

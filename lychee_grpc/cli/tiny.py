@@ -11,11 +11,11 @@ def add_parser(sub) -> None:
     t.add_argument("dir")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--force", action="store_true")
-    t.set_defaults(run=run)
+    t.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> int:
-    from ..engine.tiny_model import make_tiny_model
+    from ..engine.model.tiny_model import make_tiny_model
 
     out = Path(a.dir)
     if (out / "config.json").exists() and not a.force:

@@ -1,4 +1,131 @@
 """The model side of lychee-grpc: prompt, images, model loading, scheduler and executor.
 
-Nothing here knows about gRPC; the transport converts protobuf to these domain objects.
+Nothing here knows about gRPC or HTTP; a transport converts its messages to these domain
+objects. Names are imported lazily (PEP 562), so that `from lychee_grpc.engine import Query,
+EngineConfig, InvalidInput` loads neither torch nor transformers.
+
+Subpackages: prompt/ (template, validation, tokenization, images), model/ (loading, the one
+in-place patch step, the reference oracle, the tiny checkpoint), lm/ (the packed LM forward),
+vision/ (the vision tower's forward and kernels), util/ (device copies, the LRU).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "Engine": ".engine",
+    "ModelInfo": ".engine",
+    "EngineConfig": ".config",
+    "TextLimits": ".config",
+    "ImageLimits": ".config",
+    "Job": ".job",
+    "Query": ".types",
+    "Document": ".types",
+    "Part": ".types",
+    "TextPart": ".types",
+    "ImagePart": ".types",
+    "Score": ".types",
+    "Usage": ".types",
+    "Timings": ".types",
+    "RequestStats": ".types",
+    "EngineStats": ".stats",
+    "StatsObserver": ".stats",
+    "NullObserver": ".stats",
+    "EngineError": ".errors",
+    "FieldViolation": ".errors",
+    "InvalidInput": ".errors",
+    "TooLarge": ".errors",
+    "Overloaded": ".errors",
+    "NotReady": ".errors",
+    "DeadlineExpired": ".errors",
+    "Cancelled": ".errors",
+    "ModelLoadError": ".errors",
+    "LoadedModel": ".model.loader",
+    "load_model": ".model.loader",
+    "DEFAULT_INSTRUCTION": ".prompt.template",
+    "make_tiny_model": ".model.tiny_model",
+    "reference_logits": ".model.reference",
+}
+
+__all__ = [
+    "DEFAULT_INSTRUCTION",
+    "Cancelled",
+    "DeadlineExpired",
+    "Document",
+    "Engine",
+    "EngineConfig",
+    "EngineError",
+    "EngineStats",
+    "FieldViolation",
+    "ImageLimits",
+    "ImagePart",
+    "InvalidInput",
+    "Job",
+    "LoadedModel",
+    "ModelInfo",
+    "ModelLoadError",
+    "NotReady",
+    "NullObserver",
+    "Overloaded",
+    "Part",
+    "Query",
+    "RequestStats",
+    "Score",
+    "StatsObserver",
+    "TextLimits",
+    "TextPart",
+    "Timings",
+    "TooLarge",
+    "Usage",
+    "load_model",
+    "make_tiny_model",
+    "reference_logits",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from .config import EngineConfig, ImageLimits, TextLimits
+    from .engine import Engine, ModelInfo
+    from .errors import (
+        Cancelled,
+        DeadlineExpired,
+        EngineError,
+        FieldViolation,
+        InvalidInput,
+        ModelLoadError,
+        NotReady,
+        Overloaded,
+        TooLarge,
+    )
+    from .job import Job
+    from .model.loader import LoadedModel, load_model
+    from .model.reference import reference_logits
+    from .model.tiny_model import make_tiny_model
+    from .prompt.template import DEFAULT_INSTRUCTION
+    from .stats import EngineStats, NullObserver, StatsObserver
+    from .types import (
+        Document,
+        ImagePart,
+        Part,
+        Query,
+        RequestStats,
+        Score,
+        TextPart,
+        Timings,
+        Usage,
+    )

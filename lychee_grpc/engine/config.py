@@ -1,13 +1,25 @@
-"""Engine settings: model, limits, batching. The CLI fills these from flags and env vars."""
+"""Engine settings: model, limits, batching. Plain dataclasses with no torch import, so that a
+caller can build or read a configuration without loading the model's libraries."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 
-from .images import ImageLimits
-from .prepare import TextLimits
-from .template import DEFAULT_INSTRUCTION
+from .prompt.template import DEFAULT_INSTRUCTION
+
+
+@dataclass(frozen=True)
+class TextLimits:
+    max_query_tokens: int = 1024
+    max_tokens_per_document: int = 2048
+    max_instruction_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
 
 
 @dataclass
@@ -40,3 +52,6 @@ class EngineConfig:
     # torch's CPU threads (None: torch's default), for hosts shared with other processes.
     torch_threads: int | None = None
     warmup: bool = True
+    # The fused Triton window-attention kernel in the vision tower (CUDA only); its default
+    # follows LYCHEE_WINDOW_KERNEL (0 turns it off).
+    window_kernel: bool = field(default_factory=lambda: os.environ.get("LYCHEE_WINDOW_KERNEL", "1") != "0")

@@ -18,14 +18,18 @@ from PIL import Image
 
 from .config import EngineConfig
 from .errors import DeadlineExpired, FieldViolation, InvalidInput, NotReady, TooLarge
-from .executor import Executor
-from .loader import LoadedModel, load_model
-from .prepare import EncodedImage, Prefetch, Preprocessor
-from .scheduler import Job, Scheduler
-from .stats import DEADLINE, DeviceMemory, EngineStats, StatsObserver, StatsRecorder
+from .job import Job
+from .lm.executor import Executor
+from .model.loader import LoadedModel, load_model
+from .prompt.prepare import EncodedImage, Prefetch, Preprocessor
+from .ranking import rank
+from .scheduler import Scheduler
+from .stats import CANCELLED, DEADLINE, DeviceMemory, EngineStats, StatsObserver, StatsRecorder
 from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
+from .vision.cache import VisionCache
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -50,25 +54,29 @@ class ModelInfo:
     image_cache_hits: int
     image_cache_misses: int
 
+
 @dataclass
 class Ranking:
     scores: list[Score]  # best first
     stats: RequestStats
 
-def rank(scores: Sequence[Score], top_n: int = 0) -> list[Score]:
-    ordered = sorted(scores, key=lambda s: (-s.score, -s.logit, s.index))
-    return ordered[:top_n] if top_n > 0 else ordered
 
 class Engine:
+    """One model on one device. `observer` hears what the engine does (batches, drops, cache
+    hits), for a metrics exporter; `stats()` gives a snapshot of the same counters."""
+
     def __init__(self, config: EngineConfig, loaded: LoadedModel, observer: StatsObserver | None = None):
         self.config = config
-        self.recorder = StatsRecorder(observer)
         self.loaded = loaded
+        self._recorder = StatsRecorder(observer)
         cuda = loaded.device.type == "cuda"
         image_processor = loaded.processor.image_processor
         size = getattr(image_processor, "size", {}) or {}
         self.min_image_pixels = config.min_image_pixels or size.get("shortest_edge") or 4 * 28 * 28
         self.max_image_pixels = config.max_image_pixels or size.get("longest_edge") or 1280 * 28 * 28
+        # Tower outputs by image content: the preprocessor skips decoding what it holds, the
+        # executor reads and fills it.
+        self.vision_cache = VisionCache(config.vision_cache_bytes or ((2 << 30) if cuda else (256 << 20)))
         self.preprocessor = Preprocessor(
             loaded.processor,
             image_token_id=loaded.model.config.image_token_id,
@@ -77,7 +85,7 @@ class Engine:
             image_limits=config.image_limits,
             min_image_pixels=self.min_image_pixels,
             max_image_pixels=self.max_image_pixels,
-            vision_cached=lambda key: key in self.executor.vision_cache,
+            vision_cached=self.vision_cache.__contains__,
             image_device=str(loaded.device) if cuda and config.images_on_gpu else None,
             decode_threads=config.preprocess_threads,
         )
@@ -85,12 +93,18 @@ class Engine:
             loaded.model,
             loaded.yes_id,
             loaded.no_id,
-            config.vision_cache_bytes or ((2 << 30) if cuda else (256 << 20)),
+            self.vision_cache,
             fill_pixels=self.preprocessor.fill_pixels,
+            observer=self._recorder,
+            window_kernel=config.window_kernel,
         )
         self.scheduler: Scheduler | None = None
         self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")
         self.ready = False
+
+    def observe(self, observer: StatsObserver) -> None:
+        """Sends what the engine does to `observer` too (a metrics exporter attached once loaded)."""
+        self._recorder.observer = observer
 
     @classmethod
     def load(cls, config: EngineConfig) -> Engine:
@@ -108,8 +122,8 @@ class Engine:
             max_batch_images=self.config.max_batch_images,
             max_wait_ms=self.config.max_wait_ms,
             max_queue_documents=self.config.max_queue_documents,
+            recorder=self._recorder,
             max_queue_tokens=self.config.max_queue_tokens,
-            stats=self.recorder,
         )
         self.scheduler.start()
         if self.config.warmup:
@@ -170,7 +184,9 @@ class Engine:
     ) -> None:
         """Validates, prepares and queues documents; indices continue the job's count. Over-long
         documents are refused, or with `truncate` cut to fit (see Preprocessor.prepare_documents)."""
-        assert self.scheduler is not None
+        scheduler = self.scheduler
+        if scheduler is None:
+            raise NotReady("the model is still loading")
         limit = self.config.max_documents_per_request
         if job.next_index + len(documents) > limit:
             raise TooLarge(
@@ -179,16 +195,14 @@ class Engine:
         first = job.next_index
         indexed = [(first + k, doc) for k, doc in enumerate(documents)]
         started = time.perf_counter()
-        self.scheduler.preparing += 1
-        try:
+        with scheduler.expecting_documents():
             # One call per request (images are decoded on the preprocessor's own threads);
-            # splitting a request to overlap it with the GPU measured no gain (bench/RESULTS.md).
+            # splitting a request to overlap it with the GPU measured no gain (bench/RESULTS.md,
+            # "Where the time goes now, and what is next").
             prepared = await asyncio.get_running_loop().run_in_executor(
                 self._cpu, self.preprocessor.prepare_documents, job.query, indexed, self._prefetch(job),
                 truncate, max_tokens,
             )
-        finally:
-            self.scheduler.preparing -= 1
         job.stats.timings.preprocess_ms += (time.perf_counter() - started) * 1e3
         job.next_index += len(documents)
         usage = job.stats.usage
@@ -197,10 +211,9 @@ class Engine:
             usage.images += doc.images
             usage.cached_images += doc.cached_images
         if job.expired():
-            self.scheduler.documents_dropped += len(prepared)
-            self.recorder.documents_dropped(len(prepared), DEADLINE)
+            scheduler.drop_unqueued(job, len(prepared))
             raise DeadlineExpired("deadline expired before the documents were queued")
-        self.scheduler.submit(job, prepared)
+        scheduler.submit(job, prepared)
 
     async def rerank(
         self,
@@ -225,42 +238,16 @@ class Engine:
         return Ranking(rank(scores, top_n), job.stats)
 
     # ---- introspection ------------------------------------------------------------------
-    def stats(self) -> EngineStats:
-        counters = self.recorder.counters()
-        cache = self.executor.vision_cache
-        scheduler = self.scheduler
-        dev = self.loaded.device
-        if dev.type == "cuda":
-            memory = (DeviceMemory(str(dev), torch.cuda.memory_allocated(dev), torch.cuda.memory_reserved(dev)),)
-        else:
-            memory = ()
-        return EngineStats(
-            queue_documents=scheduler.queued if scheduler else 0,
-            queue_tokens=scheduler.queued_tokens if scheduler else 0,
-            preparing_requests=scheduler.preparing if scheduler else 0,
-            documents_scored=counters.documents_scored,
-            documents_dropped={"cancelled": counters.documents_dropped_cancelled,
-                               "deadline": counters.documents_dropped_deadline},
-            batches=counters.batches,
-            batch_seconds=counters.batch_seconds,
-            oom_splits=counters.oom_splits,
-            prefix_tokens_saved=counters.prefix_tokens_saved,
-            image_cache_hits=cache.hits,
-            image_cache_misses=cache.misses,
-            image_cache_bytes=cache.bytes,
-            image_cache_capacity_bytes=cache.capacity_bytes,
-            gpu_memory=memory,
-        )
-
     def info(self) -> ModelInfo:
         c = self.config
-        cache = self.executor.vision_cache
+        cache = self.vision_cache
+        counters = self._recorder.counters()
         dev = self.loaded.device
         return ModelInfo(
             model=c.model,
             dtype=str(self.loaded.dtype).removeprefix("torch."),
             attention=self.loaded.attention,
-            devices=(str(dev) if dev.type != "cuda" else f"{dev}:{_cuda_name(dev)}",),
+            devices=(str(dev) if dev.type != "cuda" else f"{dev}:{torch.cuda.get_device_name(dev)}",),
             random_weights=self.loaded.random_weights,
             parameters=self.loaded.parameters,
             default_instruction=c.default_instruction,
@@ -275,11 +262,34 @@ class Engine:
             max_image_model_pixels=self.max_image_pixels,
             image_cache_bytes=cache.bytes,
             image_cache_capacity_bytes=cache.capacity_bytes,
-            image_cache_hits=cache.hits,
-            image_cache_misses=cache.misses,
+            image_cache_hits=counters.image_cache_hits,
+            image_cache_misses=counters.image_cache_misses,
         )
 
-def _cuda_name(device) -> str:
-    import torch
-
-    return torch.cuda.get_device_name(device)
+    def stats(self) -> EngineStats:
+        """The engine's counters and gauges now; cheap enough to call at every metrics scrape."""
+        counters = self._recorder.counters()
+        scheduler = self.scheduler
+        cache = self.vision_cache
+        dev = self.loaded.device
+        if dev.type == "cuda":
+            memory = DeviceMemory(str(dev), torch.cuda.memory_allocated(dev), torch.cuda.memory_reserved(dev))
+        else:
+            memory = DeviceMemory(str(dev), 0, 0)
+        return EngineStats(
+            queue_documents=scheduler.queued if scheduler is not None else 0,
+            queue_tokens=scheduler.queued_tokens if scheduler is not None else 0,
+            preparing_requests=scheduler.preparing if scheduler is not None else 0,
+            documents_scored=counters.documents_scored,
+            documents_dropped={CANCELLED: counters.documents_dropped_cancelled,
+                               DEADLINE: counters.documents_dropped_deadline},
+            batches=counters.batches,
+            batch_seconds=counters.batch_seconds,
+            oom_splits=counters.oom_splits,
+            prefix_tokens_saved=counters.prefix_tokens_saved,
+            image_cache_hits=counters.image_cache_hits,
+            image_cache_misses=counters.image_cache_misses,
+            image_cache_bytes=cache.bytes,
+            image_cache_capacity_bytes=cache.capacity_bytes,
+            gpu_memory=(memory,),
+        )

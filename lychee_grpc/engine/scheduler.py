@@ -14,82 +14,21 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
 from .errors import DeadlineExpired, FieldViolation, Overloaded, TooLarge
-from .executor import BatchItem, Executor, PrefixKV
-from .prepare import PreparedDocument, PreparedQuery
-from .stats import CANCELLED, DEADLINE, NullObserver, StatsObserver
-from .types import RequestStats, Score
+from .job import Job
+from .lm.executor import BatchItem, Executor
+from .prompt.prepare import PreparedDocument
+from .stats import CANCELLED, DEADLINE, StatsRecorder
+from .types import Score
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class Job:
-    """The documents of one RPC, their results, and the request's shared prefix."""
-
-    query: PreparedQuery
-    deadline: float | None  # time.monotonic() value
-    created: float = field(default_factory=time.perf_counter)
-    stats: RequestStats = field(default_factory=RequestStats)
-    prefix_kv: PrefixKV | None = None
-    cancelled: bool = False
-    closed: bool = False  # no more documents will be added
-    next_index: int = 0
-    outstanding: int = 0
-    error: Exception | None = None
-    _results: asyncio.Queue = field(default_factory=asyncio.Queue)
-    _batches_seen: set = field(default_factory=set)
-
-    def expired(self, now: float | None = None) -> bool:
-        return self.deadline is not None and (now or time.monotonic()) >= self.deadline
-
-    def alive(self) -> bool:
-        return not self.cancelled and self.error is None and not self.expired()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self.prefix_kv = None
-
-    def deliver(self, score: Score) -> None:
-        self.outstanding -= 1
-        self._results.put_nowait(score)
-        self.release_if_done()
-
-    def fail(self, error: Exception) -> None:
-        if self.error is None:
-            self.error = error
-            self._results.put_nowait(error)
-        self.prefix_kv = None
-
-    def close(self) -> None:
-        self.closed = True
-        self._results.put_nowait(None)
-        self.release_if_done()
-
-    def release_if_done(self) -> None:
-        if self.closed and self.outstanding == 0:
-            self.prefix_kv = None  # the prefix is not needed once every document is scored
-
-    async def results(self):
-        """Scores as they are computed, until the job is closed and everything is scored."""
-        closed = False
-        while True:
-            # `outstanding` drops when a score is queued, so the queue must be drained too.
-            if closed and self.outstanding == 0 and self._results.empty():
-                return
-            item = await self._results.get()
-            if item is None:
-                closed = True
-                continue
-            if isinstance(item, Exception):
-                raise item
-            yield item
 
 
 @dataclass(eq=False)
@@ -109,35 +48,47 @@ class Scheduler:
         max_batch_images: int,
         max_wait_ms: float,
         max_queue_documents: int,
+        recorder: StatsRecorder | None = None,
         max_queue_tokens: int = 0,
-        stats: StatsObserver | None = None,
     ):
         self.executor = executor
+        self.recorder = recorder if recorder is not None else StatsRecorder()
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_documents = max_batch_documents
         self.max_batch_images = max_batch_images
         self.max_wait = max_wait_ms / 1e3
         self.max_queue_documents = max_queue_documents
         self.max_queue_tokens = max_queue_tokens  # 0: no bound beyond documents
-        self.stats: StatsObserver = stats if stats is not None else NullObserver()
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lychee-gpu")
         self._task: asyncio.Task | None = None
         self._batch_id = 0
-        self.preparing = 0  # calls between validation and submit: more work is on its way
-        # Counters (read by tests and model info).
-        self.documents_scored = 0
-        self.documents_dropped = 0
-        self.batches = 0
-        self.oom_splits = 0
-        self.busy_seconds = 0.0
-        self.queued_tokens = 0
-        self.tokens_scored = 0
+        self._preparing = 0  # calls between validation and submit: more work is on its way
+        self._queued_tokens = 0
+        self._tokens_scored = 0  # the drain rate in tokens/s is this over the batches' seconds
 
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    @property
+    def preparing(self) -> int:
+        return self._preparing
+
+    @contextmanager
+    def expecting_documents(self) -> Iterator[None]:
+        """Marks a call that is preparing documents for `submit`: a forming batch waits for it
+        (up to max_wait_ms) rather than leaving with fewer documents."""
+        self._preparing += 1
+        try:
+            yield
+        finally:
+            self._preparing -= 1
 
     def start(self) -> None:
         if self._task is None:
@@ -160,29 +111,35 @@ class Scheduler:
                 retry_after=self.drain_seconds(len(docs)),
             )
         tokens = sum(len(doc.segment) for doc in docs)
-        if self.max_queue_tokens and self.queued_tokens + tokens > self.max_queue_tokens:
+        if self.max_queue_tokens and self._queued_tokens + tokens > self.max_queue_tokens:
             raise Overloaded(
-                f"queue is full ({self.queued_tokens} tokens waiting, limit {self.max_queue_tokens}, "
+                f"queue is full ({self._queued_tokens} tokens waiting, limit {self.max_queue_tokens}, "
                 f"this request adds {tokens}); retry later",
                 retry_after=self.drain_seconds(extra_tokens=tokens),
             )
         now = time.perf_counter()
         job.outstanding += len(docs)
-        self.queued_tokens += tokens
         for doc in docs:
-            self._queue.append(_Item(job, doc, now, len(doc.segment)))
+            item = _Item(job, doc, now, len(doc.segment))
+            self._queue.append(item)
+            self._queued_tokens += item.tokens
         self._wakeup.set()
+
+    def drop_unqueued(self, job: Job, count: int) -> None:
+        """Records documents prepared for `job` but never queued (its deadline passed first)."""
+        self.recorder.documents_dropped(count, _drop_reason(job))
 
     def drain_seconds(self, extra_documents: int = 0, extra_tokens: int = 0) -> float:
         """How long the queue (plus the extra work) takes to drain at the measured rate, in tokens
         per second when tokens are given, else documents: the delay an overloaded caller is told to
         wait. 1 s until a batch has been measured."""
-        if self.busy_seconds <= 0 or self.documents_scored == 0:
+        counters = self.recorder.counters()
+        if counters.batch_seconds <= 0 or counters.documents_scored == 0:
             return 1.0
         if extra_tokens:
-            seconds = (self.queued_tokens + extra_tokens) * self.busy_seconds / max(1, self.tokens_scored)
+            seconds = (self._queued_tokens + extra_tokens) * counters.batch_seconds / max(1, self._tokens_scored)
         else:
-            seconds = (len(self._queue) + extra_documents) * self.busy_seconds / self.documents_scored
+            seconds = (len(self._queue) + extra_documents) * counters.batch_seconds / counters.documents_scored
         return min(60.0, max(0.1, seconds))
 
     def submit_to_gpu(self, fn: Callable, *args) -> Future:
@@ -206,7 +163,7 @@ class Scheduler:
                     return batch
                 remaining = deadline - time.perf_counter()
                 # Waiting only helps while another call is about to submit documents.
-                if remaining <= 0 or not batch or self.preparing == 0:
+                if remaining <= 0 or not batch or self._preparing == 0:
                     break
                 self._wakeup.clear()
                 try:
@@ -228,7 +185,7 @@ class Scheduler:
             ):
                 return True
             self._queue.popleft()
-            self.queued_tokens -= item.tokens
+            self._queued_tokens -= item.tokens
             if not item.job.alive():
                 self._drop(item)
                 continue
@@ -238,10 +195,9 @@ class Scheduler:
         return len(batch) >= self.max_batch_documents
 
     def _drop(self, item: _Item) -> None:
-        self.documents_dropped += 1
         job = item.job
+        self.recorder.documents_dropped(1, _drop_reason(job))
         job.outstanding -= 1
-        self.stats.documents_dropped(1, CANCELLED if job.cancelled or not job.expired() else DEADLINE)
         if job.expired() and not job.cancelled:
             job.fail(DeadlineExpired("deadline expired before the documents were scored"))
         job.release_if_done()
@@ -254,8 +210,10 @@ class Scheduler:
     async def _process(self, batch: list[_Item]) -> None:
         start = time.perf_counter()
         self._batch_id += 1
+        for item in batch:
+            self.recorder.queue_wait(start - item.enqueued)
         try:
-            logits = await self.run_on_gpu(self._run_batch, batch)
+            logits, prefix_tokens = await self.run_on_gpu(self._run_batch, batch)
         except Exception as exc:  # one batch failing never stops the worker
             # An unexpected error is a fault, never overload: it reaches the caller as INTERNAL.
             log.exception("batch of %d documents failed", len(batch))
@@ -264,11 +222,7 @@ class Scheduler:
                 item.job.fail(exc)
             return
         elapsed = time.perf_counter() - start
-        self.busy_seconds += elapsed
-        self.batches += 1
-        self.tokens_scored += sum(item.tokens for item in batch)
-        self.stats.batch_done(len(batch), sum(item.tokens for item in batch),
-                              sum(len(item.doc.segment.images) for item in batch), elapsed)
+        scored = tokens = images = saved = 0
         for item, logit in zip(batch, logits):
             job = item.job
             if self._batch_id not in job._batches_seen:
@@ -276,25 +230,34 @@ class Scheduler:
                 job.stats.timings.inference_ms += elapsed * 1e3
                 job.stats.batches.append((start, start + elapsed))
             job.stats.timings.queue_ms = max(job.stats.timings.queue_ms, (start - item.enqueued) * 1e3)
-            self.stats.queue_wait(start - item.enqueued)
             if not isinstance(logit, float) or not job.alive():
                 job.outstanding -= 1
                 if isinstance(logit, Exception):
                     job.fail(logit)
+                else:
+                    self.recorder.documents_dropped(1, _drop_reason(job))
                 job.release_if_done()
                 continue
-            self.documents_scored += 1
-            if item.doc.uses_prefix:
-                self.stats.prefix_saved(len(job.query.prefix))
+            scored += 1
+            tokens += item.tokens
+            images += len(item.doc.segment.images)
+            saved += item.doc.prompt_tokens - item.tokens
             job.deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit, truncated=item.doc.truncated))
+        self._tokens_scored += tokens
+        self.recorder.batch_done(scored, tokens, images, elapsed)
+        if saved - prefix_tokens > 0:
+            self.recorder.prefix_saved(saved - prefix_tokens)
 
     # ---- on the GPU thread --------------------------------------------------------------
-    def _run_batch(self, batch: list[_Item]) -> list[float | Exception | None]:
+    def _run_batch(self, batch: list[_Item]) -> tuple[list[float | Exception | None], int]:
+        """The batch's logits (or errors, or None where not run), and the prefix tokens computed."""
         out: list[float | Exception | None] = [None] * len(batch)
-        self._score(batch, [k for k, i in enumerate(batch) if i.job.alive()], out, inline_prefixes=True)
-        return out
+        prefixes: list[int] = []
+        self._score(batch, [k for k, i in enumerate(batch) if i.job.alive()], out, True, prefixes)
+        return out, sum(prefixes)
 
-    def _score(self, batch: list[_Item], todo: list[int], out: list, inline_prefixes: bool) -> None:
+    def _score(self, batch: list[_Item], todo: list[int], out: list, inline_prefixes: bool,
+               prefixes: list[int]) -> None:
         """Scores batch[k] for k in todo into out[k]. A request's prefix that has not run yet
         runs in the same pass as its first documents (inline); on OOM the prefixes run alone
         first and the documents are split in halves until they fit."""
@@ -313,6 +276,7 @@ class Scheduler:
                         out[k] = TooLarge([FieldViolation("query", "the query is too large for the GPU memory left")])
                         continue
                     job.stats.usage.computed_tokens += len(job.query.prefix)
+                    prefixes.append(len(job.query.prefix))
                     continue
                 inline[job] = len(items)
                 items.append(BatchItem(job.query.prefix, None, score=False, keep_kv=True))
@@ -326,23 +290,27 @@ class Scheduler:
         except torch.OutOfMemoryError:
             _free_cuda()
             if inline:
-                self._score(batch, todo, out, inline_prefixes=False)
+                self._score(batch, todo, out, False, prefixes)
             elif len(todo) == 1:
                 out[todo[0]] = TooLarge([FieldViolation(
                     f"documents[{batch[todo[0]].doc.index}]", "the document is too large for the GPU memory left")])
             else:
-                self.oom_splits += 1
-                self.stats.oom_split()
+                self.recorder.oom_split()
                 half = len(todo) // 2
-                self._score(batch, todo[:half], out, False)
-                self._score(batch, todo[half:], out, False)
+                self._score(batch, todo[:half], out, False, prefixes)
+                self._score(batch, todo[half:], out, False, prefixes)
             return
         for job, index in inline.items():
             job.prefix_kv = kept[index]
             job.stats.usage.computed_tokens += len(job.query.prefix)
+            prefixes.append(len(job.query.prefix))
         for k, value in zip(todo, logits.tolist()):
             out[k] = value
             batch[k].job.stats.usage.computed_tokens += batch[k].tokens
+
+
+def _drop_reason(job: Job) -> str:
+    return DEADLINE if job.expired() and not job.cancelled else CANCELLED
 
 
 def _sigmoid(x: float) -> float:

@@ -10,6 +10,7 @@ so they cannot drift from the engine's truth. The engine never imports this modu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -46,6 +47,8 @@ class EngineCollector(Collector):
             stats = self._stats()
         except Exception:  # a scrape never fails because the engine is loading or stopping
             stats = None
+        if isinstance(stats, dict):  # worker processes: {device: EngineStats}
+            stats = _combined(list(stats.values()))
         if stats is None:
             return
         yield GaugeMetricFamily("lychee_queue_documents", "Documents waiting for a model batch.",
@@ -83,6 +86,22 @@ class EngineCollector(Collector):
             reserved.add_metric([memory.device], memory.reserved_bytes)
         yield allocated
         yield reserved
+
+
+def _combined(snapshots: list[Any]) -> Any:
+    """One snapshot for several engines (one per device): counts summed, GPU memory per device."""
+    if not snapshots:
+        return None
+    fields: dict[str, Any] = {}
+    for name in vars(snapshots[0]):
+        values = [getattr(s, name) for s in snapshots]
+        if name == "gpu_memory":
+            fields[name] = tuple(m for v in values for m in v)
+        elif name == "documents_dropped":
+            fields[name] = {k: sum(v.get(k, 0) for v in values) for k in values[0]}
+        else:
+            fields[name] = sum(values)
+    return dataclasses.replace(snapshots[0], **fields)
 
 
 class PrometheusObserver:

@@ -9,6 +9,9 @@ from ..proto import lychee_pb2 as pb
 from ..service.errors import FieldViolation, InvalidInput
 from ..service.types import (
     Document,
+    ExplainOptions,
+    ExplainOutcome,
+    Fragment,
     ImagePart,
     ModelInfo,
     Part,
@@ -26,6 +29,7 @@ _BANDS = {
 }
 _TRUNCATION_FROM_PB = {pb.TRUNCATION_UNSPECIFIED: None, pb.TRUNCATION_NONE: "none", pb.TRUNCATION_END: "end"}
 _TRUNCATION_TO_PB = {"none": pb.TRUNCATION_NONE, "end": pb.TRUNCATION_END}
+_SOURCES = {"query": pb.FRAGMENT_SOURCE_QUERY, "document": pb.FRAGMENT_SOURCE_DOCUMENT}
 
 
 def band(name: str) -> int:
@@ -104,6 +108,44 @@ def rerank_response(outcome: RerankOutcome, documents: Sequence[pb.Document] | N
         model=outcome.model,
         truncated_documents=outcome.truncated_documents,
         dropped_documents=outcome.dropped_documents,
+        request_id=outcome.request_id,
+    )
+
+
+def explain_from_proto(
+    request: pb.ExplainRequest, deadline: float | None, request_id: str
+) -> tuple[Query, Document, ExplainOptions]:
+    violations: list[FieldViolation] = []
+    query = Query(_parts(request.query.parts, "query", violations))
+    document = Document(request.document.id, _parts(request.document.parts, "document", violations))
+    if violations:
+        raise InvalidInput(violations)
+    options = ExplainOptions(
+        instruction=request.instruction,
+        grid_size=request.grid_size,
+        include_query=request.include_query,
+        deadline=deadline,
+        request_id=request_id,
+    )
+    return query, document, options
+
+
+def fragment(f: Fragment) -> pb.Fragment:
+    return pb.Fragment(
+        source=_SOURCES[f.source], part_index=f.part_index, text=f.text, start=f.start, end=f.end,
+        x=f.x, y=f.y, width=f.width, height=f.height, attribution=f.attribution, occluded_score=f.occluded_score,
+    )
+
+
+def explain_response(outcome: ExplainOutcome) -> pb.ExplainResponse:
+    return pb.ExplainResponse(
+        score=outcome.score,
+        logit=outcome.logit,
+        band=_BANDS[outcome.band],
+        fragments=[fragment(f) for f in outcome.fragments],
+        usage=pb.Usage(**dataclasses.asdict(outcome.usage)),
+        timings=pb.Timings(**dataclasses.asdict(outcome.timings)),
+        model=outcome.model,
         request_id=outcome.request_id,
     )
 

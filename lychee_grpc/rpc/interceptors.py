@@ -3,6 +3,7 @@ errors -> status (rpc/status.py), and one observer call per RPC (access log, met
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,12 +13,24 @@ import grpc
 from grpc_status import rpc_status
 
 from ..service import context as request_context
-from ..service.errors import ErrorKind, FieldViolation, InvalidInput, kind_of
+from ..service.errors import ErrorKind, FieldViolation, InvalidInput, Unauthenticated, kind_of
 from .status import CODES, to_status
 
 log = logging.getLogger(__name__)
 
 LYCHEE_PREFIX = "/lychee.v1."
+HEALTH_PREFIX = "/grpc.health.v1."
+REFLECTION_PREFIX = "/grpc.reflection."
+
+
+def needs_token(method: str, authenticate_reflection: bool = False) -> bool:
+    """Health never needs a token (probes and load balancers carry none); reflection only when
+    asked; every other method, present or future, does."""
+    if method.startswith(HEALTH_PREFIX):
+        return False
+    if method.startswith(REFLECTION_PREFIX):
+        return authenticate_reflection
+    return True
 
 
 class RequestObserver(Protocol):
@@ -76,15 +89,22 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self,
         observers: list[RequestObserver] | None = None,
         authenticator: Authenticator | None = None,
+        authenticate_reflection: bool = False,
     ):
         self.observers = observers or []
         self.authenticator = authenticator
+        self.authenticate_reflection = authenticate_reflection
         self._junk_log = _RateLimitedLog()
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(LYCHEE_PREFIX):
-            return handler  # health and reflection: unauthenticated and untouched
+        if handler is None:
+            return handler
+        if not details.method.startswith(LYCHEE_PREFIX):
+            # health and (unless configured) reflection: untouched; anything else: the token only
+            if self.authenticator is None or not needs_token(details.method, self.authenticate_reflection):
+                return handler
+            return _guarded(handler, self.authenticator)
         method = details.method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -176,6 +196,58 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 self._done(method, code, started, rid, context)
 
         return call
+
+
+def _guarded(handler: grpc.RpcMethodHandler, authenticator: Authenticator) -> grpc.RpcMethodHandler:
+    """`handler` behind the token check alone (no request id, no error mapping: not our service)."""
+
+    async def refuse_unless_authorized(context: grpc.aio.ServicerContext) -> None:
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        try:
+            authenticator.check(metadata.get("authorization"))
+        except Unauthenticated as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+
+    async def unary_unary(request, context):
+        await refuse_unless_authorized(context)
+        return await _maybe_await(handler.unary_unary(request, context))
+
+    async def unary_stream(request, context):
+        await refuse_unless_authorized(context)
+        async for response in _aiter(handler.unary_stream(request, context)):
+            yield response
+
+    async def stream_unary(request_iterator, context):
+        await refuse_unless_authorized(context)
+        return await _maybe_await(handler.stream_unary(request_iterator, context))
+
+    async def stream_stream(request_iterator, context):
+        await refuse_unless_authorized(context)
+        async for response in _aiter(handler.stream_stream(request_iterator, context)):
+            yield response
+
+    kinds = (
+        (handler.unary_unary, unary_unary, grpc.unary_unary_rpc_method_handler),
+        (handler.unary_stream, unary_stream, grpc.unary_stream_rpc_method_handler),
+        (handler.stream_unary, stream_unary, grpc.stream_unary_rpc_method_handler),
+        (handler.stream_stream, stream_stream, grpc.stream_stream_rpc_method_handler),
+    )
+    _, wrapper, make = next(kind for kind in kinds if kind[0] is not None)
+    return make(wrapper, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
+async def _maybe_await(value):
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _aiter(responses):
+    if hasattr(responses, "__aiter__"):
+        async for response in responses:
+            yield response
+    else:
+        for response in responses:
+            yield response
 
 
 def _status_code(exc: BaseException) -> grpc.StatusCode:

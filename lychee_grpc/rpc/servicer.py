@@ -66,6 +66,12 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
                     ranking=convert.rerank_response(event, sent if options.return_documents else None)
                 )
 
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+        query, document, options = convert.explain_from_proto(
+            request, _deadline(context), request_context.request_id.get()
+        )
+        return convert.explain_response(await self.service.explain(query, document, options))
+
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:

@@ -1,4 +1,4 @@
-"""Rerank, RerankStream and model info: their meaning, once, for every transport."""
+"""Rerank, RerankStream, Explain and model info: their meaning, once, for every transport."""
 
 from __future__ import annotations
 
@@ -10,21 +10,26 @@ from typing import Protocol
 
 from .. import __version__
 from ..engine.errors import FieldViolation, InvalidInput, NotReady
+from ..engine.ranking import rank
 from ..engine.types import Document, Query, RequestStats, Score
 from ..lifecycle import Lifecycle
 from ..workers.protocol import EngineClient
 from . import context
 from .admission import Admission
 from .config import ServiceConfig
-from .types import TRUNCATIONS, Limits, ModelInfo, RankedResult, RerankOptions, RerankOutcome
+from .explain import explain as explain_pair
+from .types import (
+    TRUNCATIONS,
+    ExplainOptions,
+    ExplainOutcome,
+    Limits,
+    ModelInfo,
+    RankedResult,
+    RerankOptions,
+    RerankOutcome,
+)
 
 log = logging.getLogger(__name__)
-
-
-def rank(scores: Sequence[Score], top_n: int = 0) -> list[Score]:
-    """Best first; ties by logit, then by arrival."""
-    ordered = sorted(scores, key=lambda s: (-s.score, -s.logit, s.index))
-    return ordered[:top_n] if top_n > 0 else ordered
 
 
 class ServiceObserver(Protocol):
@@ -67,7 +72,7 @@ class Service:
             violations.append(FieldViolation(f"{prefix}truncation", f"must be one of {', '.join(TRUNCATIONS)}"))
         if options.max_tokens_per_document < 0:
             violations.append(FieldViolation(f"{prefix}max_tokens_per_document", "must be 0 or positive"))
-        else:
+        elif options.max_tokens_per_document:
             limit = self.engine.info().max_tokens_per_document
             if options.max_tokens_per_document > limit:
                 violations.append(FieldViolation(
@@ -188,6 +193,11 @@ class Service:
                 job.cancel()
             self._finished("RerankStream", scores, job.stats)
             yield self._outcome(scores, job.stats, options, started)
+
+    async def explain(self, query: Query, document: Document, options: ExplainOptions) -> ExplainOutcome:
+        """The pair's score and each fragment's attribution, measured by occlusion (explain.py)."""
+        with self.lifecycle.request(), self.admission.permit():
+            return await explain_pair(self.engine, self.config, query, document, options)
 
     def model_info(self) -> ModelInfo:
         self.lifecycle.check()

@@ -7,11 +7,11 @@ import socket
 from contextlib import asynccontextmanager
 
 from lychee_grpc.app import App
-from lychee_grpc.config import AppConfig, GrpcConfig, LogConfig, MetricsConfig
+from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, LogConfig, MetricsConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.service.config import ServiceConfig
 
-from ..conftest import engine_config
+from ..helpers import engine_config
 
 
 def free_port() -> int:
@@ -26,6 +26,7 @@ async def ops_server(loaded, model_dir: str, metrics_port: int = 0, engine: dict
         engine=engine_config(model_dir, max_batch_documents=16, **(engine or {})),
         service=dataclasses.replace(ServiceConfig(), **service),
         grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+        http=HttpConfig(host="127.0.0.1", port=0),
         metrics=MetricsConfig(host="127.0.0.1", port=metrics_port),
         log=LogConfig(),
         grace_seconds=2,

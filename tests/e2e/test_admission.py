@@ -72,7 +72,7 @@ async def test_past_the_queued_token_bound_a_call_is_refused_at_once_and_the_res
         scheduler = app.engine.scheduler
         assert scheduler.max_queue_tokens == 123_456  # the service's setting reaches the scheduler
         await client.rerank("denim", DOCS)
-        tokens_per_request = scheduler.tokens_scored
+        tokens_per_request = scheduler._tokens_scored
         scheduler.max_queue_tokens = int(tokens_per_request * 1.5)
 
         # Hold the GPU thread: the first request's batch waits there, the second waits in the queue.

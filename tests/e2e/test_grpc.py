@@ -17,16 +17,15 @@ from grpc_status import rpc_status
 
 from lychee_grpc.app import App
 from lychee_grpc.client import AsyncLycheeClient, image, make_request, text
-from lychee_grpc.config import AppConfig, GrpcConfig
+from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig
 from lychee_grpc.engine.engine import Engine
-from lychee_grpc.engine.reference import reference_logits
-from lychee_grpc.engine.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.model.reference import reference_logits
+from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import TextPart
 from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.proto import lychee_pb2_grpc as pb_grpc
 
-from ..conftest import engine_config
-from ..helpers import noise_image, png_declaring
+from ..helpers import engine_config, noise_image, png_declaring
 
 TITLES = ["vintage wash blue jeans coat", "organic green tea", "denim jacket women", "running shoes", "grey sofa"]
 
@@ -204,28 +203,28 @@ def slow_batches(engine: Engine, seconds: float) -> None:
 
 
 async def test_cancelled_rpc_documents_are_not_scored(server, client):
-    scheduler = server.engine.scheduler
-    slow_batches(server.engine, 0.05)  # 16 documents per batch: 150 documents take ~0.5 s
-    before = scheduler.documents_scored
+    engine = server.engine
+    slow_batches(engine, 0.05)  # 16 documents per batch: 150 documents take ~0.5 s
+    before = engine.stats().documents_scored
     call = client.stub.Rerank(make_request("denim", [f"title {i}" for i in range(150)]), timeout=30)
     await asyncio.sleep(0.15)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
     await asyncio.sleep(0.3)
-    scored = scheduler.documents_scored - before
-    assert scored < 150 and scheduler.documents_dropped > 0
-    assert scheduler.queued == 0
+    stats = engine.stats()
+    assert stats.documents_scored - before < 150 and sum(stats.documents_dropped.values()) > 0
+    assert stats.queue_documents == 0
 
 
 async def test_expired_deadline_returns_deadline_exceeded_without_running_the_model(server, client):
-    scheduler = server.engine.scheduler
-    before = scheduler.documents_scored
+    engine = server.engine
+    before = engine.stats().documents_scored
     with pytest.raises(grpc.RpcError) as info:
         await client.stub.Rerank(make_request("denim", TITLES * 20), timeout=0.001)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await asyncio.sleep(0.3)
-    assert scheduler.documents_scored == before
+    assert engine.stats().documents_scored == before
     ok = await client.rerank("denim", TITLES)  # the server carries on
     assert len(ok.results) == len(TITLES)
 
@@ -252,7 +251,8 @@ async def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_
         return Engine(cfg, loaded)
 
     srv = App(AppConfig(engine=engine_config(tiny_model_dir, warmup=True, max_batch_documents=8),
-                        grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0), grace_seconds=20),
+                        grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+                        http=HttpConfig(enabled=False), grace_seconds=20),
               engine_factory=factory)
     await srv.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
@@ -275,7 +275,7 @@ async def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_
         slow_batches(srv.engine, 0.05)
         client = AsyncLycheeClient(f"127.0.0.1:{srv.port}")
         in_flight = asyncio.create_task(client.rerank("denim", [f"title {i}" for i in range(100)]))
-        while srv.engine.scheduler.documents_scored == 0 or srv.lifecycle.in_flight == 0:
+        while srv.engine.stats().documents_scored == 0 or srv.lifecycle.in_flight == 0:
             await asyncio.sleep(0.01)
         stopping = asyncio.create_task(srv.stop())
         await asyncio.sleep(0.05)
@@ -319,3 +319,76 @@ async def test_cli_rerank_names_a_missing_image_file(server, capsys):
     args = ["rerank", "--target", f"127.0.0.1:{server.port}", "--query", "q", "--doc-image", "/nonexistent.png"]
     assert await asyncio.to_thread(cli.main, args) == 2
     assert "cannot read image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["Rerank", "GetModelInfo"])
+async def test_a_body_that_is_not_a_message_is_invalid_argument_and_logged_once(server, method, caplog):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = channel.unary_unary(f"/lychee.v1.RerankService/{method}")
+        for _ in range(5):
+            with pytest.raises(grpc.RpcError) as info:
+                await call(b"\xff\xff\xff\xff not protobuf", timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid" in info.value.details()
+    junk_lines = [r for r in caplog.records if "not a valid message" in r.getMessage()]
+    assert len(junk_lines) <= 1
+    assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_a_junk_stream_message_is_invalid_argument(server):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = channel.stream_stream("/lychee.v1.RerankService/RerankStream")
+
+        async def messages():
+            yield b"\x0a\x05\x0a\x03\x0a\x01"  # truncated StreamOptions
+        with pytest.raises(grpc.RpcError) as info:
+            async for _ in call(messages(), timeout=10):
+                pass
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_request_id_is_echoed_and_named_in_errors(server):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.RerankServiceStub(channel)
+        call = stub.Rerank(make_request("q", ["d"]), metadata=(("x-request-id", "search-abc-1"),), timeout=30)
+        response = await call
+        assert ("x-request-id", "search-abc-1") in list(await call.initial_metadata())
+        assert response.request_id == "search-abc-1"
+        with pytest.raises(grpc.RpcError) as info:
+            await stub.Rerank(make_request("q", []), metadata=(("x-request-id", "search-abc-2"),), timeout=30)
+        assert "search-abc-2" in info.value.details()
+
+
+async def test_an_unexpected_batch_error_is_internal_and_the_server_keeps_serving(server, client):
+    engine = server.engine
+    run = engine.executor.run
+
+    def broken(*args, **kwargs):
+        engine.executor.run = run  # only this batch fails
+        raise RuntimeError("injected fault")
+
+    engine.executor.run = broken
+    with pytest.raises(grpc.RpcError) as info:
+        await client.rerank("denim", TITLES)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert "request id" in info.value.details() and "injected" not in info.value.details()
+    ok = await client.rerank("denim", TITLES)
+    assert len(ok.results) == len(TITLES)
+
+
+async def test_stream_with_options_and_no_documents_is_invalid_like_unary(client):
+    with pytest.raises(grpc.RpcError) as info:
+        async for _ in client.rerank_stream("denim", []):
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "documents" in violations(info.value)
+
+
+async def test_min_score_and_top_n_apply_over_grpc(client):
+    full = await client.rerank("retro denim jacket", TITLES)
+    cut = full.results[2].score
+    request = make_request("retro denim jacket", TITLES)
+    request.min_score = cut
+    resp = await client.stub.Rerank(request, timeout=30)
+    assert [r.index for r in resp.results] == [r.index for r in full.results if r.score >= cut]
+    assert resp.dropped_documents == sum(1 for r in full.results if r.score < cut)

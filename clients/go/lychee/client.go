@@ -39,6 +39,10 @@ type config struct {
 	healthCheck    bool
 	healthService  string
 	dialOptions    []grpc.DialOption
+
+	bearerToken        string
+	bearerTokenSet     bool
+	tokenOverPlaintext bool
 }
 
 // WithDefaultTimeout sets the deadline given to calls whose context has none
@@ -133,6 +137,13 @@ func New(target string, opts ...Option) (*Client, error) {
 		grpc.WithTransportCredentials(cfg.creds),
 		grpc.WithDefaultServiceConfig(sc),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(cfg.maxRecvMsgSize)),
+	}
+	if cfg.bearerTokenSet {
+		tc, err := tokenCredentials(&cfg)
+		if err != nil {
+			return nil, err
+		}
+		dopts = append(dopts, grpc.WithPerRPCCredentials(tc))
 	}
 	if cfg.maxAttempts <= 1 {
 		dopts = append(dopts, grpc.WithDisableRetry())

@@ -35,5 +35,13 @@
 //		for _, v := range inv.Violations { log.Printf("%s: %s", v.Field, v.Description) }
 //	}
 //
+// An overloaded server answers RESOURCE_EXHAUSTED with a retry delay, which
+// comes back as *OverloadedError (not retried by the client); a missing or
+// wrong bearer token (WithBearerToken) comes back as *UnauthenticatedError:
+//
+//	var over *lychee.OverloadedError
+//	if errors.As(err, &over) { time.Sleep(over.RetryAfter) } // then try once more, or shed
+//	if errors.Is(err, lychee.ErrUnauthenticated) { ... }
+//
 // All other failures are gRPC status errors; use status.Code(err).
 package lychee

@@ -3,6 +3,7 @@ package lychee
 import (
 	"errors"
 	"strings"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -78,20 +79,98 @@ func (e *InvalidArgumentError) Fields() []string {
 	return out
 }
 
-// wrapError turns an INVALID_ARGUMENT status error into *InvalidArgumentError
-// and returns every other error unchanged.
+// ErrUnauthenticated matches (errors.Is) every *UnauthenticatedError.
+var ErrUnauthenticated = errors.New("lychee: unauthenticated")
+
+// ErrOverloaded matches (errors.Is) every *OverloadedError.
+var ErrOverloaded = errors.New("lychee: server overloaded")
+
+// UnauthenticatedError is returned for a call that failed with
+// codes.Unauthenticated: the server requires a bearer token (WithBearerToken)
+// and none or a wrong one was sent. Retrying with the same token cannot help.
+type UnauthenticatedError struct {
+	// Message is the status message.
+	Message string
+
+	st *status.Status
+}
+
+func (e *UnauthenticatedError) Error() string { return "lychee: unauthenticated: " + e.Message }
+
+// Is makes errors.Is(err, ErrUnauthenticated) true.
+func (e *UnauthenticatedError) Is(target error) bool { return target == ErrUnauthenticated }
+
+// GRPCStatus keeps status.Code(err) == codes.Unauthenticated.
+func (e *UnauthenticatedError) GRPCStatus() *status.Status { return e.st }
+
+// OverloadedError is returned when the server refused a call with
+// codes.ResourceExhausted and a google.rpc.RetryInfo detail: its queue or its
+// concurrent requests are over their bound. The client does not retry it by
+// itself (a retry storm is what overload feeds on); the caller decides, e.g.
+//
+//	var over *lychee.OverloadedError
+//	if errors.As(err, &over) {
+//		time.Sleep(over.RetryAfter) // or try another replica, or shed the request
+//	}
+//
+// RESOURCE_EXHAUSTED without RetryInfo (such as a message over gRPC's size
+// limit, produced by the client library itself) stays a plain status error:
+// waiting does not fix it.
+type OverloadedError struct {
+	// Message is the status message.
+	Message string
+	// RetryAfter is the delay the server asked for before trying again.
+	RetryAfter time.Duration
+
+	st *status.Status
+}
+
+func (e *OverloadedError) Error() string {
+	return "lychee: server overloaded, retry after " + e.RetryAfter.String() + ": " + e.Message
+}
+
+// Is makes errors.Is(err, ErrOverloaded) true.
+func (e *OverloadedError) Is(target error) bool { return target == ErrOverloaded }
+
+// GRPCStatus keeps status.Code(err) == codes.ResourceExhausted.
+func (e *OverloadedError) GRPCStatus() *status.Status { return e.st }
+
+// wrapError turns a status error into the typed error of its code
+// (*InvalidArgumentError, *UnauthenticatedError, *OverloadedError) and returns
+// every other error unchanged.
 func wrapError(err error) error {
 	if err == nil {
 		return nil
 	}
-	var already *InvalidArgumentError
-	if errors.As(err, &already) {
+	var (
+		inv    *InvalidArgumentError
+		unauth *UnauthenticatedError
+		over   *OverloadedError
+	)
+	if errors.As(err, &inv) || errors.As(err, &unauth) || errors.As(err, &over) {
 		return err
 	}
 	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.InvalidArgument {
+	if !ok {
 		return err
 	}
+	switch st.Code() {
+	case codes.InvalidArgument:
+		return invalidArgument(st)
+	case codes.Unauthenticated:
+		return &UnauthenticatedError{Message: st.Message(), st: st}
+	case codes.ResourceExhausted:
+		for _, d := range st.Details() {
+			if ri, ok := d.(*errdetails.RetryInfo); ok {
+				// A negative delay is a server bug; never hand a caller a negative sleep.
+				return &OverloadedError{Message: st.Message(), RetryAfter: max(ri.GetRetryDelay().AsDuration(), 0), st: st}
+			}
+		}
+	}
+	return err
+}
+
+func invalidArgument(st *status.Status) *InvalidArgumentError {
 	e := &InvalidArgumentError{Message: st.Message(), st: st}
 	for _, d := range st.Details() {
 		br, ok := d.(*errdetails.BadRequest)

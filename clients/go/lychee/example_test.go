@@ -70,3 +70,33 @@ func ExampleClient_RerankStream() {
 		fmt.Println(r.GetIndex(), r.GetScore())
 	}
 }
+
+func ExampleOverloadedError() {
+	client, err := lychee.New("dns:///lychee.search.svc.cluster.local:50051",
+		lychee.WithTLS(nil), lychee.WithBearerToken("token-from-your-secret-store"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req := lychee.NewRerankRequest(lychee.NewQuery(lychee.Text("red running shoes")),
+		lychee.TextDocuments("Trail runner in bright red", "Leather winter boots"),
+		lychee.WithTopN(1), lychee.WithTruncation(lychee.TruncationEnd))
+	resp, err := client.Rerank(ctx, req)
+	var over *lychee.OverloadedError
+	if errors.As(err, &over) {
+		// The server's queue is full: wait what it asks, once, if the deadline leaves room.
+		if dl, _ := ctx.Deadline(); time.Until(dl) > over.RetryAfter {
+			time.Sleep(over.RetryAfter)
+			resp, err = client.Rerank(ctx, req)
+		}
+	}
+	if errors.Is(err, lychee.ErrUnauthenticated) {
+		log.Fatal("check the bearer token")
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(resp.GetResults()[0].GetIndex())
+}

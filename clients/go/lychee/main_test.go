@@ -9,6 +9,8 @@ package lychee_test
 //   LYCHEE_TARGET      if set, use this running server instead of starting one
 //   LYCHEE_STARTUP_TIMEOUT  how long to wait for SERVING (default 120s)
 //   LYCHEE_SKIP_INTEGRATION=1  start nothing and skip the integration tests (unit tests only)
+//   LYCHEE_LIVE_AUTH=1  also run TestLiveBearerToken (contract_live_test.go), which starts a second server with LYCHEE_AUTH_TOKEN
+//   LYCHEE_LIVE_EXPLAIN=1  also run TestLiveExplain (once the server implements Explain)
 
 import (
 	"bytes"
@@ -45,7 +47,7 @@ func run(m *testing.M) int {
 	}
 	target = os.Getenv("LYCHEE_TARGET")
 	if target == "" {
-		stop, addr, err := startServer()
+		stop, addr, err := startServer(nil)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "lychee integration tests: cannot start the server:", err)
 			return 1
@@ -83,7 +85,9 @@ func envPath(name, def string) string {
 	return p
 }
 
-func startServer() (stop func(), addr string, err error) {
+// startServer starts `lychee-grpc serve` on the tiny model; env holds extra
+// KEY=VALUE settings for the server process.
+func startServer(env []string) (stop func(), addr string, err error) {
 	cli := envPath("LYCHEE_CLI", "../../.venv/bin/lychee-grpc")
 	modelDir := envPath("LYCHEE_TINY_MODEL", "../../.cache/tiny-model")
 	if _, err := os.Stat(cli); err != nil {
@@ -109,6 +113,7 @@ func startServer() (stop func(), addr string, err error) {
 	}
 	cmd := exec.Command(cli, "serve", "--model", modelDir, "--host", "127.0.0.1", "--port", strconv.Itoa(port))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its own group: we stop it and its children only
 	if err := cmd.Start(); err != nil {
 		logFile.Close()

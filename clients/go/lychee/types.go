@@ -20,6 +20,28 @@ type (
 	GetModelInfoResponse = lycheev1.GetModelInfoResponse
 	Limits               = lycheev1.Limits
 	RelevanceBand        = lycheev1.RelevanceBand
+	Truncation           = lycheev1.Truncation
+	ExplainRequest       = lycheev1.ExplainRequest
+	ExplainResponse      = lycheev1.ExplainResponse
+	Fragment             = lycheev1.Fragment
+	FragmentSource       = lycheev1.FragmentSource
+)
+
+// What the server does with a document whose text is over the token limit.
+const (
+	// TruncationDefault leaves it to the server (GetModelInfo().Limits.DefaultTruncation).
+	TruncationDefault = lycheev1.Truncation_TRUNCATION_UNSPECIFIED
+	// TruncationNone refuses the request with INVALID_ARGUMENT naming the document.
+	TruncationNone = lycheev1.Truncation_TRUNCATION_NONE
+	// TruncationEnd keeps the first tokens of the text that fit (images are never cut);
+	// the result is marked Truncated.
+	TruncationEnd = lycheev1.Truncation_TRUNCATION_END
+)
+
+// Which side of an explained pair a Fragment belongs to.
+const (
+	FragmentFromQuery    = lycheev1.FragmentSource_FRAGMENT_SOURCE_QUERY
+	FragmentFromDocument = lycheev1.FragmentSource_FRAGMENT_SOURCE_DOCUMENT
 )
 
 // Relevance bands (thresholds are the server's; see GetModelInfo).

@@ -128,3 +128,14 @@ def test_every_exposed_metric_is_in_the_operations_doc():
     shown = {n for n in names if not n.endswith(("_bucket", "_sum", "_count", "_created"))}
     missing = sorted(n for n in shown if f"`{n}`" not in doc)
     assert not missing, f"not in docs/operations.md: {missing}"
+
+
+def test_worker_snapshots_by_device_are_summed_with_memory_per_device():
+    m = PrometheusObserver()
+    m.watch_engine(lambda: {"cuda:0": stats(gpu_memory=(DeviceMemory("cuda:0", 1, 2),)),
+                            "cuda:1": stats(gpu_memory=(DeviceMemory("cuda:1", 3, 4),))}, lambda: 0)
+    fams = families(m)
+    assert sample(fams, "lychee_documents_scored", "lychee_documents_scored_total") == 84
+    assert sample(fams, "lychee_queue_tokens", "lychee_queue_tokens") == 1800
+    assert sample(fams, "lychee_documents_dropped", "lychee_documents_dropped_total", reason="cancelled") == 4
+    assert sample(fams, "lychee_gpu_memory_allocated_bytes", "lychee_gpu_memory_allocated_bytes", device="cuda:1") == 3

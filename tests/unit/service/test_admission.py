@@ -6,6 +6,7 @@ import pytest
 
 from lychee_grpc.engine.errors import Overloaded
 from lychee_grpc.engine.scheduler import Scheduler
+from lychee_grpc.engine.stats import StatsRecorder
 from lychee_grpc.service.admission import Admission
 
 
@@ -38,13 +39,13 @@ def test_zero_means_no_bound():
 
 def test_queue_drain_delay_follows_the_measured_token_rate():
     scheduler = Scheduler.__new__(Scheduler)  # the arithmetic only: no executor, no GPU thread
-    scheduler._queue = []
-    scheduler.busy_seconds, scheduler.documents_scored, scheduler.tokens_scored = 2.0, 100, 10_000
-    scheduler.queued_tokens = 5_000
+    scheduler._queue, scheduler.recorder = [], StatsRecorder()
+    scheduler._queued_tokens, scheduler._tokens_scored = 5_000, 0
+    assert scheduler.drain_seconds(extra_tokens=1) == 1.0  # unmeasured
+    scheduler.recorder.batch_done(documents=100, tokens=10_000, images=0, seconds=2.0)
+    scheduler._tokens_scored = 10_000
     # 5 000 tokens/s: 5 000 queued + 5 000 more drain in 2 s.
     assert scheduler.drain_seconds(extra_tokens=5_000) == pytest.approx(2.0)
     assert scheduler.drain_seconds(extra_tokens=1) == pytest.approx(1.0002)
-    scheduler.queued_tokens = 10_000_000
+    scheduler._queued_tokens = 10_000_000
     assert scheduler.drain_seconds(extra_tokens=1) == 60.0  # capped
-    scheduler.busy_seconds = 0.0
-    assert scheduler.drain_seconds(extra_tokens=1) == 1.0  # unmeasured

@@ -3,18 +3,22 @@ package ai.lychee.client;
 import com.google.protobuf.Any;
 import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.rpc.BadRequest;
+import com.google.rpc.RetryInfo;
 import io.grpc.Status;
 import io.grpc.protobuf.StatusProto;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Optional;
 
 /**
  * A failed call to the lychee reranker: the canonical gRPC status code, the server's message, and
  * the {@code google.rpc.Status} details when the server sent any.
  *
- * <p>Only {@link Status.Code#UNAVAILABLE} is worth retrying, and the client already retries it
- * through its service config. {@code INVALID_ARGUMENT} is thrown as the subclass
- * {@link LycheeInvalidArgumentException}, which carries the field violations.
+ * <p>The client retries only {@link Status.Code#UNAVAILABLE}, through its service config. Subclasses
+ * by code: {@code INVALID_ARGUMENT} is {@link LycheeInvalidArgumentException} (with the field
+ * violations), {@code UNAUTHENTICATED} is {@link LycheeUnauthenticatedException}, and
+ * {@code RESOURCE_EXHAUSTED} with a retry delay is {@link LycheeOverloadedException}.
  */
 public class LycheeException extends RuntimeException {
   private static final long serialVersionUID = 1L;
@@ -74,10 +78,40 @@ public class LycheeException extends RuntimeException {
     // Walks the cause chain; null when the server sent no grpc-status-details-bin trailer.
     com.google.rpc.Status proto = t == null ? null : StatusProto.fromThrowable(t);
     String description = status.getDescription();
-    if (status.getCode() == Status.Code.INVALID_ARGUMENT) {
-      return new LycheeInvalidArgumentException(description, proto, fieldViolations(proto), t);
+    switch (status.getCode()) {
+      case INVALID_ARGUMENT:
+        return new LycheeInvalidArgumentException(description, proto, fieldViolations(proto), t);
+      case UNAUTHENTICATED:
+        return new LycheeUnauthenticatedException(description, proto, t);
+      case RESOURCE_EXHAUSTED:
+        Optional<Duration> delay = retryDelay(proto);
+        if (delay.isPresent()) {
+          return new LycheeOverloadedException(description, proto, delay.get(), t);
+        }
+        break;
+      default:
+        break;
     }
     return new LycheeException(status.getCode(), description, proto, t);
+  }
+
+  /** The delay of the first {@code google.rpc.RetryInfo} detail, if there is one that parses. */
+  static Optional<Duration> retryDelay(com.google.rpc.Status proto) {
+    if (proto == null) {
+      return Optional.empty();
+    }
+    for (Any detail : proto.getDetailsList()) {
+      if (!detail.is(RetryInfo.class)) {
+        continue;
+      }
+      try {
+        com.google.protobuf.Duration d = detail.unpack(RetryInfo.class).getRetryDelay();
+        return Optional.of(Duration.ofSeconds(d.getSeconds(), d.getNanos()));
+      } catch (InvalidProtocolBufferException e) {
+        // A detail that claims to be RetryInfo but does not parse: look for another.
+      }
+    }
+    return Optional.empty();
   }
 
   static List<FieldViolation> fieldViolations(com.google.rpc.Status proto) {

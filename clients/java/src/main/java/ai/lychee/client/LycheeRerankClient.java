@@ -1,6 +1,8 @@
 package ai.lychee.client;
 
 import ai.lychee.grpc.v1.Document;
+import ai.lychee.grpc.v1.ExplainRequest;
+import ai.lychee.grpc.v1.ExplainResponse;
 import ai.lychee.grpc.v1.GetModelInfoRequest;
 import ai.lychee.grpc.v1.GetModelInfoResponse;
 import ai.lychee.grpc.v1.Query;
@@ -11,6 +13,7 @@ import ai.lychee.grpc.v1.RerankServiceGrpc;
 import ai.lychee.grpc.v1.RerankStreamRequest;
 import ai.lychee.grpc.v1.RerankStreamResponse;
 import ai.lychee.grpc.v1.StreamOptions;
+import io.grpc.CallCredentials;
 import io.grpc.ChannelCredentials;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
@@ -58,7 +61,11 @@ import java.util.function.Consumer;
  *   <li>A {@code dns:///} target (e.g. a headless Kubernetes Service) uses {@code round_robin}, so
  *       calls are spread over every resolved pod instead of pinning one HTTP/2 connection.
  *   <li>Errors are thrown as {@link LycheeException}; INVALID_ARGUMENT as
- *       {@link LycheeInvalidArgumentException} with the field violations.
+ *       {@link LycheeInvalidArgumentException} with the field violations, UNAUTHENTICATED as
+ *       {@link LycheeUnauthenticatedException}, and an overloaded server's RESOURCE_EXHAUSTED as
+ *       {@link LycheeOverloadedException} with the delay it asks for (not retried automatically).
+ *   <li>{@link Builder#bearerToken(String)} sends {@code authorization: Bearer <token>} on every call,
+ *       over TLS only unless {@link Builder#allowBearerTokenOverPlaintext()} is given.
  * </ul>
  *
  * Instances are thread-safe; create one per target and share it. {@link #close()} shuts the channel
@@ -74,12 +81,19 @@ public final class LycheeRerankClient implements Closeable {
   private final RerankServiceGrpc.RerankServiceBlockingStub blockingStub;
   private final RerankServiceGrpc.RerankServiceStub asyncStub;
 
-  private LycheeRerankClient(ManagedChannel channel, boolean ownsChannel, Duration deadline) {
+  private LycheeRerankClient(
+      ManagedChannel channel, boolean ownsChannel, Duration deadline, CallCredentials callCredentials) {
     this.channel = channel;
     this.ownsChannel = ownsChannel;
     this.deadline = deadline;
-    this.blockingStub = RerankServiceGrpc.newBlockingStub(channel);
-    this.asyncStub = RerankServiceGrpc.newStub(channel);
+    RerankServiceGrpc.RerankServiceBlockingStub blocking = RerankServiceGrpc.newBlockingStub(channel);
+    RerankServiceGrpc.RerankServiceStub async = RerankServiceGrpc.newStub(channel);
+    if (callCredentials != null) {
+      blocking = blocking.withCallCredentials(callCredentials);
+      async = async.withCallCredentials(callCredentials);
+    }
+    this.blockingStub = blocking;
+    this.asyncStub = async;
   }
 
   /** A builder for a client of {@code target}: {@code host:port}, {@code dns:///host:port}, etc. */
@@ -122,9 +136,20 @@ public final class LycheeRerankClient implements Closeable {
         .build());
   }
 
+  /** Like {@link #rerankTexts(String, List)} with options: top_n, min_score, truncation, token limit... */
+  public RerankResponse rerankTexts(String query, List<String> documents, RerankOptions options) {
+    return rerank(Parts.textQuery(query), Parts.textDocuments(documents), options);
+  }
+
   /** Reranks documents made of arbitrary parts (text, image, mixed) against a query. */
   public RerankResponse rerank(Query query, List<Document> documents) {
     return rerank(RerankRequest.newBuilder().setQuery(query).addAllDocuments(documents).build());
+  }
+
+  /** Like {@link #rerank(Query, List)} with options: top_n, min_score, truncation, token limit... */
+  public RerankResponse rerank(Query query, List<Document> documents, RerankOptions options) {
+    Objects.requireNonNull(options, "options");
+    return rerank(options.applyTo(RerankRequest.newBuilder().setQuery(query).addAllDocuments(documents)).build());
   }
 
   /** The full request: instruction, top_n, return_documents. Uses the client's deadline. */
@@ -176,6 +201,38 @@ public final class LycheeRerankClient implements Closeable {
     } catch (RuntimeException e) {
       throw LycheeException.from(e);
     }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Explain
+
+  /**
+   * Scores one query-document pair and attributes the score to the fragments of its texts (words or
+   * short phrases) and the cells of a grid over each image, by occlusion: a fragment's
+   * {@code attribution} is the full score minus the score without it (positive: it raised the
+   * score). The server bounds the fragments per call ({@code limits.max_explain_fragments}).
+   */
+  public ExplainResponse explain(ExplainRequest request) {
+    return explain(request, deadline);
+  }
+
+  /** {@link #explain(ExplainRequest)} with an explicit deadline for this call ({@code null}: none). */
+  public ExplainResponse explain(ExplainRequest request, Duration callDeadline) {
+    try {
+      return withDeadline(blockingStub, callDeadline).explain(request);
+    } catch (RuntimeException e) {
+      throw LycheeException.from(e);
+    }
+  }
+
+  /** Explains a document of any parts against a query, with the server's default instruction and grid. */
+  public ExplainResponse explain(Query query, Document document) {
+    return explain(ExplainRequest.newBuilder().setQuery(query).setDocument(document).build());
+  }
+
+  /** Explains a text document against a text query; only the document's fragments are attributed. */
+  public ExplainResponse explainText(String query, String document) {
+    return explain(Parts.textQuery(query), Parts.textDocument("", document));
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -420,6 +477,8 @@ public final class LycheeRerankClient implements Closeable {
     private String overrideAuthority;
     private int maxInboundMessageSize = 16 * 1024 * 1024;
     private String userAgent;
+    private String bearerToken;
+    private boolean tokenOverPlaintext;
 
     private Builder(String target) {
       this.target = target;
@@ -514,6 +573,26 @@ public final class LycheeRerankClient implements Closeable {
       return this;
     }
 
+    /**
+     * Sends {@code authorization: Bearer <token>} on every call. The token travels only over TLS:
+     * {@link #build()} refuses it on a plaintext channel, and on a channel passed to
+     * {@link #channel(ManagedChannel)} a call without transport security fails (UNAUTHENTICATED)
+     * before the token is sent, unless {@link #allowBearerTokenOverPlaintext()} is given.
+     */
+    public Builder bearerToken(String token) {
+      this.bearerToken = BearerTokenCredentials.checkToken(token);
+      return this;
+    }
+
+    /**
+     * Lets {@link #bearerToken(String)} travel over plaintext. Use it only where the path cannot be
+     * observed: a sidecar on loopback, a test.
+     */
+    public Builder allowBearerTokenOverPlaintext() {
+      this.tokenOverPlaintext = true;
+      return this;
+    }
+
     /** The service config this builder would install (for inspection and tests). */
     Map<String, Object> serviceConfig() {
       return LycheeRerankClient.serviceConfig(
@@ -528,11 +607,18 @@ public final class LycheeRerankClient implements Closeable {
     }
 
     public LycheeRerankClient build() {
+      CallCredentials callCredentials =
+          bearerToken == null ? null : new BearerTokenCredentials(bearerToken, tokenOverPlaintext);
       if (channel != null) {
-        return new LycheeRerankClient(channel, false, deadline);
+        return new LycheeRerankClient(channel, false, deadline, callCredentials);
       }
       if (target == null || target.isBlank()) {
         throw new IllegalArgumentException("target is required");
+      }
+      if (bearerToken != null && !tls && !tokenOverPlaintext) {
+        throw new IllegalStateException("bearerToken on a plaintext channel would send the token in clear text: "
+            + "use useTransportSecurity() or trustCertCollection(...), or allowBearerTokenOverPlaintext() for a "
+            + "loopback sidecar or a test");
       }
       ManagedChannelBuilder<?> b = Grpc.newChannelBuilder(target, credentials())
           .defaultServiceConfig(serviceConfig())
@@ -545,7 +631,7 @@ public final class LycheeRerankClient implements Closeable {
       if (userAgent != null) {
         b.userAgent(userAgent);
       }
-      return new LycheeRerankClient(b.build(), true, deadline);
+      return new LycheeRerankClient(b.build(), true, deadline, callCredentials);
     }
 
     private ChannelCredentials credentials() {

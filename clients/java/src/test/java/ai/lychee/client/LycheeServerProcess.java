@@ -15,6 +15,7 @@ import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.time.Duration;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.TimeUnit;
 
 /**
@@ -26,7 +27,7 @@ import java.util.concurrent.TimeUnit;
  *       {@code ../../.venv/bin/lychee-grpc} (relative to clients/java).
  *   <li>Model: system property {@code lychee.tinyModel}, else env {@code LYCHEE_TINY_MODEL}, else
  *       {@code ../../.cache/tiny-model}; created with {@code make-tiny-model} if it has no config.json.
- *   <li>Server output goes to {@code target/lychee-server.log}.
+ *   <li>Server output goes to {@code target/lychee-server.log} (or {@code lychee-server-<name>.log}).
  * </ul>
  */
 final class LycheeServerProcess implements AutoCloseable {
@@ -68,6 +69,14 @@ final class LycheeServerProcess implements AutoCloseable {
   }
 
   static LycheeServerProcess start() throws IOException, InterruptedException {
+    return start("", Map.of());
+  }
+
+  /**
+   * Starts a server with extra environment settings (e.g. {@code LYCHEE_AUTH_TOKEN}); {@code name}
+   * tells its log apart from the shared server's.
+   */
+  static LycheeServerProcess start(String name, Map<String, String> env) throws IOException, InterruptedException {
     Path cli = cli();
     if (!Files.isExecutable(cli)) {
       throw new IllegalStateException("lychee-grpc CLI not found at " + cli
@@ -92,12 +101,13 @@ final class LycheeServerProcess implements AutoCloseable {
     }
 
     int port = freePort();
-    Path log = logDir.resolve("lychee-server.log");
+    Path log = logDir.resolve(name.isEmpty() ? "lychee-server.log" : "lychee-server-" + name + ".log");
     ProcessBuilder pb = new ProcessBuilder(cli.toString(), "serve", "--model", model.toString(),
         "--host", "127.0.0.1", "--port", Integer.toString(port), "--grace-seconds", "2")
         .redirectErrorStream(true)
         .redirectOutput(log.toFile());
     pb.environment().put("PYTHONUNBUFFERED", "1");
+    pb.environment().putAll(env);
     Process process = pb.start();
     LycheeServerProcess server = new LycheeServerProcess(process, log, port);
     Runtime.getRuntime().addShutdownHook(new Thread(server::kill));

@@ -1,0 +1,1 @@
+"""The language model's packed forward and its fused elementwise kernels."""

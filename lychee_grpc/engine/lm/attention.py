@@ -1,0 +1,150 @@
+"""The language model's attention over packed sequences: which rows attend to which (a plan,
+built on the host, then copied to the device with the batch's other inputs), and the call itself:
+one `varlen_attn` (flash) call on CUDA in half precision, else one padded SDPA call with an
+explicit mask (grouped query heads folded into the query rows, so keys/values are never
+repeated). Each query attends causally, aligned bottom-right, to its sequence's context runs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+try:  # torch >= 2.10 on CUDA
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - older torch
+    varlen_attn = None
+
+
+@dataclass
+class HostPlan:
+    """An attention plan's host side (see host_plan)."""
+
+    q_starts: list[int]
+    counts: np.ndarray  # query rows per sequence
+    klens: np.ndarray  # key rows per sequence
+    q_rows: int
+    kv_rows: int
+    flat: torch.Tensor  # rows of the key/value source, sequence after sequence
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+
+
+@dataclass
+class Plan:
+    """Which rows attend to which, for one attention call (all layers but the last, or the last)."""
+
+    # Varlen form.
+    kv_rows: torch.Tensor  # flat rows of the key/value source, sequence after sequence
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    max_q: int
+    max_k: int
+    # Padded SDPA form (built only when varlen is not in use).
+    q_index: torch.Tensor | None = None  # [B, Lq] rows of the query tensor (its last row is padding)
+    kv_index: torch.Tensor | None = None  # [B, S] rows of the key/value source (its last row is padding)
+    mask: torch.Tensor | None = None  # [B, 1, rep*Lq, S]
+    out_index: torch.Tensor | None = None  # real rows of the flattened [B*Lq] output
+
+
+def host_plan(
+    queries: list[tuple[int, int]], keys: list[list[tuple[int, int]]], q_rows: int, kv_rows: int
+) -> HostPlan:
+    """`queries[i]` = (first query row, count): the last `count` tokens of sequence i;
+    `keys[i]` = runs (first row, count) of the key/value source, its context first.
+    `q_rows` / `kv_rows` are the padding rows of the query and key/value tensors."""
+    counts = np.fromiter((n for _, n in queries), dtype=np.int64, count=len(queries))
+    run_starts = np.array([r0 for runs in keys for r0, _ in runs], dtype=np.int64)
+    run_lens = np.array([n for runs in keys for _, n in runs], dtype=np.int64)
+    klens = np.array([sum(n for _, n in runs) for runs in keys], dtype=np.int64)
+    # Every run's rows, run after run, without a Python loop over rows (NumPy: ~100x fewer calls).
+    flat = np.repeat(run_starts - (np.cumsum(run_lens) - run_lens), run_lens) + np.arange(run_lens.sum())
+    return HostPlan(
+        q_starts=[q0 for q0, _ in queries], counts=counts, klens=klens, q_rows=q_rows, kv_rows=kv_rows,
+        flat=torch.from_numpy(flat),
+        cu_q=torch.from_numpy(np.concatenate(([0], np.cumsum(counts))).astype(np.int32)),
+        cu_k=torch.from_numpy(np.concatenate(([0], np.cumsum(klens))).astype(np.int32)),
+    )
+
+
+class PackedAttention:
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype):
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.rep = num_heads // num_kv_heads
+        self.scale = head_dim**-0.5
+        self.device = device
+        self.dtype = dtype
+        self._probe_varlen()
+
+    def plan(self, host: HostPlan, kv_rows: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor) -> Plan:
+        """The attention plan on the device. The padded path's tensors are built only when used
+        (its mask is large)."""
+        lq, S = int(host.counts.max()), int(host.klens.max())
+        at = Plan(kv_rows=kv_rows, cu_q=cu_q, cu_k=cu_k, max_q=lq, max_k=S)
+        if self.use_varlen:
+            return at
+        dev = self.device
+        B = len(host.q_starts)
+        lens = torch.from_numpy(host.counts)
+        klens = torch.from_numpy(host.klens)
+        q_index = torch.tensor(host.q_starts).unsqueeze(1) + torch.arange(lq).unsqueeze(0)
+        q_valid = torch.arange(lq).unsqueeze(0) < lens.unsqueeze(1)
+        q_index = torch.where(q_valid, q_index, torch.full_like(q_index, host.q_rows))
+        kv_index = torch.full((B, S), host.kv_rows, dtype=torch.long)
+        kv_valid = torch.arange(S).unsqueeze(0) < klens.unsqueeze(1)
+        kv_index[kv_valid] = host.flat
+        # The queries are each sequence's last n tokens: query j sees keys 0 .. klen - n + j
+        # (causal, aligned bottom-right as flash attention's varlen kernel does).
+        visible = klens.unsqueeze(1) - lens.unsqueeze(1) + 1 + torch.arange(lq).unsqueeze(0)
+        allowed = torch.arange(S).view(1, 1, S) < visible.unsqueeze(2)  # [B, Lq, S]
+        mask = allowed.unsqueeze(1).expand(B, self.rep, lq, S).reshape(B, 1, self.rep * lq, S)
+        at.q_index = q_index.to(dev)
+        at.kv_index = kv_index.to(dev)
+        at.mask = mask.to(dev)
+        at.out_index = torch.nonzero(q_valid.flatten()).flatten().to(dev)
+        return at
+
+    def __call__(self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, at: Plan) -> torch.Tensor:
+        """q: [rows, H, D] packed in sequence order; k_src/v_src: [rows, Hkv, D], padding row last."""
+        if self.use_varlen:
+            k, v = k_src[at.kv_rows], v_src[at.kv_rows]
+            if self._varlen_expand_kv:
+                k, v = k.repeat_interleave(self.rep, dim=1), v.repeat_interleave(self.rep, dim=1)
+            out = varlen_attn(q, k, v, at.cu_q, at.cu_k, at.max_q, at.max_k, scale=self.scale, window_size=(-1, 0))
+            return out.reshape(q.shape[0], self.num_heads * self.head_dim)
+        B, lq = at.q_index.shape
+        q_pad = torch.cat([q, q.new_zeros(1, *q.shape[1:])])[at.q_index]  # [B, Lq, H, D]
+        q_pad = q_pad.view(B, lq, self.num_kv_heads, self.rep, self.head_dim)
+        q_pad = q_pad.permute(0, 2, 3, 1, 4).reshape(B, self.num_kv_heads, self.rep * lq, self.head_dim)
+        k = k_src[at.kv_index].transpose(1, 2)  # [B, Hkv, S, D]
+        v = v_src[at.kv_index].transpose(1, 2)
+        out = F.scaled_dot_product_attention(q_pad, k, v, attn_mask=at.mask, scale=self.scale)
+        out = out.view(B, self.num_kv_heads, self.rep, lq, self.head_dim).permute(0, 3, 1, 2, 4)
+        return out.reshape(B * lq, self.num_heads * self.head_dim)[at.out_index]
+
+    def _probe_varlen(self) -> None:
+        """Uses varlen_attn when it runs here, and learns whether it takes fewer KV heads."""
+        self.use_varlen = False
+        self._varlen_expand_kv = False
+        if varlen_attn is None or self.device.type != "cuda" or self.dtype not in (torch.bfloat16, torch.float16):
+            return
+        q = torch.randn(5, self.num_heads, self.head_dim, device=self.device, dtype=self.dtype)
+        kv = torch.randn(8, self.num_kv_heads, self.head_dim, device=self.device, dtype=self.dtype)
+        cu_q = torch.tensor([0, 2, 5], device=self.device, dtype=torch.int32)
+        cu_k = torch.tensor([0, 3, 8], device=self.device, dtype=torch.int32)
+        for expand in (False, True):
+            k = kv.repeat_interleave(self.rep, dim=1) if expand else kv
+            try:
+                varlen_attn(q, k, k, cu_q, cu_k, 3, 5, scale=self.scale, window_size=(-1, 0))
+            except Exception as exc:  # any refusal means: not this way
+                log.info("varlen_attn %s KV heads: %s", "repeated" if expand else "grouped", exc)
+                continue
+            self.use_varlen, self._varlen_expand_kv = True, expand
+            return

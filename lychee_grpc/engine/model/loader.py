@@ -1,0 +1,158 @@
+"""Loads a Lychee checkpoint (hub id or local folder) through transformers' from_pretrained.
+
+Refuses, with one line naming the cause and the remedy, anything it cannot serve exactly:
+an unreachable or missing checkpoint, weights missing from it (transformers would fill them
+with random values), "yes"/"no" not being single tokens, too little GPU memory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import EngineConfig
+from ..errors import ModelLoadError
+from .patch import prepare_model
+from .tiny_model import RANDOM_WEIGHTS_FLAG
+
+log = logging.getLogger(__name__)
+
+# bf16 weights of Lychee-Rerank-MM (8.29 B parameters) plus room for activations.
+_REAL_MODEL_GIB = 17.0
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    processor: object
+    yes_id: int
+    no_id: int
+    device: torch.device
+    dtype: torch.dtype
+    attention: str
+    random_weights: bool
+    parameters: int
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {requested!r} requested but CUDA is not available on this machine")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
+    if requested:
+        try:
+            dtype = getattr(torch, requested)
+        except AttributeError:
+            raise ModelLoadError(f"unknown dtype {requested!r}: use bfloat16, float16 or float32") from None
+        if not isinstance(dtype, torch.dtype):
+            raise ModelLoadError(f"unknown dtype {requested!r}: use bfloat16, float16 or float32")
+        return dtype
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def pick_attention(requested: str | None, device: torch.device) -> str:
+    if requested:
+        return requested
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        major, _ = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return "flash_attention_2"
+    if hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+        return "sdpa"
+    return "eager"
+
+
+def _check_gpu_memory(model: str, device: torch.device) -> None:
+    if device.type != "cuda":
+        return
+    free, total = torch.cuda.mem_get_info(device)
+    folder = Path(model)
+    need = (
+        sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**30 * 1.15
+        if folder.is_dir()
+        else _REAL_MODEL_GIB
+    )
+    if free / 2**30 < need:
+        raise ModelLoadError(
+            f"not enough GPU memory for {model!r}: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB "
+            f"on {device}, about {need:.1f} GiB needed; use a GPU with at least 24 GB, or free this one"
+        )
+
+
+def _token_id(tokenizer, word: str, model: str) -> int:
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ModelLoadError(
+            f"{model!r} is not a Lychee-style yes/no reranker: its tokenizer splits {word!r} into {ids}"
+        )
+    return ids[0]
+
+
+def load_model(config: EngineConfig) -> LoadedModel:
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    device = pick_device(config.device)
+    dtype = pick_dtype(config.dtype, device)
+    attention = pick_attention(config.attention, device)
+    if config.model.startswith(("/", "./", "../", "~")) and not Path(config.model).expanduser().exists():
+        raise ModelLoadError(f"{config.model!r}: no such checkpoint folder")
+    if Path(config.model).exists() and not (Path(config.model) / "config.json").exists():
+        raise ModelLoadError(f"{config.model!r} is a path but holds no config.json: not a checkpoint folder")
+    _check_gpu_memory(config.model, device)
+    log.info("loading %s on %s as %s, attention %s", config.model, device, dtype, attention)
+    try:
+        processor = AutoProcessor.from_pretrained(config.model, revision=config.revision)
+        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            config.model,
+            revision=config.revision,
+            dtype=dtype,
+            attn_implementation=attention,
+            output_loading_info=True,
+        )
+    except torch.OutOfMemoryError:
+        free, total = torch.cuda.mem_get_info(device)
+        raise ModelLoadError(
+            f"ran out of GPU memory loading {config.model!r} ({free / 2**30:.1f} GiB free of "
+            f"{total / 2**30:.1f} GiB); use a GPU with at least 24 GB, or free this one"
+        ) from None
+    except (OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"cannot load {config.model!r}: {first}. Pass --model a local checkpoint folder, or a hub id "
+            f"this machine can download{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}"
+        ) from None
+    missing = list(info.get("missing_keys") or [])
+    if missing:
+        raise ModelLoadError(
+            f"{config.model!r} lacks {len(missing)} weights (e.g. {missing[0]}); refusing to serve random values"
+        )
+    try:
+        model.to(device)
+    except torch.OutOfMemoryError:
+        raise ModelLoadError(
+            f"ran out of GPU memory moving {config.model!r} to {device}; use a GPU with at least 24 GB"
+        ) from None
+    prepare_model(model)
+    tokenizer = processor.tokenizer
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        yes_id=_token_id(tokenizer, "yes", config.model),
+        no_id=_token_id(tokenizer, "no", config.model),
+        device=device,
+        dtype=dtype,
+        attention=attention,
+        random_weights=bool(getattr(model.config, RANDOM_WEIGHTS_FLAG, False)),
+        parameters=sum(p.numel() for p in model.parameters()),
+    )

@@ -1,0 +1,1 @@
+"""Prompt side: the template, validation and tokenization, M-RoPE positions, image decoding."""

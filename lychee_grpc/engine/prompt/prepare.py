@@ -1,0 +1,479 @@
+"""Request -> model inputs: validation, image decoding, tokenization, positions, prefix split.
+
+Every document of a request shares the prompt up to its query; those tokens are computed once.
+The split is verified per document against the whole-prompt tokenization (BPE may merge across
+the boundary), and a document whose tokens differ there is run on its full prompt instead, so
+scores always equal the plain single-pair computation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers.image_utils import SizeDict
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+from ..config import ImageLimits, TextLimits
+from ..errors import FieldViolation, InvalidInput
+from ..types import Document, ImagePart, Part, Query, TextPart
+from ..util.lru import LRU
+from . import template
+from .images import ImageRejected, content_key, decode_pixels, jpeg_decoder_agrees
+from .positions import mrope_positions
+
+# Prefetch in about this many chunks per request, of at least this many images: the first chunk
+# reaches the GPU after a few ms of decoding, and the tower still runs on large batches.
+PREFETCH_CHUNKS = 4
+PREFETCH_MIN_IMAGES = 16
+
+
+@dataclass
+class Prefetch:
+    """Starts the vision tower on chunks of a request's decoded images (the engine runs them on
+    the GPU thread ahead of the request's batch) while its other images decode and its text is
+    tokenized. `budget` bounds the image tokens whose embeddings wait on the GPU for their batch."""
+
+    start: Callable[[list[EncodedImage]], None]
+    budget: int
+
+
+@dataclass
+class EncodedImage:
+    """One image ready for the vision tower. `picture` is None when the vision cache held its
+    output at preparation time; `decode()` gives it again if that output was evicted since."""
+
+    key: bytes
+    grid_thw: tuple[int, int, int]
+    tokens: int
+    pixel_values: torch.Tensor | None
+    decode: Callable[[], torch.Tensor]
+    embedding: torch.Tensor | None = None  # the tower's output, when computed ahead of the batch
+    # The decoded picture (uint8 [3, h, w], on the host) until its pixels are computed, in its
+    # batch or a prefetch chunk: a request's pixels never wait on the GPU all at once.
+    picture: torch.Tensor | None = None
+
+
+@dataclass
+class Segment:
+    """Tokens the model computes for one sequence, with their positions and images."""
+
+    ids: torch.Tensor  # [n] long
+    positions: torch.Tensor  # [3, n] long
+    images: list[EncodedImage]
+
+    def __len__(self) -> int:
+        return int(self.ids.numel())
+
+
+@dataclass
+class PreparedQuery:
+    instruction: str
+    prefix: Segment  # the shared tokens, computed once per request
+    prefix_ids: list[int]
+    rendered_query: str  # one <|image_pad|> per image (expanded after tokenization)
+    images: list[EncodedImage]
+    prepare_ms: float = 0.0
+    # All tokens of the prefix text, when no BPE merge can cross from it into a document.
+    clean_boundary_ids: list[int] | None = None
+
+
+@dataclass
+class PreparedDocument:
+    index: int
+    id: str
+    segment: Segment  # after the shared prefix, or the whole prompt when uses_prefix is False
+    uses_prefix: bool
+    prompt_tokens: int
+    images: int
+    cached_images: int
+    truncated: bool = False  # the end of its text was cut to fit the token limit
+    # When truncated: the kept text of each of its text parts, in order ("" where all was cut).
+    kept_text: tuple[str, ...] | None = None
+
+
+def _clean_boundary(query: Query) -> bool:
+    """Whether the prompt's pre-tokenization always splits between the query and the document.
+
+    The document part starts with a newline. After a letter or a digit (or after an image's
+    <|vision_end|>, a special token), no pattern of the Qwen2 pre-tokenizer joins that newline to
+    the query, so BPE cannot merge across and the tokens of prefix + suffix are the
+    concatenation of their own. After punctuation or a space they can merge ("?\n", " \n").
+    """
+    last = query.parts[-1] if query.parts else None
+    if isinstance(last, ImagePart):
+        return True
+    return isinstance(last, TextPart) and bool(last.text) and last.text[-1].isalnum()
+
+
+class Preprocessor:
+    """Owns the tokenizer and image processor; safe to call from several threads."""
+
+    def __init__(
+        self,
+        processor,
+        image_token_id: int,
+        merge_size: int,
+        text_limits: TextLimits,
+        image_limits: ImageLimits,
+        min_image_pixels: int,
+        max_image_pixels: int,
+        vision_cached: Callable[[bytes], bool] = lambda key: False,
+        image_device: str | None = None,
+        decode_threads: int = 4,
+    ):
+        self.tokenizer = processor.tokenizer
+        self.image_processor = processor.image_processor
+        self.image_token_id = image_token_id
+        self.merge_size = merge_size
+        self.text_limits = text_limits
+        self.image_limits = image_limits
+        self.min_image_pixels = min_image_pixels
+        self.max_image_pixels = max_image_pixels
+        self._vision_cached = vision_cached
+        # Resize/normalize/patchify on this device (the model's GPU): one batched pass.
+        self.image_device = image_device
+        self._pin = image_device is not None and torch.device(image_device).type == "cuda"
+        self._fast_jpeg = jpeg_decoder_agrees()
+        self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="lychee-decode")
+        # Content key -> grid for images already seen, so a cached image skips decoding.
+        self._grids: LRU[bytes, tuple[int, int, int]] = LRU(max_items=65536)
+        self._overheads: dict[str, int] = {}
+        self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
+
+    # ---- images -------------------------------------------------------------------------
+    def _picture(self, data: bytes) -> torch.Tensor:
+        picture = decode_pixels(data, self.image_limits, fast_jpeg=self._fast_jpeg)
+        return picture.pin_memory() if self._pin else picture
+
+    def _grid(self, height: int, width: int) -> tuple[int, int, int]:
+        # Qwen2.5-VL's own resize rule, so the token count is known before any pixel work.
+        patch = self.image_processor.patch_size
+        h, w = smart_resize(height, width, factor=patch * self.merge_size,
+                            min_pixels=self.min_image_pixels, max_pixels=self.max_image_pixels)
+        return (1, h // patch, w // patch)
+
+    def encode_image(self, data: bytes) -> tuple[EncodedImage, bool]:
+        """Validates and decodes an image unless its vision output is cached. Returns it (with its
+        decoded `picture`, pinned when it goes to a GPU, unless cached) and whether it was cached.
+        Safe to call from several threads: the decode and the copies release the GIL."""
+        key = content_key(data) + self._bounds_tag
+        grid = self._grids.get(key)
+        cached = grid is not None and self._vision_cached(key)
+        picture = None
+        if not cached:
+            picture = self._picture(data)
+            grid = self._grid(picture.shape[1], picture.shape[2])
+        assert grid is not None
+        t, h, w = grid
+        encoded = EncodedImage(
+            key=key,
+            grid_thw=grid,
+            tokens=t * h * w // self.merge_size**2,
+            pixel_values=None,
+            decode=lambda: self._picture(data),
+            picture=picture,
+        )
+        return encoded, cached
+
+    def _decode_all(self, part_lists: Sequence[Sequence[Part]]) -> list[list[Future]]:
+        """Starts decoding every image part (PIL releases the GIL while decoding)."""
+        return [
+            [self._decoder.submit(self.encode_image, p.data) for p in parts if isinstance(p, ImagePart)]
+            for parts in part_lists
+        ]
+
+    def fill_pixels(self, pending: Sequence[EncodedImage]) -> None:
+        """Pixels for decoded images (uint8 [3, h, w] pictures), made on the processing device by
+        the image processor's own resize, rescale+normalize and patchify steps, once per group of
+        same-size pictures: a few torch calls per group, where the processor's full call made ~50
+        per image (25 images: 0.8 ms of this thread's time instead of 1.6-3 ms; bench/RESULTS.md, "History", run 18)."""
+        proc = self.image_processor
+        device = torch.device(self.image_device) if self.image_device else None
+        groups: dict[tuple, list[EncodedImage]] = {}
+        for image in pending:
+            groups.setdefault((tuple(image.picture.shape), image.grid_thw), []).append(image)
+        size = SizeDict(shortest_edge=self.min_image_pixels, longest_edge=self.max_image_pixels)
+        for (_, grid), images in groups.items():
+            pictures = [image.picture for image in images]
+            if device is not None:
+                # Each pinned picture copied as it lies in memory (decoders give a [3, h, w] view of
+                # [h, w, 3]): asynchronous. Copying into a device batch's [3, h, w] slots is not a plain
+                # memcpy and made this thread wait for the GPU (bench/RESULTS.md, "Host-to-device copies
+                # of pictures"). The stack runs on the GPU.
+                batch = torch.stack([picture.to(device, non_blocking=True) for picture in pictures])
+            else:
+                batch = torch.stack(pictures)
+            batch = proc.resize(batch, size=size, resample=proc.resample, factor=proc.patch_size * self.merge_size)
+            batch = proc.rescale_and_normalize(batch, proc.do_rescale, proc.rescale_factor, proc.do_normalize,
+                                               tuple(proc.image_mean), tuple(proc.image_std))
+            patches, grid_h, grid_w = proc.patchify(batch, patch_size=proc.patch_size, merge_size=self.merge_size,
+                                                   temporal_patch_size=proc.temporal_patch_size)
+            if (1, grid_h, grid_w) != grid:
+                raise RuntimeError(f"image processor made grid {(1, grid_h, grid_w)}, expected {grid}")
+            for image, pixels in zip(images, patches.unbind(0)):
+                image.pixel_values = pixels
+                self._grids.put(image.key, grid)
+
+    def _prefetch_ready(self, pending: list[EncodedImage], chunk: int, prefetch: Prefetch) -> None:
+        """Hands `pending` to `prefetch` once it holds `chunk` images, while the request's budget
+        of image tokens lasts; `pending` keeps what is not handed over."""
+        if prefetch.budget <= 0 or not pending or len(pending) < chunk:
+            return
+        tokens = sum(image.tokens for image in pending)
+        if tokens > prefetch.budget:
+            prefetch.budget = 0  # the rest are computed in their batches, as without prefetching
+            return
+        prefetch.budget -= tokens
+        prefetch.start(pending[:])
+        pending.clear()
+
+    def _encode_parts(
+        self, parts: Sequence[Part], path: str, violations: list[FieldViolation], pending: list[EncodedImage],
+        decoded: list[Future],
+    ) -> tuple[list[EncodedImage], int]:
+        images: list[EncodedImage] = []
+        cached = 0
+        decoded_iter = iter(decoded)
+        if not parts:
+            violations.append(FieldViolation(f"{path}.parts", "must have at least one part"))
+        for i, part in enumerate(parts):
+            if isinstance(part, TextPart):
+                if not part.text.strip():
+                    violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
+                elif template.IMAGE_PAD in part.text:
+                    violations.append(FieldViolation(
+                        f"{path}.parts[{i}].text", f"text contains {template.IMAGE_PAD}, which marks image tokens"))
+            elif isinstance(part, ImagePart):
+                try:
+                    image, hit = next(decoded_iter).result()
+                except ImageRejected as exc:
+                    violations.append(FieldViolation(f"{path}.parts[{i}].image", str(exc)))
+                    continue
+                if image.picture is not None:
+                    pending.append(image)
+                images.append(image)
+                cached += hit
+            else:
+                violations.append(FieldViolation(f"{path}.parts[{i}]", "part has neither text nor image"))
+        return images, cached
+
+    # ---- query --------------------------------------------------------------------------
+    def prepare_query(self, query: Query, instruction: str) -> PreparedQuery:
+        start = time.perf_counter()
+        violations: list[FieldViolation] = []
+        pending: list[EncodedImage] = []
+        images, _ = self._encode_parts(query.parts, "query", violations, pending,
+                                       self._decode_all([query.parts])[0])
+        if instruction and len(self.tokenizer.encode(instruction, add_special_tokens=False)) > (
+            self.text_limits.max_instruction_tokens
+        ):
+            violations.append(
+                FieldViolation(
+                    "instruction", f"over {self.text_limits.max_instruction_tokens} tokens"
+                )
+            )
+        if violations:
+            raise InvalidInput(violations)
+        self.fill_pixels(pending)
+        rendered = template.render_parts(query.parts)  # one pad per image, expanded after tokenization
+        prefix_ids = self._expand_pads(self._tokenize([template.prefix_text(instruction, rendered)])[0],
+                                       images).tolist()
+        query_tokens = len(prefix_ids) - self._prefix_overhead(instruction)
+        if query_tokens > self.text_limits.max_query_tokens:
+            raise InvalidInput(
+                [FieldViolation("query", f"query is {query_tokens} tokens, over the limit of "
+                                f"{self.text_limits.max_query_tokens}")]
+            )
+        # The last token may merge with the document's first characters; leave it to the document.
+        shared = len(prefix_ids) - 1
+        ids = torch.tensor(prefix_ids[:shared], dtype=torch.long)
+        positions = mrope_positions(
+            torch.tensor(prefix_ids), self.image_token_id, [im.grid_thw for im in images], self.merge_size
+        )[:, :shared]
+        return PreparedQuery(
+            instruction=instruction,
+            prefix=Segment(ids=ids, positions=positions, images=list(images)),
+            prefix_ids=prefix_ids[:shared],
+            rendered_query=rendered,
+            images=images,
+            prepare_ms=(time.perf_counter() - start) * 1e3,
+            clean_boundary_ids=prefix_ids if _clean_boundary(query) else None,
+        )
+
+    def _prefix_overhead(self, instruction: str) -> int:
+        # Template tokens around the query; depends only on the instruction.
+        overhead = self._overheads.get(instruction)
+        if overhead is None:
+            overhead = len(self._tokenize([template.prefix_text(instruction, "")])[0])
+            if len(self._overheads) < 1024:  # instructions are few; don't grow without bound
+                self._overheads[instruction] = overhead
+        return overhead
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        # The Rust tokenizer directly: the Python wrapper around it costs more than encoding. Its
+        # `encode_batch_fast` skips the character offsets we never read: the same ids, ~20% sooner.
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            return [e.ids for e in encode(texts, add_special_tokens=False)]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _expand_pads(self, ids: list[int], images: Sequence[EncodedImage]) -> np.ndarray:
+        """Token ids with each image's single <|image_pad|> repeated to its token count."""
+        arr = np.asarray(ids, dtype=np.int64)
+        if not images:
+            return arr
+        where = np.flatnonzero(arr == self.image_token_id)
+        if where.size != len(images):  # text parts cannot hold the pad marker (refused in validation)
+            raise RuntimeError(f"{where.size} image pads for {len(images)} images")
+        counts = np.ones(arr.size, dtype=np.int64)
+        counts[where] = [image.tokens for image in images]
+        return np.repeat(arr, counts)
+
+    # ---- documents ----------------------------------------------------------------------
+    def prepare_documents(
+        self, query: PreparedQuery, documents: Sequence[tuple[int, Document]], prefetch: Prefetch | None = None,
+        truncate: bool = False, max_tokens: int = 0,
+    ) -> list[PreparedDocument]:
+        """Validates and encodes documents; raises InvalidInput naming every bad field. With
+        `prefetch`, chunks of new images are handed to it as soon as they are decoded. A document
+        over `max_tokens` (0 or more than the server's limit: the server's) is refused, or with
+        `truncate` has the end of its text cut to fit (images are never cut)."""
+        limit = self.text_limits.max_tokens_per_document
+        if 0 < max_tokens < limit:
+            limit = max_tokens
+        violations: list[FieldViolation] = []
+        pending: list[EncodedImage] = []
+        encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
+        decoded = self._decode_all([doc.parts for _, doc in documents])
+        chunk = max(PREFETCH_MIN_IMAGES, -(-sum(len(futures) for futures in decoded) // PREFETCH_CHUNKS))
+        for (index, doc), futures in zip(documents, decoded):
+            images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending, futures)
+            encoded.append((index, doc, images, cached))
+            if not violations and prefetch is not None:
+                self._prefetch_ready(pending, chunk, prefetch)
+        if violations:
+            raise InvalidInput(violations)
+        if prefetch is not None:
+            self._prefetch_ready(pending, 1, prefetch)  # the last, shorter chunk
+        # One <|image_pad|> per image, expanded after tokenization: it is a special token, split off
+        # before BPE, so this equals tokenizing every pad (256 per 448x448 image) at a fraction of the work.
+        suffixes = [template.suffix_text(template.render_parts(doc.parts)) for _, doc, _, _ in encoded]
+        if query.clean_boundary_ids is not None:
+            # The prefix's tokens cannot change with the document: tokenize only the suffixes.
+            prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
+            all_ids = [
+                np.concatenate((prefix, self._expand_pads(ids, images)))
+                for ids, (_, _, images, _) in zip(self._tokenize(suffixes), encoded)
+            ]
+        else:
+            prefix_text = template.prefix_text(query.instruction, query.rendered_query)
+            all_ids = [
+                self._expand_pads(ids, query.images + images)
+                for ids, (_, _, images, _) in zip(self._tokenize([prefix_text + x for x in suffixes]), encoded)
+            ]
+        shared = len(query.prefix_ids)
+        prefix_ids = np.asarray(query.prefix_ids, dtype=np.int64)
+        out: list[PreparedDocument] = []
+        for (index, doc, images, cached), ids in zip(encoded, all_ids):
+            doc_tokens = ids.size - shared
+            truncated = False
+            if doc_tokens > limit and truncate:
+                cut = self._truncate(query, doc, images, limit, doc_tokens)
+                if cut is None:
+                    violations.append(FieldViolation(
+                        f"documents[{index}]",
+                        f"document is {doc_tokens} tokens and its images alone exceed the limit of {limit} "
+                        "(images are never truncated)"))
+                    continue
+                (doc, ids), truncated = cut, True
+            elif doc_tokens > limit:
+                violations.append(
+                    FieldViolation(f"documents[{index}]", f"document is {doc_tokens} tokens, over the limit of {limit}")
+                )
+                continue
+            all_images = query.images + images
+            ids_t = torch.from_numpy(ids)
+            positions = (
+                mrope_positions(ids_t, self.image_token_id, [im.grid_thw for im in all_images], self.merge_size)
+                if all_images
+                else torch.arange(ids.size).expand(3, -1)  # text only: all three axes advance together
+            )
+            uses_prefix = bool(np.array_equal(ids[:shared], prefix_ids))
+            if uses_prefix:
+                segment = Segment(ids=ids_t[shared:], positions=positions[:, shared:], images=images)
+            else:
+                segment = Segment(ids=ids_t, positions=positions, images=all_images)
+            out.append(
+                PreparedDocument(
+                    index=index,
+                    id=doc.id,
+                    segment=segment,
+                    uses_prefix=uses_prefix,
+                    prompt_tokens=int(ids.size),
+                    images=len(images),
+                    cached_images=cached,
+                    truncated=truncated,
+                    kept_text=tuple(p.text for p in doc.parts if isinstance(p, TextPart)) if truncated else None,
+                )
+            )
+        if violations:
+            raise InvalidInput(violations)
+        return out
+
+    # ---- truncation ---------------------------------------------------------------------
+    def _document_ids(self, query: PreparedQuery, parts: Sequence[Part], images: list[EncodedImage]) -> np.ndarray:
+        """The whole prompt's ids for one document, tokenized as `prepare_documents` does."""
+        suffix = template.suffix_text(template.render_parts(parts))
+        if query.clean_boundary_ids is not None:
+            prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
+            return np.concatenate((prefix, self._expand_pads(self._tokenize([suffix])[0], images)))
+        prefix_text = template.prefix_text(query.instruction, query.rendered_query)
+        return self._expand_pads(self._tokenize([prefix_text + suffix])[0], query.images + images)
+
+    def _cut_text(self, parts: list[Part], excess: int) -> list[Part] | None:
+        """`parts` with about `excess` tokens cut from the end of their text (at a token boundary);
+        images are kept, and so is each part's place (an emptied text part renders as nothing).
+        None when the text runs out first."""
+        out = list(parts)
+        for i in range(len(out) - 1, -1, -1):
+            part = out[i]
+            if excess <= 0:
+                break
+            if not isinstance(part, TextPart) or not part.text:
+                continue
+            offsets = self.tokenizer(part.text, add_special_tokens=False, return_offsets_mapping=True)[
+                "offset_mapping"]
+            if len(offsets) <= excess:
+                excess -= len(offsets)
+                out[i] = TextPart("")
+                continue
+            kept = part.text[: offsets[len(offsets) - excess][0]]
+            excess = 0
+            out[i] = TextPart(kept if kept.strip() else "")
+        if excess > 0 or not any(isinstance(p, ImagePart) or p.text for p in out):
+            return None
+        return out
+
+    def _truncate(
+        self, query: PreparedQuery, doc: Document, images: list[EncodedImage], limit: int, tokens: int
+    ) -> tuple[Document, np.ndarray] | None:
+        """The document with the end of its text cut so that it fits `limit` tokens, and its ids:
+        a plain document of the kept text, so its score is that document's score. Tokens can merge
+        differently across the new end, so the cut is checked and repeated if need be."""
+        shared = len(query.prefix_ids)
+        parts: list[Part] | None = list(doc.parts)
+        for _ in range(8):
+            parts = self._cut_text(parts, tokens - limit)
+            if parts is None:
+                return None
+            ids = self._document_ids(query, parts, images)
+            tokens = ids.size - shared
+            if tokens <= limit:
+                return Document(doc.id, tuple(parts)), ids
+        return None

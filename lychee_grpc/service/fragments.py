@@ -1,0 +1,235 @@
+"""The pieces Explain occludes: words and phrases of a text, cells of a grid over an image, and
+the copy of a part with one of them removed or masked.
+
+Text fragments tile their text: each is a word (a segment, in Chinese) with the punctuation and
+whitespace that follow it, and an opening bracket or quote goes with the word after it, so the
+fragments' texts put together give the text back and a highlight covers every character.
+Chinese (Han) runs are segmented by jieba, the usual Chinese word segmenter; everything else is
+split into words at whitespace and punctuation, keeping "T-shirt", "don't" and "3.5" whole.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import re
+import threading
+import unicodedata
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..engine.types import ImagePart, Part, TextPart
+
+
+@dataclass(frozen=True)
+class Span:
+    """[start, end) in code points of a part's text."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Box:
+    """A cell in an image's upright pixels."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+# ---- text -------------------------------------------------------------------------------
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
+_LETTER = rf"[^\W_{_HAN}]"  # a letter or digit of any script but Han
+# A word keeps inner apostrophes and hyphens, and a decimal point or thousands comma between digits.
+_TOKENS = re.compile(
+    rf"(?P<han>[{_HAN}]+)|(?P<word>{_LETTER}+(?:(?:['’\-]|(?<=\d)[.,](?=\d)){_LETTER}+)*)|(?P<space>\s+)|(?P<other>.)",
+    re.DOTALL,
+)
+_OPENING = ("Ps", "Pi")  # brackets and quotes that open: they go with the next word
+
+_STRAIGHT_QUOTES = "\"'"
+
+_jieba_lock = threading.Lock()
+
+
+def _opens(text: str, at: int) -> bool:
+    char = text[at]
+    if char in _STRAIGHT_QUOTES:  # neither opening nor closing by category: read where it stands
+        return (at == 0 or text[at - 1].isspace()) and at + 1 < len(text) and not text[at + 1].isspace()
+    return unicodedata.category(char) in _OPENING
+
+
+@functools.cache
+def _segmenter():
+    # Imported on first use: loading its dictionary takes about a second, and most text is not Chinese.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # jieba 0.42 imports the deprecated pkg_resources
+        import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    tokenizer = jieba.Tokenizer()
+    tokenizer.initialize()
+    return tokenizer
+
+
+def _han_segments(run: str) -> list[tuple[int, int]]:
+    with _jieba_lock:  # one dictionary, built once
+        segmenter = _segmenter()
+    out, pos = [], 0
+    for word in segmenter.cut(run, HMM=True):
+        out.append((pos, pos + len(word)))
+        pos += len(word)
+    if pos != len(run):  # jieba gives back every character; anything else is a bug to surface
+        raise RuntimeError(f"segmenter lost characters of {run!r}")
+    return out
+
+
+def _tokens(text: str) -> list[tuple[str, int, int]]:
+    """(kind, start, end) covering the text: kind is "word", "open" or "rest" (spaces, other marks)."""
+    out: list[tuple[str, int, int]] = []
+    for m in _TOKENS.finditer(text):
+        kind, start, end = m.lastgroup, m.start(), m.end()
+        if kind == "han":
+            out += [("word", start + s, start + e) for s, e in _han_segments(m.group())]
+        elif kind == "word":
+            out.append(("word", start, end))
+        elif kind == "other" and _opens(text, start):
+            out.append(("open", start, end))
+        else:
+            out.append(("rest", start, end))
+    return out
+
+
+def split_text(text: str) -> list[Span]:
+    """The text's words with what follows each, tiling the text; a text with no word is one span."""
+    spans: list[list[int]] = []
+    pending: int | None = None  # start of material that goes with the next word
+    for kind, start, end in _tokens(text):
+        if kind == "word":
+            spans.append([start if pending is None else pending, end])
+            pending = None
+        elif pending is not None:
+            continue
+        elif kind == "open" or not spans:
+            pending = start
+        else:
+            spans[-1][1] = end
+    if pending is not None:
+        if spans:
+            spans[-1][1] = len(text)
+        else:
+            spans.append([pending, len(text)])
+    return [Span(s, e) for s, e in spans]
+
+
+def merge_spans(spans: Sequence[Span], count: int) -> list[Span]:
+    """Adjacent spans joined into `count` phrases of as equal a number of spans as can be."""
+    if count >= len(spans):
+        return list(spans)
+    if count < 1:
+        raise ValueError("at least one phrase is needed")
+    size, extra = divmod(len(spans), count)
+    out, at = [], 0
+    for k in range(count):
+        n = size + (k < extra)
+        out.append(Span(spans[at].start, spans[at + n - 1].end))
+        at += n
+    return out
+
+
+def share_budget(counts: Sequence[int], budget: int) -> list[int]:
+    """How many fragments each text keeps so that together they fit `budget`: at least one each,
+    the rest in proportion to how many each has (largest remainders first)."""
+    total = sum(counts)
+    if total <= budget:
+        return list(counts)
+    if budget < len(counts):
+        raise ValueError(f"{len(counts)} texts cannot share {budget} fragments")
+    shares = [max(1, budget * n // total) for n in counts]
+    order = sorted(range(len(counts)), key=lambda i: -(budget * counts[i] / total - shares[i]))
+    left = budget - sum(shares)
+    while left > 0:
+        grew = False
+        for i in order:
+            if left and shares[i] < counts[i]:
+                shares[i] += 1
+                left -= 1
+                grew = True
+        if not grew:
+            break
+    while sum(shares) > budget:  # the floor of one each can overshoot: take from the largest
+        i = max(range(len(shares)), key=lambda j: shares[j])
+        shares[i] -= 1
+    return shares
+
+
+def without_span(text: str, span: Span) -> str:
+    """The text with the span removed. Spans carry the whitespace after them, so removing a text's
+    last span also removes the whitespace left before it."""
+    if span.end >= len(text):
+        return text[: span.start].rstrip()
+    return text[: span.start] + text[span.end :]
+
+
+def parts_without(parts: Sequence[Part], index: int, replacement: Part | None) -> tuple[Part, ...]:
+    """The parts with parts[index] replaced, or left out when `replacement` is None."""
+    return tuple(
+        (replacement if k == index else p) for k, p in enumerate(parts) if k != index or replacement is not None
+    )
+
+
+def text_variant(parts: Sequence[Part], index: int, span: Span) -> tuple[Part, ...]:
+    part = parts[index]
+    assert isinstance(part, TextPart)
+    rest = without_span(part.text, span)
+    return parts_without(parts, index, TextPart(rest) if rest.strip() else None)
+
+
+# ---- images -----------------------------------------------------------------------------
+def upright_rgb(data: bytes) -> np.ndarray:
+    """The pixels the model sees, [height, width, 3] uint8: first frame, EXIF orientation applied,
+    transparency on white (as the engine decodes). The engine has accepted these bytes already."""
+    with Image.open(io.BytesIO(data)) as img:
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, rgba)
+        return np.asarray(img.convert("RGB"))
+
+
+def grid_boxes(width: int, height: int, grid: int) -> list[Box]:
+    """grid x grid cells tiling the image, row by row; an image narrower (or lower) than the grid
+    gets one column (row) per pixel."""
+    cols, rows = min(grid, width), min(grid, height)
+    xs = [width * i // cols for i in range(cols + 1)]
+    ys = [height * j // rows for j in range(rows + 1)]
+    return [Box(xs[i], ys[j], xs[i + 1] - xs[i], ys[j + 1] - ys[j]) for j in range(rows) for i in range(cols)]
+
+
+def mean_colour(pixels: np.ndarray) -> np.ndarray:
+    return np.rint(pixels.reshape(-1, 3).mean(axis=0, dtype=np.float64)).astype(np.uint8)
+
+
+def masked_png(pixels: np.ndarray, box: Box, colour: np.ndarray) -> bytes:
+    """The picture with the box filled with `colour`, as PNG: lossless, so the model sees
+    exactly the original pixels outside the box."""
+    masked = pixels.copy()
+    masked[box.y : box.y + box.height, box.x : box.x + box.width] = colour
+    buf = io.BytesIO()
+    Image.fromarray(masked, "RGB").save(buf, "PNG", compress_level=1)  # speed over size
+    return buf.getvalue()
+
+
+def image_variant(parts: Sequence[Part], index: int, data: bytes) -> tuple[Part, ...]:
+    return parts_without(parts, index, ImagePart(data))

@@ -1,0 +1,167 @@
+"""An engine worker process: one Engine on one device, driven over a pipe by the pool.
+
+Started with the `spawn` method; torch is imported only here, after CUDA_VISIBLE_DEVICES names
+the worker's one GPU, so each worker sees its device as cuda:0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+from multiprocessing.connection import Connection
+
+from . import ipc
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_SECONDS = 0.5
+
+
+def main(conn: Connection, engine_config, cuda_index: int | None, log_level: str = "INFO") -> None:
+    if cuda_index is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(cuda_index)
+        engine_config = dataclasses.replace(engine_config, device="cuda:0")
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s worker %(process)d %(name)s: %(message)s")
+    asyncio.run(_Worker(conn, engine_config).serve())
+
+
+class _Forward:
+    """A StatsObserver whose every call is replayed in the pool's process."""
+
+    def __init__(self, send):
+        self._send = send
+
+    def __getattr__(self, name: str):
+        def forward(*args) -> None:
+            self._send(ipc.Observed(name, args))
+
+        return forward
+
+
+class _Worker:
+    def __init__(self, conn: Connection, engine_config):
+        self.conn = conn
+        self.config = engine_config
+        self.jobs: dict[int, object] = {}
+        self.queues: dict[int, asyncio.Queue] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self._send_lock = threading.Lock()
+
+    def send(self, message) -> None:
+        with self._send_lock:  # observer calls come from the engine's GPU thread too
+            self.conn.send(message)
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+
+        def read() -> None:
+            while True:
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError):
+                    message = ipc.Shutdown()
+                loop.call_soon_threadsafe(inbox.put_nowait, message)
+                if isinstance(message, ipc.Shutdown):
+                    return
+
+        threading.Thread(target=read, name="lychee-worker-pipe", daemon=True).start()
+        try:
+            engine = await asyncio.to_thread(self._load)
+            await engine.start()
+        except Exception as exc:
+            log.exception("engine failed to start")
+            self.send(ipc.StartFailed(ipc.WireError.of(exc)))
+            return
+        self.engine = engine
+        self.send(ipc.Ready(engine.info()))
+        snapshots = asyncio.create_task(self._snapshots())
+        try:
+            while True:
+                message = await inbox.get()
+                if isinstance(message, ipc.Shutdown):
+                    break
+                self._dispatch(message)
+        finally:
+            snapshots.cancel()
+            await engine.stop()
+
+    def _load(self):
+        from ..engine.engine import Engine
+        from ..engine.model.loader import load_model
+
+        return Engine(self.config, load_model(self.config), observer=_Forward(self.send))
+
+    def _snapshot(self) -> ipc.Snapshot:
+        stats = getattr(self.engine, "stats", None)
+        return ipc.Snapshot(self.engine.info(), stats() if callable(stats) else None)
+
+    async def _snapshots(self) -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_SECONDS)
+            self.send(self._snapshot())
+
+    def _dispatch(self, message) -> None:
+        if isinstance(message, ipc.OpenJob):
+            queue: asyncio.Queue = asyncio.Queue()
+            self.queues[message.job] = queue
+            task = asyncio.create_task(self._run_job(message, queue))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif message.job in self.queues:  # commands of one job run in order, after its opening
+            self.queues[message.job].put_nowait(message)
+
+    async def _run_job(self, opening: ipc.OpenJob, commands: asyncio.Queue) -> None:
+        job_id = opening.job
+        try:
+            job = await self.engine.open_job(opening.query, opening.instruction, opening.deadline)
+        except Exception as exc:
+            self.send(ipc.Opened(job_id, ipc.WireError.of(exc)))
+            self.queues.pop(job_id, None)
+            return
+        self.send(ipc.Opened(job_id))
+        pump = asyncio.create_task(self._pump(job_id, job))
+        try:
+            while not pump.done():
+                getter = asyncio.create_task(commands.get())
+                await asyncio.wait({getter, pump}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                await self._command(job, getter.result(), opening)
+        finally:
+            await pump
+            self.queues.pop(job_id, None)
+
+    async def _command(self, job, message, opening: ipc.OpenJob) -> None:
+        if isinstance(message, ipc.AddDocuments):
+            before = job.stats.usage.prompt_tokens
+            try:
+                await self.engine.add_documents(job, message.documents, opening.truncate, opening.max_tokens)
+            except Exception as exc:
+                self.send(ipc.Added(message.job, message.seq, error=ipc.WireError.of(exc)))
+                return
+            each = (job.stats.usage.prompt_tokens - before) // max(1, len(message.documents))
+            self.send(ipc.Added(message.job, message.seq, [each] * len(message.documents)))
+        elif isinstance(message, ipc.CloseJob):
+            if not job.closed:
+                job.close()
+        elif isinstance(message, ipc.CancelJob):
+            job.cancel()
+            if not job.closed:
+                job.close()
+
+    async def _pump(self, job_id: int, job) -> None:
+        error = None
+        try:
+            async for score in job.results():
+                self.send(ipc.Scored(job_id, score))
+        except Exception as exc:
+            error = ipc.WireError.of(exc)
+        with contextlib.suppress(Exception):
+            self.send(ipc.JobDone(job_id, job.stats, error))
+            self.send(self._snapshot())

@@ -1,0 +1,268 @@
+"""The REST API over a live App: the same scores as gRPC, the article's call, min_score, and
+every error kind as its HTTP status with the one JSON error body."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+
+import httpx
+import pytest
+
+from lychee_grpc.app import App
+from lychee_grpc.client import image, text
+from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig
+from lychee_grpc.engine.engine import Engine
+from lychee_grpc.http.app import create_app
+from lychee_grpc.http.server import HttpServer
+from lychee_grpc.proto import lychee_pb2 as pb
+from lychee_grpc.service.errors import Unauthenticated
+
+from ..helpers import engine_config, noise_image
+
+TITLES = ["vintage wash blue jeans coat", "organic green tea", "denim jacket women", "running shoes", "grey sofa"]
+
+
+def f32(x: float) -> float:
+    """gRPC carries scores as float32; REST as JSON doubles."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture
+async def make_app(loaded, tiny_model_dir):
+    apps: list[App] = []
+
+    async def factory(load: bool = True, max_message_mib: int = 256, **engine_overrides) -> App:
+        config = AppConfig(
+            engine=engine_config(tiny_model_dir, **engine_overrides),
+            grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0, max_message_mib=max_message_mib),
+            http=HttpConfig(host="127.0.0.1", port=0),
+            grace_seconds=2,
+        )
+        app = App(config, engine_factory=lambda cfg: Engine(cfg, loaded))
+        await app.start()
+        if load:
+            await app.load()
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        await app.stop()
+
+
+@pytest.fixture
+async def http(server):
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=60) as c:
+        yield c
+
+
+def error_of(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "field_violations", "request_id"}, body
+    assert body["error"]["request_id"] == response.headers["x-request-id"]
+    return body["error"]
+
+
+def fields(response: httpx.Response) -> list[str]:
+    return [v["field"] for v in error_of(response)["field_violations"]]
+
+
+async def test_rest_and_grpc_give_identical_scores_for_the_same_inputs(http, client):
+    img_q, img_d = noise_image(56, 84, seed=6), noise_image(64, 64, seed=5)
+    rest = await http.post("/v1/rerank", json={
+        "query": {"text": "same style", "image": b64(img_q)},
+        "documents": ["cotton tee", {"image": f"data:image/png;base64,{b64(img_d)}"},
+                      {"text": "cotton tee", "image": b64(img_d)}, *TITLES],
+    })
+    assert rest.status_code == 200, rest.text
+    # The JSON object's image goes first, then its text.
+    rpc = await client.rerank(
+        pb.Query(parts=[image(img_q), text("same style")]),
+        [pb.Document(parts=[text("cotton tee")]), pb.Document(parts=[image(img_d)]),
+         pb.Document(parts=[image(img_d), text("cotton tee")]), *[pb.Document(parts=[text(t)]) for t in TITLES]],
+    )
+    body = rest.json()
+    assert [r["index"] for r in body["results"]] == [r.index for r in rpc.results]
+    assert [f32(r["relevance_score"]) for r in body["results"]] == [r.score for r in rpc.results]
+    assert [r["band"] for r in body["results"]] == [pb.RelevanceBand.Name(r.band).split("_")[-1].lower()
+                                                    for r in rpc.results]
+    assert body["usage"]["images"] == rpc.usage.images == 3
+    assert body["id"] == rest.headers["x-request-id"]
+
+
+async def test_article_api_rerank_answers_ranked_documents_with_scores(http):
+    response = await http.post("/api/rerank", json={"query": "retro denim jacket", "documents": TITLES})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert sorted(r["index"] for r in results) == list(range(len(TITLES)))
+    assert [r["document"] for r in results] == [TITLES[r["index"]] for r in results]
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+
+
+async def test_min_score_leaves_out_weak_results_and_counts_them(http):
+    full = (await http.post("/v1/rerank", json={"query": "denim", "documents": TITLES})).json()["results"]
+    threshold = sorted(r["relevance_score"] for r in full)[2]  # the middle score: two fall below
+    response = await http.post("/v1/rerank", json={"query": "denim", "documents": TITLES, "min_score": threshold,
+                                                    "top_n": 2, "return_documents": True})
+    body = response.json()
+    assert body["dropped_documents"] == 2
+    assert [r["index"] for r in body["results"]] == [r["index"] for r in full[:2]]
+    assert all(r["document"] == {"text": TITLES[r["index"]]} for r in body["results"])
+    assert "document" not in full[0]
+
+
+async def test_info_probes_and_openapi(http, server):
+    info = (await http.get("/v1/info")).json()
+    assert info["random_weights"] is True
+    assert info["limits"]["max_documents_per_request"] == 150
+    assert info["bands"] == {"strong": 0.75, "medium": 0.55}
+    assert (await http.get("/health")).json() == {"status": "serving"}
+    assert (await http.get("/live")).status_code == 200
+    paths = (await http.get("/openapi.json")).json()["paths"]
+    assert {"/v1/rerank", "/api/rerank", "/v1/explain", "/v1/info", "/health", "/live"} <= set(paths)
+    assert "swagger" in (await http.get("/docs")).text.lower()
+    assert "Lychee rerank console" in (await http.get("/")).text
+
+
+async def test_request_id_is_read_echoed_and_named_in_errors(http):
+    response = await http.post("/v1/rerank", json={"query": "q", "documents": []}, headers={"x-request-id": "abc-1"})
+    assert response.headers["x-request-id"] == "abc-1"
+    assert error_of(response)["request_id"] == "abc-1"
+
+
+async def test_body_that_is_not_json_is_400(http):
+    response = await http.post("/v1/rerank", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_argument"
+
+
+BAD = {
+    "unknown field": ({"query": "q", "documents": ["a", "b", "c", {"img": "x"}]}, "documents[3].img"),
+    "empty document object": ({"query": "q", "documents": ["a", {}]}, "documents[1]"),
+    "image not base64": ({"query": "q", "documents": ["a", "b", "c", {"image": "%%%"}]}, "documents[3].image"),
+    "image url": ({"query": {"image": "https://example.com/a.png"}, "documents": ["a"]}, "query.image"),
+    "corrupt image": ({"query": "q", "documents": ["a", {"image": b64(noise_image(40, 40)[:60])}]},
+                      "documents[1].image"),
+    "empty text": ({"query": "q", "documents": ["a", {"text": ""}]}, "documents[1].text"),
+    "min_score over 1": ({"query": "q", "documents": ["a"], "min_score": 2}, "min_score"),
+    "no documents": ({"query": "q", "documents": []}, "documents"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+async def test_invalid_requests_are_422_naming_the_json_field(http, name):
+    body, field = BAD[name]
+    response = await http.post("/v1/rerank", json=body)
+    assert response.status_code == 422, response.text
+    assert error_of(response)["code"] == "invalid_argument"
+    assert field in fields(response)
+
+
+async def test_over_a_limit_is_413(http, make_app):
+    response = await http.post("/v1/rerank", json={"query": "q", "documents": ["d"] * 151})
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "too_large"
+    small = await make_app(max_message_mib=1)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{small.http_port}") as c:
+        response = await c.post("/v1/rerank", json={"query": "q", "documents": ["x" * (2 << 20)]})
+    assert response.status_code == 413
+    assert fields(response) == ["body"]
+
+
+async def test_full_queue_is_429_with_retry_after(make_app):
+    app = await make_app(max_queue_documents=2)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.http_port}") as c:
+        response = await c.post("/v1/rerank", json={"query": "q", "documents": TITLES})
+    assert response.status_code == 429
+    assert error_of(response)["code"] == "overloaded"
+    assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_loading_and_draining_are_503_while_live_stays_200(make_app):
+    app = await make_app(load=False)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.http_port}") as c:
+        response = await c.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+        assert response.status_code == 503
+        assert error_of(response)["code"] == "unavailable"
+        assert (await c.get("/health")).json() == {"status": "loading"}
+        assert (await c.get("/live")).status_code == 200
+        await app.load()
+        assert (await c.get("/health")).status_code == 200
+        app.lifecycle.drain()
+        assert (await c.get("/health")).status_code == 503
+        assert (await c.get("/v1/info")).status_code == 503
+
+
+async def test_tiny_timeout_is_504_and_the_server_carries_on(http, server):
+    response = await http.post("/v1/rerank", json={"query": "q", "documents": TITLES * 20},
+                               headers={"x-request-timeout": "0.001"})
+    assert response.status_code == 504
+    assert error_of(response)["code"] == "deadline_exceeded"
+    bad = await http.post("/v1/rerank", json={"query": "q", "documents": ["a"]}, headers={"x-request-timeout": "soon"})
+    assert bad.status_code == 422 and fields(bad) == ["x-request-timeout"]
+    ok = await http.post("/v1/rerank", json={"query": "q", "documents": TITLES})
+    assert ok.status_code == 200
+
+
+async def test_client_disconnect_cancels_the_work(http, server):
+    engine = server.engine
+    before = engine.stats().documents_scored
+    request = asyncio.create_task(http.post("/v1/rerank", json={"query": "q", "documents": TITLES * 30}))
+    while server.lifecycle.in_flight == 0:
+        await asyncio.sleep(0.005)
+    request.cancel()  # closes the connection
+    for _ in range(500):
+        if server.lifecycle.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert server.lifecycle.in_flight == 0
+    await asyncio.sleep(0.2)
+    assert engine.stats().documents_scored - before < len(TITLES) * 30
+    assert engine.stats().queue_documents == 0
+
+
+class Observer:
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def request_done(self, transport, method, code, seconds, request_id, peer, record=None):
+        self.calls.append((transport, method, code, request_id, peer))
+
+
+class TokenCheck:
+    def check(self, authorization: str | None) -> None:
+        if authorization != "Bearer sesame":
+            raise Unauthenticated("a valid bearer token is required")
+
+
+async def test_auth_hook_guards_the_api_but_not_probes_console_or_docs(server):
+    observer = Observer()
+    rest = create_app(server.service, server.lifecycle, authenticator=TokenCheck(), observers=[observer])
+    http_server = HttpServer(rest, "127.0.0.1", 0)
+    await http_server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_server.port}") as c:
+            refused = await c.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert error_of(refused)["code"] == "unauthenticated"
+            assert (await c.get("/api/rerank", headers={"authorization": "Bearer nope"})).status_code == 401
+            for path in ("/health", "/live", "/", "/console.js", "/openapi.json", "/docs"):
+                assert (await c.get(path)).status_code == 200, path
+            ok = await c.post("/v1/rerank", json={"query": "q", "documents": ["a"]},
+                              headers={"authorization": "Bearer sesame"})
+            assert ok.status_code == 200
+    finally:
+        await http_server.stop(1)
+    assert observer.calls[0][:3] == ("http", "/v1/rerank", "401")
+    assert observer.calls[-1][:3] == ("http", "/v1/rerank", "200")
+    assert observer.calls[-1][3] == ok.headers["x-request-id"]
+    assert observer.calls[-1][4].startswith("127.0.0.1:")

@@ -1,0 +1,144 @@
+"""Two engine worker processes behind one endpoint, on the CPU and the tiny model: the same
+scores as one engine, requests spread over both, and a killed worker handled (NOT_SERVING, exit
+non-zero)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lychee_grpc.app import App
+from lychee_grpc.client import AsyncLycheeClient
+from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, WorkersConfig
+from lychee_grpc.engine.model.reference import reference_logits
+from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.types import ImagePart, TextPart
+from lychee_grpc.proto import lychee_pb2 as pb
+
+from ..helpers import engine_config, noise_image
+
+TITLES = [f"{word} denim jacket size {i}" for i, word in enumerate(["vintage", "slim", "blue", "washed"] * 5)]
+
+
+@pytest.fixture(scope="module")
+async def pool_app(tiny_model_dir):
+    config = AppConfig(
+        engine=engine_config(tiny_model_dir, max_batch_documents=8),
+        grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+        http=HttpConfig(enabled=False),
+        workers=WorkersConfig(devices="cpu,cpu", split_min_documents=4),
+        grace_seconds=5,
+    )
+    app = App(config)
+    await app.start()
+    await app.load()
+    yield app
+    await app.stop()
+
+
+async def test_two_workers_give_the_reference_scores_and_share_the_work(pool_app, loaded):
+    pool = pool_app.engine_client
+    images = [noise_image(48, 48, seed=s) for s in range(3)]
+    docs = [*TITLES, [images[0], "photo"], [images[1]], [images[0], "same photo"], [images[2]]]
+    async with AsyncLycheeClient(f"127.0.0.1:{pool_app.port}", timeout=120) as client:
+        resp = await client.rerank("retro denim jacket", docs)
+        info = await client.model_info()
+    assert sorted(r.index for r in resp.results) == list(range(len(docs)))
+    parts = [(TextPart(t),) for t in TITLES] + [
+        (ImagePart(images[0]), TextPart("photo")), (ImagePart(images[1]),),
+        (ImagePart(images[0]), TextPart("same photo")), (ImagePart(images[2]),),
+    ]
+    query = (TextPart("retro denim jacket"),)
+    ref = reference_logits(loaded.model, loaded.processor, DEFAULT_INSTRUCTION, query, parts)
+    for r in resp.results:
+        assert r.score == pytest.approx(1 / (1 + math.exp(-float(ref[r.index]))), abs=1e-4)
+    assert set(pool.routed) == {"cpu:0", "cpu:1"} and all(n > 0 for n in pool.routed.values())
+    assert info.workers == 2 and list(info.devices) == ["cpu", "cpu"]
+    assert resp.usage.prompt_tokens > resp.usage.computed_tokens > 0
+
+
+async def test_two_workers_report_errors_with_the_requests_indices(pool_app):
+    docs = [*TITLES[:6], "", *TITLES[6:12], [b"not an image"]]
+    async with AsyncLycheeClient(f"127.0.0.1:{pool_app.port}", timeout=120) as client:
+        with pytest.raises(grpc.RpcError) as info:
+            await client.rerank("denim", docs)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "documents[6]" in info.value.details() and "documents[13]" in info.value.details()
+        ok = await client.rerank("denim", TITLES)  # nothing left behind
+        assert len(ok.results) == len(TITLES)
+
+
+async def test_a_stream_spread_over_two_workers_keeps_arrival_indices(pool_app):
+    async with AsyncLycheeClient(f"127.0.0.1:{pool_app.port}", timeout=120) as client:
+        events = [e async for e in client.rerank_stream("denim", [TITLES[:10], TITLES[10:]])]
+    scored = [e.scored for e in events if e.HasField("scored")]
+    assert sorted(s.index for s in scored) == list(range(len(TITLES)))
+    ranking = events[-1].ranking
+    assert [r.index for r in ranking.results] == [
+        s.index for s in sorted(scored, key=lambda s: (-s.score, -s.logit, s.index))
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    out = []
+    for child in map(int, children):
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"spawn_main" in cmdline:
+            out.append(child)
+    return out
+
+
+def test_a_killed_worker_turns_health_not_serving_and_the_server_exits_non_zero(tiny_model_dir):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lychee_grpc", "serve", "--model", tiny_model_dir, "--host", "127.0.0.1",
+         "--port", str(port), "--devices", "cpu,cpu", "--warmup", "false", "--grace-seconds", "5", "--http", "false",
+         "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                    break
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+        else:
+            pytest.fail("the server never became SERVING")
+        workers = _worker_pids(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[1], signal.SIGKILL)
+        code = proc.wait(60)
+        assert code != 0
+        output = proc.stdout.read()
+        assert "died" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def test_model_info_lists_every_device(pool_app):
+    async with AsyncLycheeClient(f"127.0.0.1:{pool_app.port}", timeout=60) as client:
+        info = await client.stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert info.workers == 2 and len(info.devices) == 2

@@ -1,0 +1,39 @@
+"""The benchmark harness runs on a CPU with a small shape: its model is prepared the way the
+loader prepares one, a workload goes through the engine, and the tools answer --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from bench.harness.model import SMOKE, build_model
+from bench.harness.timing import time_engine
+from bench.harness.workloads import image_workload, text_workload
+from lychee_grpc.engine import Engine, EngineConfig
+
+
+async def test_harness_builds_a_prepared_model_and_times_a_workload_on_cpu(tiny_model_dir):
+    loaded = build_model(tiny_model_dir, SMOKE, dtype=torch.float32, device="cpu")
+    # prepare_model ran: the vision MLP (100 wide) is padded to a multiple of 16.
+    assert loaded.model.model.visual.blocks[0].mlp.gate_proj.out_features == 112
+    engine = Engine(EngineConfig(model="smoke", warmup=False), loaded)
+    await engine.start()
+    try:
+        tok = loaded.processor.tokenizer
+        workloads = [text_workload(tok, 1, documents=3), image_workload(tok, 2, size=56, documents=2)]
+        times, rankings = await time_engine(engine, workloads, iterations=2, cold=True, warmup=0)
+    finally:
+        await engine.stop()
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert [len(r.scores) for r in rankings] == [3, 2]
+    assert all(0.0 <= s.score <= 1.0 for r in rankings for s in r.scores)
+    assert rankings[1].stats.usage.images == 2
+
+
+def test_benchmark_and_ab_tool_answer_help_without_a_gpu():
+    for module in ("bench.run", "bench.ab"):
+        done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert f"python -m {module}" in done.stdout

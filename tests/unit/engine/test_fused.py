@@ -1,0 +1,64 @@
+"""The fused elementwise pieces compute what transformers' modules compute (checked eagerly on
+the CPU; on CUDA the same functions are compiled)."""
+
+from __future__ import annotations
+
+import torch
+
+from lychee_grpc.engine.lm.fused import FusedOps, rms_norm, rope, silu_mul
+
+
+def test_rms_norm_and_mlp_match_transformers_modules(loaded):
+    layer = loaded.model.model.language_model.layers[0]
+    x = torch.randn(7, layer.input_layernorm.weight.numel())
+    eps = layer.input_layernorm.variance_epsilon
+    assert torch.allclose(rms_norm(x, layer.input_layernorm.weight, eps), layer.input_layernorm(x), atol=1e-6)
+    mlp = layer.mlp
+    assert torch.allclose(mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x))), mlp(x), atol=1e-5)
+
+
+def test_rope_matches_transformers():
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+    q, k = torch.randn(1, 3, 5, 16), torch.randn(1, 2, 5, 16)
+    cos, sin = torch.randn(1, 5, 16), torch.randn(1, 5, 16)
+    ref_q, ref_k = apply_rotary_pos_emb(q, k, cos, sin)
+    assert torch.allclose(rope(q, cos.unsqueeze(1), sin.unsqueeze(1)), ref_q, atol=1e-6)
+    assert torch.allclose(rope(k, cos.unsqueeze(1), sin.unsqueeze(1)), ref_k, atol=1e-6)
+
+
+def test_tower_blocks_with_the_fused_pieces_give_transformers_output(loaded):
+    from lychee_grpc.engine.vision.tower import VisionTower
+
+    visual = loaded.model.model.visual
+    pixels = torch.randn(2 * 16 * 16, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
+    grid = torch.tensor([[1, 16, 16], [1, 16, 16]])
+    ops = FusedOps(torch.device("cpu"))
+    with torch.inference_mode():
+        before = visual(pixels, grid_thw=grid).pooler_output
+        after = VisionTower(visual, ops)(pixels, [(1, 16, 16), (1, 16, 16)])
+    assert before.abs().max() > 0.1
+    # float32 reductions may split differently across threads; a wrong formula is off by ~0.1.
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-4)
+
+
+def test_the_engine_leaves_the_models_forwards_alone(loaded):
+    """No module of the loaded model has its forward replaced: the engine's forwards are its own."""
+    assert not [name for name, module in loaded.model.named_modules() if "forward" in vars(module)]
+
+
+def test_vision_qk_rope_from_packed_qkv_matches_transformers():
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    from lychee_grpc.engine.lm.fused import vision_qk_rope
+
+    g = torch.Generator().manual_seed(0)
+    heads, dim, n = 4, 10, 9
+    for dtype in (torch.float32, torch.bfloat16):
+        qkv = torch.randn(n, 3 * heads * dim, generator=g).to(dtype)
+        cos, sin = torch.randn(n, dim, generator=g), torch.randn(n, dim, generator=g)  # halves differ
+        q, k, _ = qkv.view(n, 3, heads, dim).unbind(1)
+        ref_q, ref_k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+        got_q, got_k = vision_qk_rope(qkv, heads, cos, sin)
+        assert got_q.dtype == dtype and got_q.shape == (n, heads, dim)
+        assert torch.equal(got_q, ref_q) and torch.equal(got_k, ref_k)

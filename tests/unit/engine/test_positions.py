@@ -1,0 +1,37 @@
+"""M-RoPE positions equal transformers' get_rope_index for text and image runs."""
+
+from __future__ import annotations
+
+import torch
+
+from lychee_grpc.engine.prompt.positions import mrope_positions
+
+IMAGE = 99
+
+
+def _sequence(parts):
+    ids, grids = [], []
+    for p in parts:
+        if isinstance(p, tuple):
+            t, h, w = p
+            ids += [IMAGE] * (t * h * w // 4)
+            grids.append(p)
+        else:
+            ids += list(range(1, p + 1))
+    return torch.tensor(ids), grids
+
+
+def test_positions_match_transformers_rope_index(loaded):
+    model = loaded.model.model
+    image_id = loaded.model.config.image_token_id
+    for parts in ([5, (1, 4, 6), 3], [2, (1, 8, 4), 4, (1, 6, 6), 1], [7]):
+        ids, grids = _sequence(parts)
+        ids = torch.where(ids == IMAGE, torch.tensor(image_id), ids)
+        got = mrope_positions(ids, image_id, grids, 2)
+        if not grids:
+            assert torch.equal(got, torch.arange(len(ids)).expand(3, -1))
+            continue
+        ref, _ = model.get_rope_index(
+            ids[None], mm_token_type_ids=(ids == image_id).int()[None], image_grid_thw=torch.tensor(grids)
+        )
+        assert torch.equal(got, ref[:, 0])

@@ -1,0 +1,123 @@
+"""Tokenizing only the document suffix, when the query ends in a letter, digit or image, gives
+exactly the tokens of the whole prompt."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lychee_grpc.engine.prompt import template
+from lychee_grpc.engine.prompt.prepare import _clean_boundary
+from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
+
+from ...helpers import noise_image
+
+ALPHABET = "abcxyz XYZ019 \n\t.,:;!?'\"-_/()<>[]{}é漢字ー😀"
+
+
+def random_text(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(ALPHABET) for _ in range(n))
+
+
+async def test_clean_boundary_tokens_match_whole_prompt(make_engine):
+    engine = await make_engine()
+    pre = engine.preprocessor
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(300):
+        query = Query((TextPart(random_text(rng, rng.randint(1, 12))),))
+        docs = [(k, Document(str(k), (TextPart(random_text(rng, rng.randint(1, 12)) + "x"),))) for k in range(3)]
+        try:
+            pq = pre.prepare_query(query, DEFAULT_INSTRUCTION)
+        except Exception:
+            continue
+        prepared = pre.prepare_documents(pq, docs)
+        prefix_text = template.prefix_text(DEFAULT_INSTRUCTION, pq.rendered_query)
+        for (_, doc), p in zip(docs, prepared):
+            whole = pre._tokenize([prefix_text + template.suffix_text(template.render_parts(doc.parts))])[0]
+            got = (pq.prefix_ids + p.segment.ids.tolist()) if p.uses_prefix else p.segment.ids.tolist()
+            assert got == whole, (query, doc)
+        checked += pq.clean_boundary_ids is not None
+    assert checked > 50  # the suffix-only path really ran
+
+
+def test_clean_boundary_rule():
+    assert _clean_boundary(Query((TextPart("denim jacket"),)))
+    assert _clean_boundary(Query((TextPart("under 5000"),)))
+    assert _clean_boundary(Query((TextPart("x"), ImagePart(noise_image(8, 8)))))
+    assert not _clean_boundary(Query((TextPart("what fits?"),)))
+    assert not _clean_boundary(Query((TextPart("trailing space "),)))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+async def test_batched_pixels_equal_the_image_processor_on_each_picture(make_engine, fmt):
+    """Pixels from the decode threads' uint8 tensors, grouped by size, are exactly what the
+    checkpoint's image processor gives for each PIL image alone (resized or not)."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    engine = await make_engine()
+    pre = engine.preprocessor
+    sizes = [(56, 56), (61, 97), (300, 40), (56, 56)]
+    datas = [noise_image(w, h, fmt=fmt, seed=i) for i, (w, h) in enumerate(sizes)]
+    pending = []
+    for data in datas:
+        image, cached = pre.encode_image(data)
+        assert not cached and image.picture.dtype == torch.uint8
+        pending.append(image)
+    pre.fill_pixels(pending)
+    for data, image in zip(datas, pending):
+        pil = Image.open(io.BytesIO(data)).convert("RGB")
+        ref = pre.image_processor(images=[pil], min_pixels=pre.min_image_pixels, max_pixels=pre.max_image_pixels,
+                                  return_tensors="pt")
+        assert tuple(int(x) for x in ref["image_grid_thw"][0]) == image.grid_thw
+        assert torch.equal(image.pixel_values, ref["pixel_values"])
+
+
+async def test_one_pad_per_image_expands_to_the_tokens_of_every_pad(make_engine):
+    """Prompts are tokenized with one <|image_pad|> per image, then expanded: the same ids as
+    tokenizing every pad, for images in the query and the documents, with both prefix paths."""
+    engine = await make_engine()
+    pre = engine.preprocessor
+    image = ImagePart(noise_image(61, 97, seed=3))
+    for query in (Query((image, TextPart("red shoes"))), Query((TextPart("red shoes?"), image))):
+        pq = pre.prepare_query(query, DEFAULT_INSTRUCTION)
+        docs = [(0, Document("a", (TextPart("trainers"), ImagePart(noise_image(56, 56, seed=4)), image))),
+                (1, Document("b", (TextPart("plain text"),)))]
+        prepared = pre.prepare_documents(pq, docs)
+        query_tokens = [im.tokens for im in pq.images]
+        rendered_query = template.render_parts(query.parts, query_tokens)
+        for (_, doc), p in zip(docs, prepared):
+            doc_tokens = [im.tokens for im in p.segment.images[len(pq.images):]] if not p.uses_prefix else \
+                [im.tokens for im in p.segment.images]
+            text = template.render_prompt(DEFAULT_INSTRUCTION, rendered_query,
+                                          template.render_parts(doc.parts, doc_tokens))
+            whole = pre._tokenize([text])[0]
+            got = (pq.prefix_ids + p.segment.ids.tolist()) if p.uses_prefix else p.segment.ids.tolist()
+            assert got == whole
+            assert whole.count(engine.executor.image_token_id) == sum(query_tokens) + sum(doc_tokens)
+
+
+async def test_text_holding_the_image_pad_marker_is_refused_naming_the_field(make_engine):
+    from lychee_grpc.engine.errors import InvalidInput
+
+    engine = await make_engine()
+    with pytest.raises(InvalidInput) as err:
+        await engine.rerank(Query((TextPart("shoes"),)),
+                            [Document("a", (TextPart("ok"),)), Document("b", (TextPart("x <|image_pad|> y"),))])
+    assert [v.field for v in err.value.violations] == ["documents[1].parts[0].text"]
+    assert "<|image_pad|>" in err.value.violations[0].description
+
+
+async def test_tokenize_gives_the_tokenizers_own_ids(make_engine):
+    engine = await make_engine()
+    pre = engine.preprocessor
+    rng = random.Random(3)
+    texts = [random_text(rng, rng.randint(0, 80)) for _ in range(200)]
+    texts += [template.prefix_text(DEFAULT_INSTRUCTION, "retro denim jacket") + template.suffix_text("a title")]
+    want = [pre.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    assert pre._tokenize(texts) == want

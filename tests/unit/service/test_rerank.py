@@ -1,0 +1,175 @@
+"""The service's meaning of rerank and stream, over a fake engine client (no model, no torch)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import pytest
+
+from lychee_grpc.engine.types import Document, Query, RequestStats, Score, TextPart
+from lychee_grpc.lifecycle import Lifecycle
+from lychee_grpc.service import BandThresholds, RerankOptions, Service
+from lychee_grpc.service.config import ServiceConfig
+from lychee_grpc.service.errors import InvalidInput, NotReady
+from lychee_grpc.service.types import RankedResult, RerankOutcome
+
+
+@dataclass
+class FakeInfo:
+    model: str = "fake"
+
+
+class FakeJob:
+    """Scores each document by the number in its text (so tests choose the order)."""
+
+    def __init__(self):
+        self.stats = RequestStats()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.next_index = 0
+        self.cancelled = False
+
+    async def add_documents(self, documents):
+        for doc in documents:
+            value = float(doc.parts[0].text)
+            self.queue.put_nowait(Score(self.next_index, doc.id, value, value * 10, truncated=value == 0.5))
+            self.next_index += 1
+
+    def close(self):
+        self.queue.put_nowait(None)
+
+    def cancel(self):
+        self.cancelled = True
+
+    def fail(self, error):
+        self.queue.put_nowait(error)
+
+    async def results(self):
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class FakeEngine:
+    workers = 1
+
+    def __init__(self):
+        self.jobs: list[FakeJob] = []
+
+    async def open_job(self, query, instruction, deadline, truncate=False, max_tokens=0):
+        job = FakeJob()
+        self.jobs.append(job)
+        return job
+
+    def info(self):
+        return FakeInfo()
+
+
+def docs(*scores: float) -> list[Document]:
+    return [Document(f"d{i}", (TextPart(str(s)),)) for i, s in enumerate(scores)]
+
+
+QUERY = Query((TextPart("q"),))
+
+
+@pytest.fixture
+def service() -> Service:
+    lifecycle = Lifecycle()
+    lifecycle.serve()
+    return Service(lifecycle, ServiceConfig(bands=BandThresholds(strong=0.75, medium=0.55)), FakeEngine())
+
+
+async def test_results_come_best_first_with_bands(service):
+    outcome = await service.rerank(QUERY, docs(0.1, 0.9, 0.6), RerankOptions())
+    assert [r.index for r in outcome.results] == [1, 2, 0]
+    assert [r.band for r in outcome.results] == ["strong", "medium", "weak"]
+    assert outcome.model == "fake" and outcome.dropped_documents == 0
+
+
+async def test_min_score_leaves_out_and_counts_then_top_n_cuts(service):
+    outcome = await service.rerank(QUERY, docs(0.1, 0.9, 0.6, 0.7), RerankOptions(min_score=0.5, top_n=2))
+    assert [r.index for r in outcome.results] == [1, 3]
+    assert outcome.dropped_documents == 1
+
+
+async def test_truncated_documents_are_counted(service):
+    outcome = await service.rerank(QUERY, docs(0.5, 0.9), RerankOptions())
+    assert outcome.truncated_documents == 1
+    assert [r.truncated for r in outcome.results] == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        (RerankOptions(top_n=-1), "top_n"),
+        (RerankOptions(min_score=1.5), "min_score"),
+        (RerankOptions(truncation="middle"), "truncation"),
+        (RerankOptions(max_tokens_per_document=-3), "max_tokens_per_document"),
+    ],
+)
+async def test_bad_options_name_the_field(service, options, field):
+    with pytest.raises(InvalidInput) as info:
+        await service.rerank(QUERY, docs(0.1), options)
+    assert [v.field for v in info.value.violations] == [field]
+
+
+async def test_no_documents_is_invalid_for_unary_and_stream_alike(service):
+    with pytest.raises(InvalidInput, match="at least one document"):
+        await service.rerank(QUERY, [], RerankOptions())
+
+    async def nothing():
+        if False:
+            yield []
+
+    with pytest.raises(InvalidInput, match="at least one document"):
+        async for _ in service.rerank_stream(QUERY, RerankOptions(), nothing()):
+            pass
+
+
+async def test_stream_yields_each_result_then_the_outcome(service):
+    async def chunks():
+        yield docs(0.2, 0.8)
+        yield docs(0.6)
+
+    events = [e async for e in service.rerank_stream(QUERY, RerankOptions(top_n=2), chunks())]
+    assert all(isinstance(e, RankedResult) for e in events[:3])
+    assert [e.index for e in events[:3]] == [0, 1, 2]  # arrival order across chunks
+    outcome = events[-1]
+    assert isinstance(outcome, RerankOutcome)
+    assert [r.index for r in outcome.results] == [1, 2]
+
+
+async def test_a_bad_chunk_ends_the_stream_with_its_error_and_cancels_the_job(service):
+    async def chunks():
+        yield docs(0.2)
+        raise InvalidInput([])
+
+    with pytest.raises(InvalidInput):
+        async for _ in service.rerank_stream(QUERY, RerankOptions(), chunks()):
+            pass
+    assert service.engine.jobs[-1].cancelled
+
+
+async def test_requests_are_refused_unless_serving_and_counted_while_in_flight():
+    lifecycle = Lifecycle()
+    service = Service(lifecycle, ServiceConfig(), FakeEngine())
+    with pytest.raises(NotReady, match="loading"):
+        await service.rerank(QUERY, docs(0.1), RerankOptions())
+    lifecycle.serve()
+    seen = []
+
+    class Watching(FakeEngine):
+        async def open_job(self, query, instruction, deadline, truncate=False, max_tokens=0):
+            seen.append(lifecycle.in_flight)
+            return await super().open_job(query, instruction, deadline)
+
+    service = Service(lifecycle, ServiceConfig(), Watching())
+    await service.rerank(QUERY, docs(0.1), RerankOptions())
+    assert seen == [1] and lifecycle.in_flight == 0
+    lifecycle.drain()
+    with pytest.raises(NotReady, match="shutting down"):
+        await service.rerank(QUERY, docs(0.1), RerankOptions())
