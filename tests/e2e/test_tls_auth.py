@@ -273,6 +273,8 @@ async def test_cli_info_and_rerank_take_ca_and_token(make_app, pems, capsys, mon
 
 
 async def test_http_speaks_tls_and_takes_the_same_tokens(make_app, pems, tmp_path):
+    import ssl
+
     import httpx
 
     tokens = tmp_path / "tokens"
@@ -280,7 +282,7 @@ async def test_http_speaks_tls_and_takes_the_same_tokens(make_app, pems, tmp_pat
     app = await make_app(tls(pems, auth_tokens_file=str(tokens)))
     base = f"https://127.0.0.1:{app.http_port}"
     body = {"query": "denim", "documents": DOCS}
-    async with httpx.AsyncClient(verify=str(pems.ca), timeout=30) as http:
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(pems.ca)), timeout=30) as http:
         assert (await http.get(f"{base}/health")).status_code == 200  # probes need no token
         refused = await http.post(f"{base}/v1/rerank", json=body)
         assert refused.status_code == 401
