@@ -4,15 +4,20 @@ starts every transport over them on one event loop; SIGTERM drains."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import __version__
 from .config import AppConfig
 from .engine.config import EngineConfig
 from .engine.engine import Engine
 from .lifecycle import Lifecycle, State
+from .observability.logs import AccessLog
+from .observability.metrics import MetricsExporter, PrometheusObserver
+from .observability.tracing import otlp_observer
 from .rpc.interceptors import ServiceInterceptor
 from .rpc.server import GrpcServer
 from .security import TokenAuthenticator, grpc_server_credentials, uvicorn_ssl_options
@@ -42,9 +47,20 @@ class App:
         self._factory = engine_factory
         self._worker_factory = worker_engine_factory
         self.lifecycle = Lifecycle()
-        self.service = Service(self.lifecycle, config.service)
+        # ---- operations: metrics, access log, traces ----
+        self.metrics = PrometheusObserver()
+        self.metrics.watch_engine(self._engine_stats, lambda: self.lifecycle.in_flight)
+        self.metrics_exporter = None
+        if config.metrics.port:
+            self.metrics_exporter = MetricsExporter(self.metrics.registry, config.metrics.host, config.metrics.port)
+        self.tracing = otlp_observer(config.log.otlp_endpoint) if config.log.otlp_endpoint else None
+        request_observers: list = [self.metrics, AccessLog()]
+        if self.tracing is not None:
+            request_observers.append(self.tracing)
+        self.service = Service(self.lifecycle, config.service, observers=[self.metrics])
         self.authenticator = TokenAuthenticator.from_config(config.security)
         self.interceptor = ServiceInterceptor(
+            observers=request_observers,
             authenticator=self.authenticator, authenticate_reflection=config.security.auth_reflection
         )
         self.grpc = GrpcServer(self.service, self.lifecycle, config.grpc, self.interceptor,
@@ -75,16 +91,23 @@ class App:
         """The in-process engine (None with worker processes)."""
         return self.engine_client.engine if isinstance(self.engine_client, LocalEngineClient) else None
 
+    def _engine_stats(self):
+        return self.engine_client.stats() if self.engine_client is not None else None
+
     async def start(self) -> None:
         await self.grpc.start()
+        if self.metrics_exporter is not None:
+            self.metrics_exporter.start()
         if self.http is not None:
             await self.http.start()
 
     async def _engine_client(self) -> EngineClient:
         workers = self.config.workers
+        # The queued-token bound is the service's setting, enforced where tokens are known.
+        engine_config = dataclasses.replace(self.config.engine, max_queue_tokens=self.config.service.max_queue_tokens)
         if workers.devices:
             pool = WorkerPool(
-                self.config.engine,
+                engine_config,
                 parse_devices(workers.devices),
                 on_failure=self.lifecycle.fail,
                 split_min_documents=workers.split_min_documents,
@@ -94,7 +117,8 @@ class App:
             self.engine_client = pool
             await pool.start()
             return pool
-        engine = await asyncio.to_thread(self._factory, self.config.engine)
+        engine = await asyncio.to_thread(self._factory, engine_config)
+        engine.observe(self.metrics)
         client = LocalEngineClient(engine)
         self.engine_client = client
         await client.start()
@@ -111,6 +135,7 @@ class App:
             )
         log.info("model %s ready on %s (%s, attention %s)", info.model, ",".join(info.devices), info.dtype,
                  info.attention)
+        self.metrics.set_build_info(__version__, info.model, info.dtype, ",".join(info.devices))
         self.lifecycle.serve()
         await self.grpc.settle_health()
 
@@ -130,6 +155,10 @@ class App:
             await self.engine_client.stop()
         if self.lifecycle.state is not State.FAILED:
             self.lifecycle.stopped()
+        if self.metrics_exporter is not None:
+            self.metrics_exporter.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
 async def run(config: AppConfig) -> int:

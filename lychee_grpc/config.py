@@ -37,6 +37,7 @@ class HttpConfig:
 
 @dataclass
 class MetricsConfig:
+    host: str = "0.0.0.0"
     port: int = 9000  # Prometheus /metrics on its own port; 0: off
 
 
@@ -150,6 +151,9 @@ SETTINGS: tuple[Setting, ...] = (
             int),
     Setting("max-instruction-tokens", "engine.text_limits.max_instruction_tokens", "tokens of the instruction", int),
     # ---- truncation ----
+    Setting("truncation", "service.default_truncation",
+            "over-long documents: none (refuse, INVALID_ARGUMENT) or end (keep the first tokens of the text; "
+            "images are never cut); a request may choose", choices=("none", "end")),
     Setting("max-image-bytes", "engine.image_limits.max_bytes", "encoded bytes per image", int),
     Setting("max-image-pixels", "engine.image_limits.max_pixels",
             "declared width x height per image, checked before decoding", int),
@@ -173,6 +177,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-batch-images", "engine.max_batch_images", "images per model batch", int),
     Setting("max-wait-ms", "engine.max_wait_ms", "how long a batch waits to fill", float),
     # ---- admission ----
+    Setting("max-concurrent-requests", "service.max_concurrent_requests",
+            "requests served at once; more are refused at once (RESOURCE_EXHAUSTED with a retry delay; 0: no bound)",
+            int),
+    Setting("max-queue-tokens", "service.max_queue_tokens",
+            "tokens queued for the model before new work is refused (RESOURCE_EXHAUSTED with a retry delay "
+            "from the measured drain rate; 0: no bound)", int),
     Setting("max-queue-documents", "engine.max_queue_documents",
             "queued documents before new work is refused (RESOURCE_EXHAUSTED)", int),
     Setting("vision-cache-mib", "engine.vision_cache_bytes",
@@ -211,7 +221,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http-host", "http.host", "address the REST API and web console bind"),
     Setting("http-port", "http.port", "REST API and web console port (0 picks a free one)", int),
     # ---- metrics ----
+    Setting("metrics-port", "metrics.port", "Prometheus /metrics port (0: off)", int),
+    Setting("metrics-host", "metrics.host", "address the metrics port binds"),
     # ---- logs ----
+    Setting("log-format", "log.format", "text, or json (one object per line)", choices=("text", "json")),
+    Setting("otlp-endpoint", "log.otlp_endpoint",
+            "OpenTelemetry collector (OTLP/gRPC, e.g. http://otel:4317) for traces; needs the [otel] extra "
+            "(default: off)", _optional(str)),
     Setting("log-level", "log.level", "DEBUG, INFO, WARNING, ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
 

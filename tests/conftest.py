@@ -52,7 +52,7 @@ async def make_server(loaded, tiny_model_dir):
     """Apps (service, lifecycle, gRPC and HTTP on real loopback ports) over the tiny model; keyword
     arguments override the engine settings, `app=` the other AppConfig groups."""
     from lychee_grpc.app import App
-    from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig
+    from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, MetricsConfig
 
     apps = []
 
@@ -62,7 +62,8 @@ async def make_server(loaded, tiny_model_dir):
             engine=engine_config(tiny_model_dir, **engine_overrides),
             grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
             grace_seconds=2,
-            **{"http": HttpConfig(host="127.0.0.1", port=0), **(app or {})},
+            # Metrics off: tests that scrape start an exporter on a free port (tests/e2e/ops_server.py).
+            **{"http": HttpConfig(host="127.0.0.1", port=0), "metrics": MetricsConfig(port=0), **(app or {})},
         )
         instance = App(config, engine_factory=lambda cfg: Engine(cfg, loaded))
         await instance.start()

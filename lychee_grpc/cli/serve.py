@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from .. import config as settings
@@ -35,7 +34,9 @@ def main(argv: list[str]) -> int:
         for problem in problems:
             print(f"lychee-grpc serve: {problem}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ..observability.logs import configure
+
+    configure(config.log.level, config.log.format)
 
     from ..app import run
     from ..engine.errors import ModelLoadError

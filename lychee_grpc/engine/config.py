@@ -42,6 +42,7 @@ class EngineConfig:
     max_batch_images: int = 128
     max_wait_ms: float = 2.0
     max_queue_documents: int = 20000
+    max_queue_tokens: int = 0  # 0: no bound beyond documents (the app sets the service's bound)
     vision_cache_bytes: int | None = None  # None: 2 GiB on cuda, 256 MiB on cpu
     images_on_gpu: bool = True  # resize/normalize images on the model's GPU
     preprocess_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))

@@ -102,6 +102,10 @@ class Engine:
         self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")
         self.ready = False
 
+    def observe(self, observer: StatsObserver) -> None:
+        """Sends what the engine does to `observer` too (a metrics exporter attached once loaded)."""
+        self._recorder.observer = observer
+
     @classmethod
     def load(cls, config: EngineConfig) -> Engine:
         return cls(config, load_model(config))
@@ -119,6 +123,7 @@ class Engine:
             max_wait_ms=self.config.max_wait_ms,
             max_queue_documents=self.config.max_queue_documents,
             recorder=self._recorder,
+            max_queue_tokens=self.config.max_queue_tokens,
         )
         self.scheduler.start()
         if self.config.warmup:
@@ -174,8 +179,11 @@ class Engine:
         job.stats.usage.images += len(prepared.images)
         return job
 
-    async def add_documents(self, job: Job, documents: Sequence[Document]) -> None:
-        """Validates, prepares and queues documents; indices continue the job's count."""
+    async def add_documents(
+        self, job: Job, documents: Sequence[Document], truncate: bool = False, max_tokens: int = 0
+    ) -> None:
+        """Validates, prepares and queues documents; indices continue the job's count. Over-long
+        documents are refused, or with `truncate` cut to fit (see Preprocessor.prepare_documents)."""
         scheduler = self.scheduler
         if scheduler is None:
             raise NotReady("the model is still loading")
@@ -192,7 +200,8 @@ class Engine:
             # splitting a request to overlap it with the GPU measured no gain (bench/RESULTS.md,
             # "Where the time goes now, and what is next").
             prepared = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, self.preprocessor.prepare_documents, job.query, indexed, self._prefetch(job)
+                self._cpu, self.preprocessor.prepare_documents, job.query, indexed, self._prefetch(job),
+                truncate, max_tokens,
             )
         job.stats.timings.preprocess_ms += (time.perf_counter() - started) * 1e3
         job.next_index += len(documents)

@@ -49,6 +49,7 @@ class Scheduler:
         max_wait_ms: float,
         max_queue_documents: int,
         recorder: StatsRecorder | None = None,
+        max_queue_tokens: int = 0,
     ):
         self.executor = executor
         self.recorder = recorder if recorder is not None else StatsRecorder()
@@ -57,6 +58,7 @@ class Scheduler:
         self.max_batch_images = max_batch_images
         self.max_wait = max_wait_ms / 1e3
         self.max_queue_documents = max_queue_documents
+        self.max_queue_tokens = max_queue_tokens  # 0: no bound beyond documents
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lychee-gpu")
@@ -64,6 +66,7 @@ class Scheduler:
         self._batch_id = 0
         self._preparing = 0  # calls between validation and submit: more work is on its way
         self._queued_tokens = 0
+        self._tokens_scored = 0  # the drain rate in tokens/s is this over the batches' seconds
 
     @property
     def queued(self) -> int:
@@ -107,6 +110,13 @@ class Scheduler:
                 f"queue is full ({len(self._queue)} documents waiting, limit {self.max_queue_documents}); retry later",
                 retry_after=self.drain_seconds(len(docs)),
             )
+        tokens = sum(len(doc.segment) for doc in docs)
+        if self.max_queue_tokens and self._queued_tokens + tokens > self.max_queue_tokens:
+            raise Overloaded(
+                f"queue is full ({self._queued_tokens} tokens waiting, limit {self.max_queue_tokens}, "
+                f"this request adds {tokens}); retry later",
+                retry_after=self.drain_seconds(extra_tokens=tokens),
+            )
         now = time.perf_counter()
         job.outstanding += len(docs)
         for doc in docs:
@@ -119,14 +129,18 @@ class Scheduler:
         """Records documents prepared for `job` but never queued (its deadline passed first)."""
         self.recorder.documents_dropped(count, _drop_reason(job))
 
-    def drain_seconds(self, extra_documents: int = 0) -> float:
-        """How long the queue (plus `extra_documents`) takes to drain at the measured rate: the
-        delay an overloaded caller is told to wait. 1 s until a batch has been measured."""
+    def drain_seconds(self, extra_documents: int = 0, extra_tokens: int = 0) -> float:
+        """How long the queue (plus the extra work) takes to drain at the measured rate, in tokens
+        per second when tokens are given, else documents: the delay an overloaded caller is told to
+        wait. 1 s until a batch has been measured."""
         counters = self.recorder.counters()
         if counters.batch_seconds <= 0 or counters.documents_scored == 0:
             return 1.0
-        rate = counters.documents_scored / counters.batch_seconds
-        return min(60.0, max(0.1, (len(self._queue) + extra_documents) / rate))
+        if extra_tokens:
+            seconds = (self._queued_tokens + extra_tokens) * counters.batch_seconds / max(1, self._tokens_scored)
+        else:
+            seconds = (len(self._queue) + extra_documents) * counters.batch_seconds / counters.documents_scored
+        return min(60.0, max(0.1, seconds))
 
     def submit_to_gpu(self, fn: Callable, *args) -> Future:
         """Runs fn on the GPU thread, in order with the batches; callable from any thread."""
@@ -214,6 +228,7 @@ class Scheduler:
             if self._batch_id not in job._batches_seen:
                 job._batches_seen.add(self._batch_id)
                 job.stats.timings.inference_ms += elapsed * 1e3
+                job.stats.batches.append((start, start + elapsed))
             job.stats.timings.queue_ms = max(job.stats.timings.queue_ms, (start - item.enqueued) * 1e3)
             if not isinstance(logit, float) or not job.alive():
                 job.outstanding -= 1
@@ -227,7 +242,8 @@ class Scheduler:
             tokens += item.tokens
             images += len(item.doc.segment.images)
             saved += item.doc.prompt_tokens - item.tokens
-            job.deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit))
+            job.deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit, truncated=item.doc.truncated))
+        self._tokens_scored += tokens
         self.recorder.batch_done(scored, tokens, images, elapsed)
         if saved - prefix_tokens > 0:
             self.recorder.prefix_saved(saved - prefix_tokens)

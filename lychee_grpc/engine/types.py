@@ -60,3 +60,5 @@ class Timings:
 class RequestStats:
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
+    # (start, end) time.perf_counter() of each model batch that held the request's documents.
+    batches: list[tuple[float, float]] = field(default_factory=list)

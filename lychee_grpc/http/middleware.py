@@ -63,6 +63,9 @@ class RequestMiddleware:
         headers = Headers(scope=scope)
         rid = request_context.new_request_id(headers.get("x-request-id"))
         token = request_context.request_id.set(rid)
+        record = request_context.RequestRecord(
+            traceparent=headers.get("traceparent", ""), tracestate=headers.get("tracestate", ""))
+        record_token = request_context.request_record.set(record)
         status = 500
         responded = False
 
@@ -99,15 +102,17 @@ class RequestMiddleware:
             await JSONResponse(reply.body(), reply.status, headers=reply.headers)(scope, receive, send_with_id)
         finally:
             request_context.request_id.reset(token)
-            self._done(scope, str(status if responded else 499), started, rid)
+            request_context.request_record.reset(record_token)
+            self._done(scope, str(status if responded else 499), started, rid, record)
 
-    def _done(self, scope: Scope, code: str, started: float, rid: str) -> None:
+    def _done(self, scope: Scope, code: str, started: float, rid: str,
+              record: request_context.RequestRecord | None = None) -> None:
         seconds = time.perf_counter() - started
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else ""
         route = _route_name(scope, self.routes)
         for observer in self.observers:
             try:
-                observer.request_done("http", route, code, seconds, rid, peer)
+                observer.request_done("http", route, code, seconds, rid, peer, record)
             except Exception:  # an observer never breaks a request
                 log.exception("request observer failed")

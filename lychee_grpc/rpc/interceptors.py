@@ -35,8 +35,11 @@ def needs_token(method: str, authenticate_reflection: bool = False) -> bool:
 
 class RequestObserver(Protocol):
     def request_done(
-        self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str
-    ) -> None: ...
+        self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str,
+        record: request_context.RequestRecord | None = None,
+    ) -> None:
+        """Once per call, when it ends; `record` holds what the call carried (documents, tokens,
+        images, the engine's timings) and the caller's trace context."""
 
 
 class Authenticator(Protocol):
@@ -122,6 +125,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         rid = request_context.new_request_id(metadata.get("x-request-id"))
         request_context.request_id.set(rid)
+        request_context.request_record.set(request_context.RequestRecord(
+            traceparent=metadata.get("traceparent", ""), tracestate=metadata.get("tracestate", "")))
         await context.send_initial_metadata((("x-request-id", rid),))
         if self.authenticator is not None:
             self.authenticator.check(metadata.get("authorization"))
@@ -138,9 +143,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def _done(self, method: str, code: str, started: float, rid: str, context) -> None:
         seconds = time.perf_counter() - started
+        record = request_context.request_record.get()
         for observer in self.observers:
             try:
-                observer.request_done("grpc", method, code, seconds, rid, context.peer() or "")
+                observer.request_done("grpc", method, code, seconds, rid, context.peer() or "", record)
             except Exception:  # an observer never breaks a call
                 log.exception("request observer failed")
 

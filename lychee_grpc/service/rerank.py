@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
 
 from .. import __version__
 from ..engine.errors import FieldViolation, InvalidInput, NotReady
@@ -13,6 +14,8 @@ from ..engine.ranking import rank
 from ..engine.types import Document, Query, RequestStats, Score
 from ..lifecycle import Lifecycle
 from ..workers.protocol import EngineClient
+from . import context
+from .admission import Admission
 from .config import ServiceConfig
 from .explain import explain as explain_pair
 from .types import (
@@ -29,11 +32,24 @@ from .types import (
 log = logging.getLogger(__name__)
 
 
+class ServiceObserver(Protocol):
+    def request_finished(self, method: str, documents: int, stats: RequestStats, truncated: int) -> None:
+        """Once per request that was scored, whichever transport carried it."""
+
+
 class Service:
-    def __init__(self, lifecycle: Lifecycle, config: ServiceConfig | None = None, engine: EngineClient | None = None):
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        config: ServiceConfig | None = None,
+        engine: EngineClient | None = None,
+        observers: Sequence[ServiceObserver] = (),
+    ):
         self.lifecycle = lifecycle
         self.config = config or ServiceConfig()
         self._engine = engine
+        self.admission = Admission(self.config.max_concurrent_requests)
+        self.observers = list(observers)
 
     def attach(self, engine: EngineClient) -> None:
         """The engine, once loaded; until then the lifecycle refuses every request."""
@@ -56,6 +72,12 @@ class Service:
             violations.append(FieldViolation(f"{prefix}truncation", f"must be one of {', '.join(TRUNCATIONS)}"))
         if options.max_tokens_per_document < 0:
             violations.append(FieldViolation(f"{prefix}max_tokens_per_document", "must be 0 or positive"))
+        elif options.max_tokens_per_document:
+            limit = self.engine.info().max_tokens_per_document
+            if options.max_tokens_per_document > limit:
+                violations.append(FieldViolation(
+                    f"{prefix}max_tokens_per_document",
+                    f"{options.max_tokens_per_document} is over the server's limit of {limit}"))
         if violations:
             raise InvalidInput(violations)
 
@@ -68,6 +90,25 @@ class Service:
             band=self.config.bands.band(score.score),
             truncated=score.truncated,
         )
+
+    async def _open_job(self, query: Query, options: RerankOptions):
+        truncation = options.truncation or self.config.default_truncation
+        return await self.engine.open_job(
+            query, options.instruction, options.deadline,
+            truncate=truncation == "end", max_tokens=options.max_tokens_per_document,
+        )
+
+    def _finished(self, method: str, scores: list[Score], stats: RequestStats) -> None:
+        truncated = sum(1 for s in scores if s.truncated)
+        record = context.request_record.get()
+        if record is not None:
+            record.documents, record.truncated, record.stats = len(scores), truncated, stats
+            record.tokens, record.images = stats.usage.prompt_tokens, stats.usage.images
+        for observer in self.observers:
+            try:
+                observer.request_finished(method, len(scores), stats, truncated)
+            except Exception:  # an observer never breaks a request
+                log.exception("service observer failed")
 
     def _outcome(
         self, scores: list[Score], stats: RequestStats, options: RerankOptions, started: float
@@ -94,11 +135,11 @@ class Service:
     # ---- verbs --------------------------------------------------------------------------
     async def rerank(self, query: Query, documents: Sequence[Document], options: RerankOptions) -> RerankOutcome:
         started = time.perf_counter()
-        with self.lifecycle.request():
+        with self.lifecycle.request(), self.admission.permit():
             self._check_options(options)
             if not documents:
                 raise InvalidInput([FieldViolation("documents", "at least one document is required")])
-            job = await self.engine.open_job(query, options.instruction, options.deadline)
+            job = await self._open_job(query, options)
             try:
                 await job.add_documents(documents)
                 job.close()
@@ -106,6 +147,7 @@ class Service:
             except BaseException:
                 job.cancel()
                 raise
+            self._finished("Rerank", scores, job.stats)
             return self._outcome(scores, job.stats, options, started)
 
     async def rerank_stream(
@@ -119,9 +161,9 @@ class Service:
         (a malformed message) ends the stream with that error; so does a stream with no
         document, like a unary call with none."""
         started = time.perf_counter()
-        with self.lifecycle.request():
+        with self.lifecycle.request(), self.admission.permit():
             self._check_options(options, "options.")
-            job = await self.engine.open_job(query, options.instruction, options.deadline)
+            job = await self._open_job(query, options)
             received = 0
 
             async def read() -> None:
@@ -149,11 +191,12 @@ class Service:
                 if not reader.done():
                     reader.cancel()
                 job.cancel()
+            self._finished("RerankStream", scores, job.stats)
             yield self._outcome(scores, job.stats, options, started)
 
     async def explain(self, query: Query, document: Document, options: ExplainOptions) -> ExplainOutcome:
         """The pair's score and each fragment's attribution, measured by occlusion (explain.py)."""
-        with self.lifecycle.request():
+        with self.lifecycle.request(), self.admission.permit():
             return await explain_pair(self.engine, self.config, query, document, options)
 
     def model_info(self) -> ModelInfo:

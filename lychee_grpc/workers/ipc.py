@@ -62,6 +62,8 @@ class OpenJob:
     query: Query
     instruction: str
     deadline: float | None  # time.monotonic(), the same clock in every process of the host
+    truncate: bool = False  # over-long documents have their text cut instead of being refused
+    max_tokens: int = 0  # the request's token limit per document (0: the server's)
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,18 @@ from ..engine.types import Document, Query, RequestStats, Score
 
 
 class LocalJob:
-    def __init__(self, engine: Engine, job):
+    def __init__(self, engine: Engine, job, truncate: bool = False, max_tokens: int = 0):
         self._engine = engine
         self._job = job
+        self._truncate = truncate
+        self._max_tokens = max_tokens
 
     @property
     def stats(self) -> RequestStats:
         return self._job.stats
 
     async def add_documents(self, documents: Sequence[Document]) -> None:
-        await self._engine.add_documents(self._job, documents)
+        await self._engine.add_documents(self._job, documents, self._truncate, self._max_tokens)
 
     def close(self) -> None:
         self._job.close()
@@ -49,8 +51,11 @@ class LocalEngineClient:
     async def stop(self) -> None:
         await self.engine.stop()
 
-    async def open_job(self, query: Query, instruction: str, deadline: float | None) -> LocalJob:
-        return LocalJob(self.engine, await self.engine.open_job(query, instruction, deadline))
+    async def open_job(
+        self, query: Query, instruction: str, deadline: float | None, truncate: bool = False, max_tokens: int = 0
+    ) -> LocalJob:
+        job = await self.engine.open_job(query, instruction, deadline)
+        return LocalJob(self.engine, job, truncate, max_tokens)
 
     def info(self):
         return self.engine.info()

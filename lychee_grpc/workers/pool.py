@@ -79,8 +79,11 @@ class _Part:
 
 
 class PoolJob:
-    def __init__(self, pool: WorkerPool, job_id: int, query: Query, instruction: str, deadline: float | None):
+    def __init__(self, pool: WorkerPool, job_id: int, query: Query, instruction: str, deadline: float | None,
+                 truncate: bool = False, max_tokens: int = 0):
         self.pool = pool
+        self.truncate = truncate
+        self.max_tokens = max_tokens
         self.id = job_id
         self.query = query
         self.instruction = instruction
@@ -370,15 +373,18 @@ class WorkerPool:
             self.on_failure(reason)
 
     # ---- jobs ---------------------------------------------------------------------------
-    async def open_job(self, query: Query, instruction: str, deadline: float | None) -> PoolJob:
+    async def open_job(
+        self, query: Query, instruction: str, deadline: float | None, truncate: bool = False, max_tokens: int = 0
+    ) -> PoolJob:
         if not any(w.alive for w in self._workers):
             raise NotReady("no engine worker is alive")
-        job = PoolJob(self, next(self._ids), query, instruction, deadline)
+        job = PoolJob(self, next(self._ids), query, instruction, deadline, truncate, max_tokens)
         self._jobs[job.id] = job
         return job
 
     def open(self, job: PoolJob, part: _Part) -> None:
-        self.send(part.worker, ipc.OpenJob(job.id, job.query, job.instruction, job.deadline))
+        self.send(part.worker, ipc.OpenJob(job.id, job.query, job.instruction, job.deadline,
+                                           job.truncate, job.max_tokens))
 
     def forget(self, job: PoolJob) -> None:
         self._jobs.pop(job.id, None)

@@ -40,7 +40,11 @@ class EngineClient(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def open_job(self, query: Query, instruction: str, deadline: float | None) -> JobHandle: ...
+    async def open_job(
+        self, query: Query, instruction: str, deadline: float | None, truncate: bool = False, max_tokens: int = 0
+    ) -> JobHandle:
+        """A job whose over-long documents are refused, or with `truncate` have their text cut to
+        `max_tokens` (0: the server's limit)."""
 
     def info(self): ...  # engine ModelInfo
 

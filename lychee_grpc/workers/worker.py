@@ -139,16 +139,16 @@ class _Worker:
                 if not getter.done():
                     getter.cancel()
                     break
-                await self._command(job, getter.result())
+                await self._command(job, getter.result(), opening)
         finally:
             await pump
             self.queues.pop(job_id, None)
 
-    async def _command(self, job, message) -> None:
+    async def _command(self, job, message, opening: ipc.OpenJob) -> None:
         if isinstance(message, ipc.AddDocuments):
             before = job.stats.usage.prompt_tokens
             try:
-                await self.engine.add_documents(job, message.documents)
+                await self.engine.add_documents(job, message.documents, opening.truncate, opening.max_tokens)
             except Exception as exc:
                 self.send(ipc.Added(message.job, message.seq, error=ipc.WireError.of(exc)))
                 return

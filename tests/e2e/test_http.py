@@ -233,7 +233,7 @@ class Observer:
     def __init__(self):
         self.calls: list[tuple] = []
 
-    def request_done(self, transport, method, code, seconds, request_id, peer):
+    def request_done(self, transport, method, code, seconds, request_id, peer, record=None):
         self.calls.append((transport, method, code, request_id, peer))
 
 

@@ -32,7 +32,8 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(tiny_model_dir):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "lychee_grpc.cli", "serve", "--model", tiny_model_dir, "--host", "127.0.0.1",
-         "--port", str(port), "--http-port", "0", "--max-batch-documents", "1", "--grace-seconds", "60"],
+         "--port", str(port), "--http-port", "0", "--max-batch-documents", "1", "--grace-seconds", "60",
+         "--metrics-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:

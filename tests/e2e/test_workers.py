@@ -109,7 +109,8 @@ def test_a_killed_worker_turns_health_not_serving_and_the_server_exits_non_zero(
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lychee_grpc", "serve", "--model", tiny_model_dir, "--host", "127.0.0.1",
-         "--port", str(port), "--devices", "cpu,cpu", "--warmup", "false", "--grace-seconds", "5", "--http", "false"],
+         "--port", str(port), "--devices", "cpu,cpu", "--warmup", "false", "--grace-seconds", "5", "--http", "false",
+         "--metrics-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     try:

@@ -91,6 +91,9 @@ class PreparedDocument:
     prompt_tokens: int
     images: int
     cached_images: int
+    truncated: bool = False  # the end of its text was cut to fit the token limit
+    # When truncated: the kept text of each of its text parts, in order ("" where all was cut).
+    kept_text: tuple[str, ...] | None = None
 
 
 def _clean_boundary(query: Query) -> bool:
@@ -334,10 +337,16 @@ class Preprocessor:
 
     # ---- documents ----------------------------------------------------------------------
     def prepare_documents(
-        self, query: PreparedQuery, documents: Sequence[tuple[int, Document]], prefetch: Prefetch | None = None
+        self, query: PreparedQuery, documents: Sequence[tuple[int, Document]], prefetch: Prefetch | None = None,
+        truncate: bool = False, max_tokens: int = 0,
     ) -> list[PreparedDocument]:
         """Validates and encodes documents; raises InvalidInput naming every bad field. With
-        `prefetch`, chunks of new images are handed to it as soon as they are decoded."""
+        `prefetch`, chunks of new images are handed to it as soon as they are decoded. A document
+        over `max_tokens` (0 or more than the server's limit: the server's) is refused, or with
+        `truncate` has the end of its text cut to fit (images are never cut)."""
+        limit = self.text_limits.max_tokens_per_document
+        if 0 < max_tokens < limit:
+            limit = max_tokens
         violations: list[FieldViolation] = []
         pending: list[EncodedImage] = []
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
@@ -373,13 +382,19 @@ class Preprocessor:
         out: list[PreparedDocument] = []
         for (index, doc, images, cached), ids in zip(encoded, all_ids):
             doc_tokens = ids.size - shared
-            if doc_tokens > self.text_limits.max_tokens_per_document:
-                violations.append(
-                    FieldViolation(
+            truncated = False
+            if doc_tokens > limit and truncate:
+                cut = self._truncate(query, doc, images, limit, doc_tokens)
+                if cut is None:
+                    violations.append(FieldViolation(
                         f"documents[{index}]",
-                        f"document is {doc_tokens} tokens, over the limit of "
-                        f"{self.text_limits.max_tokens_per_document}",
-                    )
+                        f"document is {doc_tokens} tokens and its images alone exceed the limit of {limit} "
+                        "(images are never truncated)"))
+                    continue
+                (doc, ids), truncated = cut, True
+            elif doc_tokens > limit:
+                violations.append(
+                    FieldViolation(f"documents[{index}]", f"document is {doc_tokens} tokens, over the limit of {limit}")
                 )
                 continue
             all_images = query.images + images
@@ -403,8 +418,62 @@ class Preprocessor:
                     prompt_tokens=int(ids.size),
                     images=len(images),
                     cached_images=cached,
+                    truncated=truncated,
+                    kept_text=tuple(p.text for p in doc.parts if isinstance(p, TextPart)) if truncated else None,
                 )
             )
         if violations:
             raise InvalidInput(violations)
         return out
+
+    # ---- truncation ---------------------------------------------------------------------
+    def _document_ids(self, query: PreparedQuery, parts: Sequence[Part], images: list[EncodedImage]) -> np.ndarray:
+        """The whole prompt's ids for one document, tokenized as `prepare_documents` does."""
+        suffix = template.suffix_text(template.render_parts(parts))
+        if query.clean_boundary_ids is not None:
+            prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
+            return np.concatenate((prefix, self._expand_pads(self._tokenize([suffix])[0], images)))
+        prefix_text = template.prefix_text(query.instruction, query.rendered_query)
+        return self._expand_pads(self._tokenize([prefix_text + suffix])[0], query.images + images)
+
+    def _cut_text(self, parts: list[Part], excess: int) -> list[Part] | None:
+        """`parts` with about `excess` tokens cut from the end of their text (at a token boundary);
+        images are kept, and so is each part's place (an emptied text part renders as nothing).
+        None when the text runs out first."""
+        out = list(parts)
+        for i in range(len(out) - 1, -1, -1):
+            part = out[i]
+            if excess <= 0:
+                break
+            if not isinstance(part, TextPart) or not part.text:
+                continue
+            offsets = self.tokenizer(part.text, add_special_tokens=False, return_offsets_mapping=True)[
+                "offset_mapping"]
+            if len(offsets) <= excess:
+                excess -= len(offsets)
+                out[i] = TextPart("")
+                continue
+            kept = part.text[: offsets[len(offsets) - excess][0]]
+            excess = 0
+            out[i] = TextPart(kept if kept.strip() else "")
+        if excess > 0 or not any(isinstance(p, ImagePart) or p.text for p in out):
+            return None
+        return out
+
+    def _truncate(
+        self, query: PreparedQuery, doc: Document, images: list[EncodedImage], limit: int, tokens: int
+    ) -> tuple[Document, np.ndarray] | None:
+        """The document with the end of its text cut so that it fits `limit` tokens, and its ids:
+        a plain document of the kept text, so its score is that document's score. Tokens can merge
+        differently across the new end, so the cut is checked and repeated if need be."""
+        shared = len(query.prefix_ids)
+        parts: list[Part] | None = list(doc.parts)
+        for _ in range(8):
+            parts = self._cut_text(parts, tokens - limit)
+            if parts is None:
+                return None
+            ids = self._document_ids(query, parts, images)
+            tokens = ids.size - shared
+            if tokens <= limit:
+                return Document(doc.id, tuple(parts)), ids
+        return None

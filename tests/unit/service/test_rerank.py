@@ -60,7 +60,7 @@ class FakeEngine:
     def __init__(self):
         self.jobs: list[FakeJob] = []
 
-    async def open_job(self, query, instruction, deadline):
+    async def open_job(self, query, instruction, deadline, truncate=False, max_tokens=0):
         job = FakeJob()
         self.jobs.append(job)
         return job
@@ -163,7 +163,7 @@ async def test_requests_are_refused_unless_serving_and_counted_while_in_flight()
     seen = []
 
     class Watching(FakeEngine):
-        async def open_job(self, query, instruction, deadline):
+        async def open_job(self, query, instruction, deadline, truncate=False, max_tokens=0):
             seen.append(lifecycle.in_flight)
             return await super().open_job(query, instruction, deadline)
 
