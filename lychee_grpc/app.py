@@ -113,6 +113,7 @@ class App:
                 split_min_documents=workers.split_min_documents,
                 log_level=self.config.log.level.upper(),
                 engine_factory=self._worker_factory,
+                observer_for=lambda device: self.metrics,  # the workers' batch and queue timings
             )
             self.engine_client = pool
             await pool.start()

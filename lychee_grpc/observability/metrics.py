@@ -48,6 +48,7 @@ class EngineCollector(Collector):
         except Exception:  # a scrape never fails because the engine is loading or stopping
             stats = None
         if isinstance(stats, dict):  # worker processes: {device: EngineStats}
+            yield from _per_device(stats)
             stats = _combined(list(stats.values()))
         if stats is None:
             return
@@ -86,6 +87,20 @@ class EngineCollector(Collector):
             reserved.add_metric([memory.device], memory.reserved_bytes)
         yield allocated
         yield reserved
+
+
+def _per_device(stats: dict[str, Any]) -> Iterable[Metric]:
+    """With one worker per device: each device's share, to see that every GPU is busy."""
+    batches = CounterMetricFamily("lychee_worker_batches", "Model batches run, per device.", labels=["device"])
+    scored = CounterMetricFamily("lychee_worker_documents_scored", "Documents scored, per device.",
+                                 labels=["device"])
+    queued = GaugeMetricFamily("lychee_worker_queue_tokens", "Tokens queued for a model batch, per device.",
+                               labels=["device"])
+    for device, snapshot in sorted(stats.items()):
+        batches.add_metric([device], snapshot.batches)
+        scored.add_metric([device], snapshot.documents_scored)
+        queued.add_metric([device], snapshot.queue_tokens)
+    yield from (batches, scored, queued)
 
 
 def _combined(snapshots: list[Any]) -> Any:

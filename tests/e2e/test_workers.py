@@ -4,6 +4,7 @@ non-zero)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import signal
@@ -19,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lychee_grpc.app import App
 from lychee_grpc.client import AsyncLycheeClient
-from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, WorkersConfig
+from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, MetricsConfig, WorkersConfig
 from lychee_grpc.engine.model.reference import reference_logits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import ImagePart, TextPart
@@ -36,6 +37,7 @@ async def pool_app(tiny_model_dir):
         engine=engine_config(tiny_model_dir, max_batch_documents=8),
         grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
         http=HttpConfig(enabled=False),
+        metrics=MetricsConfig(port=0),
         workers=WorkersConfig(devices="cpu,cpu", split_min_documents=4),
         grace_seconds=5,
     )
@@ -63,6 +65,14 @@ async def test_two_workers_give_the_reference_scores_and_share_the_work(pool_app
     for r in resp.results:
         assert r.score == pytest.approx(1 / (1 + math.exp(-float(ref[r.index]))), abs=1e-4)
     assert set(pool.routed) == {"cpu:0", "cpu:1"} and all(n > 0 for n in pool.routed.values())
+    await asyncio.sleep(0.6)  # the workers' stats snapshots
+    exposition = pool_app.metrics.exposition().decode()
+    for device in ("cpu:0", "cpu:1"):
+        line = next(x for x in exposition.splitlines()
+                    if x.startswith(f'lychee_worker_batches_total{{device="{device}"}}'))
+        assert float(line.split()[-1]) > 0
+    assert any(x.startswith("lychee_inference_duration_seconds_count") and float(x.split()[-1]) > 0
+               for x in exposition.splitlines())  # the workers' batch timings reach the server's metrics
     assert info.workers == 2 and list(info.devices) == ["cpu", "cpu"]
     assert resp.usage.prompt_tokens > resp.usage.computed_tokens > 0
 
