@@ -96,7 +96,7 @@ async def measure(devices: str, phases: list[str], a: argparse.Namespace, max_rp
                 if peak is None:
                     peak = max(r["requests_per_s"] for r in rows
                                if r["phase"] == "closed" and r["workload"] == workload)
-                for share in LOADS:
+                for share in a.loads:
                     row = await record("open", "--workload", workload, "--rate", f"{peak * share:.4f}",
                                        "--seconds", str(a.seconds * 1.5), "--warmup", "1")
                     row["load_share"] = share
@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=12.0, help="length of each closed-loop measurement")
     p.add_argument("--max-rps", default="", help="max_rps.json of an earlier closed run (for --phases open)")
     p.add_argument("--split-min-documents", type=int, default=16)
+    p.add_argument("--loads", type=lambda v: [float(x) for x in v.split(",")], default=list(LOADS),
+                   help="open loop: shares of the closed-loop maximum, comma-separated")
     p.add_argument("--tiny", default=DEFAULT_TINY)
     p.add_argument("--out", default="")
     p.add_argument("--smoke", action="store_true", help="the tiny checkpoint on CPU workers: does it run")
