@@ -21,7 +21,7 @@ from .errors import DeadlineExpired, FieldViolation, InvalidInput, NotReady, Too
 from .executor import Executor
 from .loader import LoadedModel, load_model
 from .prepare import EncodedImage, Prefetch, Preprocessor
-from .scheduler import Job, Scheduler
+from .scheduler import Job, Scheduler, guarded
 from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class Engine:
             raise InvalidInput([FieldViolation("query.parts", "query must have at least one part")])
         instruction = instruction or self.config.default_instruction
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._cpu, self.preprocessor.prepare_query, query, instruction)
+        prepared = await loop.run_in_executor(self._cpu, guarded, self.preprocessor.prepare_query, query, instruction)
         job = Job(query=prepared, deadline=deadline)
         job.stats.timings.preprocess_ms += prepared.prepare_ms
         job.stats.usage.images += len(prepared.images)
@@ -177,7 +177,7 @@ class Engine:
             # One call per request (images are decoded on the preprocessor's own threads);
             # splitting a request to overlap it with the GPU measured no gain (bench/RESULTS.md).
             prepared = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, self.preprocessor.prepare_documents, job.query, indexed, self._prefetch(job)
+                self._cpu, guarded, self.preprocessor.prepare_documents, job.query, indexed, self._prefetch(job)
             )
         finally:
             self.scheduler.preparing -= 1

@@ -82,7 +82,7 @@ class PreparedQuery:
     instruction: str
     prefix: Segment  # the shared tokens, computed once per request
     prefix_ids: list[int]
-    rendered_query: str  # one <|image_pad|> per image (expanded after tokenization)
+    query_pieces: list[template.Piece]  # one pad marker per image (expanded after tokenization)
     images: list[EncodedImage]
     prepare_ms: float = 0.0
     # All tokens of the prefix text, when no BPE merge can cross from it into a document.
@@ -113,6 +113,25 @@ def _clean_boundary(query: Query) -> bool:
     if isinstance(last, ImagePart):
         return True
     return isinstance(last, TextPart) and bool(last.text) and last.text[-1].isalnum()
+
+
+def _plain_text_encoder(tokenizer) -> Callable[[list[str]], list[list[int]]]:
+    """Texts -> token ids with special-token strings tokenized as ordinary text (user text never
+    becomes structure). A copy of the Rust tokenizer set to `encode_special_tokens` (the setting
+    is per tokenizer, so the processor's own stays as it is); its `encode_batch_fast` skips the
+    character offsets we never read: the same ids, ~20% sooner than `encode_batch`."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return lambda texts: tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.encode_special_tokens = True
+    # The copy carries whatever padding/truncation the last processor call left on the original.
+    plain.no_padding()
+    plain.no_truncation()
+    encode = getattr(plain, "encode_batch_fast", plain.encode_batch)
+    return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)] if texts else []
 
 
 class _GridCache:
@@ -155,6 +174,8 @@ class Preprocessor:
         decode_threads: int = 4,
     ):
         self.tokenizer = processor.tokenizer
+        self._plain_text = _plain_text_encoder(self.tokenizer)
+        self._marker_ids: dict[str, int] = {}
         self.image_processor = processor.image_processor
         self.image_token_id = image_token_id
         self.merge_size = merge_size
@@ -271,9 +292,6 @@ class Preprocessor:
             if isinstance(part, TextPart):
                 if not part.text.strip():
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
-                elif template.IMAGE_PAD in part.text:
-                    violations.append(FieldViolation(
-                        f"{path}.parts[{i}].text", f"text contains {template.IMAGE_PAD}, which marks image tokens"))
             elif isinstance(part, ImagePart):
                 try:
                     image, hit = next(decoded_iter).result()
@@ -295,7 +313,7 @@ class Preprocessor:
         pending: list[EncodedImage] = []
         images, _ = self._encode_parts(query.parts, "query", violations, pending,
                                        self._decode_all([query.parts])[0])
-        if instruction and len(self.tokenizer.encode(instruction, add_special_tokens=False)) > (
+        if instruction and len(self._plain_text([instruction])[0]) > (
             self.text_limits.max_instruction_tokens
         ):
             violations.append(
@@ -306,8 +324,8 @@ class Preprocessor:
         if violations:
             raise InvalidInput(violations)
         self.fill_pixels(pending)
-        rendered = template.render_parts(query.parts)  # one pad per image, expanded after tokenization
-        prefix_ids = self._expand_pads(self._tokenize([template.prefix_text(instruction, rendered)])[0],
+        query_pieces = template.parts_pieces(query.parts)  # one pad per image, expanded after tokenization
+        prefix_ids = self._expand_pads(self._encode([template.prefix_pieces(instruction, query_pieces)])[0],
                                        images).tolist()
         query_tokens = len(prefix_ids) - self._prefix_overhead(instruction)
         if query_tokens > self.text_limits.max_query_tokens:
@@ -325,7 +343,7 @@ class Preprocessor:
             instruction=instruction,
             prefix=Segment(ids=ids, positions=positions, images=list(images)),
             prefix_ids=prefix_ids[:shared],
-            rendered_query=rendered,
+            query_pieces=query_pieces,
             images=images,
             prepare_ms=(time.perf_counter() - start) * 1e3,
             clean_boundary_ids=prefix_ids if _clean_boundary(query) else None,
@@ -335,19 +353,33 @@ class Preprocessor:
         # Template tokens around the query; depends only on the instruction.
         overhead = self._overheads.get(instruction)
         if overhead is None:
-            overhead = len(self._tokenize([template.prefix_text(instruction, "")])[0])
+            overhead = len(self._encode([template.prefix_pieces(instruction, [])])[0])
             if len(self._overheads) < 1024:  # instructions are few; don't grow without bound
                 self._overheads[instruction] = overhead
         return overhead
 
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        # The Rust tokenizer directly: the Python wrapper around it costs more than encoding. Its
-        # `encode_batch_fast` skips the character offsets we never read: the same ids, ~20% sooner.
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-            return [e.ids for e in encode(texts, add_special_tokens=False)]
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    def _encode(self, sequences: Sequence[Sequence[template.Piece]]) -> list[list[int]]:
+        """Token ids of prompts given as pieces: markers become their special token, every text
+        run is tokenized as plain text (all runs of all sequences in one tokenizer call)."""
+        shaped = [template.runs(pieces) for pieces in sequences]
+        texts = [piece for pieces in shaped for piece in pieces if isinstance(piece, str)]
+        encoded = iter(self._plain_text(texts))
+        out: list[list[int]] = []
+        for pieces in shaped:
+            ids: list[int] = []
+            for piece in pieces:
+                ids += next(encoded) if isinstance(piece, str) else [self._marker_id(piece)]
+            out.append(ids)
+        return out
+
+    def _marker_id(self, marker: template.Marker) -> int:
+        token_id = self._marker_ids.get(marker.token)
+        if token_id is None:
+            token_id = self.tokenizer.convert_tokens_to_ids(marker.token)
+            if not isinstance(token_id, int) or token_id == self.tokenizer.unk_token_id:
+                raise RuntimeError(f"the tokenizer has no special token {marker.token}")
+            self._marker_ids[marker.token] = token_id
+        return token_id
 
     def _expand_pads(self, ids: list[int], images: Sequence[EncodedImage]) -> np.ndarray:
         """Token ids with each image's single <|image_pad|> repeated to its token count."""
@@ -355,7 +387,7 @@ class Preprocessor:
         if not images:
             return arr
         where = np.flatnonzero(arr == self.image_token_id)
-        if where.size != len(images):  # text parts cannot hold the pad marker (refused in validation)
+        if where.size != len(images):  # text is tokenized as plain text: only our markers make pads
             raise RuntimeError(f"{where.size} image pads for {len(images)} images")
         counts = np.ones(arr.size, dtype=np.int64)
         counts[where] = [image.tokens for image in images]
@@ -383,19 +415,19 @@ class Preprocessor:
             self._prefetch_ready(pending, 1, prefetch)  # the last, shorter chunk
         # One <|image_pad|> per image, expanded after tokenization: it is a special token, split off
         # before BPE, so this equals tokenizing every pad (256 per 448x448 image) at a fraction of the work.
-        suffixes = [template.suffix_text(template.render_parts(doc.parts)) for _, doc, _, _ in encoded]
+        suffixes = [template.suffix_pieces(template.parts_pieces(doc.parts)) for _, doc, _, _ in encoded]
         if query.clean_boundary_ids is not None:
             # The prefix's tokens cannot change with the document: tokenize only the suffixes.
             prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
             all_ids = [
                 np.concatenate((prefix, self._expand_pads(ids, images)))
-                for ids, (_, _, images, _) in zip(self._tokenize(suffixes), encoded)
+                for ids, (_, _, images, _) in zip(self._encode(suffixes), encoded)
             ]
         else:
-            prefix_text = template.prefix_text(query.instruction, query.rendered_query)
+            prefix_pieces = template.prefix_pieces(query.instruction, query.query_pieces)
             all_ids = [
                 self._expand_pads(ids, query.images + images)
-                for ids, (_, _, images, _) in zip(self._tokenize([prefix_text + x for x in suffixes]), encoded)
+                for ids, (_, _, images, _) in zip(self._encode([prefix_pieces + x for x in suffixes]), encoded)
             ]
         shared = len(query.prefix_ids)
         prefix_ids = np.asarray(query.prefix_ids, dtype=np.int64)

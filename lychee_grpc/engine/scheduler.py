@@ -171,7 +171,7 @@ class Scheduler:
         return self._gpu.submit(fn, *args)
 
     async def run_on_gpu(self, fn: Callable, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._gpu, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._gpu, guarded, fn, *args)
 
     # ---- the worker ---------------------------------------------------------------------
     async def _next_batch(self) -> list[_Item]:
@@ -314,6 +314,16 @@ class Scheduler:
         for k, value in zip(todo, logits.tolist()):
             out[k] = value
             batch[k].job.stats.usage.computed_tokens += batch[k].tokens
+
+
+def guarded(fn: Callable, *args):
+    """fn(*args) for `run_in_executor`: a StopIteration escaping fn becomes a RuntimeError. asyncio
+    cannot set StopIteration on a future (it logs a TypeError and leaves the future pending), so
+    the awaiting request would wait forever instead of failing."""
+    try:
+        return fn(*args)
+    except StopIteration as exc:
+        raise RuntimeError(f"{getattr(fn, '__qualname__', fn)} raised StopIteration") from exc
 
 
 def _sigmoid(x: float) -> float:
