@@ -49,6 +49,8 @@ class App:
         await client.start()
         self.engine_client = client
         self.service.attach(client)
+        # A dead scheduler or GPU worker cannot recover in-process: NOT_SERVING, and `run` exits 1.
+        engine.on_failure(lambda exc: self.lifecycle.fail(f"the engine died: {exc!r}"))
         info = engine.info()
         if info.random_weights:
             log.warning(

@@ -128,6 +128,11 @@ class Engine:
             await self.scheduler.stop()
         self._cpu.shutdown(wait=False, cancel_futures=True)
 
+    def on_failure(self, callback) -> None:
+        """`callback(error)` when the engine can no longer score (its scheduler's worker died)."""
+        assert self.scheduler is not None, "start() the engine first"
+        self.scheduler.on_death(callback)
+
     def _prefetch(self, job: Job) -> Prefetch | None:
         """Image embeddings computed on the GPU thread ahead of the job's batches (see Prefetch)."""
         scheduler = self.scheduler

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import DeadlineExpired, FieldViolation, Overloaded, TooLarge
+from .errors import DeadlineExpired, FieldViolation, NotReady, Overloaded, TooLarge
 from .executor import BatchItem, Executor, PrefixKV
 from .prepare import PreparedDocument, PreparedQuery
 from .types import RequestStats, Score
@@ -121,6 +121,10 @@ class Scheduler:
         self._task: asyncio.Task | None = None
         self._batch_id = 0
         self.preparing = 0  # calls between validation and submit: more work is on its way
+        # Why the worker died (it never stops on its own): nothing can be scored any more.
+        self.failure: BaseException | None = None
+        self._on_death: list[Callable[[BaseException], None]] = []
+        self._current: list[_Item] = []  # the batch being scored
         # Counters (read by tests and model info).
         self.documents_scored = 0
         self.documents_dropped = 0
@@ -135,18 +139,43 @@ class Scheduler:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="lychee-scheduler")
+            self._task.add_done_callback(self._ended)
+
+    def on_death(self, callback: Callable[[BaseException], None]) -> None:
+        """`callback(error)` once the worker has died (at once if it already has)."""
+        self._on_death.append(callback)
+        if self.failure is not None:
+            callback(self.failure)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        if task.cancelled():  # stop()
+            return
+        self.failure = task.exception() or RuntimeError("the scheduler's worker returned")
+        log.error("the scheduler's worker died; no document can be scored any more", exc_info=self.failure)
+        # Nobody would deliver these: their callers get UNAVAILABLE instead of waiting forever.
+        error = NotReady("the engine stopped serving; retry on another replica")
+        items, self._current = [*self._current, *self._queue], []
+        self._queue.clear()
+        for item in items:
+            item.job.outstanding -= 1
+            item.job.fail(error)
+        for callback in self._on_death:
+            callback(self.failure)
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            if not self._task.done():  # a dead worker has nothing to cancel (its error is in `failure`)
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
             self._task = None
         self._gpu.shutdown(wait=True)
 
     def submit(self, job: Job, docs: list[PreparedDocument]) -> None:
+        if self.failure is not None:
+            raise NotReady("the engine stopped serving; retry on another replica")
         if len(self._queue) + len(docs) > self.max_queue_documents:
             raise Overloaded(
                 f"queue is full ({len(self._queue)} documents waiting, limit {self.max_queue_documents}); retry later",
@@ -228,7 +257,9 @@ class Scheduler:
     async def _loop(self) -> None:
         while True:
             # No local keeps the batch (and so its jobs) alive while waiting for the next one.
-            await self._process(await self._next_batch())
+            self._current = await self._next_batch()
+            await self._process(self._current)
+            self._current = []
 
     async def _process(self, batch: list[_Item]) -> None:
         start = time.perf_counter()
