@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Callable
 
+from . import memory
 from .config import AppConfig
 from .engine.config import EngineConfig
 from .engine.engine import Engine
@@ -18,6 +19,11 @@ from .service import Service
 from .workers.local import LocalEngineClient
 
 log = logging.getLogger(__name__)
+
+# glibc malloc for the process (memory.py): the default 8 arenas per core let each decode, prep
+# and gRPC thread keep its own freed heap; blocks from 1 MB up are mapped and given back on free.
+ARENAS = 4
+MMAP_THRESHOLD = 1 << 20
 
 
 class App:
@@ -31,6 +37,7 @@ class App:
         self.interceptor = ServiceInterceptor()
         self.grpc = GrpcServer(self.service, self.lifecycle, config.grpc, self.interceptor)
         self.engine_client: LocalEngineClient | None = None
+        self._trimmer: asyncio.Task | None = None
 
     @property
     def port(self) -> int:
@@ -61,6 +68,7 @@ class App:
                  info.attention)
         self.lifecycle.serve()
         await self.grpc.settle_health()
+        self._trimmer = asyncio.create_task(memory.trim_when_grown(lambda: self.lifecycle.in_flight == 0))
 
     async def stop(self) -> None:
         """NOT_SERVING, refuse new requests (UNAVAILABLE, so clients retry elsewhere), let in-flight
@@ -72,6 +80,8 @@ class App:
         if not await self.lifecycle.wait_idle(self.config.grace_seconds):
             log.warning("%d requests still in flight after the grace period", self.lifecycle.in_flight)
         await self.grpc.stop(max(0.0, deadline - loop.time()))
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         if self.engine_client is not None:
             await self.engine_client.stop()
         if self.lifecycle.state is not State.FAILED:
@@ -80,6 +90,7 @@ class App:
 
 async def run(config: AppConfig) -> int:
     """Runs until SIGTERM/SIGINT; returns the process exit code (non-zero when serving failed)."""
+    memory.configure_malloc(ARENAS, MMAP_THRESHOLD)
     app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

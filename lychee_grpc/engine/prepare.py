@@ -134,6 +134,15 @@ def _plain_text_encoder(tokenizer) -> Callable[[list[str]], list[list[int]]]:
     return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)] if texts else []
 
 
+def _max_chars_per_token(tokenizer) -> int:
+    """A bound on the characters of user text one token can stand for. A byte-level BPE token
+    covers at most as many bytes as its vocabulary string has characters, an added token its
+    content; NFC normalization can shrink text to a third of its bytes (Hangul jamo), hence 4x."""
+    vocab = tokenizer.get_vocab()
+    longest = max((len(token) for token in vocab), default=1)
+    return 4 * max(longest, 1)
+
+
 class _GridCache:
     """Content key -> grid for images already seen, so a cached image skips decoding."""
 
@@ -175,6 +184,7 @@ class Preprocessor:
     ):
         self.tokenizer = processor.tokenizer
         self._plain_text = _plain_text_encoder(self.tokenizer)
+        self._chars_per_token = _max_chars_per_token(self.tokenizer)
         self._marker_ids: dict[str, int] = {}
         self.image_processor = processor.image_processor
         self.image_token_id = image_token_id
@@ -279,9 +289,14 @@ class Preprocessor:
         prefetch.start(pending[:])
         pending.clear()
 
+    def _too_long(self, text: str, max_tokens: int) -> bool:
+        """Whether `text` is certainly over `max_tokens`, judged from its length alone: a huge text
+        is refused before the tokenizer allocates for all of it (a 24 MB title took ~2 GB)."""
+        return len(text) > max_tokens * self._chars_per_token
+
     def _encode_parts(
         self, parts: Sequence[Part], path: str, violations: list[FieldViolation], pending: list[EncodedImage],
-        decoded: list[Future],
+        decoded: list[Future], max_tokens: int,
     ) -> tuple[list[EncodedImage], int]:
         images: list[EncodedImage] = []
         cached = 0
@@ -292,6 +307,9 @@ class Preprocessor:
             if isinstance(part, TextPart):
                 if not part.text.strip():
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
+                elif self._too_long(part.text, max_tokens):
+                    violations.append(FieldViolation(f"{path}.parts[{i}].text", f"text is {len(part.text)} "
+                                                     f"characters, certainly over the limit of {max_tokens} tokens"))
             elif isinstance(part, ImagePart):
                 try:
                     image, hit = next(decoded_iter).result()
@@ -304,6 +322,10 @@ class Preprocessor:
                 cached += hit
             else:
                 violations.append(FieldViolation(f"{path}.parts[{i}]", "part has neither text nor image"))
+        chars = sum(len(part.text) for part in parts if isinstance(part, TextPart))
+        if len(parts) > 1 and chars > max_tokens * self._chars_per_token:
+            violations.append(FieldViolation(path, f"texts are {chars} characters, certainly over the limit of "
+                                             f"{max_tokens} tokens"))
         return images, cached
 
     # ---- query --------------------------------------------------------------------------
@@ -312,10 +334,9 @@ class Preprocessor:
         violations: list[FieldViolation] = []
         pending: list[EncodedImage] = []
         images, _ = self._encode_parts(query.parts, "query", violations, pending,
-                                       self._decode_all([query.parts])[0])
-        if instruction and len(self._plain_text([instruction])[0]) > (
-            self.text_limits.max_instruction_tokens
-        ):
+                                       self._decode_all([query.parts])[0], self.text_limits.max_query_tokens)
+        if instruction and (self._too_long(instruction, self.text_limits.max_instruction_tokens) or len(
+                self._plain_text([instruction])[0]) > self.text_limits.max_instruction_tokens):
             violations.append(
                 FieldViolation(
                     "instruction", f"over {self.text_limits.max_instruction_tokens} tokens"
@@ -405,7 +426,8 @@ class Preprocessor:
         decoded = self._decode_all([doc.parts for _, doc in documents])
         chunk = max(PREFETCH_MIN_IMAGES, -(-sum(len(futures) for futures in decoded) // PREFETCH_CHUNKS))
         for (index, doc), futures in zip(documents, decoded):
-            images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending, futures)
+            images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending, futures,
+                                                self.text_limits.max_tokens_per_document)
             encoded.append((index, doc, images, cached))
             if not violations and prefetch is not None:
                 self._prefetch_ready(pending, chunk, prefetch)

@@ -26,7 +26,7 @@ class ServerProcess:
     def __init__(self, model: str, *args: str, env: dict[str, str] | None = None, log: Path | None = None):
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self._log = open(log or os.devnull, "w")  # noqa: SIM115 - closed in stop()
+        self._log = open(log or os.devnull, "w")  # closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lychee_grpc.cli", "serve", "--model", model, "--host", "127.0.0.1",
              "--port", str(self.port), *args],
