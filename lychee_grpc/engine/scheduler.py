@@ -154,11 +154,13 @@ class Scheduler:
         log.error("the scheduler's worker died; no document can be scored any more", exc_info=self.failure)
         # Nobody would deliver these: their callers get UNAVAILABLE instead of waiting forever.
         error = NotReady("the engine stopped serving; retry on another replica")
-        items, self._current = [*self._current, *self._queue], []
-        self._queue.clear()
-        for item in items:
+        for item in self._queue:
             item.job.outstanding -= 1
             item.job.fail(error)
+        for item in self._current:  # some may have been delivered already: their counts are settled
+            item.job.fail(error)
+        self._queue.clear()
+        self._current = []
         for callback in self._on_death:
             callback(self.failure)
 
