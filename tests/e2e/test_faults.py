@@ -132,6 +132,18 @@ async def test_a_dead_scheduler_fails_waiting_calls_and_turns_health_not_serving
     await channel.close()
 
 
+async def test_a_scheduler_task_that_raises_fails_the_lifecycle(server, client):
+    def broken(batch, budget):
+        raise RuntimeError("injected: the scheduler's loop broke")
+
+    server.engine.scheduler._fill = broken
+    with pytest.raises(grpc.RpcError) as info:
+        await asyncio.wait_for(client.rerank("denim", TITLES), HANG)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert server.lifecycle.state is State.FAILED
+    assert "the engine died" in server.lifecycle.failure
+
+
 def start_server(tiny_model_dir: str, *args: str, fault: str | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     serve = ["--model", tiny_model_dir, "--host", "127.0.0.1", "--port", str(port), *args]

@@ -270,6 +270,26 @@ def test_mutated_images(fuzz):
     fuzz.assert_still_serving_identically()
 
 
+def test_random_explain_messages(fuzz):
+    if "Explain" not in vars(RerankServicer):
+        pytest.skip("Explain is not implemented in this tree")
+    requests = st.builds(
+        lambda q, d, i, g, inc: pb.ExplainRequest(query=pb.Query(parts=q), document=d, instruction=i, grid_size=g,
+                                                  include_query=inc),
+        st.one_of(scorable_parts, st.lists(parts, max_size=2)), st.one_of(scorable_documents, documents),
+        st.one_of(st.just(""), texts), st.one_of(st.integers(0, 4), uint32), st.booleans())
+
+    @settings(max_examples=max(1, EXAMPLES // 7), **SETTINGS)
+    @given(requests)
+    def case(request):
+        resp = check(fuzz, "Explain", lambda: fuzz.stub.Explain(request, timeout=TIME_BOUND + 5))
+        if resp is not None:
+            assert math.isfinite(resp.score) and 0.0 <= resp.score <= 1.0
+
+    case()
+    fuzz.assert_still_serving_identically()
+
+
 def test_get_model_info_answers_after_the_attack(fuzz):
     info = fuzz.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIME_BOUND)
     assert info.model and info.limits.max_documents_per_request == 150
