@@ -10,7 +10,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, memory
 from .config import AppConfig
 from .engine.config import EngineConfig
 from .engine.engine import Engine
@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from .http.server import HttpServer
 
 log = logging.getLogger(__name__)
+
+# glibc malloc for the process (memory.py): the default 8 arenas per core let each decode, prep
+# and gRPC thread keep its own freed heap; blocks from 1 MB up are mapped and given back on free.
+ARENAS = 4
+MMAP_THRESHOLD = 1 << 20
 
 
 class App:
@@ -77,6 +82,7 @@ class App:
                               observers=self.interceptor.observers, max_body_bytes=config.grpc.max_message_mib << 20)
             self.http = HttpServer(rest, config.http.host, config.http.port, uvicorn_ssl_options(config.security))
         self.engine_client: EngineClient | None = None
+        self._trimmer: asyncio.Task | None = None
 
     @property
     def port(self) -> int:
@@ -120,6 +126,8 @@ class App:
             return pool
         engine = await asyncio.to_thread(self._factory, engine_config)
         engine.observe(self.metrics)
+        # A dead scheduler or GPU thread cannot recover in-process: NOT_SERVING, and `run` exits 1.
+        engine.on_failure(lambda exc: self.lifecycle.fail(f"the engine died: {exc!r}"))
         client = LocalEngineClient(engine)
         self.engine_client = client
         await client.start()
@@ -139,6 +147,7 @@ class App:
         self.metrics.set_build_info(__version__, info.model, info.dtype, ",".join(info.devices))
         self.lifecycle.serve()
         await self.grpc.settle_health()
+        self._trimmer = asyncio.create_task(memory.trim_when_grown(lambda: self.lifecycle.in_flight == 0))
 
     async def stop(self) -> None:
         """NOT_SERVING, refuse new requests (UNAVAILABLE, so clients retry elsewhere), let in-flight
@@ -152,6 +161,8 @@ class App:
         await self.grpc.stop(max(0.0, deadline - loop.time()))
         if self.http is not None:
             await self.http.stop(max(0.0, deadline - loop.time()))
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         if self.engine_client is not None:
             await self.engine_client.stop()
         if self.lifecycle.state is not State.FAILED:
@@ -164,6 +175,7 @@ class App:
 
 async def run(config: AppConfig) -> int:
     """Runs until SIGTERM/SIGINT; returns the process exit code (non-zero when serving failed)."""
+    memory.configure_malloc(ARENAS, MMAP_THRESHOLD)
     app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -23,7 +23,7 @@ from .lm.executor import Executor
 from .model.loader import LoadedModel, load_model
 from .prompt.prepare import EncodedImage, Prefetch, Preprocessor
 from .ranking import rank
-from .scheduler import Scheduler
+from .scheduler import Scheduler, guarded
 from .stats import CANCELLED, DEADLINE, DeviceMemory, EngineStats, StatsObserver, StatsRecorder
 from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
 from .vision.cache import VisionCache
@@ -146,6 +146,11 @@ class Engine:
             await self.scheduler.stop()
         self._cpu.shutdown(wait=False, cancel_futures=True)
 
+    def on_failure(self, callback) -> None:
+        """`callback(error)` when the engine can no longer score (its scheduler's worker died)."""
+        assert self.scheduler is not None, "start() the engine first"
+        self.scheduler.on_death(callback)
+
     def _prefetch(self, job: Job) -> Prefetch | None:
         """Image embeddings computed on the GPU thread ahead of the job's batches (see Prefetch)."""
         scheduler = self.scheduler
@@ -173,7 +178,7 @@ class Engine:
             raise InvalidInput([FieldViolation("query.parts", "query must have at least one part")])
         instruction = instruction or self.config.default_instruction
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._cpu, self.preprocessor.prepare_query, query, instruction)
+        prepared = await loop.run_in_executor(self._cpu, guarded, self.preprocessor.prepare_query, query, instruction)
         job = Job(query=prepared, deadline=deadline)
         job.stats.timings.preprocess_ms += prepared.prepare_ms
         job.stats.usage.images += len(prepared.images)
@@ -200,7 +205,7 @@ class Engine:
             # splitting a request to overlap it with the GPU measured no gain (bench/RESULTS.md,
             # "Where the time goes now, and what is next").
             prepared = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, self.preprocessor.prepare_documents, job.query, indexed, self._prefetch(job),
+                self._cpu, guarded, self.preprocessor.prepare_documents, job.query, indexed, self._prefetch(job),
                 truncate, max_tokens,
             )
         job.stats.timings.preprocess_ms += (time.perf_counter() - started) * 1e3

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DeadlineExpired, FieldViolation, Overloaded, TooLarge
+from .errors import DeadlineExpired, FieldViolation, NotReady, Overloaded, TooLarge
 from .job import Job
 from .lm.executor import BatchItem, Executor
 from .prompt.prepare import PreparedDocument
@@ -67,6 +67,10 @@ class Scheduler:
         self._preparing = 0  # calls between validation and submit: more work is on its way
         self._queued_tokens = 0
         self._tokens_scored = 0  # the drain rate in tokens/s is this over the batches' seconds
+        # Why the worker died (it never stops on its own): nothing can be scored any more.
+        self.failure: BaseException | None = None
+        self._on_death: list[Callable[[BaseException], None]] = []
+        self._current: list[_Item] = []  # the batch being scored
 
     @property
     def queued(self) -> int:
@@ -93,18 +97,46 @@ class Scheduler:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="lychee-scheduler")
+            self._task.add_done_callback(self._ended)
+
+    def on_death(self, callback: Callable[[BaseException], None]) -> None:
+        """`callback(error)` once the worker has died (at once if it already has)."""
+        self._on_death.append(callback)
+        if self.failure is not None:
+            callback(self.failure)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        if task.cancelled():  # stop()
+            return
+        self.failure = task.exception() or RuntimeError("the scheduler's worker returned")
+        log.error("the scheduler's worker died; no document can be scored any more", exc_info=self.failure)
+        # Nobody would deliver these: their callers get UNAVAILABLE instead of waiting forever.
+        error = NotReady("the engine stopped serving; retry on another replica")
+        for item in self._queue:
+            item.job.outstanding -= 1
+            item.job.fail(error)
+        for item in self._current:  # some may have been delivered already: their counts are settled
+            item.job.fail(error)
+        self._queue.clear()
+        self._queued_tokens = 0
+        self._current = []
+        for callback in self._on_death:
+            callback(self.failure)
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            if not self._task.done():  # a dead worker has nothing to cancel (its error is in `failure`)
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
             self._task = None
         self._gpu.shutdown(wait=True)
 
     def submit(self, job: Job, docs: list[PreparedDocument]) -> None:
+        if self.failure is not None:
+            raise NotReady("the engine stopped serving; retry on another replica")
         if len(self._queue) + len(docs) > self.max_queue_documents:
             raise Overloaded(
                 f"queue is full ({len(self._queue)} documents waiting, limit {self.max_queue_documents}); retry later",
@@ -147,7 +179,7 @@ class Scheduler:
         return self._gpu.submit(fn, *args)
 
     async def run_on_gpu(self, fn: Callable, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._gpu, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._gpu, guarded, fn, *args)
 
     # ---- the worker ---------------------------------------------------------------------
     async def _next_batch(self) -> list[_Item]:
@@ -205,7 +237,9 @@ class Scheduler:
     async def _loop(self) -> None:
         while True:
             # No local keeps the batch (and so its jobs) alive while waiting for the next one.
-            await self._process(await self._next_batch())
+            self._current = await self._next_batch()
+            await self._process(self._current)
+            self._current = []
 
     async def _process(self, batch: list[_Item]) -> None:
         start = time.perf_counter()
@@ -311,6 +345,16 @@ class Scheduler:
 
 def _drop_reason(job: Job) -> str:
     return DEADLINE if job.expired() and not job.cancelled else CANCELLED
+
+
+def guarded(fn: Callable, *args):
+    """fn(*args) for `run_in_executor`: a StopIteration escaping fn becomes a RuntimeError. asyncio
+    cannot set StopIteration on a future (it logs a TypeError and leaves the future pending), so
+    the awaiting request would wait forever instead of failing."""
+    try:
+        return fn(*args)
+    except StopIteration as exc:
+        raise RuntimeError(f"{getattr(fn, '__qualname__', fn)} raised StopIteration") from exc
 
 
 def _sigmoid(x: float) -> float:

@@ -17,7 +17,7 @@ from grpc_status import rpc_status
 
 from lychee_grpc.app import App
 from lychee_grpc.client import AsyncLycheeClient, image, make_request, text
-from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig
+from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, MetricsConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.model.reference import reference_logits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
@@ -251,7 +251,7 @@ async def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_
         return Engine(cfg, loaded)
 
     srv = App(AppConfig(engine=engine_config(tiny_model_dir, warmup=True, max_batch_documents=8),
-                        grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+                        grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0), metrics=MetricsConfig(port=0),
                         http=HttpConfig(enabled=False), grace_seconds=20),
               engine_factory=factory)
     await srv.start()

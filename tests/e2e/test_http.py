@@ -12,7 +12,7 @@ import pytest
 
 from lychee_grpc.app import App
 from lychee_grpc.client import image, text
-from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig
+from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, MetricsConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.http.app import create_app
 from lychee_grpc.http.server import HttpServer
@@ -42,6 +42,7 @@ async def make_app(loaded, tiny_model_dir):
             engine=engine_config(tiny_model_dir, **engine_overrides),
             grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0, max_message_mib=max_message_mib),
             http=HttpConfig(host="127.0.0.1", port=0),
+            metrics=MetricsConfig(port=0),
             grace_seconds=2,
         )
         app = App(config, engine_factory=lambda cfg: Engine(cfg, loaded))

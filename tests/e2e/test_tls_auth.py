@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from lychee_grpc.app import App
 from lychee_grpc.cli import main as cli_main
 from lychee_grpc.client import AsyncLycheeClient, channel_credentials, make_request
-from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, SecurityConfig
+from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, MetricsConfig, SecurityConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.proto import lychee_pb2 as pb
 
@@ -44,7 +44,7 @@ async def make_app(loaded, tiny_model_dir):
     async def factory(security: SecurityConfig) -> App:
         config = AppConfig(
             engine=engine_config(tiny_model_dir, max_batch_documents=16),
-            grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+            grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0), metrics=MetricsConfig(port=0),
             http=HttpConfig(host="127.0.0.1", port=0),
             security=security,
             grace_seconds=1,

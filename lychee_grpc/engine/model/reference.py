@@ -73,3 +73,33 @@ def reference_logits(
         logits = model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
         out.append((logits[:, yes_id] - logits[:, no_id]).cpu())
     return torch.cat(out)
+
+
+def plain_text_prompt_ids(tokenizer, instruction: str, query: str, document: str) -> list[int]:
+    """The ids of a text-only prompt with the user's texts tokenized as plain text (their
+    special-token strings are ordinary text), built from the chat layout with the tokenizer's own
+    `split_special_tokens`: independent of `template.py`'s pieces, for the injection tests."""
+
+    def special(token: str) -> list[int]:
+        return [tokenizer.convert_tokens_to_ids(token)]
+
+    def plain(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    return (special("<|im_start|>") + plain(f"system\n{SYSTEM_PROMPT}") + special("<|im_end|>") + plain("\n")
+            + special("<|im_start|>") + plain(f"user\n<Instruct>: {instruction}<Query>:{query}\n<Document>:{document}")
+            + special("<|im_end|>") + plain("\n") + special("<|im_start|>") + plain("assistant\n"))
+
+
+@torch.inference_mode()
+def reference_logits_from_ids(model, processor, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+    """z_yes - z_no for text-only prompts given as token ids, one plain `model.forward` each."""
+    tok = processor.tokenizer
+    yes_id, no_id = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
+    device = next(model.parameters()).device
+    out = []
+    for ids in prompts:
+        model.model.rope_deltas = None
+        logits = model(input_ids=torch.tensor([list(ids)], device=device), logits_to_keep=1).logits[0, -1].float()
+        out.append(float(logits[yes_id] - logits[no_id]))
+    return torch.tensor(out)

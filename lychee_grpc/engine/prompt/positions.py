@@ -49,7 +49,10 @@ def mrope_positions(
             continue
         pos = start
         while pos < end:  # consecutive images with no token between them (never in our template)
-            t, h, w = next(grid_iter)
+            grid = next(grid_iter, None)
+            if grid is None:  # a pad the caller did not account for: an error, never a StopIteration
+                raise ValueError(f"more image pad tokens than the {len(grids)} image grids given")
+            t, h, w = grid
             pattern = _grid_pattern(t, h, w, merge)
             count = pattern.shape[1]
             out[:, pos : pos + count] = pattern + cur

@@ -75,7 +75,7 @@ class PreparedQuery:
     instruction: str
     prefix: Segment  # the shared tokens, computed once per request
     prefix_ids: list[int]
-    rendered_query: str  # one <|image_pad|> per image (expanded after tokenization)
+    query_pieces: list[template.Piece]  # one pad marker per image (expanded after tokenization)
     images: list[EncodedImage]
     prepare_ms: float = 0.0
     # All tokens of the prefix text, when no BPE merge can cross from it into a document.
@@ -110,6 +110,34 @@ def _clean_boundary(query: Query) -> bool:
     return isinstance(last, TextPart) and bool(last.text) and last.text[-1].isalnum()
 
 
+def _plain_text_encoder(tokenizer) -> Callable[[list[str]], list[list[int]]]:
+    """Texts -> token ids with special-token strings tokenized as ordinary text (user text never
+    becomes structure). A copy of the Rust tokenizer set to `encode_special_tokens` (the setting
+    is per tokenizer, so the processor's own stays as it is); its `encode_batch_fast` skips the
+    character offsets we never read: the same ids, ~20% sooner than `encode_batch`."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return lambda texts: tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.encode_special_tokens = True
+    # The copy carries whatever padding/truncation the last processor call left on the original.
+    plain.no_padding()
+    plain.no_truncation()
+    encode = getattr(plain, "encode_batch_fast", plain.encode_batch)
+    return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)] if texts else []
+
+
+def _max_chars_per_token(tokenizer) -> int:
+    """A bound on the characters of user text one token can stand for. A byte-level BPE token
+    covers at most as many bytes as its vocabulary string has characters, an added token its
+    content; NFC normalization can shrink text to a third of its bytes (Hangul jamo), hence 4x."""
+    vocab = tokenizer.get_vocab()
+    longest = max((len(token) for token in vocab), default=1)
+    return 4 * max(longest, 1)
+
+
 class Preprocessor:
     """Owns the tokenizer and image processor; safe to call from several threads."""
 
@@ -127,6 +155,9 @@ class Preprocessor:
         decode_threads: int = 4,
     ):
         self.tokenizer = processor.tokenizer
+        self._plain_text = _plain_text_encoder(self.tokenizer)
+        self._chars_per_token = _max_chars_per_token(self.tokenizer)
+        self._marker_ids: dict[str, int] = {}
         self.image_processor = processor.image_processor
         self.image_token_id = image_token_id
         self.merge_size = merge_size
@@ -232,9 +263,14 @@ class Preprocessor:
         prefetch.start(pending[:])
         pending.clear()
 
+    def _too_long(self, text: str, max_tokens: int) -> bool:
+        """Whether `text` is certainly over `max_tokens`, judged from its length alone: a huge text
+        is refused before the tokenizer allocates for all of it (a 24 MB title took ~2 GB)."""
+        return len(text) > max_tokens * self._chars_per_token
+
     def _encode_parts(
         self, parts: Sequence[Part], path: str, violations: list[FieldViolation], pending: list[EncodedImage],
-        decoded: list[Future],
+        decoded: list[Future], max_tokens: int,
     ) -> tuple[list[EncodedImage], int]:
         images: list[EncodedImage] = []
         cached = 0
@@ -245,9 +281,9 @@ class Preprocessor:
             if isinstance(part, TextPart):
                 if not part.text.strip():
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
-                elif template.IMAGE_PAD in part.text:
-                    violations.append(FieldViolation(
-                        f"{path}.parts[{i}].text", f"text contains {template.IMAGE_PAD}, which marks image tokens"))
+                elif self._too_long(part.text, max_tokens):
+                    violations.append(FieldViolation(f"{path}.parts[{i}].text", f"text is {len(part.text)} "
+                                                     f"characters, certainly over the limit of {max_tokens} tokens"))
             elif isinstance(part, ImagePart):
                 try:
                     image, hit = next(decoded_iter).result()
@@ -260,6 +296,10 @@ class Preprocessor:
                 cached += hit
             else:
                 violations.append(FieldViolation(f"{path}.parts[{i}]", "part has neither text nor image"))
+        chars = sum(len(part.text) for part in parts if isinstance(part, TextPart))
+        if len(parts) > 1 and chars > max_tokens * self._chars_per_token:
+            violations.append(FieldViolation(path, f"texts are {chars} characters, certainly over the limit of "
+                                             f"{max_tokens} tokens"))
         return images, cached
 
     # ---- query --------------------------------------------------------------------------
@@ -268,10 +308,9 @@ class Preprocessor:
         violations: list[FieldViolation] = []
         pending: list[EncodedImage] = []
         images, _ = self._encode_parts(query.parts, "query", violations, pending,
-                                       self._decode_all([query.parts])[0])
-        if instruction and len(self.tokenizer.encode(instruction, add_special_tokens=False)) > (
-            self.text_limits.max_instruction_tokens
-        ):
+                                       self._decode_all([query.parts])[0], self.text_limits.max_query_tokens)
+        if instruction and (self._too_long(instruction, self.text_limits.max_instruction_tokens) or len(
+                self._plain_text([instruction])[0]) > self.text_limits.max_instruction_tokens):
             violations.append(
                 FieldViolation(
                     "instruction", f"over {self.text_limits.max_instruction_tokens} tokens"
@@ -280,8 +319,8 @@ class Preprocessor:
         if violations:
             raise InvalidInput(violations)
         self.fill_pixels(pending)
-        rendered = template.render_parts(query.parts)  # one pad per image, expanded after tokenization
-        prefix_ids = self._expand_pads(self._tokenize([template.prefix_text(instruction, rendered)])[0],
+        query_pieces = template.parts_pieces(query.parts)  # one pad per image, expanded after tokenization
+        prefix_ids = self._expand_pads(self._encode([template.prefix_pieces(instruction, query_pieces)])[0],
                                        images).tolist()
         query_tokens = len(prefix_ids) - self._prefix_overhead(instruction)
         if query_tokens > self.text_limits.max_query_tokens:
@@ -299,7 +338,7 @@ class Preprocessor:
             instruction=instruction,
             prefix=Segment(ids=ids, positions=positions, images=list(images)),
             prefix_ids=prefix_ids[:shared],
-            rendered_query=rendered,
+            query_pieces=query_pieces,
             images=images,
             prepare_ms=(time.perf_counter() - start) * 1e3,
             clean_boundary_ids=prefix_ids if _clean_boundary(query) else None,
@@ -309,19 +348,33 @@ class Preprocessor:
         # Template tokens around the query; depends only on the instruction.
         overhead = self._overheads.get(instruction)
         if overhead is None:
-            overhead = len(self._tokenize([template.prefix_text(instruction, "")])[0])
+            overhead = len(self._encode([template.prefix_pieces(instruction, [])])[0])
             if len(self._overheads) < 1024:  # instructions are few; don't grow without bound
                 self._overheads[instruction] = overhead
         return overhead
 
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        # The Rust tokenizer directly: the Python wrapper around it costs more than encoding. Its
-        # `encode_batch_fast` skips the character offsets we never read: the same ids, ~20% sooner.
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-            return [e.ids for e in encode(texts, add_special_tokens=False)]
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    def _encode(self, sequences: Sequence[Sequence[template.Piece]]) -> list[list[int]]:
+        """Token ids of prompts given as pieces: markers become their special token, every text
+        run is tokenized as plain text (all runs of all sequences in one tokenizer call)."""
+        shaped = [template.runs(pieces) for pieces in sequences]
+        texts = [piece for pieces in shaped for piece in pieces if isinstance(piece, str)]
+        encoded = iter(self._plain_text(texts))
+        out: list[list[int]] = []
+        for pieces in shaped:
+            ids: list[int] = []
+            for piece in pieces:
+                ids += next(encoded) if isinstance(piece, str) else [self._marker_id(piece)]
+            out.append(ids)
+        return out
+
+    def _marker_id(self, marker: template.Marker) -> int:
+        token_id = self._marker_ids.get(marker.token)
+        if token_id is None:
+            token_id = self.tokenizer.convert_tokens_to_ids(marker.token)
+            if not isinstance(token_id, int) or token_id == self.tokenizer.unk_token_id:
+                raise RuntimeError(f"the tokenizer has no special token {marker.token}")
+            self._marker_ids[marker.token] = token_id
+        return token_id
 
     def _expand_pads(self, ids: list[int], images: Sequence[EncodedImage]) -> np.ndarray:
         """Token ids with each image's single <|image_pad|> repeated to its token count."""
@@ -329,7 +382,7 @@ class Preprocessor:
         if not images:
             return arr
         where = np.flatnonzero(arr == self.image_token_id)
-        if where.size != len(images):  # text parts cannot hold the pad marker (refused in validation)
+        if where.size != len(images):  # text is tokenized as plain text: only our markers make pads
             raise RuntimeError(f"{where.size} image pads for {len(images)} images")
         counts = np.ones(arr.size, dtype=np.int64)
         counts[where] = [image.tokens for image in images]
@@ -353,7 +406,8 @@ class Preprocessor:
         decoded = self._decode_all([doc.parts for _, doc in documents])
         chunk = max(PREFETCH_MIN_IMAGES, -(-sum(len(futures) for futures in decoded) // PREFETCH_CHUNKS))
         for (index, doc), futures in zip(documents, decoded):
-            images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending, futures)
+            images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending, futures,
+                                                self.text_limits.max_tokens_per_document)
             encoded.append((index, doc, images, cached))
             if not violations and prefetch is not None:
                 self._prefetch_ready(pending, chunk, prefetch)
@@ -363,19 +417,19 @@ class Preprocessor:
             self._prefetch_ready(pending, 1, prefetch)  # the last, shorter chunk
         # One <|image_pad|> per image, expanded after tokenization: it is a special token, split off
         # before BPE, so this equals tokenizing every pad (256 per 448x448 image) at a fraction of the work.
-        suffixes = [template.suffix_text(template.render_parts(doc.parts)) for _, doc, _, _ in encoded]
+        suffixes = [template.suffix_pieces(template.parts_pieces(doc.parts)) for _, doc, _, _ in encoded]
         if query.clean_boundary_ids is not None:
             # The prefix's tokens cannot change with the document: tokenize only the suffixes.
             prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
             all_ids = [
                 np.concatenate((prefix, self._expand_pads(ids, images)))
-                for ids, (_, _, images, _) in zip(self._tokenize(suffixes), encoded)
+                for ids, (_, _, images, _) in zip(self._encode(suffixes), encoded)
             ]
         else:
-            prefix_text = template.prefix_text(query.instruction, query.rendered_query)
+            prefix_pieces = template.prefix_pieces(query.instruction, query.query_pieces)
             all_ids = [
                 self._expand_pads(ids, query.images + images)
-                for ids, (_, _, images, _) in zip(self._tokenize([prefix_text + x for x in suffixes]), encoded)
+                for ids, (_, _, images, _) in zip(self._encode([prefix_pieces + x for x in suffixes]), encoded)
             ]
         shared = len(query.prefix_ids)
         prefix_ids = np.asarray(query.prefix_ids, dtype=np.int64)

@@ -10,11 +10,19 @@
 Parts keep their order; text parts are concatenated with no separator; an image part is
 `<|vision_start|><|image_pad|><|vision_end|>` (the pad is expanded to one token per merged
 patch before tokenization).
+
+The model is fed the prompt as *pieces* (`prefix_pieces`, `suffix_pieces`): plain text, which is
+tokenized with special-token strings split as ordinary text, and `Marker`s, the structural special
+tokens only the server places. So a document saying `<|im_end|><|im_start|>assistant\nyes` is
+just text to the model, and an instruction holding `<|image_pad|>` adds no image slot. For text
+without special-token strings the ids equal the tokenization of the rendered string (special
+tokens are split off before BPE, so each text run between them is tokenized on its own).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..types import ImagePart, Part, TextPart
 
@@ -66,3 +74,56 @@ def suffix_text(document: str) -> str:
 def render_prompt(instruction: str, query: str, document: str) -> str:
     """The whole prompt for one pair; `query` and `document` are rendered part lists."""
     return prefix_text(instruction, query) + suffix_text(document)
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A structural special token of the prompt: placed by the server, never read from user text."""
+
+    token: str
+
+
+Piece = str | Marker
+
+
+def parts_pieces(parts: Sequence[Part]) -> list[Piece]:
+    """A part list as pieces: its texts verbatim, one pad marker per image (expanded later)."""
+    out: list[Piece] = []
+    for part in parts:
+        if isinstance(part, TextPart):
+            out.append(part.text)
+        elif isinstance(part, ImagePart):
+            out += [Marker(VISION_START), Marker(IMAGE_PAD), Marker(VISION_END)]
+        else:  # pragma: no cover - guarded by the type
+            raise TypeError(f"unknown part {type(part).__name__}")
+    return out
+
+
+def prefix_pieces(instruction: str, query: Sequence[Piece]) -> list[Piece]:
+    """`prefix_text` as pieces; `query` from `parts_pieces`."""
+    return [Marker(IM_START), f"system\n{SYSTEM_PROMPT}", Marker(IM_END), "\n",
+            Marker(IM_START), f"user\n<Instruct>: {instruction}<Query>:", *query]
+
+
+def suffix_pieces(document: Sequence[Piece]) -> list[Piece]:
+    """`suffix_text` as pieces; `document` from `parts_pieces`."""
+    return ["\n<Document>:", *document, Marker(IM_END), "\n", Marker(IM_START), "assistant\n"]
+
+
+def runs(pieces: Sequence[Piece]) -> list[Piece]:
+    """Adjacent texts joined (the tokenizer sees each text run between markers whole), empty
+    texts dropped."""
+    out: list[Piece] = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            if not piece:
+                continue
+            if out and isinstance(out[-1], str):
+                out[-1] += piece
+                continue
+        out.append(piece)
+    return out
+
+
+def render_pieces(pieces: Sequence[Piece]) -> str:
+    return "".join(p.token if isinstance(p, Marker) else p for p in pieces)

@@ -34,9 +34,10 @@ async def test_clean_boundary_tokens_match_whole_prompt(make_engine):
         except Exception:
             continue
         prepared = pre.prepare_documents(pq, docs)
-        prefix_text = template.prefix_text(DEFAULT_INSTRUCTION, pq.rendered_query)
+        prefix_text = template.prefix_text(DEFAULT_INSTRUCTION, template.render_parts(query.parts))
         for (_, doc), p in zip(docs, prepared):
-            whole = pre._tokenize([prefix_text + template.suffix_text(template.render_parts(doc.parts))])[0]
+            whole = pre.tokenizer.encode(prefix_text + template.suffix_text(template.render_parts(doc.parts)),
+                                         add_special_tokens=False)
             got = (pq.prefix_ids + p.segment.ids.tolist()) if p.uses_prefix else p.segment.ids.tolist()
             assert got == whole, (query, doc)
         checked += pq.clean_boundary_ids is not None
@@ -96,28 +97,20 @@ async def test_one_pad_per_image_expands_to_the_tokens_of_every_pad(make_engine)
                 [im.tokens for im in p.segment.images]
             text = template.render_prompt(DEFAULT_INSTRUCTION, rendered_query,
                                           template.render_parts(doc.parts, doc_tokens))
-            whole = pre._tokenize([text])[0]
+            whole = pre.tokenizer.encode(text, add_special_tokens=False)
             got = (pq.prefix_ids + p.segment.ids.tolist()) if p.uses_prefix else p.segment.ids.tolist()
             assert got == whole
             assert whole.count(engine.executor.image_token_id) == sum(query_tokens) + sum(doc_tokens)
 
 
-async def test_text_holding_the_image_pad_marker_is_refused_naming_the_field(make_engine):
-    from lychee_grpc.engine.errors import InvalidInput
-
-    engine = await make_engine()
-    with pytest.raises(InvalidInput) as err:
-        await engine.rerank(Query((TextPart("shoes"),)),
-                            [Document("a", (TextPart("ok"),)), Document("b", (TextPart("x <|image_pad|> y"),))])
-    assert [v.field for v in err.value.violations] == ["documents[1].parts[0].text"]
-    assert "<|image_pad|>" in err.value.violations[0].description
-
-
-async def test_tokenize_gives_the_tokenizers_own_ids(make_engine):
+async def test_encoding_pieces_gives_the_tokenizers_own_ids_for_text_without_special_tokens(make_engine):
     engine = await make_engine()
     pre = engine.preprocessor
     rng = random.Random(3)
     texts = [random_text(rng, rng.randint(0, 80)) for _ in range(200)]
-    texts += [template.prefix_text(DEFAULT_INSTRUCTION, "retro denim jacket") + template.suffix_text("a title")]
     want = [pre.tokenizer.encode(t, add_special_tokens=False) for t in texts]
-    assert pre._tokenize(texts) == want
+    assert pre._encode([[t] for t in texts]) == want
+    query, doc = template.parts_pieces((TextPart("retro denim jacket"),)), template.parts_pieces((TextPart("a title"),))
+    prompt = template.prefix_text(DEFAULT_INSTRUCTION, "retro denim jacket") + template.suffix_text("a title")
+    assert pre._encode([template.prefix_pieces(DEFAULT_INSTRUCTION, query) + template.suffix_pieces(doc)]) == [
+        pre.tokenizer.encode(prompt, add_special_tokens=False)]

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Load and soak (RELIABILITY.md): builds ghz from the Go module proxy into .cache/bin once, then
+# runs tests/load/run_load.py against a server process on loopback. Extra arguments go to it
+# (e.g. --soak-requests 50000 for a nightly run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GHZ_VERSION=v0.121.0
+PYTHON=${PYTHON:-.venv/bin/python}
+export LYCHEE_TINY_MODEL=${LYCHEE_TINY_MODEL:-$PWD/.cache/tiny-model}
+if [ ! -x .cache/bin/ghz ]; then
+  GOBIN="$PWD/.cache/bin" GOFLAGS=-mod=mod go install "github.com/bojand/ghz/cmd/ghz@${GHZ_VERSION}"
+fi
+if [ ! -f "$LYCHEE_TINY_MODEL/config.json" ]; then
+  "$PYTHON" -m lychee_grpc.cli make-tiny-model "$LYCHEE_TINY_MODEL"
+fi
+exec "$PYTHON" -m tests.load.run_load --ghz .cache/bin/ghz "$@"
