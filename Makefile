@@ -8,7 +8,7 @@ PORT ?= 50051
 MODEL ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto tiny-model demo serve test test-python test-python-client test-clients test-go test-java contract lint bench clean deploy-check
+.PHONY: install proto tiny-model demo serve test test-python test-python-client test-clients test-go test-java contract lint bench clean deploy-check test-load test-reliability
 
 STUBS := clients/python/lychee_client/proto/lychee_pb2.py
 
@@ -30,7 +30,7 @@ tiny-model: install
 	$(VENV)/bin/lychee-grpc make-tiny-model $(TINY)
 
 demo: tiny-model
-	$(PY) scripts/demo.py --model $(TINY) --port $(PORT)
+	$(PY) scripts/demo.py --model $(TINY) --port $(PORT) $(DEMO_ARGS)
 
 serve: install
 	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=vec-ai/lychee-rerank-mm (or a checkpoint folder)"; exit 2; }
@@ -52,11 +52,12 @@ test-python-client: tiny-model
 	cd clients/python && LYCHEE_CLI=$(abspath $(VENV))/bin/lychee-grpc LYCHEE_TINY_MODEL=$(abspath $(TINY)) \
 		$(abspath $(CLIENT_VENV))/bin/python -m pytest -q -p no:cacheprovider
 
+# The Go and Java clients against a live server, token auth and Explain included.
 test-go: tiny-model
-	$(MAKE) -C clients/go check-generated test
+	LYCHEE_LIVE_AUTH=1 LYCHEE_LIVE_EXPLAIN=1 $(MAKE) -C clients/go check-generated test
 
 test-java: tiny-model
-	cd clients/java && mvn -B -ntp test
+	cd clients/java && LYCHEE_LIVE_AUTH=1 mvn -B -ntp test
 
 contract:
 	bash scripts/check_contract.sh
@@ -68,7 +69,17 @@ deploy-check: install
 	PYTHON=$(PY) bash scripts/check_deploy.sh
 
 bench: install
-	$(PY) bench/run.py
+	$(PY) -m bench.run
+
+# Load and soak with ghz (built from the Go module proxy into .cache/bin) against a server process.
+test-load: tiny-model
+	PYTHON=$(PY) LYCHEE_TINY_MODEL=$(TINY) bash scripts/load_test.sh
+
+# The attack suites alone (they also run in `make test`), then load and soak. RELIABILITY.md.
+test-reliability: tiny-model
+	$(PY) -m pytest -q tests/fuzz tests/e2e/test_faults.py tests/e2e/test_status_rules.py \
+		tests/unit/engine/test_prompt_injection.py
+	$(MAKE) test-load
 
 clean:
 	rm -rf $(VENV) .cache clients/python/lychee_client/proto .pytest_cache .ruff_cache clients/java/target

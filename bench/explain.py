@@ -2,8 +2,8 @@
 56 fragments) against Rerank of the same query over 57 documents and over the pair alone.
 Full-size Qwen2.5-VL-7B shape with RANDOM weights (bench/run.py's build_model): timings only.
 
-    python bench/explain.py --tiny .cache/tiny-model        # on the GPU machine
-    python bench/explain.py --on-tiny                       # here: the tiny checkpoint on the CPU (shape only)
+    python -m bench.explain --tiny .cache/tiny-model        # on the GPU machine
+    python -m bench.explain --on-tiny                       # here: the tiny checkpoint on the CPU (shape only)
 """
 
 from __future__ import annotations
@@ -12,21 +12,17 @@ import argparse
 import asyncio
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.run import build_model, jpeg, words_of_tokens  # noqa: E402
-from lychee_grpc.engine.config import EngineConfig  # noqa: E402
-from lychee_grpc.engine.engine import Engine  # noqa: E402
-from lychee_grpc.lifecycle import Lifecycle  # noqa: E402
-from lychee_grpc.service import Service  # noqa: E402
-from lychee_grpc.service.types import (  # noqa: E402
+from bench.harness.model import DEFAULT_TINY, build_model
+from bench.harness.workloads import jpeg, words_of_tokens
+from lychee_grpc.engine.config import EngineConfig
+from lychee_grpc.engine.engine import Engine
+from lychee_grpc.lifecycle import Lifecycle
+from lychee_grpc.service import Service
+from lychee_grpc.service.types import (
     Document,
     ExplainOptions,
     ImagePart,
@@ -34,7 +30,7 @@ from lychee_grpc.service.types import (  # noqa: E402
     RerankOptions,
     TextPart,
 )
-from lychee_grpc.workers.local import LocalEngineClient  # noqa: E402
+from lychee_grpc.workers.local import LocalEngineClient
 
 
 async def timed(make, iters: int) -> tuple[float, object]:
@@ -56,7 +52,7 @@ async def main_async(a) -> None:
         print("== Explain cost of the TINY checkpoint on the CPU: the shape of the work, not GPU timings", flush=True)
         config = EngineConfig(model=a.tiny, warmup=False)
     else:
-        loaded, _ = build_model(a.tiny)
+        loaded = build_model(a.tiny)
         print(f"== Explain cost on {torch.cuda.get_device_name()}: Qwen2.5-VL-7B shape, RANDOM weights", flush=True)
         config = EngineConfig(model="random-qwen2.5-vl-7b", warmup=True, preprocess_threads=8)
     tok = loaded.processor.tokenizer
@@ -97,7 +93,7 @@ async def main_async(a) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--tiny", default=str(ROOT / ".cache" / "tiny-model"))
+    p.add_argument("--tiny", default=DEFAULT_TINY)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--on-tiny", action="store_true", help="score with the tiny checkpoint itself (CPU)")
     asyncio.run(main_async(p.parse_args()))

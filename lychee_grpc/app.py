@@ -126,11 +126,11 @@ class App:
             return pool
         engine = await asyncio.to_thread(self._factory, engine_config)
         engine.observe(self.metrics)
-        # A dead scheduler or GPU thread cannot recover in-process: NOT_SERVING, and `run` exits 1.
-        engine.on_failure(lambda exc: self.lifecycle.fail(f"the engine died: {exc!r}"))
         client = LocalEngineClient(engine)
         self.engine_client = client
         await client.start()
+        # A dead scheduler or GPU thread cannot recover in-process: NOT_SERVING, and `run` exits 1.
+        engine.on_failure(lambda exc: self.lifecycle.fail(f"the engine died: {exc!r}"))
         return client
 
     async def load(self) -> None:

@@ -251,8 +251,8 @@ async def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_
         return Engine(cfg, loaded)
 
     srv = App(AppConfig(engine=engine_config(tiny_model_dir, warmup=True, max_batch_documents=8),
-                        grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0), metrics=MetricsConfig(port=0),
-                        http=HttpConfig(enabled=False), grace_seconds=20),
+                        grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
+                        metrics=MetricsConfig(port=0), http=HttpConfig(enabled=False), grace_seconds=20),
               engine_factory=factory)
     await srv.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:

@@ -29,7 +29,7 @@ class ServerProcess:
         self._log = open(log or os.devnull, "w")  # closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lychee_grpc.cli", "serve", "--model", model, "--host", "127.0.0.1",
-             "--port", str(self.port), *args],
+             "--port", str(self.port), "--http", "false", "--metrics-port", "0", *args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})),
         )
         self.ps = psutil.Process(self.proc.pid)

@@ -1,4 +1,4 @@
-"""The settings table in the docs is the one the code generates, row for row."""
+"""The settings table in the README is the one the code generates, row for row."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lychee_grpc import config
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+DOC = Path(__file__).resolve().parents[2] / "README.md"
 MARKED = re.compile(r"<!-- settings:begin -->\n(.*?)\n<!-- settings:end -->", re.S)
 
 

@@ -138,6 +138,19 @@ def _max_chars_per_token(tokenizer) -> int:
     return 4 * max(longest, 1)
 
 
+def _text_head(doc: Document, chars: int) -> Document:
+    """`doc` with its text parts cut to `chars` characters in all (images kept in place)."""
+    parts: list[Part] = []
+    for part in doc.parts:
+        if isinstance(part, TextPart):
+            if chars <= 0 and parts:
+                continue  # an empty text part renders as nothing; a document keeps its first part
+            part = TextPart(part.text[: max(0, chars)])
+            chars -= len(part.text)
+        parts.append(part)
+    return Document(doc.id, tuple(parts))
+
+
 class Preprocessor:
     """Owns the tokenizer and image processor; safe to call from several threads."""
 
@@ -400,6 +413,10 @@ class Preprocessor:
         limit = self.text_limits.max_tokens_per_document
         if 0 < max_tokens < limit:
             limit = max_tokens
+        if truncate:
+            # Text past this many characters is certainly past the limit: cut it before tokenizing
+            # (a huge title costs no memory), where without truncation it would be refused.
+            documents = [(index, _text_head(doc, limit * self._chars_per_token)) for index, doc in documents]
         violations: list[FieldViolation] = []
         pending: list[EncodedImage] = []
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
@@ -483,12 +500,12 @@ class Preprocessor:
     # ---- truncation ---------------------------------------------------------------------
     def _document_ids(self, query: PreparedQuery, parts: Sequence[Part], images: list[EncodedImage]) -> np.ndarray:
         """The whole prompt's ids for one document, tokenized as `prepare_documents` does."""
-        suffix = template.suffix_text(template.render_parts(parts))
+        suffix = template.suffix_pieces(template.parts_pieces(parts))
         if query.clean_boundary_ids is not None:
             prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
-            return np.concatenate((prefix, self._expand_pads(self._tokenize([suffix])[0], images)))
-        prefix_text = template.prefix_text(query.instruction, query.rendered_query)
-        return self._expand_pads(self._tokenize([prefix_text + suffix])[0], query.images + images)
+            return np.concatenate((prefix, self._expand_pads(self._encode([suffix])[0], images)))
+        prefix_pieces = template.prefix_pieces(query.instruction, query.query_pieces)
+        return self._expand_pads(self._encode([prefix_pieces + suffix])[0], query.images + images)
 
     def _cut_text(self, parts: list[Part], excess: int) -> list[Part] | None:
         """`parts` with about `excess` tokens cut from the end of their text (at a token boundary);
@@ -501,8 +518,8 @@ class Preprocessor:
                 break
             if not isinstance(part, TextPart) or not part.text:
                 continue
-            offsets = self.tokenizer(part.text, add_special_tokens=False, return_offsets_mapping=True)[
-                "offset_mapping"]
+            offsets = self.tokenizer(part.text, add_special_tokens=False, return_offsets_mapping=True,
+                                     split_special_tokens=True)["offset_mapping"]
             if len(offsets) <= excess:
                 excess -= len(offsets)
                 out[i] = TextPart("")
