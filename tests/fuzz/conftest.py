@@ -70,7 +70,7 @@ def fuzz(loaded, tiny_model_dir):
     from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, MetricsConfig
     from lychee_grpc.engine.engine import Engine
 
-    config = AppConfig(http=HttpConfig(enabled=False), metrics=MetricsConfig(port=0),
+    config = AppConfig(http=HttpConfig(host="127.0.0.1", port=0), metrics=MetricsConfig(port=0),
                        engine=engine_config(tiny_model_dir, max_batch_documents=16),
                        grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0), grace_seconds=2)
     app = App(config, engine_factory=lambda cfg: Engine(cfg, loaded))
