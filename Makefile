@@ -52,12 +52,14 @@ test-python-client: tiny-model
 	cd clients/python && LYCHEE_CLI=$(abspath $(VENV))/bin/lychee-grpc LYCHEE_TINY_MODEL=$(abspath $(TINY)) \
 		$(abspath $(CLIENT_VENV))/bin/python -m pytest -q -p no:cacheprovider
 
-# The Go and Java clients against a live server, token auth and Explain included.
+# The Go and Java clients against live servers, token auth and Explain included. The servers they
+# start take their settings from the environment too: no HTTP or metrics port, so several can run.
+LIVE_ENV := LYCHEE_LIVE_AUTH=1 LYCHEE_LIVE_EXPLAIN=1 LYCHEE_HTTP=false LYCHEE_METRICS_PORT=0
 test-go: tiny-model
-	LYCHEE_LIVE_AUTH=1 LYCHEE_LIVE_EXPLAIN=1 $(MAKE) -C clients/go check-generated test
+	$(LIVE_ENV) $(MAKE) -C clients/go check-generated test
 
 test-java: tiny-model
-	cd clients/java && LYCHEE_LIVE_AUTH=1 mvn -B -ntp test
+	cd clients/java && $(LIVE_ENV) mvn -B -ntp test
 
 contract:
 	bash scripts/check_contract.sh
