@@ -61,5 +61,4 @@ class LocalEngineClient:
         return self.engine.info()
 
     def stats(self):
-        stats = getattr(self.engine, "stats", None)
-        return stats() if callable(stats) else None
+        return self.engine.stats()

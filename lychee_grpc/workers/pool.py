@@ -263,10 +263,6 @@ class WorkerPool:
     def ready(self) -> bool:
         return bool(self._workers) and all(w.alive and w.info is not None for w in self._workers)
 
-    @property
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w.process.pid is not None]
-
     # ---- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -4,9 +4,13 @@ processes behind a pool)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from ..engine.stats import EngineStats
 from ..engine.types import Document, Query, RequestStats, Score
+
+if TYPE_CHECKING:
+    from ..engine.engine import ModelInfo  # imports torch; only the type is needed here
 
 
 class JobHandle(Protocol):
@@ -46,6 +50,8 @@ class EngineClient(Protocol):
         """A job whose over-long documents are refused, or with `truncate` have their text cut to
         `max_tokens` (0: the server's limit)."""
 
-    def info(self): ...  # engine ModelInfo
+    def info(self) -> ModelInfo:
+        """The engine's model and limits (with several workers: every device, caches summed)."""
 
-    def stats(self): ...  # engine EngineStats
+    def stats(self) -> EngineStats | dict[str, EngineStats]:
+        """The engine's counters now; with several workers, each device's last report."""

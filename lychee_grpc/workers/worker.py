@@ -104,8 +104,7 @@ class _Worker:
         return Engine(self.config, load_model(self.config), observer=_Forward(self.send))
 
     def _snapshot(self) -> ipc.Snapshot:
-        stats = getattr(self.engine, "stats", None)
-        return ipc.Snapshot(self.engine.info(), stats() if callable(stats) else None)
+        return ipc.Snapshot(self.engine.info(), self.engine.stats())
 
     async def _snapshots(self) -> None:
         while True:
