@@ -88,7 +88,7 @@ class Tracer:
 
 def install(engine: Engine, tracer: Tracer) -> None:
     ex, pre, sched = engine.executor, engine.preprocessor, engine.scheduler
-    engine._embed_ahead = tracer.wrap("embed_ahead", engine._embed_ahead, gpu=True)
+    engine.embed_ahead = tracer.wrap("embed_ahead", engine.embed_ahead, gpu=True)
     sched._run_batch = tracer.wrap("batch", sched._run_batch, gpu=True)
     fill = tracer.wrap("  fill_pixels", pre.fill_pixels, gpu=True)
     pre.fill_pixels = fill
@@ -191,7 +191,7 @@ async def main_async() -> None:
     install(engine, tracer)
     calls = CallProfile()
     if a.profile:
-        engine._embed_ahead = calls.wrap(engine._embed_ahead, first_only=True)
+        engine.embed_ahead = calls.wrap(engine.embed_ahead, first_only=True)
         engine.preprocessor.encode_image = calls.wrap(engine.preprocessor.encode_image, first_only=False)
     for name, (query, docs), cold in (("T100", text_workload(tok, 1), False),
                                       ("I100 cold", image_workload(tok, 7), True),

@@ -156,10 +156,12 @@ class Engine:
         scheduler = self.scheduler
         if scheduler is None or self.config.prefetch_image_tokens <= 0:
             return None
-        return Prefetch(start=lambda pending: scheduler.submit_to_gpu(self._embed_ahead, pending, job),
+        return Prefetch(start=lambda pending: scheduler.submit_to_gpu(self.embed_ahead, pending, job),
                         budget=self.config.prefetch_image_tokens)
 
-    def _embed_ahead(self, pending: list[EncodedImage], job: Job) -> None:
+    def embed_ahead(self, pending: list[EncodedImage], job: Job) -> None:
+        """On the GPU thread: the vision tower for images of `job` decoded ahead of its batch
+        (public so that probes can time this step)."""
         if not job.alive():  # cancelled or expired while its images decoded
             return
         try:

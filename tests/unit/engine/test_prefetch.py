@@ -98,7 +98,7 @@ async def test_a_cancelled_requests_chunks_are_skipped(make_engine, monkeypatch)
         def alive(self) -> bool:
             return False
 
-    engine._embed_ahead([object()], Gone())
+    engine.embed_ahead([object()], Gone())
     assert ran == []
 
 
