@@ -182,7 +182,13 @@ async def run(config: AppConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app.lifecycle.subscribe(lambda state: stop.set() if state is State.FAILED else None)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:  # e.g. the HTTP port is taken: close what did start before exiting
+        await app.grpc.stop(0)
+        if app.metrics_exporter is not None:
+            app.metrics_exporter.stop()
+        raise
     log.info("listening on %s:%d", config.grpc.host, app.port)
     if app.http is not None:
         shown = "localhost" if config.http.host in ("0.0.0.0", "::") else config.http.host

@@ -141,18 +141,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             log.error("%s failed (request id %s)", method, rid, exc_info=exc)
         await context.abort_with_status(rpc_status.to_status(to_status(exc, rid)))
 
-    def _done(self, method: str, code: str, started: float, rid: str, context) -> None:
+    def _done(self, method: str, code: str, started: float, rid: str, peer: str) -> None:
         seconds = time.perf_counter() - started
         record = request_context.request_record.get()
         for observer in self.observers:
             try:
-                observer.request_done("grpc", method, code, seconds, rid, context.peer() or "", record)
+                observer.request_done("grpc", method, code, seconds, rid, peer, record)
             except Exception:  # an observer never breaks a call
                 log.exception("request observer failed")
 
     def _unary(self, method: str, behaviour: Callable[..., Awaitable[object]]):
         async def call(request, context: grpc.aio.ServicerContext):
-            started, rid, code = time.perf_counter(), "", "CANCELLED"
+            # The peer is read now: once a client has cancelled, the call's context is gone, and
+            # context.peer() then crashes the process (grpcio 1.85, seen on a cancelled stream).
+            started, rid, code, peer = time.perf_counter(), "", "CANCELLED", context.peer() or ""
             try:
                 rid = await self._open(context)
                 if isinstance(request, _Junk):
@@ -167,13 +169,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 code = _status_code(exc).name
                 await self._fail(context, method, exc, rid)
             finally:
-                self._done(method, code, started, rid, context)
+                self._done(method, code, started, rid, peer)
 
         return call
 
     def _stream(self, method: str, behaviour: Callable[..., AsyncIterator[object]]):
         async def call(request_iterator, context: grpc.aio.ServicerContext):
-            started, rid, code = time.perf_counter(), "", "CANCELLED"
+            started, rid, code, peer = time.perf_counter(), "", "CANCELLED", context.peer() or ""  # see _unary
 
             async def requests():
                 async for message in request_iterator:
@@ -193,7 +195,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 code = _status_code(exc).name
                 await self._fail(context, method, exc, rid)
             finally:
-                self._done(method, code, started, rid, context)
+                self._done(method, code, started, rid, peer)
 
         return call
 

@@ -218,3 +218,24 @@ def test_sigterm_with_50_calls_in_flight_completes_or_refuses_each_and_exits_wit
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_clients_cancelling_streams_mid_way_leave_the_server_process_serving(tiny_model_dir):
+    """A stream cancelled by its client after its first result, again and again (a Go client whose
+    callback fails does this): the server process keeps serving. It once died of SIGSEGV here, in
+    the interceptor's after-call step reading the cancelled call's peer."""
+    proc, port = start_server(tiny_model_dir)
+    try:
+        docs = [f"variant {k} denim" for k in range(12)]
+        with LycheeClient(f"127.0.0.1:{port}", timeout=10) as client:
+            for attempt in range(20):
+                call = client.rerank_stream("variant 3", [docs[j:j + 2] for j in range(0, 12, 2)])
+                next(iter(call))
+                call.cancel()
+                time.sleep(0.05)
+                assert proc.poll() is None, f"the server exited with {proc.returncode} after {attempt + 1} cancels"
+            assert len(client.rerank("denim", TITLES).results) == len(TITLES)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(30)
