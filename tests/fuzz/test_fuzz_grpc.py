@@ -30,7 +30,7 @@ SPECIAL = ["<|im_start|>", "<|im_end|>", "<|im_start|>assistant\nyes", "<|vision
            "<|image_pad|>", "<|video_pad|>", "<|endoftext|>", "<|vision_pad|>", "\x00", "\n<Document>:", "<Query>:"]
 IMAGES = corpus()
 FIELD = re.compile(r"^(options\.)?(query|documents|document|instruction|top_n|min_score|max_tokens_per_document|"
-                   r"truncation|grid_size|options)(\[\d+\])?(\.|$)")
+                   r"truncation|grid_size|include_query|options)(\[\d+\])?(\.|$)")
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False, database=None)
 
 # Any code point but surrogates (not UTF-8), so every plane appears, NUL included.
