@@ -23,6 +23,9 @@ from ..helpers import engine_config
 # Cases per CI run are about 2,300; LYCHEE_FUZZ_EXAMPLES scales them all (the Rerank test runs that
 # many, the others in proportion; nightly: 20000).
 EXAMPLES = int(os.environ.get("LYCHEE_FUZZ_EXAMPLES", "850"))
+# CI explores the same cases every run (a red build names a change, not a lucky draw); a nightly or
+# local run explores new ones: LYCHEE_FUZZ_RANDOM=1, or any run outside CI.
+RANDOM = os.environ.get("LYCHEE_FUZZ_RANDOM", "0" if os.environ.get("CI") else "1") == "1"
 TIME_BOUND = 20.0  # seconds any single case may take on the tiny model
 REFERENCE = ("retro denim jacket", ["vintage wash blue jeans coat", "organic green tea", "denim jacket women"])
 REPORT = ROOT / ".cache" / "reliability" / "fuzz.json"

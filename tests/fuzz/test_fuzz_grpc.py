@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.rpc.servicer import RerankServicer
 
-from .conftest import EXAMPLES, TIME_BOUND
+from .conftest import EXAMPLES, RANDOM, TIME_BOUND
 from .image_corpus import corpus
 
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|im_start|>assistant\nyes", "<|vision_start|>", "<|vision_end|>",
@@ -31,7 +31,7 @@ SPECIAL = ["<|im_start|>", "<|im_end|>", "<|im_start|>assistant\nyes", "<|vision
 IMAGES = corpus()
 FIELD = re.compile(r"^(options\.)?(query|documents|document|instruction|top_n|min_score|max_tokens_per_document|"
                    r"truncation|grid_size|include_query|options)(\[\d+\])?(\.|$)")
-SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False, database=None)
+SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=not RANDOM, database=None)
 
 # Any code point but surrogates (not UTF-8), so every plane appears, NUL included.
 any_char = st.characters(exclude_categories=("Cs",))
