@@ -57,14 +57,14 @@ class RerankRequest(BaseModel):
     model: str | None = Field(None, description="accepted for Cohere/Jina clients; the served model answers")
     query: Content
     documents: list[DocumentIn]
-    top_n: int | None = Field(None, ge=0, description="return the best n (default: all)")
+    top_n: int | None = Field(None, description="return the best n (default: all)")
     return_documents: bool = False
     instruction: str = Field("", description="empty: the server's default instruction")
-    min_score: float | None = Field(None, ge=0.0, le=1.0, description="leave out results scoring below this")
+    min_score: float | None = Field(None, description="leave out results scoring below this, in [0, 1]")
     truncation: Literal["none", "end"] | None = Field(
         None, description="none: refuse long documents; end: keep their first tokens (default: the server's)"
     )
-    max_tokens_per_document: int = Field(0, ge=0, description="0: the server's limit")
+    max_tokens_per_document: int = Field(0, description="0: the server's limit")
 
 
 class Usage(BaseModel):
@@ -109,8 +109,8 @@ class ApiRerankRequest(BaseModel):
     query: str
     documents: list[str]
     instruction: str = ""
-    top_n: int | None = Field(None, ge=0)
-    min_score: float | None = Field(None, ge=0.0, le=1.0)
+    top_n: int | None = None
+    min_score: float | None = None
 
 
 class ApiRankedDocument(BaseModel):
