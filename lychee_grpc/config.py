@@ -192,9 +192,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("images-on-gpu", "engine.images_on_gpu", "resize and normalize images on the model's GPU", parse_bool),
     Setting("preprocess-threads", "engine.preprocess_threads", "threads decoding images and preparing requests",
             int),
-    Setting("torch-threads", "engine.torch_threads", "torch CPU threads (default: torch's own, one per core)",
+    Setting("torch-threads", "engine.torch_threads",
+            "torch CPU threads (default: torch's own, one per core; with several workers, cores / (2 x workers) each)",
             _optional(int)),
-    Setting("warmup", "engine.warmup", "run one text and one image batch before serving", parse_bool),
+    Setting("warmup", "engine.warmup", "run a text, an image and a one-document batch before serving", parse_bool),
     # ---- gRPC ----
     Setting("host", "grpc.host", "address to bind"),
     Setting("port", "grpc.port", "gRPC port (0 picks a free one)", int),

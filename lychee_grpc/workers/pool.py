@@ -1,21 +1,22 @@
 """WorkerPool: one engine worker process per device behind one EngineClient.
 
 Each request's documents go to the worker with the fewest queued tokens; a large request is
-spread over several workers so it finishes sooner (documents sharing an image stay together, and
-an image keeps going to the same worker while loads allow, for its vision cache); each worker
-computes the query prefix for the documents it runs. Cancellation and deadlines travel with the
-job. A worker that dies fails its requests with UNAVAILABLE and calls `on_failure`, which turns
-the server NOT_SERVING and makes the process exit non-zero so the orchestrator restarts it.
+spread evenly over several workers so it finishes sooner (`routing.Router`: documents sharing an
+image stay together, and an image keeps going to the worker it went to while loads allow, for its
+vision cache); each worker computes the query prefix for the documents it runs. Cancellation
+and deadlines travel with the job. A worker that dies fails its requests with UNAVAILABLE and
+calls `on_failure`, which turns the server NOT_SERVING and makes the process exit non-zero so the
+orchestrator restarts it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import itertools
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections import Counter
@@ -23,12 +24,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..engine.errors import FieldViolation, InvalidInput, ModelLoadError, NotReady, TooLarge
-from ..engine.types import Document, ImagePart, Query, RequestStats, Score, TextPart
+from ..engine.types import Document, Query, RequestStats, Score
 from . import ipc, worker
+from .routing import Router, guess_tokens
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKENS_GUESS = 300  # a product photo after the default resize, before the worker says
 STOP_SECONDS = 30.0
 
 
@@ -145,7 +146,7 @@ class PoolJob:
             future = asyncio.get_running_loop().create_future()
             part.adds[seq] = future
             part.global_index.extend(i for i, _ in items)
-            part.tokens.extend(_guess_tokens(doc) for _, doc in items)
+            part.tokens.extend(guess_tokens(doc) for _, doc in items)
             w.queued_tokens += sum(part.tokens[-len(items):])
             self.pool.send(w, ipc.AddDocuments(self.id, seq, [doc for _, doc in items]))
             waits.append((part, seq, len(part.global_index) - len(items), future))
@@ -216,17 +217,6 @@ def _violation_order(v: FieldViolation) -> tuple:
     return (0, 0, v.field)
 
 
-def _guess_tokens(doc: Document) -> int:
-    return sum(len(p.text) // 3 + 1 if isinstance(p, TextPart) else IMAGE_TOKENS_GUESS for p in doc.parts)
-
-
-def _image_key(doc: Document) -> bytes | None:
-    for part in doc.parts:
-        if isinstance(part, ImagePart):
-            return hashlib.blake2b(part.data, digest_size=8).digest()
-    return None
-
-
 class WorkerPool:
     """EngineClient over one worker process per device."""
 
@@ -244,7 +234,7 @@ class WorkerPool:
         self.devices = devices
         self.on_failure = on_failure
         self.observer_for = observer_for
-        self.split_min_documents = split_min_documents
+        self.router = Router(split_min_documents)
         self.log_level = log_level
         self.engine_factory = engine_factory  # picklable: it crosses to each worker process
         self._workers: list[_Worker] = []
@@ -264,13 +254,25 @@ class WorkerPool:
         return bool(self._workers) and all(w.alive and w.info is not None for w in self._workers)
 
     # ---- lifecycle ----------------------------------------------------------------------
+    def worker_config(self, device: str):
+        """The engine config of the worker on `device`. Unless set, each worker gets cores / (2 x
+        workers) torch threads: every worker taking one per core made the two H200 workers' LM
+        passes for T100 ~60% slower (their idle threads spin while another process launches)."""
+        config = self.engine_config
+        if not device.startswith("cuda:"):
+            config = dataclasses.replace(config, device=device)
+        if config.torch_threads is None and len(self.devices) > 1:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            config = dataclasses.replace(config, torch_threads=max(1, cores // (2 * len(self.devices))))
+        return config
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         context = multiprocessing.get_context("spawn")
         for index, device in enumerate(self.devices):
             parent, child = context.Pipe(duplex=True)
             cuda = int(device.split(":")[1]) if device.startswith("cuda:") else None
-            config = self.engine_config if cuda is not None else dataclasses.replace(self.engine_config, device=device)
+            config = self.worker_config(device)
             process = context.Process(
                 target=worker.main, args=(child, config, cuda, self.log_level, self.engine_factory),
                 name=f"lychee-worker-{index}", daemon=True,
@@ -386,33 +388,11 @@ class WorkerPool:
         self._jobs.pop(job.id, None)
 
     def assign(self, items: list[tuple[int, Document]]) -> dict[_Worker, list[tuple[int, Document]]]:
-        live = [w for w in self._workers if w.alive]
+        live = {w: w.queued_tokens for w in self._workers if w.alive}
         if not live:
             raise NotReady("no engine worker is alive")
-        live.sort(key=lambda w: w.queued_tokens)
-        shares = max(1, min(len(live), len(items) // self.split_min_documents))
-        candidates = live[:shares]
-        if shares == 1:
-            self.routed[candidates[0].label] += len(items)
-            return {candidates[0]: items}
-        groups: dict[object, list[tuple[int, Document]]] = {}
-        for index, doc in items:
-            groups.setdefault(_image_key(doc) or index, []).append((index, doc))
-        loads = {w: w.queued_tokens for w in candidates}
-        total = sum(_guess_tokens(doc) for _, doc in items)
-        slack = total / len(candidates) / 4
-        out: dict[_Worker, list[tuple[int, Document]]] = {}
-        for key, group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-            best = min(candidates, key=lambda w: loads[w])
-            target = best
-            if isinstance(key, bytes):  # the same image keeps to one worker while loads allow
-                preferred = candidates[int.from_bytes(key[:4], "big") % len(candidates)]
-                if loads[preferred] <= loads[best] + slack:
-                    target = preferred
-            out.setdefault(target, []).extend(group)
-            loads[target] += sum(_guess_tokens(doc) for _, doc in group)
+        out = self.router.assign(items, live)
         for w, chosen in out.items():
-            chosen.sort(key=lambda item: item[0])
             self.routed[w.label] += len(chosen)
         return out
 

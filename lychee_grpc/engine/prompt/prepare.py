@@ -32,6 +32,14 @@ PREFETCH_CHUNKS = 4
 PREFETCH_MIN_IMAGES = 16
 
 
+def prefetch_chunk(images: int) -> int:
+    """Images per prefetch chunk for a call with `images` to decode: up to PREFETCH_CHUNKS equal
+    chunks of at least PREFETCH_MIN_IMAGES, so that no chunk is a small remainder (16, 16, 16, 2
+    for a worker's 50 images ran a whole tower pass, and its launches, for two)."""
+    chunks = max(1, min(PREFETCH_CHUNKS, images // PREFETCH_MIN_IMAGES))
+    return max(1, -(-images // chunks))
+
+
 @dataclass
 class Prefetch:
     """Starts the vision tower on chunks of a request's decoded images (the engine runs them on
@@ -421,7 +429,7 @@ class Preprocessor:
         pending: list[EncodedImage] = []
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
         decoded = self._decode_all([doc.parts for _, doc in documents])
-        chunk = max(PREFETCH_MIN_IMAGES, -(-sum(len(futures) for futures in decoded) // PREFETCH_CHUNKS))
+        chunk = prefetch_chunk(sum(len(futures) for futures in decoded))
         for (index, doc), futures in zip(documents, decoded):
             images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending, futures,
                                                 self.text_limits.max_tokens_per_document)

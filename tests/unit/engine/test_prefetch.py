@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from lychee_grpc.engine.prompt.prepare import prefetch_chunk
 from lychee_grpc.engine.types import Document, ImagePart, TextPart
 
 from ...helpers import noise_image, text_query
@@ -69,12 +70,21 @@ async def test_prefetch_stops_at_the_budget_and_the_rest_runs_in_the_batch(make_
     docs = image_docs(40)
     probe = await make_engine()
     tokens = [probe.preprocessor.encode_image(d.parts[0].data)[0].tokens for d in docs]
-    engine = await make_engine(prefetch_image_tokens=sum(tokens[:16]) + 1)  # one chunk of 16 fits
+    size = prefetch_chunk(40)
+    engine = await make_engine(prefetch_image_tokens=sum(tokens[:size]) + 1)  # one chunk fits
     expected = await _in_batch_scores(engine, docs)
     chunks, tower_calls = _spy(engine)
     assert await _scores(engine, docs) == pytest.approx(expected, abs=1e-6)
-    assert chunks == [16]
-    assert sum(tower_calls) == 40 and tower_calls[0] == 16
+    assert chunks == [size]
+    assert sum(tower_calls) == 40 and tower_calls[0] == size
+
+
+def test_chunks_are_equal_with_no_small_remainder():
+    assert [prefetch_chunk(n) for n in (1, 10, 16, 20, 40, 50, 100, 200)] == [1, 10, 16, 20, 20, 17, 25, 50]
+    for n in range(1, 300):
+        size = prefetch_chunk(n)
+        sizes = [size] * (n // size) + ([n % size] if n % size else [])
+        assert min(sizes) >= min(n, size) - 3 or len(sizes) == 1, (n, sizes)
 
 
 async def test_a_failed_prefetch_is_recomputed_in_the_batch(make_engine, monkeypatch):
