@@ -207,12 +207,19 @@ async def test_cancelled_rpc_documents_are_not_scored(server, client):
     slow_batches(engine, 0.05)  # 16 documents per batch: 150 documents take ~0.5 s
     before = engine.stats().documents_scored
     call = client.stub.Rerank(make_request("denim", [f"title {i}" for i in range(150)]), timeout=30)
-    await asyncio.sleep(0.15)
+    for _ in range(1000):  # cancel once the documents are queued, however slow the machine
+        stats = engine.stats()
+        if stats.queue_documents or stats.documents_scored > before:
+            break
+        await asyncio.sleep(0.01)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    await asyncio.sleep(0.3)
-    stats = engine.stats()
+    for _ in range(1000):  # the batch being scored ends, the rest are dropped
+        stats = engine.stats()
+        if stats.queue_documents == 0 and sum(stats.documents_dropped.values()) > 0:
+            break
+        await asyncio.sleep(0.01)
     assert stats.documents_scored - before < 150 and sum(stats.documents_dropped.values()) > 0
     assert stats.queue_documents == 0
 

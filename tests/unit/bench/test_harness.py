@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from bench.harness.model import SMOKE, build_model
@@ -33,7 +34,27 @@ async def test_harness_builds_a_prepared_model_and_times_a_workload_on_cpu(tiny_
 
 
 def test_benchmark_and_ab_tool_answer_help_without_a_gpu():
-    for module in ("bench.run", "bench.ab"):
+    for module in ("bench.run", "bench.ab", "bench.pool", "bench.load", "bench.queueing",
+                   "bench.profile.pool_timeline"):
         done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert f"python -m {module}" in done.stdout
+
+
+def test_the_queueing_yardstick_matches_pollaczek_khinchine():
+    from bench.queueing import mean_theory, sojourn_times
+
+    for load in (0.25, 0.5, 0.75):
+        times = sojourn_times(load, 100_000, seed=1)
+        assert times.min() >= 1.0
+        assert times.mean() == pytest.approx(mean_theory(load), rel=0.05)
+
+
+def test_the_pool_timeline_probe_runs_two_cpu_workers_and_times_both(tiny_model_dir):
+    done = subprocess.run([sys.executable, "-m", "bench.profile.pool_timeline", "--smoke", "--requests", "1",
+                           "--tiny", tiny_model_dir], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "tiny checkpoint on CPU" in out and "first one-document request" in out
+    for step in ("worker 0 w.lm_pass", "worker 1 w.lm_pass", "worker 0 w.tower_ahead", "parent p.done"):
+        assert step in out, step
