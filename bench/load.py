@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import pickle
 import random
 import sys
 import time
@@ -32,30 +33,14 @@ from .harness.workloads import image_workload, text_workload
 def requests_for(workload: str, count: int, tiny: str, cache: str = "") -> list[pb.RerankRequest]:
     """The workload's first `count` seeded requests; with `cache`, kept in that folder (making
     100 T100 titles of exact token counts takes ~20 s, once per load run without it)."""
-    path = Path(cache, f"{workload}-{count}.pb") if cache else None
+    path = Path(cache, f"{workload}-{count}-{Path(tiny).name}.pickle") if cache else None
     if path is not None and path.exists():
-        return _unpack(path)
+        return [pb.RerankRequest.FromString(blob) for blob in pickle.loads(path.read_bytes())]
     requests = _make(workload, count, tiny)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _pack(path, requests)
+        path.write_bytes(pickle.dumps([request.SerializeToString() for request in requests]))
     return requests
-
-
-def _pack(path: Path, requests: list[pb.RerankRequest]) -> None:
-    with path.open("wb") as out:
-        for request in requests:
-            data = request.SerializeToString()
-            out.write(len(data).to_bytes(8, "little") + data)
-
-
-def _unpack(path: Path) -> list[pb.RerankRequest]:
-    data, out, at = path.read_bytes(), [], 0
-    while at < len(data):
-        size = int.from_bytes(data[at:at + 8], "little")
-        out.append(pb.RerankRequest.FromString(data[at + 8:at + 8 + size]))
-        at += 8 + size
-    return out
 
 
 def _make(workload: str, count: int, tiny: str) -> list[pb.RerankRequest]:

@@ -58,3 +58,12 @@ def test_the_pool_timeline_probe_runs_two_cpu_workers_and_times_both(tiny_model_
     assert "tiny checkpoint on CPU" in out and "first one-document request" in out
     for step in ("worker 0 w.lm_pass", "worker 1 w.lm_pass", "worker 0 w.tower_ahead", "parent p.done"):
         assert step in out, step
+
+
+def test_the_load_generator_keeps_its_requests_and_reads_back_the_same(tiny_model_dir, tmp_path):
+    from bench.load import requests_for
+
+    made = requests_for("I100", 1, tiny_model_dir, str(tmp_path))
+    assert len(list(tmp_path.iterdir())) == 1
+    again = requests_for("I100", 1, tiny_model_dir, str(tmp_path))
+    assert again == made and len(made[0].documents) == 100

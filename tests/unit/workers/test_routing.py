@@ -83,3 +83,7 @@ def test_a_busy_worker_gets_the_smaller_share():
     out = Router(16).assign(items, {"a": 0, "b": tokens(items) // 2})
     assert len(out["a"]) > len(out["b"])
     assert abs(tokens(out["a"]) - (tokens(out["b"]) + tokens(items) // 2)) <= tokens(items[:1])
+
+
+def test_a_message_without_documents_opens_the_least_loaded_worker_only():
+    assert Router(16).assign([], {"a": 7, "b": 3}) == {"b": []}
