@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from ..service import context as request_context
 from ..service.errors import ErrorKind, FieldViolation, InvalidInput, Unauthenticated, kind_of
 from .status import CODES, to_status
+from .stream_inbox import StreamInbox
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ class _Junk:
     """A request body that did not parse: answered INVALID_ARGUMENT by the interceptor instead
     of grpc's own INTERNAL/UNKNOWN with a traceback per call."""
 
-    def __init__(self, error: Exception):
+    def __init__(self, error: Exception, size: int):
         self.error = error
+        self.size = size
 
 
 class _RateLimitedLog:
@@ -79,7 +81,7 @@ def _tolerant(deserializer: Callable[[bytes], object] | None) -> Callable[[bytes
         try:
             return deserializer(data)
         except Exception as exc:
-            return _Junk(exc)
+            return _Junk(exc, len(data))
 
     return parse
 
@@ -177,15 +179,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         async def call(request_iterator, context: grpc.aio.ServicerContext):
             started, rid, code, peer = time.perf_counter(), "", "CANCELLED", context.peer() or ""  # see _unary
 
-            async def requests():
-                async for message in request_iterator:
-                    if isinstance(message, _Junk):
-                        raise self._junk(method, message)
-                    yield message
+            def accept(message: object) -> object:
+                if isinstance(message, _Junk):
+                    raise self._junk(method, message)
+                return message
 
+            inbox = StreamInbox(request_iterator, accept, _size)
             try:
                 rid = await self._open(context)
-                async for response in behaviour(requests(), context):
+                async for response in behaviour(inbox, context):
                     yield response
                 code = "OK"
             except grpc.aio.AbortError:
@@ -193,8 +195,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 raise
             except Exception as exc:
                 code = _status_code(exc).name
+                await inbox.drain()
                 await self._fail(context, method, exc, rid)
             finally:
+                await inbox.close()
                 self._done(method, code, started, rid, peer)
 
         return call
@@ -250,6 +254,10 @@ async def _aiter(responses):
     else:
         for response in responses:
             yield response
+
+
+def _size(message: object) -> int:
+    return message.size if isinstance(message, _Junk) else message.ByteSize()  # type: ignore[attr-defined]
 
 
 def _status_code(exc: BaseException) -> grpc.StatusCode:
