@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lychee_grpc.proto import lychee_pb2 as pb
+from lychee_grpc.rpc.stream_inbox import DRAIN_IDLE_SECONDS, DRAIN_SECONDS
 
 from .test_fuzz_grpc import EXAMPLES, SETTINGS
 
@@ -140,4 +141,41 @@ def test_random_multi_message_junk_streams_concurrently(fuzz):
         assert_all_invalid_argument(fuzz, send_all(fuzz.app.port, streams), time.perf_counter() - started)
 
     case()
+    fuzz.assert_still_serving_identically()
+
+
+def test_a_client_that_stays_open_after_junk_gets_its_status_after_the_idle_bound(fuzz):
+    """No half-close: the server stops waiting once the stream has been quiet for the idle bound."""
+    async def main() -> tuple[str, float]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{fuzz.app.port}") as channel:
+            call = channel.stream_stream(STREAM)()
+            await call.write(b"\xff junk")
+            started = time.perf_counter()
+            try:
+                await call.read()
+            except grpc.aio.AioRpcError as err:
+                return err.code().name, time.perf_counter() - started
+            return "OK", time.perf_counter() - started
+
+    code, seconds = asyncio.run(main())
+    assert code == "INVALID_ARGUMENT"
+    assert DRAIN_IDLE_SECONDS * 0.8 <= seconds < DRAIN_IDLE_SECONDS + 3
+
+
+def test_a_client_that_never_stops_writing_costs_at_most_the_drain_bound(fuzz):
+    async def main() -> float:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{fuzz.app.port}") as channel:
+            call = channel.stream_stream(STREAM)()
+            await call.write(b"\xff junk")
+            started = time.perf_counter()
+            try:
+                while not call.done():
+                    await call.write(documents_message(0, 4))
+                    await asyncio.sleep(0.05)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass
+            await call.code()
+            return time.perf_counter() - started
+
+    assert asyncio.run(main()) < DRAIN_SECONDS + 3
     fuzz.assert_still_serving_identically()
