@@ -28,6 +28,7 @@ from bench.harness.floor import FLOP_PER_TOKEN, VISION_FLOP_448, matmul_tflops, 
 from bench.harness.model import DEFAULT_TINY, ROOT, Shape, build_model
 from bench.harness.timing import compare, pct, time_engine, time_reference
 from bench.harness.workloads import image_workload, text_workload
+from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.model.reference import reference_logits
@@ -107,7 +108,7 @@ async def exactness_fp32(tiny: str) -> dict:
     out = {}
     for name, (query, docs) in {"text": text_workload(tok, 11), "image": image_workload(tok, 12)}.items():
         docs = docs[:24] if name == "text" else docs[:8]
-        ranking = await engine.rerank(query, docs)
+        ranking = await score_documents(engine, query, docs)
         ref = reference_logits(loaded.model, loaded.processor, DEFAULT_INSTRUCTION, query.parts,
                                [d.parts for d in docs], batch_size=1)
         fast = {s.index: s.score for s in ranking.scores}
@@ -129,7 +130,7 @@ async def exactness_fp32(tiny: str) -> dict:
         got = {}
         for varlen in (True, False):
             attention.use_varlen = varlen and out["varlen_used"]
-            ranking = await engine.rerank(query, docs)
+            ranking = await score_documents(engine, query, docs)
             got[varlen] = {s.index: s.score for s in ranking.scores}
         out[f"bf16_varlen_vs_padded_{name}"] = max(abs(got[True][i] - got[False][i]) for i in got[True])
     await engine.stop()

@@ -10,7 +10,9 @@ import zlib
 
 from PIL import Image
 
+from lychee_grpc.engine.api import EngineClient
 from lychee_grpc.engine.config import EngineConfig, ImageLimits, TextLimits
+from lychee_grpc.engine.stats import EngineStats
 from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
 
 
@@ -84,3 +86,9 @@ def engine_config(model: str, **overrides) -> EngineConfig:
     )
     base.update(overrides)
     return EngineConfig(**base)
+
+
+def stats_of(engine: EngineClient) -> EngineStats:
+    """The stats of an engine on one device (`stats()` gives one snapshot per device)."""
+    (stats,) = engine.stats()
+    return stats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..engine.api import Truncation
 from ..engine.errors import FieldViolation
 from ..engine.types import Document, ImagePart, Part, Query, TextPart, Timings, Usage
 from .bands import BandThresholds
@@ -27,7 +28,7 @@ __all__ = [
     "Usage",
 ]
 
-TRUNCATIONS = ("none", "end")
+TRUNCATIONS = tuple(t.value for t in Truncation)
 
 
 @dataclass(frozen=True)

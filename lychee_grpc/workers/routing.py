@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Hashable, Sequence
 from typing import TypeVar
 
+from ..engine.api import IndexedDocument
 from ..engine.types import Document, ImagePart, TextPart
 from ..engine.util.lru import LRU
 
@@ -23,7 +24,7 @@ AFFINITY_SLACK = 0.125  # how much busier than the least loaded worker an image'
 HOMES_REMEMBERED = 65536  # image keys whose last worker is remembered
 
 W = TypeVar("W", bound=Hashable)
-Item = tuple[int, Document]  # the request's index, the document
+Item = IndexedDocument
 
 
 def guess_tokens(doc: Document) -> int:

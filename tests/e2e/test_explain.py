@@ -94,9 +94,9 @@ class CountingJob:
     def __init__(self, job, added: list[int]):
         self._job, self.added = job, added
 
-    async def add_documents(self, documents) -> None:
+    async def add_documents(self, documents) -> list[int]:
         self.added.append(len(documents))
-        await self._job.add_documents(documents)
+        return await self._job.add_documents(documents)
 
     def __getattr__(self, name):
         return getattr(self._job, name)
@@ -108,10 +108,10 @@ class CountingEngine:
     def __init__(self, inner):
         self.inner, self.jobs = inner, []
 
-    async def open_job(self, query, instruction, deadline):
+    async def open_job(self, *args, **kwargs):
         added: list[int] = []
         self.jobs.append(added)
-        return CountingJob(await self.inner.open_job(query, instruction, deadline), added)
+        return CountingJob(await self.inner.open_job(*args, **kwargs), added)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

@@ -25,7 +25,7 @@ from lychee_grpc.engine.types import TextPart
 from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.proto import lychee_pb2_grpc as pb_grpc
 
-from ..helpers import engine_config, noise_image, png_declaring
+from ..helpers import engine_config, noise_image, png_declaring, stats_of
 
 TITLES = ["vintage wash blue jeans coat", "organic green tea", "denim jacket women", "running shoes", "grey sofa"]
 
@@ -205,10 +205,10 @@ def slow_batches(engine: Engine, seconds: float) -> None:
 async def test_cancelled_rpc_documents_are_not_scored(server, client):
     engine = server.engine
     slow_batches(engine, 0.05)  # 16 documents per batch: 150 documents take ~0.5 s
-    before = engine.stats().documents_scored
+    before = stats_of(engine).documents_scored
     call = client.stub.Rerank(make_request("denim", [f"title {i}" for i in range(150)]), timeout=30)
     for _ in range(1000):  # cancel once the documents are queued, however slow the machine
-        stats = engine.stats()
+        stats = stats_of(engine)
         if stats.queue_documents or stats.documents_scored > before:
             break
         await asyncio.sleep(0.01)
@@ -216,7 +216,7 @@ async def test_cancelled_rpc_documents_are_not_scored(server, client):
     with pytest.raises(asyncio.CancelledError):
         await call
     for _ in range(1000):  # the batch being scored ends, the rest are dropped
-        stats = engine.stats()
+        stats = stats_of(engine)
         if stats.queue_documents == 0 and sum(stats.documents_dropped.values()) > 0:
             break
         await asyncio.sleep(0.01)
@@ -226,12 +226,12 @@ async def test_cancelled_rpc_documents_are_not_scored(server, client):
 
 async def test_expired_deadline_returns_deadline_exceeded_without_running_the_model(server, client):
     engine = server.engine
-    before = engine.stats().documents_scored
+    before = stats_of(engine).documents_scored
     with pytest.raises(grpc.RpcError) as info:
         await client.stub.Rerank(make_request("denim", TITLES * 20), timeout=0.001)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await asyncio.sleep(0.3)
-    assert engine.stats().documents_scored == before
+    assert stats_of(engine).documents_scored == before
     ok = await client.rerank("denim", TITLES)  # the server carries on
     assert len(ok.results) == len(TITLES)
 
@@ -282,7 +282,7 @@ async def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_
         slow_batches(srv.engine, 0.05)
         client = AsyncLycheeClient(f"127.0.0.1:{srv.port}")
         in_flight = asyncio.create_task(client.rerank("denim", [f"title {i}" for i in range(100)]))
-        while srv.engine.stats().documents_scored == 0 or srv.lifecycle.in_flight == 0:
+        while stats_of(srv.engine).documents_scored == 0 or srv.lifecycle.in_flight == 0:
             await asyncio.sleep(0.01)
         stopping = asyncio.create_task(srv.stop())
         await asyncio.sleep(0.05)

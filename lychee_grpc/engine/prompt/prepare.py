@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers.image_utils import SizeDict
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+from ..api import Truncation
 from ..config import ImageLimits, TextLimits
 from ..errors import FieldViolation, InvalidInput
 from ..types import Document, ImagePart, Part, Query, TextPart
@@ -25,83 +25,8 @@ from ..util.lru import LRU
 from . import template
 from .images import ImageRejected, content_key, decode_pixels, jpeg_decoder_agrees
 from .positions import mrope_positions
-
-# Prefetch in about this many chunks per request, of at least this many images: the first chunk
-# reaches the GPU after a few ms of decoding, and the tower still runs on large batches.
-PREFETCH_CHUNKS = 4
-PREFETCH_MIN_IMAGES = 16
-
-
-def prefetch_chunk(images: int) -> int:
-    """Images per prefetch chunk for a call with `images` to decode: up to PREFETCH_CHUNKS equal
-    chunks of at least PREFETCH_MIN_IMAGES, so that no chunk is a small remainder (16, 16, 16, 2
-    for a worker's 50 images ran a whole tower pass, and its launches, for two)."""
-    chunks = max(1, min(PREFETCH_CHUNKS, images // PREFETCH_MIN_IMAGES))
-    return max(1, -(-images // chunks))
-
-
-@dataclass
-class Prefetch:
-    """Starts the vision tower on chunks of a request's decoded images (the engine runs them on
-    the GPU thread ahead of the request's batch) while its other images decode and its text is
-    tokenized. `budget` bounds the image tokens whose embeddings wait on the GPU for their batch."""
-
-    start: Callable[[list[EncodedImage]], None]
-    budget: int
-
-
-@dataclass
-class EncodedImage:
-    """One image ready for the vision tower. `picture` is None when the vision cache held its
-    output at preparation time; `decode()` gives it again if that output was evicted since."""
-
-    key: bytes
-    grid_thw: tuple[int, int, int]
-    tokens: int
-    pixel_values: torch.Tensor | None
-    decode: Callable[[], torch.Tensor]
-    embedding: torch.Tensor | None = None  # the tower's output, when computed ahead of the batch
-    # The decoded picture (uint8 [3, h, w], on the host) until its pixels are computed, in its
-    # batch or a prefetch chunk: a request's pixels never wait on the GPU all at once.
-    picture: torch.Tensor | None = None
-
-
-@dataclass
-class Segment:
-    """Tokens the model computes for one sequence, with their positions and images."""
-
-    ids: torch.Tensor  # [n] long
-    positions: torch.Tensor  # [3, n] long
-    images: list[EncodedImage]
-
-    def __len__(self) -> int:
-        return int(self.ids.numel())
-
-
-@dataclass
-class PreparedQuery:
-    instruction: str
-    prefix: Segment  # the shared tokens, computed once per request
-    prefix_ids: list[int]
-    query_pieces: list[template.Piece]  # one pad marker per image (expanded after tokenization)
-    images: list[EncodedImage]
-    prepare_ms: float = 0.0
-    # All tokens of the prefix text, when no BPE merge can cross from it into a document.
-    clean_boundary_ids: list[int] | None = None
-
-
-@dataclass
-class PreparedDocument:
-    index: int
-    id: str
-    segment: Segment  # after the shared prefix, or the whole prompt when uses_prefix is False
-    uses_prefix: bool
-    prompt_tokens: int
-    images: int
-    cached_images: int
-    truncated: bool = False  # the end of its text was cut to fit the token limit
-    # When truncated: the kept text of each of its text parts, in order ("" where all was cut).
-    kept_text: tuple[str, ...] | None = None
+from .prepared import EncodedImage, Prefetch, PreparedDocument, PreparedQuery, Segment, prefetch_chunk
+from .truncation import text_head, truncate
 
 
 def _clean_boundary(query: Query) -> bool:
@@ -144,19 +69,6 @@ def _max_chars_per_token(tokenizer) -> int:
     vocab = tokenizer.get_vocab()
     longest = max((len(token) for token in vocab), default=1)
     return 4 * max(longest, 1)
-
-
-def _text_head(doc: Document, chars: int) -> Document:
-    """`doc` with its text parts cut to `chars` characters in all (images kept in place)."""
-    parts: list[Part] = []
-    for part in doc.parts:
-        if isinstance(part, TextPart):
-            if chars <= 0 and parts:
-                continue  # an empty text part renders as nothing; a document keeps its first part
-            part = TextPart(part.text[: max(0, chars)])
-            chars -= len(part.text)
-        parts.append(part)
-    return Document(doc.id, tuple(parts))
 
 
 class Preprocessor:
@@ -412,19 +324,18 @@ class Preprocessor:
     # ---- documents ----------------------------------------------------------------------
     def prepare_documents(
         self, query: PreparedQuery, documents: Sequence[tuple[int, Document]], prefetch: Prefetch | None = None,
-        truncate: bool = False, max_tokens: int = 0,
+        truncation: Truncation = Truncation.NONE, max_tokens_per_document: int | None = None,
     ) -> list[PreparedDocument]:
         """Validates and encodes documents; raises InvalidInput naming every bad field. With
         `prefetch`, chunks of new images are handed to it as soon as they are decoded. A document
-        over `max_tokens` (0 or more than the server's limit: the server's) is refused, or with
-        `truncate` has the end of its text cut to fit (images are never cut)."""
-        limit = self.text_limits.max_tokens_per_document
-        if 0 < max_tokens < limit:
-            limit = max_tokens
-        if truncate:
+        over `max_tokens_per_document` (None: the configured limit) is refused, or with `Truncation.END`
+        has the end of its text cut to fit (images are never cut)."""
+        limit = max_tokens_per_document or self.text_limits.max_tokens_per_document
+        cut_ends = truncation is Truncation.END
+        if cut_ends:
             # Text past this many characters is certainly past the limit: cut it before tokenizing
             # (a huge title costs no memory), where without truncation it would be refused.
-            documents = [(index, _text_head(doc, limit * self._chars_per_token)) for index, doc in documents]
+            documents = [(index, text_head(doc, limit * self._chars_per_token)) for index, doc in documents]
         violations: list[FieldViolation] = []
         pending: list[EncodedImage] = []
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
@@ -462,8 +373,11 @@ class Preprocessor:
         for (index, doc, images, cached), ids in zip(encoded, all_ids):
             doc_tokens = ids.size - shared
             truncated = False
-            if doc_tokens > limit and truncate:
-                cut = self._truncate(query, doc, images, limit, doc_tokens)
+            if doc_tokens > limit and cut_ends:
+                def prompt_ids(parts: Sequence[Part], images: list[EncodedImage] = images) -> np.ndarray:
+                    return self._document_ids(query, parts, images)
+
+                cut = truncate(self.tokenizer, doc, prompt_ids, shared, limit, doc_tokens)
                 if cut is None:
                     violations.append(FieldViolation(
                         f"documents[{index}]",
@@ -505,7 +419,6 @@ class Preprocessor:
             raise InvalidInput(violations)
         return out
 
-    # ---- truncation ---------------------------------------------------------------------
     def _document_ids(self, query: PreparedQuery, parts: Sequence[Part], images: list[EncodedImage]) -> np.ndarray:
         """The whole prompt's ids for one document, tokenized as `prepare_documents` does."""
         suffix = template.suffix_pieces(template.parts_pieces(parts))
@@ -514,45 +427,3 @@ class Preprocessor:
             return np.concatenate((prefix, self._expand_pads(self._encode([suffix])[0], images)))
         prefix_pieces = template.prefix_pieces(query.instruction, query.query_pieces)
         return self._expand_pads(self._encode([prefix_pieces + suffix])[0], query.images + images)
-
-    def _cut_text(self, parts: list[Part], excess: int) -> list[Part] | None:
-        """`parts` with about `excess` tokens cut from the end of their text (at a token boundary);
-        images are kept, and so is each part's place (an emptied text part renders as nothing).
-        None when the text runs out first."""
-        out = list(parts)
-        for i in range(len(out) - 1, -1, -1):
-            part = out[i]
-            if excess <= 0:
-                break
-            if not isinstance(part, TextPart) or not part.text:
-                continue
-            offsets = self.tokenizer(part.text, add_special_tokens=False, return_offsets_mapping=True,
-                                     split_special_tokens=True)["offset_mapping"]
-            if len(offsets) <= excess:
-                excess -= len(offsets)
-                out[i] = TextPart("")
-                continue
-            kept = part.text[: offsets[len(offsets) - excess][0]]
-            excess = 0
-            out[i] = TextPart(kept if kept.strip() else "")
-        if excess > 0 or not any(isinstance(p, ImagePart) or p.text for p in out):
-            return None
-        return out
-
-    def _truncate(
-        self, query: PreparedQuery, doc: Document, images: list[EncodedImage], limit: int, tokens: int
-    ) -> tuple[Document, np.ndarray] | None:
-        """The document with the end of its text cut so that it fits `limit` tokens, and its ids:
-        a plain document of the kept text, so its score is that document's score. Tokens can merge
-        differently across the new end, so the cut is checked and repeated if need be."""
-        shared = len(query.prefix_ids)
-        parts: list[Part] | None = list(doc.parts)
-        for _ in range(8):
-            parts = self._cut_text(parts, tokens - limit)
-            if parts is None:
-                return None
-            ids = self._document_ids(query, parts, images)
-            tokens = ids.size - shared
-            if tokens <= limit:
-                return Document(doc.id, tuple(parts)), ids
-        return None

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from lychee_grpc.engine.prompt.prepare import prefetch_chunk
+from lychee_grpc.engine.api import score_documents
+from lychee_grpc.engine.prompt.prepared import prefetch_chunk
 from lychee_grpc.engine.types import Document, ImagePart, TextPart
 
 from ...helpers import noise_image, text_query
@@ -24,7 +25,7 @@ def by_index(ranking) -> list[float]:
 
 async def _scores(engine, docs) -> list[float]:
     engine.executor.vision_cache.clear()  # every image is new to the tower
-    return by_index(await engine.rerank(text_query("red shoes"), docs))
+    return by_index(await score_documents(engine, text_query("red shoes"), docs))
 
 
 def _spy(engine) -> tuple[list[int], list[int]]:
@@ -156,6 +157,6 @@ async def test_image_evicted_between_preparation_and_batch_is_decoded_again(make
         return prepared
 
     engine.preprocessor.prepare_documents = prepare_then_evict
-    got = by_index(await engine.rerank(text_query("red shoes"), docs))
+    got = by_index(await score_documents(engine, text_query("red shoes"), docs))
     assert len(evicted) == 6
     assert got == pytest.approx(expected, abs=1e-6)
