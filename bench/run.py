@@ -276,22 +276,18 @@ def main() -> int:
     print(f"GPU {results['gpu']}, bf16 matmul {results['matmul_tflops']} TFLOP/s, {results['date']}\n")
     print(table(results))
     print(json.dumps(results, indent=1))
-    append_to_results(results, ROOT / "bench" / "RESULTS.md")
+    append_to_history(results, ROOT / "bench" / "results" / "history.md")
     return 0
 
 
-def append_to_results(results: dict, path: Path) -> None:
-    """Appends the date, the exact command and the table to bench/RESULTS.md's run log."""
+def append_to_history(results: dict, path: Path) -> None:
+    """Appends the date, the exact command and the table to the run log (bench/results/history.md);
+    RESULTS.md keeps what the runs found."""
     command = shlex.join(["python3", "-m", "bench.run", *sys.argv[1:]])
     entry = (f"\n### {results['date']}, {results['gpu']}, bf16 matmul {results['matmul_tflops']} TFLOP/s, "
              f"RANDOM weights\n\n    {command}\n\n{table(results)}\n")
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if RUN_LOG not in text:
-        text += f"\n{RUN_LOG}\n\nEach `bench/run.py` run appends its date, command and table here.\n"
+    text = path.read_text() if path.exists() else "# Run log\n"
     path.write_text(text + entry)
-
-
-RUN_LOG = "## Run log (appended by bench/run.py)"
 
 
 if __name__ == "__main__":
