@@ -24,7 +24,8 @@ from .routes import api, probes
 from .status import MALFORMED, STATUS, ErrorKind, ErrorReply, reply_for
 
 if TYPE_CHECKING:
-    from ..rpc.interceptors import Authenticator, RequestObserver
+    from ..observability.requests import RequestObserver
+    from ..security import Authenticator
 
 CONSOLE = Path(__file__).resolve().parent / "console"
 

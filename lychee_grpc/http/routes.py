@@ -13,10 +13,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..lifecycle import Lifecycle, State
+from ..observability.requests import note_served
 from ..service import Service
 from ..service import context as request_context
 from ..service.errors import Cancelled, DeadlineExpired, FieldViolation, InvalidInput
-from ..service.types import ExplainOptions, ModelInfo, RerankOptions
+from ..service.types import ExplainOptions, ModelInfo, RerankOptions, RerankOutcome
 from . import convert
 from .schemas import (
     ApiRerankRequest,
@@ -84,9 +85,12 @@ async def _guarded(
         done, _ = await asyncio.wait({task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             try:
-                return task.result()
+                result = task.result()
             except InvalidInput as exc:
                 raise rename(exc) from exc
+            if isinstance(result, RerankOutcome):  # what the access log, metrics and trace report
+                note_served(result.served)
+            return result
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         if watcher in done:

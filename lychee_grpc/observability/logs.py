@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from ..service import context as request_context
+from .requests import RequestRecord
 
 FORMATS = ("text", "json")
 ACCESS_LOGGER = "lychee_grpc.access"
@@ -84,8 +85,8 @@ class AccessLog:
         self.log = logger or logging.getLogger(ACCESS_LOGGER)
 
     def request_done(self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str,
-                     record: request_context.RequestRecord | None = None) -> None:
-        record = record or request_context.RequestRecord()
+                     record: RequestRecord | None = None) -> None:
+        record = record or RequestRecord()
         fields = {
             "transport": transport,
             "method": method,

@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from ..service import context as request_context
+from .requests import RequestRecord
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class TracingObserver:
         self._propagator = TraceContextTextMapPropagator()
 
     def request_done(self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str,
-                     record: request_context.RequestRecord | None = None) -> None:
+                     record: RequestRecord | None = None) -> None:
         # perf_counter times (the engine's clock) -> epoch nanoseconds.
         offset_ns = time.time_ns() - time.perf_counter_ns()
         end_ns = time.time_ns()

@@ -7,11 +7,12 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
 
 import grpc
 from grpc_status import rpc_status
 
+from ..observability.requests import RequestObserver, RequestRecord, current_record
+from ..security import Authenticator
 from ..service import context as request_context
 from ..service.errors import ErrorKind, FieldViolation, InvalidInput, Unauthenticated, kind_of
 from .status import CODES, to_status
@@ -31,20 +32,6 @@ def needs_token(method: str, authenticate_reflection: bool = False) -> bool:
     if method.startswith(REFLECTION_PREFIX):
         return authenticate_reflection
     return True
-
-
-class RequestObserver(Protocol):
-    def request_done(
-        self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str,
-        record: request_context.RequestRecord | None = None,
-    ) -> None:
-        """Once per call, when it ends; `record` holds what the call carried (documents, tokens,
-        images, the engine's timings) and the caller's trace context."""
-
-
-class Authenticator(Protocol):
-    def check(self, authorization: str | None) -> None:
-        """Raises Unauthenticated unless the header carries a valid bearer token."""
 
 
 class _Junk:
@@ -104,7 +91,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             # health and (unless configured) reflection: untouched; anything else: the token only
             if self.authenticator is None or not needs_token(details.method, self.authenticate_reflection):
                 return handler
-            return _guarded(handler, self.authenticator)
+            return _behind_token_check(handler, self.authenticator)
         method = details.method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -125,8 +112,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         rid = request_context.new_request_id(metadata.get("x-request-id"))
         request_context.request_id.set(rid)
-        request_context.request_record.set(request_context.RequestRecord(
-            traceparent=metadata.get("traceparent", ""), tracestate=metadata.get("tracestate", "")))
+        current_record.set(RequestRecord(traceparent=metadata.get("traceparent", ""),
+                                         tracestate=metadata.get("tracestate", "")))
         await context.send_initial_metadata((("x-request-id", rid),))
         if self.authenticator is not None:
             self.authenticator.check(metadata.get("authorization"))
@@ -143,7 +130,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def _done(self, method: str, code: str, started: float, rid: str, peer: str) -> None:
         seconds = time.perf_counter() - started
-        record = request_context.request_record.get()
+        record = current_record.get()
         for observer in self.observers:
             try:
                 observer.request_done("grpc", method, code, seconds, rid, peer, record)
@@ -200,7 +187,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return call
 
 
-def _guarded(handler: grpc.RpcMethodHandler, authenticator: Authenticator) -> grpc.RpcMethodHandler:
+def _behind_token_check(handler: grpc.RpcMethodHandler, authenticator: Authenticator) -> grpc.RpcMethodHandler:
     """`handler` behind the token check alone (no request id, no error mapping: not our service)."""
 
     async def refuse_unless_authorized(context: grpc.aio.ServicerContext) -> None:

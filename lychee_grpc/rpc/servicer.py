@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
+from ..observability.requests import note_served
 from ..proto import lychee_pb2 as pb
 from ..proto import lychee_pb2_grpc as pb_grpc
 from ..service import Service
@@ -31,6 +32,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         query = convert.query_from_proto(request.query)
         documents = convert.documents_from_proto(request.documents)
         outcome = await self.service.rerank(query, documents, options)
+        note_served(outcome.served)
         return convert.rerank_response(outcome, request.documents if request.return_documents else None)
 
     async def RerankStream(
@@ -62,6 +64,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
                 document = sent[event.index] if options.return_documents else None
                 yield pb.RerankStreamResponse(scored=convert.result(event, document))
             else:
+                note_served(event.served)
                 yield pb.RerankStreamResponse(
                     ranking=convert.rerank_response(event, sent if options.return_documents else None)
                 )

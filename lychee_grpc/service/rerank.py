@@ -14,7 +14,6 @@ from ..engine.api import EngineClient, JobHandle, Truncation
 from ..engine.errors import FieldViolation, InvalidInput, NotReady, TooLarge
 from ..engine.types import Document, Query, RequestStats, Score
 from ..lifecycle import Lifecycle
-from . import context
 from .admission import Admission
 from .config import ServiceConfig
 from .explain import explain as explain_pair
@@ -27,6 +26,7 @@ from .types import (
     RankedResult,
     RerankOptions,
     RerankOutcome,
+    Served,
 )
 
 log = logging.getLogger(__name__)
@@ -107,20 +107,17 @@ class Service:
             options.deadline,
         )
 
-    def _finished(self, method: str, scores: list[Score], stats: RequestStats) -> None:
-        truncated = sum(1 for s in scores if s.truncated)
-        record = context.request_record.get()
-        if record is not None:
-            record.documents, record.truncated, record.stats = len(scores), truncated, stats
-            record.tokens, record.images = stats.usage.prompt_tokens, stats.usage.images
+    def _finished(self, method: str, scores: list[Score], stats: RequestStats) -> Served:
+        served = Served(len(scores), sum(1 for s in scores if s.truncated), stats)
         for observer in self.observers:
             try:
-                observer.request_finished(method, len(scores), stats, truncated)
+                observer.request_finished(method, served.documents, stats, served.truncated)
             except Exception:  # an observer never breaks a request
                 log.exception("service observer failed")
+        return served
 
     def _outcome(
-        self, scores: list[Score], stats: RequestStats, options: RerankOptions, started: float
+        self, scores: list[Score], stats: RequestStats, options: RerankOptions, started: float, served: Served
     ) -> RerankOutcome:
         ranked = best_first(scores)
         dropped = 0
@@ -136,9 +133,10 @@ class Service:
             usage=stats.usage,
             timings=stats.timings,
             model=self.engine.info().model,
-            truncated_documents=sum(1 for s in scores if s.truncated),
+            truncated_documents=served.truncated,
             dropped_documents=dropped,
             request_id=options.request_id,
+            served=served,
         )
 
     # ---- verbs --------------------------------------------------------------------------
@@ -157,8 +155,8 @@ class Service:
             except BaseException:
                 job.cancel()
                 raise
-            self._finished("Rerank", scores, job.stats)
-            return self._outcome(scores, job.stats, options, started)
+            served = self._finished("Rerank", scores, job.stats)
+            return self._outcome(scores, job.stats, options, started, served)
 
     async def rerank_stream(
         self,
@@ -202,8 +200,8 @@ class Service:
                 if not reader.done():
                     reader.cancel()
                 job.cancel()
-            self._finished("RerankStream", scores, job.stats)
-            yield self._outcome(scores, job.stats, options, started)
+            served = self._finished("RerankStream", scores, job.stats)
+            yield self._outcome(scores, job.stats, options, started, served)
 
     async def explain(self, query: Query, document: Document, options: ExplainOptions) -> ExplainOutcome:
         """The pair's score and each fragment's attribution, measured by occlusion (explain.py)."""
@@ -213,7 +211,7 @@ class Service:
     def model_info(self) -> ModelInfo:
         self.lifecycle.check()
         info = self.engine.info()
-        c = self.config
+        config = self.config
         return ModelInfo(
             model=info.model,
             dtype=info.dtype,
@@ -221,14 +219,14 @@ class Service:
             devices=info.devices,
             limits=Limits(
                 **asdict(info.limits),
-                max_concurrent_requests=c.max_concurrent_requests,
-                max_queue_tokens=c.max_queue_tokens,
-                default_truncation=c.default_truncation,
-                max_explain_fragments=c.max_explain_fragments,
-                explain_grid_size=c.explain_grid_size,
+                max_concurrent_requests=config.max_concurrent_requests,
+                max_queue_tokens=config.max_queue_tokens,
+                default_truncation=config.default_truncation,
+                max_explain_fragments=config.max_explain_fragments,
+                explain_grid_size=config.explain_grid_size,
             ),
             default_instruction=info.default_instruction,
-            bands=c.bands,
+            bands=config.bands,
             random_weights=info.random_weights,
             parameters=info.parameters,
             image_cache_bytes=info.image_cache.bytes,
