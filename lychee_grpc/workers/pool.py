@@ -47,11 +47,11 @@ def parse_devices(spec: str) -> list[str]:
         if count == 0:
             raise ModelLoadError("--devices all: no CUDA device is visible")
         return [f"cuda:{i}" for i in range(count)]
-    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    devices = [device.strip() for device in spec.split(",") if device.strip()]
     for device in devices:
         if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise ModelLoadError(f"--devices: {device!r} is not cpu or cuda:N")
-    cuda = [d for d in devices if d != "cpu"]
+    cuda = [device for device in devices if device != "cpu"]
     if len(set(cuda)) != len(cuda):
         raise ModelLoadError("--devices: a GPU is listed twice (one worker per GPU)")
     return devices

@@ -154,7 +154,7 @@ class PoolJob(JobHandle):
 
     async def results(self) -> AsyncIterator[Score]:
         while True:
-            if self.closed and all(s.done for s in self.shares.values()) and self._events.empty():
+            if self.closed and all(share.done for share in self.shares.values()) and self._events.empty():
                 self.pool.forget(self)
                 return
             event = await self._events.get()
@@ -172,7 +172,8 @@ def _add_usage(total: Usage, part: Usage) -> None:
     total.cached_images += part.cached_images
 
 
-def _violation_order(v: FieldViolation) -> tuple[int, int, str]:
-    if v.field.startswith("documents["):
-        return (1, int(v.field[len("documents["): v.field.index("]")]), v.field)
-    return (0, 0, v.field)
+def _violation_order(violation: FieldViolation) -> tuple[int, int, str]:
+    path = violation.field
+    if path.startswith("documents["):
+        return (1, int(path[len("documents["): path.index("]")]), path)
+    return (0, 0, path)

@@ -29,7 +29,7 @@ Item = IndexedDocument
 
 def guess_tokens(doc: Document) -> int:
     """A document's tokens before its worker has tokenized it (the worker's count replaces it)."""
-    return sum(len(p.text) // 3 + 1 if isinstance(p, TextPart) else IMAGE_TOKENS_GUESS for p in doc.parts)
+    return sum(len(part.text) // 3 + 1 if isinstance(part, TextPart) else IMAGE_TOKENS_GUESS for part in doc.parts)
 
 
 def image_key(doc: Document) -> bytes | None:
@@ -58,7 +58,7 @@ class Router:
         request's order."""
         if not loads:
             raise ValueError("no worker to assign to")
-        ranked = sorted(loads, key=lambda w: loads[w])
+        ranked = sorted(loads, key=lambda worker: loads[worker])
         shares = max(1, min(len(ranked), len(items) // self.split_min_documents))
         candidates = ranked[:shares]
         groups: dict[Hashable, list[Item]] = {}
@@ -72,12 +72,13 @@ class Router:
             placed = dict.fromkeys(groups, candidates[0])
             out: dict[W, list[Item]] = {candidates[0]: []}
         else:
-            placed = self._spread(groups, keys, {w: loads[w] for w in candidates})
+            placed = self._spread(groups, keys, {worker: loads[worker] for worker in candidates})
             out = {}
-        for group, w in placed.items():
-            out.setdefault(w, []).extend(groups[group])
-            if keys[group] is not None:
-                self._homes.put(keys[group], w)
+        for group, worker in placed.items():
+            out.setdefault(worker, []).extend(groups[group])
+            key = keys[group]
+            if key is not None:
+                self._homes.put(key, worker)
         for chosen in out.values():
             chosen.sort(key=lambda item: item[0])
         return out
@@ -90,7 +91,7 @@ class Router:
         slack = AFFINITY_SLACK * sum(sizes.values()) / len(now)
         placed: dict[Hashable, W] = {}
         for group in sorted(groups, key=lambda g: -sizes[g]):
-            target = min(now, key=lambda w: now[w])
+            target = min(now, key=lambda worker: now[worker])
             key = keys[group]
             home = self._homes.get(key) if key is not None else None
             if home is not None and home in now and now[home] <= now[target] + slack:
