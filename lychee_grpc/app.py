@@ -171,10 +171,11 @@ class App:
             self.tracing.shutdown()
 
 
-async def run(config: AppConfig) -> int:
-    """Runs until SIGTERM/SIGINT; returns the process exit code (non-zero when serving failed)."""
+async def run(config: AppConfig, engine_factory: Callable[[EngineConfig], Engine] = Engine.load) -> int:
+    """Runs until SIGTERM/SIGINT; returns the process exit code (non-zero when serving failed).
+    `engine_factory` builds the in-process engine (tests/fault_server.py injects a fault through it)."""
     memory.configure_malloc(ARENAS, MMAP_THRESHOLD)
-    app = App(config)
+    app = App(config, engine_factory=engine_factory)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

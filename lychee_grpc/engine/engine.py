@@ -19,7 +19,7 @@ from PIL import Image
 from .api import EngineClient, EngineInfo, EngineLimits, ImageCacheInfo, IndexedDocument, Truncation, score_documents
 from .config import EngineConfig
 from .errors import DeadlineExpired, NotReady
-from .faults import FaultHook
+from .faults import FaultHook, NoFaults
 from .job import Job
 from .lm.executor import Executor
 from .model.loader import LoadedModel, load_model
@@ -35,19 +35,17 @@ log = logging.getLogger(__name__)
 
 class Engine(EngineClient):
     """One model on one device. `observer` hears what the engine does (batches, drops, cache
-    hits), for a metrics exporter; `stats()` gives a snapshot of the same counters. `faults` is
-    the one fault-injection hook (faults.py), for tests; None in a server."""
+    hits), for a metrics exporter; `stats()` gives a snapshot of the same counters."""
 
     def __init__(
         self,
         config: EngineConfig,
         loaded: LoadedModel,
         observer: StatsObserver | None = None,
-        faults: FaultHook | None = None,
     ):
         self.config = config
         self.loaded = loaded
-        self.faults = faults
+        self._faults: FaultHook = NoFaults()
         self._recorder = StatsRecorder(observer)
         cuda = loaded.device.type == "cuda"
         image_processor = loaded.processor.image_processor
@@ -90,6 +88,13 @@ class Engine(EngineClient):
     def ready(self) -> bool:
         return self._ready
 
+    def inject_faults(self, hook: FaultHook) -> None:
+        """The one fault-injection hook (faults.py), for tests: from now on the scheduler calls
+        `hook` where faults can strike. A server never calls this."""
+        self._faults = hook
+        if self.scheduler is not None:
+            self.scheduler.faults = hook
+
     def observe(self, observer: StatsObserver) -> None:
         """Sends what the engine does to `observer` too (a metrics exporter attached once loaded)."""
         self._recorder.observer = observer
@@ -112,7 +117,7 @@ class Engine(EngineClient):
             max_queue_documents=self.config.max_queue_documents,
             recorder=self._recorder,
             max_queue_tokens=self.config.max_queue_tokens,
-            faults=self.faults,
+            faults=self._faults,
         )
         self.scheduler.start()
         if self.config.warmup:

@@ -1,5 +1,5 @@
 """The one fault-injection hook: how tests make the engine slow, run out of GPU memory or die,
-through a seam instead of by replacing its methods. `Engine(..., faults=hook)` hands it to the
+through a seam instead of by replacing its methods. `Engine.inject_faults(hook)` hands it to the
 scheduler, which calls it at the two places a fault can strike; a server never sets one.
 
 - `batch_formed(documents)`: on the event loop, in the scheduler's loop, once a batch is taken

@@ -6,14 +6,11 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-import time
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from lychee_grpc.app import App
 from lychee_grpc.client import AsyncLycheeClient, image, make_request, text
@@ -25,20 +22,15 @@ from lychee_grpc.engine.types import TextPart
 from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.proto import lychee_pb2_grpc as pb_grpc
 
-from ..helpers import engine_config, noise_image, png_declaring, stats_of
-
-TITLES = ["vintage wash blue jeans coat", "organic green tea", "denim jacket women", "running shoes", "grey sofa"]
-
-
-def violations(err: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no google.rpc.Status details"
-    out = []
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            out += [v.field for v in bad.field_violations]
-    return out
+from ..helpers import (
+    TITLES,
+    engine_config,
+    noise_image,
+    png_declaring,
+    slow_batches,
+    stats_of,
+    violated_fields,
+)
 
 
 async def test_rerank_returns_every_document_best_first(client, loaded):
@@ -158,7 +150,7 @@ async def test_invalid_requests_name_the_field(client, name):
     with pytest.raises(grpc.RpcError) as info:
         await client.stub.Rerank(request, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field in violations(info.value), info.value.details()
+    assert field in violated_fields(info.value), info.value.details()
 
 
 async def test_invalid_stream_document_fails_the_stream_naming_its_index(client):
@@ -166,7 +158,7 @@ async def test_invalid_stream_document_fails_the_stream_naming_its_index(client)
         async for _ in client.rerank_stream("denim", [["ok", "fine"], ["good", ""]]):
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "documents[3].parts[0].text" in violations(info.value)
+    assert "documents[3].parts[0].text" in violated_fields(info.value)
 
 
 async def test_stream_without_options_is_invalid(client):
@@ -177,7 +169,7 @@ async def test_stream_without_options_is_invalid(client):
         async for _ in client.stub.RerankStream(requests(), timeout=10):
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "options" in violations(info.value)
+    assert "options" in violated_fields(info.value)
 
 
 async def test_corrupt_image_leaves_concurrent_requests_unharmed(client):
@@ -189,17 +181,7 @@ async def test_corrupt_image_leaves_concurrent_requests_unharmed(client):
         assert [x.score for x in r.results] == pytest.approx([x.score for x in solo.results], abs=1e-6)
     assert isinstance(results[3], grpc.RpcError)
     assert results[3].code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "documents[1].parts[0].image" in violations(results[3])
-
-
-def slow_batches(engine: Engine, seconds: float) -> None:
-    run = engine.executor.run
-
-    def slow(*args, **kwargs):
-        time.sleep(seconds)
-        return run(*args, **kwargs)
-
-    engine.executor.run = slow
+    assert "documents[1].parts[0].image" in violated_fields(results[3])
 
 
 async def test_cancelled_rpc_documents_are_not_scored(server, client):
@@ -388,7 +370,7 @@ async def test_stream_with_options_and_no_documents_is_invalid_like_unary(client
         async for _ in client.rerank_stream("denim", []):
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "documents" in violations(info.value)
+    assert "documents" in violated_fields(info.value)
 
 
 async def test_min_score_and_top_n_apply_over_grpc(client):

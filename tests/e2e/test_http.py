@@ -19,9 +19,7 @@ from lychee_grpc.http.server import HttpServer
 from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.service.errors import Unauthenticated
 
-from ..helpers import engine_config, noise_image, stats_of
-
-TITLES = ["vintage wash blue jeans coat", "organic green tea", "denim jacket women", "running shoes", "grey sofa"]
+from ..helpers import TITLES, engine_config, noise_image, stats_of
 
 
 def f32(x: float) -> float:

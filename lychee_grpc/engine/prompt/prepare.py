@@ -29,7 +29,7 @@ from .prepared import EncodedImage, Prefetch, PreparedDocument, PreparedQuery, S
 from .truncation import text_head, truncate
 
 
-def _clean_boundary(query: Query) -> bool:
+def clean_boundary(query: Query) -> bool:
     """Whether the prompt's pre-tokenization always splits between the query and the document.
 
     The document part starts with a newline. After a letter or a digit (or after an image's
@@ -88,7 +88,7 @@ class Preprocessor:
         decode_threads: int = 4,
     ):
         self.tokenizer = processor.tokenizer
-        self._plain_text = _plain_text_encoder(self.tokenizer)
+        self.plain_text = _plain_text_encoder(self.tokenizer)
         self._chars_per_token = _max_chars_per_token(self.tokenizer)
         self._marker_ids: dict[str, int] = {}
         self.image_processor = processor.image_processor
@@ -196,7 +196,7 @@ class Preprocessor:
         prefetch.start(pending[:])
         pending.clear()
 
-    def _too_long(self, text: str, max_tokens: int) -> bool:
+    def certainly_over(self, text: str, max_tokens: int) -> bool:
         """Whether `text` is certainly over `max_tokens`, judged from its length alone: a huge text
         is refused before the tokenizer allocates for all of it (a 24 MB title took ~2 GB)."""
         return len(text) > max_tokens * self._chars_per_token
@@ -214,7 +214,7 @@ class Preprocessor:
             if isinstance(part, TextPart):
                 if not part.text.strip():
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
-                elif self._too_long(part.text, max_tokens):
+                elif self.certainly_over(part.text, max_tokens):
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", f"text is {len(part.text)} "
                                                      f"characters, certainly over the limit of {max_tokens} tokens"))
             elif isinstance(part, ImagePart):
@@ -242,8 +242,8 @@ class Preprocessor:
         pending: list[EncodedImage] = []
         images, _ = self._encode_parts(query.parts, "query", violations, pending,
                                        self._decode_all([query.parts])[0], self.text_limits.max_query_tokens)
-        if instruction and (self._too_long(instruction, self.text_limits.max_instruction_tokens) or len(
-                self._plain_text([instruction])[0]) > self.text_limits.max_instruction_tokens):
+        if instruction and (self.certainly_over(instruction, self.text_limits.max_instruction_tokens) or len(
+                self.plain_text([instruction])[0]) > self.text_limits.max_instruction_tokens):
             violations.append(
                 FieldViolation(
                     "instruction", f"over {self.text_limits.max_instruction_tokens} tokens"
@@ -253,7 +253,7 @@ class Preprocessor:
             raise InvalidInput(violations)
         self.fill_pixels(pending)
         query_pieces = template.parts_pieces(query.parts)  # one pad per image, expanded after tokenization
-        prefix_ids = self._expand_pads(self._encode([template.prefix_pieces(instruction, query_pieces)])[0],
+        prefix_ids = self._expand_pads(self.encode_pieces([template.prefix_pieces(instruction, query_pieces)])[0],
                                        images).tolist()
         query_tokens = len(prefix_ids) - self._prefix_overhead(instruction)
         if query_tokens > self.text_limits.max_query_tokens:
@@ -274,24 +274,24 @@ class Preprocessor:
             query_pieces=query_pieces,
             images=images,
             prepare_ms=(time.perf_counter() - start) * 1e3,
-            clean_boundary_ids=prefix_ids if _clean_boundary(query) else None,
+            clean_boundary_ids=prefix_ids if clean_boundary(query) else None,
         )
 
     def _prefix_overhead(self, instruction: str) -> int:
         # Template tokens around the query; depends only on the instruction.
         overhead = self._overheads.get(instruction)
         if overhead is None:
-            overhead = len(self._encode([template.prefix_pieces(instruction, [])])[0])
+            overhead = len(self.encode_pieces([template.prefix_pieces(instruction, [])])[0])
             if len(self._overheads) < 1024:  # instructions are few; don't grow without bound
                 self._overheads[instruction] = overhead
         return overhead
 
-    def _encode(self, sequences: Sequence[Sequence[template.Piece]]) -> list[list[int]]:
+    def encode_pieces(self, sequences: Sequence[Sequence[template.Piece]]) -> list[list[int]]:
         """Token ids of prompts given as pieces: markers become their special token, every text
         run is tokenized as plain text (all runs of all sequences in one tokenizer call)."""
         shaped = [template.runs(pieces) for pieces in sequences]
         texts = [piece for pieces in shaped for piece in pieces if isinstance(piece, str)]
-        encoded = iter(self._plain_text(texts))
+        encoded = iter(self.plain_text(texts))
         out: list[list[int]] = []
         for pieces in shaped:
             ids: list[int] = []
@@ -359,13 +359,13 @@ class Preprocessor:
             prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
             all_ids = [
                 np.concatenate((prefix, self._expand_pads(ids, images)))
-                for ids, (_, _, images, _) in zip(self._encode(suffixes), encoded)
+                for ids, (_, _, images, _) in zip(self.encode_pieces(suffixes), encoded)
             ]
         else:
             prefix_pieces = template.prefix_pieces(query.instruction, query.query_pieces)
             all_ids = [
                 self._expand_pads(ids, query.images + images)
-                for ids, (_, _, images, _) in zip(self._encode([prefix_pieces + x for x in suffixes]), encoded)
+                for ids, (_, _, images, _) in zip(self.encode_pieces([prefix_pieces + x for x in suffixes]), encoded)
             ]
         shared = len(query.prefix_ids)
         prefix_ids = np.asarray(query.prefix_ids, dtype=np.int64)
@@ -424,6 +424,6 @@ class Preprocessor:
         suffix = template.suffix_pieces(template.parts_pieces(parts))
         if query.clean_boundary_ids is not None:
             prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
-            return np.concatenate((prefix, self._expand_pads(self._encode([suffix])[0], images)))
+            return np.concatenate((prefix, self._expand_pads(self.encode_pieces([suffix])[0], images)))
         prefix_pieces = template.prefix_pieces(query.instruction, query.query_pieces)
-        return self._expand_pads(self._encode([prefix_pieces + suffix])[0], query.images + images)
+        return self._expand_pads(self.encode_pieces([prefix_pieces + suffix])[0], query.images + images)

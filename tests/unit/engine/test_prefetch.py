@@ -29,31 +29,23 @@ async def _scores(engine, docs) -> list[float]:
 
 
 def _spy(engine) -> tuple[list[int], list[int]]:
-    """Records the chunk sizes handed to the prefetch and the images per tower call."""
+    """Records the chunk sizes computed ahead of their batch and the images per tower call."""
     chunks: list[int] = []
     tower_calls: list[int] = []
-    make = engine._prefetch
-
-    def prefetch(job):
-        plan = make(job)
-        if plan is not None:
-            start = plan.start
-            plan.start = lambda pending: (chunks.append(len(pending)), start(pending))
-        return plan
-
-    engine._prefetch = prefetch
+    embed_ahead = engine.embed_ahead
+    engine.embed_ahead = lambda pending, job: (chunks.append(len(pending)), embed_ahead(pending, job))[1]
     tower = engine.executor.tower
     engine.executor.tower = lambda pixels, grids: (tower_calls.append(len(grids)), tower(pixels, grids))[1]
     return chunks, tower_calls
 
 
 async def _in_batch_scores(engine, docs) -> list[float]:
-    make = engine._prefetch
-    engine._prefetch = lambda job: None
+    budget = engine.config.prefetch_image_tokens
+    engine.config.prefetch_image_tokens = 0  # prefetching off: the tower runs inside the batch
     try:
         return await _scores(engine, docs)
     finally:
-        engine._prefetch = make
+        engine.config.prefetch_image_tokens = budget
 
 
 async def test_prefetched_embeddings_give_the_in_batch_scores(make_engine):

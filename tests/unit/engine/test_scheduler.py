@@ -4,34 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import weakref
 
 import pytest
-import torch
 
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.errors import InvalidInput, Overloaded, TooLarge
 from lychee_grpc.engine.job import Job
 from lychee_grpc.engine.types import Document, ImagePart
 
-from ...helpers import noise_image, stats_of, text_docs, text_query
+from ...helpers import OutOfMemoryAbove, noise_image, stats_of, text_docs, text_query
 
 
-async def test_jobs_and_prefixes_are_released_over_thousands_of_requests(make_engine, monkeypatch):
+async def test_jobs_and_prefixes_are_released_over_thousands_of_requests(make_engine):
     engine = await make_engine(max_wait_ms=0)
-    alive: weakref.WeakSet[Job] = weakref.WeakSet()
-    original_init = Job.__init__
-
-    def tracking_init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        alive.add(self)
-
-    monkeypatch.setattr(Job, "__init__", tracking_init)
     docs = text_docs("blue jeans", "green tea")
     for round_ in range(20):
         await asyncio.gather(*(score_documents(engine, text_query(f"query {round_} {k}"), docs) for k in range(100)))
     await asyncio.sleep(0.2)  # the worker finishes handing back its last batch
     gc.collect()
+    alive = [o for o in gc.get_objects() if type(o) is Job and getattr(o.intake, "__self__", None) is engine]
     assert len(alive) == 0, f"{len(alive)} jobs still referenced"
     stats = stats_of(engine)
     assert stats.queue_documents == 0 and stats.queue_tokens == 0
@@ -49,14 +40,7 @@ async def test_vision_cache_stays_within_its_byte_bound(make_engine):
 async def test_out_of_memory_splits_the_batch_and_every_document_is_scored(make_engine):
     engine = await make_engine(max_wait_ms=20)
     expected = await score_documents(engine, text_query("denim"), text_docs(*[f"title {i}" for i in range(12)]))
-    run = engine.executor.run
-
-    def small_batches_only(items):
-        if len(items) > 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return run(items)
-
-    engine.executor.run = small_batches_only
+    engine.inject_faults(OutOfMemoryAbove(3))
     got = await score_documents(engine, text_query("denim"), text_docs(*[f"title {i}" for i in range(12)]))
     assert stats_of(engine).oom_splits > 0
     assert [s.score for s in got.scores] == pytest.approx([s.score for s in expected.scores], abs=1e-6)
@@ -64,11 +48,7 @@ async def test_out_of_memory_splits_the_batch_and_every_document_is_scored(make_
 
 async def test_a_document_too_large_for_memory_fails_alone(make_engine):
     engine = await make_engine(max_wait_ms=20)
-
-    def always_oom(items):
-        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-
-    engine.executor.run = always_oom
+    engine.inject_faults(OutOfMemoryAbove(0))
     with pytest.raises(TooLarge, match="GPU memory left"):
         await score_documents(engine, text_query("denim"), text_docs("a", "b"))
 

@@ -39,11 +39,11 @@ async def test_the_length_bound_never_refuses_text_that_fits(make_engine):
     @settings(max_examples=300, deadline=None, database=None)
     @given(st.text(st.characters(exclude_categories=("Cs",)), max_size=400), st.integers(1, 64))
     def check(text, limit):
-        if pre._too_long(text, limit):
-            assert len(pre._plain_text([text])[0]) > limit
+        if pre.certainly_over(text, limit):
+            assert len(pre.plain_text([text])[0]) > limit
 
     check()
     # The densest text there is for this vocabulary still fits the bound.
     longest = max(pre.tokenizer.get_vocab(), key=len)
     text = pre.tokenizer.convert_tokens_to_string([longest]) * 10
-    assert not pre._too_long(text, len(pre._plain_text([text])[0]))
+    assert not pre.certainly_over(text, len(pre.plain_text([text])[0]))
