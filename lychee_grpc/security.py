@@ -172,7 +172,8 @@ def grpc_server_credentials(config: SecurityConfig, min_interval: float = 1.0) -
         return None
     reloader = CertificateReloader(files, min_interval)
     return grpc.dynamic_ssl_server_credentials(
-        reloader.initial, reloader, require_client_authentication=files.client_ca is not None
+        # grpc's stub omits the None a fetcher returns to keep the current certificate.
+        reloader.initial, reloader, require_client_authentication=files.client_ca is not None  # pyright: ignore[reportArgumentType]
     )
 
 

@@ -168,8 +168,11 @@ class Engine(EngineClient):
         scheduler = self.scheduler
         if scheduler is None or self.config.prefetch_image_tokens <= 0:
             return None
-        return Prefetch(start=lambda pending: scheduler.submit_to_gpu(self.embed_ahead, pending, job),
-                        budget=self.config.prefetch_image_tokens)
+
+        def start(pending: list[EncodedImage]) -> None:
+            scheduler.submit_to_gpu(self.embed_ahead, pending, job)
+
+        return Prefetch(start=start, budget=self.config.prefetch_image_tokens)
 
     def embed_ahead(self, pending: list[EncodedImage], job: Job) -> None:
         """On the GPU thread: the vision tower for images of `job` decoded ahead of its batch

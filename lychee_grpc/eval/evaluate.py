@@ -45,7 +45,7 @@ def _systems(
 
 
 def _block(
-    ids: list[str],
+    ids: list[int],
     values: dict[str, dict[str, np.ndarray]],
     pairs: list[tuple[str, str, str]],
     names: list[str],

@@ -65,14 +65,14 @@ def _parts(content: Content) -> list[pb.Part]:
 
 def _retry_delay(err: grpc.RpcError) -> float | None:
     """The delay a RESOURCE_EXHAUSTED status asks for through google.rpc.RetryInfo, if any."""
-    for key, value in err.trailing_metadata() or ():
+    # grpc's stub types the metadata as one item; it is a sequence of (key, value) pairs.
+    for key, value in err.trailing_metadata() or ():  # pyright: ignore[reportGeneralTypeIssues]
         if key != "grpc-status-details-bin":
             continue
         status = status_pb2.Status.FromString(value)
         for detail in status.details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
+            info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):  # False for any other detail
                 return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
     return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 
@@ -17,17 +18,20 @@ from ..service.errors import FieldViolation, InvalidInput
 from ..service.types import Document, RankedResult
 from . import convert
 
+Context = grpc.aio.ServicerContext[Any, Any]  # each method's messages are typed on the method
 
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+
+def _deadline(context: Context) -> float | None:
     remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
+    # None without a deadline, whatever the stub says.
+    return None if remaining is None else time.monotonic() + remaining  # pyright: ignore[reportUnnecessaryComparison]
 
 
-class RerankServicer(pb_grpc.RerankServiceServicer):
+class RerankServicer(pb_grpc.RerankServiceServicer):  # pyright: ignore[reportUntypedBaseClass]  # generated
     def __init__(self, service: Service):
         self.service = service
 
-    async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
+    async def Rerank(self, request: pb.RerankRequest, context: Context) -> pb.RerankResponse:
         options = convert.options_from_proto(request, _deadline(context), request_context.request_id.get())
         query = convert.query_from_proto(request.query)
         documents = convert.documents_from_proto(request.documents)
@@ -36,7 +40,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         return convert.rerank_response(outcome, request.documents if request.return_documents else None)
 
     async def RerankStream(
-        self, request_iterator: AsyncIterator[pb.RerankStreamRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.RerankStreamRequest], context: Context
     ) -> AsyncIterator[pb.RerankStreamResponse]:
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("options"):
@@ -69,13 +73,13 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
                     ranking=convert.rerank_response(event, sent if options.return_documents else None)
                 )
 
-    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+    async def Explain(self, request: pb.ExplainRequest, context: Context) -> pb.ExplainResponse:
         query, document, options = convert.explain_from_proto(
             request, _deadline(context), request_context.request_id.get()
         )
         return convert.explain_response(await self.service.explain(query, document, options))
 
     async def GetModelInfo(
-        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetModelInfoRequest, context: Context
     ) -> pb.GetModelInfoResponse:
         return convert.model_info(self.service.model_info())

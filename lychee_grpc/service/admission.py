@@ -5,7 +5,7 @@ request's tokens are known; it refuses the same way.)"""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 
 from .errors import Overloaded
@@ -22,7 +22,7 @@ class Admission:
         self._mean_seconds: float | None = None
 
     @contextmanager
-    def permit(self) -> Iterator[None]:
+    def permit(self) -> Generator[None]:
         """Holds one of the permits for the request's lifetime; raises Overloaded when none is free."""
         if self.max_concurrent and self.active >= self.max_concurrent:
             self.refused += 1

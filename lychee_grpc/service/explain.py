@@ -52,7 +52,7 @@ def plan(
     cells cannot be, so a grid whose cells alone do not fit is refused."""
     sides = ([("query", query.parts)] if include_query else []) + [("document", document.parts)]
     spans: dict[tuple[str, int], list[fr.Span]] = {}
-    cells: dict[tuple[str, int], tuple[object, list[fr.Box]]] = {}
+    cells: dict[tuple[str, int], tuple[fr.Pixels, list[fr.Box]]] = {}
     for side, parts in sides:
         for i, part in enumerate(parts):
             if isinstance(part, TextPart):
@@ -73,10 +73,11 @@ def plan(
 
     out: list[Occlusion] = []
     for side, parts in sides:
-        if len(parts) == 1 and len(spans.get((side, 0), ())) == 1:
+        only = parts[0] if len(parts) == 1 else None
+        if isinstance(only, TextPart) and len(spans.get((side, 0), ())) == 1:
             field = "include_query" if side == "query" else "document"
             raise InvalidInput([FieldViolation(
-                field, f"the {side} is a single fragment ({parts[0].text!r}); with it removed nothing is left to score"
+                field, f"the {side} is a single fragment ({only.text!r}); with it removed nothing is left to score"
             )])
         for i, part in enumerate(parts):
             if isinstance(part, TextPart):
@@ -150,7 +151,7 @@ async def explain(
     limit = min(config.max_explain_fragments, info.limits.max_documents_per_request - 1)
 
     job = await engine.open_job(query, options.instruction, deadline=options.deadline)  # validates the query
-    query_tasks: list[asyncio.Task] = []
+    query_tasks: list[asyncio.Task[tuple[Score, RequestStats]]] = []
     try:
         try:
             # Scored first, alone: the engine validates the pair (images against its limits) before

@@ -63,7 +63,7 @@ class Service:
 
     # ---- options ------------------------------------------------------------------------
     def _check_options(self, options: RerankOptions, prefix: str = "") -> None:
-        violations = []
+        violations: list[FieldViolation] = []
         if options.top_n < 0:
             violations.append(FieldViolation(f"{prefix}top_n", "must be 0 (all) or positive"))
         if options.min_score is not None and not 0.0 <= options.min_score <= 1.0:

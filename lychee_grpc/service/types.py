@@ -150,4 +150,4 @@ class ModelInfo:
     image_cache_misses: int
     server_version: str
     workers: int = 1
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict[str, str])

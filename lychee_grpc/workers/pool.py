@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
 from ..engine.api import EngineClient, EngineInfo, IndexedDocument, Truncation
 from ..engine.config import EngineConfig
@@ -62,7 +63,7 @@ class WorkerProcess:
     index: int
     device: str
     label: str  # the device, or cpu:<index> for CPU workers (tests run two on one CPU)
-    process: multiprocessing.process.BaseProcess
+    process: BaseProcess
     conn: Connection
     alive: bool = True
     queued_tokens: int = 0
@@ -91,7 +92,7 @@ class WorkerPool(EngineClient):
         self.engine_config = engine_config
         self.devices = devices
         self.observer_for = observer_for
-        self.router = Router(split_min_documents)
+        self.router: Router[WorkerProcess] = Router(split_min_documents)
         self.log_level = log_level
         self.engine_factory = engine_factory
         self._on_failure: list[Callable[[str], None]] = []

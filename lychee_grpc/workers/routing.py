@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Hashable, Sequence
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from ..engine.api import IndexedDocument
 from ..engine.types import Document, ImagePart, TextPart
@@ -46,12 +46,12 @@ def image_key(doc: Document) -> bytes | None:
     return None
 
 
-class Router:
-    """Splits requests over workers by their queued tokens, remembering where images went."""
+class Router(Generic[W]):
+    """Splits requests over workers (of type W) by their queued tokens, remembering where images went."""
 
     def __init__(self, split_min_documents: int = 16, homes: int = HOMES_REMEMBERED):
         self.split_min_documents = max(1, split_min_documents)
-        self._homes: LRU[bytes, Hashable] = LRU(max_items=homes)
+        self._homes: LRU[bytes, W] = LRU(max_items=homes)
 
     def assign(self, items: Sequence[Item], loads: dict[W, int]) -> dict[W, list[Item]]:
         """`loads`: the live workers and their queued tokens. Each worker's items keep the

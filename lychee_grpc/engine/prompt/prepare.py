@@ -158,12 +158,15 @@ class Preprocessor:
         per image (25 images: 0.8 ms of this thread's time instead of 1.6-3 ms; bench/RESULTS.md, "History", run 18)."""
         proc = self.image_processor
         device = torch.device(self.image_device) if self.image_device else None
-        groups: dict[tuple, list[EncodedImage]] = {}
+        groups: dict[tuple[tuple[int, ...], tuple[int, int, int]], list[tuple[EncodedImage, torch.Tensor]]] = {}
         for image in pending:
-            groups.setdefault((tuple(image.picture.shape), image.grid_thw), []).append(image)
+            if image.picture is None:
+                raise RuntimeError("fill_pixels needs decoded pictures")
+            groups.setdefault((tuple(image.picture.shape), image.grid_thw), []).append((image, image.picture))
         size = SizeDict(shortest_edge=self.min_image_pixels, longest_edge=self.max_image_pixels)
-        for (_, grid), images in groups.items():
-            pictures = [image.picture for image in images]
+        for (_, grid), members in groups.items():
+            images = [image for image, _ in members]
+            pictures = [picture for _, picture in members]
             if device is not None:
                 # Each pinned picture copied as it lies in memory (decoders give a [3, h, w] view of
                 # [h, w, 3]): asynchronous. Copying into a device batch's [3, h, w] slots is not a plain
