@@ -136,7 +136,8 @@ async def api_rerank(body: ApiRerankRequest, request: Request) -> Any:
     their scores."""
     timeout = _timeout(request)
     violations: list[FieldViolation] = []
-    query_content, contents = Content(text=body.query), [Content(text=d) for d in body.documents]
+    query_content = Content(text=body.query, image=None)
+    contents = [Content(text=d, image=None) for d in body.documents]
     query = convert.query_from(query_content, violations)
     documents = convert.documents_from(contents, violations)
     options = RerankOptions(

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import uvicorn
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
+    def capture_signals(self) -> Generator[None]:
         # uvicorn would take SIGTERM/SIGINT for itself; the App drains everything on them instead.
         yield
 
@@ -31,7 +31,7 @@ class HttpServer:
         self.ssl_options = ssl_options or {}
         self.port = 0
         self._server: _Server | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def _bind(self) -> socket.socket:
         """Bound here, before serving, so a taken port fails start() and port 0's pick is known."""
