@@ -97,6 +97,7 @@ def parse_bool(value: str) -> bool:
     raise ValueError(f"{value!r} is not a boolean (true/false)")
 
 
+# A setting's value is a str, int, float, bool or None, by its field: Any in this table's helpers.
 def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(value: str) -> Any:
         return None if value.strip().lower() in ("", "none", "auto") else kind(value)
@@ -230,13 +231,13 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-def get_path(obj: Any, path: str) -> Any:
+def get_path(obj: Any, path: str) -> Any:  # a config group or value, by the dotted path
     for name in path.split("."):
         obj = getattr(obj, name)
     return obj
 
 
-def with_path(obj: Any, path: str, value: Any) -> Any:
+def with_path(obj: Any, path: str, value: Any) -> Any:  # the same, replaced along the path
     head, _, rest = path.partition(".")
     return dataclasses.replace(obj, **{head: with_path(getattr(obj, head), rest, value) if rest else value})
 

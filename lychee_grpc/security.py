@@ -177,7 +177,7 @@ def grpc_server_credentials(config: SecurityConfig, min_interval: float = 1.0) -
     )
 
 
-def uvicorn_ssl_options(config: SecurityConfig) -> dict[str, Any]:
+def uvicorn_ssl_options(config: SecurityConfig) -> dict[str, Any]:  # uvicorn.Config keywords, str and int
     """Keyword arguments for `uvicorn.Config`/`uvicorn.run`: {} when TLS is off."""
     files = TlsFiles.of(config)
     if files is None:

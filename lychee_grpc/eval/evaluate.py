@@ -14,6 +14,8 @@ from .metrics import compare, mean_ci, metric_names, per_query
 from .run import SideScores
 
 INCOMING = "incoming"
+# A JSON-ready part of the results (numbers, names, nested sections): object values.
+Section = dict[str, object]
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,11 @@ def _block(
     names: list[str],
     st: Settings,
     systems: list[str] | None = None,
-) -> dict[str, object]:
+) -> Section:
     """Means with intervals for each system, and each comparison, over the queries `ids` (given
     as positions into the per-query arrays)."""
     idx = np.array(ids, dtype=int)
-    block: dict[str, object] = {
+    block: Section = {
         "n": len(ids),
         "systems": {
             system: {m: mean_ci(v[m][idx], st.resamples, st.level, st.seed).as_dict() for m in names}
@@ -84,7 +86,7 @@ def evaluate(
     sides: Sequence[SideScores],
     extra_rules: Sequence[rules.Rule] = (),
     settings: Settings = Settings(),
-) -> dict[str, object]:
+) -> Section:
     """Every number, as a JSON-ready dict, one builder per section. Queries are kept where every
     side scored them and at least one candidate is relevant (without one, every order scores 0
     and says nothing)."""
@@ -97,7 +99,7 @@ def evaluate(
     systems, pairs = _systems(queries, sides, extra_rules) if queries else ({}, [])
     values = {name: per_query(ranking, qrels, ids, settings.recall_k) for name, ranking in systems.items()}
 
-    results: dict[str, object] = {
+    results: Section = {
         "dataset": _dataset_section(dataset, sides, scored, queries),
         "sides": _sides_section(sides),
         "settings": _settings_section(settings, names, extra_rules),
@@ -117,7 +119,7 @@ def evaluate(
 
 def _dataset_section(
     dataset: Dataset, sides: Sequence[SideScores], scored: list[EvalQuery], queries: list[EvalQuery]
-) -> dict[str, object]:
+) -> Section:
     failed = sorted({qid for s in sides for qid in s.failed})
     return {
         "path": str(dataset.path),
@@ -130,7 +132,7 @@ def _dataset_section(
     }
 
 
-def _sides_section(sides: Sequence[SideScores]) -> list[dict[str, object]]:
+def _sides_section(sides: Sequence[SideScores]) -> list[Section]:
     return [
         {
             "name": s.side.name,
@@ -146,7 +148,7 @@ def _sides_section(sides: Sequence[SideScores]) -> list[dict[str, object]]:
     ]
 
 
-def _settings_section(settings: Settings, names: list[str], extra_rules: Sequence[rules.Rule]) -> dict[str, object]:
+def _settings_section(settings: Settings, names: list[str], extra_rules: Sequence[rules.Rule]) -> Section:
     return {
         "metrics": names,
         "recall_k": settings.recall_k,
@@ -166,11 +168,11 @@ def _categories_section(
     pairs: list[tuple[str, str, str]],
     names: list[str],
     settings: Settings,
-) -> dict[str, dict[str, object]]:
+) -> dict[str, Section]:
     """Per category: incoming and each deployment's reranking, not every rule (those are overall)."""
     per_category = [p for p in pairs if p[0] != "rule"]
     shown = [INCOMING] + [s.side.name for s in sides]
-    categories: dict[str, dict[str, object]] = {}
+    categories: dict[str, Section] = {}
     for fld in dataset.category_fields:
         groups: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
@@ -184,9 +186,9 @@ def _categories_section(
 
 def _rules_section(
     queries: list[EvalQuery], first: SideScores, extra_rules: Sequence[rules.Rule]
-) -> dict[str, object]:
+) -> Section:
     """What each business rule left out, on the first deployment's scores."""
-    effects: dict[str, object] = {}
+    effects: Section = {}
     total = sum(len(q.candidates) for q in queries)
     for rule in extra_rules:
         kept = [len(rule.apply(q, first.scores[q.id])) for q in queries]
@@ -198,9 +200,9 @@ def _rules_section(
     return effects
 
 
-def _score_distribution_section(scored: list[EvalQuery], sides: Sequence[SideScores]) -> dict[str, object]:
+def _score_distribution_section(scored: list[EvalQuery], sides: Sequence[SideScores]) -> Section:
     """Each deployment's scores grouped by the candidates' relevance grade."""
-    distribution: dict[str, object] = {}
+    distribution: Section = {}
     for s in sides:
         by_gain: dict[int, list[float]] = {}
         for q in scored:

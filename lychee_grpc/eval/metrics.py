@@ -89,7 +89,7 @@ class Comparison:
     change_pct_ci: tuple[float, float] | None
     p_value: float  # two-sided paired randomization (sign-flip) test
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, object]:  # JSON-ready: floats, ints, None
         return {
             "n": self.n,
             "mean_a": self.mean_a,

@@ -47,6 +47,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 
+# Each route returns Any: a JSON-ready value that FastAPI validates against the route's response_model.
 api = APIRouter(responses=_ERRORS)
 probes = APIRouter(tags=["probes"])
 

@@ -24,6 +24,7 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
+    # ssl_options: uvicorn.Config keywords (security.uvicorn_ssl_options), of several types.
     def __init__(self, app: FastAPI, host: str, port: int, ssl_options: dict[str, Any] | None = None):
         self.app = app
         self.host = host

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from ..service import context as request_context
 from .requests import RequestRecord
@@ -62,7 +62,7 @@ class TextFormatter(logging.Formatter):
         return f"{line} [request_id={rid}]" if rid and rid not in line else line
 
 
-def configure(level: str = "INFO", fmt: str = "text", stream: Any = None) -> logging.Handler:
+def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> logging.Handler:
     """Replaces the root logger's handlers with one in `fmt` ("text" or "json")."""
     if fmt not in FORMATS:
         raise ValueError(f"log format {fmt!r} is not one of {', '.join(FORMATS)}")

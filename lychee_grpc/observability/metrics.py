@@ -23,6 +23,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from ..engine.stats import EngineStats
+from ..engine.types import RequestStats
+from .requests import RequestRecord
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +165,12 @@ class PrometheusObserver:
 
     # ---- transports (RequestObserver) ---------------------------------------------------
     def request_done(self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str,
-                     record: Any = None) -> None:
+                     record: RequestRecord | None = None) -> None:
         self.requests.labels(method=method, transport=transport, code=code).inc()
         self.request_seconds.labels(method=method, transport=transport).observe(seconds)
 
     # ---- the service (ServiceObserver) --------------------------------------------------
-    def request_finished(self, method: str, documents: int, stats: Any, truncated: int) -> None:
+    def request_finished(self, method: str, documents: int, stats: RequestStats, truncated: int) -> None:
         self.request_documents.labels(method=method).observe(documents)
         self.request_tokens.labels(method=method).observe(stats.usage.prompt_tokens)
         self.preprocess_seconds.observe(stats.timings.preprocess_ms / 1e3)

@@ -82,7 +82,9 @@ class TracingObserver:
                     self._child("batch", within, _ns(begin, offset_ns), _ns(finish, offset_ns), {"lychee.batch": k})
         span.end(end_time=end_ns)
 
-    def _child(self, name: str, parent: Any, start_ns: int, end_ns: int, attributes: dict | None = None) -> None:
+    # `parent` is an OpenTelemetry Context, from the optional [otel] extra (Any: no import without it).
+    def _child(self, name: str, parent: Any, start_ns: int, end_ns: int,
+               attributes: dict[str, str | int | float] | None = None) -> None:
         child = self.tracer.start_span(name, context=parent, start_time=start_ns, attributes=attributes or {})
         child.end(end_time=max(start_ns, end_ns))
 

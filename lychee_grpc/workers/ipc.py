@@ -117,3 +117,8 @@ class Observed:
 
     method: str
     args: tuple[int | float | str, ...]
+
+
+ToWorker = OpenJob | AddDocuments | CloseJob | CancelJob | Shutdown
+JobCommand = AddDocuments | CloseJob | CancelJob
+ToPool = Ready | StartFailed | Opened | Added | Scored | JobDone | Snapshot | Observed

@@ -161,7 +161,7 @@ class WorkerPool(EngineClient):
                 proc.process.kill()
 
     # ---- the pipes ----------------------------------------------------------------------
-    def send(self, to: WorkerProcess, message: object) -> None:
+    def send(self, to: WorkerProcess, message: ipc.ToWorker) -> None:
         if not to.alive:
             return
         try:
@@ -179,7 +179,7 @@ class WorkerPool(EngineClient):
                 return
             self._loop.call_soon_threadsafe(self._on_message, source, message)
 
-    def _on_message(self, source: WorkerProcess, message: object) -> None:
+    def _on_message(self, source: WorkerProcess, message: ipc.ToPool) -> None:
         if isinstance(message, ipc.Scored | ipc.JobDone | ipc.Opened | ipc.Added):
             job = self._jobs.get(message.job)
             share = job.shares.get(source.index) if job is not None else None

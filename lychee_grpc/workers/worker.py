@@ -43,7 +43,7 @@ def main(conn: Connection, engine_config: EngineConfig, cuda_index: int | None, 
 class Forward(StatsObserver):
     """A StatsObserver whose every call is replayed in the pool's process."""
 
-    def __init__(self, send: Callable[[object], None]):
+    def __init__(self, send: Callable[[ipc.ToPool], None]):
         self._send = send
 
     def batch_done(self, documents: int, tokens: int, images: int, seconds: float) -> None:
@@ -73,17 +73,17 @@ class WorkerLoop:
         self.conn = conn
         self.config = engine_config
         self.engine_factory = engine_factory
-        self.queues: dict[int, asyncio.Queue[object]] = {}
+        self.queues: dict[int, asyncio.Queue[ipc.JobCommand]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self._send_lock = threading.Lock()
 
-    def send(self, message: object) -> None:
+    def send(self, message: ipc.ToPool) -> None:
         with self._send_lock:  # observer calls come from the engine's GPU thread too
             self.conn.send(message)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[object] = asyncio.Queue()
+        inbox: asyncio.Queue[ipc.ToWorker] = asyncio.Queue()
 
         def read() -> None:
             while True:
@@ -133,9 +133,9 @@ class WorkerLoop:
             await asyncio.sleep(SNAPSHOT_SECONDS)
             self.send(self._snapshot())
 
-    def _dispatch(self, message: object) -> None:
+    def _dispatch(self, message: ipc.ToWorker) -> None:
         if isinstance(message, ipc.OpenJob):
-            queue: asyncio.Queue[object] = asyncio.Queue()
+            queue: asyncio.Queue[ipc.JobCommand] = asyncio.Queue()
             self.queues[message.job] = queue
             task = asyncio.create_task(self._run_job(message, queue))
             self.tasks.add(task)
@@ -143,7 +143,7 @@ class WorkerLoop:
         elif isinstance(message, ipc.AddDocuments | ipc.CloseJob | ipc.CancelJob) and message.job in self.queues:
             self.queues[message.job].put_nowait(message)  # commands of one job run in order, after its opening
 
-    async def _run_job(self, opening: ipc.OpenJob, commands: asyncio.Queue[object]) -> None:
+    async def _run_job(self, opening: ipc.OpenJob, commands: asyncio.Queue[ipc.JobCommand]) -> None:
         job_id = opening.job
         try:
             job = await self.engine.open_job(opening.query, opening.instruction, opening.truncation,
@@ -166,7 +166,7 @@ class WorkerLoop:
             await pump
             self.queues.pop(job_id, None)
 
-    async def _command(self, job: Job, message: object) -> None:
+    async def _command(self, job: Job, message: ipc.JobCommand) -> None:
         if isinstance(message, ipc.AddDocuments):
             try:
                 tokens = await job.add_documents(message.documents)
