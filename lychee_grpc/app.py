@@ -54,7 +54,8 @@ class App:
         self.lifecycle = Lifecycle()
         # ---- operations: metrics, access log, traces ----
         self.metrics = PrometheusObserver()
-        self.metrics.watch_engine(self._engine_stats, lambda: self.lifecycle.in_flight)
+        self.metrics.watch_engine(self._engine_stats, lambda: self.lifecycle.in_flight,
+                                  per_device=bool(config.workers.devices))
         self.metrics_exporter = None
         if config.metrics.port:
             self.metrics_exporter = MetricsExporter(self.metrics.registry, config.metrics.host, config.metrics.port)

@@ -38,9 +38,10 @@ class EngineCollector(Collector):
     """Reads the engine client's snapshots (`stats()`, one EngineStats per device, none while
     loading) and the requests in flight at scrape time."""
 
-    def __init__(self, stats: Callable[[], list[EngineStats]], in_flight: Callable[[], int]):
+    def __init__(self, stats: Callable[[], list[EngineStats]], in_flight: Callable[[], int], per_device: bool):
         self._stats = stats
         self._in_flight = in_flight
+        self._per_device = per_device  # worker processes: each device's share as well
 
     def describe(self) -> Iterable[Metric]:
         return []  # metrics appear once the engine is loaded; no names are checked at registration
@@ -54,7 +55,8 @@ class EngineCollector(Collector):
             snapshots = []
         if not snapshots:
             return
-        yield from _per_device(snapshots)
+        if self._per_device:
+            yield from _per_device(snapshots)
         stats = _combined(snapshots)
         yield GaugeMetricFamily("lychee_queue_documents", "Documents waiting for a model batch.",
                                 value=stats.queue_documents)
@@ -153,8 +155,9 @@ class PrometheusObserver:
         self.build_info = Gauge("lychee_build_info", "1, labelled with the server version and the model it serves.",
                                 ["version", "model", "dtype", "device"], registry=r)
 
-    def watch_engine(self, stats: Callable[[], list[EngineStats]], in_flight: Callable[[], int]) -> None:
-        self.registry.register(EngineCollector(stats, in_flight))
+    def watch_engine(self, stats: Callable[[], list[EngineStats]], in_flight: Callable[[], int],
+                     per_device: bool = False) -> None:
+        self.registry.register(EngineCollector(stats, in_flight, per_device))
 
     def set_build_info(self, version: str, model: str, dtype: str, device: str) -> None:
         self.build_info.clear()

@@ -133,9 +133,17 @@ def test_every_exposed_metric_is_in_the_operations_doc():
 def test_worker_snapshots_by_device_are_summed_with_memory_per_device():
     m = PrometheusObserver()
     m.watch_engine(lambda: [stats(device="cuda:0", gpu_memory=(DeviceMemory("cuda:0", 1, 2),)),
-                            stats(device="cuda:1", gpu_memory=(DeviceMemory("cuda:1", 3, 4),))], lambda: 0)
+                            stats(device="cuda:1", gpu_memory=(DeviceMemory("cuda:1", 3, 4),))], lambda: 0,
+                   per_device=True)
     fams = families(m)
     assert sample(fams, "lychee_documents_scored", "lychee_documents_scored_total") == 84
     assert sample(fams, "lychee_queue_tokens", "lychee_queue_tokens") == 1800
     assert sample(fams, "lychee_documents_dropped", "lychee_documents_dropped_total", reason="cancelled") == 4
     assert sample(fams, "lychee_gpu_memory_allocated_bytes", "lychee_gpu_memory_allocated_bytes", device="cuda:1") == 3
+    assert sample(fams, "lychee_worker_batches", "lychee_worker_batches_total", device="cuda:1") == 5
+
+
+def test_one_in_process_engine_has_no_per_device_series():
+    m = PrometheusObserver()
+    m.watch_engine(lambda: [stats()], lambda: 0)
+    assert "lychee_worker_batches" not in families(m)
