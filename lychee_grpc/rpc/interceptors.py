@@ -7,7 +7,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_status import rpc_status
@@ -20,11 +20,12 @@ from .status import CODES, to_status
 
 log = logging.getLogger(__name__)
 
-# The interceptor wraps every method's handler, whatever its messages: requests and responses are
-# Any here (each servicer method types its own).
-Context = grpc.aio.ServicerContext[Any, Any]
-Handler = grpc.RpcMethodHandler[Any, Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+if TYPE_CHECKING:  # grpc's classes are generic in its stubs only
+    # The interceptor wraps every method's handler, whatever its messages: requests and responses
+    # are Any here (each servicer method types its own).
+    Context = grpc.aio.ServicerContext[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 
 LYCHEE_PREFIX = "/lychee.v1."
 HEALTH_PREFIX = "/grpc.health.v1."

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -18,7 +18,8 @@ from ..service.errors import FieldViolation, InvalidInput
 from ..service.types import Document, RankedResult
 from . import convert
 
-Context = grpc.aio.ServicerContext[Any, Any]  # each method's messages are typed on the method
+if TYPE_CHECKING:  # grpc's classes are generic in its stubs only
+    Context = grpc.aio.ServicerContext[Any, Any]  # each method's messages are typed on the method
 
 
 def _deadline(context: Context) -> float | None:
