@@ -30,14 +30,14 @@ WORKLOADS = ("T20", "I4")
 
 
 class Server:
-    def __init__(self, label: str, checkout: Path, model: str, log: Path):
+    def __init__(self, label: str, checkout: Path, model: str, log: Path, threads: int):
         self.label = label
         self.port = free_port()
         self._log = open(log, "w")  # closed in stop()
         env = dict(os.environ, PYTHONPATH=str(checkout), PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lychee_grpc.cli", "serve", "--model", model, "--host", "127.0.0.1",
-             "--port", str(self.port), "--http", "false", "--metrics-port", "0"],
+             "--port", str(self.port), "--http", "false", "--metrics-port", "0", "--torch-threads", str(threads)],
             cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -76,10 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=40, help="timed requests per server and workload")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--documents", type=int, default=20, help="titles per T request")
+    # One torch thread each: the two servers' thread pools would otherwise spin against each other
+    # on a small host, and whichever served last would slow the other (an A/A run showed 2x).
+    p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--pause", type=float, default=0.05, help="seconds between calls")
     args = p.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="ab-servers-"))
-    servers = {"a": Server("a", Path(args.a_checkout), args.model, logs / "a.log"),
-               "b": Server("b", Path(args.b_checkout), args.model, logs / "b.log")}
+    servers = {label: Server(label, Path(checkout), args.model, logs / f"{label}.log", args.torch_threads)
+               for label, checkout in (("a", args.a_checkout), ("b", args.b_checkout))}
     try:
         for server in servers.values():
             server.wait_serving()
@@ -89,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[tuple[str, str], list[float]] = {(w, s): [] for w in WORKLOADS for s in servers}
         clients = {label: LycheeClient(f"127.0.0.1:{server.port}", timeout=60) for label, server in servers.items()}
         for r in range(args.warmup + args.rounds):
-            order = ["a", "b"] if r % 2 == 0 else ["b", "a"]  # neither always goes first
-            for workload in WORKLOADS:
+            for w, workload in enumerate(WORKLOADS):
                 query, docs = requests[workload]
+                # Neither server always goes first, nor always follows the same call.
+                order = ["a", "b"] if (r + w) % 2 == 0 else ["b", "a"]
                 for label in order:
+                    time.sleep(args.pause)  # the previous call's after-work (logs, GC) ends first
                     start = time.perf_counter()
                     clients[label].rerank(query, docs)
                     if r >= args.warmup:

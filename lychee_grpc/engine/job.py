@@ -79,10 +79,6 @@ class Job:
     def alive(self) -> bool:
         return not self.cancelled and self.error is None and not self.expired()
 
-    @property
-    def outstanding(self) -> int:
-        return self._outstanding
-
     # ---- the engine's and the scheduler's steps -----------------------------------------
     def prepared(self, documents: Sequence[PreparedDocument], milliseconds: float) -> None:
         """Documents validated and tokenized (not yet queued)."""
