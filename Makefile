@@ -38,6 +38,7 @@ serve: install
 
 lint: install
 	$(VENV)/bin/ruff check lychee_grpc tests scripts bench
+	$(VENV)/bin/pyright
 
 test-python: tiny-model lint
 	$(PY) -m pytest -q

@@ -30,7 +30,6 @@ from lychee_grpc.service.types import (
     RerankOptions,
     TextPart,
 )
-from lychee_grpc.workers.local import LocalEngineClient
 
 
 async def timed(make, iters: int) -> tuple[float, object]:
@@ -60,7 +59,7 @@ async def main_async(a) -> None:
     await engine.start()
     lifecycle = Lifecycle()
     lifecycle.serve()
-    service = Service(lifecycle, engine=LocalEngineClient(engine))
+    service = Service(lifecycle, engine=engine)
     rng = random.Random(7)
     query = Query((TextPart(words_of_tokens(tok, rng, 12)),))
     title = " ".join(rng.choice(("retro", "denim", "jacket", "slim", "blue", "spring", "women", "coat", "wash",

@@ -47,7 +47,7 @@ async def load(target: str, tiny: str, *args: str) -> dict:
 
 
 def batches(app: App) -> dict[str, int]:
-    return {label: stats.batches for label, stats in app.engine_client.stats().items() if stats is not None}
+    return {stats.device: stats.batches for stats in app.engine_client.stats()} if app.engine_client else {}
 
 
 async def measure(devices: str, phases: list[str], a: argparse.Namespace, max_rps: dict) -> list[dict]:

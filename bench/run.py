@@ -28,6 +28,7 @@ from bench.harness.floor import FLOP_PER_TOKEN, VISION_FLOP_448, matmul_tflops, 
 from bench.harness.model import DEFAULT_TINY, ROOT, Shape, build_model
 from bench.harness.timing import compare, pct, time_engine, time_reference
 from bench.harness.workloads import image_workload, text_workload
+from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.model.reference import reference_logits
@@ -107,7 +108,7 @@ async def exactness_fp32(tiny: str) -> dict:
     out = {}
     for name, (query, docs) in {"text": text_workload(tok, 11), "image": image_workload(tok, 12)}.items():
         docs = docs[:24] if name == "text" else docs[:8]
-        ranking = await engine.rerank(query, docs)
+        ranking = await score_documents(engine, query, docs)
         ref = reference_logits(loaded.model, loaded.processor, DEFAULT_INSTRUCTION, query.parts,
                                [d.parts for d in docs], batch_size=1)
         fast = {s.index: s.score for s in ranking.scores}
@@ -129,7 +130,7 @@ async def exactness_fp32(tiny: str) -> dict:
         got = {}
         for varlen in (True, False):
             attention.use_varlen = varlen and out["varlen_used"]
-            ranking = await engine.rerank(query, docs)
+            ranking = await score_documents(engine, query, docs)
             got[varlen] = {s.index: s.score for s in ranking.scores}
         out[f"bf16_varlen_vs_padded_{name}"] = max(abs(got[True][i] - got[False][i]) for i in got[True])
     await engine.stop()
@@ -275,22 +276,18 @@ def main() -> int:
     print(f"GPU {results['gpu']}, bf16 matmul {results['matmul_tflops']} TFLOP/s, {results['date']}\n")
     print(table(results))
     print(json.dumps(results, indent=1))
-    append_to_results(results, ROOT / "bench" / "RESULTS.md")
+    append_to_history(results, ROOT / "bench" / "results" / "history.md")
     return 0
 
 
-def append_to_results(results: dict, path: Path) -> None:
-    """Appends the date, the exact command and the table to bench/RESULTS.md's run log."""
+def append_to_history(results: dict, path: Path) -> None:
+    """Appends the date, the exact command and the table to the run log (bench/results/history.md);
+    RESULTS.md keeps what the runs found."""
     command = shlex.join(["python3", "-m", "bench.run", *sys.argv[1:]])
     entry = (f"\n### {results['date']}, {results['gpu']}, bf16 matmul {results['matmul_tflops']} TFLOP/s, "
              f"RANDOM weights\n\n    {command}\n\n{table(results)}\n")
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if RUN_LOG not in text:
-        text += f"\n{RUN_LOG}\n\nEach `bench/run.py` run appends its date, command and table here.\n"
+    text = path.read_text() if path.exists() else "# Run log\n"
     path.write_text(text + entry)
-
-
-RUN_LOG = "## Run log (appended by bench/run.py)"
 
 
 if __name__ == "__main__":

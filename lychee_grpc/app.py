@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 
 from . import __version__, memory
 from .config import AppConfig
+from .engine.api import EngineClient
 from .engine.config import EngineConfig
 from .engine.engine import Engine
+from .engine.stats import EngineStats
 from .lifecycle import Lifecycle, State
 from .observability.logs import AccessLog
 from .observability.metrics import MetricsExporter, PrometheusObserver
@@ -22,9 +24,7 @@ from .rpc.interceptors import ServiceInterceptor
 from .rpc.server import GrpcServer
 from .security import TokenAuthenticator, grpc_server_credentials, uvicorn_ssl_options
 from .service import Service
-from .workers.local import LocalEngineClient
-from .workers.pool import WorkerPool, parse_devices
-from .workers.protocol import EngineClient
+from .workers.pool import EngineFactory, WorkerPool, parse_devices
 
 if TYPE_CHECKING:
     from .http.server import HttpServer
@@ -44,7 +44,7 @@ class App:
         self,
         config: AppConfig,
         engine_factory: Callable[[EngineConfig], Engine] = Engine.load,
-        worker_engine_factory: Callable | None = None,
+        worker_engine_factory: EngineFactory | None = None,
     ):
         """`worker_engine_factory(config, observer)` builds each worker's engine instead of loading
         the model (the benchmark's random 7B weights); it must be picklable."""
@@ -54,7 +54,8 @@ class App:
         self.lifecycle = Lifecycle()
         # ---- operations: metrics, access log, traces ----
         self.metrics = PrometheusObserver()
-        self.metrics.watch_engine(self._engine_stats, lambda: self.lifecycle.in_flight)
+        self.metrics.watch_engine(self._engine_stats, lambda: self.lifecycle.in_flight,
+                                  per_device=bool(config.workers.devices))
         self.metrics_exporter = None
         if config.metrics.port:
             self.metrics_exporter = MetricsExporter(self.metrics.registry, config.metrics.host, config.metrics.port)
@@ -95,10 +96,10 @@ class App:
     @property
     def engine(self) -> Engine | None:
         """The in-process engine (None with worker processes)."""
-        return self.engine_client.engine if isinstance(self.engine_client, LocalEngineClient) else None
+        return self.engine_client if isinstance(self.engine_client, Engine) else None
 
-    def _engine_stats(self):
-        return self.engine_client.stats() if self.engine_client is not None else None
+    def _engine_stats(self) -> list[EngineStats]:
+        return self.engine_client.stats() if self.engine_client is not None else []
 
     async def start(self) -> None:
         await self.grpc.start()
@@ -111,26 +112,24 @@ class App:
         workers = self.config.workers
         # The queued-token bound is the service's setting, enforced where tokens are known.
         engine_config = dataclasses.replace(self.config.engine, max_queue_tokens=self.config.service.max_queue_tokens)
+        client: EngineClient
         if workers.devices:
-            pool = WorkerPool(
+            client = WorkerPool(
                 engine_config,
                 parse_devices(workers.devices),
-                on_failure=self.lifecycle.fail,
                 split_min_documents=workers.split_min_documents,
                 log_level=self.config.log.level.upper(),
                 engine_factory=self._worker_factory,
                 observer_for=lambda device: self.metrics,  # the workers' batch and queue timings
             )
-            self.engine_client = pool
-            await pool.start()
-            return pool
-        engine = await asyncio.to_thread(self._factory, engine_config)
-        engine.observe(self.metrics)
-        client = LocalEngineClient(engine)
+        else:
+            engine = await asyncio.to_thread(self._factory, engine_config)
+            engine.observe(self.metrics)
+            client = engine
         self.engine_client = client
         await client.start()
-        # A dead scheduler or GPU thread cannot recover in-process: NOT_SERVING, and `run` exits 1.
-        engine.on_failure(lambda exc: self.lifecycle.fail(f"the engine died: {exc!r}"))
+        # A dead scheduler, GPU thread or worker cannot recover: NOT_SERVING, and `run` exits 1.
+        client.on_failure(self.lifecycle.fail)
         return client
 
     async def load(self) -> None:
@@ -173,10 +172,11 @@ class App:
             self.tracing.shutdown()
 
 
-async def run(config: AppConfig) -> int:
-    """Runs until SIGTERM/SIGINT; returns the process exit code (non-zero when serving failed)."""
+async def run(config: AppConfig, engine_factory: Callable[[EngineConfig], Engine] = Engine.load) -> int:
+    """Runs until SIGTERM/SIGINT; returns the process exit code (non-zero when serving failed).
+    `engine_factory` builds the in-process engine (tests/fault_server.py injects a fault through it)."""
     memory.configure_malloc(ARENAS, MMAP_THRESHOLD)
-    app = App(config)
+    app = App(config, engine_factory=engine_factory)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -85,10 +85,7 @@ class AppConfig:
             out.append(band_problem + " (--band-medium, --band-strong)")
         if self.service.max_explain_fragments < 1 or self.service.explain_grid_size < 1:
             out.append("--max-explain-fragments and --explain-grid must be at least 1")
-        from .security import problems as security_problems  # reads the TLS and token files
-
-        out += security_problems(self.security)
-        return out
+        return out  # and security.problems(self.security): the TLS and token files, read there
 
 
 def parse_bool(value: str) -> bool:
@@ -100,6 +97,7 @@ def parse_bool(value: str) -> bool:
     raise ValueError(f"{value!r} is not a boolean (true/false)")
 
 
+# A setting's value is a str, int, float, bool or None, by its field: Any in this table's helpers.
 def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(value: str) -> Any:
         return None if value.strip().lower() in ("", "none", "auto") else kind(value)
@@ -233,13 +231,13 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-def get_path(obj: Any, path: str) -> Any:
+def get_path(obj: Any, path: str) -> Any:  # a config group or value, by the dotted path
     for name in path.split("."):
         obj = getattr(obj, name)
     return obj
 
 
-def with_path(obj: Any, path: str, value: Any) -> Any:
+def with_path(obj: Any, path: str, value: Any) -> Any:  # the same, replaced along the path
     head, _, rest = path.partition(".")
     return dataclasses.replace(obj, **{head: with_path(getattr(obj, head), rest, value) if rest else value})
 

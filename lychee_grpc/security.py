@@ -5,8 +5,9 @@
 - `grpc_server_credentials(config)`: grpc credentials that re-read the certificate files when they
   change (grpc asks before every new connection's handshake), mutual TLS when a client CA is set.
 - `uvicorn_ssl_options(config)` / `server_ssl_context(config)`: the same material for the HTTP server.
-- `TokenAuthenticator`: the interceptor's Authenticator; `Bearer <token>` compared in constant time
-  against every configured token, the token file re-read when it changes.
+- `Authenticator`: what both transports call (the gRPC interceptor, the HTTP middleware);
+  `TokenAuthenticator` implements it: `Bearer <token>` compared in constant time against every
+  configured token, the token file re-read when it changes.
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
+from .config import SecurityConfig
 from .service.errors import Unauthenticated
-
-if TYPE_CHECKING:
-    from .config import SecurityConfig
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +172,12 @@ def grpc_server_credentials(config: SecurityConfig, min_interval: float = 1.0) -
         return None
     reloader = CertificateReloader(files, min_interval)
     return grpc.dynamic_ssl_server_credentials(
-        reloader.initial, reloader, require_client_authentication=files.client_ca is not None
+        # grpc's stub omits the None a fetcher returns to keep the current certificate.
+        reloader.initial, reloader, require_client_authentication=files.client_ca is not None  # pyright: ignore[reportArgumentType]
     )
 
 
-def uvicorn_ssl_options(config: SecurityConfig) -> dict[str, Any]:
+def uvicorn_ssl_options(config: SecurityConfig) -> dict[str, Any]:  # uvicorn.Config keywords, str and int
     """Keyword arguments for `uvicorn.Config`/`uvicorn.run`: {} when TLS is off."""
     files = TlsFiles.of(config)
     if files is None:
@@ -247,7 +247,13 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-class TokenAuthenticator:
+class Authenticator(Protocol):
+    def check(self, authorization: str | None) -> None:
+        """Raises Unauthenticated unless the header carries a valid bearer token."""
+        ...
+
+
+class TokenAuthenticator(Authenticator):
     """`check("Bearer <token>")` passes when the token is one of `tokens` or of the token file's;
     otherwise raises Unauthenticated saying what was wrong, never echoing what was sent."""
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load and soak (RELIABILITY.md): builds ghz from the Go module proxy into .cache/bin once, then
-# runs tests/load/run_load.py against a server process on loopback. Extra arguments go to it
-# (e.g. --soak-requests 50000 for a nightly run).
+# runs the pytest suite tests/load (ghz against a server process on loopback; skipped without
+# LYCHEE_GHZ). Sizes from the environment (e.g. LYCHEE_SOAK_REQUESTS=100000 for a nightly run);
+# extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GHZ_VERSION=v0.121.0
@@ -13,4 +14,4 @@ fi
 if [ ! -f "$LYCHEE_TINY_MODEL/config.json" ]; then
   "$PYTHON" -m lychee_grpc.cli make-tiny-model "$LYCHEE_TINY_MODEL"
 fi
-exec "$PYTHON" -m tests.load.run_load --ghz .cache/bin/ghz "$@"
+LYCHEE_GHZ="$PWD/.cache/bin/ghz" exec "$PYTHON" -m pytest -q -p no:cacheprovider tests/load "$@"

@@ -6,14 +6,25 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.model.loader import LoadedModel, load_model
 
-from .helpers import engine_config
+from .helpers import ROOT, engine_config
 
-ROOT = Path(__file__).resolve().parent.parent
+E2E = ROOT / "tests" / "e2e"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e is marked e2e; gpu tests are skipped without CUDA."""
+    no_cuda = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.path.is_relative_to(E2E):
+            item.add_marker(pytest.mark.e2e)
+        if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
 
 
 @pytest.fixture(scope="session")

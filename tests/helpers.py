@@ -1,17 +1,35 @@
 """Plain helpers shared by the tests (fixtures live in conftest.py): engine settings, image
-bytes, request builders."""
+bytes, request builders, error details, free ports and health checks, and fault hooks."""
 
 from __future__ import annotations
 
 import io
 import random
+import socket
 import struct
+import time
 import zlib
+from collections.abc import Sequence
+from pathlib import Path
 
+import grpc
+import torch
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from PIL import Image
 
+from lychee_grpc.engine.api import EngineClient
 from lychee_grpc.engine.config import EngineConfig, ImageLimits, TextLimits
+from lychee_grpc.engine.engine import Engine
+from lychee_grpc.engine.faults import NoFaults
+from lychee_grpc.engine.lm.executor import BatchItem
+from lychee_grpc.engine.stats import EngineStats
 from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TITLES = ["vintage wash blue jeans coat", "organic green tea", "denim jacket women", "running shoes", "grey sofa"]
 
 
 def noise_image(width: int, height: int, fmt: str = "PNG", seed: int = 0) -> bytes:
@@ -84,3 +102,64 @@ def engine_config(model: str, **overrides) -> EngineConfig:
     )
     base.update(overrides)
     return EngineConfig(**base)
+
+
+def stats_of(engine: EngineClient) -> EngineStats:
+    """The stats of an engine on one device (`stats()` gives one snapshot per device)."""
+    (stats,) = engine.stats()
+    return stats
+
+
+# ---- gRPC error details, ports, health -------------------------------------------------------
+def field_violations(err: grpc.RpcError) -> list[tuple[str, str]]:
+    """The (field, description) pairs of an error's google.rpc BadRequest detail."""
+    status = rpc_status.from_call(err)
+    assert status is not None, "no google.rpc.Status details"
+    out: list[tuple[str, str]] = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return out
+
+
+def violated_fields(err: grpc.RpcError) -> list[str]:
+    return [field for field, _ in field_violations(err)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health_status(channel: grpc.Channel, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+
+
+# ---- faults, through the engine's one hook (engine/faults.py) --------------------------------
+class SlowBatches(NoFaults):
+    """Each model pass takes `seconds` longer (on the GPU thread, as a slow GPU would)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def model_call(self, items: Sequence[BatchItem]) -> None:
+        time.sleep(self.seconds)
+
+
+def slow_batches(engine: Engine | None, seconds: float) -> None:
+    assert engine is not None, "an in-process engine"
+    engine.inject_faults(SlowBatches(seconds))
+
+
+class OutOfMemoryAbove(NoFaults):
+    """A model pass over more than `sequences` sequences runs out of memory (a small GPU)."""
+
+    def __init__(self, sequences: int):
+        self.sequences = sequences
+
+    def model_call(self, items: Sequence[BatchItem]) -> None:
+        if len(items) > self.sequences:
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.model.reference import reference_logits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 
@@ -59,7 +60,7 @@ async def time_engine(engine, workloads: Sequence[Workload], iterations: int, co
             torch.cuda.reset_peak_memory_stats()
         sync()
         start = time.perf_counter()
-        ranking = await engine.rerank(query, docs)
+        ranking = await score_documents(engine, query, docs)
         sync()
         if k >= 0:
             times.append((time.perf_counter() - start) * 1e3)

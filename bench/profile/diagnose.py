@@ -17,6 +17,7 @@ import torch
 
 from bench.harness.model import DEFAULT_TINY, build_model
 from bench.harness.workloads import image_workload, text_workload
+from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.model.reference import reference_logits
@@ -38,7 +39,7 @@ async def main_async(a) -> None:
     pairs = [d.parts for d in docs]
     r16 = reference_logits(loaded.model, loaded.processor, DEFAULT_INSTRUCTION, query.parts, pairs, 16)
     r1 = reference_logits(loaded.model, loaded.processor, DEFAULT_INSTRUCTION, query.parts, pairs, 1)
-    ranking = await engine.rerank(query, docs)
+    ranking = await score_documents(engine, query, docs)
     fast = torch.tensor([s.logit for s in sorted(ranking.scores, key=lambda s: s.index)])
     s16, s1, sf = ([sig(float(z)) for z in t] for t in (r16, r1, fast))
     print(f"logit range ref1 [{r1.min():.2f}, {r1.max():.2f}], score range [{min(s1):.3f}, {max(s1):.3f}]")
@@ -53,13 +54,13 @@ async def main_async(a) -> None:
         for _ in range(2):
             if cold:
                 engine.executor.vision_cache.clear()
-            await engine.rerank(q, d)
+            await score_documents(engine, q, d)
         if cold:
             engine.executor.vision_cache.clear()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             t0 = time.perf_counter()
-            r = await engine.rerank(q, d)
+            r = await score_documents(engine, q, d)
             torch.cuda.synchronize()
             wall = (time.perf_counter() - t0) * 1e3
         print(f"\n== {name}: {wall:.1f} ms wall, preprocess {r.stats.timings.preprocess_ms:.1f} ms, "

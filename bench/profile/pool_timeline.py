@@ -106,7 +106,7 @@ def timed_engine(config, observer=None):
 
         worker.send = timed_send
     wrap_async(engine, "open_job", "w.open_job")
-    wrap_async(engine, "add_documents", "w.add_documents")
+    wrap_async(engine, "_add_documents", "w.add_documents")
     wrap_sync(engine.preprocessor, "prepare_documents", "w.prepare_documents")
     synced = os.environ.get("LYCHEE_TIMELINE_SYNC") == "1"
     wrap_sync(engine.executor, "embed_ahead", "w.tower_ahead" + (" (synced)" if synced else " (launch)"), sync=synced)
@@ -117,19 +117,19 @@ def timed_engine(config, observer=None):
 # ---- in the parent ----------------------------------------------------------------------
 async def one(pool: WorkerPool, query, docs, marks: dict[str, float]) -> None:
     marks["p.open"] = time.perf_counter()
-    job: PoolJob = await pool.open_job(query, "", None)
+    job: PoolJob = await pool.open_job(query)
     inner = job.on_scored
 
-    def on_scored(part, score) -> None:
+    def on_scored(share, score) -> None:
         now = time.perf_counter()
         marks.setdefault("p.first_score", now)
         marks["p.last_score"] = now
-        marks.setdefault(f"p.first_score from worker {part.worker.index}", now)
-        marks[f"p.last_score from worker {part.worker.index}"] = now
-        inner(part, score)
+        marks.setdefault(f"p.first_score from worker {share.worker.index}", now)
+        marks[f"p.last_score from worker {share.worker.index}"] = now
+        inner(share, score)
 
     job.on_scored = on_scored  # type: ignore[method-assign]
-    await job.add_documents(docs)
+    await job.add_documents(list(enumerate(docs)))
     marks["p.added"] = time.perf_counter()
     job.close()
     count = sum([1 async for _ in job.results()])
@@ -142,13 +142,13 @@ async def first_shapes(pool: WorkerPool, tok) -> str:
     batch of its request, right after start: the warm-up should have met both (ms)."""
     query, docs = text_workload(tok, 4000, documents=2)
     started = time.perf_counter()
-    job = await pool.open_job(query, "", None)
-    await job.add_documents(docs[:1])
+    job = await pool.open_job(query)
+    await job.add_documents([(0, docs[0])])
     results = job.results()
     await anext(results)
     single = (time.perf_counter() - started) * 1e3
     started = time.perf_counter()
-    await job.add_documents(docs[1:])
+    await job.add_documents(list(enumerate(docs))[1:])
     job.close()
     async for _ in results:
         pass

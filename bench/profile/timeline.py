@@ -19,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.harness.model import build_model
 from bench.harness.workloads import image_workload, text_workload
+from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 
@@ -113,7 +114,7 @@ async def main_async() -> None:
     for name, (query, docs) in (("T100", text_workload(tok, 1)), ("I100 cold", image_workload(tok, 7))):
         for _ in range(3):  # compile and warm
             engine.executor.vision_cache.clear()
-            await engine.rerank(query, docs)
+            await score_documents(engine, query, docs)
         engine.executor.vision_cache.clear()
         torch.cuda.synchronize()
         clock.take()
@@ -121,7 +122,7 @@ async def main_async() -> None:
             marker = torch.cuda.Event(enable_timing=False)
             marker.record()
             t0 = time.perf_counter()
-            ranking = await engine.rerank(query, docs)
+            ranking = await score_documents(engine, query, docs)
             wall = (time.perf_counter() - t0) * 1e3
             collected = clock.take()
         t0_us = min(e.time_range.start for e in prof.events())
@@ -131,7 +132,7 @@ async def main_async() -> None:
         if name != "T100":
             continue
         spent = time_calls(engine)
-        await engine.rerank(query, docs)
+        await score_documents(engine, query, docs)
         print("  CPU ms per call: " + ", ".join(f"{k} {[v if isinstance(v, tuple) else round(v, 2) for v in vs][:4]}"
                                                 for k, vs in spent.items()))
     await engine.stop()

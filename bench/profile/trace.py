@@ -18,6 +18,7 @@ import torch
 
 from bench.harness.model import build_model
 from bench.harness.workloads import image_workload, text_workload
+from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 
@@ -161,7 +162,7 @@ async def timed(engine: Engine, query, docs, cold: bool) -> float:
         engine.executor.vision_cache.clear()
     torch.cuda.synchronize()
     t = time.perf_counter()
-    await engine.rerank(query, docs)
+    await score_documents(engine, query, docs)
     return (time.perf_counter() - t) * 1e3
 
 
@@ -205,13 +206,13 @@ async def main_async() -> None:
                 engine.executor.vision_cache.clear()
             tracer.start()
             t = time.perf_counter()
-            await engine.rerank(query, docs)
+            await score_documents(engine, query, docs)
             tracer.report(name, (time.perf_counter() - t) * 1e3)
         if a.profile and cold:
             engine.executor.vision_cache.clear()
             calls.on = True
             t = time.perf_counter()
-            await engine.rerank(query, docs)
+            await score_documents(engine, query, docs)
             calls.on = False
             print(f"\n{name}, C calls of the first prefetch chunk (GPU thread) and of all image decodes "
                   f"(decode threads), under sys.setprofile: wall {(time.perf_counter() - t) * 1e3:.1f} ms")

@@ -8,69 +8,70 @@ import os
 import sys
 
 
-def _client(a: argparse.Namespace):
+def _client(args: argparse.Namespace):
     from ..client import LycheeClient
 
-    return LycheeClient(a.target, timeout=a.timeout, root_certificates=a.ca, certificate_chain=a.cert,
-                        private_key=a.key, bearer_token=a.token or os.environ.get("LYCHEE_TOKEN") or None)
+    return LycheeClient(args.target, timeout=args.timeout, root_certificates=args.ca, certificate_chain=args.cert,
+                        private_key=args.key, bearer_token=args.token or os.environ.get("LYCHEE_TOKEN") or None)
 
 
-def _connection_problem(a: argparse.Namespace) -> str | None:
-    if (a.cert is None) != (a.key is None):
+def _connection_problem(args: argparse.Namespace) -> str | None:
+    if (args.cert is None) != (args.key is None):
         return "--cert and --key go together (mutual TLS): give both or neither"
-    for flag, path in (("--ca", a.ca), ("--cert", a.cert), ("--key", a.key)):
+    for flag, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
         if path and not os.access(path, os.R_OK):
             return f"{flag} {path}: cannot read it"
     return None
 
 
-def _rerank(a: argparse.Namespace) -> int:
+def _rerank(args: argparse.Namespace) -> int:
     import grpc
 
     from ..client import band_name, image, text
     from ..proto import lychee_pb2 as pb
 
     try:
-        query = [text(a.query)] if a.query else []
-        query += [image(p) for p in a.query_image or []]
-        docs = [pb.Document(id=f"t{i}", parts=[text(t)]) for i, t in enumerate(a.doc or [])]
-        docs += [pb.Document(id=f"i{i}", parts=[image(p)]) for i, p in enumerate(a.doc_image or [])]
+        query = [text(args.query)] if args.query else []
+        query += [image(p) for p in args.query_image or []]
+        docs = [pb.Document(id=f"t{i}", parts=[text(title)]) for i, title in enumerate(args.doc or [])]
+        docs += [pb.Document(id=f"i{i}", parts=[image(p)]) for i, p in enumerate(args.doc_image or [])]
     except OSError as exc:
         print(f"lychee-grpc rerank: cannot read image: {exc}", file=sys.stderr)
         return 2
     if not query or not docs:
         print("lychee-grpc rerank: give --query/--query-image and at least one --doc/--doc-image", file=sys.stderr)
         return 2
-    problem = _connection_problem(a)
+    problem = _connection_problem(args)
     if problem:
         print(f"lychee-grpc rerank: {problem}", file=sys.stderr)
         return 2
     try:
-        with _client(a) as client:
-            resp = client.rerank(pb.Query(parts=query), docs, instruction=a.instruction or "", top_n=a.top_n)
+        with _client(args) as client:
+            resp = client.rerank(pb.Query(parts=query), docs, instruction=args.instruction or "", top_n=args.top_n)
     except grpc.RpcError as err:
         print(f"lychee-grpc rerank: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
     labels = {d.id: (d.parts[0].text if d.parts[0].WhichOneof("content") == "text" else "<image>") for d in docs}
     print(f"{'rank':>4}  {'score':>6}  {'band':<6}  {'index':>5}  document")
-    for rank_, r in enumerate(resp.results, 1):
-        print(f"{rank_:>4}  {r.score:6.3f}  {band_name(r.band):<6}  {r.index:>5}  {labels[r.id][:70]}")
-    t = resp.timings
+    for position, result in enumerate(resp.results, 1):
+        print(f"{position:>4}  {result.score:6.3f}  {band_name(result.band):<6}  {result.index:>5}  "
+              f"{labels[result.id][:70]}")
+    timings = resp.timings
     print(f"({resp.usage.prompt_tokens} prompt tokens, {resp.usage.computed_tokens} computed, "
-          f"{resp.usage.images} images; {t.total_ms:.0f} ms total, {t.inference_ms:.0f} ms model)")
+          f"{resp.usage.images} images; {timings.total_ms:.0f} ms total, {timings.inference_ms:.0f} ms model)")
     return 0
 
 
-def _info(a: argparse.Namespace) -> int:
+def _info(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf import json_format
 
-    problem = _connection_problem(a)
+    problem = _connection_problem(args)
     if problem:
         print(f"lychee-grpc info: {problem}", file=sys.stderr)
         return 2
     try:
-        with _client(a) as client:
+        with _client(args) as client:
             info = client.model_info()
     except grpc.RpcError as err:
         print(f"lychee-grpc info: {err.code().name}: {err.details()}", file=sys.stderr)
@@ -79,26 +80,26 @@ def _info(a: argparse.Namespace) -> int:
     return 0
 
 
-def _add_connection(p: argparse.ArgumentParser, timeout: float) -> None:
-    p.add_argument("--target", default="localhost:50051")
-    p.add_argument("--timeout", type=float, default=timeout)
-    p.add_argument("--ca", help="PEM CA bundle to verify the server with (TLS; the system's roots when only "
-                                "--cert/--key are given)")
-    p.add_argument("--cert", help="PEM client certificate chain (mutual TLS; with --key)")
-    p.add_argument("--key", help="PEM private key of --cert")
-    p.add_argument("--token", help="bearer token (default: env LYCHEE_TOKEN; prefer it: flags show in ps)")
+def _add_connection(parser: argparse.ArgumentParser, timeout: float) -> None:
+    parser.add_argument("--target", default="localhost:50051")
+    parser.add_argument("--timeout", type=float, default=timeout)
+    parser.add_argument("--ca", help="PEM CA bundle to verify the server with (TLS; the system's roots when only "
+                                     "--cert/--key are given)")
+    parser.add_argument("--cert", help="PEM client certificate chain (mutual TLS; with --key)")
+    parser.add_argument("--key", help="PEM private key of --cert")
+    parser.add_argument("--token", help="bearer token (default: env LYCHEE_TOKEN; prefer it: flags show in ps)")
 
 
 def add_parsers(sub) -> None:
-    r = sub.add_parser("rerank", help="rerank documents against a query through a running server")
-    _add_connection(r, timeout=60.0)
-    r.add_argument("--query")
-    r.add_argument("--query-image", action="append", help="image file for the query (repeatable)")
-    r.add_argument("--doc", action="append", help="a text document (repeatable)")
-    r.add_argument("--doc-image", action="append", help="an image document file (repeatable)")
-    r.add_argument("--instruction")
-    r.add_argument("--top-n", type=int, default=0)
-    r.set_defaults(func=_rerank)
-    i = sub.add_parser("info", help="print a running server's model info")
-    _add_connection(i, timeout=10.0)
-    i.set_defaults(func=_info)
+    rerank = sub.add_parser("rerank", help="rerank documents against a query through a running server")
+    _add_connection(rerank, timeout=60.0)
+    rerank.add_argument("--query")
+    rerank.add_argument("--query-image", action="append", help="image file for the query (repeatable)")
+    rerank.add_argument("--doc", action="append", help="a text document (repeatable)")
+    rerank.add_argument("--doc-image", action="append", help="an image document file (repeatable)")
+    rerank.add_argument("--instruction")
+    rerank.add_argument("--top-n", type=int, default=0)
+    rerank.set_defaults(func=_rerank)
+    info = sub.add_parser("info", help="print a running server's model info")
+    _add_connection(info, timeout=10.0)
+    info.set_defaults(func=_info)

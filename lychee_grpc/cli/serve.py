@@ -11,14 +11,14 @@ from .. import config as settings
 
 
 def parser(environ=None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lychee-grpc serve", description="Run the reranking server.")
+    built = argparse.ArgumentParser(prog="lychee-grpc serve", description="Run the reranking server.")
     env_values = settings.from_env(environ)
-    for s in settings.SETTINGS:
-        default = env_values.get(s.flag, s.default())
-        shown = "" if default in (None, "") else " (set)" if s.secret else f" (default: {default})"
-        p.add_argument(f"--{s.flag}", type=s.kind, default=default, choices=s.choices,
-                       help=f"{s.help}{shown} [env {s.env}]")
-    return p
+    for setting in settings.SETTINGS:
+        default = env_values.get(setting.flag, setting.default())
+        shown = "" if default in (None, "") else " (set)" if setting.secret else f" (default: {default})"
+        built.add_argument(f"--{setting.flag}", type=setting.kind, default=default, choices=setting.choices,
+                           help=f"{setting.help}{shown} [env {setting.env}]")
+    return built
 
 
 def main(argv: list[str]) -> int:
@@ -27,9 +27,11 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:  # a malformed environment variable
         print(f"lychee-grpc serve: {exc}", file=sys.stderr)
         return 2
-    values = {s.flag: getattr(args, s.flag.replace("-", "_")) for s in settings.SETTINGS}
+    values = {setting.flag: getattr(args, setting.flag.replace("-", "_")) for setting in settings.SETTINGS}
     config = settings.build(values)
-    problems = config.problems()
+    from ..security import problems as security_problems  # reads the TLS and token files
+
+    problems = config.problems() + security_problems(config.security)
     if problems:
         for problem in problems:
             print(f"lychee-grpc serve: {problem}", file=sys.stderr)

@@ -7,20 +7,20 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    t = sub.add_parser("make-tiny-model", help="write a tiny random-weight checkpoint for tests and the demo")
-    t.add_argument("dir")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--force", action="store_true")
-    t.set_defaults(func=run)
+    tiny = sub.add_parser("make-tiny-model", help="write a tiny random-weight checkpoint for tests and the demo")
+    tiny.add_argument("dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--force", action="store_true")
+    tiny.set_defaults(func=run)
 
 
-def run(a: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..engine.model.tiny_model import make_tiny_model
 
-    out = Path(a.dir)
-    if (out / "config.json").exists() and not a.force:
+    out = Path(args.dir)
+    if (out / "config.json").exists() and not args.force:
         print(f"{out} already holds a checkpoint (use --force to rebuild)")
         return 0
-    make_tiny_model(out, seed=a.seed)
+    make_tiny_model(out, seed=args.seed)
     print(f"wrote a tiny RANDOM-weight Qwen2.5-VL checkpoint to {out}")
     return 0

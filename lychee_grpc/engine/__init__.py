@@ -4,6 +4,9 @@ Nothing here knows about gRPC or HTTP; a transport converts its messages to thes
 objects. Names are imported lazily (PEP 562), so that `from lychee_grpc.engine import Query,
 EngineConfig, InvalidInput` loads neither torch nor transformers.
 
+The seam the service calls is `EngineClient` (api.py), which `Engine` implements for one device
+and the worker pool for several.
+
 Subpackages: prompt/ (template, validation, tokenization, images), model/ (loading, the one
 in-place patch step, the reference oracle, the tiny checkpoint), lm/ (the packed LM forward),
 vision/ (the vision tower's forward and kernels), util/ (device copies, the LRU).
@@ -16,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, str] = {
     "Engine": ".engine",
-    "ModelInfo": ".engine",
+    "EngineClient": ".api",
+    "EngineInfo": ".api",
+    "EngineLimits": ".api",
+    "ImageCacheInfo": ".api",
+    "IndexedDocument": ".api",
+    "JobHandle": ".api",
+    "JobResult": ".api",
+    "Truncation": ".api",
+    "score_documents": ".api",
+    "FaultHook": ".faults",
     "EngineConfig": ".config",
     "TextLimits": ".config",
     "ImageLimits": ".config",
@@ -55,16 +67,23 @@ __all__ = [
     "DeadlineExpired",
     "Document",
     "Engine",
+    "EngineClient",
     "EngineConfig",
     "EngineError",
+    "EngineInfo",
+    "EngineLimits",
     "EngineStats",
+    "FaultHook",
     "FieldViolation",
+    "ImageCacheInfo",
     "ImageLimits",
     "ImagePart",
+    "IndexedDocument",
     "InvalidInput",
     "Job",
+    "JobHandle",
+    "JobResult",
     "LoadedModel",
-    "ModelInfo",
     "ModelLoadError",
     "NotReady",
     "NullObserver",
@@ -78,14 +97,16 @@ __all__ = [
     "TextPart",
     "Timings",
     "TooLarge",
+    "Truncation",
     "Usage",
     "load_model",
     "make_tiny_model",
     "reference_logits",
+    "score_documents",
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> Any:  # whichever public name is asked for
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -99,8 +120,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .api import (
+        EngineClient,
+        EngineInfo,
+        EngineLimits,
+        ImageCacheInfo,
+        IndexedDocument,
+        JobHandle,
+        JobResult,
+        Truncation,
+        score_documents,
+    )
     from .config import EngineConfig, ImageLimits, TextLimits
-    from .engine import Engine, ModelInfo
+    from .engine import Engine
     from .errors import (
         Cancelled,
         DeadlineExpired,
@@ -112,6 +144,7 @@ if TYPE_CHECKING:
         Overloaded,
         TooLarge,
     )
+    from .faults import FaultHook
     from .job import Job
     from .model.loader import LoadedModel, load_model
     from .model.reference import reference_logits

@@ -1,6 +1,7 @@
-"""The engine's face: open a job for a query, add documents, read scores as they come.
+"""The engine's face: one model on one device, behind the `EngineClient` protocol (api.py): open
+a job for a query, add its documents, read their scores as they come.
 
-Used by the transport (gRPC) and by anything else in-process; knows nothing of gRPC.
+Used by the service (directly, or inside each worker process of a pool); knows nothing of gRPC.
 """
 
 from __future__ import annotations
@@ -9,65 +10,42 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
+from .api import EngineClient, EngineInfo, EngineLimits, ImageCacheInfo, IndexedDocument, Truncation, score_documents
 from .config import EngineConfig
-from .errors import DeadlineExpired, FieldViolation, InvalidInput, NotReady, TooLarge
+from .errors import DeadlineExpired, NotReady
+from .faults import FaultHook, NoFaults
 from .job import Job
 from .lm.executor import Executor
 from .model.loader import LoadedModel, load_model
-from .prompt.prepare import EncodedImage, Prefetch, Preprocessor
-from .ranking import rank
-from .scheduler import Scheduler, guarded
+from .prompt.prepare import Preprocessor
+from .prompt.prepared import EncodedImage, Prefetch
+from .scheduler import Scheduler, no_stop_iteration
 from .stats import CANCELLED, DEADLINE, DeviceMemory, EngineStats, StatsObserver, StatsRecorder
-from .types import Document, ImagePart, Query, RequestStats, Score, TextPart
+from .types import Document, ImagePart, Query, TextPart
 from .vision.cache import VisionCache
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    model: str
-    dtype: str
-    attention: str
-    devices: tuple[str, ...]
-    random_weights: bool
-    parameters: int
-    default_instruction: str
-    max_documents_per_request: int
-    max_queue_documents: int
-    max_tokens_per_document: int
-    max_query_tokens: int
-    max_instruction_tokens: int
-    max_image_bytes: int
-    max_image_pixels: int
-    min_image_model_pixels: int
-    max_image_model_pixels: int
-    image_cache_bytes: int
-    image_cache_capacity_bytes: int
-    image_cache_hits: int
-    image_cache_misses: int
-
-
-@dataclass
-class Ranking:
-    scores: list[Score]  # best first
-    stats: RequestStats
-
-
-class Engine:
+class Engine(EngineClient):
     """One model on one device. `observer` hears what the engine does (batches, drops, cache
     hits), for a metrics exporter; `stats()` gives a snapshot of the same counters."""
 
-    def __init__(self, config: EngineConfig, loaded: LoadedModel, observer: StatsObserver | None = None):
+    def __init__(
+        self,
+        config: EngineConfig,
+        loaded: LoadedModel,
+        observer: StatsObserver | None = None,
+    ):
         self.config = config
         self.loaded = loaded
+        self._faults: FaultHook = NoFaults()
         self._recorder = StatsRecorder(observer)
         cuda = loaded.device.type == "cuda"
         image_processor = loaded.processor.image_processor
@@ -100,7 +78,22 @@ class Engine:
         )
         self.scheduler: Scheduler | None = None
         self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")
-        self.ready = False
+        self._ready = False
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def inject_faults(self, hook: FaultHook) -> None:
+        """The one fault-injection hook (faults.py), for tests: from now on the scheduler calls
+        `hook` where faults can strike. A server never calls this."""
+        self._faults = hook
+        if self.scheduler is not None:
+            self.scheduler.faults = hook
 
     def observe(self, observer: StatsObserver) -> None:
         """Sends what the engine does to `observer` too (a metrics exporter attached once loaded)."""
@@ -124,18 +117,20 @@ class Engine:
             max_queue_documents=self.config.max_queue_documents,
             recorder=self._recorder,
             max_queue_tokens=self.config.max_queue_tokens,
+            faults=self._faults,
         )
         self.scheduler.start()
         if self.config.warmup:
             await self._warmup()
-        self.ready = True
+        self._ready = True
 
     async def _warmup(self) -> None:
         buf = io.BytesIO()
         Image.new("RGB", (56, 56), (200, 120, 40)).save(buf, "PNG")
         started = time.perf_counter()
         query = Query((TextPart("warm-up"),))
-        await self.rerank(
+        await score_documents(
+            self,
             query,
             [Document("t", (TextPart("text document"),)), Document("i", (ImagePart(buf.getvalue()), TextPart("x")))],
         )
@@ -144,10 +139,10 @@ class Engine:
         # happened on an H200 (the compiled kernels met new shapes); now it happens here.
         job = await self.open_job(query)
         try:
-            await self.add_documents(job, [Document("a", (TextPart("one text document"),))])
+            await job.add_documents([(0, Document("a", (TextPart("one text document"),)))])
             results = job.results()
             await anext(results)
-            await self.add_documents(job, [Document("b", (TextPart("a later document"),))])
+            await job.add_documents([(1, Document("b", (TextPart("a later document"),)))])
             job.close()
             async for _ in results:
                 pass
@@ -157,23 +152,27 @@ class Engine:
         log.info("warm-up batch ran in %.0f ms", (time.perf_counter() - started) * 1e3)
 
     async def stop(self) -> None:
-        self.ready = False
+        self._ready = False
         if self.scheduler is not None:
             await self.scheduler.stop()
         self._cpu.shutdown(wait=False, cancel_futures=True)
 
-    def on_failure(self, callback) -> None:
-        """`callback(error)` when the engine can no longer score (its scheduler's worker died)."""
-        assert self.scheduler is not None, "start() the engine first"
-        self.scheduler.on_death(callback)
+    def on_failure(self, callback: Callable[[str], None]) -> None:
+        """`callback(reason)` when the engine can no longer score (its scheduler's worker died)."""
+        if self.scheduler is None:
+            raise NotReady("start() the engine first")
+        self.scheduler.on_death(lambda exc: callback(f"the engine died: {exc!r}"))
 
     def _prefetch(self, job: Job) -> Prefetch | None:
         """Image embeddings computed on the GPU thread ahead of the job's batches (see Prefetch)."""
         scheduler = self.scheduler
         if scheduler is None or self.config.prefetch_image_tokens <= 0:
             return None
-        return Prefetch(start=lambda pending: scheduler.submit_to_gpu(self.embed_ahead, pending, job),
-                        budget=self.config.prefetch_image_tokens)
+
+        def start(pending: list[EncodedImage]) -> None:
+            scheduler.submit_to_gpu(self.embed_ahead, pending, job)
+
+        return Prefetch(start=start, budget=self.config.prefetch_image_tokens)
 
     def embed_ahead(self, pending: list[EncodedImage], job: Job) -> None:
         """On the GPU thread: the vision tower for images of `job` decoded ahead of its batch
@@ -189,117 +188,87 @@ class Engine:
             log.warning("computing %d image embeddings ahead of their batch failed: %s", len(pending), exc)
 
     # ---- requests -----------------------------------------------------------------------
-    async def open_job(self, query: Query, instruction: str = "", deadline: float | None = None) -> Job:
+    async def open_job(
+        self,
+        query: Query,
+        instruction: str = "",
+        truncation: Truncation = Truncation.NONE,
+        max_tokens_per_document: int = 0,
+        deadline: float | None = None,
+    ) -> Job:
         if self.scheduler is None:
             raise NotReady("the model is still loading")
-        if not query.parts:
-            raise InvalidInput([FieldViolation("query.parts", "query must have at least one part")])
         instruction = instruction or self.config.default_instruction
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._cpu, guarded, self.preprocessor.prepare_query, query, instruction)
-        job = Job(query=prepared, deadline=deadline)
+        prepared = await loop.run_in_executor(
+            self._cpu, no_stop_iteration, self.preprocessor.prepare_query, query, instruction)
+        job = Job(query=prepared, deadline=deadline, intake=self._add_documents, truncation=truncation,
+                  max_tokens_per_document=max_tokens_per_document or self.config.text_limits.max_tokens_per_document)
         job.stats.timings.preprocess_ms += prepared.prepare_ms
         job.stats.usage.images += len(prepared.images)
         return job
 
-    async def add_documents(
-        self, job: Job, documents: Sequence[Document], truncate: bool = False, max_tokens: int = 0
-    ) -> None:
-        """Validates, prepares and queues documents; indices continue the job's count. Over-long
-        documents are refused, or with `truncate` cut to fit (see Preprocessor.prepare_documents)."""
+    async def _add_documents(self, job: Job, documents: Sequence[IndexedDocument]) -> list[int]:
+        """Validates, prepares and queues `job`'s documents (Job.add_documents)."""
         scheduler = self.scheduler
         if scheduler is None:
             raise NotReady("the model is still loading")
-        limit = self.config.max_documents_per_request
-        if job.next_index + len(documents) > limit:
-            raise TooLarge(
-                [FieldViolation("documents", f"{job.next_index + len(documents)} documents, over the limit of {limit}")]
-            )
-        first = job.next_index
-        indexed = [(first + k, doc) for k, doc in enumerate(documents)]
         started = time.perf_counter()
         with scheduler.expecting_documents():
             # One call per request (images are decoded on the preprocessor's own threads);
             # splitting a request to overlap it with the GPU measured no gain (bench/RESULTS.md,
             # "Where the time goes now, and what is next").
             prepared = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, guarded, self.preprocessor.prepare_documents, job.query, indexed, self._prefetch(job),
-                truncate, max_tokens,
+                self._cpu, no_stop_iteration, self.preprocessor.prepare_documents, job.query, documents,
+                self._prefetch(job), job.truncation, job.max_tokens_per_document,
             )
-        job.stats.timings.preprocess_ms += (time.perf_counter() - started) * 1e3
-        job.next_index += len(documents)
-        usage = job.stats.usage
-        for doc in prepared:
-            usage.prompt_tokens += doc.prompt_tokens
-            usage.images += doc.images
-            usage.cached_images += doc.cached_images
+        job.prepared(prepared, (time.perf_counter() - started) * 1e3)
         if job.expired():
             scheduler.drop_unqueued(job, len(prepared))
             raise DeadlineExpired("deadline expired before the documents were queued")
         scheduler.submit(job, prepared)
-
-    async def rerank(
-        self,
-        query: Query,
-        documents: Sequence[Document],
-        instruction: str = "",
-        top_n: int = 0,
-        deadline: float | None = None,
-    ) -> Ranking:
-        started = time.perf_counter()
-        if not documents:
-            raise InvalidInput([FieldViolation("documents", "at least one document is required")])
-        job = await self.open_job(query, instruction, deadline)
-        try:
-            await self.add_documents(job, documents)
-            job.close()
-            scores = [s async for s in job.results()]
-        except BaseException:
-            job.cancel()
-            raise
-        job.stats.timings.total_ms = (time.perf_counter() - started) * 1e3
-        return Ranking(rank(scores, top_n), job.stats)
+        return [doc.prompt_tokens for doc in prepared]
 
     # ---- introspection ------------------------------------------------------------------
-    def info(self) -> ModelInfo:
-        c = self.config
-        cache = self.vision_cache
+    def info(self) -> EngineInfo:
+        config = self.config
         counters = self._recorder.counters()
-        dev = self.loaded.device
-        return ModelInfo(
-            model=c.model,
+        device = self.loaded.device
+        return EngineInfo(
+            model=config.model,
             dtype=str(self.loaded.dtype).removeprefix("torch."),
             attention=self.loaded.attention,
-            devices=(str(dev) if dev.type != "cuda" else f"{dev}:{torch.cuda.get_device_name(dev)}",),
             random_weights=self.loaded.random_weights,
             parameters=self.loaded.parameters,
-            default_instruction=c.default_instruction,
-            max_documents_per_request=c.max_documents_per_request,
-            max_queue_documents=c.max_queue_documents,
-            max_tokens_per_document=c.text_limits.max_tokens_per_document,
-            max_query_tokens=c.text_limits.max_query_tokens,
-            max_instruction_tokens=c.text_limits.max_instruction_tokens,
-            max_image_bytes=c.image_limits.max_bytes,
-            max_image_pixels=c.image_limits.max_pixels,
-            min_image_model_pixels=self.min_image_pixels,
-            max_image_model_pixels=self.max_image_pixels,
-            image_cache_bytes=cache.bytes,
-            image_cache_capacity_bytes=cache.capacity_bytes,
-            image_cache_hits=counters.image_cache_hits,
-            image_cache_misses=counters.image_cache_misses,
+            default_instruction=config.default_instruction,
+            limits=EngineLimits(
+                max_documents_per_request=config.max_documents_per_request,
+                max_tokens_per_document=config.text_limits.max_tokens_per_document,
+                max_query_tokens=config.text_limits.max_query_tokens,
+                max_instruction_tokens=config.text_limits.max_instruction_tokens,
+                max_image_bytes=config.image_limits.max_bytes,
+                max_image_pixels=config.image_limits.max_pixels,
+                min_image_model_pixels=self.min_image_pixels,
+                max_image_model_pixels=self.max_image_pixels,
+                max_queue_documents=config.max_queue_documents,
+            ),
+            image_cache=ImageCacheInfo(self.vision_cache.bytes, self.vision_cache.capacity_bytes,
+                                       counters.image_cache_hits, counters.image_cache_misses),
+            devices=(str(device) if device.type != "cuda" else f"{device}:{torch.cuda.get_device_name(device)}",),
         )
 
-    def stats(self) -> EngineStats:
+    def stats(self) -> list[EngineStats]:
         """The engine's counters and gauges now; cheap enough to call at every metrics scrape."""
         counters = self._recorder.counters()
         scheduler = self.scheduler
         cache = self.vision_cache
-        dev = self.loaded.device
-        if dev.type == "cuda":
-            memory = DeviceMemory(str(dev), torch.cuda.memory_allocated(dev), torch.cuda.memory_reserved(dev))
+        device = self.loaded.device
+        if device.type == "cuda":
+            memory = DeviceMemory(str(device), torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
         else:
-            memory = DeviceMemory(str(dev), 0, 0)
-        return EngineStats(
+            memory = DeviceMemory(str(device), 0, 0)
+        return [EngineStats(
+            device=str(device),
             queue_documents=scheduler.queued if scheduler is not None else 0,
             queue_tokens=scheduler.queued_tokens if scheduler is not None else 0,
             preparing_requests=scheduler.preparing if scheduler is not None else 0,
@@ -315,4 +284,4 @@ class Engine:
             image_cache_bytes=cache.bytes,
             image_cache_capacity_bytes=cache.capacity_bytes,
             gpu_memory=(memory,),
-        )
+        )]

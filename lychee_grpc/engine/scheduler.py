@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from .errors import DeadlineExpired, FieldViolation, NotReady, Overloaded, TooLarge
+from .faults import FaultHook, NoFaults
 from .job import Job
 from .lm.executor import BatchItem, Executor
-from .prompt.prepare import PreparedDocument
+from .prompt.prepared import PreparedDocument
 from .stats import CANCELLED, DEADLINE, StatsRecorder
 from .types import Score
 
@@ -32,11 +33,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
-class _Item:
+class QueuedDocument:
     job: Job
     doc: PreparedDocument
     enqueued: float
     tokens: int
+
+
+def drain_seconds(queued: int, extra: int, done: int, seconds: float) -> float:
+    """How long `queued` units of work (documents or tokens) plus `extra` take to drain at the
+    measured rate (`done` units in `seconds`): the delay an overloaded caller is told to wait,
+    within [0.1, 60] s; 1 s until something has been measured."""
+    if seconds <= 0 or done <= 0:
+        return 1.0
+    return min(60.0, max(0.1, (queued + extra) * seconds / done))
 
 
 class Scheduler:
@@ -50,8 +60,10 @@ class Scheduler:
         max_queue_documents: int,
         recorder: StatsRecorder | None = None,
         max_queue_tokens: int = 0,
+        faults: FaultHook | None = None,
     ):
         self.executor = executor
+        self.faults: FaultHook = faults if faults is not None else NoFaults()
         self.recorder = recorder if recorder is not None else StatsRecorder()
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_documents = max_batch_documents
@@ -59,7 +71,7 @@ class Scheduler:
         self.max_wait = max_wait_ms / 1e3
         self.max_queue_documents = max_queue_documents
         self.max_queue_tokens = max_queue_tokens  # 0: no bound beyond documents
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[QueuedDocument] = deque()
         self._wakeup = asyncio.Event()
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lychee-gpu")
         self._task: asyncio.Task | None = None
@@ -70,7 +82,7 @@ class Scheduler:
         # Why the worker died (it never stops on its own): nothing can be scored any more.
         self.failure: BaseException | None = None
         self._on_death: list[Callable[[BaseException], None]] = []
-        self._current: list[_Item] = []  # the batch being scored
+        self._current: list[QueuedDocument] = []  # the batch being scored
 
     @property
     def queued(self) -> int:
@@ -113,8 +125,7 @@ class Scheduler:
         # Nobody would deliver these: their callers get UNAVAILABLE instead of waiting forever.
         error = NotReady("the engine stopped serving; retry on another replica")
         for item in self._queue:
-            item.job.outstanding -= 1
-            item.job.fail(error)
+            item.job.unscored(error)
         for item in self._current:  # some may have been delivered already: their counts are settled
             item.job.fail(error)
         self._queue.clear()
@@ -150,9 +161,9 @@ class Scheduler:
                 retry_after=self.drain_seconds(extra_tokens=tokens),
             )
         now = time.perf_counter()
-        job.outstanding += len(docs)
+        job.queued(len(docs))
         for doc in docs:
-            item = _Item(job, doc, now, len(doc.segment))
+            item = QueuedDocument(job, doc, now, len(doc.segment))
             self._queue.append(item)
             self._queued_tokens += item.tokens
         self._wakeup.set()
@@ -166,24 +177,22 @@ class Scheduler:
         per second when tokens are given, else documents: the delay an overloaded caller is told to
         wait. 1 s until a batch has been measured."""
         counters = self.recorder.counters()
-        if counters.batch_seconds <= 0 or counters.documents_scored == 0:
+        if counters.documents_scored == 0:
             return 1.0
         if extra_tokens:
-            seconds = (self._queued_tokens + extra_tokens) * counters.batch_seconds / max(1, self._tokens_scored)
-        else:
-            seconds = (len(self._queue) + extra_documents) * counters.batch_seconds / counters.documents_scored
-        return min(60.0, max(0.1, seconds))
+            return drain_seconds(self._queued_tokens, extra_tokens, max(1, self._tokens_scored), counters.batch_seconds)
+        return drain_seconds(len(self._queue), extra_documents, counters.documents_scored, counters.batch_seconds)
 
     def submit_to_gpu(self, fn: Callable, *args) -> Future:
         """Runs fn on the GPU thread, in order with the batches; callable from any thread."""
         return self._gpu.submit(fn, *args)
 
     async def run_on_gpu(self, fn: Callable, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._gpu, guarded, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._gpu, no_stop_iteration, fn, *args)
 
     # ---- the worker ---------------------------------------------------------------------
-    async def _next_batch(self) -> list[_Item]:
-        batch: list[_Item] = []
+    async def _next_batch(self) -> list[QueuedDocument]:
+        batch: list[QueuedDocument] = []
         budget = [0, 0]  # tokens, images
         while not batch:
             while not self._queue:
@@ -204,7 +213,7 @@ class Scheduler:
                     break
         return batch
 
-    def _fill(self, batch: list[_Item], budget: list[int]) -> bool:
+    def _fill(self, batch: list[QueuedDocument], budget: list[int]) -> bool:
         """Moves queued documents into `batch` while they fit; True when the batch is full."""
         while self._queue:
             if len(batch) >= self.max_batch_documents:
@@ -226,22 +235,21 @@ class Scheduler:
             budget[1] += item_images
         return len(batch) >= self.max_batch_documents
 
-    def _drop(self, item: _Item) -> None:
+    def _drop(self, item: QueuedDocument) -> None:
         job = item.job
         self.recorder.documents_dropped(1, _drop_reason(job))
-        job.outstanding -= 1
-        if job.expired() and not job.cancelled:
-            job.fail(DeadlineExpired("deadline expired before the documents were scored"))
-        job.release_if_done()
+        expired = job.expired() and not job.cancelled
+        job.unscored(DeadlineExpired("deadline expired before the documents were scored") if expired else None)
 
     async def _loop(self) -> None:
         while True:
             # No local keeps the batch (and so its jobs) alive while waiting for the next one.
             self._current = await self._next_batch()
+            self.faults.batch_formed(len(self._current))
             await self._process(self._current)
             self._current = []
 
-    async def _process(self, batch: list[_Item]) -> None:
+    async def _process(self, batch: list[QueuedDocument]) -> None:
         start = time.perf_counter()
         self._batch_id += 1
         for item in batch:
@@ -252,25 +260,18 @@ class Scheduler:
             # An unexpected error is a fault, never overload: it reaches the caller as INTERNAL.
             log.exception("batch of %d documents failed", len(batch))
             for item in batch:
-                item.job.outstanding -= 1
-                item.job.fail(exc)
+                item.job.unscored(exc)
             return
         elapsed = time.perf_counter() - start
         scored = tokens = images = saved = 0
         for item, logit in zip(batch, logits):
             job = item.job
-            if self._batch_id not in job._batches_seen:
-                job._batches_seen.add(self._batch_id)
-                job.stats.timings.inference_ms += elapsed * 1e3
-                job.stats.batches.append((start, start + elapsed))
-            job.stats.timings.queue_ms = max(job.stats.timings.queue_ms, (start - item.enqueued) * 1e3)
+            job.in_batch(self._batch_id, start, elapsed)
+            job.waited(start - item.enqueued)
             if not isinstance(logit, float) or not job.alive():
-                job.outstanding -= 1
-                if isinstance(logit, Exception):
-                    job.fail(logit)
-                else:
+                if not isinstance(logit, Exception):
                     self.recorder.documents_dropped(1, _drop_reason(job))
-                job.release_if_done()
+                job.unscored(logit if isinstance(logit, Exception) else None)
                 continue
             scored += 1
             tokens += item.tokens
@@ -283,23 +284,23 @@ class Scheduler:
             self.recorder.prefix_saved(saved - prefix_tokens)
 
     # ---- on the GPU thread --------------------------------------------------------------
-    def _run_batch(self, batch: list[_Item]) -> tuple[list[float | Exception | None], int]:
+    def _run_batch(self, batch: list[QueuedDocument]) -> tuple[list[float | Exception | None], int]:
         """The batch's logits (or errors, or None where not run), and the prefix tokens computed."""
         out: list[float | Exception | None] = [None] * len(batch)
         prefixes: list[int] = []
         self._score(batch, [k for k, i in enumerate(batch) if i.job.alive()], out, True, prefixes)
         return out, sum(prefixes)
 
-    def _score(self, batch: list[_Item], todo: list[int], out: list, inline_prefixes: bool,
-               prefixes: list[int]) -> None:
-        """Scores batch[k] for k in todo into out[k]. A request's prefix that has not run yet
+    def _score(self, batch: list[QueuedDocument], pending: list[int], out: list[float | Exception | None],
+               inline_prefixes: bool, prefixes: list[int]) -> None:
+        """Scores batch[k] for k in pending into out[k]. A request's prefix that has not run yet
         runs in the same pass as its first documents (inline); on OOM the prefixes run alone
         first and the documents are split in halves until they fit."""
-        if not todo:
+        if not pending:
             return
         items: list[BatchItem] = []
         inline: dict[Job, int] = {}  # job -> index of its prefix item in this pass
-        for k in todo:
+        for k in pending:
             job = batch[k].job
             if batch[k].doc.uses_prefix and job.prefix_kv is None and job not in inline:
                 if not inline_prefixes:
@@ -309,45 +310,46 @@ class Scheduler:
                         _free_cuda()
                         out[k] = TooLarge([FieldViolation("query", "the query is too large for the GPU memory left")])
                         continue
-                    job.stats.usage.computed_tokens += len(job.query.prefix)
+                    job.computed(len(job.query.prefix))
                     prefixes.append(len(job.query.prefix))
                     continue
                 inline[job] = len(items)
                 items.append(BatchItem(job.query.prefix, None, score=False, keep_kv=True))
-        todo = [k for k in todo if out[k] is None]
-        for k in todo:
+        pending = [k for k in pending if out[k] is None]
+        for k in pending:
             doc, job = batch[k].doc, batch[k].job
             context = (job.prefix_kv if job.prefix_kv is not None else inline[job]) if doc.uses_prefix else None
             items.append(BatchItem(doc.segment, context))
         try:
-            logits, kept = self.executor.run(items)
+            self.faults.model_call(items)
+            logits, kept_kv = self.executor.run(items)
         except torch.OutOfMemoryError:
             _free_cuda()
             if inline:
-                self._score(batch, todo, out, False, prefixes)
-            elif len(todo) == 1:
-                out[todo[0]] = TooLarge([FieldViolation(
-                    f"documents[{batch[todo[0]].doc.index}]", "the document is too large for the GPU memory left")])
+                self._score(batch, pending, out, False, prefixes)
+            elif len(pending) == 1:
+                out[pending[0]] = TooLarge([FieldViolation(
+                    f"documents[{batch[pending[0]].doc.index}]", "the document is too large for the GPU memory left")])
             else:
                 self.recorder.oom_split()
-                half = len(todo) // 2
-                self._score(batch, todo[:half], out, False, prefixes)
-                self._score(batch, todo[half:], out, False, prefixes)
+                half = len(pending) // 2
+                self._score(batch, pending[:half], out, False, prefixes)
+                self._score(batch, pending[half:], out, False, prefixes)
             return
         for job, index in inline.items():
-            job.prefix_kv = kept[index]
-            job.stats.usage.computed_tokens += len(job.query.prefix)
+            job.prefix_kv = kept_kv[index]
+            job.computed(len(job.query.prefix))
             prefixes.append(len(job.query.prefix))
-        for k, value in zip(todo, logits.tolist()):
+        for k, value in zip(pending, logits.tolist()):
             out[k] = value
-            batch[k].job.stats.usage.computed_tokens += batch[k].tokens
+            batch[k].job.computed(batch[k].tokens)
 
 
 def _drop_reason(job: Job) -> str:
     return DEADLINE if job.expired() and not job.cancelled else CANCELLED
 
 
-def guarded(fn: Callable, *args):
+def no_stop_iteration(fn: Callable, *args):
     """fn(*args) for `run_in_executor`: a StopIteration escaping fn becomes a RuntimeError. asyncio
     cannot set StopIteration on a future (it logs a TypeError and leaves the future pending), so
     the awaiting request would wait forever instead of failing."""

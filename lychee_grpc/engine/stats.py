@@ -3,7 +3,7 @@
 The scheduler, the executor and the engine report what happens through `StatsObserver`
 callbacks; `StatsRecorder` is the one owner of the engine's counters (it implements the same
 callbacks and forwards each to an optional outside observer, such as a metrics exporter).
-`EngineStats` is a frozen snapshot (`Engine.stats()`): the counters plus the gauges read at
+`EngineStats` is a frozen snapshot of one device's engine (`Engine.stats()`): the counters plus the gauges read at
 snapshot time (queue depth, cache bytes, GPU memory). Nothing here imports a metrics library.
 """
 
@@ -28,6 +28,7 @@ class DeviceMemory:
 
 @dataclass(frozen=True)
 class EngineStats:
+    device: str  # the engine's device (a worker pool's label: cpu:1 when two workers share the CPU)
     queue_documents: int
     queue_tokens: int
     preparing_requests: int  # calls between validation and queueing

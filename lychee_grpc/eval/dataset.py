@@ -95,6 +95,7 @@ class Dataset:
         return sum(len(q.candidates) for q in self.queries)
 
 
+# `obj`, `value`: parsed JSON of any shape until these functions validate it.
 def _content(obj: object, where: str, base: Path, allow_string: bool) -> Content:
     if allow_string and isinstance(obj, str):
         obj = {"text": obj}

@@ -26,7 +26,7 @@ _TAG = re.compile(r"<[^>]+>")
 def _rows(path: Path) -> Iterator[dict[str, str]]:
     if path.suffix == ".parquet":
         try:
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # pyright: ignore[reportMissingImports]  # optional: only parquet needs it
         except ImportError as exc:
             raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow); CSV needs nothing") from exc
         table = pq.ParquetFile(path)

@@ -14,6 +14,8 @@ from .metrics import compare, mean_ci, metric_names, per_query
 from .run import SideScores
 
 INCOMING = "incoming"
+# A JSON-ready part of the results (numbers, names, nested sections): object values.
+Section = dict[str, object]
 
 
 @dataclass(frozen=True)
@@ -45,17 +47,17 @@ def _systems(
 
 
 def _block(
-    ids: list[str],
+    ids: list[int],
     values: dict[str, dict[str, np.ndarray]],
     pairs: list[tuple[str, str, str]],
     names: list[str],
     st: Settings,
     systems: list[str] | None = None,
-) -> dict[str, object]:
+) -> Section:
     """Means with intervals for each system, and each comparison, over the queries `ids` (given
     as positions into the per-query arrays)."""
     idx = np.array(ids, dtype=int)
-    block: dict[str, object] = {
+    block: Section = {
         "n": len(ids),
         "systems": {
             system: {m: mean_ci(v[m][idx], st.resamples, st.level, st.seed).as_dict() for m in names}
@@ -84,92 +86,123 @@ def evaluate(
     sides: Sequence[SideScores],
     extra_rules: Sequence[rules.Rule] = (),
     settings: Settings = Settings(),
-) -> dict[str, object]:
-    """Every number, as a JSON-ready dict. Queries are kept where every side scored them and at
-    least one candidate is relevant (without one, every order scores 0 and says nothing)."""
-    st = settings
-    names = metric_names(st.recall_k)
-    failed = sorted({qid for s in sides for qid in s.failed})
+) -> Section:
+    """Every number, as a JSON-ready dict, one builder per section. Queries are kept where every
+    side scored them and at least one candidate is relevant (without one, every order scores 0
+    and says nothing)."""
+    names = metric_names(settings.recall_k)
     scored = [q for q in dataset.queries if all(q.id in s.scores for s in sides)]
-    no_relevant = [q.id for q in scored if not q.has_relevant]
     queries = [q for q in scored if q.has_relevant]
     ids = [q.id for q in queries]
     qrels = {q.id: {c.id: c.gain for c in q.candidates} for q in queries}
 
     systems, pairs = _systems(queries, sides, extra_rules) if queries else ({}, [])
-    values = {name: per_query(ranking, qrels, ids, st.recall_k) for name, ranking in systems.items()}
+    values = {name: per_query(ranking, qrels, ids, settings.recall_k) for name, ranking in systems.items()}
 
-    results: dict[str, object] = {
-        "dataset": {
-            "path": str(dataset.path),
-            "sha256": dataset.sha256,
-            "queries": len(dataset.queries),
-            "candidates": dataset.n_candidates,
-            "evaluated_queries": len(queries),
-            "queries_without_relevant": no_relevant,
-            "failed_queries": {qid: next(s.failed[qid] for s in sides if qid in s.failed) for qid in failed},
-        },
-        "sides": [
-            {
-                "name": s.side.name,
-                "target": s.side.target,
-                "instruction": s.side.instruction,
-                "model": s.model,
-                "random_weights": s.random_weights,
-                "limits": s.limits,
-                "resumed_queries": s.resumed,
-                "scored_queries": s.scored,
-            }
-            for s in sides
-        ],
-        "settings": {
-            "metrics": names,
-            "recall_k": st.recall_k,
-            "confidence_level": st.level,
-            "bootstrap_resamples": st.resamples,
-            "randomization_permutations": st.permutations,
-            "seed": st.seed,
-            "rules": [r.name for r in extra_rules],
-        },
+    results: Section = {
+        "dataset": _dataset_section(dataset, sides, scored, queries),
+        "sides": _sides_section(sides),
+        "settings": _settings_section(settings, names, extra_rules),
     }
     if not queries:
-        results["overall"] = {"n": 0, "systems": {}, "comparisons": []}
-        results["categories"] = {}
-        results["rules"] = {}
-        results["score_distribution"] = {}
-        results["per_query"] = {}
-        return results
+        return results | {"overall": {"n": 0, "systems": {}, "comparisons": []}, "categories": {}, "rules": {},
+                          "score_distribution": {}, "per_query": {}}
+    return results | {
+        "overall": _block(list(range(len(ids))), values, pairs, names, settings),
+        "categories": _categories_section(dataset, queries, sides, values, pairs, names, settings),
+        "rules": _rules_section(queries, sides[0], extra_rules),
+        "score_distribution": _score_distribution_section(scored, sides),
+        "per_query": {qid: {system: {m: float(values[system][m][i]) for m in names} for system in values}
+                      for i, qid in enumerate(ids)},
+    }
 
-    everything = list(range(len(ids)))
-    results["overall"] = _block(everything, values, pairs, names, st)
 
-    # per category: incoming and each deployment's reranking, not every rule (those are overall)
+def _dataset_section(
+    dataset: Dataset, sides: Sequence[SideScores], scored: list[EvalQuery], queries: list[EvalQuery]
+) -> Section:
+    failed = sorted({qid for s in sides for qid in s.failed})
+    return {
+        "path": str(dataset.path),
+        "sha256": dataset.sha256,
+        "queries": len(dataset.queries),
+        "candidates": dataset.n_candidates,
+        "evaluated_queries": len(queries),
+        "queries_without_relevant": [q.id for q in scored if not q.has_relevant],
+        "failed_queries": {qid: next(s.failed[qid] for s in sides if qid in s.failed) for qid in failed},
+    }
+
+
+def _sides_section(sides: Sequence[SideScores]) -> list[Section]:
+    return [
+        {
+            "name": s.side.name,
+            "target": s.side.target,
+            "instruction": s.side.instruction,
+            "model": s.model,
+            "random_weights": s.random_weights,
+            "limits": s.limits,
+            "resumed_queries": s.resumed,
+            "scored_queries": s.scored,
+        }
+        for s in sides
+    ]
+
+
+def _settings_section(settings: Settings, names: list[str], extra_rules: Sequence[rules.Rule]) -> Section:
+    return {
+        "metrics": names,
+        "recall_k": settings.recall_k,
+        "confidence_level": settings.level,
+        "bootstrap_resamples": settings.resamples,
+        "randomization_permutations": settings.permutations,
+        "seed": settings.seed,
+        "rules": [r.name for r in extra_rules],
+    }
+
+
+def _categories_section(
+    dataset: Dataset,
+    queries: list[EvalQuery],
+    sides: Sequence[SideScores],
+    values: dict[str, dict[str, np.ndarray]],
+    pairs: list[tuple[str, str, str]],
+    names: list[str],
+    settings: Settings,
+) -> dict[str, Section]:
+    """Per category: incoming and each deployment's reranking, not every rule (those are overall)."""
     per_category = [p for p in pairs if p[0] != "rule"]
     shown = [INCOMING] + [s.side.name for s in sides]
-    categories: dict[str, dict[str, object]] = {}
+    categories: dict[str, Section] = {}
     for fld in dataset.category_fields:
         groups: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
             if fld in q.categories:
                 groups.setdefault(q.categories[fld], []).append(i)
         categories[fld] = {
-            v: _block(members, values, per_category, names, st, shown) for v, members in sorted(groups.items())
+            v: _block(members, values, per_category, names, settings, shown) for v, members in sorted(groups.items())
         }
-    results["categories"] = categories
+    return categories
 
-    first = sides[0]
-    rule_effects: dict[str, object] = {}
+
+def _rules_section(
+    queries: list[EvalQuery], first: SideScores, extra_rules: Sequence[rules.Rule]
+) -> Section:
+    """What each business rule left out, on the first deployment's scores."""
+    effects: Section = {}
+    total = sum(len(q.candidates) for q in queries)
     for rule in extra_rules:
         kept = [len(rule.apply(q, first.scores[q.id])) for q in queries]
-        total = sum(len(q.candidates) for q in queries)
-        rule_effects[f"{first.side.name} {rule.name}"] = {
+        effects[f"{first.side.name} {rule.name}"] = {
             "kept_candidates": sum(kept),
             "dropped_candidates": total - sum(kept),
             "queries_left_empty": sum(1 for k in kept if k == 0),
         }
-    results["rules"] = rule_effects
+    return effects
 
-    distribution: dict[str, dict[str, object]] = {}
+
+def _score_distribution_section(scored: list[EvalQuery], sides: Sequence[SideScores]) -> Section:
+    """Each deployment's scores grouped by the candidates' relevance grade."""
+    distribution: Section = {}
     for s in sides:
         by_gain: dict[int, list[float]] = {}
         for q in scored:
@@ -184,9 +217,4 @@ def evaluate(
             }
             for g, v in sorted(by_gain.items())
         }
-    results["score_distribution"] = distribution
-    results["per_query"] = {
-        qid: {system: {m: float(values[system][m][i]) for m in names} for system in values}
-        for i, qid in enumerate(ids)
-    }
-    return results
+    return distribution

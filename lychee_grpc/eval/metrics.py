@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # ir_measures is imported when metrics are computed (the [eval] extra)
+    from ir_measures import Measure
 
 Ranking = Mapping[str, Sequence[str]]  # query id -> candidate ids, best first
 Qrels = Mapping[str, Mapping[str, int]]  # query id -> candidate id -> gain
@@ -18,7 +22,7 @@ def metric_names(recall_k: int = 10) -> list[str]:
     return ["NDCG@1", "NDCG@5", "NDCG@10", "MRR", f"Recall@{recall_k}"]
 
 
-def _measures(recall_k: int) -> dict[object, str]:
+def _measures(recall_k: int) -> dict[Measure, str]:
     from ir_measures import RR, R, nDCG
 
     # nDCG with linear gains (trec_eval's), RR and recall count a candidate relevant at gain >= 1.
@@ -85,7 +89,7 @@ class Comparison:
     change_pct_ci: tuple[float, float] | None
     p_value: float  # two-sided paired randomization (sign-flip) test
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, object]:  # JSON-ready: floats, ints, None
         return {
             "n": self.n,
             "mean_a": self.mean_a,

@@ -9,6 +9,9 @@ from typing import Any
 
 from .evaluate import INCOMING
 
+# evaluate()'s numbers as JSON-ready dicts (values of every JSON kind): Any inside.
+Results = dict[str, Any]
+
 CATEGORY_METRIC = "NDCG@10"
 
 
@@ -34,7 +37,7 @@ def _ci(pair: list[float] | None, pct: bool) -> str:
     return f"[{_pct(pair[0])}, {_pct(pair[1])}]" if pct else f"[{pair[0]:+.3f}, {pair[1]:+.3f}]"
 
 
-def _comparison_table(block: dict[str, Any], comparison: dict[str, Any], names: list[str]) -> list[str]:
+def _comparison_table(block: Results, comparison: Results, names: list[str]) -> list[str]:
     a, b = comparison["a"], comparison["b"]
     lines = [
         f"| metric | {a} | {b} | change | CI of change | Δ | p |",
@@ -49,7 +52,7 @@ def _comparison_table(block: dict[str, Any], comparison: dict[str, Any], names: 
     return lines
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: Results) -> str:
     ds, sides, st = results["dataset"], results["sides"], results["settings"]
     names: list[str] = st["metrics"]
     level = round(st["confidence_level"] * 100)
@@ -104,11 +107,11 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_json(results: dict[str, Any], path: Path) -> None:
+def write_json(results: Results, path: Path) -> None:
     path.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
 
 
-def _clean(x: Any) -> Any:
+def _clean(x: Any) -> Any:  # any JSON value
     """NaN (an interval over no queries) is not JSON: written as null."""
     if isinstance(x, float) and math.isnan(x):
         return None
@@ -119,7 +122,7 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def charts(results: dict[str, Any], out: Path) -> list[Path]:
+def charts(results: Results, out: Path) -> list[Path]:
     """categories.png: the category metric per category value, incoming vs each deployment, with
     intervals; scores.png: score distribution by relevance label, per deployment."""
     import matplotlib
@@ -131,7 +134,7 @@ def charts(results: dict[str, Any], out: Path) -> list[Path]:
     if not results["overall"]["n"]:
         return written
     systems = [INCOMING] + [s["name"] for s in results["sides"]]
-    panels: list[tuple[str, dict[str, Any]]] = [("overall", {"all": results["overall"]})]
+    panels: list[tuple[str, Results]] = [("overall", {"all": results["overall"]})]
     panels += list(results["categories"].items())
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.2 * max(len(g) for _, g in panels) + 3),
                                                       3 * len(panels)), squeeze=False)
@@ -173,7 +176,7 @@ def charts(results: dict[str, Any], out: Path) -> list[Path]:
     return written
 
 
-def write_report(results: dict[str, Any], out: Path, with_charts: bool = True) -> dict[str, Path]:
+def write_report(results: Results, out: Path, with_charts: bool = True) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     clean = _clean(results)
     paths = {"markdown": out / "report.md", "json": out / "report.json"}

@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -21,6 +21,8 @@ from lychee_grpc.proto import lychee_pb2 as pb
 from .dataset import Content, Dataset, EvalQuery
 
 _RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,14 +67,14 @@ def _parts(content: Content) -> list[pb.Part]:
 
 def _retry_delay(err: grpc.RpcError) -> float | None:
     """The delay a RESOURCE_EXHAUSTED status asks for through google.rpc.RetryInfo, if any."""
-    for key, value in err.trailing_metadata() or ():
+    # grpc's stub types the metadata as one item; it is a sequence of (key, value) pairs.
+    for key, value in err.trailing_metadata() or ():  # pyright: ignore[reportGeneralTypeIssues]
         if key != "grpc-status-details-bin":
             continue
         status = status_pb2.Status.FromString(value)
         for detail in status.details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
+            info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):  # False for any other detail
                 return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
     return None
 
@@ -81,7 +83,7 @@ class ScoreStore:
     """Append-only JSONL of finished queries, headed by what they were scored with; a run that
     finds a matching header skips the queries already there."""
 
-    def __init__(self, path: Path, header: dict[str, object]):
+    def __init__(self, path: Path, header: dict[str, object]):  # header: the run's JSON settings
         self.path = path
         self.header = header
 
@@ -129,11 +131,11 @@ class RunSettings:
     max_retries: int = 8
 
 
-async def _with_retry(call: Callable[[], object], max_retries: int) -> object:
+async def _with_retry(call: Callable[[], Awaitable[T]], max_retries: int) -> T:
     backoff = 0.25
     for attempt in range(max_retries + 1):
         try:
-            return await call()  # type: ignore[misc]
+            return await call()
         except grpc.aio.AioRpcError as err:
             if err.code() not in _RETRYABLE or attempt == max_retries:
                 raise

@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,7 +25,8 @@ from .routes import api, probes
 from .status import MALFORMED, STATUS, ErrorKind, ErrorReply, reply_for
 
 if TYPE_CHECKING:
-    from ..rpc.interceptors import Authenticator, RequestObserver
+    from ..observability.requests import RequestObserver
+    from ..security import Authenticator
 
 CONSOLE = Path(__file__).resolve().parent / "console"
 
@@ -39,7 +41,7 @@ def field_path(loc: Sequence[str | int]) -> str:
     return path or "body"
 
 
-def _message(error: dict) -> str:
+def _message(error: dict[str, Any]) -> str:  # one of pydantic's error dicts
     # pydantic prefixes a validator's own words with "Value error, "; the field name says enough.
     return re.sub(r"^(Value|Assertion) error, ", "", error.get("msg", "invalid"))
 
@@ -85,9 +87,11 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.include_router(api)
     app.include_router(probes)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    routes = frozenset({r.path for router in (api, probes) for r in router.routes} | {"/openapi.json", "/docs"})
+    # Starlette types a handler as taking any Exception; each takes the class it is registered for.
+    app.add_exception_handler(RequestValidationError, _validation_error)  # pyright: ignore[reportArgumentType]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # pyright: ignore[reportArgumentType]
+    paths = {route.path for router in (api, probes) for route in router.routes if isinstance(route, APIRoute)}
+    routes = frozenset(paths | {"/openapi.json", "/docs"})
     app.add_middleware(RequestMiddleware, observers=observers, authenticator=authenticator,
                        max_body_bytes=max_body_bytes, routes=routes)
     # Last: it answers every path the routes above do not.

@@ -8,6 +8,7 @@ import binascii
 import dataclasses
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from ..service.errors import FieldViolation, InvalidInput
 from ..service.types import (
@@ -27,6 +28,8 @@ from .schemas import Content
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
                        re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
+
+JsonObject = dict[str, Any]  # a response body: JSON values of any kind
 
 
 def decode_image(value: str, path: str) -> bytes:
@@ -92,18 +95,19 @@ def echo(content: Content) -> dict[str, str]:
     return content.model_dump(exclude_none=True)
 
 
-def usage(u: Usage) -> dict:
+def usage(u: Usage) -> JsonObject:
     return {**dataclasses.asdict(u), "total_tokens": u.prompt_tokens}
 
 
-def rerank_result(r: RankedResult, document: Content | None) -> dict:
-    out = {"index": r.index, "relevance_score": r.score, "band": r.band, "logit": r.logit, "truncated": r.truncated}
+def rerank_result(r: RankedResult, document: Content | None) -> JsonObject:
+    out: JsonObject = {"index": r.index, "relevance_score": r.score, "band": r.band, "logit": r.logit,
+                       "truncated": r.truncated}
     if document is not None:
         out["document"] = echo(document)
     return out
 
 
-def rerank_response(outcome: RerankOutcome, documents: Sequence[Content] | None) -> dict:
+def rerank_response(outcome: RerankOutcome, documents: Sequence[Content] | None) -> JsonObject:
     return {
         "id": outcome.request_id,
         "model": outcome.model,
@@ -115,14 +119,14 @@ def rerank_response(outcome: RerankOutcome, documents: Sequence[Content] | None)
     }
 
 
-def fragment(f: Fragment, query: Content, document: Content) -> dict:
+def fragment(f: Fragment, query: Content, document: Content) -> JsonObject:
     names = fields_of(query if f.source == "query" else document)
     out = dataclasses.asdict(f)
     out["field"] = names[f.part_index] if f.part_index < len(names) else "text"
     return out
 
 
-def explain_response(outcome: ExplainOutcome, query: Content, document: Content) -> dict:
+def explain_response(outcome: ExplainOutcome, query: Content, document: Content) -> JsonObject:
     return {
         "score": outcome.score,
         "logit": outcome.logit,

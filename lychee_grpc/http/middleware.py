@@ -13,12 +13,13 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..observability.requests import RequestObserver, RequestRecord, current_record
 from ..service import context as request_context
 from ..service.errors import FieldViolation, TooLarge
 from .status import reply_for
 
-if TYPE_CHECKING:  # the same hooks the gRPC interceptor calls
-    from ..rpc.interceptors import Authenticator, RequestObserver
+if TYPE_CHECKING:  # the same hook the gRPC interceptor calls
+    from ..security import Authenticator
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,8 @@ class RequestMiddleware:
         headers = Headers(scope=scope)
         rid = request_context.new_request_id(headers.get("x-request-id"))
         token = request_context.request_id.set(rid)
-        record = request_context.RequestRecord(
-            traceparent=headers.get("traceparent", ""), tracestate=headers.get("tracestate", ""))
-        record_token = request_context.request_record.set(record)
+        record = RequestRecord(traceparent=headers.get("traceparent", ""), tracestate=headers.get("tracestate", ""))
+        record_token = current_record.set(record)
         status = 500
         responded = False
 
@@ -102,11 +102,11 @@ class RequestMiddleware:
             await JSONResponse(reply.body(), reply.status, headers=reply.headers)(scope, receive, send_with_id)
         finally:
             request_context.request_id.reset(token)
-            request_context.request_record.reset(record_token)
+            current_record.reset(record_token)
             self._done(scope, str(status if responded else 499), started, rid, record)
 
     def _done(self, scope: Scope, code: str, started: float, rid: str,
-              record: request_context.RequestRecord | None = None) -> None:
+              record: RequestRecord | None = None) -> None:
         seconds = time.perf_counter() - started
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else ""

@@ -13,10 +13,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..lifecycle import Lifecycle, State
+from ..observability.requests import note_served
 from ..service import Service
 from ..service import context as request_context
 from ..service.errors import Cancelled, DeadlineExpired, FieldViolation, InvalidInput
-from ..service.types import ExplainOptions, ModelInfo, RerankOptions
+from ..service.types import ExplainOptions, ModelInfo, RerankOptions, RerankOutcome
 from . import convert
 from .schemas import (
     ApiRerankRequest,
@@ -46,6 +47,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 
+# Each route returns Any: a JSON-ready value that FastAPI validates against the route's response_model.
 api = APIRouter(responses=_ERRORS)
 probes = APIRouter(tags=["probes"])
 
@@ -84,9 +86,12 @@ async def _guarded(
         done, _ = await asyncio.wait({task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             try:
-                return task.result()
+                result = task.result()
             except InvalidInput as exc:
                 raise rename(exc) from exc
+            if isinstance(result, RerankOutcome):  # what the access log, metrics and trace report
+                note_served(result.served)
+            return result
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         if watcher in done:
@@ -132,7 +137,8 @@ async def api_rerank(body: ApiRerankRequest, request: Request) -> Any:
     their scores."""
     timeout = _timeout(request)
     violations: list[FieldViolation] = []
-    query_content, contents = Content(text=body.query), [Content(text=d) for d in body.documents]
+    query_content = Content(text=body.query, image=None)
+    contents = [Content(text=d, image=None) for d in body.documents]
     query = convert.query_from(query_content, violations)
     documents = convert.documents_from(contents, violations)
     options = RerankOptions(

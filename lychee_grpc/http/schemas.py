@@ -37,7 +37,7 @@ class Content(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _from_string(cls, value: Any) -> Any:
+    def _from_string(cls, value: Any) -> Any:  # the raw JSON value, before validation
         return {"text": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import uvicorn
@@ -18,12 +18,13 @@ log = logging.getLogger(__name__)
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
+    def capture_signals(self) -> Generator[None]:
         # uvicorn would take SIGTERM/SIGINT for itself; the App drains everything on them instead.
         yield
 
 
 class HttpServer:
+    # ssl_options: uvicorn.Config keywords (security.uvicorn_ssl_options), of several types.
     def __init__(self, app: FastAPI, host: str, port: int, ssl_options: dict[str, Any] | None = None):
         self.app = app
         self.host = host
@@ -31,7 +32,7 @@ class HttpServer:
         self.ssl_options = ssl_options or {}
         self.port = 0
         self._server: _Server | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def _bind(self) -> socket.socket:
         """Bound here, before serving, so a taken port fails start() and port 0's pick is known."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..service.errors import ErrorKind, FieldViolation, kind_of, retry_after_of, violations_of
 
@@ -36,10 +37,10 @@ class ErrorReply:
     code: str
     message: str
     request_id: str
-    field_violations: list[FieldViolation] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)
+    field_violations: list[FieldViolation] = field(default_factory=list[FieldViolation])
+    headers: dict[str, str] = field(default_factory=dict[str, str])
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:  # JSON
         return {
             "error": {
                 "code": self.code,

@@ -6,9 +6,10 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from ..service import context as request_context
+from .requests import RequestRecord
 
 FORMATS = ("text", "json")
 ACCESS_LOGGER = "lychee_grpc.access"
@@ -61,7 +62,7 @@ class TextFormatter(logging.Formatter):
         return f"{line} [request_id={rid}]" if rid and rid not in line else line
 
 
-def configure(level: str = "INFO", fmt: str = "text", stream: Any = None) -> logging.Handler:
+def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> logging.Handler:
     """Replaces the root logger's handlers with one in `fmt` ("text" or "json")."""
     if fmt not in FORMATS:
         raise ValueError(f"log format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -84,8 +85,8 @@ class AccessLog:
         self.log = logger or logging.getLogger(ACCESS_LOGGER)
 
     def request_done(self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str,
-                     record: request_context.RequestRecord | None = None) -> None:
-        record = record or request_context.RequestRecord()
+                     record: RequestRecord | None = None) -> None:
+        record = record or RequestRecord()
         fields = {
             "transport": transport,
             "method": method,

@@ -4,8 +4,9 @@ Three kinds of source feed them. Each transport calls `request_done` once per ca
 method, transport and code; latency). The service calls `request_finished` once per scored
 request (documents, tokens, preprocess time). The engine calls the `StatsObserver` callbacks as it
 works (batch sizes, inference and queue time). Gauges and the engine's own counters (queue depth,
-documents scored, cache, OOM splits, GPU memory) are read from `Engine.stats()` at scrape time,
-so they cannot drift from the engine's truth. The engine never imports this module.
+documents scored, cache, OOM splits, GPU memory) are read from the engine client's `stats()` (one
+snapshot per device) at scrape time, so they cannot drift from the engine's truth. The engine
+never imports this module.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from ..engine.stats import EngineStats
+from ..engine.types import RequestStats
+from .requests import RequestRecord
+
 log = logging.getLogger(__name__)
 
 # 5 ms to 30 s.
@@ -30,12 +35,13 @@ TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 5
 
 
 class EngineCollector(Collector):
-    """Reads the engine's snapshot (`stats()`, an EngineStats, None while loading) and the
-    requests in flight at scrape time."""
+    """Reads the engine client's snapshots (`stats()`, one EngineStats per device, none while
+    loading) and the requests in flight at scrape time."""
 
-    def __init__(self, stats: Callable[[], Any], in_flight: Callable[[], int]):
+    def __init__(self, stats: Callable[[], list[EngineStats]], in_flight: Callable[[], int], per_device: bool):
         self._stats = stats
         self._in_flight = in_flight
+        self._per_device = per_device  # worker processes: each device's share as well
 
     def describe(self) -> Iterable[Metric]:
         return []  # metrics appear once the engine is loaded; no names are checked at registration
@@ -44,14 +50,14 @@ class EngineCollector(Collector):
         yield GaugeMetricFamily("lychee_requests_in_flight", "Requests being served now (all transports).",
                                 value=self._in_flight())
         try:
-            stats = self._stats()
+            snapshots = self._stats()
         except Exception:  # a scrape never fails because the engine is loading or stopping
-            stats = None
-        if isinstance(stats, dict):  # worker processes: {device: EngineStats}
-            yield from _per_device(stats)
-            stats = _combined(list(stats.values()))
-        if stats is None:
+            snapshots = []
+        if not snapshots:
             return
+        if self._per_device:
+            yield from _per_device(snapshots)
+        stats = _combined(snapshots)
         yield GaugeMetricFamily("lychee_queue_documents", "Documents waiting for a model batch.",
                                 value=stats.queue_documents)
         yield GaugeMetricFamily("lychee_queue_tokens", "Tokens of the documents waiting for a model batch.",
@@ -89,34 +95,33 @@ class EngineCollector(Collector):
         yield reserved
 
 
-def _per_device(stats: dict[str, Any]) -> Iterable[Metric]:
-    """With one worker per device: each device's share, to see that every GPU is busy."""
+def _per_device(snapshots: list[EngineStats]) -> Iterable[Metric]:
+    """Each device's share, to see that every GPU is busy."""
     batches = CounterMetricFamily("lychee_worker_batches", "Model batches run, per device.", labels=["device"])
     scored = CounterMetricFamily("lychee_worker_documents_scored", "Documents scored, per device.",
                                  labels=["device"])
     queued = GaugeMetricFamily("lychee_worker_queue_tokens", "Tokens queued for a model batch, per device.",
                                labels=["device"])
-    for device, snapshot in sorted(stats.items()):
-        batches.add_metric([device], snapshot.batches)
-        scored.add_metric([device], snapshot.documents_scored)
-        queued.add_metric([device], snapshot.queue_tokens)
+    for snapshot in sorted(snapshots, key=lambda s: s.device):
+        batches.add_metric([snapshot.device], snapshot.batches)
+        scored.add_metric([snapshot.device], snapshot.documents_scored)
+        queued.add_metric([snapshot.device], snapshot.queue_tokens)
     yield from (batches, scored, queued)
 
 
-def _combined(snapshots: list[Any]) -> Any:
-    """One snapshot for several engines (one per device): counts summed, GPU memory per device."""
-    if not snapshots:
-        return None
-    fields: dict[str, Any] = {}
-    for name in vars(snapshots[0]):
-        values = [getattr(s, name) for s in snapshots]
-        if name == "gpu_memory":
-            fields[name] = tuple(m for v in values for m in v)
-        elif name == "documents_dropped":
-            fields[name] = {k: sum(v.get(k, 0) for v in values) for k in values[0]}
-        else:
-            fields[name] = sum(values)
-    return dataclasses.replace(snapshots[0], **fields)
+def _combined(snapshots: list[EngineStats]) -> EngineStats:
+    """One snapshot for every device's engine: counts summed, GPU memory per device."""
+    if len(snapshots) == 1:
+        return snapshots[0]
+    # Every field but these three is a count or a gauge that adds up over devices.
+    fields: dict[str, Any] = {"device": ",".join(s.device for s in snapshots),
+                              "gpu_memory": tuple(m for s in snapshots for m in s.gpu_memory),
+                              "documents_dropped": {reason: sum(s.documents_dropped.get(reason, 0) for s in snapshots)
+                                                    for reason in snapshots[0].documents_dropped}}
+    for field in dataclasses.fields(EngineStats):
+        if field.name not in fields:
+            fields[field.name] = sum(getattr(s, field.name) for s in snapshots)
+    return EngineStats(**fields)
 
 
 class PrometheusObserver:
@@ -150,8 +155,9 @@ class PrometheusObserver:
         self.build_info = Gauge("lychee_build_info", "1, labelled with the server version and the model it serves.",
                                 ["version", "model", "dtype", "device"], registry=r)
 
-    def watch_engine(self, stats: Callable[[], Any], in_flight: Callable[[], int]) -> None:
-        self.registry.register(EngineCollector(stats, in_flight))
+    def watch_engine(self, stats: Callable[[], list[EngineStats]], in_flight: Callable[[], int],
+                     per_device: bool = False) -> None:
+        self.registry.register(EngineCollector(stats, in_flight, per_device))
 
     def set_build_info(self, version: str, model: str, dtype: str, device: str) -> None:
         self.build_info.clear()
@@ -162,12 +168,12 @@ class PrometheusObserver:
 
     # ---- transports (RequestObserver) ---------------------------------------------------
     def request_done(self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str,
-                     record: Any = None) -> None:
+                     record: RequestRecord | None = None) -> None:
         self.requests.labels(method=method, transport=transport, code=code).inc()
         self.request_seconds.labels(method=method, transport=transport).observe(seconds)
 
     # ---- the service (ServiceObserver) --------------------------------------------------
-    def request_finished(self, method: str, documents: int, stats: Any, truncated: int) -> None:
+    def request_finished(self, method: str, documents: int, stats: RequestStats, truncated: int) -> None:
         self.request_documents.labels(method=method).observe(documents)
         self.request_tokens.labels(method=method).observe(stats.usage.prompt_tokens)
         self.preprocess_seconds.observe(stats.timings.preprocess_ms / 1e3)

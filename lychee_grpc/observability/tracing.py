@@ -13,15 +13,15 @@ import logging
 import time
 from typing import Any
 
-from ..service import context as request_context
+from .requests import RequestRecord
 
 log = logging.getLogger(__name__)
 
 try:
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanProcessor
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
     from opentelemetry.trace import SpanKind, Status, StatusCode
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -44,7 +44,7 @@ class TracingObserver:
         self._propagator = TraceContextTextMapPropagator()
 
     def request_done(self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str,
-                     record: request_context.RequestRecord | None = None) -> None:
+                     record: RequestRecord | None = None) -> None:
         # perf_counter times (the engine's clock) -> epoch nanoseconds.
         offset_ns = time.time_ns() - time.perf_counter_ns()
         end_ns = time.time_ns()
@@ -82,7 +82,9 @@ class TracingObserver:
                     self._child("batch", within, _ns(begin, offset_ns), _ns(finish, offset_ns), {"lychee.batch": k})
         span.end(end_time=end_ns)
 
-    def _child(self, name: str, parent: Any, start_ns: int, end_ns: int, attributes: dict | None = None) -> None:
+    # `parent` is an OpenTelemetry Context, from the optional [otel] extra (Any: no import without it).
+    def _child(self, name: str, parent: Any, start_ns: int, end_ns: int,
+               attributes: dict[str, str | int | float] | None = None) -> None:
         child = self.tracer.start_span(name, context=parent, start_time=start_ns, attributes=attributes or {})
         child.end(end_time=max(start_ns, end_ns))
 

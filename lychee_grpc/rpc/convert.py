@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ..proto import lychee_pb2 as pb
 from ..service.errors import FieldViolation, InvalidInput
@@ -27,7 +27,8 @@ _BANDS = {
     "medium": pb.RELEVANCE_BAND_MEDIUM,
     "weak": pb.RELEVANCE_BAND_WEAK,
 }
-_TRUNCATION_FROM_PB = {pb.TRUNCATION_UNSPECIFIED: None, pb.TRUNCATION_NONE: "none", pb.TRUNCATION_END: "end"}
+_TRUNCATION_FROM_PB: dict[int, str | None] = {
+    pb.TRUNCATION_UNSPECIFIED: None, pb.TRUNCATION_NONE: "none", pb.TRUNCATION_END: "end"}
 _TRUNCATION_TO_PB = {"none": pb.TRUNCATION_NONE, "end": pb.TRUNCATION_END}
 _SOURCES = {"query": pb.FRAGMENT_SOURCE_QUERY, "document": pb.FRAGMENT_SOURCE_DOCUMENT}
 
@@ -36,7 +37,7 @@ def band(name: str) -> int:
     return _BANDS[name]
 
 
-def _parts(parts, path: str, violations: list[FieldViolation]) -> tuple[Part, ...]:
+def _parts(parts: Iterable[pb.Part], path: str, violations: list[FieldViolation]) -> tuple[Part, ...]:
     # An empty oneof has no domain form, so it is refused here; every other rule is the engine's.
     out: list[Part] = []
     for i, part in enumerate(parts):

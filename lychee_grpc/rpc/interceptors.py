@@ -6,18 +6,27 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_status import rpc_status
 
+from ..observability.requests import RequestObserver, RequestRecord, current_record
+from ..security import Authenticator
 from ..service import context as request_context
 from ..service.errors import ErrorKind, FieldViolation, InvalidInput, Unauthenticated, kind_of
 from .status import CODES, to_status
 from .stream_inbox import StreamInbox
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # grpc's classes are generic in its stubs only
+    # The interceptor wraps every method's handler, whatever its messages: requests and responses
+    # are Any here (each servicer method types its own).
+    Context = grpc.aio.ServicerContext[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 
 LYCHEE_PREFIX = "/lychee.v1."
 HEALTH_PREFIX = "/grpc.health.v1."
@@ -32,20 +41,6 @@ def needs_token(method: str, authenticate_reflection: bool = False) -> bool:
     if method.startswith(REFLECTION_PREFIX):
         return authenticate_reflection
     return True
-
-
-class RequestObserver(Protocol):
-    def request_done(
-        self, transport: str, method: str, code: str, seconds: float, request_id: str, peer: str,
-        record: request_context.RequestRecord | None = None,
-    ) -> None:
-        """Once per call, when it ends; `record` holds what the call carried (documents, tokens,
-        images, the engine's timings) and the caller's trace context."""
-
-
-class Authenticator(Protocol):
-    def check(self, authorization: str | None) -> None:
-        """Raises Unauthenticated unless the header carries a valid bearer token."""
 
 
 class _Junk:
@@ -63,7 +58,7 @@ class _RateLimitedLog:
         self._last = -interval
         self._suppressed = 0
 
-    def warning(self, message: str, *args) -> None:
+    def warning(self, message: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._last >= self.interval:
             extra = f" ({self._suppressed} more since the last such line)" if self._suppressed else ""
@@ -73,11 +68,11 @@ class _RateLimitedLog:
             self._suppressed += 1
 
 
-def _tolerant(deserializer: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
 
-    def parse(data: bytes) -> object:
+    def parse(data: bytes) -> Any:  # the method's request message, or _Junk
         try:
             return deserializer(data)
         except Exception as exc:
@@ -98,7 +93,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self.authenticate_reflection = authenticate_reflection
         self._junk_log = _RateLimitedLog()
 
-    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+    async def intercept_service(  # pyright: ignore[reportIncompatibleMethodOverride]  # grpc's stub omits None
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         handler = await continuation(details)
         if handler is None:
             return handler
@@ -106,29 +103,29 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             # health and (unless configured) reflection: untouched; anything else: the token only
             if self.authenticator is None or not needs_token(details.method, self.authenticate_reflection):
                 return handler
-            return _guarded(handler, self.authenticator)
+            return _behind_token_check(handler, self.authenticator)
         method = details.method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
+                self._unary(method, _aio(handler.unary_unary)),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._stream(method, handler.stream_stream),
+                self._stream(method, _aio(handler.stream_stream)),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
 
     # ---- the per-call steps -------------------------------------------------------------
-    async def _open(self, context: grpc.aio.ServicerContext) -> str:
+    async def _open(self, context: Context) -> str:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         rid = request_context.new_request_id(metadata.get("x-request-id"))
         request_context.request_id.set(rid)
-        request_context.request_record.set(request_context.RequestRecord(
-            traceparent=metadata.get("traceparent", ""), tracestate=metadata.get("tracestate", "")))
+        current_record.set(RequestRecord(traceparent=metadata.get("traceparent", ""),
+                                         tracestate=metadata.get("tracestate", "")))
         await context.send_initial_metadata((("x-request-id", rid),))
         if self.authenticator is not None:
             self.authenticator.check(metadata.get("authorization"))
@@ -138,22 +135,24 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self._junk_log.warning("%s: a request body that is not a valid message: %s", method, junk.error)
         return InvalidInput([FieldViolation("request", f"the body is not a valid lychee.v1 {method} request")])
 
-    async def _fail(self, context: grpc.aio.ServicerContext, method: str, exc: Exception, rid: str) -> None:
+    async def _fail(self, context: Context, method: str, exc: Exception, rid: str) -> None:
         if kind_of(exc) is ErrorKind.INTERNAL:
             log.error("%s failed (request id %s)", method, rid, exc_info=exc)
-        await context.abort_with_status(rpc_status.to_status(to_status(exc, rid)))
+        # grpc.aio's context has abort_with_status (grpcio 1.85); its stub does not say so.
+        abort_with_status: Callable[[grpc.Status], Awaitable[None]] = context.abort_with_status  # pyright: ignore
+        await abort_with_status(rpc_status.to_status(to_status(exc, rid)))  # pyright: ignore[reportUnknownMemberType]  # grpc_status's stub: google.rpc untyped there
 
     def _done(self, method: str, code: str, started: float, rid: str, peer: str) -> None:
         seconds = time.perf_counter() - started
-        record = request_context.request_record.get()
+        record = current_record.get()
         for observer in self.observers:
             try:
                 observer.request_done("grpc", method, code, seconds, rid, peer, record)
             except Exception:  # an observer never breaks a call
                 log.exception("request observer failed")
 
-    def _unary(self, method: str, behaviour: Callable[..., Awaitable[object]]):
-        async def call(request, context: grpc.aio.ServicerContext):
+    def _unary(self, method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[[Any, Context], Awaitable[Any]]:
+        async def call(request: Any, context: Context) -> Any:
             # The peer is read now: once a client has cancelled, the call's context is gone, and
             # context.peer() then crashes the process (grpcio 1.85, seen on a cancelled stream).
             started, rid, code, peer = time.perf_counter(), "", "CANCELLED", context.peer() or ""
@@ -175,8 +174,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         return call
 
-    def _stream(self, method: str, behaviour: Callable[..., AsyncIterator[object]]):
-        async def call(request_iterator, context: grpc.aio.ServicerContext):
+    def _stream(self, method: str, behaviour: Callable[..., AsyncIterator[Any]]
+                ) -> Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]]:
+        async def call(request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             started, rid, code, peer = time.perf_counter(), "", "CANCELLED", context.peer() or ""  # see _unary
 
             def accept(message: object) -> object:
@@ -204,35 +204,36 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return call
 
 
-def _guarded(handler: grpc.RpcMethodHandler, authenticator: Authenticator) -> grpc.RpcMethodHandler:
+def _behind_token_check(handler: Handler, authenticator: Authenticator) -> Handler:
     """`handler` behind the token check alone (no request id, no error mapping: not our service)."""
 
-    async def refuse_unless_authorized(context: grpc.aio.ServicerContext) -> None:
+    async def refuse_unless_authorized(context: Context) -> None:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         try:
             authenticator.check(metadata.get("authorization"))
         except Unauthenticated as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
 
-    async def unary_unary(request, context):
+    # Each wrapper is used only for the kind its handler has (`kinds` below).
+    async def unary_unary(request: Any, context: Context) -> Any:
         await refuse_unless_authorized(context)
-        return await _maybe_await(handler.unary_unary(request, context))
+        return await _maybe_await(_aio(handler.unary_unary)(request, context))
 
-    async def unary_stream(request, context):
+    async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
         await refuse_unless_authorized(context)
-        async for response in _aiter(handler.unary_stream(request, context)):
+        async for response in _aiter(_aio(handler.unary_stream)(request, context)):
             yield response
 
-    async def stream_unary(request_iterator, context):
+    async def stream_unary(request_iterator: AsyncIterator[Any], context: Context) -> Any:
         await refuse_unless_authorized(context)
-        return await _maybe_await(handler.stream_unary(request_iterator, context))
+        return await _maybe_await(_aio(handler.stream_unary)(request_iterator, context))
 
-    async def stream_stream(request_iterator, context):
+    async def stream_stream(request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         await refuse_unless_authorized(context)
-        async for response in _aiter(handler.stream_stream(request_iterator, context)):
+        async for response in _aiter(_aio(handler.stream_stream)(request_iterator, context)):
             yield response
 
-    kinds = (
+    kinds: tuple[tuple[object, Callable[..., Any], Callable[..., Handler]], ...] = (
         (handler.unary_unary, unary_unary, grpc.unary_unary_rpc_method_handler),
         (handler.unary_stream, unary_stream, grpc.unary_stream_rpc_method_handler),
         (handler.stream_unary, stream_unary, grpc.stream_unary_rpc_method_handler),
@@ -243,12 +244,20 @@ def _guarded(handler: grpc.RpcMethodHandler, authenticator: Authenticator) -> gr
                 response_serializer=handler.response_serializer)
 
 
-async def _maybe_await(value):
+def _aio(behaviour: object) -> Callable[..., Any]:
+    """A handler's behaviour as grpc.aio calls it (async, with an aio context): the stubs type
+    RpcMethodHandler for the sync server only."""
+    if not callable(behaviour):
+        raise TypeError(f"{behaviour!r} is not a method handler's behaviour")
+    return behaviour
+
+
+async def _maybe_await(value: Any) -> Any:  # a handler's response, or an awaitable of it
     return await value if inspect.isawaitable(value) else value
 
 
-async def _aiter(responses):
-    if hasattr(responses, "__aiter__"):
+async def _aiter(responses: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(responses, AsyncIterable):
         async for response in responses:
             yield response
     else:
@@ -265,6 +274,7 @@ def _status_code(exc: BaseException) -> grpc.StatusCode:
     return next(c for c in grpc.StatusCode if c.value[0] == value)
 
 
-def _code_name(context: grpc.aio.ServicerContext) -> str:
+def _code_name(context: Context) -> str:
     code = context.code()
-    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    # None until a code is set, whatever the stub says.
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"  # pyright: ignore[reportUnnecessaryIsInstance]

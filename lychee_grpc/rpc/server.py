@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +23,12 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
 
 
+class HealthSetter(Protocol):
+    """What this server calls on grpc_health's aio HealthServicer."""
+
+    async def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None: ...
+
+
 class GrpcServer:
     def __init__(
         self,
@@ -36,10 +43,11 @@ class GrpcServer:
         self.config = config
         self.interceptor = interceptor or ServiceInterceptor()
         self.credentials = credentials
-        self.health = health.aio.HealthServicer()
+        # grpc_health's stub has no aio module; HealthServicer.set(name, status) is all we call.
+        self.health: HealthSetter = health.aio.HealthServicer()  # pyright: ignore
         self.port = 0
         self._server: grpc.aio.Server | None = None
-        self._health_updates: set[asyncio.Task] = set()
+        self._health_updates: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         c = self.config
@@ -53,8 +61,8 @@ class GrpcServer:
                 ("grpc.max_connection_age_grace_ms", int(c.max_connection_age_grace_seconds * 1000)),
             ]
         server = grpc.aio.server(options=options, interceptors=[self.interceptor])
-        pb_grpc.add_RerankServiceServicer_to_server(RerankServicer(self.service), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        pb_grpc.add_RerankServiceServicer_to_server(RerankServicer(self.service), server)  # pyright: ignore[reportUnknownMemberType]  # generated, untyped
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)  # pyright: ignore[reportArgumentType, reportUnknownMemberType]  # the aio servicer
         if c.reflection:
             reflection.enable_server_reflection(
                 (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -83,7 +91,7 @@ class GrpcServer:
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 
-    async def _set_health(self, status) -> None:
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 

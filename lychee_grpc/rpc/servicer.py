@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from ..observability.requests import note_served
 from ..proto import lychee_pb2 as pb
 from ..proto import lychee_pb2_grpc as pb_grpc
 from ..service import Service
@@ -16,25 +18,30 @@ from ..service.errors import FieldViolation, InvalidInput
 from ..service.types import Document, RankedResult
 from . import convert
 
+if TYPE_CHECKING:  # grpc's classes are generic in its stubs only
+    Context = grpc.aio.ServicerContext[Any, Any]  # each method's messages are typed on the method
 
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+
+def _deadline(context: Context) -> float | None:
     remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
+    # None without a deadline, whatever the stub says.
+    return None if remaining is None else time.monotonic() + remaining  # pyright: ignore[reportUnnecessaryComparison]
 
 
-class RerankServicer(pb_grpc.RerankServiceServicer):
+class RerankServicer(pb_grpc.RerankServiceServicer):  # pyright: ignore[reportUntypedBaseClass]  # generated
     def __init__(self, service: Service):
         self.service = service
 
-    async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
+    async def Rerank(self, request: pb.RerankRequest, context: Context) -> pb.RerankResponse:
         options = convert.options_from_proto(request, _deadline(context), request_context.request_id.get())
         query = convert.query_from_proto(request.query)
         documents = convert.documents_from_proto(request.documents)
         outcome = await self.service.rerank(query, documents, options)
+        note_served(outcome.served)
         return convert.rerank_response(outcome, request.documents if request.return_documents else None)
 
     async def RerankStream(
-        self, request_iterator: AsyncIterator[pb.RerankStreamRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.RerankStreamRequest], context: Context
     ) -> AsyncIterator[pb.RerankStreamResponse]:
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("options"):
@@ -62,17 +69,18 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
                 document = sent[event.index] if options.return_documents else None
                 yield pb.RerankStreamResponse(scored=convert.result(event, document))
             else:
+                note_served(event.served)
                 yield pb.RerankStreamResponse(
                     ranking=convert.rerank_response(event, sent if options.return_documents else None)
                 )
 
-    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+    async def Explain(self, request: pb.ExplainRequest, context: Context) -> pb.ExplainResponse:
         query, document, options = convert.explain_from_proto(
             request, _deadline(context), request_context.request_id.get()
         )
         return convert.explain_response(await self.service.explain(query, document, options))
 
     async def GetModelInfo(
-        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetModelInfoRequest, context: Context
     ) -> pb.GetModelInfoResponse:
         return convert.model_info(self.service.model_info())

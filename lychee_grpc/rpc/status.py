@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # pyright: ignore[reportMissingTypeStubs]  # a namespace package; its modules carry .pyi
 
 from ..service.errors import ErrorKind, kind_of, retry_after_of, violations_of
 
@@ -20,7 +21,7 @@ CODES = {
 }
 
 
-def _pack(message) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
@@ -34,7 +35,7 @@ def to_status(exc: BaseException, request_id: str) -> status_pb2.Status:
         return status_pb2.Status(
             code=code_pb2.INTERNAL, message=f"internal error ({type(exc).__name__}); request id {request_id}"
         )
-    details = []
+    details: list[any_pb2.Any] = []
     violations = violations_of(exc)
     if violations:
         details.append(

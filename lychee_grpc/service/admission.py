@@ -5,7 +5,7 @@ request's tokens are known; it refuses the same way.)"""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 
 from .errors import Overloaded
@@ -22,7 +22,7 @@ class Admission:
         self._mean_seconds: float | None = None
 
     @contextmanager
-    def permit(self) -> Iterator[None]:
+    def permit(self) -> Generator[None]:
         """Holds one of the permits for the request's lifetime; raises Overloaded when none is free."""
         if self.max_concurrent and self.active >= self.max_concurrent:
             self.refused += 1
@@ -36,7 +36,7 @@ class Admission:
             yield
         finally:
             self.active -= 1
-            self._measure(time.perf_counter() - started)
+            self.measured(time.perf_counter() - started)
 
     def retry_after(self) -> float:
         """Seconds until a permit is likely free: with every permit held, requests finish at
@@ -45,6 +45,7 @@ class Admission:
             return 1.0
         return min(60.0, max(0.05, self._mean_seconds / max(1, self.max_concurrent)))
 
-    def _measure(self, seconds: float) -> None:
+    def measured(self, seconds: float) -> None:
+        """One request's duration, into the running mean the retry delay comes from."""
         mean = self._mean_seconds
         self._mean_seconds = seconds if mean is None else mean + _SMOOTHING * (seconds - mean)

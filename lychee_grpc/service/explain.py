@@ -15,9 +15,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+from ..engine.api import EngineClient
 from ..engine.errors import FieldViolation, InvalidInput
 from ..engine.types import Document, Part, Query, RequestStats, Score, TextPart, Timings, Usage
-from ..workers.protocol import EngineClient
 from . import fragments as fr
 from .config import ServiceConfig
 from .types import ExplainOptions, ExplainOutcome, Fragment
@@ -52,7 +52,7 @@ def plan(
     cells cannot be, so a grid whose cells alone do not fit is refused."""
     sides = ([("query", query.parts)] if include_query else []) + [("document", document.parts)]
     spans: dict[tuple[str, int], list[fr.Span]] = {}
-    cells: dict[tuple[str, int], tuple[object, list[fr.Box]]] = {}
+    cells: dict[tuple[str, int], tuple[fr.Pixels, list[fr.Box]]] = {}
     for side, parts in sides:
         for i, part in enumerate(parts):
             if isinstance(part, TextPart):
@@ -73,10 +73,11 @@ def plan(
 
     out: list[Occlusion] = []
     for side, parts in sides:
-        if len(parts) == 1 and len(spans.get((side, 0), ())) == 1:
+        only = parts[0] if len(parts) == 1 else None
+        if isinstance(only, TextPart) and len(spans.get((side, 0), ())) == 1:
             field = "include_query" if side == "query" else "document"
             raise InvalidInput([FieldViolation(
-                field, f"the {side} is a single fragment ({parts[0].text!r}); with it removed nothing is left to score"
+                field, f"the {side} is a single fragment ({only.text!r}); with it removed nothing is left to score"
             )])
         for i, part in enumerate(parts):
             if isinstance(part, TextPart):
@@ -113,9 +114,9 @@ def _as_document_field(exc: InvalidInput) -> InvalidInput:
 async def _score_pair(engine: EngineClient, query: Query, document: Document, options: ExplainOptions) -> tuple[
     Score, RequestStats
 ]:
-    job = await engine.open_job(query, options.instruction, options.deadline)
+    job = await engine.open_job(query, options.instruction, deadline=options.deadline)
     try:
-        await job.add_documents([document])
+        await job.add_documents([(0, document)])
         job.close()
         scores = [s async for s in job.results()]
     except BaseException:
@@ -147,19 +148,19 @@ async def explain(
             f"{config.explain_grid_size}")])
     info = engine.info()
     # The document's variants and the full document are one job, under the engine's count limit.
-    limit = min(config.max_explain_fragments, info.max_documents_per_request - 1)
+    limit = min(config.max_explain_fragments, info.limits.max_documents_per_request - 1)
 
-    job = await engine.open_job(query, options.instruction, options.deadline)  # validates the query
-    query_tasks: list[asyncio.Task] = []
+    job = await engine.open_job(query, options.instruction, deadline=options.deadline)  # validates the query
+    query_tasks: list[asyncio.Task[tuple[Score, RequestStats]]] = []
     try:
         try:
             # Scored first, alone: the engine validates the pair (images against its limits) before
             # anything here decodes an image, and refuses it in Rerank's words.
-            await job.add_documents([document])
+            await job.add_documents([(0, document)])
         except InvalidInput as exc:
             raise _as_document_field(exc) from None
         occlusions = await asyncio.to_thread(
-            plan, query, document, grid, options.include_query, limit, info.max_image_bytes
+            plan, query, document, grid, options.include_query, limit, info.limits.max_image_bytes
         )
         of_query = [o for o in occlusions if o.source == "query"]
         of_document = [o for o in occlusions if o.source == "document"]
@@ -167,7 +168,7 @@ async def explain(
             asyncio.create_task(_score_pair(engine, Query(o.parts), document, options), name="lychee-explain-query")
             for o in of_query
         ]
-        await job.add_documents([Document(document.id, o.parts) for o in of_document])
+        await job.add_documents([(k, Document(document.id, o.parts)) for k, o in enumerate(of_document, 1)])
         job.close()
         scores = {s.index: s async for s in job.results()}
         query_results = await asyncio.gather(*query_tasks)

@@ -8,6 +8,10 @@ Chinese (Han) runs are segmented by jieba, the usual Chinese word segmenter; eve
 split into words at whitespace and punctuation, keeping "T-shirt", "don't" and "3.5" whole.
 """
 
+# numpy's and Pillow's annotations leave reshape, copy and Image.open partially unknown: the
+# pixel helpers below are checked strictly but for those three rules.
+# pyright: reportUnknownMemberType=false, reportUnknownVariableType=false, reportUnknownArgumentType=false
+
 from __future__ import annotations
 
 import functools
@@ -17,13 +21,17 @@ import re
 import threading
 import unicodedata
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageOps
 
 from ..engine.types import ImagePart, Part, TextPart
+
+Pixels = npt.NDArray[np.uint8]  # [height, width, 3]
 
 
 @dataclass(frozen=True)
@@ -66,23 +74,28 @@ def _opens(text: str, at: int) -> bool:
     return unicodedata.category(char) in _OPENING
 
 
+class _Segmenter(Protocol):  # what we use of jieba.Tokenizer (jieba ships no types)
+    def cut(self, sentence: str, HMM: bool = True) -> Iterator[str]: ...  # jieba's name
+
+
 @functools.cache
-def _segmenter():
+def _segmenter() -> _Segmenter:
     # Imported on first use: loading its dictionary takes about a second, and most text is not Chinese.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # jieba 0.42 imports the deprecated pkg_resources
-        import jieba
+        import jieba  # pyright: ignore[reportMissingTypeStubs]
 
-    jieba.setLogLevel(logging.WARNING)
+    jieba.setLogLevel(logging.WARNING)  # pyright: ignore[reportUnknownMemberType]
     tokenizer = jieba.Tokenizer()
-    tokenizer.initialize()
-    return tokenizer
+    tokenizer.initialize()  # pyright: ignore[reportUnknownMemberType]
+    return tokenizer  # pyright: ignore[reportReturnType]  # it has cut(sentence, HMM)
 
 
 def _han_segments(run: str) -> list[tuple[int, int]]:
     with _jieba_lock:  # one dictionary, built once
         segmenter = _segmenter()
-    out, pos = [], 0
+    out: list[tuple[int, int]] = []
+    pos = 0
     for word in segmenter.cut(run, HMM=True):
         out.append((pos, pos + len(word)))
         pos += len(word)
@@ -136,7 +149,8 @@ def merge_spans(spans: Sequence[Span], count: int) -> list[Span]:
     if count < 1:
         raise ValueError("at least one phrase is needed")
     size, extra = divmod(len(spans), count)
-    out, at = [], 0
+    out: list[Span] = []
+    at = 0
     for k in range(count):
         n = size + (k < extra)
         out.append(Span(spans[at].start, spans[at + n - 1].end))
@@ -181,8 +195,8 @@ def without_span(text: str, span: Span) -> str:
 def parts_without(parts: Sequence[Part], index: int, replacement: Part | None) -> tuple[Part, ...]:
     """The parts with parts[index] replaced, or left out when `replacement` is None."""
     return tuple(
-        (replacement if k == index else p) for k, p in enumerate(parts) if k != index or replacement is not None
-    )
+        p if k != index else replacement for k, p in enumerate(parts) if k != index or replacement is not None
+    )  # pyright: ignore[reportReturnType]  # None is filtered out: it is only kept when not None
 
 
 def text_variant(parts: Sequence[Part], index: int, span: Span) -> tuple[Part, ...]:
@@ -193,10 +207,11 @@ def text_variant(parts: Sequence[Part], index: int, span: Span) -> tuple[Part, .
 
 
 # ---- images -----------------------------------------------------------------------------
-def upright_rgb(data: bytes) -> np.ndarray:
+def upright_rgb(data: bytes) -> Pixels:
     """The pixels the model sees, [height, width, 3] uint8: first frame, EXIF orientation applied,
     transparency on white (as the engine decodes). The engine has accepted these bytes already."""
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(io.BytesIO(data)) as opened:
+        img: Image.Image = opened
         if getattr(img, "is_animated", False):
             img.seek(0)
         img.load()
@@ -217,14 +232,14 @@ def grid_boxes(width: int, height: int, grid: int) -> list[Box]:
     return [Box(xs[i], ys[j], xs[i + 1] - xs[i], ys[j + 1] - ys[j]) for j in range(rows) for i in range(cols)]
 
 
-def mean_colour(pixels: np.ndarray) -> np.ndarray:
+def mean_colour(pixels: Pixels) -> Pixels:
     return np.rint(pixels.reshape(-1, 3).mean(axis=0, dtype=np.float64)).astype(np.uint8)
 
 
-def masked_png(pixels: np.ndarray, box: Box, colour: np.ndarray) -> bytes:
+def masked_png(pixels: Pixels, box: Box, colour: Pixels) -> bytes:
     """The picture with the box filled with `colour`, as PNG: lossless, so the model sees
     exactly the original pixels outside the box."""
-    masked = pixels.copy()
+    masked: Pixels = pixels.copy()
     masked[box.y : box.y + box.height, box.x : box.x + box.width] = colour
     buf = io.BytesIO()
     Image.fromarray(masked, "RGB").save(buf, "PNG", compress_level=1)  # speed over size

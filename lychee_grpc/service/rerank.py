@@ -6,15 +6,14 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict
 from typing import Protocol
 
 from .. import __version__
-from ..engine.errors import FieldViolation, InvalidInput, NotReady
-from ..engine.ranking import rank
+from ..engine.api import EngineClient, JobHandle, Truncation
+from ..engine.errors import FieldViolation, InvalidInput, NotReady, TooLarge
 from ..engine.types import Document, Query, RequestStats, Score
 from ..lifecycle import Lifecycle
-from ..workers.protocol import EngineClient
-from . import context
 from .admission import Admission
 from .config import ServiceConfig
 from .explain import explain as explain_pair
@@ -27,6 +26,7 @@ from .types import (
     RankedResult,
     RerankOptions,
     RerankOutcome,
+    Served,
 )
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Service:
 
     # ---- options ------------------------------------------------------------------------
     def _check_options(self, options: RerankOptions, prefix: str = "") -> None:
-        violations = []
+        violations: list[FieldViolation] = []
         if options.top_n < 0:
             violations.append(FieldViolation(f"{prefix}top_n", "must be 0 (all) or positive"))
         if options.min_score is not None and not 0.0 <= options.min_score <= 1.0:
@@ -73,7 +73,8 @@ class Service:
         if options.max_tokens_per_document < 0:
             violations.append(FieldViolation(f"{prefix}max_tokens_per_document", "must be 0 or positive"))
         elif options.max_tokens_per_document:
-            limit = self.engine.info().max_tokens_per_document
+            # The one check of the request's token limit: the engine takes it as given.
+            limit = self.engine.info().limits.max_tokens_per_document
             if options.max_tokens_per_document > limit:
                 violations.append(FieldViolation(
                     f"{prefix}max_tokens_per_document",
@@ -91,29 +92,34 @@ class Service:
             truncated=score.truncated,
         )
 
-    async def _open_job(self, query: Query, options: RerankOptions):
-        truncation = options.truncation or self.config.default_truncation
+    def _check_count(self, documents: int) -> None:
+        """The one check of the documents-per-request limit (a stream's count so far)."""
+        limit = self.engine.info().limits.max_documents_per_request
+        if documents > limit:
+            raise TooLarge([FieldViolation("documents", f"{documents} documents, over the limit of {limit}")])
+
+    async def _open_job(self, query: Query, options: RerankOptions) -> JobHandle:
         return await self.engine.open_job(
-            query, options.instruction, options.deadline,
-            truncate=truncation == "end", max_tokens=options.max_tokens_per_document,
+            query,
+            options.instruction,
+            Truncation(options.truncation or self.config.default_truncation),
+            options.max_tokens_per_document,
+            options.deadline,
         )
 
-    def _finished(self, method: str, scores: list[Score], stats: RequestStats) -> None:
-        truncated = sum(1 for s in scores if s.truncated)
-        record = context.request_record.get()
-        if record is not None:
-            record.documents, record.truncated, record.stats = len(scores), truncated, stats
-            record.tokens, record.images = stats.usage.prompt_tokens, stats.usage.images
+    def _finished(self, method: str, scores: list[Score], stats: RequestStats) -> Served:
+        served = Served(len(scores), sum(1 for s in scores if s.truncated), stats)
         for observer in self.observers:
             try:
-                observer.request_finished(method, len(scores), stats, truncated)
+                observer.request_finished(method, served.documents, stats, served.truncated)
             except Exception:  # an observer never breaks a request
                 log.exception("service observer failed")
+        return served
 
     def _outcome(
-        self, scores: list[Score], stats: RequestStats, options: RerankOptions, started: float
+        self, scores: list[Score], stats: RequestStats, options: RerankOptions, started: float, served: Served
     ) -> RerankOutcome:
-        ranked = rank(scores)
+        ranked = best_first(scores)
         dropped = 0
         if options.min_score is not None:
             kept = [s for s in ranked if s.score >= options.min_score]
@@ -127,9 +133,10 @@ class Service:
             usage=stats.usage,
             timings=stats.timings,
             model=self.engine.info().model,
-            truncated_documents=sum(1 for s in scores if s.truncated),
+            truncated_documents=served.truncated,
             dropped_documents=dropped,
             request_id=options.request_id,
+            served=served,
         )
 
     # ---- verbs --------------------------------------------------------------------------
@@ -139,16 +146,17 @@ class Service:
             self._check_options(options)
             if not documents:
                 raise InvalidInput([FieldViolation("documents", "at least one document is required")])
+            self._check_count(len(documents))
             job = await self._open_job(query, options)
             try:
-                await job.add_documents(documents)
+                await job.add_documents(list(enumerate(documents)))
                 job.close()
                 scores = [s async for s in job.results()]
             except BaseException:
                 job.cancel()
                 raise
-            self._finished("Rerank", scores, job.stats)
-            return self._outcome(scores, job.stats, options, started)
+            served = self._finished("Rerank", scores, job.stats)
+            return self._outcome(scores, job.stats, options, started, served)
 
     async def rerank_stream(
         self,
@@ -171,7 +179,8 @@ class Service:
                 try:
                     async for chunk in documents:
                         if chunk:
-                            await job.add_documents(chunk)
+                            self._check_count(received + len(chunk))
+                            await job.add_documents([(received + k, doc) for k, doc in enumerate(chunk)])
                             received += len(chunk)
                     if received == 0:
                         raise InvalidInput([FieldViolation("documents", "at least one document is required")])
@@ -191,8 +200,8 @@ class Service:
                 if not reader.done():
                     reader.cancel()
                 job.cancel()
-            self._finished("RerankStream", scores, job.stats)
-            yield self._outcome(scores, job.stats, options, started)
+            served = self._finished("RerankStream", scores, job.stats)
+            yield self._outcome(scores, job.stats, options, started, served)
 
     async def explain(self, query: Query, document: Document, options: ExplainOptions) -> ExplainOutcome:
         """The pair's score and each fragment's attribution, measured by occlusion (explain.py)."""
@@ -202,36 +211,33 @@ class Service:
     def model_info(self) -> ModelInfo:
         self.lifecycle.check()
         info = self.engine.info()
-        c = self.config
+        config = self.config
         return ModelInfo(
             model=info.model,
             dtype=info.dtype,
             attention=info.attention,
-            devices=tuple(info.devices),
+            devices=info.devices,
             limits=Limits(
-                max_documents_per_request=info.max_documents_per_request,
-                max_tokens_per_document=info.max_tokens_per_document,
-                max_query_tokens=info.max_query_tokens,
-                max_image_bytes=info.max_image_bytes,
-                max_image_pixels=info.max_image_pixels,
-                min_image_model_pixels=info.min_image_model_pixels,
-                max_image_model_pixels=info.max_image_model_pixels,
-                max_instruction_tokens=info.max_instruction_tokens,
-                max_concurrent_requests=c.max_concurrent_requests,
-                max_queue_tokens=c.max_queue_tokens,
-                max_queue_documents=info.max_queue_documents,
-                default_truncation=c.default_truncation,
-                max_explain_fragments=c.max_explain_fragments,
-                explain_grid_size=c.explain_grid_size,
+                **asdict(info.limits),
+                max_concurrent_requests=config.max_concurrent_requests,
+                max_queue_tokens=config.max_queue_tokens,
+                default_truncation=config.default_truncation,
+                max_explain_fragments=config.max_explain_fragments,
+                explain_grid_size=config.explain_grid_size,
             ),
             default_instruction=info.default_instruction,
-            bands=c.bands,
+            bands=config.bands,
             random_weights=info.random_weights,
             parameters=info.parameters,
-            image_cache_bytes=info.image_cache_bytes,
-            image_cache_capacity_bytes=info.image_cache_capacity_bytes,
-            image_cache_hits=info.image_cache_hits,
-            image_cache_misses=info.image_cache_misses,
+            image_cache_bytes=info.image_cache.bytes,
+            image_cache_capacity_bytes=info.image_cache.capacity_bytes,
+            image_cache_hits=info.image_cache.hits,
+            image_cache_misses=info.image_cache.misses,
             server_version=__version__,
             workers=self.engine.workers,
         )
+
+
+def best_first(scores: Sequence[Score]) -> list[Score]:
+    """The order of results, the one rule: best score first; ties by logit, then by arrival."""
+    return sorted(scores, key=lambda s: (-s.score, -s.logit, s.index))

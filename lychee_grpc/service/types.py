@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..engine.api import Truncation
 from ..engine.errors import FieldViolation
-from ..engine.types import Document, ImagePart, Part, Query, TextPart, Timings, Usage
+from ..engine.types import Document, ImagePart, Part, Query, RequestStats, TextPart, Timings, Usage
 from .bands import BandThresholds
 
 __all__ = [
@@ -22,12 +23,13 @@ __all__ = [
     "RankedResult",
     "RerankOptions",
     "RerankOutcome",
+    "Served",
     "TextPart",
     "Timings",
     "Usage",
 ]
 
-TRUNCATIONS = ("none", "end")
+TRUNCATIONS = tuple(t.value for t in Truncation)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,15 @@ class RankedResult:
     truncated: bool = False
 
 
+@dataclass(frozen=True)
+class Served:
+    """What a scored request carried, returned for the transport's access log, metrics and trace."""
+
+    documents: int = 0
+    truncated: int = 0
+    stats: RequestStats = field(default_factory=RequestStats)  # usage, timings, the batches it was in
+
+
 @dataclass
 class RerankOutcome:
     results: list[RankedResult]  # best first, after top_n and min_score
@@ -61,6 +72,7 @@ class RerankOutcome:
     truncated_documents: int = 0
     dropped_documents: int = 0  # below min_score
     request_id: str = ""
+    served: Served = field(default_factory=Served)
 
 
 @dataclass(frozen=True)
@@ -138,4 +150,4 @@ class ModelInfo:
     image_cache_misses: int
     server_version: str
     workers: int = 1
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict[str, str])

@@ -1,2 +1,3 @@
-"""The seam between the service and the engines: `EngineClient` (protocol.py), one in-process
-engine (local.py)."""
+"""Engine worker processes behind one `EngineClient` (engine/api.py): the pool (pool.py, each
+request's `PoolJob` in pool_job.py), the routing of documents to workers (routing.py), the
+worker's own loop (worker.py) and the messages on their pipes (ipc.py)."""

@@ -20,13 +20,19 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
-from ..engine.errors import FieldViolation, InvalidInput, ModelLoadError, NotReady, TooLarge
-from ..engine.types import Document, Query, RequestStats, Score
+from ..engine.api import EngineClient, EngineInfo, IndexedDocument, Truncation
+from ..engine.config import EngineConfig
+from ..engine.errors import ModelLoadError, NotReady
+from ..engine.stats import EngineStats, StatsObserver
+from ..engine.types import Query
 from . import ipc, worker
-from .routing import Router, guess_tokens
+from .pool_job import PoolJob, WorkerShare
+from .routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -42,207 +48,59 @@ def parse_devices(spec: str) -> list[str]:
         if count == 0:
             raise ModelLoadError("--devices all: no CUDA device is visible")
         return [f"cuda:{i}" for i in range(count)]
-    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    devices = [device.strip() for device in spec.split(",") if device.strip()]
     for device in devices:
         if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise ModelLoadError(f"--devices: {device!r} is not cpu or cuda:N")
-    cuda = [d for d in devices if d != "cpu"]
+    cuda = [device for device in devices if device != "cpu"]
     if len(set(cuda)) != len(cuda):
         raise ModelLoadError("--devices: a GPU is listed twice (one worker per GPU)")
     return devices
 
 
 @dataclass(eq=False)
-class _Worker:
+class WorkerProcess:
     index: int
     device: str
     label: str  # the device, or cpu:<index> for CPU workers (tests run two on one CPU)
-    process: multiprocessing.process.BaseProcess
-    conn: object
+    process: BaseProcess
+    conn: Connection
     alive: bool = True
     queued_tokens: int = 0
-    info: object = None
-    stats: object = None
-    ready: asyncio.Future | None = None
+    info: EngineInfo | None = None
+    stats: EngineStats | None = None
+    ready: asyncio.Future[None] | None = None
 
 
-@dataclass(eq=False)
-class _Part:
-    """A request's documents on one worker."""
-
-    worker: _Worker
-    opened: asyncio.Future
-    global_index: list[int] = field(default_factory=list)  # worker-local index -> request index
-    tokens: list[int] = field(default_factory=list)  # worker-local index -> tokens queued
-    adds: dict[int, asyncio.Future] = field(default_factory=dict)
-    done: bool = False
-    closed: bool = False
+# Builds a worker's engine in place of loading the model (the benchmark's random 7B weights):
+# `factory(config, observer) -> Engine`; picklable, as it crosses to each worker process.
+EngineFactory = Callable[[EngineConfig, StatsObserver], object]
 
 
-class PoolJob:
-    def __init__(self, pool: WorkerPool, job_id: int, query: Query, instruction: str, deadline: float | None,
-                 truncate: bool = False, max_tokens: int = 0):
-        self.pool = pool
-        self.truncate = truncate
-        self.max_tokens = max_tokens
-        self.id = job_id
-        self.query = query
-        self.instruction = instruction
-        self.deadline = deadline
-        self.stats = RequestStats()
-        self.next_index = 0
-        self.parts: dict[int, _Part] = {}
-        self.closed = False
-        self.cancelled = False
-        self._events: asyncio.Queue = asyncio.Queue()
-        self._seq = itertools.count()
-
-    # ---- from the pool's message loop ---------------------------------------------------
-    def on_scored(self, part: _Part, score: Score) -> None:
-        index = part.global_index[score.index]
-        part.worker.queued_tokens -= part.tokens[score.index]
-        part.tokens[score.index] = 0
-        self._events.put_nowait(dataclasses.replace(score, index=index))
-
-    def on_done(self, part: _Part, stats: RequestStats, error: ipc.WireError | None) -> None:
-        part.done = True
-        part.worker.queued_tokens -= sum(part.tokens)
-        part.tokens = [0] * len(part.tokens)
-        usage, timings = self.stats.usage, self.stats.timings
-        for name in ("prompt_tokens", "computed_tokens", "images", "cached_images"):
-            setattr(usage, name, getattr(usage, name) + getattr(stats.usage, name))
-        timings.preprocess_ms = max(timings.preprocess_ms, stats.timings.preprocess_ms)
-        timings.queue_ms = max(timings.queue_ms, stats.timings.queue_ms)
-        timings.inference_ms = max(timings.inference_ms, stats.timings.inference_ms)
-        for future in part.adds.values():
-            if not future.done():
-                future.set_result(ipc.Added(self.id, -1, error=error or ipc.WireError("Cancelled", "job ended")))
-        if error is not None:
-            self.fail(error.rebuild(dict(enumerate(part.global_index))))
-        self._events.put_nowait(None)
-
-    def on_worker_died(self, part: _Part, reason: str) -> None:
-        error = NotReady(f"{reason}; retry")
-        for future in [part.opened, *part.adds.values()]:
-            if not future.done():
-                future.set_exception(error)
-        part.done = True
-        self.fail(error)
-        self._events.put_nowait(None)
-
-    # ---- JobHandle ----------------------------------------------------------------------
-    async def add_documents(self, documents: Sequence[Document]) -> None:
-        limit = self.pool.max_documents
-        if self.next_index + len(documents) > limit:
-            count = self.next_index + len(documents)
-            raise TooLarge([FieldViolation("documents", f"{count} documents, over the limit of {limit}")])
-        first = self.next_index
-        self.next_index += len(documents)
-        assignment = self.pool.assign([(first + k, doc) for k, doc in enumerate(documents)])
-        waits = []
-        for w, items in assignment.items():
-            part = self._part(w)
-            seq = next(self._seq)
-            future = asyncio.get_running_loop().create_future()
-            part.adds[seq] = future
-            part.global_index.extend(i for i, _ in items)
-            part.tokens.extend(guess_tokens(doc) for _, doc in items)
-            w.queued_tokens += sum(part.tokens[-len(items):])
-            self.pool.send(w, ipc.AddDocuments(self.id, seq, [doc for _, doc in items]))
-            waits.append((part, seq, len(part.global_index) - len(items), future))
-        violations: list[FieldViolation] = []
-        other: BaseException | None = None
-        for part, seq, start, future in waits:
-            await part.opened
-            added: ipc.Added = await future
-            part.adds.pop(seq, None)
-            if added.error is not None:
-                exc = added.error.rebuild(dict(enumerate(part.global_index)))
-                if isinstance(exc, InvalidInput):
-                    violations.extend(exc.violations)
-                else:
-                    other = other or exc
-                continue
-            for k, tokens in enumerate(added.tokens):  # the worker's count replaces the guess
-                part.worker.queued_tokens += tokens - part.tokens[start + k]
-                part.tokens[start + k] = tokens
-        if violations:
-            too_large = all(v.field == "documents" for v in violations)
-            raise (TooLarge if too_large else InvalidInput)(sorted(violations, key=_violation_order))
-        if other is not None:
-            raise other
-
-    def _part(self, w: _Worker) -> _Part:
-        part = self.parts.get(w.index)
-        if part is None:
-            part = _Part(w, asyncio.get_running_loop().create_future())
-            self.parts[w.index] = part
-            self.pool.open(self, part)
-        return part
-
-    def close(self) -> None:
-        self.closed = True
-        for part in self.parts.values():
-            if not part.closed and not part.done:
-                part.closed = True
-                self.pool.send(part.worker, ipc.CloseJob(self.id))
-        self._events.put_nowait(None)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        for part in self.parts.values():
-            if not part.done:
-                self.pool.send(part.worker, ipc.CancelJob(self.id))
-        self.pool.forget(self)
-
-    def fail(self, error: BaseException) -> None:
-        self._events.put_nowait(error)
-
-    async def results(self) -> AsyncIterator[Score]:
-        while True:
-            if self.closed and all(p.done for p in self.parts.values()) and self._events.empty():
-                self.pool.forget(self)
-                return
-            event = await self._events.get()
-            if isinstance(event, BaseException):
-                self.pool.forget(self)
-                raise event
-            if event is not None:
-                yield event
-
-
-def _violation_order(v: FieldViolation) -> tuple:
-    if v.field.startswith("documents["):
-        return (1, int(v.field[len("documents["): v.field.index("]")]), v.field)
-    return (0, 0, v.field)
-
-
-class WorkerPool:
+class WorkerPool(EngineClient):
     """EngineClient over one worker process per device."""
 
     def __init__(
         self,
-        engine_config,
+        engine_config: EngineConfig,
         devices: list[str],
-        on_failure: Callable[[str], None] | None = None,
-        observer_for: Callable[[str], object] | None = None,
+        observer_for: Callable[[str], StatsObserver | None] | None = None,
         split_min_documents: int = 16,
         log_level: str = "INFO",
-        engine_factory: Callable | None = None,
+        engine_factory: EngineFactory | None = None,
     ):
         self.engine_config = engine_config
         self.devices = devices
-        self.on_failure = on_failure
         self.observer_for = observer_for
-        self.router = Router(split_min_documents)
+        self.router: Router[WorkerProcess] = Router(split_min_documents)
         self.log_level = log_level
-        self.engine_factory = engine_factory  # picklable: it crosses to each worker process
-        self._workers: list[_Worker] = []
+        self.engine_factory = engine_factory
+        self._on_failure: list[Callable[[str], None]] = []
+        self._processes: list[WorkerProcess] = []
         self._jobs: dict[int, PoolJob] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
-        self.max_documents = engine_config.max_documents_per_request
         self.routed: Counter[str] = Counter()  # documents sent to each worker, by label
 
     @property
@@ -251,10 +109,13 @@ class WorkerPool:
 
     @property
     def ready(self) -> bool:
-        return bool(self._workers) and all(w.alive and w.info is not None for w in self._workers)
+        return bool(self._processes) and all(proc.alive and proc.info is not None for proc in self._processes)
+
+    def on_failure(self, callback: Callable[[str], None]) -> None:
+        self._on_failure.append(callback)
 
     # ---- lifecycle ----------------------------------------------------------------------
-    def worker_config(self, device: str):
+    def worker_config(self, device: str) -> EngineConfig:
         """The engine config of the worker on `device`. Unless set, each worker gets cores / (2 x
         workers) torch threads: every worker taking one per core made the two H200 workers' LM
         passes for T100 ~60% slower (their idle threads spin while another process launches)."""
@@ -280,135 +141,137 @@ class WorkerPool:
             process.start()
             child.close()
             label = device if cuda is not None else f"cpu:{index}"
-            w = _Worker(index, device, label, process, parent, ready=self._loop.create_future())
-            self._workers.append(w)
-            threading.Thread(target=self._read, args=(w,), name=f"lychee-pool-{index}", daemon=True).start()
-        for w in self._workers:
-            await w.ready
-        log.info("%d engine workers ready on %s", len(self._workers), ", ".join(self.devices))
+            spawned = WorkerProcess(index, device, label, process, parent, ready=self._loop.create_future())
+            self._processes.append(spawned)
+            threading.Thread(target=self._read, args=(spawned,), name=f"lychee-pool-{index}", daemon=True).start()
+        for spawned in self._processes:
+            assert spawned.ready is not None
+            await spawned.ready
+        log.info("%d engine workers ready on %s", len(self._processes), ", ".join(self.devices))
 
     async def stop(self) -> None:
         self._stopping = True
-        for w in self._workers:
-            if w.alive:
-                self.send(w, ipc.Shutdown())
+        for proc in self._processes:
+            if proc.alive:
+                self.send(proc, ipc.Shutdown())
         deadline = time.monotonic() + STOP_SECONDS
-        for w in self._workers:
-            await asyncio.to_thread(w.process.join, max(0.1, deadline - time.monotonic()))
-            if w.process.is_alive():
-                w.process.kill()
+        for proc in self._processes:
+            await asyncio.to_thread(proc.process.join, max(0.1, deadline - time.monotonic()))
+            if proc.process.is_alive():
+                proc.process.kill()
 
     # ---- the pipes ----------------------------------------------------------------------
-    def send(self, w: _Worker, message) -> None:
-        if not w.alive:
+    def send(self, to: WorkerProcess, message: ipc.ToWorker) -> None:
+        if not to.alive:
             return
         try:
-            w.conn.send(message)
+            to.conn.send(message)
         except (OSError, EOFError, BrokenPipeError):
-            self._on_dead(w)
+            self._on_dead(to)
 
-    def _read(self, w: _Worker) -> None:
+    def _read(self, source: WorkerProcess) -> None:
         assert self._loop is not None
         while True:
             try:
-                message = w.conn.recv()
+                message = source.conn.recv()
             except (EOFError, OSError):
-                self._loop.call_soon_threadsafe(self._on_dead, w)
+                self._loop.call_soon_threadsafe(self._on_dead, source)
                 return
-            self._loop.call_soon_threadsafe(self._on_message, w, message)
+            self._loop.call_soon_threadsafe(self._on_message, source, message)
 
-    def _on_message(self, w: _Worker, message) -> None:
+    def _on_message(self, source: WorkerProcess, message: ipc.ToPool) -> None:
         if isinstance(message, ipc.Scored | ipc.JobDone | ipc.Opened | ipc.Added):
             job = self._jobs.get(message.job)
-            part = job.parts.get(w.index) if job is not None else None
-            if part is None:
+            share = job.shares.get(source.index) if job is not None else None
+            if job is None or share is None:
                 return
             if isinstance(message, ipc.Scored):
-                job.on_scored(part, message.score)
+                job.on_scored(share, message.score)
             elif isinstance(message, ipc.JobDone):
-                job.on_done(part, message.stats, message.error)
+                job.on_done(share, message.stats, message.error)
             elif isinstance(message, ipc.Opened):
                 if message.error is not None:
-                    part.opened.set_exception(message.error.rebuild())
-                    part.done = True
+                    share.opened.set_exception(message.error.rebuild())
+                    share.done = True
                 else:
-                    part.opened.set_result(None)
+                    share.opened.set_result(None)
             else:
-                future = part.adds.get(message.seq)
+                future = share.adds.get(message.seq)
                 if future is not None and not future.done():
                     future.set_result(message)
         elif isinstance(message, ipc.Snapshot):
-            w.info, w.stats = message.info, message.stats
+            source.info, source.stats = message.info, message.stats
         elif isinstance(message, ipc.Observed):
-            observer = self.observer_for(w.label) if self.observer_for is not None else None
+            observer = self.observer_for(source.label) if self.observer_for is not None else None
             if observer is not None:
                 getattr(observer, message.method)(*message.args)
         elif isinstance(message, ipc.Ready):
-            w.info = message.info
-            if w.ready is not None and not w.ready.done():
-                w.ready.set_result(None)
+            source.info = message.info
+            if source.ready is not None and not source.ready.done():
+                source.ready.set_result(None)
         elif isinstance(message, ipc.StartFailed):
-            w.alive = False
-            if w.ready is not None and not w.ready.done():
-                w.ready.set_exception(ModelLoadError(f"worker on {w.device}: {message.error.message}"))
+            source.alive = False
+            if source.ready is not None and not source.ready.done():
+                source.ready.set_exception(ModelLoadError(f"worker on {source.device}: {message.error.message}"))
 
-    def _on_dead(self, w: _Worker) -> None:
-        if not w.alive:
+    def _on_dead(self, dead: WorkerProcess) -> None:
+        if not dead.alive:
             return
-        w.alive = False
-        if w.ready is not None and not w.ready.done():
-            w.ready.set_exception(ModelLoadError(f"the worker on {w.device} exited while loading"))
+        dead.alive = False
+        if dead.ready is not None and not dead.ready.done():
+            dead.ready.set_exception(ModelLoadError(f"the worker on {dead.device} exited while loading"))
             return
         if self._stopping:
             return
-        reason = f"the engine worker on {w.label} died (exit code {w.process.exitcode})"
+        reason = f"the engine worker on {dead.label} died (exit code {dead.process.exitcode})"
         log.error(reason)
         for job in list(self._jobs.values()):
-            part = job.parts.get(w.index)
-            if part is not None and not part.done:
-                job.on_worker_died(part, reason)
-        if self.on_failure is not None:
-            self.on_failure(reason)
+            share = job.shares.get(dead.index)
+            if share is not None and not share.done:
+                job.on_worker_died(share, reason)
+        for callback in self._on_failure:
+            callback(reason)
 
     # ---- jobs ---------------------------------------------------------------------------
     async def open_job(
-        self, query: Query, instruction: str, deadline: float | None, truncate: bool = False, max_tokens: int = 0
+        self,
+        query: Query,
+        instruction: str = "",
+        truncation: Truncation = Truncation.NONE,
+        max_tokens_per_document: int = 0,
+        deadline: float | None = None,
     ) -> PoolJob:
-        if not any(w.alive for w in self._workers):
+        if not any(proc.alive for proc in self._processes):
             raise NotReady("no engine worker is alive")
-        job = PoolJob(self, next(self._ids), query, instruction, deadline, truncate, max_tokens)
+        job = PoolJob(self, next(self._ids), query, instruction, truncation, max_tokens_per_document, deadline)
         self._jobs[job.id] = job
         return job
 
-    def open(self, job: PoolJob, part: _Part) -> None:
-        self.send(part.worker, ipc.OpenJob(job.id, job.query, job.instruction, job.deadline,
-                                           job.truncate, job.max_tokens))
+    def open(self, job: PoolJob, share: WorkerShare) -> None:
+        self.send(share.worker, ipc.OpenJob(job.id, job.query, job.instruction, job.truncation,
+                                            job.max_tokens_per_document, job.deadline))
 
     def forget(self, job: PoolJob) -> None:
         self._jobs.pop(job.id, None)
 
-    def assign(self, items: list[tuple[int, Document]]) -> dict[_Worker, list[tuple[int, Document]]]:
-        live = {w: w.queued_tokens for w in self._workers if w.alive}
+    def assign(self, items: Sequence[IndexedDocument]) -> dict[WorkerProcess, list[IndexedDocument]]:
+        live = {proc: proc.queued_tokens for proc in self._processes if proc.alive}
         if not live:
             raise NotReady("no engine worker is alive")
         out = self.router.assign(items, live)
-        for w, chosen in out.items():
-            self.routed[w.label] += len(chosen)
+        for chosen_worker, chosen in out.items():
+            self.routed[chosen_worker.label] += len(chosen)
         return out
 
     # ---- introspection ------------------------------------------------------------------
-    def info(self):
-        infos = [w.info for w in self._workers if w.info is not None]
-        first = infos[0]
-        return dataclasses.replace(
-            first,
-            devices=tuple(d for info in infos for d in info.devices),
-            image_cache_bytes=sum(i.image_cache_bytes for i in infos),
-            image_cache_capacity_bytes=sum(i.image_cache_capacity_bytes for i in infos),
-            image_cache_hits=sum(i.image_cache_hits for i in infos),
-            image_cache_misses=sum(i.image_cache_misses for i in infos),
-        )
+    def info(self) -> EngineInfo:
+        infos = [proc.info for proc in self._processes if proc.info is not None]
+        if not infos:
+            raise NotReady("no engine worker has started")
+        return EngineInfo.combined(infos)
 
-    def stats(self):
-        """Per-device engine stats snapshots, as last reported ({device: stats})."""
-        return {w.label: w.stats for w in self._workers if w.stats is not None}
+    def stats(self) -> list[EngineStats]:
+        """Each worker's engine stats as last reported, labelled by worker (two CPU workers are
+        cpu:0 and cpu:1, where each engine only knows it runs on the cpu)."""
+        return [dataclasses.replace(proc.stats, device=proc.label)
+                for proc in self._processes if proc.stats is not None]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Hashable, Sequence
-from typing import TypeVar
+from typing import Generic, TypeVar
 
+from ..engine.api import IndexedDocument
 from ..engine.types import Document, ImagePart, TextPart
 from ..engine.util.lru import LRU
 
@@ -23,12 +24,12 @@ AFFINITY_SLACK = 0.125  # how much busier than the least loaded worker an image'
 HOMES_REMEMBERED = 65536  # image keys whose last worker is remembered
 
 W = TypeVar("W", bound=Hashable)
-Item = tuple[int, Document]  # the request's index, the document
+Item = IndexedDocument
 
 
 def guess_tokens(doc: Document) -> int:
     """A document's tokens before its worker has tokenized it (the worker's count replaces it)."""
-    return sum(len(p.text) // 3 + 1 if isinstance(p, TextPart) else IMAGE_TOKENS_GUESS for p in doc.parts)
+    return sum(len(part.text) // 3 + 1 if isinstance(part, TextPart) else IMAGE_TOKENS_GUESS for part in doc.parts)
 
 
 def image_key(doc: Document) -> bytes | None:
@@ -45,19 +46,19 @@ def image_key(doc: Document) -> bytes | None:
     return None
 
 
-class Router:
-    """Splits requests over workers by their queued tokens, remembering where images went."""
+class Router(Generic[W]):
+    """Splits requests over workers (of type W) by their queued tokens, remembering where images went."""
 
     def __init__(self, split_min_documents: int = 16, homes: int = HOMES_REMEMBERED):
         self.split_min_documents = max(1, split_min_documents)
-        self._homes: LRU[bytes, Hashable] = LRU(max_items=homes)
+        self._homes: LRU[bytes, W] = LRU(max_items=homes)
 
     def assign(self, items: Sequence[Item], loads: dict[W, int]) -> dict[W, list[Item]]:
         """`loads`: the live workers and their queued tokens. Each worker's items keep the
         request's order."""
         if not loads:
             raise ValueError("no worker to assign to")
-        ranked = sorted(loads, key=lambda w: loads[w])
+        ranked = sorted(loads, key=lambda worker: loads[worker])
         shares = max(1, min(len(ranked), len(items) // self.split_min_documents))
         candidates = ranked[:shares]
         groups: dict[Hashable, list[Item]] = {}
@@ -71,12 +72,13 @@ class Router:
             placed = dict.fromkeys(groups, candidates[0])
             out: dict[W, list[Item]] = {candidates[0]: []}
         else:
-            placed = self._spread(groups, keys, {w: loads[w] for w in candidates})
+            placed = self._spread(groups, keys, {worker: loads[worker] for worker in candidates})
             out = {}
-        for group, w in placed.items():
-            out.setdefault(w, []).extend(groups[group])
-            if keys[group] is not None:
-                self._homes.put(keys[group], w)
+        for group, worker in placed.items():
+            out.setdefault(worker, []).extend(groups[group])
+            key = keys[group]
+            if key is not None:
+                self._homes.put(key, worker)
         for chosen in out.values():
             chosen.sort(key=lambda item: item[0])
         return out
@@ -89,7 +91,7 @@ class Router:
         slack = AFFINITY_SLACK * sum(sizes.values()) / len(now)
         placed: dict[Hashable, W] = {}
         for group in sorted(groups, key=lambda g: -sizes[g]):
-            target = min(now, key=lambda w: now[w])
+            target = min(now, key=lambda worker: now[worker])
             key = keys[group]
             home = self._homes.get(key) if key is not None else None
             if home is not None and home in now and now[home] <= now[target] + slack:

@@ -10,28 +10,15 @@ import io
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from PIL import Image
 
 from lychee_grpc.client import image, text
 from lychee_grpc.proto import lychee_pb2 as pb
 
-from ..helpers import noise_image
+from ..helpers import field_violations, noise_image
 
 QUERY = pb.Query(parts=[text("复古 denim 外套")])
 DOCUMENT = pb.Document(id="p", parts=[text("retro denim jacket, slim fit"), image(noise_image(64, 48, seed=11))])
-
-
-def field_violations(err: grpc.RpcError) -> list[tuple[str, str]]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no google.rpc.Status details"
-    out = []
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            out += [(v.field, v.description) for v in bad.field_violations]
-    return out
 
 
 def occluded(parts, f: pb.Fragment) -> list[pb.Part]:
@@ -94,9 +81,9 @@ class CountingJob:
     def __init__(self, job, added: list[int]):
         self._job, self.added = job, added
 
-    async def add_documents(self, documents) -> None:
+    async def add_documents(self, documents) -> list[int]:
         self.added.append(len(documents))
-        await self._job.add_documents(documents)
+        return await self._job.add_documents(documents)
 
     def __getattr__(self, name):
         return getattr(self._job, name)
@@ -108,10 +95,10 @@ class CountingEngine:
     def __init__(self, inner):
         self.inner, self.jobs = inner, []
 
-    async def open_job(self, query, instruction, deadline):
+    async def open_job(self, *args, **kwargs):
         added: list[int] = []
         self.jobs.append(added)
-        return CountingJob(await self.inner.open_job(query, instruction, deadline), added)
+        return CountingJob(await self.inner.open_job(*args, **kwargs), added)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

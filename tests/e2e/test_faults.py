@@ -13,19 +13,26 @@ import time
 
 import grpc
 import pytest
-import torch
 from grpc_health.v1 import health_pb2
 
 from lychee_grpc.app import App
 from lychee_grpc.client import AsyncLycheeClient, LycheeClient, make_request
 from lychee_grpc.config import AppConfig, GrpcConfig, HttpConfig, MetricsConfig
 from lychee_grpc.engine.engine import Engine
+from lychee_grpc.engine.faults import NoFaults
 from lychee_grpc.lifecycle import State
 
-from ..conftest import ROOT
-from ..helpers import engine_config
-from .test_grpc import TITLES, slow_batches
-from .test_sigterm import free_port, health_status
+from ..fault_server import GpuWorkerDies
+from ..helpers import (
+    ROOT,
+    TITLES,
+    OutOfMemoryAbove,
+    engine_config,
+    free_port,
+    health_status,
+    slow_batches,
+    stats_of,
+)
 
 HANG = 30  # no call in these tests may take longer: a hang fails instead of blocking CI
 
@@ -48,7 +55,7 @@ async def test_a_stream_cancelled_mid_batch_stops_scoring_and_the_server_carries
     app, client = one_per_batch
     engine = app.engine
     slow_batches(engine, 0.01)
-    before = engine.stats().documents_scored
+    before = stats_of(engine).documents_scored
     received = 0
     call = client.rerank_stream("denim", [[f"title {i}" for i in range(150)]])
     async for _ in call:
@@ -57,8 +64,8 @@ async def test_a_stream_cancelled_mid_batch_stops_scoring_and_the_server_carries
             break
     call.cancel()
     await asyncio.sleep(0.3)
-    assert engine.stats().documents_scored - before < 150
-    assert engine.stats().queue_documents == 0 and app.lifecycle.in_flight == 0
+    assert stats_of(engine).documents_scored - before < 150
+    assert stats_of(engine).queue_documents == 0 and app.lifecycle.in_flight == 0
     assert len((await client.rerank("denim", TITLES)).results) == len(TITLES)
 
 
@@ -69,15 +76,15 @@ async def test_a_deadline_expiring_in_the_queue_is_deadline_exceeded_and_its_doc
     ahead = asyncio.ensure_future(client.stub.Rerank(make_request("denim", [f"t {i}" for i in range(100)]),
                                                      timeout=HANG))
     await asyncio.sleep(0.1)  # the first request fills the queue
-    dropped = sum(engine.stats().documents_dropped.values())
+    dropped = sum(stats_of(engine).documents_dropped.values())
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
         await client.stub.Rerank(make_request("jacket", TITLES * 4), timeout=0.3)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 2
     assert len((await ahead).results) == 100  # the request ahead is unharmed
-    assert sum(engine.stats().documents_dropped.values()) > dropped
-    assert engine.stats().queue_documents == 0 and app.lifecycle.in_flight == 0
+    assert sum(stats_of(engine).documents_dropped.values()) > dropped
+    assert stats_of(engine).queue_documents == 0 and app.lifecycle.in_flight == 0
 
 
 async def test_a_deadline_expiring_during_a_requests_batches_ends_it_promptly(one_per_batch):
@@ -89,36 +96,23 @@ async def test_a_deadline_expiring_during_a_requests_batches_ends_it_promptly(on
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 2
     await asyncio.sleep(0.3)
-    assert app.engine.stats().queue_documents == 0
+    assert stats_of(app.engine).queue_documents == 0
     assert len((await client.rerank("denim", TITLES)).results) == len(TITLES)
 
 
 async def test_an_out_of_memory_batch_is_split_and_every_request_succeeds(server, client):
     engine = server.engine
     expected = {r.index: r.score for r in (await client.rerank("denim", TITLES * 4)).results}
-    run = engine.executor.run
-
-    def tight(items, *args, **kwargs):
-        if len(items) > 3:  # the "GPU" holds at most 3 sequences at once
-            raise torch.OutOfMemoryError("injected: CUDA out of memory")
-        return run(items, *args, **kwargs)
-
-    engine.executor.run = tight
-    splits = engine.stats().oom_splits
+    engine.inject_faults(OutOfMemoryAbove(3))  # the "GPU" holds at most 3 sequences at once
+    splits = stats_of(engine).oom_splits
     results = await asyncio.gather(*(client.rerank("denim", TITLES * 4) for _ in range(3)))
     for resp in results:
         assert {r.index: r.score for r in resp.results} == pytest.approx(expected, abs=1e-5)
-    assert engine.stats().oom_splits > splits
+    assert stats_of(engine).oom_splits > splits
 
 
 async def test_a_dead_scheduler_fails_waiting_calls_and_turns_health_not_serving(server, client):
-    class GpuWorkerDied(BaseException):
-        pass
-
-    def die(batch):
-        raise GpuWorkerDied("injected")
-
-    server.engine.scheduler._run_batch = die
+    server.engine.inject_faults(GpuWorkerDies())
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     with pytest.raises(grpc.RpcError) as info:
         await asyncio.wait_for(client.rerank("denim", TITLES), HANG)
@@ -135,10 +129,11 @@ async def test_a_dead_scheduler_fails_waiting_calls_and_turns_health_not_serving
 
 
 async def test_a_scheduler_task_that_raises_fails_the_lifecycle(server, client):
-    def broken(batch, budget):
-        raise RuntimeError("injected: the scheduler's loop broke")
+    class LoopBreaks(NoFaults):
+        def batch_formed(self, documents: int) -> None:
+            raise RuntimeError("injected: the scheduler's loop broke")
 
-    server.engine.scheduler._fill = broken
+    server.engine.inject_faults(LoopBreaks())
     with pytest.raises(grpc.RpcError) as info:
         await asyncio.wait_for(client.rerank("denim", TITLES), HANG)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -6,14 +6,11 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-import time
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from lychee_grpc.app import App
 from lychee_grpc.client import AsyncLycheeClient, image, make_request, text
@@ -25,20 +22,15 @@ from lychee_grpc.engine.types import TextPart
 from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.proto import lychee_pb2_grpc as pb_grpc
 
-from ..helpers import engine_config, noise_image, png_declaring
-
-TITLES = ["vintage wash blue jeans coat", "organic green tea", "denim jacket women", "running shoes", "grey sofa"]
-
-
-def violations(err: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no google.rpc.Status details"
-    out = []
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            out += [v.field for v in bad.field_violations]
-    return out
+from ..helpers import (
+    TITLES,
+    engine_config,
+    noise_image,
+    png_declaring,
+    slow_batches,
+    stats_of,
+    violated_fields,
+)
 
 
 async def test_rerank_returns_every_document_best_first(client, loaded):
@@ -158,7 +150,7 @@ async def test_invalid_requests_name_the_field(client, name):
     with pytest.raises(grpc.RpcError) as info:
         await client.stub.Rerank(request, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field in violations(info.value), info.value.details()
+    assert field in violated_fields(info.value), info.value.details()
 
 
 async def test_invalid_stream_document_fails_the_stream_naming_its_index(client):
@@ -166,7 +158,7 @@ async def test_invalid_stream_document_fails_the_stream_naming_its_index(client)
         async for _ in client.rerank_stream("denim", [["ok", "fine"], ["good", ""]]):
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "documents[3].parts[0].text" in violations(info.value)
+    assert "documents[3].parts[0].text" in violated_fields(info.value)
 
 
 async def test_stream_without_options_is_invalid(client):
@@ -177,7 +169,7 @@ async def test_stream_without_options_is_invalid(client):
         async for _ in client.stub.RerankStream(requests(), timeout=10):
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "options" in violations(info.value)
+    assert "options" in violated_fields(info.value)
 
 
 async def test_corrupt_image_leaves_concurrent_requests_unharmed(client):
@@ -189,26 +181,16 @@ async def test_corrupt_image_leaves_concurrent_requests_unharmed(client):
         assert [x.score for x in r.results] == pytest.approx([x.score for x in solo.results], abs=1e-6)
     assert isinstance(results[3], grpc.RpcError)
     assert results[3].code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "documents[1].parts[0].image" in violations(results[3])
-
-
-def slow_batches(engine: Engine, seconds: float) -> None:
-    run = engine.executor.run
-
-    def slow(*args, **kwargs):
-        time.sleep(seconds)
-        return run(*args, **kwargs)
-
-    engine.executor.run = slow
+    assert "documents[1].parts[0].image" in violated_fields(results[3])
 
 
 async def test_cancelled_rpc_documents_are_not_scored(server, client):
     engine = server.engine
     slow_batches(engine, 0.05)  # 16 documents per batch: 150 documents take ~0.5 s
-    before = engine.stats().documents_scored
+    before = stats_of(engine).documents_scored
     call = client.stub.Rerank(make_request("denim", [f"title {i}" for i in range(150)]), timeout=30)
     for _ in range(1000):  # cancel once the documents are queued, however slow the machine
-        stats = engine.stats()
+        stats = stats_of(engine)
         if stats.queue_documents or stats.documents_scored > before:
             break
         await asyncio.sleep(0.01)
@@ -216,7 +198,7 @@ async def test_cancelled_rpc_documents_are_not_scored(server, client):
     with pytest.raises(asyncio.CancelledError):
         await call
     for _ in range(1000):  # the batch being scored ends, the rest are dropped
-        stats = engine.stats()
+        stats = stats_of(engine)
         if stats.queue_documents == 0 and sum(stats.documents_dropped.values()) > 0:
             break
         await asyncio.sleep(0.01)
@@ -226,12 +208,12 @@ async def test_cancelled_rpc_documents_are_not_scored(server, client):
 
 async def test_expired_deadline_returns_deadline_exceeded_without_running_the_model(server, client):
     engine = server.engine
-    before = engine.stats().documents_scored
+    before = stats_of(engine).documents_scored
     with pytest.raises(grpc.RpcError) as info:
         await client.stub.Rerank(make_request("denim", TITLES * 20), timeout=0.001)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await asyncio.sleep(0.3)
-    assert engine.stats().documents_scored == before
+    assert stats_of(engine).documents_scored == before
     ok = await client.rerank("denim", TITLES)  # the server carries on
     assert len(ok.results) == len(TITLES)
 
@@ -282,7 +264,7 @@ async def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_
         slow_batches(srv.engine, 0.05)
         client = AsyncLycheeClient(f"127.0.0.1:{srv.port}")
         in_flight = asyncio.create_task(client.rerank("denim", [f"title {i}" for i in range(100)]))
-        while srv.engine.stats().documents_scored == 0 or srv.lifecycle.in_flight == 0:
+        while stats_of(srv.engine).documents_scored == 0 or srv.lifecycle.in_flight == 0:
             await asyncio.sleep(0.01)
         stopping = asyncio.create_task(srv.stop())
         await asyncio.sleep(0.05)
@@ -388,7 +370,7 @@ async def test_stream_with_options_and_no_documents_is_invalid_like_unary(client
         async for _ in client.rerank_stream("denim", []):
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "documents" in violations(info.value)
+    assert "documents" in violated_fields(info.value)
 
 
 async def test_min_score_and_top_n_apply_over_grpc(client):

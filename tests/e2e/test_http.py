@@ -19,9 +19,7 @@ from lychee_grpc.http.server import HttpServer
 from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.service.errors import Unauthenticated
 
-from ..helpers import engine_config, noise_image
-
-TITLES = ["vintage wash blue jeans coat", "organic green tea", "denim jacket women", "running shoes", "grey sofa"]
+from ..helpers import TITLES, engine_config, noise_image, stats_of
 
 
 def f32(x: float) -> float:
@@ -215,7 +213,7 @@ async def test_tiny_timeout_is_504_and_the_server_carries_on(http, server):
 
 async def test_client_disconnect_cancels_the_work(http, server):
     engine = server.engine
-    before = engine.stats().documents_scored
+    before = stats_of(engine).documents_scored
     request = asyncio.create_task(http.post("/v1/rerank", json={"query": "q", "documents": TITLES * 30}))
     while server.lifecycle.in_flight == 0:
         await asyncio.sleep(0.005)
@@ -226,8 +224,8 @@ async def test_client_disconnect_cancels_the_work(http, server):
         await asyncio.sleep(0.01)
     assert server.lifecycle.in_flight == 0
     await asyncio.sleep(0.2)
-    assert engine.stats().documents_scored - before < len(TITLES) * 30
-    assert engine.stats().queue_documents == 0
+    assert stats_of(engine).documents_scored - before < len(TITLES) * 30
+    assert stats_of(engine).queue_documents == 0
 
 
 class Observer:

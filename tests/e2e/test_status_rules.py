@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 from lychee_grpc.client import make_request
 from lychee_grpc.proto import lychee_pb2 as pb
 
-from .test_grpc import TITLES, slow_batches, violations
+from ..helpers import TITLES, slow_batches, violated_fields
 
 
 async def test_too_many_documents_is_invalid_argument_naming_documents(server, client):
@@ -24,7 +24,7 @@ async def test_too_many_documents_is_invalid_argument_naming_documents(server, c
         with pytest.raises(grpc.RpcError) as info:
             await call
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert violations(info.value) == ["documents"]
+        assert violated_fields(info.value) == ["documents"]
 
 
 async def _drain(call) -> list:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import time
 from collections import Counter
@@ -17,17 +16,9 @@ import pytest
 from lychee_grpc.client import make_request
 from lychee_grpc.proto import lychee_pb2_grpc as pb_grpc
 
-from ..conftest import ROOT
-from ..helpers import engine_config
+from ..helpers import ROOT, engine_config
+from .cases import REFERENCE, TIME_BOUND
 
-# Cases per CI run are about 2,300; LYCHEE_FUZZ_EXAMPLES scales them all (the Rerank test runs that
-# many, the others in proportion; nightly: 20000).
-EXAMPLES = int(os.environ.get("LYCHEE_FUZZ_EXAMPLES", "850"))
-# CI explores the same cases every run (a red build names a change, not a lucky draw); a nightly or
-# local run explores new ones: LYCHEE_FUZZ_RANDOM=1, or any run outside CI.
-RANDOM = os.environ.get("LYCHEE_FUZZ_RANDOM", "0" if os.environ.get("CI") else "1") == "1"
-TIME_BOUND = 20.0  # seconds any single case may take on the tiny model
-REFERENCE = ("retro denim jacket", ["vintage wash blue jeans coat", "organic green tea", "denim jacket women"])
 REPORT = ROOT / ".cache" / "reliability" / "fuzz.json"
 
 

@@ -16,8 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .conftest import EXAMPLES, REFERENCE, TIME_BOUND
-from .test_fuzz_grpc import IMAGES, SETTINGS, SPECIAL, any_char
+from .cases import EXAMPLES, IMAGES, REFERENCE, SETTINGS, SPECIAL, TIME_BOUND, any_char
 
 ROUTES = ("/v1/rerank", "/api/rerank", "/v1/explain")
 DOCUMENTED = {200, 400, 413, 422}

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.rpc.stream_inbox import DRAIN_IDLE_SECONDS, DRAIN_SECONDS
 
-from .test_fuzz_grpc import EXAMPLES, SETTINGS
+from .cases import EXAMPLES, SETTINGS
 
 STREAM = "/lychee.v1.RerankService/RerankStream"
 CONCURRENCY = 8

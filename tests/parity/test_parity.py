@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.lm.executor import BatchItem
 from lychee_grpc.engine.model.reference import reference_logits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION, ECOMMERCE_INSTRUCTION
@@ -31,7 +32,7 @@ def by_index(ranking) -> list[float]:
 async def test_scores_match_reference(make_engine, loaded, case):
     engine = await make_engine()
     query, docs = pair_cases()[case]
-    ranking = await engine.rerank(query, docs)
+    ranking = await score_documents(engine, query, docs)
     expected = reference_scores(loaded, query, docs)
     assert by_index(ranking) == pytest.approx(expected, abs=TOL)
     # Not a degenerate model: documents get different scores.
@@ -41,7 +42,7 @@ async def test_scores_match_reference(make_engine, loaded, case):
 async def test_scores_match_reference_with_custom_instruction(make_engine, loaded):
     engine = await make_engine()
     query, docs = pair_cases()["text-text"]
-    ranking = await engine.rerank(query, docs, instruction=ECOMMERCE_INSTRUCTION)
+    ranking = await score_documents(engine, query, docs, instruction=ECOMMERCE_INSTRUCTION)
     assert by_index(ranking) == pytest.approx(reference_scores(loaded, query, docs, ECOMMERCE_INSTRUCTION), abs=TOL)
 
 
@@ -49,7 +50,7 @@ async def test_scores_match_reference_with_custom_instruction(make_engine, loade
 async def test_scores_independent_of_batch_composition_and_concurrency(make_engine, loaded, batch):
     engine = await make_engine(max_wait_ms=20, **batch)
     cases = list(pair_cases().values())
-    results = await asyncio.gather(*(engine.rerank(q, d) for q, d in cases * 2))
+    results = await asyncio.gather(*(score_documents(engine, q, d) for q, d in cases * 2))
     for (query, docs), ranking in zip(cases * 2, results):
         assert by_index(ranking) == pytest.approx(reference_scores(loaded, query, docs), abs=TOL)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..prompt.prepare import EncodedImage, Segment
+from ..prompt.prepared import EncodedImage, Segment
 from ..stats import NullObserver, StatsObserver
 from ..util.device_copy import PinnedStaging
 from ..vision.cache import VisionCache

@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,8 +29,11 @@ _REAL_MODEL_GIB = 17.0
 
 @dataclass
 class LoadedModel:
-    model: object
-    processor: object
+    # Any: the model's modules and config and the processor's parts are reached by attribute
+    # (model.model.language_model.layers, processor.image_processor.patch_size); transformers does
+    # not type them.
+    model: Any
+    processor: Any
     yes_id: int
     no_id: int
     device: torch.device
@@ -112,9 +116,10 @@ def load_model(config: EngineConfig) -> LoadedModel:
     log.info("loading %s on %s as %s, attention %s", config.model, device, dtype, attention)
     try:
         processor = AutoProcessor.from_pretrained(config.model, revision=config.revision)
-        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        # With output_loading_info it returns (model, info), which its annotation does not say.
+        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(  # pyright: ignore[reportGeneralTypeIssues]
             config.model,
-            revision=config.revision,
+            revision=config.revision or "main",  # transformers' default revision
             dtype=dtype,
             attn_implementation=attention,
             output_loading_info=True,

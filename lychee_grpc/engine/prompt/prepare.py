@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers.image_utils import SizeDict
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+from ..api import Truncation
 from ..config import ImageLimits, TextLimits
 from ..errors import FieldViolation, InvalidInput
 from ..types import Document, ImagePart, Part, Query, TextPart
@@ -25,86 +25,11 @@ from ..util.lru import LRU
 from . import template
 from .images import ImageRejected, content_key, decode_pixels, jpeg_decoder_agrees
 from .positions import mrope_positions
-
-# Prefetch in about this many chunks per request, of at least this many images: the first chunk
-# reaches the GPU after a few ms of decoding, and the tower still runs on large batches.
-PREFETCH_CHUNKS = 4
-PREFETCH_MIN_IMAGES = 16
+from .prepared import EncodedImage, Prefetch, PreparedDocument, PreparedQuery, Segment, prefetch_chunk
+from .truncation import text_head, truncate
 
 
-def prefetch_chunk(images: int) -> int:
-    """Images per prefetch chunk for a call with `images` to decode: up to PREFETCH_CHUNKS equal
-    chunks of at least PREFETCH_MIN_IMAGES, so that no chunk is a small remainder (16, 16, 16, 2
-    for a worker's 50 images ran a whole tower pass, and its launches, for two)."""
-    chunks = max(1, min(PREFETCH_CHUNKS, images // PREFETCH_MIN_IMAGES))
-    return max(1, -(-images // chunks))
-
-
-@dataclass
-class Prefetch:
-    """Starts the vision tower on chunks of a request's decoded images (the engine runs them on
-    the GPU thread ahead of the request's batch) while its other images decode and its text is
-    tokenized. `budget` bounds the image tokens whose embeddings wait on the GPU for their batch."""
-
-    start: Callable[[list[EncodedImage]], None]
-    budget: int
-
-
-@dataclass
-class EncodedImage:
-    """One image ready for the vision tower. `picture` is None when the vision cache held its
-    output at preparation time; `decode()` gives it again if that output was evicted since."""
-
-    key: bytes
-    grid_thw: tuple[int, int, int]
-    tokens: int
-    pixel_values: torch.Tensor | None
-    decode: Callable[[], torch.Tensor]
-    embedding: torch.Tensor | None = None  # the tower's output, when computed ahead of the batch
-    # The decoded picture (uint8 [3, h, w], on the host) until its pixels are computed, in its
-    # batch or a prefetch chunk: a request's pixels never wait on the GPU all at once.
-    picture: torch.Tensor | None = None
-
-
-@dataclass
-class Segment:
-    """Tokens the model computes for one sequence, with their positions and images."""
-
-    ids: torch.Tensor  # [n] long
-    positions: torch.Tensor  # [3, n] long
-    images: list[EncodedImage]
-
-    def __len__(self) -> int:
-        return int(self.ids.numel())
-
-
-@dataclass
-class PreparedQuery:
-    instruction: str
-    prefix: Segment  # the shared tokens, computed once per request
-    prefix_ids: list[int]
-    query_pieces: list[template.Piece]  # one pad marker per image (expanded after tokenization)
-    images: list[EncodedImage]
-    prepare_ms: float = 0.0
-    # All tokens of the prefix text, when no BPE merge can cross from it into a document.
-    clean_boundary_ids: list[int] | None = None
-
-
-@dataclass
-class PreparedDocument:
-    index: int
-    id: str
-    segment: Segment  # after the shared prefix, or the whole prompt when uses_prefix is False
-    uses_prefix: bool
-    prompt_tokens: int
-    images: int
-    cached_images: int
-    truncated: bool = False  # the end of its text was cut to fit the token limit
-    # When truncated: the kept text of each of its text parts, in order ("" where all was cut).
-    kept_text: tuple[str, ...] | None = None
-
-
-def _clean_boundary(query: Query) -> bool:
+def clean_boundary(query: Query) -> bool:
     """Whether the prompt's pre-tokenization always splits between the query and the document.
 
     The document part starts with a newline. After a letter or a digit (or after an image's
@@ -146,19 +71,6 @@ def _max_chars_per_token(tokenizer) -> int:
     return 4 * max(longest, 1)
 
 
-def _text_head(doc: Document, chars: int) -> Document:
-    """`doc` with its text parts cut to `chars` characters in all (images kept in place)."""
-    parts: list[Part] = []
-    for part in doc.parts:
-        if isinstance(part, TextPart):
-            if chars <= 0 and parts:
-                continue  # an empty text part renders as nothing; a document keeps its first part
-            part = TextPart(part.text[: max(0, chars)])
-            chars -= len(part.text)
-        parts.append(part)
-    return Document(doc.id, tuple(parts))
-
-
 class Preprocessor:
     """Owns the tokenizer and image processor; safe to call from several threads."""
 
@@ -176,7 +88,7 @@ class Preprocessor:
         decode_threads: int = 4,
     ):
         self.tokenizer = processor.tokenizer
-        self._plain_text = _plain_text_encoder(self.tokenizer)
+        self.plain_text = _plain_text_encoder(self.tokenizer)
         self._chars_per_token = _max_chars_per_token(self.tokenizer)
         self._marker_ids: dict[str, int] = {}
         self.image_processor = processor.image_processor
@@ -246,12 +158,15 @@ class Preprocessor:
         per image (25 images: 0.8 ms of this thread's time instead of 1.6-3 ms; bench/RESULTS.md, "History", run 18)."""
         proc = self.image_processor
         device = torch.device(self.image_device) if self.image_device else None
-        groups: dict[tuple, list[EncodedImage]] = {}
+        groups: dict[tuple[tuple[int, ...], tuple[int, int, int]], list[tuple[EncodedImage, torch.Tensor]]] = {}
         for image in pending:
-            groups.setdefault((tuple(image.picture.shape), image.grid_thw), []).append(image)
+            if image.picture is None:
+                raise RuntimeError("fill_pixels needs decoded pictures")
+            groups.setdefault((tuple(image.picture.shape), image.grid_thw), []).append((image, image.picture))
         size = SizeDict(shortest_edge=self.min_image_pixels, longest_edge=self.max_image_pixels)
-        for (_, grid), images in groups.items():
-            pictures = [image.picture for image in images]
+        for (_, grid), members in groups.items():
+            images = [image for image, _ in members]
+            pictures = [picture for _, picture in members]
             if device is not None:
                 # Each pinned picture copied as it lies in memory (decoders give a [3, h, w] view of
                 # [h, w, 3]): asynchronous. Copying into a device batch's [3, h, w] slots is not a plain
@@ -284,7 +199,7 @@ class Preprocessor:
         prefetch.start(pending[:])
         pending.clear()
 
-    def _too_long(self, text: str, max_tokens: int) -> bool:
+    def certainly_over(self, text: str, max_tokens: int) -> bool:
         """Whether `text` is certainly over `max_tokens`, judged from its length alone: a huge text
         is refused before the tokenizer allocates for all of it (a 24 MB title took ~2 GB)."""
         return len(text) > max_tokens * self._chars_per_token
@@ -302,7 +217,7 @@ class Preprocessor:
             if isinstance(part, TextPart):
                 if not part.text.strip():
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
-                elif self._too_long(part.text, max_tokens):
+                elif self.certainly_over(part.text, max_tokens):
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", f"text is {len(part.text)} "
                                                      f"characters, certainly over the limit of {max_tokens} tokens"))
             elif isinstance(part, ImagePart):
@@ -330,8 +245,8 @@ class Preprocessor:
         pending: list[EncodedImage] = []
         images, _ = self._encode_parts(query.parts, "query", violations, pending,
                                        self._decode_all([query.parts])[0], self.text_limits.max_query_tokens)
-        if instruction and (self._too_long(instruction, self.text_limits.max_instruction_tokens) or len(
-                self._plain_text([instruction])[0]) > self.text_limits.max_instruction_tokens):
+        if instruction and (self.certainly_over(instruction, self.text_limits.max_instruction_tokens) or len(
+                self.plain_text([instruction])[0]) > self.text_limits.max_instruction_tokens):
             violations.append(
                 FieldViolation(
                     "instruction", f"over {self.text_limits.max_instruction_tokens} tokens"
@@ -341,7 +256,7 @@ class Preprocessor:
             raise InvalidInput(violations)
         self.fill_pixels(pending)
         query_pieces = template.parts_pieces(query.parts)  # one pad per image, expanded after tokenization
-        prefix_ids = self._expand_pads(self._encode([template.prefix_pieces(instruction, query_pieces)])[0],
+        prefix_ids = self._expand_pads(self.encode_pieces([template.prefix_pieces(instruction, query_pieces)])[0],
                                        images).tolist()
         query_tokens = len(prefix_ids) - self._prefix_overhead(instruction)
         if query_tokens > self.text_limits.max_query_tokens:
@@ -362,24 +277,24 @@ class Preprocessor:
             query_pieces=query_pieces,
             images=images,
             prepare_ms=(time.perf_counter() - start) * 1e3,
-            clean_boundary_ids=prefix_ids if _clean_boundary(query) else None,
+            clean_boundary_ids=prefix_ids if clean_boundary(query) else None,
         )
 
     def _prefix_overhead(self, instruction: str) -> int:
         # Template tokens around the query; depends only on the instruction.
         overhead = self._overheads.get(instruction)
         if overhead is None:
-            overhead = len(self._encode([template.prefix_pieces(instruction, [])])[0])
+            overhead = len(self.encode_pieces([template.prefix_pieces(instruction, [])])[0])
             if len(self._overheads) < 1024:  # instructions are few; don't grow without bound
                 self._overheads[instruction] = overhead
         return overhead
 
-    def _encode(self, sequences: Sequence[Sequence[template.Piece]]) -> list[list[int]]:
+    def encode_pieces(self, sequences: Sequence[Sequence[template.Piece]]) -> list[list[int]]:
         """Token ids of prompts given as pieces: markers become their special token, every text
         run is tokenized as plain text (all runs of all sequences in one tokenizer call)."""
         shaped = [template.runs(pieces) for pieces in sequences]
         texts = [piece for pieces in shaped for piece in pieces if isinstance(piece, str)]
-        encoded = iter(self._plain_text(texts))
+        encoded = iter(self.plain_text(texts))
         out: list[list[int]] = []
         for pieces in shaped:
             ids: list[int] = []
@@ -412,19 +327,18 @@ class Preprocessor:
     # ---- documents ----------------------------------------------------------------------
     def prepare_documents(
         self, query: PreparedQuery, documents: Sequence[tuple[int, Document]], prefetch: Prefetch | None = None,
-        truncate: bool = False, max_tokens: int = 0,
+        truncation: Truncation = Truncation.NONE, max_tokens_per_document: int | None = None,
     ) -> list[PreparedDocument]:
         """Validates and encodes documents; raises InvalidInput naming every bad field. With
         `prefetch`, chunks of new images are handed to it as soon as they are decoded. A document
-        over `max_tokens` (0 or more than the server's limit: the server's) is refused, or with
-        `truncate` has the end of its text cut to fit (images are never cut)."""
-        limit = self.text_limits.max_tokens_per_document
-        if 0 < max_tokens < limit:
-            limit = max_tokens
-        if truncate:
+        over `max_tokens_per_document` (None: the configured limit) is refused, or with `Truncation.END`
+        has the end of its text cut to fit (images are never cut)."""
+        limit = max_tokens_per_document or self.text_limits.max_tokens_per_document
+        cut_ends = truncation is Truncation.END
+        if cut_ends:
             # Text past this many characters is certainly past the limit: cut it before tokenizing
             # (a huge title costs no memory), where without truncation it would be refused.
-            documents = [(index, _text_head(doc, limit * self._chars_per_token)) for index, doc in documents]
+            documents = [(index, text_head(doc, limit * self._chars_per_token)) for index, doc in documents]
         violations: list[FieldViolation] = []
         pending: list[EncodedImage] = []
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
@@ -448,13 +362,13 @@ class Preprocessor:
             prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
             all_ids = [
                 np.concatenate((prefix, self._expand_pads(ids, images)))
-                for ids, (_, _, images, _) in zip(self._encode(suffixes), encoded)
+                for ids, (_, _, images, _) in zip(self.encode_pieces(suffixes), encoded)
             ]
         else:
             prefix_pieces = template.prefix_pieces(query.instruction, query.query_pieces)
             all_ids = [
                 self._expand_pads(ids, query.images + images)
-                for ids, (_, _, images, _) in zip(self._encode([prefix_pieces + x for x in suffixes]), encoded)
+                for ids, (_, _, images, _) in zip(self.encode_pieces([prefix_pieces + x for x in suffixes]), encoded)
             ]
         shared = len(query.prefix_ids)
         prefix_ids = np.asarray(query.prefix_ids, dtype=np.int64)
@@ -462,8 +376,11 @@ class Preprocessor:
         for (index, doc, images, cached), ids in zip(encoded, all_ids):
             doc_tokens = ids.size - shared
             truncated = False
-            if doc_tokens > limit and truncate:
-                cut = self._truncate(query, doc, images, limit, doc_tokens)
+            if doc_tokens > limit and cut_ends:
+                def prompt_ids(parts: Sequence[Part], images: list[EncodedImage] = images) -> np.ndarray:
+                    return self._document_ids(query, parts, images)
+
+                cut = truncate(self.tokenizer, doc, prompt_ids, shared, limit, doc_tokens)
                 if cut is None:
                     violations.append(FieldViolation(
                         f"documents[{index}]",
@@ -505,54 +422,11 @@ class Preprocessor:
             raise InvalidInput(violations)
         return out
 
-    # ---- truncation ---------------------------------------------------------------------
     def _document_ids(self, query: PreparedQuery, parts: Sequence[Part], images: list[EncodedImage]) -> np.ndarray:
         """The whole prompt's ids for one document, tokenized as `prepare_documents` does."""
         suffix = template.suffix_pieces(template.parts_pieces(parts))
         if query.clean_boundary_ids is not None:
             prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
-            return np.concatenate((prefix, self._expand_pads(self._encode([suffix])[0], images)))
+            return np.concatenate((prefix, self._expand_pads(self.encode_pieces([suffix])[0], images)))
         prefix_pieces = template.prefix_pieces(query.instruction, query.query_pieces)
-        return self._expand_pads(self._encode([prefix_pieces + suffix])[0], query.images + images)
-
-    def _cut_text(self, parts: list[Part], excess: int) -> list[Part] | None:
-        """`parts` with about `excess` tokens cut from the end of their text (at a token boundary);
-        images are kept, and so is each part's place (an emptied text part renders as nothing).
-        None when the text runs out first."""
-        out = list(parts)
-        for i in range(len(out) - 1, -1, -1):
-            part = out[i]
-            if excess <= 0:
-                break
-            if not isinstance(part, TextPart) or not part.text:
-                continue
-            offsets = self.tokenizer(part.text, add_special_tokens=False, return_offsets_mapping=True,
-                                     split_special_tokens=True)["offset_mapping"]
-            if len(offsets) <= excess:
-                excess -= len(offsets)
-                out[i] = TextPart("")
-                continue
-            kept = part.text[: offsets[len(offsets) - excess][0]]
-            excess = 0
-            out[i] = TextPart(kept if kept.strip() else "")
-        if excess > 0 or not any(isinstance(p, ImagePart) or p.text for p in out):
-            return None
-        return out
-
-    def _truncate(
-        self, query: PreparedQuery, doc: Document, images: list[EncodedImage], limit: int, tokens: int
-    ) -> tuple[Document, np.ndarray] | None:
-        """The document with the end of its text cut so that it fits `limit` tokens, and its ids:
-        a plain document of the kept text, so its score is that document's score. Tokens can merge
-        differently across the new end, so the cut is checked and repeated if need be."""
-        shared = len(query.prefix_ids)
-        parts: list[Part] | None = list(doc.parts)
-        for _ in range(8):
-            parts = self._cut_text(parts, tokens - limit)
-            if parts is None:
-                return None
-            ids = self._document_ids(query, parts, images)
-            tokens = ids.size - shared
-            if tokens <= limit:
-                return Document(doc.id, tuple(parts)), ids
-        return None
+        return self._expand_pads(self.encode_pieces([prefix_pieces + suffix])[0], query.images + images)

@@ -51,7 +51,7 @@ class LRU(Generic[K, V]):
             self._items.clear()
             self._size = 0
 
-    def __contains__(self, key: object) -> bool:
+    def __contains__(self, key: object) -> bool:  # the container protocol's signature
         with self._lock:
             return key in self._items
 

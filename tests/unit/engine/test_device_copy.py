@@ -13,8 +13,7 @@ def _tensors():
             torch.arange(6).expand(2, -1)[:, 1:], torch.empty(0, dtype=torch.long)]
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_staging_copies_tensors_of_any_dtype_and_shape(device):
     staging = PinnedStaging(torch.device(device))
     for _ in range(3):  # the buffer is reused

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from lychee_grpc.engine.prompt.prepare import prefetch_chunk
+from lychee_grpc.engine.api import score_documents
+from lychee_grpc.engine.prompt.prepared import prefetch_chunk
 from lychee_grpc.engine.types import Document, ImagePart, TextPart
 
 from ...helpers import noise_image, text_query
@@ -24,35 +25,27 @@ def by_index(ranking) -> list[float]:
 
 async def _scores(engine, docs) -> list[float]:
     engine.executor.vision_cache.clear()  # every image is new to the tower
-    return by_index(await engine.rerank(text_query("red shoes"), docs))
+    return by_index(await score_documents(engine, text_query("red shoes"), docs))
 
 
 def _spy(engine) -> tuple[list[int], list[int]]:
-    """Records the chunk sizes handed to the prefetch and the images per tower call."""
+    """Records the chunk sizes computed ahead of their batch and the images per tower call."""
     chunks: list[int] = []
     tower_calls: list[int] = []
-    make = engine._prefetch
-
-    def prefetch(job):
-        plan = make(job)
-        if plan is not None:
-            start = plan.start
-            plan.start = lambda pending: (chunks.append(len(pending)), start(pending))
-        return plan
-
-    engine._prefetch = prefetch
+    embed_ahead = engine.embed_ahead
+    engine.embed_ahead = lambda pending, job: (chunks.append(len(pending)), embed_ahead(pending, job))[1]
     tower = engine.executor.tower
     engine.executor.tower = lambda pixels, grids: (tower_calls.append(len(grids)), tower(pixels, grids))[1]
     return chunks, tower_calls
 
 
 async def _in_batch_scores(engine, docs) -> list[float]:
-    make = engine._prefetch
-    engine._prefetch = lambda job: None
+    budget = engine.config.prefetch_image_tokens
+    engine.config.prefetch_image_tokens = 0  # prefetching off: the tower runs inside the batch
     try:
         return await _scores(engine, docs)
     finally:
-        engine._prefetch = make
+        engine.config.prefetch_image_tokens = budget
 
 
 async def test_prefetched_embeddings_give_the_in_batch_scores(make_engine):
@@ -156,6 +149,6 @@ async def test_image_evicted_between_preparation_and_batch_is_decoded_again(make
         return prepared
 
     engine.preprocessor.prepare_documents = prepare_then_evict
-    got = by_index(await engine.rerank(text_query("red shoes"), docs))
+    got = by_index(await score_documents(engine, text_query("red shoes"), docs))
     assert len(evicted) == 6
     assert got == pytest.approx(expected, abs=1e-6)

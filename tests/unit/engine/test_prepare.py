@@ -8,7 +8,7 @@ import random
 import pytest
 
 from lychee_grpc.engine.prompt import template
-from lychee_grpc.engine.prompt.prepare import _clean_boundary
+from lychee_grpc.engine.prompt.prepare import clean_boundary
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
 
@@ -45,11 +45,11 @@ async def test_clean_boundary_tokens_match_whole_prompt(make_engine):
 
 
 def test_clean_boundary_rule():
-    assert _clean_boundary(Query((TextPart("denim jacket"),)))
-    assert _clean_boundary(Query((TextPart("under 5000"),)))
-    assert _clean_boundary(Query((TextPart("x"), ImagePart(noise_image(8, 8)))))
-    assert not _clean_boundary(Query((TextPart("what fits?"),)))
-    assert not _clean_boundary(Query((TextPart("trailing space "),)))
+    assert clean_boundary(Query((TextPart("denim jacket"),)))
+    assert clean_boundary(Query((TextPart("under 5000"),)))
+    assert clean_boundary(Query((TextPart("x"), ImagePart(noise_image(8, 8)))))
+    assert not clean_boundary(Query((TextPart("what fits?"),)))
+    assert not clean_boundary(Query((TextPart("trailing space "),)))
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
@@ -109,8 +109,8 @@ async def test_encoding_pieces_gives_the_tokenizers_own_ids_for_text_without_spe
     rng = random.Random(3)
     texts = [random_text(rng, rng.randint(0, 80)) for _ in range(200)]
     want = [pre.tokenizer.encode(t, add_special_tokens=False) for t in texts]
-    assert pre._encode([[t] for t in texts]) == want
+    assert pre.encode_pieces([[t] for t in texts]) == want
     query, doc = template.parts_pieces((TextPart("retro denim jacket"),)), template.parts_pieces((TextPart("a title"),))
     prompt = template.prefix_text(DEFAULT_INSTRUCTION, "retro denim jacket") + template.suffix_text("a title")
-    assert pre._encode([template.prefix_pieces(DEFAULT_INSTRUCTION, query) + template.suffix_pieces(doc)]) == [
+    assert pre.encode_pieces([template.prefix_pieces(DEFAULT_INSTRUCTION, query) + template.suffix_pieces(doc)]) == [
         pre.tokenizer.encode(prompt, add_special_tokens=False)]

@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.model.reference import plain_text_prompt_ids, reference_logits_from_ids
 from lychee_grpc.engine.prompt import template
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
@@ -42,7 +43,8 @@ async def test_special_token_text_is_scored_as_plain_text(make_engine, loaded, p
     engine = await make_engine()
     instruction, query, document = case(place, injected)
     docs = [Document("a", (TextPart(document),)), Document("b", (TextPart("organic green tea"),))]
-    ranking = await asyncio.wait_for(engine.rerank(Query((TextPart(query),)), docs, instruction=instruction), TIMEOUT)
+    ranking = await asyncio.wait_for(
+        score_documents(engine, Query((TextPart(query),)), docs, instruction=instruction), TIMEOUT)
     tok = loaded.processor.tokenizer
     prompts = [plain_text_prompt_ids(tok, instruction, query, d.parts[0].text) for d in docs]
     expected = reference_logits_from_ids(loaded.model, loaded.processor, prompts)
@@ -94,7 +96,8 @@ async def test_a_stop_iteration_in_preparation_fails_the_request_instead_of_hang
 
     monkeypatch.setattr(engine.preprocessor, "prepare_documents", broken)
     with pytest.raises(RuntimeError, match="StopIteration"):
-        await asyncio.wait_for(engine.rerank(Query((TextPart("q"),)), [Document("a", (TextPart("d"),))]), TIMEOUT)
+        await asyncio.wait_for(
+            score_documents(engine, Query((TextPart("q"),)), [Document("a", (TextPart("d"),))]), TIMEOUT)
 
 
 def test_more_image_pads_than_grids_is_an_error_not_a_stop_iteration():

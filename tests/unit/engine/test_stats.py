@@ -8,9 +8,10 @@ import threading
 import pytest
 
 from lychee_grpc.engine import DeadlineExpired, Document, EngineStats, ImagePart, NullObserver, StatsObserver
+from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.stats import CANCELLED, DEADLINE, StatsRecorder
 
-from ...helpers import noise_image, text_docs, text_query
+from ...helpers import noise_image, stats_of, text_docs, text_query
 
 
 class Recording(NullObserver):
@@ -63,9 +64,9 @@ async def test_batches_prefix_savings_and_cache_reach_the_observer_and_the_snaps
     try:
         image = noise_image(56, 56, seed=7)
         docs = [*text_docs("blue jeans", "green tea", "denim jacket"), Document("i", (ImagePart(image),))]
-        await engine.rerank(text_query("denim"), docs)
-        await engine.rerank(text_query("denim"), [Document("i", (ImagePart(image),))])
-        stats = engine.stats()
+        await score_documents(engine, text_query("denim"), docs)
+        await score_documents(engine, text_query("denim"), [Document("i", (ImagePart(image),))])
+        stats = stats_of(engine)
     finally:
         await engine.stop()
     assert isinstance(stats, EngineStats)
@@ -88,17 +89,17 @@ async def test_dropped_documents_are_counted_by_reason(make_engine):
     await engine.scheduler.run_on_gpu(lambda: None)  # the GPU thread is up
     engine.scheduler.submit_to_gpu(gate.wait, 30)  # hold the GPU thread: documents wait in the queue
     cancelled = await engine.open_job(text_query("denim"))
-    await engine.add_documents(cancelled, text_docs("a", "b", "c"))
+    await cancelled.add_documents(list(enumerate(text_docs("a", "b", "c"))))
     cancelled.cancel()
     expiring = await engine.open_job(text_query("denim"), deadline=asyncio.get_running_loop().time() + 3600)
     expiring.deadline = 0.0  # passed, in time.monotonic() terms
     with pytest.raises(DeadlineExpired):
-        await engine.add_documents(expiring, text_docs("d", "e"))
+        await expiring.add_documents(list(enumerate(text_docs("d", "e"))))
     gate.set()
     for _ in range(200):
-        if engine.stats().queue_documents == 0 and engine.stats().documents_dropped[CANCELLED] >= 3:
+        if stats_of(engine).queue_documents == 0 and stats_of(engine).documents_dropped[CANCELLED] >= 3:
             break
         await asyncio.sleep(0.01)
-    stats = engine.stats()
+    stats = stats_of(engine)
     assert stats.documents_dropped == {CANCELLED: 3, DEADLINE: 2}
     assert stats.documents_scored == 0

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from lychee_grpc.engine.api import Truncation
 from lychee_grpc.engine.errors import InvalidInput
 from lychee_grpc.engine.model.reference import reference_logits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
@@ -38,7 +39,8 @@ async def test_a_truncated_document_scores_as_the_document_of_its_kept_text(make
     image = noise_image(56, 56, seed=4)
     docs = [Document("t", (TextPart(LONG),)), Document("m", (TextPart("photo: "), ImagePart(image), TextPart(LONG))),
             Document("short", (TextPart("denim"),))]
-    prepared_query, prepared = await _prepare(engine, query, docs, truncate=True, max_tokens=limit)
+    prepared_query, prepared = await _prepare(engine, query, docs, truncation=Truncation.END,
+                                              max_tokens_per_document=limit)
     shared = len(prepared_query.prefix_ids)
     assert [p.truncated for p in prepared] == [True, True, False]
     for p in prepared:
@@ -49,8 +51,8 @@ async def test_a_truncated_document_scores_as_the_document_of_its_kept_text(make
     assert any(isinstance(part, ImagePart) for part in kept[1].parts)  # images are never cut
     assert LONG.startswith(kept[0].parts[0].text) and kept[0].parts[0].text != LONG
 
-    job = await engine.open_job(query)
-    await engine.add_documents(job, docs, truncate=True, max_tokens=limit)
+    job = await engine.open_job(query, truncation=Truncation.END, max_tokens_per_document=limit)
+    assert await job.add_documents(list(enumerate(docs))) == [p.prompt_tokens for p in prepared]
     job.close()
     scores = sorted([s async for s in job.results()], key=lambda s: s.index)
     assert [s.truncated for s in scores] == [True, True, False]
@@ -64,7 +66,7 @@ async def test_without_truncation_an_over_long_document_is_refused_naming_it(mak
     engine = await make_engine()
     with pytest.raises(InvalidInput) as err:
         await _prepare(engine, text_query("denim"), [Document("a", (TextPart("ok"),)),
-                                                      Document("b", (TextPart(LONG),))], max_tokens=64)
+                                                      Document("b", (TextPart(LONG),))], max_tokens_per_document=64)
     assert [v.field for v in err.value.violations] == ["documents[1]"]
     assert "over the limit of 64" in str(err.value)
 
@@ -73,14 +75,14 @@ async def test_a_document_whose_images_alone_exceed_the_limit_is_refused_even_wh
     engine = await make_engine()
     doc = Document("big", (TextPart("look"), ImagePart(noise_image(224, 224, seed=5)), TextPart(LONG)))
     with pytest.raises(InvalidInput) as err:
-        await _prepare(engine, text_query("denim"), [doc], truncate=True, max_tokens=40)
+        await _prepare(engine, text_query("denim"), [doc], truncation=Truncation.END, max_tokens_per_document=40)
     assert [v.field for v in err.value.violations] == ["documents[0]"]
     assert "images are never truncated" in str(err.value)
 
 
-async def test_a_request_limit_above_the_servers_is_capped_at_the_servers(make_engine):
-    engine = await make_engine()  # the server's limit is 512 tokens (tests/conftest.py)
+async def test_without_a_request_limit_the_servers_applies(make_engine):
+    engine = await make_engine()  # the server's limit is 512 tokens (tests/helpers.py)
     prepared_query, prepared = await _prepare(engine, text_query("denim"), [Document("a", (TextPart(LONG * 3),))],
-                                              truncate=True, max_tokens=10_000)
+                                              truncation=Truncation.END)
     assert prepared[0].truncated
     assert 500 <= prepared[0].prompt_tokens - len(prepared_query.prefix_ids) <= 512

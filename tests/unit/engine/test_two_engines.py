@@ -8,9 +8,16 @@ import math
 
 import pytest
 
-from lychee_grpc.engine import DEFAULT_INSTRUCTION, Engine, load_model, make_tiny_model, reference_logits
+from lychee_grpc.engine import (
+    DEFAULT_INSTRUCTION,
+    Engine,
+    load_model,
+    make_tiny_model,
+    reference_logits,
+    score_documents,
+)
 
-from ...helpers import engine_config, pair_cases
+from ...helpers import engine_config, pair_cases, stats_of
 
 TOL = 1e-4
 
@@ -38,7 +45,7 @@ async def test_two_engines_at_once_each_match_their_own_reference(two_checkpoint
         cases = list(pair_cases().values())
         # Interleaved: every request of one engine runs beside a request of the other.
         calls = [(engine, query, docs) for query, docs in cases for engine in engines]
-        rankings = await asyncio.gather(*(engine.rerank(query, docs) for engine, query, docs in calls))
+        rankings = await asyncio.gather(*(score_documents(engine, query, docs) for engine, query, docs in calls))
         by_engine: dict[int, list[float]] = {0: [], 1: []}
         for (engine, query, docs), ranking in zip(calls, rankings):
             got = [s.score for s in sorted(ranking.scores, key=lambda s: s.index)]
@@ -49,7 +56,7 @@ async def test_two_engines_at_once_each_match_their_own_reference(two_checkpoint
         assert max(abs(a - b) for a, b in zip(by_engine[0], by_engine[1])) > 1e-3
         # Each engine's counters are its own.
         documents = sum(len(docs) for _, docs in cases)
-        stats = [engine.stats() for engine in engines]
+        stats = [stats_of(engine) for engine in engines]
         assert [s.documents_scored for s in stats] == [documents, documents]
         assert stats[0].batches == documents  # one document per batch
         assert stats[1].batches < documents

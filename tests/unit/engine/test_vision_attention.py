@@ -207,7 +207,7 @@ def test_plan_groups_chunks_by_length():
         Plan(torch.tensor([0, 4, 2], dtype=torch.int32))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen_attn needs CUDA")
+@pytest.mark.gpu  # varlen_attn needs CUDA
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_cuda_matches_per_window_loop(inputs, dtype, monkeypatch):
     pixels, _, grid = inputs

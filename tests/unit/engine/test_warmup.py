@@ -3,22 +3,24 @@ the prefix computed inline, a single document, and a later batch reading a store
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from lychee_grpc.engine.engine import Engine
-from lychee_grpc.engine.lm.executor import PrefixKV
+from lychee_grpc.engine.faults import NoFaults
+from lychee_grpc.engine.lm.executor import BatchItem, PrefixKV
 
 from ...helpers import engine_config
 
 
 async def test_warm_up_covers_inline_single_document_and_stored_prefix_batches(loaded, tiny_model_dir):
     engine = Engine(engine_config(tiny_model_dir, warmup=True), loaded)
-    passes: list[list] = []
-    run = engine.executor.run
+    passes: list[list[BatchItem]] = []
 
-    def recording(items):
-        passes.append(list(items))
-        return run(items)
+    class Recording(NoFaults):
+        def model_call(self, items: Sequence[BatchItem]) -> None:
+            passes.append(list(items))
 
-    engine.executor.run = recording
+    engine.inject_faults(Recording())
     await engine.start()
     try:
         assert engine.ready

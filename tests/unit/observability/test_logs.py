@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from lychee_grpc.observability.logs import AccessLog, configure
+from lychee_grpc.observability.requests import RequestRecord
 from lychee_grpc.service import context
 
 
@@ -48,7 +49,7 @@ def test_json_lines_carry_time_level_logger_message_request_id_and_exception(res
 def test_access_log_is_one_line_per_call_with_the_calls_fields(restore_root):
     out = io.StringIO()
     configure("INFO", "json", out)
-    record = context.RequestRecord(documents=5, tokens=300, images=2, truncated=1)
+    record = RequestRecord(documents=5, tokens=300, images=2, truncated=1)
     AccessLog().request_done("grpc", "Rerank", "OK", 0.0123, "rid-1", "ipv4:127.0.0.1:5000", record)
     lines = out.getvalue().splitlines()
     assert len(lines) == 1

@@ -21,7 +21,7 @@ def sample(fams: dict, family: str, name: str, **labels) -> float:
 
 
 def stats(**overrides) -> EngineStats:
-    base = dict(queue_documents=4, queue_tokens=900, preparing_requests=1, documents_scored=42,
+    base = dict(device="cuda:0", queue_documents=4, queue_tokens=900, preparing_requests=1, documents_scored=42,
                 documents_dropped={"cancelled": 2, "deadline": 1}, batches=5, batch_seconds=0.5, oom_splits=1,
                 prefix_tokens_saved=700, image_cache_hits=3, image_cache_misses=9, image_cache_bytes=1024,
                 image_cache_capacity_bytes=4096,
@@ -70,7 +70,7 @@ def test_engine_callbacks_fill_batch_and_queue_histograms():
 
 def test_engine_snapshot_is_read_at_scrape_time():
     m = PrometheusObserver()
-    current = {"stats": stats()}
+    current = {"stats": [stats()]}
     m.watch_engine(lambda: current["stats"], lambda: 3)
     fams = families(m)
     assert sample(fams, "lychee_requests_in_flight", "lychee_requests_in_flight") == 3
@@ -88,13 +88,13 @@ def test_engine_snapshot_is_read_at_scrape_time():
                   device="cuda:1") == 10
     assert sample(fams, "lychee_gpu_memory_reserved_bytes", "lychee_gpu_memory_reserved_bytes",
                   device="cuda:0") == 2000
-    current["stats"] = stats(queue_tokens=0)
+    current["stats"] = [stats(queue_tokens=0)]
     assert sample(families(m), "lychee_queue_tokens", "lychee_queue_tokens") == 0
 
 
 def test_while_the_engine_loads_only_the_request_gauges_are_exposed():
     m = PrometheusObserver()
-    m.watch_engine(lambda: None, lambda: 0)
+    m.watch_engine(lambda: [], lambda: 0)
     fams = families(m)
     assert "lychee_requests_in_flight" in fams
     assert "lychee_queue_tokens" not in fams
@@ -111,7 +111,7 @@ def test_build_info_is_one_labelled_series():
 
 def test_every_metric_name_has_the_lychee_prefix():
     m = PrometheusObserver()
-    m.watch_engine(stats, lambda: 0)
+    m.watch_engine(lambda: [stats()], lambda: 0)
     m.request_done("grpc", "Rerank", "OK", 0.01, "", "")
     assert all(name.startswith("lychee_") for name in families(m))
 
@@ -121,7 +121,7 @@ def test_every_exposed_metric_is_in_the_operations_doc():
 
     doc = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
     m = PrometheusObserver()
-    m.watch_engine(stats, lambda: 0)
+    m.watch_engine(lambda: [stats()], lambda: 0)
     m.request_done("grpc", "Rerank", "OK", 0.01, "", "")
     m.set_build_info("v", "m", "d", "x")
     names = {sample.name for family in families(m).values() for sample in family.samples}
@@ -132,10 +132,18 @@ def test_every_exposed_metric_is_in_the_operations_doc():
 
 def test_worker_snapshots_by_device_are_summed_with_memory_per_device():
     m = PrometheusObserver()
-    m.watch_engine(lambda: {"cuda:0": stats(gpu_memory=(DeviceMemory("cuda:0", 1, 2),)),
-                            "cuda:1": stats(gpu_memory=(DeviceMemory("cuda:1", 3, 4),))}, lambda: 0)
+    m.watch_engine(lambda: [stats(device="cuda:0", gpu_memory=(DeviceMemory("cuda:0", 1, 2),)),
+                            stats(device="cuda:1", gpu_memory=(DeviceMemory("cuda:1", 3, 4),))], lambda: 0,
+                   per_device=True)
     fams = families(m)
     assert sample(fams, "lychee_documents_scored", "lychee_documents_scored_total") == 84
     assert sample(fams, "lychee_queue_tokens", "lychee_queue_tokens") == 1800
     assert sample(fams, "lychee_documents_dropped", "lychee_documents_dropped_total", reason="cancelled") == 4
     assert sample(fams, "lychee_gpu_memory_allocated_bytes", "lychee_gpu_memory_allocated_bytes", device="cuda:1") == 3
+    assert sample(fams, "lychee_worker_batches", "lychee_worker_batches_total", device="cuda:1") == 5
+
+
+def test_one_in_process_engine_has_no_per_device_series():
+    m = PrometheusObserver()
+    m.watch_engine(lambda: [stats()], lambda: 0)
+    assert "lychee_worker_batches" not in families(m)

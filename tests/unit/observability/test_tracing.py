@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from lychee_grpc.engine.types import RequestStats, Timings, Usage
+from lychee_grpc.observability.requests import RequestRecord
 from lychee_grpc.observability.tracing import TracingObserver
-from lychee_grpc.service.context import RequestRecord
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lychee_grpc.engine.errors import Overloaded
-from lychee_grpc.engine.scheduler import Scheduler
-from lychee_grpc.engine.stats import StatsRecorder
+from lychee_grpc.engine.scheduler import drain_seconds
 from lychee_grpc.service.admission import Admission
 
 
@@ -25,9 +24,9 @@ def test_past_the_bound_a_permit_is_refused_at_once_and_freed_permits_are_reused
 
 def test_the_delay_is_the_mean_request_time_over_the_permits():
     admission = Admission(max_concurrent=4)
-    admission._measure(2.0)  # the first measure is the mean
+    admission.measured(2.0)  # the first measure is the mean
     assert admission.retry_after() == pytest.approx(0.5)
-    admission._measure(4.0)  # then a running mean
+    admission.measured(4.0)  # then a running mean
     assert admission.retry_after() == pytest.approx((2.0 + 0.1 * 2.0) / 4)
 
 
@@ -37,15 +36,10 @@ def test_zero_means_no_bound():
         assert admission.active == 3
 
 
-def test_queue_drain_delay_follows_the_measured_token_rate():
-    scheduler = Scheduler.__new__(Scheduler)  # the arithmetic only: no executor, no GPU thread
-    scheduler._queue, scheduler.recorder = [], StatsRecorder()
-    scheduler._queued_tokens, scheduler._tokens_scored = 5_000, 0
-    assert scheduler.drain_seconds(extra_tokens=1) == 1.0  # unmeasured
-    scheduler.recorder.batch_done(documents=100, tokens=10_000, images=0, seconds=2.0)
-    scheduler._tokens_scored = 10_000
-    # 5 000 tokens/s: 5 000 queued + 5 000 more drain in 2 s.
-    assert scheduler.drain_seconds(extra_tokens=5_000) == pytest.approx(2.0)
-    assert scheduler.drain_seconds(extra_tokens=1) == pytest.approx(1.0002)
-    scheduler._queued_tokens = 10_000_000
-    assert scheduler.drain_seconds(extra_tokens=1) == 60.0  # capped
+def test_queue_drain_delay_follows_the_measured_rate():
+    assert drain_seconds(queued=5_000, extra=1, done=0, seconds=0.0) == 1.0  # unmeasured
+    # 10 000 tokens in 2 s is 5 000 tokens/s: 5 000 queued + 5 000 more drain in 2 s.
+    assert drain_seconds(queued=5_000, extra=5_000, done=10_000, seconds=2.0) == pytest.approx(2.0)
+    assert drain_seconds(queued=5_000, extra=1, done=10_000, seconds=2.0) == pytest.approx(1.0002)
+    assert drain_seconds(queued=10_000_000, extra=1, done=10_000, seconds=2.0) == 60.0  # capped
+    assert drain_seconds(queued=0, extra=1, done=10_000, seconds=2.0) == 0.1  # floored

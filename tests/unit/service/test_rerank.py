@@ -7,33 +7,42 @@ from dataclasses import dataclass
 
 import pytest
 
+from lychee_grpc.engine.api import EngineInfo, EngineLimits, Truncation
 from lychee_grpc.engine.types import Document, Query, RequestStats, Score, TextPart
 from lychee_grpc.lifecycle import Lifecycle
 from lychee_grpc.service import BandThresholds, RerankOptions, Service
 from lychee_grpc.service.config import ServiceConfig
-from lychee_grpc.service.errors import InvalidInput, NotReady
+from lychee_grpc.service.errors import InvalidInput, NotReady, TooLarge
 from lychee_grpc.service.types import RankedResult, RerankOutcome
+
+LIMITS = EngineLimits(max_documents_per_request=5, max_tokens_per_document=100, max_query_tokens=10,
+                      max_instruction_tokens=10, max_image_bytes=1, max_image_pixels=1, min_image_model_pixels=1,
+                      max_image_model_pixels=1, max_queue_documents=10)
+INFO = EngineInfo("fake", "float32", "eager", True, 0, "instruction", LIMITS)
 
 
 @dataclass
-class FakeInfo:
-    model: str = "fake"
+class Opened:
+    truncation: Truncation
+    max_tokens_per_document: int
 
 
 class FakeJob:
     """Scores each document by the number in its text (so tests choose the order)."""
 
-    def __init__(self):
+    def __init__(self, opened: Opened):
+        self.opened = opened
         self.stats = RequestStats()
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.next_index = 0
         self.cancelled = False
+        self.indices: list[int] = []
 
     async def add_documents(self, documents):
-        for doc in documents:
+        for index, doc in documents:
             value = float(doc.parts[0].text)
-            self.queue.put_nowait(Score(self.next_index, doc.id, value, value * 10, truncated=value == 0.5))
-            self.next_index += 1
+            self.queue.put_nowait(Score(index, doc.id, value, value * 10, truncated=value == 0.5))
+            self.indices.append(index)
+        return [1] * len(documents)
 
     def close(self):
         self.queue.put_nowait(None)
@@ -60,13 +69,14 @@ class FakeEngine:
     def __init__(self):
         self.jobs: list[FakeJob] = []
 
-    async def open_job(self, query, instruction, deadline, truncate=False, max_tokens=0):
-        job = FakeJob()
+    async def open_job(self, query, instruction="", truncation=Truncation.NONE, max_tokens_per_document=0,
+                       deadline=None):
+        job = FakeJob(Opened(truncation, max_tokens_per_document))
         self.jobs.append(job)
         return job
 
     def info(self):
-        return FakeInfo()
+        return INFO
 
 
 def docs(*scores: float) -> list[Document]:
@@ -163,9 +173,9 @@ async def test_requests_are_refused_unless_serving_and_counted_while_in_flight()
     seen = []
 
     class Watching(FakeEngine):
-        async def open_job(self, query, instruction, deadline, truncate=False, max_tokens=0):
+        async def open_job(self, *args, **kwargs):
             seen.append(lifecycle.in_flight)
-            return await super().open_job(query, instruction, deadline)
+            return await super().open_job(*args, **kwargs)
 
     service = Service(lifecycle, ServiceConfig(), Watching())
     await service.rerank(QUERY, docs(0.1), RerankOptions())
@@ -173,3 +183,36 @@ async def test_requests_are_refused_unless_serving_and_counted_while_in_flight()
     lifecycle.drain()
     with pytest.raises(NotReady, match="shutting down"):
         await service.rerank(QUERY, docs(0.1), RerankOptions())
+
+
+async def test_the_request_token_limit_is_checked_once_here_and_reaches_the_engine_by_its_name(service):
+    with pytest.raises(InvalidInput) as info:
+        await service.rerank(QUERY, docs(0.1), RerankOptions(max_tokens_per_document=101))
+    assert [v.field for v in info.value.violations] == ["max_tokens_per_document"]
+    assert "over the server's limit of 100" in str(info.value)
+    await service.rerank(QUERY, docs(0.1), RerankOptions(max_tokens_per_document=100, truncation="end"))
+    assert service.engine.jobs[-1].opened == Opened(Truncation.END, 100)
+
+
+async def test_the_document_count_is_checked_once_for_unary_and_stream(service):
+    with pytest.raises(TooLarge, match="6 documents, over the limit of 5"):
+        await service.rerank(QUERY, docs(*[0.1] * 6), RerankOptions())
+
+    async def chunks():
+        yield docs(0.1, 0.2, 0.3)
+        yield docs(0.4, 0.5, 0.6)
+
+    with pytest.raises(TooLarge, match="6 documents, over the limit of 5"):
+        async for _ in service.rerank_stream(QUERY, RerankOptions(), chunks()):
+            pass
+    assert service.engine.jobs[-1].indices == [0, 1, 2]  # the second chunk never reached the engine
+
+
+async def test_stream_chunks_reach_the_engine_with_their_request_indices(service):
+    async def chunks():
+        yield docs(0.2, 0.8)
+        yield docs(0.6)
+
+    async for _ in service.rerank_stream(QUERY, RerankOptions(), chunks()):
+        pass
+    assert service.engine.jobs[-1].indices == [0, 1, 2]

@@ -1,7 +1,9 @@
 """Resident memory of a server process before and after a burst of junk: random bytes, huge
 strings, thousands of documents, odd and large images. Prints one JSON line.
 
-    python -m tests.load.junk_memory [--model DIR] [--rounds N]
+    python -m bench.junk_memory [--model DIR] [--rounds N]
+
+A measurement, not a gate (RELIABILITY.md); it reuses the tests' server process and image corpus.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import grpc
 from lychee_grpc.client import make_request
 from lychee_grpc.proto import lychee_pb2 as pb
 from lychee_grpc.proto import lychee_pb2_grpc as pb_grpc
-
-from ..fuzz.image_corpus import corpus
-from ..helpers import noise_image
-from .server_process import ServerProcess
+from tests.fuzz.image_corpus import corpus
+from tests.helpers import noise_image
+from tests.load.server_process import ServerProcess
 
 OPTIONS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
 
