@@ -53,6 +53,7 @@ class ModelInfo:
     image_cache_capacity_bytes: int
     image_cache_hits: int
     image_cache_misses: int
+    batch_invariant: bool = False
 
 
 @dataclass
@@ -97,6 +98,8 @@ class Engine:
             fill_pixels=self.preprocessor.fill_pixels,
             observer=self._recorder,
             window_kernel=config.window_kernel,
+            batch_invariant=config.batch_invariant,
+            cuda_graphs=config.cuda_graphs,
         )
         self.scheduler: Scheduler | None = None
         self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")
@@ -128,6 +131,10 @@ class Engine:
         self.scheduler.start()
         if self.config.warmup:
             await self._warmup()
+        # Before serving: a capture must not meet other GPU work.
+        graphs = await self.scheduler.run_on_gpu(self.executor.capture_graphs)
+        if graphs:
+            log.info("captured %d CUDA graphs of small batches", graphs)
         self.ready = True
 
     async def _warmup(self) -> None:
@@ -287,6 +294,7 @@ class Engine:
             image_cache_capacity_bytes=cache.capacity_bytes,
             image_cache_hits=counters.image_cache_hits,
             image_cache_misses=counters.image_cache_misses,
+            batch_invariant=c.batch_invariant,
         )
 
     def stats(self) -> EngineStats:
