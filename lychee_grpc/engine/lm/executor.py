@@ -229,6 +229,7 @@ class Executor:
         _, kept = self.run([BatchItem(segment, None, score=False, keep_kv=True)])
         return kept[0]
 
+    @torch.inference_mode()
     def capture_graphs(self) -> int:
         """Captures the CUDA graphs of small batches (and of one image's tower) at start-up, before
         serving; returns how many exist. A no-op where graphs are off."""

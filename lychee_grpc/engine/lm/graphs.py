@@ -16,6 +16,7 @@ per-layer buffers after the replay.
 from __future__ import annotations
 
 import bisect
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,6 +27,8 @@ from .attention import HostPlan, Plan, host_plan
 
 if TYPE_CHECKING:
     from .executor import Executor, Layout
+
+log = logging.getLogger(__name__)
 
 # Padded token counts, and sequence counts (a pair is its prefix, its document and the padding).
 TOKEN_BUCKETS = (64, 128, 192, 256, 384, 512, 768, 1024)
@@ -68,8 +71,14 @@ class LMGraphs:
         # Largest first: later captures fit in the pool memory the larger ones left.
         for tokens in reversed(self.tokens):
             for sequences in reversed(self.sequences):
-                if (tokens, sequences) not in self._graphs:
+                if (tokens, sequences) in self._graphs:
+                    continue
+                try:
                     self._graphs[(tokens, sequences)] = _Graph(self, tokens, sequences)
+                except Exception as exc:  # a graph is an optimisation: its batches run eagerly
+                    log.warning("capturing the %d-token, %d-sequence graph failed (%s); no more are captured",
+                                tokens, sequences, exc)
+                    return
 
 
 class _Graph:

@@ -38,7 +38,7 @@ if triton is not None:
     def _linear_kernel(
         a_ptr, w_ptr, bias_ptr, c_ptr, M, N, K, num_programs,
         stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn,
-        HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+        HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -66,7 +66,10 @@ if triton is not None:
                             other=0.0)
                 w = tl.load(w_ptr + w_rows[:, None] * stride_wn + ks[None, :] * stride_wk, mask=k_ok[None, :],
                             other=0.0)
-                acc = tl.dot(a, tl.trans(w), acc, input_precision=PRECISION)
+                if IEEE:  # float32 inputs: true float32 products, not TF32
+                    acc = tl.dot(a, tl.trans(w), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a, tl.trans(w), acc)
             if HAS_BIAS:
                 bias = tl.load(bias_ptr + cols, mask=cols < N, other=0.0)
                 acc = acc + bias.to(tl.float32)[None, :]
@@ -101,11 +104,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     tiles = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
     # The number of programs changes which program takes which tile, never a tile's arithmetic.
     programs = min(_programs(x.device.index if x.is_cuda else None), tiles)
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is unused for half inputs
     _linear_kernel[(programs,)](
         a, weight, bias if bias is not None else weight, out, M, N, K, programs,
         a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
-        HAS_BIAS=bias is not None, PRECISION=precision,
+        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
         num_stages=cfg["num_stages"], num_warps=cfg["num_warps"],
     )

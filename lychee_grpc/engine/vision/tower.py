@@ -21,6 +21,7 @@ the Conv3d (stride = kernel, so a plain GEMM) took 12 ms. Here:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ from ..util.device_copy import to_device
 from ..util.graphs import Captured, GraphPool
 from ..util.lru import LRU
 from .attention import Plan, VisionAttention
+
+log = logging.getLogger(__name__)
 
 Grid = tuple[int, int, int]
 
@@ -139,7 +142,10 @@ class VisionTower:
         static = torch.zeros(grid[0] * grid[1] * grid[2], weight[0].numel(), dtype=dtype, device=weight.device)
         # Host-to-device copies stay outside the graph: the layout is made once, here.
         layout = self._batch_layout([grid], weight.device)
-        self._captured[grid] = self.graphs.capture(lambda p: self._forward(p, layout), [static])
+        try:
+            self._captured[grid] = self.graphs.capture(lambda p: self._forward(p, layout), [static])
+        except Exception as exc:  # a graph is an optimisation: such images run eagerly
+            log.warning("capturing the vision tower for grid %s failed (%s); it runs eagerly", grid, exc)
 
     def _batch_layout(self, grids: Sequence[Grid], device: torch.device) -> _BatchLayout:
         layouts = [self._layout(tuple(int(v) for v in g)) for g in grids]
