@@ -5,7 +5,7 @@ documents of the same make-up. Client-side wall time, p50 over `--iters` calls a
 Full-size Qwen2.5-VL-7B shape with RANDOM weights.
 
     python -m bench.pair                     # the GPU
-    python -m bench.pair --b cuda_graphs=false   # another engine setting (EngineConfig key=value,...)
+    python -m bench.pair --b batch_invariant=true  # another engine setting (EngineConfig key=value,...)
     python -m bench.pair --smoke             # a tiny model on the CPU: does it run
 """
 

@@ -58,6 +58,3 @@ class EngineConfig:
     # Fixed reduction orders in every matmul, norm and attention of the LM and the vision tower:
     # a pair's score is bit-identical whatever it is batched with (lm/fused.py, util/invariant.py).
     batch_invariant: bool = False
-    # CUDA graphs of small batches and of one image's tower, captured at start-up (CUDA only);
-    # its default follows LYCHEE_CUDA_GRAPHS (0 turns them off).
-    cuda_graphs: bool = field(default_factory=lambda: os.environ.get("LYCHEE_CUDA_GRAPHS", "1") != "0")

@@ -99,7 +99,6 @@ class Engine:
             observer=self._recorder,
             window_kernel=config.window_kernel,
             batch_invariant=config.batch_invariant,
-            cuda_graphs=config.cuda_graphs,
         )
         self.scheduler: Scheduler | None = None
         self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")
@@ -131,10 +130,6 @@ class Engine:
         self.scheduler.start()
         if self.config.warmup:
             await self._warmup()
-        # Before serving: a capture must not meet other GPU work.
-        graphs = await self.scheduler.run_on_gpu(self.executor.capture_graphs)
-        if graphs:
-            log.info("captured %d CUDA graphs of small batches", graphs)
         self.ready = True
 
     async def _warmup(self) -> None:

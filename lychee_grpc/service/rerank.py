@@ -234,4 +234,5 @@ class Service:
             image_cache_misses=info.image_cache_misses,
             server_version=__version__,
             workers=self.engine.workers,
+            batch_invariant=info.batch_invariant,
         )

@@ -139,3 +139,4 @@ class ModelInfo:
     server_version: str
     workers: int = 1
     extra: dict[str, str] = field(default_factory=dict)
+    batch_invariant: bool = False

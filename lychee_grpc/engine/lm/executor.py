@@ -12,6 +12,10 @@ called directly; only the sequence layout differs from `model.forward`:
   folded into the query rows, so keys/values are never repeated);
 - the last layer computes queries, o_proj and MLP only at each document's last token, and the
   score reads only the "yes" and "no" rows of the LM head: sigmoid(z_yes - z_no).
+
+A batch is laid out on the host first (`layout`: rows, key runs, attention plans, one staged
+copy), then run by the layer loop (`Executor.layers`), which knows nothing of items or prefixes
+beyond the plans and the stored keys/values it is given.
 """
 
 from __future__ import annotations
@@ -25,16 +29,10 @@ import torch
 from ..prompt.prepare import EncodedImage, Segment
 from ..stats import NullObserver, StatsObserver
 from ..util.device_copy import PinnedStaging
-from ..util.graphs import GraphPool
 from ..vision.cache import VisionCache
 from ..vision.tower import VisionTower
 from .attention import HostPlan, PackedAttention, Plan, host_plan
 from .fused import FusedOps
-from .graphs import LMGraphs
-
-# Image sizes (already multiples of 28) whose single-image vision tower is captured as a CUDA
-# graph at start-up: the console's and the benchmark's 448x448.
-TOWER_GRAPH_SIZES = ((448, 448),)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +64,6 @@ class Executor:
         observer: StatsObserver | None = None,
         window_kernel: bool = True,
         batch_invariant: bool = False,
-        cuda_graphs: bool = False,
     ):
         self.model = model
         self.lm = model.model.language_model
@@ -88,11 +85,7 @@ class Executor:
         self.attention = PackedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.device, self.dtype,
                                          batch_invariant=batch_invariant)
         self.ops = FusedOps(self.device, batch_invariant=batch_invariant)
-        pool = GraphPool(self.device) if cuda_graphs and self.device.type == "cuda" else None
-        # Small batches replay captured graphs (lm/graphs.py); varlen attention is what they capture.
-        self.graphs = LMGraphs(self, pool) if pool is not None and self.attention.use_varlen else None
-        self.tower = VisionTower(self.visual, self.ops, window_kernel=window_kernel,
-                                 graphs=pool if self.graphs is not None else None)
+        self.tower = VisionTower(self.visual, self.ops, window_kernel=window_kernel)
         self.observer: StatsObserver = observer if observer is not None else NullObserver()
         self.eps = text_cfg.rms_norm_eps
         if text_cfg.hidden_act != "silu":
@@ -150,15 +143,11 @@ class Executor:
         """Runs one packed batch. Returns z_yes - z_no (float32, CPU) for the items with
         `score`, in order, and the keys/values of the items with `keep_kv`, by item index."""
         lay = layout(items, self.image_token_id)
-        graph = self.graphs.find(lay) if self.graphs is not None else None
         inputs = lay.input_tensors()
         # Everything the batch needs from the host, in one transfer.
-        dev = self.staging.copy(inputs + (graph.plan_tensors(lay) if graph is not None else lay.plan_tensors()))
+        dev = self.staging.copy(inputs + lay.plan_tensors())
         x, cos, sin = self._inputs(lay, dev)
         plans = dev[len(inputs):]
-        if graph is not None:
-            z, kept = graph.run(lay, x, cos, sin, plans)
-            return z, {i: PrefixKV(keys=ks, values=vs, length=lay.lengths[i]) for i, (ks, vs) in kept.items()}
         full = self.attention.plan(lay.full, *plans[1:4])
         last = self.attention.plan(lay.last, *plans[4:7]) if lay.last is not None else None
         keep = {i: ([], []) for i in lay.keep}
@@ -181,12 +170,10 @@ class Executor:
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full: Plan, last: Plan | None,
         last_rows: torch.Tensor, stored: Sequence[PrefixKV],
         keep_rows: Sequence[tuple[int, int, int, tuple[list, list]]] = (),
-        keep_into: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor | None:
         """The decoder layers over packed rows, then z_yes - z_no at `last_rows` (None without a
-        last plan: only keys/values were wanted). Keys/values of rows kept for a prefix are
-        cloned per layer into `keep_rows`' lists, or every row's are copied into `keep_into`
-        ([layers, rows, kv_heads, head_dim] each; the captured graphs' way)."""
+        last plan: only keys/values were wanted). Keys/values of the rows kept for a prefix are
+        cloned per layer into `keep_rows`' lists: (item, first row, rows, (keys, values))."""
         layers = self.lm.layers
         n_layers = len(layers)
         ops, eps = self.ops, self.eps
@@ -200,9 +187,6 @@ class Executor:
                 # Copies: a view would keep the whole batch's keys/values alive with the request.
                 ks.append(k[start : start + length].clone())
                 vs.append(v[start : start + length].clone())
-            if keep_into is not None:
-                keep_into[0][li].copy_(k)
-                keep_into[1][li].copy_(v)
             k_src = torch.cat([*[u.keys[li] for u in stored], k, pad_kv])
             v_src = torch.cat([*[u.values[li] for u in stored], v, pad_kv])
             if li == n_layers - 1:
@@ -228,18 +212,6 @@ class Executor:
         """Keys and values of a shared prefix on its own."""
         _, kept = self.run([BatchItem(segment, None, score=False, keep_kv=True)])
         return kept[0]
-
-    @torch.inference_mode()
-    def capture_graphs(self) -> int:
-        """Captures the CUDA graphs of small batches (and of one image's tower) at start-up, before
-        serving; returns how many exist. A no-op where graphs are off."""
-        if self.graphs is None:
-            return 0
-        self.graphs.capture_all()
-        patch = self.visual.patch_size
-        for height, width in TOWER_GRAPH_SIZES:
-            self.tower.capture((1, height // patch, width // patch), self.visual.dtype)
-        return self.graphs.pool.count
 
 
 @dataclass

@@ -13,15 +13,10 @@ the Conv3d (stride = kernel, so a plain GEMM) took 12 ms. Here:
   matmuls through `FusedOps` (compiled on CUDA), its attention through `VisionAttention`; the
   merger is called as the model's module, except in the batch-invariant mode, where its norm and
   matmuls go through `FusedOps` too. Nothing in the HF model is replaced.
-- `graphs` (CUDA): the tower for one image of a size captured at start-up (`capture`) replays as
-  a CUDA graph. One image's tower is ~350 small launches that the GPU runs faster than the host
-  issues them; batches of images are GPU-bound and stay eager (a graph gained nothing there:
-  bench/RESULTS.md, "One traced I100 cold request").
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,11 +26,8 @@ from transformers.vision_utils import get_vision_position_ids, get_vision_window
 
 from ..lm.fused import FusedOps
 from ..util.device_copy import to_device
-from ..util.graphs import Captured, GraphPool
 from ..util.lru import LRU
 from .attention import Plan, VisionAttention
-
-log = logging.getLogger(__name__)
 
 Grid = tuple[int, int, int]
 
@@ -66,14 +58,11 @@ class VisionTower:
     """`ops`: the elementwise kernels (eager on the CPU when None); `window_kernel`: the fused
     Triton window attention where it applies (CUDA, half precision)."""
 
-    def __init__(self, visual, ops: FusedOps | None = None, window_kernel: bool = True, max_layouts: int = 256,
-                 graphs: GraphPool | None = None):
+    def __init__(self, visual, ops: FusedOps | None = None, window_kernel: bool = True, max_layouts: int = 256):
         self.visual = visual
         self.ops = ops if ops is not None else FusedOps(torch.device("cpu"))
         self.attention = VisionAttention(window_kernel=window_kernel, qk_rope=self.ops.vision_qk_rope,
                                          linear=self.ops.linear, batch_invariant=self.ops.batch_invariant)
-        self.graphs = graphs
-        self._captured: dict[Grid, Captured] = {}
         act = getattr(visual.config, "hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"unsupported vision activation {act!r} (Qwen2.5-VL uses silu)")
@@ -123,29 +112,7 @@ class VisionTower:
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor, grids: Sequence[Grid]) -> torch.Tensor:
         """Merged embeddings [sum(tokens), out_hidden] of the images, in order."""
-        if len(grids) == 1:
-            captured = self._captured.get(tuple(int(v) for v in grids[0]))
-            if captured is not None:
-                (static,) = captured.inputs
-                static.copy_(pixels)
-                return captured.replay().clone()
         return self._forward(pixels, self._batch_layout(grids, pixels.device))
-
-    @torch.inference_mode()
-    def capture(self, grid: Grid, dtype: torch.dtype) -> None:
-        """Captures the tower for one image of `grid` as a CUDA graph (at start-up: no other GPU
-        work may run meanwhile)."""
-        grid = tuple(int(v) for v in grid)
-        if self.graphs is None or grid in self._captured:
-            return
-        weight = self.visual.patch_embed.proj.weight
-        static = torch.zeros(grid[0] * grid[1] * grid[2], weight[0].numel(), dtype=dtype, device=weight.device)
-        # Host-to-device copies stay outside the graph: the layout is made once, here.
-        layout = self._batch_layout([grid], weight.device)
-        try:
-            self._captured[grid] = self.graphs.capture(lambda p: self._forward(p, layout), [static])
-        except Exception as exc:  # a graph is an optimisation: such images run eagerly
-            log.warning("capturing the vision tower for grid %s failed (%s); it runs eagerly", grid, exc)
 
     def _batch_layout(self, grids: Sequence[Grid], device: torch.device) -> _BatchLayout:
         layouts = [self._layout(tuple(int(v) for v in g)) for g in grids]
