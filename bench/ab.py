@@ -10,6 +10,10 @@ model (RANDOM weights, 7B shape).
     python -m bench.ab --b max_batch_tokens=8192 --workloads T100
     python -m bench.ab --b-checkout ../lychee-grpc-old           # this checkout vs that one
     python -m bench.ab --smoke --rounds 1                        # a tiny model on the CPU: does it run
+    python -m bench.ab --b batch_invariant=true --workloads T100,I100,MM100,PAIR_T,PAIR_I
+
+Workloads: T100, I100 (cold), I100_warm, MM100 (mixed query and documents, cold), MM100_warm, and
+single pairs PAIR_T (one title) and PAIR_I (one 448x448 image and a title, cold), in-process.
 """
 
 from __future__ import annotations
@@ -31,13 +35,14 @@ import torch
 
 from bench.harness.model import DEFAULT_TINY, SEVEN_B, SMOKE, build_model
 from bench.harness.timing import forget_images, sync
-from bench.harness.workloads import image_workload, text_workload
+from bench.harness.workloads import image_pair, image_workload, mixed_workload, text_pair, text_workload
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.types import Document, Query, TextPart
 
-WORKLOADS = ("T100", "I100", "I100_warm")
+WORKLOADS = ("T100", "I100", "I100_warm", "MM100", "MM100_warm", "PAIR_T", "PAIR_I")
+DEFAULT_WORKLOADS = "T100,I100,I100_warm"
 
 
 def parse_settings(text: str) -> dict[str, Any]:
@@ -113,9 +118,15 @@ async def main_async(a: argparse.Namespace) -> int:
         scorers["b"] = _scorer_of("lychee_b")
     tok = loaded.processor.tokenizer
     texts = [text_workload(tok, s, documents) for s in range(4)]
-    images = [image_workload(tok, 100 + s, documents=documents) for s in range(4)]
-    plan = {"T100": (texts, False), "I100": (images, True), "I100_warm": (images[:1], False)}
     chosen = [w.strip() for w in a.workloads.split(",")]
+    images = [image_workload(tok, 100 + s, documents=documents) for s in range(4)] \
+        if {"I100", "I100_warm"} & set(chosen) else []
+    mixed = [mixed_workload(tok, 200 + s, documents=documents) for s in range(4)] \
+        if {"MM100", "MM100_warm"} & set(chosen) else []
+    plan = {"T100": (texts, False), "I100": (images, True), "I100_warm": (images[:1], False),
+            "MM100": (mixed, True), "MM100_warm": (mixed[:1], False),
+            "PAIR_T": ([text_pair(tok, 300 + s) for s in range(8)], False),
+            "PAIR_I": ([image_pair(tok, 400 + s) for s in range(8)], True)}
     for name in chosen:
         if name not in plan:
             raise SystemExit(f"bench.ab: unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
@@ -162,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--a", default="", help="variant A's EngineConfig settings, key=value,...")
     p.add_argument("--b", default="", help="variant B's EngineConfig settings, key=value,...")
     p.add_argument("--b-checkout", default="", help="variant B is this checkout's lychee_grpc (imported as lychee_b)")
-    p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
+    p.add_argument("--workloads", default=DEFAULT_WORKLOADS, help=f"comma-separated, of {', '.join(WORKLOADS)}")
     p.add_argument("--rounds", type=int, default=10, help="timed requests per variant and workload")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (compilation, caches)")
     p.add_argument("--tiny", default=DEFAULT_TINY, help="tokenizer + image processor source")

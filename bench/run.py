@@ -1,8 +1,10 @@
 """GPU benchmark: 100-candidate reranks with a full-size Qwen2.5-VL-7B shape, RANDOM weights.
 
-Workloads (see bench/RESULTS.md): T100, I100 (cold), I100_warm, I100_hires (896x896 at the model's
-default pixel bound) and I100_hires_capped (same, --max-image-model-pixels 448*448), C8 (8 gRPC
-clients for --c8-seconds), and the plain transformers way REF_T100 / REF_I100 (left padding,
+Workloads (see bench/RESULTS.md): T100, I100 (cold), I100_warm, MM100 (mixed query and documents:
+a 512x512 image + text against 100 x (640x480 image + 60 tokens), cold) and MM100_warm, I100_hires
+(896x896 at the model's default pixel bound) and I100_hires_capped (same, --max-image-model-pixels
+448*448), one pair and Explain through the server (bench/pair.py), C8 (8 gRPC clients for
+--c8-seconds), and the plain transformers way REF_T100 / REF_I100 / REF_MM100 (left padding,
 batches of 16) on the same weights. Our paths run under a 24 GiB process cap (an A10 / RTX 3090).
 
     python -m bench.run --tiny .cache/tiny-model        # on the GPU machine
@@ -24,10 +26,18 @@ from pathlib import Path
 
 import torch
 
-from bench.harness.floor import FLOP_PER_TOKEN, VISION_FLOP_448, matmul_tflops, summary
+from bench.ab import parse_settings
+from bench.harness.floor import (
+    FLOP_PER_TOKEN,
+    VISION_FLOP_448,
+    VISION_FLOP_PER_PATCH,
+    image_patches,
+    matmul_tflops,
+    summary,
+)
 from bench.harness.model import DEFAULT_TINY, ROOT, Shape, build_model
 from bench.harness.timing import compare, pct, time_engine, time_reference
-from bench.harness.workloads import image_workload, text_workload
+from bench.harness.workloads import image_workload, mixed_workload, text_workload
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
@@ -40,25 +50,11 @@ def log(msg: str) -> None:
 
 
 def run_c8(engine_config, loaded, seconds: float, tok) -> dict:
-    from lychee_grpc.server import LycheeServer, ServerConfig
-
+    from bench.pair import Server
     from lychee_grpc.client import LycheeClient
     from lychee_grpc.proto import lychee_pb2 as pb
 
-    loop = asyncio.new_event_loop()
-    server = LycheeServer(engine_config, ServerConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
-                          engine_factory=lambda cfg: Engine(cfg, loaded))
-    ready = threading.Event()
-
-    def serve():
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        loop.run_until_complete(server.load())
-        ready.set()
-        loop.run_forever()
-
-    threading.Thread(target=serve, daemon=True).start()
-    ready.wait(300)
+    server = Server(loaded, engine_config)
     requests = []
     for seed in range(16):
         q, docs = text_workload(tok, 1000 + seed)
@@ -71,7 +67,7 @@ def run_c8(engine_config, loaded, seconds: float, tok) -> dict:
     stop_at = time.perf_counter() + seconds + 3
 
     def client(cid: int):
-        with LycheeClient(f"127.0.0.1:{server.port}", timeout=60) as c:
+        with LycheeClient(server.target, timeout=60) as c:
             k = cid
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
@@ -88,7 +84,7 @@ def run_c8(engine_config, loaded, seconds: float, tok) -> dict:
         t.start()
     for t in threads:
         t.join()
-    loop.call_soon_threadsafe(loop.stop)
+    server.stop()
     n = len(latencies)
     return {"requests": n, "candidates_per_s": round(n * 100 / seconds, 1), "p50_ms": round(pct(latencies, 0.5), 1),
             "p95_ms": round(pct(latencies, 0.95), 1), "p99_ms": round(pct(latencies, 0.99), 1),
@@ -168,12 +164,19 @@ async def main_async(a) -> dict:
         f"{self_cmp['order_flips_over_2e-2']} pairs ordered differently by more than 2e-2")
     ref_i_times, ref_i_logits = time_reference(loaded, images[:2], 3)
     ref_i_times = ref_i_times[1:]
+    mixed = [mixed_workload(tok, 200 + s) for s in range(a.iters + 2)] if a.mixed else []
+    if mixed:
+        ref_m_times, ref_m_logits = time_reference(loaded, mixed[:2], 3)
+        ref_m_times = ref_m_times[1:]
 
     # Ours, capped at 24 GiB for the process.
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, a.cap_gib * 2**30 / total))
-    engine = Engine(EngineConfig(model="random-qwen2.5-vl-7b", warmup=True, preprocess_threads=8), loaded)
+    settings = parse_settings(a.engine)
+    base = dict(model="random-qwen2.5-vl-7b", warmup=True, preprocess_threads=8, **settings)
+    results["engine_settings"] = a.engine or "defaults"
+    engine = Engine(EngineConfig(**base), loaded)
     await engine.start()
 
     if a.compare_eager:
@@ -214,14 +217,29 @@ async def main_async(a) -> dict:
         W[k]["ratio_vs_ref"] = round(W[f"REF_{k}"]["p50_ms"] / W[k]["p50_ms"], 2)
         log(f"  {k} is {W[k]['ratio_vs_ref']}x faster than REF_{k}")
 
+    if mixed:
+        flop_images = (image_patches(loaded.processor, 512, 512) + 100 * image_patches(loaded.processor, 640, 480)) \
+            * VISION_FLOP_PER_PATCH
+        m_times, m_rank = await time_engine(engine, mixed, a.iters, cold=True, warmup=1)
+        m_tokens = m_rank[0].stats.usage.computed_tokens
+        W["MM100"] = summary("MM100 (mixed-mixed, cold)", m_times, m_tokens * FLOP_PER_TOKEN + flop_images, matmul,
+                             {"computed_tokens": m_tokens, "preprocess_ms": round(statistics.median(
+                                 r.stats.timings.preprocess_ms for r in m_rank), 1)})
+        mw_times, _ = await time_engine(engine, mixed[:1], a.iters, cold=False, warmup=1)
+        W["MM100_warm"] = summary("MM100_warm", mw_times, m_tokens * FLOP_PER_TOKEN, matmul)
+        _, first_m = await time_engine(engine, mixed[:1], 1, cold=True, warmup=0)
+        W["MM100"].update(compare(first_m[0], ref_m_logits[0]))
+        W["REF_MM100"] = summary("REF_MM100", ref_m_times, m_tokens * FLOP_PER_TOKEN + flop_images, matmul)
+        W["MM100"]["ratio_vs_ref"] = round(W["REF_MM100"]["p50_ms"] / W["MM100"]["p50_ms"], 2)
+        log(f"  MM100 is {W['MM100']['ratio_vs_ref']}x faster than REF_MM100")
+
     if a.hires:
         hires = [image_workload(tok, 500 + s, size=896) for s in range(3)]
         h_times, h_rank = await time_engine(engine, hires, 2, cold=True, warmup=1)
         W["I100_hires_default_bound"] = summary("I100_hires (896px, default bound)", h_times,
                                                 h_rank[0].stats.usage.computed_tokens * FLOP_PER_TOKEN
                                                 + 400 * VISION_FLOP_448, matmul)
-        capped = Engine(EngineConfig(model="random-qwen2.5-vl-7b", warmup=True, preprocess_threads=8,
-                                     max_image_pixels=448 * 448), loaded)
+        capped = Engine(EngineConfig(**{**base, "max_image_pixels": 448 * 448}), loaded)
         await capped.start()
         c_times, c_rank = await time_engine(capped, hires, 2, cold=True, warmup=1)
         W["I100_hires_capped_448"] = summary("I100_hires (896px, max pixels 448*448)", c_times,
@@ -230,9 +248,15 @@ async def main_async(a) -> dict:
         await capped.stop()
     await engine.stop()
 
+    if a.pair_iters > 0:
+        from bench.pair import run as pair_run
+
+        pair = await asyncio.to_thread(pair_run, loaded, settings, a.pair_iters, False)
+        W["PAIR"] = pair
+        log(f"  one pair and Explain through the server: {pair}")
+
     if a.c8_seconds > 0:
-        c8 = run_c8(EngineConfig(model="random-qwen2.5-vl-7b", warmup=True, preprocess_threads=8), loaded,
-                    a.c8_seconds, tok)
+        c8 = run_c8(EngineConfig(**base), loaded, a.c8_seconds, tok)
         c8["fraction_of_matmul"] = round(c8["needed_tflops"] / matmul, 2)
         c8["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         W["C8"] = c8
@@ -246,6 +270,8 @@ def table(results: dict) -> str:
     rows = ["| workload | p50 ms | p95 ms | floor ms | p50/floor | cand/s | peak GiB | needed TFLOP/s | x vs ref |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, w in results["workloads"].items():
+        if "p50_ms" not in w:
+            continue
         floor = w.get("floor_ms")
         ratio = f"{w['p50_ms'] / floor:.2f}" if floor else ""
         rows.append(f"| {name} | {w['p50_ms']} | {w['p95_ms']} | {floor or ''} | {ratio} | {w['candidates_per_s']} "
@@ -261,6 +287,10 @@ def main() -> int:
     p.add_argument("--cap-gib", type=float, default=24.0)
     p.add_argument("--c8-seconds", type=float, default=30.0)
     p.add_argument("--hires", action="store_true")
+    p.add_argument("--mixed", action=argparse.BooleanOptionalAction, default=True,
+                   help="MM100 / MM100_warm and REF_MM100")
+    p.add_argument("--pair-iters", type=int, default=20, help="one pair and Explain through the server (0: skip)")
+    p.add_argument("--engine", default="", help="EngineConfig settings for every engine of the run, key=value,...")
     p.add_argument("--compare-eager", action="store_true", help="also time T100 without the fused kernels")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = p.parse_args()

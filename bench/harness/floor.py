@@ -12,6 +12,20 @@ from .timing import pct, sync
 
 FLOP_PER_TOKEN = 2 * 6.53e9  # the 7B's LM: 2 x parameters per token
 VISION_FLOP_448 = 1.37e12  # the vision tower on one 448x448 image
+# Per 14-px patch at that rate (1,024 patches at 448x448); for other sizes this leaves out only the
+# full-attention layers' growth with the square of the patch count (4 of 32 layers, small).
+VISION_FLOP_PER_PATCH = VISION_FLOP_448 / 1024
+
+
+def image_patches(processor, width: int, height: int) -> int:
+    """14-px patches of a width x height image after the processor's resize (its pixel bounds)."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    ip = processor.image_processor
+    size = getattr(ip, "size", {}) or {}
+    h, w = smart_resize(height, width, factor=28, min_pixels=size.get("shortest_edge", 4 * 28 * 28),
+                        max_pixels=size.get("longest_edge", 1280 * 28 * 28))
+    return (h // 14) * (w // 14)
 
 
 def matmul_tflops() -> float:

@@ -1,5 +1,7 @@
-"""The benchmark's requests: T100 (a query and 100 product titles of 48-144 tokens) and I100 (a
-query and 100 documents of one 448x448 JPEG and a 32-token title), seeded."""
+"""The benchmark's requests, seeded: T100 (a query and 100 product titles of 48-144 tokens), I100 (a
+query and 100 documents of one 448x448 JPEG and a 32-token title), MM100 (mixed query and mixed
+documents: a 512x512 image + text against 100 x (640x480 image + 60 tokens)), and single pairs
+(one title; one 448x448 image + title) for the latency the console sees."""
 
 from __future__ import annotations
 
@@ -22,14 +24,16 @@ def words_of_tokens(tok, rng: random.Random, n: int) -> str:
     return text
 
 
-def jpeg(rng: random.Random, size: int) -> bytes:
+def jpeg(rng: random.Random, size: int, height: int | None = None) -> bytes:
+    """A size x size (or size x height) JPEG of coloured rectangles."""
     from PIL import Image, ImageDraw
 
-    img = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    width, height = size, height or size
+    img = Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
     draw = ImageDraw.Draw(img)
     for _ in range(12):
-        x0, y0 = rng.randrange(size), rng.randrange(size)
-        draw.rectangle((x0, y0, x0 + rng.randrange(size // 2), y0 + rng.randrange(size // 2)),
+        x0, y0 = rng.randrange(width), rng.randrange(height)
+        draw.rectangle((x0, y0, x0 + rng.randrange(width // 2), y0 + rng.randrange(height // 2)),
                        fill=tuple(rng.randrange(256) for _ in range(3)))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)
@@ -50,3 +54,26 @@ def image_workload(tok, seed: int, size: int = 448, documents: int = 100) -> Wor
     docs = [Document(str(i), (ImagePart(jpeg(rng, size)), TextPart(words_of_tokens(tok, rng, 32))))
             for i in range(documents)]
     return query, docs
+
+
+def mixed_workload(tok, seed: int, documents: int = 100) -> Workload:
+    """MM100: a 512x512 image and 12 tokens of text against documents of a 640x480 image and 60 tokens."""
+    rng = random.Random(seed)
+    query = Query((ImagePart(jpeg(rng, 512)), TextPart(words_of_tokens(tok, rng, 12))))
+    docs = [Document(str(i), (ImagePart(jpeg(rng, 640, 480)), TextPart(words_of_tokens(tok, rng, 60))))
+            for i in range(documents)]
+    return query, docs
+
+
+def text_pair(tok, seed: int) -> Workload:
+    """One pair: a 16-token query and a 64-token title."""
+    rng = random.Random(seed)
+    query = Query((TextPart(words_of_tokens(tok, rng, 16)),))
+    return query, [Document("0", (TextPart(words_of_tokens(tok, rng, 64)),))]
+
+
+def image_pair(tok, seed: int, size: int = 448) -> Workload:
+    """One pair: a 12-token query and a 448x448 JPEG with a 32-token title."""
+    rng = random.Random(seed)
+    query = Query((TextPart(words_of_tokens(tok, rng, 12)),))
+    return query, [Document("0", (ImagePart(jpeg(rng, size)), TextPart(words_of_tokens(tok, rng, 32))))]

@@ -82,6 +82,7 @@ class EngineInfo:
     limits: EngineLimits
     image_cache: ImageCacheInfo = field(default_factory=ImageCacheInfo)
     devices: tuple[str, ...] = ()
+    batch_invariant: bool = False
 
     @classmethod
     def combined(cls, infos: Sequence[EngineInfo]) -> EngineInfo:
@@ -91,7 +92,8 @@ class EngineInfo:
         for info in infos:
             cache += info.image_cache
         return cls(first.model, first.dtype, first.attention, first.random_weights, first.parameters,
-                   first.default_instruction, first.limits, cache, tuple(d for i in infos for d in i.devices))
+                   first.default_instruction, first.limits, cache, tuple(d for i in infos for d in i.devices),
+                   first.batch_invariant)
 
 
 class JobHandle(Protocol):

@@ -75,6 +75,7 @@ class Engine(EngineClient):
             fill_pixels=self.preprocessor.fill_pixels,
             observer=self._recorder,
             window_kernel=config.window_kernel,
+            batch_invariant=config.batch_invariant,
         )
         self.scheduler: Scheduler | None = None
         self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")
@@ -255,6 +256,7 @@ class Engine(EngineClient):
             image_cache=ImageCacheInfo(self.vision_cache.bytes, self.vision_cache.capacity_bytes,
                                        counters.image_cache_hits, counters.image_cache_misses),
             devices=(str(device) if device.type != "cuda" else f"{device}:{torch.cuda.get_device_name(device)}",),
+            batch_invariant=config.batch_invariant,
         )
 
     def stats(self) -> list[EngineStats]:

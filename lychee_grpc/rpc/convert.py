@@ -170,4 +170,5 @@ def model_info(info: ModelInfo) -> pb.GetModelInfoResponse:
         image_cache_misses=info.image_cache_misses,
         server_version=info.server_version,
         workers=info.workers,
+        batch_invariant=info.batch_invariant,
     )

@@ -235,6 +235,7 @@ class Service:
             image_cache_misses=info.image_cache.misses,
             server_version=__version__,
             workers=self.engine.workers,
+            batch_invariant=info.batch_invariant,
         )
 
 

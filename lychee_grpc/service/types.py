@@ -151,3 +151,4 @@ class ModelInfo:
     server_version: str
     workers: int = 1
     extra: dict[str, str] = field(default_factory=dict[str, str])
+    batch_invariant: bool = False

@@ -122,6 +122,13 @@ async def test_model_info(client, tiny_model_dir):
     assert info.limits.max_documents_per_request == 150
     assert info.band_thresholds.strong == pytest.approx(0.75)
     assert info.default_instruction == DEFAULT_INSTRUCTION
+    assert info.batch_invariant is False
+
+
+async def test_model_info_reports_the_batch_invariant_mode(make_server):
+    srv = await make_server(batch_invariant=True)
+    async with AsyncLycheeClient(f"127.0.0.1:{srv.port}") as c:
+        assert (await c.model_info()).batch_invariant is True
 
 
 BAD_REQUESTS = {

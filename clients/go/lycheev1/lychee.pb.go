@@ -1316,9 +1316,12 @@ type GetModelInfoResponse struct {
 	ImageCacheMisses        uint64 `protobuf:"varint,13,opt,name=image_cache_misses,json=imageCacheMisses,proto3" json:"image_cache_misses,omitempty"`
 	ServerVersion           string `protobuf:"bytes,14,opt,name=server_version,json=serverVersion,proto3" json:"server_version,omitempty"`
 	// Engine workers behind this endpoint (one per device).
-	Workers       uint32 `protobuf:"varint,15,opt,name=workers,proto3" json:"workers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Workers uint32 `protobuf:"varint,15,opt,name=workers,proto3" json:"workers,omitempty"`
+	// True when the server runs in the batch-invariant mode (--batch-invariant): a pair's score
+	// has the same bits whatever it is batched with (fixed reduction orders, some throughput spent).
+	BatchInvariant bool `protobuf:"varint,16,opt,name=batch_invariant,json=batchInvariant,proto3" json:"batch_invariant,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetModelInfoResponse) Reset() {
@@ -1454,6 +1457,13 @@ func (x *GetModelInfoResponse) GetWorkers() uint32 {
 		return x.Workers
 	}
 	return 0
+}
+
+func (x *GetModelInfoResponse) GetBatchInvariant() bool {
+	if x != nil {
+		return x.BatchInvariant
+	}
+	return false
 }
 
 type ExplainRequest struct {
@@ -1857,7 +1867,7 @@ const file_lychee_proto_rawDesc = "" +
 	"\x11explain_grid_size\x18\x0e \x01(\rR\x0fexplainGridSize\"@\n" +
 	"\x0eBandThresholds\x12\x16\n" +
 	"\x06strong\x18\x01 \x01(\x02R\x06strong\x12\x16\n" +
-	"\x06medium\x18\x02 \x01(\x02R\x06medium\"\x80\x05\n" +
+	"\x06medium\x18\x02 \x01(\x02R\x06medium\"\xa9\x05\n" +
 	"\x14GetModelInfoResponse\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
 	"\x05dtype\x18\x02 \x01(\tR\x05dtype\x129\n" +
@@ -1876,7 +1886,8 @@ const file_lychee_proto_rawDesc = "" +
 	"\x10image_cache_hits\x18\f \x01(\x04R\x0eimageCacheHits\x12,\n" +
 	"\x12image_cache_misses\x18\r \x01(\x04R\x10imageCacheMisses\x12%\n" +
 	"\x0eserver_version\x18\x0e \x01(\tR\rserverVersion\x12\x18\n" +
-	"\aworkers\x18\x0f \x01(\rR\aworkers\"\xcd\x01\n" +
+	"\aworkers\x18\x0f \x01(\rR\aworkers\x12'\n" +
+	"\x0fbatch_invariant\x18\x10 \x01(\bR\x0ebatchInvariant\"\xcd\x01\n" +
 	"\x0eExplainRequest\x12&\n" +
 	"\x05query\x18\x01 \x01(\v2\x10.lychee.v1.QueryR\x05query\x12/\n" +
 	"\bdocument\x18\x02 \x01(\v2\x13.lychee.v1.DocumentR\bdocument\x12 \n" +

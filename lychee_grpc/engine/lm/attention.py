@@ -2,7 +2,16 @@
 built on the host, then copied to the device with the batch's other inputs), and the call itself:
 one `varlen_attn` (flash) call on CUDA in half precision, else one padded SDPA call with an
 explicit mask (grouped query heads folded into the query rows, so keys/values are never
-repeated). Each query attends causally, aligned bottom-right, to its sequence's context runs."""
+repeated). Each query attends causally, aligned bottom-right, to its sequence's context runs.
+
+Batch-invariant mode: a sequence's attention must not depend on the sequences beside it. Flash
+attention's varlen kernel gives each (sequence, head, block of 128 query rows) to one program that
+walks the sequence's keys in one fixed order, except when every sequence has one query row: then
+it may split the keys over several programs, by a heuristic that counts the batch's sequences
+(`seqlenq_ngroups_swapped` in PyTorch's flash_api.cpp), which the last layer would meet. The plan
+then declares at least two query rows (an upper bound the kernel accepts), so the keys are never
+split. The padded SDPA path's shapes follow the longest sequence of the batch; in this mode it runs
+sequence by sequence instead, each call shaped by its own sequence only."""
 
 from __future__ import annotations
 
@@ -50,6 +59,7 @@ class Plan:
     kv_index: torch.Tensor | None = None  # [B, S] rows of the key/value source (its last row is padding)
     mask: torch.Tensor | None = None  # [B, 1, rep*Lq, S]
     out_index: torch.Tensor | None = None  # real rows of the flattened [B*Lq] output
+    host: HostPlan | None = None  # kept for the sequence-by-sequence path (batch-invariant, no varlen)
 
 
 def host_plan(
@@ -73,7 +83,9 @@ def host_plan(
 
 
 class PackedAttention:
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype,
+                 batch_invariant: bool = False):
+        self.batch_invariant = batch_invariant
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
@@ -89,6 +101,11 @@ class PackedAttention:
         lq, S = int(host.counts.max()), int(host.klens.max())
         at = Plan(kv_rows=kv_rows, cu_q=cu_q, cu_k=cu_k, max_q=lq, max_k=S)
         if self.use_varlen:
+            if self.batch_invariant:
+                at.max_q = max(2, lq)  # never the split-keys path (see the module doc)
+            return at
+        if self.batch_invariant:
+            at.host = host
             return at
         dev = self.device
         B = len(host.q_starts)
@@ -119,6 +136,8 @@ class PackedAttention:
                 k, v = k.repeat_interleave(self.rep, dim=1), v.repeat_interleave(self.rep, dim=1)
             out = varlen_attn(q, k, v, at.cu_q, at.cu_k, at.max_q, at.max_k, scale=self.scale, window_size=(-1, 0))
             return out.reshape(q.shape[0], self.num_heads * self.head_dim)
+        if at.host is not None:
+            return self._one_by_one(q, k_src, v_src, at)
         B, lq = at.q_index.shape
         q_pad = torch.cat([q, q.new_zeros(1, *q.shape[1:])])[at.q_index]  # [B, Lq, H, D]
         q_pad = q_pad.view(B, lq, self.num_kv_heads, self.rep, self.head_dim)
@@ -128,6 +147,27 @@ class PackedAttention:
         out = F.scaled_dot_product_attention(q_pad, k, v, attn_mask=at.mask, scale=self.scale)
         out = out.view(B, self.num_kv_heads, self.rep, lq, self.head_dim).permute(0, 3, 1, 2, 4)
         return out.reshape(B * lq, self.num_heads * self.head_dim)[at.out_index]
+
+    def _one_by_one(self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, at: Plan) -> torch.Tensor:
+        """One SDPA call per sequence, shaped by that sequence alone (batch-invariant, no varlen)."""
+        host = at.host
+        out = q.new_empty(q.shape[0], self.num_heads * self.head_dim)
+        cu_k = host.cu_k.tolist()
+        for i, (q0, n) in enumerate(zip(host.q_starts, host.counts.tolist())):
+            if n == 0:
+                continue
+            rows = at.kv_rows[cu_k[i] : cu_k[i + 1]]
+            s = cu_k[i + 1] - cu_k[i]
+            qi = q[q0 : q0 + n].view(n, self.num_kv_heads, self.rep, self.head_dim)
+            qi = qi.permute(1, 2, 0, 3).reshape(self.num_kv_heads, self.rep * n, self.head_dim)
+            k = k_src.index_select(0, rows).transpose(0, 1)  # [Hkv, S, D]
+            v = v_src.index_select(0, rows).transpose(0, 1)
+            visible = torch.arange(s - n + 1, s + 1, device=q.device).repeat(self.rep)  # keys seen per query row
+            mask = torch.arange(s, device=q.device).unsqueeze(0) < visible.unsqueeze(1)
+            o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, scale=self.scale)
+            out[q0 : q0 + n] = o.view(self.num_kv_heads, self.rep, n, self.head_dim).permute(2, 0, 1, 3).reshape(
+                n, -1)
+        return out
 
     def _probe_varlen(self) -> None:
         """Uses varlen_attn when it runs here, and learns whether it takes fewer KV heads."""

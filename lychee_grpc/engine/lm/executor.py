@@ -12,6 +12,10 @@ called directly; only the sequence layout differs from `model.forward`:
   folded into the query rows, so keys/values are never repeated);
 - the last layer computes queries, o_proj and MLP only at each document's last token, and the
   score reads only the "yes" and "no" rows of the LM head: sigmoid(z_yes - z_no).
+
+A batch is laid out on the host first (`layout`: rows, key runs, attention plans, one staged
+copy), then run by the layer loop (`Executor.layers`), which knows nothing of items or prefixes
+beyond the plans and the stored keys/values it is given.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ..stats import NullObserver, StatsObserver
 from ..util.device_copy import PinnedStaging
 from ..vision.cache import VisionCache
 from ..vision.tower import VisionTower
-from .attention import PackedAttention, host_plan
+from .attention import HostPlan, PackedAttention, Plan, host_plan
 from .fused import FusedOps
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ class Executor:
         fill_pixels: Callable[[list[EncodedImage]], None],
         observer: StatsObserver | None = None,
         window_kernel: bool = True,
+        batch_invariant: bool = False,
     ):
         self.model = model
         self.lm = model.model.language_model
@@ -76,8 +81,10 @@ class Executor:
         self.staging = PinnedStaging(self.device)
         # The preprocessor's batched pixels for images with a decoded picture.
         self.fill_pixels = fill_pixels
-        self.attention = PackedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.device, self.dtype)
-        self.ops = FusedOps(self.device)
+        self.batch_invariant = batch_invariant
+        self.attention = PackedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.device, self.dtype,
+                                         batch_invariant=batch_invariant)
+        self.ops = FusedOps(self.device, batch_invariant=batch_invariant)
         self.tower = VisionTower(self.visual, self.ops, window_kernel=window_kernel)
         self.observer: StatsObserver = observer if observer is not None else NullObserver()
         self.eps = text_cfg.rms_norm_eps
@@ -135,64 +142,38 @@ class Executor:
     def run(self, items: Sequence[BatchItem]) -> tuple[torch.Tensor, dict[int, PrefixKV]]:
         """Runs one packed batch. Returns z_yes - z_no (float32, CPU) for the items with
         `score`, in order, and the keys/values of the items with `keep_kv`, by item index."""
-        segments = [it.segment for it in items]
-        lengths = [len(s) for s in segments]
-        starts = _cumsum0(lengths)
-        ids_cpu = torch.cat([s.ids for s in segments])
-        images = [im for s in segments for im in s.images]
+        lay = layout(items, self.image_token_id)
+        inputs = lay.input_tensors()
+        # Everything the batch needs from the host, in one transfer.
+        dev = self.staging.copy(inputs + lay.plan_tensors())
+        x, cos, sin = self._inputs(lay, dev)
+        plans = dev[len(inputs):]
+        full = self.attention.plan(lay.full, *plans[1:4])
+        last = self.attention.plan(lay.last, *plans[4:7]) if lay.last is not None else None
+        keep = {i: ([], []) for i in lay.keep}
+        z = self.layers(x, cos, sin, full, last, plans[0], lay.stored, keep_rows=[
+            (i, lay.starts[i], lay.lengths[i], keep[i]) for i in lay.keep])
+        prefixes = {i: PrefixKV(keys=ks, values=vs, length=lay.lengths[i]) for i, (ks, vs) in keep.items()}
+        return (z.cpu() if z is not None else torch.empty(0)), prefixes
 
-        stored: list[PrefixKV] = []
-        for it in items:
-            if isinstance(it.context, PrefixKV) and all(it.context is not u for u in stored):
-                stored.append(it.context)
-        stored_off = {id(u): off for u, off in zip(stored, _cumsum0([u.length for u in stored]))}
-        base = sum(u.length for u in stored)  # packed rows follow the stored prefixes in the K/V source
-        n_total = sum(lengths)
-
-        def key_runs(i: int) -> list[tuple[int, int]]:
-            ctx = items[i].context
-            runs = []
-            if isinstance(ctx, PrefixKV):
-                runs.append((stored_off[id(ctx)], ctx.length))
-            elif isinstance(ctx, int):
-                runs.append((base + starts[ctx], lengths[ctx]))
-            runs.append((base + starts[i], lengths[i]))
-            return runs
-
-        full_host = host_plan(
-            [(starts[i], lengths[i]) for i in range(len(items))],
-            [key_runs(i) for i in range(len(items))],
-            n_total, base + n_total,
-        )
-        scored = [i for i, it in enumerate(items) if it.score]
-        last_host = (
-            host_plan([(k, 1) for k in range(len(scored))], [key_runs(i) for i in scored],
-                              len(scored), base + n_total)
-            if scored else None
-        )
-        # Everything the batch needs from the host, in one transfer; image rows found on the CPU
-        # (a boolean mask on the GPU would make this thread wait for the GPU).
-        host = [ids_cpu, torch.cat([s.positions for s in segments], dim=1),
-                torch.tensor([starts[i] + lengths[i] - 1 for i in scored], dtype=torch.long),
-                full_host.flat, full_host.cu_q, full_host.cu_k]
-        if last_host is not None:
-            host += [last_host.flat, last_host.cu_q, last_host.cu_k]
-        if images:
-            host.append(torch.nonzero(ids_cpu == self.image_token_id).flatten())
-        dev = self.staging.copy(host)
-        ids, positions, last_rows = dev[:3]
-        full = self.attention.plan(full_host, *dev[3:6])
-        last = self.attention.plan(last_host, *dev[6:9]) if last_host is not None else None
-
+    def _inputs(self, lay: Layout, dev: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's input embeddings (image rows from the tower) and rotary tables [N, 1, D]."""
+        ids, positions = dev[0], dev[1]
         x = self.lm.embed_tokens(ids)
-        if images:
-            embeds = self.image_embeds(images)
-            x[dev[-1]] = torch.cat(embeds).to(x.dtype)
+        if lay.images:
+            embeds = self.image_embeds(lay.images)
+            x[dev[2]] = torch.cat(embeds).to(x.dtype)
         cos, sin = self.lm.rotary_emb(x, positions.unsqueeze(1))
-        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [N, 1, D]
-        keep = [i for i, it in enumerate(items) if it.keep_kv]
-        kept: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {i: ([], []) for i in keep}
+        return x, cos[0].unsqueeze(1), sin[0].unsqueeze(1)
 
+    def layers(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full: Plan, last: Plan | None,
+        last_rows: torch.Tensor, stored: Sequence[PrefixKV],
+        keep_rows: Sequence[tuple[int, int, int, tuple[list, list]]] = (),
+    ) -> torch.Tensor | None:
+        """The decoder layers over packed rows, then z_yes - z_no at `last_rows` (None without a
+        last plan: only keys/values were wanted). Keys/values of the rows kept for a prefix are
+        cloned per layer into `keep_rows`' lists: (item, first row, rows, (keys, values))."""
         layers = self.lm.layers
         n_layers = len(layers)
         ops, eps = self.ops, self.eps
@@ -200,39 +181,113 @@ class Executor:
         h = ops.rms_norm(x, layers[0].input_layernorm.weight, eps)
         for li, layer in enumerate(layers):
             attn = layer.self_attn
-            k = ops.rope(attn.k_proj(h).view(-1, self.num_kv_heads, self.head_dim), cos, sin)
-            v = attn.v_proj(h).view(-1, self.num_kv_heads, self.head_dim)
-            for i in keep:
+            k = ops.rope(ops.linear(attn.k_proj, h).view(-1, self.num_kv_heads, self.head_dim), cos, sin)
+            v = ops.linear(attn.v_proj, h).view(-1, self.num_kv_heads, self.head_dim)
+            for _, start, length, (ks, vs) in keep_rows:
                 # Copies: a view would keep the whole batch's keys/values alive with the request.
-                kept[i][0].append(k[starts[i] : starts[i] + lengths[i]].clone())
-                kept[i][1].append(v[starts[i] : starts[i] + lengths[i]].clone())
+                ks.append(k[start : start + length].clone())
+                vs.append(v[start : start + length].clone())
             k_src = torch.cat([*[u.keys[li] for u in stored], k, pad_kv])
             v_src = torch.cat([*[u.values[li] for u in stored], v, pad_kv])
             if li == n_layers - 1:
                 if last is None:
-                    break  # only keys/values were wanted
+                    return None
                 h, x = h[last_rows], x[last_rows]
-                q = ops.rope(attn.q_proj(h).view(-1, self.num_heads, self.head_dim), cos[last_rows], sin[last_rows])
+                q = ops.linear(attn.q_proj, h).view(-1, self.num_heads, self.head_dim)
+                q = ops.rope(q, cos[last_rows], sin[last_rows])
                 at = last
             else:
-                q = ops.rope(attn.q_proj(h).view(-1, self.num_heads, self.head_dim), cos, sin)
+                q = ops.rope(ops.linear(attn.q_proj, h).view(-1, self.num_heads, self.head_dim), cos, sin)
                 at = full
-            x, h = ops.add_rms_norm(x, attn.o_proj(self.attention(q, k_src, v_src, at)),
+            x, h = ops.add_rms_norm(x, ops.linear(attn.o_proj, self.attention(q, k_src, v_src, at)),
                                     layer.post_attention_layernorm.weight, eps)
             mlp = layer.mlp
-            delta = mlp.down_proj(ops.silu_mul(mlp.gate_proj(h), mlp.up_proj(h)))
+            delta = ops.linear(mlp.down_proj, ops.silu_mul(ops.linear(mlp.gate_proj, h), ops.linear(mlp.up_proj, h)))
             norm_w = layers[li + 1].input_layernorm.weight if li + 1 < n_layers else self.lm.norm.weight
             x, h = ops.add_rms_norm(x, delta, norm_w, eps)
-        prefixes = {i: PrefixKV(keys=ks, values=vs, length=lengths[i]) for i, (ks, vs) in kept.items()}
-        if last is None:
-            return torch.empty(0), prefixes
         # h is the final norm of the last layer's output at each scored sequence's last token.
-        return (h.float() @ self.yes_minus_no).cpu(), prefixes
+        return ops.score(h, self.yes_minus_no)
 
     def prefill(self, segment: Segment) -> PrefixKV:
         """Keys and values of a shared prefix on its own."""
         _, kept = self.run([BatchItem(segment, None, score=False, keep_kv=True)])
         return kept[0]
+
+
+@dataclass
+class Layout:
+    """A batch's host side: where each packed sequence's rows lie and which rows each attends
+    to, in the tensors the device needs (copied in one transfer)."""
+
+    items: Sequence[BatchItem]
+    lengths: list[int]
+    starts: list[int]
+    rows: int  # packed rows (tokens) of the batch
+    stored: list[PrefixKV]  # stored prefixes, in the order their rows precede the batch's in K/V
+    base: int  # rows of stored prefixes before the batch's own rows in the key/value source
+    key_runs: list[list[tuple[int, int]]]  # per item: (first row, count) runs of the K/V source
+    scored: list[int]
+    keep: list[int]
+    full: HostPlan
+    last: HostPlan | None
+    ids: torch.Tensor
+    positions: torch.Tensor
+    images: list[EncodedImage]
+    # Rows holding image tokens, found on the CPU (a boolean mask on the GPU would make the
+    # launching thread wait for the GPU).
+    image_rows: torch.Tensor | None = None
+
+    def input_tensors(self) -> list[torch.Tensor]:
+        """ids, positions and (with images) image rows."""
+        return [self.ids, self.positions] + ([self.image_rows] if self.images else [])
+
+    def last_rows(self) -> torch.Tensor:
+        return torch.tensor([self.starts[i] + self.lengths[i] - 1 for i in self.scored], dtype=torch.long)
+
+    def plan_tensors(self) -> list[torch.Tensor]:
+        """Last rows, the full plan (3) and the last plan (3)."""
+        out = [self.last_rows(), self.full.flat, self.full.cu_q, self.full.cu_k]
+        if self.last is not None:
+            out += [self.last.flat, self.last.cu_q, self.last.cu_k]
+        return out
+
+
+def layout(items: Sequence[BatchItem], image_token_id: int) -> Layout:
+    """The host layout of a batch (no device work)."""
+    segments = [it.segment for it in items]
+    lengths = [len(s) for s in segments]
+    starts = _cumsum0(lengths)
+    stored: list[PrefixKV] = []
+    for it in items:
+        if isinstance(it.context, PrefixKV) and all(it.context is not u for u in stored):
+            stored.append(it.context)
+    stored_off = {id(u): off for u, off in zip(stored, _cumsum0([u.length for u in stored]))}
+    base = sum(u.length for u in stored)  # packed rows follow the stored prefixes in the K/V source
+    rows = sum(lengths)
+
+    def key_runs(i: int) -> list[tuple[int, int]]:
+        ctx = items[i].context
+        runs = []
+        if isinstance(ctx, PrefixKV):
+            runs.append((stored_off[id(ctx)], ctx.length))
+        elif isinstance(ctx, int):
+            runs.append((base + starts[ctx], lengths[ctx]))
+        runs.append((base + starts[i], lengths[i]))
+        return runs
+
+    runs = [key_runs(i) for i in range(len(items))]
+    scored = [i for i, it in enumerate(items) if it.score]
+    full = host_plan([(starts[i], lengths[i]) for i in range(len(items))], runs, rows, base + rows)
+    last = host_plan([(k, 1) for k in range(len(scored))], [runs[i] for i in scored], len(scored), base + rows) \
+        if scored else None
+    ids = torch.cat([s.ids for s in segments])
+    images = [im for s in segments for im in s.images]
+    lay = Layout(items=items, lengths=lengths, starts=starts, rows=rows, stored=stored, base=base, key_runs=runs,
+                 scored=scored, keep=[i for i, it in enumerate(items) if it.keep_kv], full=full, last=last, ids=ids,
+                 positions=torch.cat([s.positions for s in segments], dim=1), images=images)
+    if images:
+        lay.image_rows = torch.nonzero(ids == image_token_id).flatten()
+    return lay
 
 
 def _cumsum0(values: list[int]) -> list[int]:

@@ -4,6 +4,11 @@ CPU, or if compilation fails, they run eagerly: same results, more kernels.
 
 Between two GEMMs a layer otherwise launches ~20 small kernels (RMSNorm in float32, RoPE,
 SiLU*up, residual adds); on an H100 those took about a third of a 100-document rerank.
+
+The layers' matmuls and the score's dot product go through the same object (`linear`, `score`),
+so that the batch-invariant mode (util/invariant.py) swaps every reduction in one place: the
+matmuls, the norms and the score get fixed reduction orders; the pointwise pieces (RoPE,
+SiLU*up) are the same element by element at any batch size and stay as they are.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from ..util import invariant
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +75,20 @@ class Kernel:
     which on an H100/H200 made them 1.7-2.4x faster than `dynamic=True` (bench/RESULTS.md, "Elementwise kernels").
     """
 
-    def __init__(self, fn: Callable, compiled: bool):
+    def __init__(self, fn: Callable, compiled: bool, invariant: bool = False):
         self.fn = fn
         self._compiled = torch.compile(fn) if compiled else None
+        self.invariant = invariant
 
     def __call__(self, *args):
+        if self._compiled is not None and self.invariant and any(
+                isinstance(a, torch.Tensor) and a.dim() >= 2 and a.shape[0] == 1 for a in args):
+            # torch.compile specialises a dimension of size 1 into a kernel of its own; the
+            # batch-invariant mode runs one row as two, so that it meets the kernel every batch uses.
+            twice = [torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.dim() >= 2 and a.shape[0] == 1 else a
+                     for a in args]
+            out = self(*twice)
+            return tuple(o[:1] for o in out) if isinstance(out, tuple) else out[:1]
         if self._compiled is not None:
             try:
                 for a in args:
@@ -87,15 +103,39 @@ class Kernel:
 
 class FusedOps:
     """The elementwise pieces of the LM and vision layers, compiled on CUDA unless `compile` is
-    False (default: LYCHEE_COMPILE, on unless 0), eager otherwise."""
+    False (default: LYCHEE_COMPILE, on unless 0), eager otherwise; and the layers' matmuls.
+    `batch_invariant`: matmuls, norms and the score with fixed reduction orders
+    (util/invariant.py), so that a row's result never depends on the rows beside it."""
 
-    def __init__(self, device: torch.device, compile: bool | None = None):
+    def __init__(self, device: torch.device, compile: bool | None = None, batch_invariant: bool = False):
         if compile is None:
             compile = os.environ.get("LYCHEE_COMPILE", "1") != "0"
         enabled = device.type == "cuda" and compile
         self.enabled = enabled
-        self.rms_norm = Kernel(rms_norm, enabled)
-        self.add_rms_norm = Kernel(add_rms_norm, enabled)
-        self.rope = Kernel(rope, enabled)
-        self.silu_mul = Kernel(silu_mul, enabled)
-        self.vision_qk_rope = Kernel(vision_qk_rope, enabled)
+        self.batch_invariant = batch_invariant
+        self.rope = Kernel(rope, enabled, invariant=batch_invariant)
+        self.silu_mul = Kernel(silu_mul, enabled, invariant=batch_invariant)
+        self.vision_qk_rope = Kernel(vision_qk_rope, enabled, invariant=batch_invariant)
+        if batch_invariant:
+            self.rms_norm = invariant.rms_norm
+            self.add_rms_norm = invariant.add_rms_norm
+        else:
+            self.rms_norm = Kernel(rms_norm, enabled)
+            self.add_rms_norm = Kernel(add_rms_norm, enabled)
+
+    def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`module(x)` for an nn.Linear (called through F.linear: no module hooks, less host time)."""
+        if self.batch_invariant:
+            return invariant.linear(x, module.weight, module.bias)
+        return F.linear(x, module.weight, module.bias)
+
+    def linear_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.batch_invariant:
+            return invariant.linear(x, weight, bias)
+        return F.linear(x, weight, bias)
+
+    def score(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """float32 h[i] . w for each row: z_yes - z_no from the final hidden states."""
+        if self.batch_invariant:
+            return invariant.row_dot(h, w)
+        return h.float() @ w

@@ -13,6 +13,13 @@ Without flash_attention_2, transformers' `Qwen2_5_VLVisionAttention.forward` spl
   distinct length on a [chunks, heads, length, head_dim] batch (windows are mostly of equal length).
 
 Where the vision config asks for flash attention (which already packs), transformers' own forward runs.
+
+Batch-invariant mode (`batch_invariant`): an image's attention must not depend on the images beside
+it, so the path must not depend on the batch either. The cuDNN dense path is taken only when every
+chunk of the batch has one length, and transformers' flash forward calls the layer's own linear
+modules, so both are skipped: the window kernel (one program per window and head) where it
+applies, flash varlen (one program per image, head and query block, keys in one order) otherwise,
+and grouped SDPA only where varlen refuses the inputs; the projections go through `linear`.
 The tower builds one `Plan` per forward and per kind of layer from the bounds it knows on the host, so no
 layer reads `cu_seqlens` back from the GPU. All state (the kernel switch, the varlen refusals) lives on the
 instance: two engines in one process share nothing.
@@ -120,8 +127,12 @@ class VisionAttention:
     turns the fused Triton kernel on where it applies; it switches itself off for good, on this
     instance, if it ever fails to compile or run."""
 
-    def __init__(self, window_kernel: bool = True, qk_rope: Callable = vision_qk_rope):
+    def __init__(self, window_kernel: bool = True, qk_rope: Callable = vision_qk_rope,
+                 linear: Callable | None = None, batch_invariant: bool = False):
         self.window_kernel = window_kernel
+        self.batch_invariant = batch_invariant
+        # (module, x) -> module(x) for the layer's nn.Linear projections (FusedOps.linear).
+        self.linear = linear if linear is not None else (lambda module, x: module(x))
         # (qkv, heads, cos, sin) -> (q, k): transformers' rotary arithmetic (fused.vision_qk_rope).
         self.qk_rope = qk_rope
         self._varlen_refused: set[tuple] = set()
@@ -131,19 +142,19 @@ class VisionAttention:
         sin: torch.Tensor,
     ) -> torch.Tensor:
         """Attention within each chunk of `plan` for one layer `attn`; [seq, hidden] in and out."""
-        if is_flash_attention_requested(attn.config):  # flash already packs: transformers' own path
+        if is_flash_attention_requested(attn.config) and not self.batch_invariant:  # flash already packs
             return Qwen2_5_VLVisionAttention.forward(
                 attn, hidden_states, plan.cu_int32, position_embeddings=(cos, sin), max_seqlen=plan.max_len
             )
         seq_length = hidden_states.shape[0]
         if plan.total != seq_length:
             raise ValueError(f"cu_seqlens covers {plan.total} tokens, hidden_states has {seq_length}")
-        qkv = attn.qkv(hidden_states)
+        qkv = self.linear(attn.qkv, hidden_states)
         dropout = attn.attention_dropout if attn.training else 0.0
         if dropout == 0.0:
             windowed = self._window_kernel(qkv, cos, sin, plan, attn.num_heads, attn.scaling)
             if windowed is not None:
-                return attn.proj(windowed)
+                return self.linear(attn.proj, windowed)
 
         value_states = qkv.view(seq_length, 3, attn.num_heads, -1)[:, 2]
         query_states, key_states = self.qk_rope(qkv, attn.num_heads, cos, sin)
@@ -152,7 +163,7 @@ class VisionAttention:
         attn_output = None
         if query_states.is_cuda and dropout == 0.0:
             groups = plan.groups()
-            if len(groups) == 1 and groups[0][2] is None:
+            if len(groups) == 1 and groups[0][2] is None and not self.batch_invariant:
                 # Chunks of one length tile the sequence (windows of a standard image, whole images in the
                 # full-attention layers): a dense batch, where cuDNN's kernel beat flash varlen on an H100
                 # (bench/RESULTS.md, "Vision attention: cuDNN dense vs flash varlen").
@@ -166,7 +177,7 @@ class VisionAttention:
             attn_output = _grouped_sdpa(query_states, key_states, value_states, plan, attn.scaling, dropout)
 
         attn_output = attn_output.reshape(seq_length, -1).contiguous()
-        return attn.proj(attn_output)
+        return self.linear(attn.proj, attn_output)
 
     def _try_varlen(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int,

@@ -9,9 +9,10 @@ the Conv3d (stride = kernel, so a plain GEMM) took 12 ms. Here:
   window permutation, window lengths and rotary cos/sin already in window order;
 - a batch's layout is those pieces concatenated with offsets (one device copy each);
 - the patch embedding is the Conv3d's weight used as a [out, in] matrix, the same sums;
-- each block runs here, explicitly, with the block's own weights: its norms, SiLU*up and rotary
-  through `FusedOps` (compiled on CUDA), its attention through `VisionAttention`; only the
-  merger is called as the model's module. Nothing in the HF model is replaced.
+- each block runs here, explicitly, with the block's own weights: its norms, SiLU*up, rotary and
+  matmuls through `FusedOps` (compiled on CUDA), its attention through `VisionAttention`; the
+  merger is called as the model's module, except in the batch-invariant mode, where its norm and
+  matmuls go through `FusedOps` too. Nothing in the HF model is replaced.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
 from ..lm.fused import FusedOps
@@ -42,6 +42,18 @@ class _ImageLayout:
     sin: torch.Tensor
 
 
+@dataclass
+class _BatchLayout:
+    """A batch of images' layout on the device: attention plans, rotary tables, window order."""
+
+    plan_full: Plan
+    plan_windows: Plan
+    cos: torch.Tensor
+    sin: torch.Tensor
+    window_index: torch.Tensor  # merge units in window order
+    reverse: torch.Tensor  # back to image order
+
+
 class VisionTower:
     """`ops`: the elementwise kernels (eager on the CPU when None); `window_kernel`: the fused
     Triton window attention where it applies (CUDA, half precision)."""
@@ -49,7 +61,8 @@ class VisionTower:
     def __init__(self, visual, ops: FusedOps | None = None, window_kernel: bool = True, max_layouts: int = 256):
         self.visual = visual
         self.ops = ops if ops is not None else FusedOps(torch.device("cpu"))
-        self.attention = VisionAttention(window_kernel=window_kernel, qk_rope=self.ops.vision_qk_rope)
+        self.attention = VisionAttention(window_kernel=window_kernel, qk_rope=self.ops.vision_qk_rope,
+                                         linear=self.ops.linear, batch_invariant=self.ops.batch_invariant)
         act = getattr(visual.config, "hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"unsupported vision activation {act!r} (Qwen2.5-VL uses silu)")
@@ -99,8 +112,9 @@ class VisionTower:
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor, grids: Sequence[Grid]) -> torch.Tensor:
         """Merged embeddings [sum(tokens), out_hidden] of the images, in order."""
-        visual = self.visual
-        device = pixels.device
+        return self._forward(pixels, self._batch_layout(grids, pixels.device))
+
+    def _batch_layout(self, grids: Sequence[Grid], device: torch.device) -> _BatchLayout:
         layouts = [self._layout(tuple(int(v) for v in g)) for g in grids]
         unit_offsets = np.cumsum([0] + [lay.patches // self.unit for lay in layouts[:-1]])
         window_index = np.concatenate([lay.window_index + off for lay, off in zip(layouts, unit_offsets)])
@@ -113,20 +127,36 @@ class VisionTower:
         cu_full = to_device(torch.tensor(full_bounds, dtype=torch.int32), device)
         cu_windows = to_device(torch.tensor(window_bounds, dtype=torch.int32), device)
         # The attention's plans from these host-side bounds: reading them back would wait for the GPU.
-        plan_full = Plan(cu_full, full_bounds)
-        plan_windows = Plan(cu_windows, window_bounds)
-        cos = torch.cat([lay.cos for lay in layouts])
-        sin = torch.cat([lay.sin for lay in layouts])
+        return _BatchLayout(
+            plan_full=Plan(cu_full, full_bounds),
+            plan_windows=Plan(cu_windows, window_bounds),
+            cos=torch.cat([lay.cos for lay in layouts]),
+            sin=torch.cat([lay.sin for lay in layouts]),
+            window_index=to_device(torch.from_numpy(window_index), device),
+            reverse=to_device(torch.from_numpy(reverse), device),
+        )
 
+    def _forward(self, pixels: torch.Tensor, layout: _BatchLayout) -> torch.Tensor:
         if self.patch_weight is not None:
-            x = F.linear(pixels.to(self.patch_weight.dtype), self.patch_weight)
+            x = self.ops.linear_weight(pixels.to(self.patch_weight.dtype), self.patch_weight)
         else:
-            x = visual.patch_embed(pixels)
+            x = self.visual.patch_embed(pixels)
         n = x.shape[0]
-        x = x.view(n // self.unit, self.unit, -1)[to_device(torch.from_numpy(window_index), device)].view(n, -1)
+        x = x.view(n // self.unit, self.unit, -1)[layout.window_index].view(n, -1)
         for i, block in enumerate(self.blocks):
-            x = self._block(block, x, plan_full if i in self.full_blocks else plan_windows, cos, sin)
-        return visual.merger(x)[to_device(torch.from_numpy(reverse), device)]
+            plan = layout.plan_full if i in self.full_blocks else layout.plan_windows
+            x = self._block(block, x, plan, layout.cos, layout.sin)
+        return self._merge(x)[layout.reverse]
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch merger (`Qwen2_5_VLPatchMerger.forward`): transformers' module, or in the
+        batch-invariant mode the same arithmetic through FusedOps."""
+        merger = self.visual.merger
+        if not self.ops.batch_invariant:
+            return merger(x)
+        h = self.ops.rms_norm(x, merger.ln_q.weight, merger.ln_q.variance_epsilon).view(-1, merger.hidden_size)
+        first, act, last = merger.mlp
+        return self.ops.linear(last, act(self.ops.linear(first, h)))
 
     def _block(self, block, x: torch.Tensor, plan: Plan, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """`Qwen2_5_VLVisionBlock.forward` with the block's weights: the same arithmetic, fused."""
@@ -135,4 +165,4 @@ class VisionTower:
         x = x + self.attention(block.attn, h, plan, cos, sin)
         h = ops.rms_norm(x, block.norm2.weight, block.norm2.variance_epsilon)
         mlp = block.mlp
-        return x + mlp.down_proj(ops.silu_mul(mlp.gate_proj(h), mlp.up_proj(h)))
+        return x + ops.linear(mlp.down_proj, ops.silu_mul(ops.linear(mlp.gate_proj, h), ops.linear(mlp.up_proj, h)))
