@@ -146,7 +146,14 @@ async def test_body_that_is_not_json_is_400(http):
 
 
 BAD = {
-    "unknown field": ({"query": "q", "documents": ["a", "b", "c", {"img": "x"}]}, "documents[3].img"),
+    "unknown field": ({"query": "q", "documents": ["a"], "topn": 2}, "topn"),
+    "unknown query field": ({"query": {"txt": "q"}, "documents": ["a"]}, "query.txt"),
+    "document without text": ({"query": "q", "documents": ["a", "b", "c", {"img": "x"}]}, "documents[3]"),
+    "a string for an integer": ({"query": "q", "documents": ["a"], "top_n": "2"}, "top_n"),
+    "a string for a boolean": ({"query": "q", "documents": ["a"], "return_documents": "yes"}, "return_documents"),
+    "an object for a document": ({"query": "q", "documents": [3]}, "documents[0]"),
+    "an unknown vLLM part": ({"query": "q", "documents": [{"content": [{"type": "video_url"}]}]},
+                             "documents[0].content[0]"),
     "empty document object": ({"query": "q", "documents": ["a", {}]}, "documents[1]"),
     "image not base64": ({"query": "q", "documents": ["a", "b", "c", {"image": "%%%"}]}, "documents[3].image"),
     "image url": ({"query": {"image": "https://example.com/a.png"}, "documents": ["a"]}, "query.image"),
