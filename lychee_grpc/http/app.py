@@ -179,7 +179,9 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(BodyError, _body_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    routes = frozenset(getattr(r, "path", "") for r in app.routes)
+    # Included routers sit in app.routes as one entry each: their own routes give the paths.
+    routes = frozenset({r.path for router in (api, probes) for r in router.routes}
+                       | {getattr(r, "path", "") for r in app.routes}) - {""}
     app.add_middleware(RequestMiddleware, observers=observers, authenticator=authenticator,
                        max_body_bytes=max_body_bytes, routes=routes)
     return app
