@@ -15,6 +15,9 @@ from .helpers import engine_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The SDK suites run in environments of their own (`make test-http-clients`, tests/sdk/pytest.ini).
+collect_ignore = ["sdk"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> str:
