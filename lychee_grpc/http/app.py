@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 CONSOLE = Path(__file__).resolve().parent / "console"
 # Swagger UI and ReDoc as files of a package (fastapi-offline), not from a CDN.
 DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
-DOCS_ASSET_NAMES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+# ReDoc is not offered: its page fetches its logo from its own CDN.
+DOCS_ASSET_NAMES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -140,14 +141,7 @@ def _docs_routes(app: FastAPI) -> list[Route]:
             swagger_ui_parameters={"validatorUrl": None},
         )
 
-    async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
-                              redoc_js_url=f"{root}{assets}/redoc.standalone.js",
-                              redoc_favicon_url=f"{root}{assets}/favicon.png", with_google_fonts=False)
-
-    return [Route("/docs", swagger, methods=["GET"]), Route("/redoc", redoc, methods=["GET"]),
-            *_file_routes(DOCS_ASSETS, DOCS_ASSET_NAMES, assets)]
+    return [Route("/docs", swagger, methods=["GET"]), *_file_routes(DOCS_ASSETS, DOCS_ASSET_NAMES, assets)]
 
 
 def create_app(

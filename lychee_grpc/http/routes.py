@@ -188,19 +188,14 @@ async def rerank_v2(body: RerankRequest, request: Request) -> Any:
     return await _rerank(request, body, version="2", echo_by_default=False)
 
 
-@api.post("/rerank", tags=["rerank"], summary="Rerank: vLLM's body, or TEI's (told apart by `texts`)",
-          responses={200: {"description": "vLLM's body: the /v1/rerank response, documents echoed unless "
-                                           "return_documents is false. TEI's body: TEI's list",
-                           "content": {"application/json": {"schema": {"anyOf": [
-                               {"$ref": "#/components/schemas/RerankResponse"},
-                               {"type": "array", "items": {"$ref": "#/components/schemas/TeiRank"}}]}}}}})
+@api.post("/rerank", response_model=RerankResponse | list[TeiRank], response_model_exclude_none=True,
+          tags=["rerank"], summary="Rerank: vLLM's body, or TEI's (told apart by `texts`)")
 async def rerank_root(body: Annotated[AnyRerankRequest, Body()], request: Request) -> Any:
     """vLLM's `/rerank` (documents echoed by default, as vLLM does), or text-embeddings-inference's
     (`query`, `texts`, `raw_scores`, `return_text`, `truncate`, `truncation_direction`), answering
     TEI's list of `{index, score, text?}`."""
     if isinstance(body, RerankRequest):
-        return RerankResponse.model_validate(
-            await _rerank(request, body, version="1", echo_by_default=True)).model_dump(exclude_none=True)
+        return await _rerank(request, body, version="1", echo_by_default=True)
     timeout = _timeout(request)
     inputs = convert.rerank_inputs(body.query, body.texts)
     options = convert.tei_options(body, **_common(request, timeout))
@@ -212,7 +207,7 @@ async def rerank_root(body: Annotated[AnyRerankRequest, Body()], request: Reques
 
     outcome: RerankOutcome = await _guarded(
         request, _service(request).rerank(inputs.query, inputs.documents, options), timeout, rename)
-    return [TeiRank.model_validate(r).model_dump(exclude_none=True) for r in convert.tei_response(outcome, body)]
+    return convert.tei_response(outcome, body)
 
 
 @api.get("/v1/models", response_model=ModelList, tags=["info"])
