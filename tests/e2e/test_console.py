@@ -127,6 +127,8 @@ async def test_single_analysis_shows_score_highlights_and_a_heat_map_with_legend
     await page.fill("#x-opacity", "0")
     after = await page.evaluate(pixel)
     assert after != before and after[0] == after[1] == after[2]  # no heat left: the grey picture
+    await page.fill("#x-opacity", "70")
+    assert await page.evaluate(pixel) == before
     await no_sideways_scroll(page)
     await page.screenshot(path=str(SHOTS / ("console-single.png" if width == DESKTOP else "console-single-375.png")),
                           full_page=True)

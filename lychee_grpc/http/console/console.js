@@ -379,7 +379,7 @@ async function rerank() {
     cell(row.line, "num");
     const m = moved(row);
     cell(m.text, `num ${m.cls}`).title = `incoming position ${row.position}, now ${row.rank}`;
-    const doc = cell("");
+    const doc = cell("", "doc");
     if (row.image) {
       const img = document.createElement("img");
       img.src = row.image;
