@@ -448,3 +448,24 @@ async def test_docs_pages_load_their_assets_from_this_server(http):
     page = (await http.get("/docs")).text
     assert "/docs/assets/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
     assert (await http.get("/docs/assets/swagger-ui-bundle.js")).status_code == 200
+
+
+@pytest.mark.parametrize(("flag", "host_flag"), [("--port", "--host"), ("--http-port", "--http-host"),
+                                                  ("--metrics-port", "--metrics-host")])
+def test_a_taken_port_is_named_with_its_flag(tiny_model_dir, flag, host_flag):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"--port": "0", "--http-port": "0", "--metrics-port": "0", flag: str(port)}
+        hosts = ["--host", "127.0.0.1", "--http-host", "127.0.0.1", "--metrics-host", "127.0.0.1"]
+        proc = subprocess.run([sys.executable, "-m", "lychee_grpc.cli", "serve", "--model", tiny_model_dir,
+                               "--warmup", "false", *hosts, *[x for kv in ports.items() for x in kv]],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"127.0.0.1:{port}" in last and f"{flag}:" in last, proc.stderr
