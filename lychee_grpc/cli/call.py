@@ -93,7 +93,7 @@ def _with_numbers(message, data: dict) -> dict:
         if field.json_name not in data:
             continue
         value, got = data[field.json_name], getattr(message, field.name)
-        repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        repeated = field.is_repeated
         if field.type in _INT64:
             data[field.json_name] = [int(v) for v in value] if repeated else int(value)
         elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
