@@ -2,7 +2,7 @@
 (docs/examples/) through the client and over HTTP, print the rankings, stop the server.
 
 Every port binds 127.0.0.1 (gRPC, HTTP and metrics alike). Ports: gRPC `make demo PORT=50052`,
-HTTP and metrics `make demo DEMO_ARGS="--http-port 8081 --metrics-port 9001"` (0: a free port)."""
+HTTP and metrics `make demo DEMO_ARGS="--http-port 8081 --metrics-port 9001"` ."""
 
 from __future__ import annotations
 
@@ -47,8 +47,7 @@ def check_ports(a: argparse.Namespace) -> None:
              "metrics": (a.metrics_port, 'make demo DEMO_ARGS="--metrics-port {}"')}
     for name, (port, how) in moves.items():
         if taken(port):
-            sys.exit(f"demo: {name} port {port} on {HOST} is already in use; move it: {how.format(port + 1)} "
-                     "(0 picks a free port)")
+            sys.exit(f"demo: {name} port {port} on {HOST} is already in use; move it, e.g. {how.format(port + 1)}")
 
 
 def wait_serving(target: str, proc: subprocess.Popen, seconds: float = 180) -> None:
