@@ -8,7 +8,7 @@ PORT ?= 50051
 MODEL ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto tiny-model demo serve test test-python test-python-client test-clients test-go test-java contract lint bench clean deploy-check test-load test-reliability
+.PHONY: install proto tiny-model demo serve test test-python test-python-client test-http-clients test-clients test-go test-java contract lint bench clean deploy-check test-load test-reliability
 
 STUBS := clients/python/lychee_client/proto/lychee_pb2.py
 
@@ -41,7 +41,7 @@ lint: install
 	$(VENV)/bin/pyright
 
 test-python: tiny-model lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 test: test-python
 
@@ -52,6 +52,26 @@ test-python-client: tiny-model
 	$(CLIENT_VENV)/bin/python -m pip install -q --upgrade "./clients/python[test]"
 	cd clients/python && LYCHEE_CLI=$(abspath $(VENV))/bin/lychee-grpc LYCHEE_TINY_MODEL=$(abspath $(TINY)) \
 		$(abspath $(CLIENT_VENV))/bin/python -m pytest -q -p no:cacheprovider
+
+# The real HTTP clients rerank users run (Cohere's SDK v1/v2 sync and async, LangChain's and
+# LlamaIndex's Cohere rerankers, vLLM- and TEI-shaped requests) against a live server, each suite in
+# its own environment built from PyPI with every version pinned (tests/sdk/*/requirements.txt),
+# kept in .cache/sdk-venv/ and rebuilt only when its pins change.
+SDK_VENV := .cache/sdk-venv
+SDK_SUITES := cohere integrations
+test-http-clients: tiny-model $(STUBS)
+	@for suite in $(SDK_SUITES); do \
+		venv=$(SDK_VENV)/$$suite; pins=tests/sdk/$$suite/requirements.txt; \
+		if ! cmp -s $$pins $$venv/pins.txt; then \
+			rm -rf $$venv && $(PYTHON) -m venv $$venv && \
+			$$venv/bin/python -m pip install -q --upgrade pip && \
+			$$venv/bin/python -m pip install -q --no-deps -r $$pins && \
+			$$venv/bin/python -m pip install -q --no-deps ./clients/python && \
+			cp $$pins $$venv/pins.txt || exit 1; \
+		fi; \
+		LYCHEE_CLI=$(abspath $(VENV))/bin/lychee-grpc LYCHEE_TINY_MODEL=$(abspath $(TINY)) \
+			$$venv/bin/python -m pytest -q -c tests/sdk/pytest.ini tests/sdk/$$suite || exit 1; \
+	done
 
 # The Go and Java clients against live servers, token auth and Explain included. The servers they
 # start take their settings from the environment too: no HTTP or metrics port, so several can run.
@@ -65,7 +85,7 @@ test-java: tiny-model
 contract:
 	bash scripts/check_contract.sh
 
-test-clients: test-python-client test-go test-java contract
+test-clients: test-python-client test-http-clients test-go test-java contract
 
 # Dockerfile consistency, helm lint, and rendered manifests decoded strictly into the Kubernetes types.
 deploy-check: install

@@ -1,32 +1,53 @@
-"""`make demo`: start the server on a checkpoint, rerank text and images through the client,
-print the rankings, stop the server."""
+"""`make demo`: start the server on a checkpoint, rerank text and the example images
+(docs/examples/) through the client and over HTTP, print the rankings, stop the server.
+
+Every port binds 127.0.0.1 (gRPC, HTTP and metrics alike). Ports: gRPC `make demo PORT=50052`,
+HTTP and metrics `make demo DEMO_ARGS="--http-port 8081 --metrics-port 9001"` ."""
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image, ImageDraw
 
 from lychee_grpc.client import LycheeClient, band_name, image, text
 from lychee_grpc.proto import lychee_pb2 as pb
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+HOST = "127.0.0.1"
 
-def picture(color: tuple[int, int, int], shape: str) -> bytes:
-    img = Image.new("RGB", (224, 224), (245, 245, 245))
-    draw = ImageDraw.Draw(img)
-    box = (40, 40, 184, 184)
-    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=color)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG")
-    return buf.getvalue()
+
+def example(name: str) -> bytes:
+    return (EXAMPLES / name).read_bytes()
+
+
+def taken(port: int) -> bool:
+    if port == 0:
+        return False
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(a: argparse.Namespace) -> None:
+    """A taken port is named with the make setting that moves it, before anything starts."""
+    moves = {"gRPC": (a.port, "make demo PORT={}"), "HTTP": (a.http_port, 'make demo DEMO_ARGS="--http-port {}"'),
+             "metrics": (a.metrics_port, 'make demo DEMO_ARGS="--metrics-port {}"')}
+    for name, (port, how) in moves.items():
+        if taken(port):
+            sys.exit(f"demo: {name} port {port} on {HOST} is already in use; move it, e.g. {how.format(port + 1)}")
 
 
 def wait_serving(target: str, proc: subprocess.Popen, seconds: float = 180) -> None:
@@ -59,12 +80,15 @@ def main() -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--metrics-port", type=int, default=9000)
     parser.add_argument("--keep", action="store_true", help="keep the server (and its web console) up until Ctrl-C")
     a = parser.parse_args()
-    target = f"127.0.0.1:{a.port}"
+    check_ports(a)
+    target = f"{HOST}:{a.port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "lychee_grpc.cli", "serve", "--model", a.model, "--host", "127.0.0.1",
-         "--port", str(a.port), "--http-host", "127.0.0.1", "--http-port", str(a.http_port), "--grace-seconds", "5"]
+        [sys.executable, "-m", "lychee_grpc.cli", "serve", "--model", a.model, "--host", HOST, "--port", str(a.port),
+         "--http-host", HOST, "--http-port", str(a.http_port), "--metrics-host", HOST,
+         "--metrics-port", str(a.metrics_port), "--grace-seconds", "5"]
     )
     try:
         wait_serving(target, server)
@@ -81,15 +105,14 @@ def main() -> int:
             ]
             show("text query -> text documents: 'retro denim jacket'",
                  client.rerank("retro denim jacket", titles), titles)
-            pictures = [("red circle", picture((200, 30, 30), "circle")),
-                        ("blue square", picture((30, 60, 200), "square")),
-                        ("red square", picture((200, 30, 30), "square"))]
-            docs = [pb.Document(id=name, parts=[image(data), text(name)]) for name, data in pictures]
-            query = pb.Query(parts=[image(picture((210, 40, 40), "circle")), text("same item")])
-            show("image + text query -> image + text documents", client.rerank(query, docs),
-                 [name for name, _ in pictures])
+            pictures = [("p1.jpg", "Grey fabric sofa, 4999"), ("jacket.jpg", "Denim jacket, light wash"),
+                        ("shoe.jpg", "Red canvas sneaker")]
+            docs = [pb.Document(id=name, parts=[image(example(name)), text(title)]) for name, title in pictures]
+            query = pb.Query(parts=[image(example("sofa.jpg")), text("same sofa under 5000")])
+            show("image + text query (docs/examples/sofa.jpg) -> image + text documents", client.rerank(query, docs),
+                 [f"{name}: {title}" for name, title in pictures])
         # The article's HTTP call, on the REST port beside gRPC.
-        call = urllib.request.Request(f"http://127.0.0.1:{a.http_port}/api/rerank", headers={
+        call = urllib.request.Request(f"http://{HOST}:{a.http_port}/api/rerank", headers={
             "content-type": "application/json"}, data=json.dumps({"query": "retro denim jacket",
                                                                   "documents": titles}).encode())
         with urllib.request.urlopen(call, timeout=60) as reply:
@@ -97,7 +120,7 @@ def main() -> int:
         print("\n== POST /api/rerank (REST, the article's call)")
         for rank, r in enumerate(ranked, 1):
             print(f"  {rank}. {r['score']:.3f} {r['band']:<6} [{r['index']}] {r['document']}")
-        console = f"http://localhost:{a.http_port}/"
+        console = f"http://{HOST}:{a.http_port}/"
         if a.keep:
             print(f"\nWeb console: open {console} in a browser (REST API docs at {console}docs). Ctrl-C stops.")
             try:

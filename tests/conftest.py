@@ -26,6 +26,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
             item.add_marker(no_cuda)
 
+# The SDK suites run in environments of their own (`make test-http-clients`, tests/sdk/pytest.ini).
+collect_ignore = ["sdk"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> str:

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+
+from google.protobuf.descriptor import FieldDescriptor
 
 
 def _client(args: argparse.Namespace):
@@ -76,8 +79,30 @@ def _info(args: argparse.Namespace) -> int:
     except grpc.RpcError as err:
         print(f"lychee-grpc info: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
-    print(json_format.MessageToJson(info))
+    print(json.dumps(_with_numbers(info, json_format.MessageToDict(info)), indent=2))
     return 0
+
+
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+          FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+
+
+def _with_numbers(message, data: dict) -> dict:
+    """protobuf's JSON writes 64-bit integers as strings (for JavaScript); a person reading
+    `info` (or jq) wants numbers."""
+    for field in message.DESCRIPTOR.fields:
+        if field.json_name not in data:
+            continue
+        value, got = data[field.json_name], getattr(message, field.name)
+        repeated = field.is_repeated
+        if field.type in _INT64:
+            data[field.json_name] = [int(v) for v in value] if repeated else int(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+            if repeated:
+                data[field.json_name] = [_with_numbers(m, d) for m, d in zip(got, value)]
+            else:
+                data[field.json_name] = _with_numbers(got, value)
+    return data
 
 
 def _add_connection(parser: argparse.ArgumentParser, timeout: float) -> None:

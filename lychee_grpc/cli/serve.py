@@ -44,6 +44,10 @@ def main(argv: list[str]) -> int:
     from ..engine.errors import ModelLoadError
 
     try:
+        if not config.workers.devices:  # worker processes check their own devices
+            from ..engine.model.loader import check_checkpoint
+
+            check_checkpoint(config.engine)  # before any port is bound: a wrong --model is one line
         return asyncio.run(run(config))
     except (ModelLoadError, OSError) as exc:
         print(f"lychee-grpc: cannot start: {exc}", file=sys.stderr)

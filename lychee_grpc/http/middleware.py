@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # Everything else (the console's files, /health, /live, /openapi.json, /docs) is open, so
 # probes and the console's login page work without a token.
-PROTECTED_PREFIXES = ("/v1/", "/api/")
+PROTECTED_PREFIXES = ("/v1/", "/v2/", "/api/", "/rerank")
 
 
 def _too_large(limit: int) -> TooLarge:
@@ -34,11 +34,9 @@ def _too_large(limit: int) -> TooLarge:
 
 def _route_name(scope: Scope, routes: frozenset[str]) -> str:
     """The route's template (bounded cardinality for metrics), never a raw path a client made
-    up; also for a request refused before routing (auth, size)."""
+    up; also for a request refused before routing (auth, size). No route: "unmatched"."""
     path = getattr(scope.get("route"), "path", None) or scope["path"]
-    if path in routes:
-        return path
-    return "unmatched" if path.startswith(PROTECTED_PREFIXES) else "console"
+    return path if path in routes else "unmatched"
 
 
 class RequestMiddleware:

@@ -43,7 +43,8 @@ class HttpServer:
             sock.bind((self.host, self.requested_port))
         except OSError as exc:
             sock.close()
-            raise OSError(f"cannot bind HTTP on {self.host}:{self.requested_port}: {exc.strerror}") from exc
+            raise OSError(f"cannot bind HTTP on {self.host}:{self.requested_port}: {exc.strerror} (--http-port: "
+                          "choose another port, or 0 for a free one; --http false turns HTTP off)") from exc
         sock.listen(2048)
         sock.setblocking(False)
         return sock
@@ -51,7 +52,8 @@ class HttpServer:
     async def start(self) -> int:
         sock = self._bind()
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False,
+        # uvicorn's own start and stop lines repeat ours: only its warnings and errors are logged.
+        config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False, log_level="warning",
                                 timeout_graceful_shutdown=None, **self.ssl_options)
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="lychee-http")

@@ -215,7 +215,11 @@ class MetricsExporter:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._server, self._thread = start_http_server(self.requested_port, self.host, registry=self.registry)
+        try:
+            self._server, self._thread = start_http_server(self.requested_port, self.host, registry=self.registry)
+        except OSError as exc:
+            raise OSError(f"cannot bind metrics on {self.host}:{self.requested_port}: {exc.strerror} (--metrics-port: "
+                          "choose another port, or 0 to turn metrics off)") from exc
         self.port = self._server.server_port
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
 

@@ -69,12 +69,16 @@ class GrpcServer:
                 server,
             )
         address = f"{c.host}:{c.port}"
-        if self.credentials is not None:
-            self.port = server.add_secure_port(address, self.credentials)
-        else:
-            self.port = server.add_insecure_port(address)
+        try:
+            if self.credentials is not None:
+                self.port = server.add_secure_port(address, self.credentials)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind": taken, or not an address of this machine
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind {address}")
+            raise OSError(f"cannot bind gRPC on {address}: the port is taken or the address is not this machine's "
+                          "(--port: choose another port, or 0 for a free one; --host)")
         await server.start()
         self._server = server
         self.lifecycle.subscribe(self._on_state)

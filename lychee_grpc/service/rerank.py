@@ -116,9 +116,11 @@ class Service:
                 log.exception("service observer failed")
         return served
 
-    def _outcome(
+    def outcome_of(
         self, scores: list[Score], stats: RequestStats, options: RerankOptions, started: float, served: Served
     ) -> RerankOutcome:
+        """What a request answers once its documents are scored: best first, min_score, top_n,
+        bands, total time (also for verbs built on rerank, such as chunking.py's)."""
         ranked = best_first(scores)
         dropped = 0
         if options.min_score is not None:
@@ -156,7 +158,7 @@ class Service:
                 job.cancel()
                 raise
             served = self._finished("Rerank", scores, job.stats)
-            return self._outcome(scores, job.stats, options, started, served)
+            return self.outcome_of(scores, job.stats, options, started, served)
 
     async def rerank_stream(
         self,
@@ -201,7 +203,7 @@ class Service:
                     reader.cancel()
                 job.cancel()
             served = self._finished("RerankStream", scores, job.stats)
-            yield self._outcome(scores, job.stats, options, started, served)
+            yield self.outcome_of(scores, job.stats, options, started, served)
 
     async def explain(self, query: Query, document: Document, options: ExplainOptions) -> ExplainOutcome:
         """The pair's score and each fragment's attribution, measured by occlusion (explain.py)."""

@@ -144,7 +144,14 @@ async def test_body_that_is_not_json_is_400(http):
 
 
 BAD = {
-    "unknown field": ({"query": "q", "documents": ["a", "b", "c", {"img": "x"}]}, "documents[3].img"),
+    "unknown field": ({"query": "q", "documents": ["a"], "topn": 2}, "topn"),
+    "unknown query field": ({"query": {"txt": "q"}, "documents": ["a"]}, "query.txt"),
+    "document without text": ({"query": "q", "documents": ["a", "b", "c", {"img": "x"}]}, "documents[3]"),
+    "a string for an integer": ({"query": "q", "documents": ["a"], "top_n": "2"}, "top_n"),
+    "a string for a boolean": ({"query": "q", "documents": ["a"], "return_documents": "yes"}, "return_documents"),
+    "an object for a document": ({"query": "q", "documents": [3]}, "documents[0]"),
+    "an unknown vLLM part": ({"query": "q", "documents": [{"content": [{"type": "video_url"}]}]},
+                             "documents[0].content[0]"),
     "empty document object": ({"query": "q", "documents": ["a", {}]}, "documents[1]"),
     "image not base64": ({"query": "q", "documents": ["a", "b", "c", {"image": "%%%"}]}, "documents[3].image"),
     "image url": ({"query": {"image": "https://example.com/a.png"}, "documents": ["a"]}, "query.image"),
@@ -265,3 +272,198 @@ async def test_auth_hook_guards_the_api_but_not_probes_console_or_docs(server):
     assert observer.calls[-1][:3] == ("http", "/v1/rerank", "200")
     assert observer.calls[-1][3] == ok.headers["x-request-id"]
     assert observer.calls[-1][4].startswith("127.0.0.1:")
+
+
+# ---- every request shape its users already send, on the one service ---------------------------
+async def grpc_scores(client, query, documents) -> dict[int, float]:
+    """index -> gRPC score, for documents given as lists of parts."""
+    rpc = await client.rerank(query, [pb.Document(parts=d) for d in documents])
+    return {r.index: r.score for r in rpc.results}
+
+
+async def test_cohere_v2_body_on_v2_rerank_with_nulls_answers_cohere_v2_fields(http, client):
+    response = await http.post("/v2/rerank", json={
+        "model": "rerank-v3.5", "query": "denim", "documents": TITLES, "top_n": None, "max_tokens_per_doc": None,
+        "priority": 0})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = await grpc_scores(client, "denim", [[text(t)] for t in TITLES])
+    assert {r["index"]: f32(r["relevance_score"]) for r in body["results"]} == expected
+    assert body["meta"]["api_version"] == {"version": "2"}
+    assert body["meta"]["billed_units"] == {"search_units": 1}
+    assert all("document" not in r for r in body["results"])
+
+
+async def test_vllm_body_mixing_strings_and_content_with_an_image_echoes_documents(http, client):
+    img = noise_image(64, 64, seed=5)
+    url = f"data:image/png;base64,{b64(img)}"
+    content = {"content": [{"type": "text", "text": "cotton tee"}, {"type": "image_url", "image_url": {"url": url}}]}
+    response = await http.post("/rerank", json={
+        "model": "whatever", "query": "same style", "documents": ["cotton tee", content],
+        "truncate_prompt_tokens": -1, "use_activation": True, "priority": 0})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = await grpc_scores(client, "same style", [[text("cotton tee")], [text("cotton tee"), image(img)]])
+    assert {r["index"]: f32(r["relevance_score"]) for r in body["results"]} == expected
+    echoed = {r["index"]: r["document"] for r in body["results"]}
+    assert echoed[0] == {"text": "cotton tee"}
+    assert echoed[1]["multi_modal"] == content["content"]
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 0
+
+
+async def test_vllm_use_activation_false_answers_the_logit(http):
+    response = await http.post("/v1/rerank", json={"query": "q", "documents": TITLES[:2], "use_activation": False})
+    assert all(r["relevance_score"] == r["logit"] for r in response.json()["results"])
+
+
+async def test_v1_models_lists_the_served_model(http, server):
+    body = (await http.get("/v1/models")).json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == [server.service.model_info().model]
+
+
+async def test_tei_body_on_rerank_answers_tei_list_with_raw_scores_and_text(http, client):
+    response = await http.post("/rerank", json={"query": "denim", "texts": TITLES[:3], "raw_scores": True,
+                                                "return_text": True, "truncate": False,
+                                                "truncation_direction": "Right"})
+    assert response.status_code == 200, response.text
+    ranks = response.json()
+    rpc = await client.rerank("denim", [pb.Document(parts=[text(t)]) for t in TITLES[:3]])
+    assert [(r["index"], f32(r["score"])) for r in ranks] == [(r.index, r.logit) for r in rpc.results]
+    assert [r["text"] for r in ranks] == [TITLES[r["index"]] for r in ranks]
+    left = await http.post("/rerank", json={"query": "q", "texts": ["a"], "truncation_direction": "left"})
+    assert left.status_code == 422 and fields(left) == ["truncation_direction"]
+    empty = await http.post("/rerank", json={"query": "q", "texts": []})
+    assert empty.status_code == 422 and fields(empty) == ["texts"]
+
+
+async def test_cohere_max_chunks_per_doc_scores_a_long_document_by_its_best_chunk(http, client):
+    words = [f"{w}{i}" for i in range(400) for w in ("denim ",)]
+    long_text = " ".join(words)  # far over the 512-token limit of the test server
+    response = await http.post("/v1/rerank", json={
+        "query": "denim", "documents": ["short title", long_text], "max_chunks_per_doc": 3, "return_documents": True})
+    assert response.status_code == 200, response.text
+    result = {r["index"]: r for r in response.json()["results"]}
+    chunk = result[1]["chunk"]
+    assert chunk["chunks"] == 3 and result[1]["truncated"] is True  # more text than three chunks
+    assert result[0]["chunk"] == {"index": 0, "start": 0, "end": len("short title"), "chunks": 1}
+    piece = long_text[chunk["start"]:chunk["end"]]
+    rpc = await client.rerank("denim", [pb.Document(parts=[text(piece)])])
+    # Alone the chunk meets another batch: equal within float32 rounding of batch composition.
+    assert abs(result[1]["relevance_score"] - rpc.results[0].score) < 1e-6
+    assert result[1]["document"] == {"text": long_text}
+    refused = await http.post("/v1/rerank", json={"query": "denim", "documents": ["a", long_text]})
+    assert refused.status_code == 422 and fields(refused) == ["documents[1]"]
+
+
+async def test_cohere_rank_fields_score_the_named_fields(http, client):
+    docs = [{"title": "Denim jacket", "text": "vintage wash", "sku": "A1"}, {"title": "Green tea", "text": "loose"}]
+    response = await http.post("/v1/rerank", json={"query": "denim", "documents": docs,
+                                                    "rank_fields": ["title", "text"], "return_documents": True})
+    assert response.status_code == 200, response.text
+    expected = await grpc_scores(client, "denim", [[text("title: Denim jacket\ntext: vintage wash")],
+                                                   [text("title: Green tea\ntext: loose")]])
+    body = response.json()
+    assert {r["index"]: f32(r["relevance_score"]) for r in body["results"]} == expected
+    assert {r["index"]: r["document"] for r in body["results"]} == dict(enumerate(docs))
+
+
+POLICY = {
+    "relevant spans": ({"relevant_spans": {"mode": "enabled"}}, "relevant_spans.mode"),
+    "left truncation": ({"truncation_side": "left"}, "truncation_side"),
+    "query truncation": ({"max_tokens_per_query": 5}, "max_tokens_per_query"),
+    "processor settings": ({"mm_processor_kwargs": {"max_pixels": 100}}, "mm_processor_kwargs"),
+    "two token caps": ({"max_tokens_per_doc": 5, "truncate_prompt_tokens": 5}, "truncate_prompt_tokens"),
+}
+
+
+@pytest.mark.parametrize("name", list(POLICY))
+async def test_what_a_known_client_may_send_but_cannot_mean_here_is_refused_naming_it(http, name):
+    extra, field = POLICY[name]
+    response = await http.post("/v2/rerank", json={"query": "q", "documents": ["a"], **extra})
+    assert response.status_code == 422, response.text
+    assert fields(response) == [field]
+
+
+async def test_ignored_fields_of_known_clients_are_accepted(http):
+    response = await http.post("/rerank", json={
+        "query": "q", "documents": ["a"], "model": "m", "user": "u", "request_id": "r", "cache_salt": "s",
+        "priority": 3, "mm_processor_kwargs": {}, "relevant_spans": {"mode": "disabled"}, "max_tokens_per_query": 0,
+        "truncation_side": "right", "softmax": True, "activation": True})
+    assert response.status_code == 200, response.text
+
+
+# ---- an HTTP API without surprises -------------------------------------------------------------
+async def test_unknown_paths_are_404_and_known_paths_with_another_method_405_with_allow(server):
+    observer = Observer()
+    rest = create_app(server.service, server.lifecycle, observers=[observer])
+    http_server = HttpServer(rest, "127.0.0.1", 0)
+    await http_server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_server.port}") as c:
+            for method, path in (("POST", "/v1/nothing"), ("GET", "/nothing.js"), ("GET", "/v3/rerank")):
+                missing = await c.request(method, path)
+                assert missing.status_code == 404, (method, path)
+                assert error_of(missing)["code"] == "not_found"
+            for method, path, allow in (("GET", "/v1/rerank", "POST"), ("GET", "/v2/rerank", "POST"),
+                                        ("POST", "/", "GET, HEAD"), ("DELETE", "/v1/info", "GET"),
+                                        ("POST", "/docs", "GET, HEAD")):
+                wrong = await c.request(method, path)
+                assert wrong.status_code == 405, (method, path)
+                assert set(wrong.headers["allow"].split(", ")) == set(allow.split(", "))
+                assert error_of(wrong)["code"] == "method_not_allowed"
+    finally:
+        await http_server.stop(1)
+    labels = {(call[1], call[2]) for call in observer.calls}
+    assert ("unmatched", "404") in labels and ("/v1/rerank", "405") in labels
+    assert not any(label == "console" for label, _ in labels)
+
+
+async def test_body_checks_come_before_fields_415_then_400(http):
+    wrong = await http.post("/v1/rerank", content=b'{"query": "q", "documents": ["a"]}',
+                            headers={"content-type": "text/plain"})
+    assert wrong.status_code == 415 and error_of(wrong)["code"] == "unsupported_media_type"
+    form = await http.post("/v1/rerank", data={"query": "q"})
+    assert form.status_code == 415
+    for empty in (b"", b"  \n"):
+        response = await http.post("/v2/rerank", content=empty, headers={"content-type": "application/json"})
+        assert response.status_code == 400 and fields(response) == ["body"]
+    not_object = await http.post("/v1/rerank", json=["q"])
+    assert not_object.status_code == 422 and error_of(not_object)["field_violations"][0]["description"].startswith(
+        "expected an object, got an array")
+
+
+async def test_wrong_types_name_the_field_and_the_type_expected(http):
+    response = await http.post("/v1/rerank", json={"query": 5, "documents": "a", "top_n": "2"})
+    assert response.status_code == 422
+    described = {v["field"]: v["description"] for v in error_of(response)["field_violations"]}
+    assert described["top_n"] == 'expected an integer, got a string "2"'
+    assert described["documents"].startswith("expected an array, got a string")
+    assert described["query"].startswith("expected a string, an object")
+
+
+async def test_docs_pages_load_their_assets_from_this_server(http):
+    page = (await http.get("/docs")).text
+    assert "/docs/assets/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
+    assert (await http.get("/docs/assets/swagger-ui-bundle.js")).status_code == 200
+
+
+@pytest.mark.parametrize(("flag", "host_flag"), [("--port", "--host"), ("--http-port", "--http-host"),
+                                                  ("--metrics-port", "--metrics-host")])
+def test_a_taken_port_is_named_with_its_flag(tiny_model_dir, flag, host_flag):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"--port": "0", "--http-port": "0", "--metrics-port": "0", flag: str(port)}
+        hosts = ["--host", "127.0.0.1", "--http-host", "127.0.0.1", "--metrics-host", "127.0.0.1"]
+        proc = subprocess.run([sys.executable, "-m", "lychee_grpc.cli", "serve", "--model", tiny_model_dir,
+                               "--warmup", "false", *hosts, *[x for kv in ports.items() for x in kv]],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"127.0.0.1:{port}" in last and f"{flag}:" in last, proc.stderr

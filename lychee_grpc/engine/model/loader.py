@@ -102,8 +102,11 @@ def _token_id(tokenizer, word: str, model: str) -> int:
     return ids[0]
 
 
-def load_model(config: EngineConfig) -> LoadedModel:
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+def check_checkpoint(config: EngineConfig) -> tuple[torch.device, torch.dtype, str]:
+    """What can be known before loading: the device, dtype and attention, and that the checkpoint
+    exists (a local folder with its config, or a hub id whose config resolves). `serve` calls it
+    before binding any port, so a wrong path fails with one line."""
+    from transformers import AutoConfig
 
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
@@ -112,7 +115,32 @@ def load_model(config: EngineConfig) -> LoadedModel:
         raise ModelLoadError(f"{config.model!r}: no such checkpoint folder")
     if Path(config.model).exists() and not (Path(config.model) / "config.json").exists():
         raise ModelLoadError(f"{config.model!r} is a path but holds no config.json: not a checkpoint folder")
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would bury the one line that says what to do
+    try:
+        AutoConfig.from_pretrained(config.model, revision=config.revision)
+    except (OSError, ValueError) as exc:
+        raise _cannot_load(config.model, exc) from None
+    finally:
+        hub_log.setLevel(level)
     _check_gpu_memory(config.model, device)
+    return device, dtype, attention
+
+
+def _cannot_load(model: str, exc: BaseException) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+    return ModelLoadError(
+        f"cannot load {model!r}: {first}. Pass --model a local checkpoint folder, or a hub id "
+        f"this machine can download{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}"
+    )
+
+
+def load_model(config: EngineConfig) -> LoadedModel:
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    device, dtype, attention = check_checkpoint(config)
     log.info("loading %s on %s as %s, attention %s", config.model, device, dtype, attention)
     try:
         processor = AutoProcessor.from_pretrained(config.model, revision=config.revision)
@@ -131,12 +159,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
             f"{total / 2**30:.1f} GiB); use a GPU with at least 24 GB, or free this one"
         ) from None
     except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(
-            f"cannot load {config.model!r}: {first}. Pass --model a local checkpoint folder, or a hub id "
-            f"this machine can download{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}"
-        ) from None
+        raise _cannot_load(config.model, exc) from None
     missing = list(info.get("missing_keys") or [])
     if missing:
         raise ModelLoadError(

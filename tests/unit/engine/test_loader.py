@@ -56,6 +56,8 @@ def test_serve_exits_nonzero_with_one_line_naming_the_cause(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1
+    # Checked before any port is bound or anything logged: the cause is all the user reads.
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "cannot start" in proc.stderr and "no such checkpoint folder" in proc.stderr
 
 
