@@ -242,7 +242,7 @@ func (f *FailOpen) call(ctx context.Context, opts *StreamOptions, docs []*Docume
 		case code == codes.InvalidArgument:
 			return fallBack(Invalid, n, start, attempts, a.err)
 		case errors.As(a.err, &over):
-			if time.Now().Add(over.RetryAfter+f.opts.MinRetryWindow).After(end) {
+			if time.Now().Add(over.RetryAfter + f.opts.MinRetryWindow).After(end) {
 				return fallBack(Overloaded, n, start, attempts, a.err)
 			}
 			select {

@@ -217,7 +217,7 @@ func TestFailOpenBreakerOpensProbesAndCloses(t *testing.T) {
 	var seen []*FailOpenResult
 	var changes []string
 	st := gobreaker.Settings{Name: "test", MaxRequests: 1, Timeout: 300 * time.Millisecond,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.Requests >= 3 && c.TotalFailures*2 >= c.Requests },
+		ReadyToTrip:   func(c gobreaker.Counts) bool { return c.Requests >= 3 && c.TotalFailures*2 >= c.Requests },
 		OnStateChange: func(_ string, from, to gobreaker.State) { changes = append(changes, from.String()+"->"+to.String()) }}
 	fo, fake := newFailOpen(t, FailOpenOptions{Breaker: &st, OnResult: func(r *FailOpenResult) { seen = append(seen, r) }})
 	for range 3 {
