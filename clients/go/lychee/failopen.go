@@ -233,9 +233,12 @@ func (f *FailOpen) call(ctx context.Context, opts *StreamOptions, docs []*Docume
 		}
 		var over *OverloadedError
 		switch code := status.Code(a.err); {
-		case a.err == nil || code == codes.DeadlineExceeded || code == codes.Canceled:
+		case errors.Is(ctx.Err(), context.Canceled):
+			return fallBack(Failed, n, start, attempts, a.err) // the caller gave up
+		case a.err == nil || code == codes.DeadlineExceeded:
 			return fallBack(f.deadlineOrUnavailable(a), n, start, attempts, a.err)
-		case code == codes.Unavailable:
+		case code == codes.Unavailable || code == codes.Canceled:
+			// CANCELLED not of our doing: the replica ended the call (shutting down).
 			return fallBack(Unavailable, n, start, attempts, a.err)
 		case code == codes.Unauthenticated:
 			return fallBack(Unauthenticated, n, start, attempts, a.err)

@@ -185,10 +185,11 @@ public final class FailOpenReranker {
         return partial(a, start, attempts, e);
       }
       switch (e.getCode()) {
-        case DEADLINE_EXCEEDED, CANCELLED -> {
+        case DEADLINE_EXCEEDED -> {
           return fallBack(deadlineOrUnavailable(a), n, start, attempts, e);
         }
-        case UNAVAILABLE -> {
+        case UNAVAILABLE, CANCELLED -> {
+          // CANCELLED not of our doing (ours ends the call without an error): the replica ended it.
           return fallBack(Outcome.UNAVAILABLE, n, start, attempts, e);
         }
         case UNAUTHENTICATED -> {
