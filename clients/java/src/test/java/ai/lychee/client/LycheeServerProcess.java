@@ -107,11 +107,11 @@ public final class LycheeServerProcess implements AutoCloseable {
    */
   public static LycheeServerProcess start(String name, Map<String, String> env)
       throws IOException, InterruptedException {
-    return start(name, env, List.of(cli().toString()));
+    return start(name, env, List.of(cli().toString(), "serve"));
   }
 
   /**
-   * Starts {@code command serve ...}: {@code command} is the CLI, or e.g.
+   * Starts {@code command --model ... --port ...}: {@code command} is {@code [cli, serve]}, or e.g.
    * {@code [python, -m, tests.fault_server, slow-batches, 2]} for a server with a fault injected
    * (run from {@link #repoRoot()}).
    */
@@ -143,7 +143,7 @@ public final class LycheeServerProcess implements AutoCloseable {
     int port = freePort();
     Path log = logDir.resolve(name.isEmpty() ? "lychee-server.log" : "lychee-server-" + name + ".log");
     List<String> argv = new java.util.ArrayList<>(command);
-    argv.addAll(List.of("serve", "--model", model.toString(),
+    argv.addAll(List.of("--model", model.toString(),
         "--host", "127.0.0.1", "--port", Integer.toString(port), "--grace-seconds", "2"));
     ProcessBuilder pb = new ProcessBuilder(argv)
         .directory(repoRoot().toFile())
