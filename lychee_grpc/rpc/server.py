@@ -38,7 +38,9 @@ class GrpcServer:
         self.credentials = credentials
         self.health = health.aio.HealthServicer()
         self.port = 0
+        self.health_port = 0
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._health_updates: set[asyncio.Task] = set()
 
     async def start(self) -> int:
@@ -69,10 +71,24 @@ class GrpcServer:
             raise OSError(f"cannot bind {address}")
         await server.start()
         self._server = server
+        if c.health_port:
+            await self._start_health_server(f"{c.host}:{c.health_port}")
         self.lifecycle.subscribe(self._on_state)
         await self.settle_health()
         log.info("gRPC listening on %s:%d%s", c.host, self.port, " (TLS)" if self.credentials else "")
         return self.port
+
+    async def _start_health_server(self, address: str) -> None:
+        """The same health statuses on a plaintext port that serves nothing else: the kubelet's gRPC
+        probe cannot present a client certificate, and nothing but health is reachable here."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.health_port = server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise OSError(f"cannot bind the health port {address}")
+        await server.start()
+        self._health_server = server
+        log.info("gRPC health (plaintext, health only) on %s", address)
 
     def _on_state(self, state: State) -> None:
         status = (
@@ -96,3 +112,6 @@ class GrpcServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
