@@ -19,6 +19,10 @@ ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# Unset by default. `make image-check` bind-mounts a folder of wheels and passes PIP_FIND_LINKS=/wheels
+# PIP_NO_INDEX=1, so that a rebuild does not download torch again (pip reads both from the environment).
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
 RUN python3 -m venv "$VIRTUAL_ENV"
 WORKDIR /src
 # Dependencies first, read from pyproject.toml alone, so that a code change does not re-install torch.

@@ -8,7 +8,7 @@ PORT ?= 50051
 MODEL ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto tiny-model demo serve test test-python test-python-client test-clients test-go test-java test-java-search contract lint bench clean deploy-check test-load test-reliability
+.PHONY: install proto tiny-model demo serve test test-python test-python-client test-clients test-go test-java test-java-search contract lint bench clean deploy-check image-check test-load test-reliability
 
 STUBS := clients/python/lychee_client/proto/lychee_pb2.py
 
@@ -74,6 +74,11 @@ test-clients: test-python-client test-go test-java test-java-search contract
 # Dockerfile consistency, helm lint, and rendered manifests decoded strictly into the Kubernetes types.
 deploy-check: install
 	PYTHON=$(PY) bash scripts/check_deploy.sh
+
+# The real Dockerfile built with buildah on a local Debian base, the tiny model served from the image and checked
+# from outside (gRPC health, a rerank, /health, /metrics, SIGTERM). Root; caches in .cache/image and buildah's store.
+image-check: tiny-model
+	PYTHON=$(PY) LYCHEE_CLI=$(VENV)/bin/lychee-grpc LYCHEE_TINY_MODEL=$(TINY) bash scripts/image_check.sh
 
 bench: install
 	$(PY) -m bench.run
