@@ -59,6 +59,11 @@ import socket
 socks = [socket.socket() for _ in range(3)]
 for s in socks: s.bind(('127.0.0.1', 0))
 print(*(s.getsockname()[1] for s in socks))")
+# The image runs as user 10001, as in a pod: hand it a world-readable copy of the model (a checkpoint
+# folder written by root may hold files only root can read).
+rm -rf "$CACHE/model"
+cp -r "$MODEL" "$CACHE/model"
+chmod -R a+rX "$CACHE/model"
 step "serving the tiny model from the image: gRPC $PORT, HTTP $HTTP_PORT, metrics $METRICS_PORT"
 ctr=$(buildah from --quiet "$IMAGE")
 server=
@@ -71,7 +76,7 @@ cleanup() {
 trap cleanup EXIT
 # The image's entrypoint command as the image's user (10001), its environment, the model mounted read-only.
 buildah run --isolation chroot --network host \
-  --volume "$ROOT/$MODEL:/models/tiny:ro" "$ctr" -- \
+  --volume "$ROOT/$CACHE/model:/models/tiny:ro" "$ctr" -- \
   lychee-grpc serve --model /models/tiny --host 127.0.0.1 --port "$PORT" \
     --http-host 127.0.0.1 --http-port "$HTTP_PORT" --metrics-host 127.0.0.1 --metrics-port "$METRICS_PORT" \
   > "$CACHE/serve.log" 2>&1 &
@@ -109,8 +114,13 @@ grep -E '^lychee_requests_total\{.*method="Rerank".*\} [1-9]' "$CACHE/metrics.tx
   || { echo "/metrics does not count the rerank" >&2; exit 1; }
 
 step "SIGTERM: drain and exit 0"
-# buildah run's child is the server (the image's user, PID namespace shared with the host in chroot isolation).
-pid=$(pgrep -P "$server" -f "lychee-grpc serve" || pgrep -P "$server")
+# The server runs under buildah's chroot helper, in the host's PID namespace (chroot isolation): find it by
+# its unique command line (this run's port) and signal it alone, as the kubelet signals PID 1.
+pid=
+for p in $(pgrep -f -- "serve --model /models/tiny --host 127.0.0.1 --port $PORT "); do
+  [[ $(cat "/proc/$p/comm" 2>/dev/null) == lychee-grpc ]] && pid=$p  # not buildah's own processes
+done
+[[ -n $pid ]] || { echo "cannot find the server process" >&2; exit 1; }
 kill -TERM "$pid"
 rc=0
 wait "$server" || rc=$?
