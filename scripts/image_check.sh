@@ -4,9 +4,10 @@
 # model from the image and checks it from outside: gRPC health, a rerank, HTTP /health and /metrics, and a
 # clean SIGTERM drain.
 #
-# Caches, all in the clone: .cache/image/ (the base's rootfs tarball, the wheels the image's pip installs
-# from, with no download on a rebuild) and buildah's layer cache (/var/lib/containers), so a warm run
-# rebuilds only what changed. Needs root; installs buildah and mmdebstrap from Debian when missing.
+# Caches: .cache/image/ in the clone (the base's rootfs tarball, the wheels the image's pip installs from,
+# with no download on a rebuild) and buildah's layer cache (/var/lib/containers: the base, this image and
+# its build stage stay tagged; older layers are pruned at the end), so a warm run rebuilds only what
+# changed. Needs root; installs buildah and mmdebstrap from Debian when missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -48,10 +49,12 @@ fi
 rm -f "$CACHE/requirements.new"
 
 step "buildah bud $IMAGE (CUDA_BASE=$BASE_IMAGE)"
-buildah bud --isolation chroot --layers --quiet \
-  --build-arg "CUDA_BASE=$BASE_IMAGE" --build-arg PIP_FIND_LINKS=/wheels --build-arg PIP_NO_INDEX=1 \
-  --volume "$ROOT/$CACHE/wheels:/wheels:ro" \
-  -t "$IMAGE" -f Dockerfile . >/dev/null
+bud=(buildah bud --isolation chroot --layers --quiet
+  --build-arg "CUDA_BASE=$BASE_IMAGE" --build-arg PIP_FIND_LINKS=/wheels --build-arg PIP_NO_INDEX=1
+  --volume "$ROOT/$CACHE/wheels:/wheels:ro" -f Dockerfile)
+# The build stage is tagged too, so that its cached layers (the dependencies) survive the prune below.
+"${bud[@]}" --target build -t "$IMAGE-build" . >/dev/null
+"${bud[@]}" -t "$IMAGE" . >/dev/null
 buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' "$IMAGE"
 
 read -r PORT HTTP_PORT METRICS_PORT < <("$PY" -c "
@@ -127,4 +130,8 @@ wait "$server" || rc=$?
 [[ $rc == 0 ]] || { echo "the server exited with $rc" >&2; tail -20 "$CACHE/serve.log" >&2; exit 1; }
 grep -q "stopped" "$CACHE/serve.log"
 server=
+# Bound the disk: each code change leaves a few GB of layers behind; drop those no tagged image uses (this
+# build's image and its build stage stay, as the cache of the next run).
+buildah rm "$ctr" >/dev/null
+buildah rmi --prune >/dev/null 2>&1 || true
 step "image check passed"
