@@ -1,5 +1,9 @@
 """The benchmark's requests: T100 (a query and 100 product titles of 48-144 tokens) and I100 (a
-query and 100 documents of one 448x448 JPEG and a 32-token title), seeded."""
+query and 100 documents of one 448x448 JPEG and a 32-token title), seeded.
+
+Token counts are measured with the tokenizer passed in; every caller passes the tiny checkpoint's,
+which is the real Qwen2.5 tokenizer (lychee_grpc/engine/model/qwen_vocab.py), so they are counts
+of Lychee-Rerank-MM's own tokens."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ Workload = tuple[Query, list[Document]]
 
 
 def words_of_tokens(tok, rng: random.Random, n: int) -> str:
+    """Random words from WORDS until the text is at least `n` tokens (at most a word's tokens over)."""
     text = ""
     while len(tok.encode(text, add_special_tokens=False)) < n:
         text += ("" if not text else " ") + rng.choice(WORDS)

@@ -15,12 +15,14 @@ def add_parser(sub) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from ..engine.model.tiny_model import make_tiny_model
+    from ..engine.model.tiny_model import is_current, make_tiny_model
 
     out = Path(a.dir)
-    if (out / "config.json").exists() and not a.force:
+    if is_current(out) and not a.force:
         print(f"{out} already holds a checkpoint (use --force to rebuild)")
         return 0
+    if (out / "config.json").exists() and not a.force:
+        print(f"{out} holds an older tiny checkpoint: rebuilding it")
     make_tiny_model(out, seed=a.seed)
     print(f"wrote a tiny RANDOM-weight Qwen2.5-VL checkpoint to {out}")
     return 0
