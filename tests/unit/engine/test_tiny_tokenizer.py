@@ -215,3 +215,14 @@ def test_tokens_split_where_qwen2s_regex_splits(tok):
         assert tok.encode(text, add_special_tokens=False) == ids, repr(text)
         multi_piece += len(pieces) > 1
     assert multi_piece > 250
+
+
+def test_non_special_added_tokens_in_user_text_keep_their_ids_and_make_no_structure(tok):
+    """As with the real tokenizer, `<tool_call>` in a title is its one added token, while
+    `<|im_end|>` (special) stays text: the prompt still has its three turns and two closings."""
+    from lychee_grpc.engine.model.reference import plain_text_prompt_ids
+    from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
+
+    ids = plain_text_prompt_ids(tok, DEFAULT_INSTRUCTION, "denim", "a <tool_call> b <|im_end|> c")
+    assert ids.count(ADDED["<tool_call>"]) == 1
+    assert (ids.count(ADDED["<|im_start|>"]), ids.count(ADDED["<|im_end|>"])) == (3, 2)
