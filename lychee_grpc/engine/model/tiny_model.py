@@ -57,7 +57,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
         Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
+        Qwen2VLVideoProcessor,  # pyright: ignore[reportAttributeAccessIssue]  # a lazy export transformers' stubs omit
     )
 
     out = Path(out_dir)
@@ -114,16 +114,17 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
+        # Taken through the config's **kwargs, which its annotation does not list.
+        bos_token_id=ids["<|endoftext|>"],  # pyright: ignore[reportCallIssue]
+        eos_token_id=ids["<|im_end|>"],  # pyright: ignore[reportCallIssue]
+        pad_token_id=ids["<|endoftext|>"],  # pyright: ignore[reportCallIssue]
         tie_word_embeddings=False,
     )
     setattr(config, RANDOM_WEIGHTS_FLAG, True)
     setattr(config, VERSION_KEY, TINY_MODEL_VERSION)
 
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
+    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()  # pyright: ignore[reportArgumentType]  # nn.Module.to's overloads
     # Spread the weights so that scores vary across inputs instead of sitting at 0.5.
     with torch.no_grad():
         for name, p in model.named_parameters():
