@@ -113,7 +113,7 @@ def plainly_valid(request) -> bool:
 
     return (ok_parts(request.query.parts) and 0 < len(request.documents) <= 60
             and all(ok_parts(d.parts) for d in request.documents) and len(request.instruction.encode()) < 64
-            and request.max_tokens_per_document == 0
+            and request.max_tokens_per_document == 0 and request.truncation in (0, 1, 2)  # the enum's values
             and (not request.HasField("min_score") or 0.0 <= request.min_score <= 1.0))
 
 
