@@ -198,7 +198,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("warmup", "engine.warmup", "run a text, an image and a one-document batch before serving", parse_bool),
     Setting("batch-invariant", "engine.batch_invariant",
             "fixed reduction orders in every matmul, norm and attention: a pair's score has the same bits whatever "
-            "it is batched with (T100 and I100 took 1.16-1.17x as long on an H200; GetModelInfo reports it)",
+            "it is batched with (T100 and I100 took 1.03x and 1.06x as long on an H200; GetModelInfo reports it)",
             parse_bool),
     # ---- gRPC ----
     Setting("host", "grpc.host", "address to bind"),

@@ -19,6 +19,7 @@ neighbouring programs share the weight tiles in L2.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 
@@ -30,7 +31,25 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
 
 # Fixed for every shape (the point of the kernel). 128x256x64, 3 stages, 8 warps: the Triton
 # tutorial's persistent-matmul setting for Hopper; bench/kernels/invariant.py times it here.
-CONFIG = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_stages": 3, "num_warps": 8}
+# TMA: 1 loads the tiles through tensor-memory-accelerator descriptors (Hopper and later), 0 through
+# pointers; the products and their order are the same either way.
+CONFIG = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_stages": 3, "num_warps": 8, "TMA": 0}
+# Per weight shape (N, K) of the 7B, what differs from CONFIG: the fastest candidate summed over
+# the shape's row counts on an H200 (bench/kernels/gemm_tiles.py, bench/results/nvidia-h200-gemm-tiles.txt:
+# 1.24x cuBLAS with CONFIG alone, 1.11x with these). Keyed by the weight, so a row still meets
+# the same tile at every batch size.
+TILES: dict[tuple[int, int], dict[str, int]] = {
+    (3584, 3584): {"BLOCK_N": 128, "num_stages": 4, "TMA": 1},  # LM q/o
+    (512, 3584): {"BLOCK_N": 128, "num_stages": 4},  # LM k/v
+    (18944, 3584): {"TMA": 1},  # LM gate/up
+    (3584, 18944): {"TMA": 1},  # LM down
+    (3840, 1280): {"num_stages": 4},  # ViT qkv
+    (1280, 1280): {"num_stages": 4},  # ViT proj
+    (3424, 1280): {"TMA": 1},  # ViT gate/up
+    (1280, 3424): {"TMA": 1},  # ViT down
+    (5120, 5120): {"TMA": 1},  # merger 1
+    (3584, 5120): {"BLOCK_N": 128, "num_stages": 4, "TMA": 1},  # merger 2
+}
 
 if triton is not None:
 
@@ -76,6 +95,49 @@ if triton is not None:
             out = c_ptr + rows.to(tl.int64)[:, None] * stride_cm + cols[None, :] * stride_cn
             tl.store(out, acc.to(c_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < N))
 
+    @triton.jit(do_not_specialize=["M", "num_programs"])
+    def _linear_kernel_tma(
+        a_ptr, w_ptr, bias_ptr, c_ptr, M, N, K, num_programs,
+        HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ):
+        # Descriptors built on the device: host-built ones are encoded by the launcher at every
+        # call (~200 matmuls a forward), which doubled a single pair's time on an H200.
+        a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])  # pyright: ignore[reportArgumentType]
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])  # pyright: ignore[reportArgumentType]
+        c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])  # pyright: ignore[reportArgumentType]
+        pid = tl.program_id(0)
+        tiles_m = tl.cdiv(M, BLOCK_M)
+        tiles_n = tl.cdiv(N, BLOCK_N)
+        k_tiles = tl.cdiv(K, BLOCK_K)
+        per_group = GROUP_M * tiles_n
+        for tile in tl.range(pid, tiles_m * tiles_n, num_programs):
+            group = tile // per_group
+            first_m = group * GROUP_M
+            group_size = min(tiles_m - first_m, GROUP_M)
+            tile_m = first_m + (tile % per_group) % group_size
+            tile_n = (tile % per_group) // group_size
+            # Rows past M and the K tail read as zeros (the descriptor's padding), stores past M
+            # and N are dropped: the same products as the pointer kernel's masked loads.
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for kt in range(k_tiles):
+                a = a_desc.load([tile_m * BLOCK_M, kt * BLOCK_K])
+                w = w_desc.load([tile_n * BLOCK_N, kt * BLOCK_K])
+                if IEEE:
+                    acc = tl.dot(a, w.T, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a, w.T, acc)
+            if HAS_BIAS:
+                cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+                bias = tl.load(bias_ptr + cols, mask=cols < N, other=0.0)
+                acc = acc + bias.to(tl.float32)[None, :]
+            c_desc.store([tile_m * BLOCK_M, tile_n * BLOCK_N], acc.to(c_ptr.dtype.element_ty))
+
+
+def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Global memory for the descriptors the TMA kernel builds on the device."""
+    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
+
 
 @functools.lru_cache(maxsize=8)
 def _programs(device_index: int | None) -> int:
@@ -84,9 +146,17 @@ def _programs(device_index: int | None) -> int:
     return 4  # the interpreter: a few programs, so that the tile walk is exercised
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def tile_for(n: int, k: int) -> dict[str, int]:
+    """The tile for a weight of N x K: chosen by the weight's shape alone, never by the batch's."""
+    return {**CONFIG, **TILES.get((n, k), {})}
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, config: dict[str, int] | None = None
+) -> torch.Tensor:
     """`x @ weight.T + bias` over the last dimension of x, batch-invariantly (see the module doc).
-    x: [..., K]; weight: [N, K]; bias: [N] or None. The output has x's dtype."""
+    x: [..., K]; weight: [N, K]; bias: [N] or None. The output has x's dtype. `config` overrides
+    the weight's tile (the kernel benches)."""
     if triton is None:
         raise RuntimeError("the batch-invariant matmul needs triton")
     lead = x.shape[:-1]
@@ -100,15 +170,26 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0:
         return out.view(*lead, N)
-    cfg = CONFIG
-    tiles = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
+    cfg = {**tile_for(N, K), **(config or {})}
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     # The number of programs changes which program takes which tile, never a tile's arithmetic.
     programs = min(_programs(x.device.index if x.is_cuda else None), tiles)
+    common: dict[str, Any] = dict(  # constexprs and launch options
+        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        GROUP_M=cfg["GROUP_M"], num_stages=cfg["num_stages"], num_warps=cfg["num_warps"],
+    )
+    bias_arg = bias if bias is not None else weight
+    # Descriptors need 16-byte rows; whether they are used depends on the weight's shape alone.
+    if cfg.get("TMA") and (K * x.element_size()) % 16 == 0 and (N * x.element_size()) % 16 == 0:
+        if a.data_ptr() % 16:
+            a = a.clone()  # a view starting mid-row: the same values, aligned
+        w = weight if weight.is_contiguous() and weight.data_ptr() % 16 == 0 else weight.contiguous().clone()
+        triton.set_allocator(_scratch)  # a context variable: set in the calling thread's context
+        _linear_kernel_tma[(programs,)](a, w, bias_arg, out, M, N, K, programs, **common)
+        return out.view(*lead, N)
     _linear_kernel[(programs,)](
-        a, weight, bias if bias is not None else weight, out, M, N, K, programs,
-        a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
-        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-        num_stages=cfg["num_stages"], num_warps=cfg["num_warps"],  # pyright: ignore[reportCallIssue]  # launch options
+        a, weight, bias_arg, out, M, N, K, programs,
+        a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1), **common,
     )
     return out.view(*lead, N)
