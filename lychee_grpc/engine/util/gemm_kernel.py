@@ -53,6 +53,15 @@ TILES: dict[tuple[int, int], dict[str, int]] = {
 
 if triton is not None:
 
+    @triton.jit
+    def _tile_at(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
+        """The (row, column) tile of the `tile`-th step of the walk, grouped GROUP_M tiles along M
+        so that neighbouring programs share the weight's tiles in L2."""
+        per_group = GROUP_M * tiles_n
+        first_m = (tile // per_group) * GROUP_M
+        group_size = min(tiles_m - first_m, GROUP_M)
+        return first_m + (tile % per_group) % group_size, (tile % per_group) // group_size
+
     @triton.jit(do_not_specialize=["M", "num_programs"])
     def _linear_kernel(
         a_ptr, w_ptr, bias_ptr, c_ptr, M, N, K, num_programs,
@@ -64,14 +73,9 @@ if triton is not None:
         tiles_m = tl.cdiv(M, BLOCK_M)
         tiles_n = tl.cdiv(N, BLOCK_N)
         k_tiles = tl.cdiv(K, BLOCK_K)
-        per_group = GROUP_M * tiles_n
         offs_k = tl.arange(0, BLOCK_K)
         for tile in tl.range(pid, tiles_m * tiles_n, num_programs):
-            group = tile // per_group
-            first_m = group * GROUP_M
-            group_size = min(tiles_m - first_m, GROUP_M)
-            tile_m = first_m + (tile % per_group) % group_size
-            tile_n = (tile % per_group) // group_size
+            tile_m, tile_n = _tile_at(tile, tiles_m, tiles_n, GROUP_M)  # pyright: ignore[reportGeneralTypeIssues]  # jit inlined
             rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
             cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
             # Out-of-range rows and columns read row/column 0: valid memory, never stored.
@@ -110,13 +114,8 @@ if triton is not None:
         tiles_m = tl.cdiv(M, BLOCK_M)
         tiles_n = tl.cdiv(N, BLOCK_N)
         k_tiles = tl.cdiv(K, BLOCK_K)
-        per_group = GROUP_M * tiles_n
         for tile in tl.range(pid, tiles_m * tiles_n, num_programs):
-            group = tile // per_group
-            first_m = group * GROUP_M
-            group_size = min(tiles_m - first_m, GROUP_M)
-            tile_m = first_m + (tile % per_group) % group_size
-            tile_n = (tile % per_group) // group_size
+            tile_m, tile_n = _tile_at(tile, tiles_m, tiles_n, GROUP_M)  # pyright: ignore[reportGeneralTypeIssues]  # jit inlined
             # Rows past M and the K tail read as zeros (the descriptor's padding), stores past M
             # and N are dropped: the same products as the pointer kernel's masked loads.
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
