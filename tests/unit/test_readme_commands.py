@@ -5,6 +5,7 @@ every `lychee-grpc` command line parses with the CLI's own parsers (flags, subco
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import re
 import shlex
@@ -23,6 +24,8 @@ FENCE = re.compile(r"^```(bash|sh|shell)\n(.*?)^```", re.S | re.M)
 TOP = "|".join(re.escape(p.name) for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith("."))
 REPO_PATH = re.compile(rf"(?<![\w./-])(?:{TOP})/[\w./-]*[\w/]")
 MAKE = re.compile(r"(?<![\w-])make ((?:-[\w]+ \S+ )*)([a-z][\w-]*)")
+IMAGE = re.compile(r"(?<![\w./-])[\w./-]+\.(?:jpg|jpeg|png|webp|gif)\b")
+MODULE = re.compile(r"python -m ([\w.]+)")
 
 
 def _commands(doc: Path) -> list[tuple[str, str]]:
@@ -70,6 +73,16 @@ def test_every_repository_path_a_command_names_exists(where, command):
         if "cd " + path in command:
             base = ROOT
         assert (base / path).exists() or (ROOT / path).exists(), f"{where}: `{command}` names {path}, which is missing"
+    for image in IMAGE.findall(command):  # an image a command reads is one of the repository's
+        assert (base / image).exists(), f"{where}: `{command}` reads {image}, which is not at {base / image}"
+
+
+def test_every_module_a_doc_runs_with_python_m_exists():
+    text = "\n".join(d.read_text() for d in DOCS)
+    modules = set(MODULE.findall(text)) - {"pip", "venv", "pytest"}
+    assert modules
+    for module in sorted(modules):
+        assert importlib.util.find_spec(module) is not None, f"`python -m {module}`: no such module"
 
 
 def _lychee_argv(command: str) -> list[str] | None:
