@@ -128,7 +128,8 @@ def main() -> int:
             except KeyboardInterrupt:
                 pass
         else:
-            print(f"\nWeb console: run `make demo DEMO_ARGS=--keep` (or `lychee-grpc serve`) and open {console}")
+            print(f"\nWeb console: run `make demo DEMO_ARGS=--keep` (or `.venv/bin/lychee-grpc serve --model "
+                  f"{a.model}`) and open {console}")
     finally:
         server.terminate()
         code = server.wait(30)
