@@ -79,6 +79,7 @@ class App:
         if self.tracing is not None:
             request_observers.append(self.tracing)
         self.service = Service(self.lifecycle, config.service, observers=[self.metrics])
+        self.metrics.watch_score_cache(self.service.score_cache_stats)
         self.authenticator = TokenAuthenticator.from_config(config.security)
         self.interceptor = ServiceInterceptor(
             observers=request_observers,
