@@ -19,14 +19,21 @@ ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# Unset by default. `make image-check` bind-mounts a folder of wheels and passes PIP_FIND_LINKS=/wheels
+# PIP_NO_INDEX=1, so that a rebuild does not download torch again (pip reads both from the environment).
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
 RUN python3 -m venv "$VIRTUAL_ENV"
 WORKDIR /src
-# Dependencies first, read from pyproject.toml alone, so that a code change does not re-install torch.
-COPY pyproject.toml README.md ./
-COPY clients/python/pyproject.toml clients/python/README.md clients/python/
+# Dependencies first, read from pyproject.toml alone, so that a code change (or a README edit) does not
+# re-install torch.
+COPY pyproject.toml ./
+COPY clients/python/pyproject.toml clients/python/
 RUN python -c "import tomllib; print('\n'.join(d for f in ('pyproject.toml', 'clients/python/pyproject.toml') for d in tomllib.load(open(f, 'rb'))['project']['dependencies'] if not d.startswith('lychee-grpc-client')))" \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
+COPY README.md ./
+COPY clients/python/README.md clients/python/
 COPY proto/lychee.proto proto/
 COPY scripts/gen_proto.py scripts/
 COPY clients/python/lychee_client/ clients/python/lychee_client/

@@ -8,7 +8,7 @@ PORT ?= 50051
 MODEL ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto tiny-model demo serve test test-python test-python-client test-http-clients test-clients test-go test-java contract lint bench clean deploy-check test-load test-reliability
+.PHONY: install proto tiny-model demo serve test test-python test-python-client test-clients test-http-clients test-go test-java test-java-search contract lint bench clean deploy-check image-check test-load test-reliability
 
 STUBS := clients/python/lychee_client/proto/lychee_pb2.py
 
@@ -79,17 +79,27 @@ LIVE_ENV := LYCHEE_LIVE_AUTH=1 LYCHEE_LIVE_EXPLAIN=1 LYCHEE_HTTP=false LYCHEE_ME
 test-go: tiny-model
 	$(LIVE_ENV) $(MAKE) -C clients/go check-generated test
 
+# `install` runs the tests, then puts the client (and its test helpers) where examples/java-search finds them.
 test-java: tiny-model
-	cd clients/java && $(LIVE_ENV) mvn -B -ntp test
+	cd clients/java && $(LIVE_ENV) mvn -B -ntp install
+
+# The search example (Lucene BM25 + the fail-open reranker) against a live, a stopped and a slowed server.
+test-java-search: test-java
+	cd examples/java-search && $(LIVE_ENV) mvn -B -ntp test
 
 contract:
 	bash scripts/check_contract.sh
 
-test-clients: test-python-client test-http-clients test-go test-java contract
+test-clients: test-python-client test-http-clients test-go test-java test-java-search contract
 
 # Dockerfile consistency, helm lint, and rendered manifests decoded strictly into the Kubernetes types.
 deploy-check: install
 	PYTHON=$(PY) bash scripts/check_deploy.sh
+
+# The real Dockerfile built with buildah on a local Debian base, the tiny model served from the image and checked
+# from outside (gRPC health, a rerank, /health, /metrics, SIGTERM). Root; caches in .cache/image and buildah's store.
+image-check: tiny-model
+	PYTHON=$(PY) LYCHEE_CLI=$(VENV)/bin/lychee-grpc LYCHEE_TINY_MODEL=$(TINY) bash scripts/image_check.sh
 
 bench: install
 	$(PY) -m bench.run
@@ -105,4 +115,4 @@ test-reliability: tiny-model
 	$(MAKE) test-load
 
 clean:
-	rm -rf $(VENV) .cache clients/python/lychee_client/proto .pytest_cache .ruff_cache clients/java/target
+	rm -rf $(VENV) .cache clients/python/lychee_client/proto .pytest_cache .ruff_cache clients/java/target examples/java-search/target

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import pickle
 import random
@@ -32,8 +33,11 @@ from .harness.workloads import image_workload, text_workload
 
 def requests_for(workload: str, count: int, tiny: str, cache: str = "") -> list[pb.RerankRequest]:
     """The workload's first `count` seeded requests; with `cache`, kept in that folder (making
-    100 T100 titles of exact token counts takes ~20 s, once per load run without it)."""
-    path = Path(cache, f"{workload}-{count}-{Path(tiny).name}.pickle") if cache else None
+    100 T100 titles of exact token counts takes ~20 s, once per load run without it), keyed by the
+    checkpoint's tokenizer.json: titles made for another tokenizer have other token counts."""
+    vocab = Path(tiny, "tokenizer.json")
+    key = hashlib.sha256(vocab.read_bytes()).hexdigest()[:12] if vocab.exists() else Path(tiny).name
+    path = Path(cache, f"{workload}-{count}-{key}.pickle") if cache else None
     if path is not None and path.exists():
         return [pb.RerankRequest.FromString(blob) for blob in pickle.loads(path.read_bytes())]
     requests = _make(workload, count, tiny)

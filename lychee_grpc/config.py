@@ -26,6 +26,8 @@ class GrpcConfig:
     max_connection_age_seconds: float = 300.0
     max_connection_age_grace_seconds: float = 60.0
     reflection: bool = True
+    # Plaintext, grpc.health.v1 only: for kubelet probes when `port` demands mutual TLS. 0: off.
+    health_port: int = 0
 
 
 @dataclass
@@ -208,6 +210,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-connection-age-seconds", "grpc.max_connection_age_seconds",
             "close connections after this age so clients re-resolve (0: never)", float),
     Setting("reflection", "grpc.reflection", "serve gRPC reflection", parse_bool),
+    Setting("health-port", "grpc.health_port",
+            "plaintext port serving only gRPC health (grpc.health.v1), for probes when --port demands mutual TLS "
+            "(0: off)", int),
     Setting("grace-seconds", "grace_seconds", "time in-flight requests get to finish on SIGTERM", float),
     # ---- security ----
     Setting("tls-cert", "security.tls_cert", "PEM certificate chain: gRPC speaks TLS when set (re-read when it "

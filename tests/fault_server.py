@@ -4,12 +4,17 @@ the model loaded from --model) with one fault injected through the engine's faul
 
 FAULT `dead-worker`: the GPU worker's first model pass raises an error no batch handler catches (as
 a crashed GPU thread or a broken CUDA context would), killing the scheduler.
+
+FAULT `slow-batches SECONDS`: every model batch takes SECONDS longer on the GPU thread (an
+overloaded or throttled GPU), so calls are answered, but late: for clients' latency-budget tests
+(examples/java-search). The warm-up batches are slowed too, so start-up takes a few times longer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Sequence
 
 from lychee_grpc.engine.faults import NoFaults
@@ -25,9 +30,22 @@ class GpuWorkerDies(NoFaults):
         raise GpuWorkerDied("injected: the GPU worker died")
 
 
+class SlowBatches(NoFaults):
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def model_call(self, items: Sequence[BatchItem]) -> None:
+        time.sleep(self.seconds)
+
+
 def main() -> int:
     fault, args = sys.argv[1], sys.argv[2:]
-    if fault != "dead-worker":
+    if fault == "slow-batches":
+        hook: NoFaults = SlowBatches(float(args[0]))
+        args = args[1:]
+    elif fault == "dead-worker":
+        hook = GpuWorkerDies()
+    else:
         raise SystemExit(f"unknown fault {fault!r}")
     from lychee_grpc import config as settings
     from lychee_grpc.app import run
@@ -42,7 +60,7 @@ def main() -> int:
 
     def faulty_engine(engine_config: EngineConfig) -> Engine:
         engine = Engine.load(engine_config)
-        engine.inject_faults(GpuWorkerDies())
+        engine.inject_faults(hook)
         return engine
 
     return asyncio.run(run(config, engine_factory=faulty_engine))

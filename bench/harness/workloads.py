@@ -1,7 +1,11 @@
 """The benchmark's requests, seeded: T100 (a query and 100 product titles of 48-144 tokens), I100 (a
 query and 100 documents of one 448x448 JPEG and a 32-token title), MM100 (mixed query and mixed
 documents: a 512x512 image + text against 100 x (640x480 image + 60 tokens)), and single pairs
-(one title; one 448x448 image + title) for the latency the console sees."""
+(one title; one 448x448 image + title) for the latency the console sees.
+
+Token counts are measured with the tokenizer passed in; every caller passes the tiny checkpoint's,
+which is the real Qwen2.5 tokenizer (lychee_grpc/engine/model/qwen_vocab.py), so they are counts
+of Lychee-Rerank-MM's own tokens."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ Workload = tuple[Query, list[Document]]
 
 
 def words_of_tokens(tok, rng: random.Random, n: int) -> str:
+    """Random words from WORDS until the text is at least `n` tokens (at most a word's tokens over)."""
     text = ""
     while len(tok.encode(text, add_special_tokens=False)) < n:
         text += ("" if not text else " ") + rng.choice(WORDS)

@@ -15,12 +15,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.model.tiny_model import make_tiny_model
+    from ..engine.model.tiny_model import is_current, make_tiny_model
 
     out = Path(args.dir)
-    if (out / "config.json").exists() and not args.force:
+    if is_current(out) and not args.force:
         print(f"{out} already holds a checkpoint (use --force to rebuild)")
         return 0
+    if (out / "config.json").exists() and not args.force:
+        print(f"{out} holds an older tiny checkpoint: rebuilding it")
     make_tiny_model(out, seed=args.seed)
     print(f"wrote a tiny RANDOM-weight Qwen2.5-VL checkpoint to {out}")
     return 0

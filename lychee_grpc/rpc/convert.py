@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import struct
 from collections.abc import Iterable, Sequence
 
 from ..proto import lychee_pb2 as pb
@@ -76,13 +78,23 @@ def truncation_from_proto(value: int, path: str) -> str | None:
     return _TRUNCATION_FROM_PB[value]
 
 
+def min_score_from_proto(value: float) -> float:
+    """The lowest score whose float32 (what `RerankResult.score` carries) is at least `value`, so
+    that a score read from a response and sent back as min_score keeps that result."""
+    if not 0.0 < value <= 1.0:
+        return value  # refused by the service naming this value; 0 keeps every result anyway
+    below = struct.unpack("<f", struct.pack("<I", struct.unpack("<I", struct.pack("<f", value))[0] - 1))[0]
+    middle = (below + value) / 2  # exact in a double; doubles above it round to `value`, ties to even
+    return middle if struct.unpack("<f", struct.pack("<f", middle))[0] == value else math.nextafter(middle, math.inf)
+
+
 def options_from_proto(
     message: pb.RerankRequest | pb.StreamOptions, deadline: float | None, request_id: str, path: str = ""
 ) -> RerankOptions:
     return RerankOptions(
         instruction=message.instruction,
         top_n=message.top_n,
-        min_score=message.min_score if message.HasField("min_score") else None,
+        min_score=min_score_from_proto(message.min_score) if message.HasField("min_score") else None,
         truncation=truncation_from_proto(message.truncation, f"{path}truncation"),
         max_tokens_per_document=message.max_tokens_per_document,
         return_documents=message.return_documents,

@@ -46,7 +46,9 @@ class GrpcServer:
         # grpc_health's stub has no aio module; HealthServicer.set(name, status) is all we call.
         self.health: HealthSetter = health.aio.HealthServicer()  # pyright: ignore
         self.port = 0
+        self.health_port = 0
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
@@ -81,10 +83,25 @@ class GrpcServer:
                           "(--port: choose another port, or 0 for a free one; --host)")
         await server.start()
         self._server = server
+        if c.health_port:
+            await self._start_health_server(f"{c.host}:{c.health_port}")
         self.lifecycle.subscribe(self._on_state)
         await self.settle_health()
         log.info("gRPC listening on %s:%d%s", c.host, self.port, " (TLS)" if self.credentials else "")
         return self.port
+
+    async def _start_health_server(self, address: str) -> None:
+        """The same health statuses on a plaintext port that serves nothing else: the kubelet's gRPC
+        probe cannot present a client certificate, and nothing but health is reachable here."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)  # pyright: ignore[reportArgumentType, reportUnknownMemberType]  # the aio servicer
+        self.health_port = server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise OSError(f"cannot bind gRPC health on {address}: the port is taken or the address is not this "
+                          "machine's (--health-port: choose another port, or leave it unset for none)")
+        await server.start()
+        self._health_server = server
+        log.info("gRPC health (plaintext, health only) on %s", address)
 
     def _on_state(self, state: State) -> None:
         status = (
@@ -108,3 +125,6 @@ class GrpcServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None

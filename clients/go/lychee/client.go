@@ -91,13 +91,23 @@ func WithTransportCredentials(creds credentials.TransportCredentials) Option {
 // (default DefaultMaxRecvMsgSize; gRPC's own default is 4 MiB).
 func WithMaxRecvMsgSize(n int) Option { return func(c *config) { c.maxRecvMsgSize = n } }
 
-// WithHealthCheck turns on gRPC client-side health checking: with round_robin,
-// only backends whose grpc.health.v1 Watch for serviceName ("" = the server as
-// a whole) reports SERVING get calls, so pods still loading the model or
-// draining are skipped.
+// WithHealthCheck sets the service name of gRPC client-side health checking:
+// with round_robin, only backends whose grpc.health.v1 Watch for serviceName
+// ("" = the server as a whole) reports SERVING get calls, so pods still
+// loading the model, draining after SIGTERM or with a dead engine worker are
+// skipped. It is on by default for lychee.v1.RerankService (HealthService).
 func WithHealthCheck(serviceName string) Option {
 	return func(c *config) { c.healthCheck, c.healthService = true, serviceName }
 }
+
+// WithoutHealthCheck turns client-side health checking off: every resolved
+// address gets calls, whatever its health reports.
+func WithoutHealthCheck() Option { return func(c *config) { c.healthCheck = false } }
+
+// HealthService is the grpc.health.v1 service name the client watches by
+// default: the server reports it SERVING once the model is loaded and warmed,
+// NOT_SERVING while it drains or when an engine worker has died.
+const HealthService = "lychee.v1.RerankService"
 
 // WithDialOptions appends raw gRPC dial options (interceptors, keepalive,
 // stats handlers...). They are applied after the client's own.
@@ -125,6 +135,8 @@ func New(target string, opts ...Option) (*Client, error) {
 		maxBackoff:     DefaultMaxBackoff,
 		creds:          insecure.NewCredentials(),
 		maxRecvMsgSize: DefaultMaxRecvMsgSize,
+		healthCheck:    true,
+		healthService:  HealthService,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -137,6 +149,7 @@ func New(target string, opts ...Option) (*Client, error) {
 		grpc.WithTransportCredentials(cfg.creds),
 		grpc.WithDefaultServiceConfig(sc),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(cfg.maxRecvMsgSize)),
+		grpc.WithStatsHandler(attemptStats{}), // lets FailOpen see gRPC's own retries
 	}
 	if cfg.bearerTokenSet {
 		tc, err := tokenCredentials(&cfg)

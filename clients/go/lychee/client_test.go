@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,5 +77,15 @@ func TestServiceConfigAccepted(t *testing.T) {
 		`"retryPolicy":{"maxAttempts":4,"initialBackoff":"0.100000000s","maxBackoff":"2.000000000s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]}`
 	if sc != want {
 		t.Errorf("service config\n got %s\nwant %s", sc, want)
+	}
+	// New's defaults: round_robin with client-side health checking of the rerank service.
+	def := config{maxAttempts: 1, healthCheck: true, healthService: HealthService}
+	if sc, _ := serviceConfig(&def); !strings.Contains(sc, `"healthCheckConfig":{"serviceName":"lychee.v1.RerankService"}`) {
+		t.Errorf("default service config lacks health checking: %s", sc)
+	}
+	off := def
+	WithoutHealthCheck()(&off)
+	if sc, _ := serviceConfig(&off); strings.Contains(sc, "healthCheckConfig") {
+		t.Errorf("WithoutHealthCheck left %s", sc)
 	}
 }

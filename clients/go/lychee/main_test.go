@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -88,70 +89,82 @@ func envPath(name, def string) string {
 // startServer starts `lychee-grpc serve` on the tiny model; env holds extra
 // KEY=VALUE settings for the server process.
 func startServer(env []string) (stop func(), addr string, err error) {
+	stop, addr, _, err = startServerCmd(env)
+	return stop, addr, err
+}
+
+// startServerCmd is startServer that also returns the process, for tests that
+// signal it themselves (SIGTERM to drain, SIGKILL); stop still cleans up.
+func startServerCmd(env []string) (stop func(), addr string, cmd *exec.Cmd, err error) {
 	cli := envPath("LYCHEE_CLI", "../../.venv/bin/lychee-grpc")
 	modelDir := envPath("LYCHEE_TINY_MODEL", "../../.cache/tiny-model")
 	if _, err := os.Stat(cli); err != nil {
-		return nil, "", fmt.Errorf("LYCHEE_CLI: %w", err)
+		return nil, "", nil, fmt.Errorf("LYCHEE_CLI: %w", err)
 	}
 	if _, err := os.Stat(filepath.Join(modelDir, "config.json")); err != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		out, err := exec.CommandContext(ctx, cli, "make-tiny-model", modelDir).CombinedOutput()
 		if err != nil {
-			return nil, "", fmt.Errorf("make-tiny-model %s: %w\n%s", modelDir, err, out)
+			return nil, "", nil, fmt.Errorf("make-tiny-model %s: %w\n%s", modelDir, err, out)
 		}
 	}
 
 	port, err := freePort()
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
 	addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	logFile, err := os.CreateTemp("", "lychee-server-*.log")
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
-	cmd := exec.Command(cli, "serve", "--model", modelDir, "--host", "127.0.0.1", "--port", strconv.Itoa(port))
+	cmd = exec.Command(cli, "serve", "--model", modelDir, "--host", "127.0.0.1", "--port", strconv.Itoa(port))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its own group: we stop it and its children only
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
-		return nil, "", err
+		return nil, "", nil, err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
-	stop = func() {
-		pgid := cmd.Process.Pid
-		_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			<-exited
-		}
-		logFile.Close()
-		if os.Getenv("LYCHEE_KEEP_SERVER_LOG") == "" {
-			os.Remove(logFile.Name())
-		} else {
-			fmt.Fprintln(os.Stderr, "server log:", logFile.Name())
-		}
-	}
+	var once sync.Once
+	stop = func() { once.Do(func() { stopProcess(cmd, exited, logFile) }) }
 
 	startup := 120 * time.Second
 	if s := os.Getenv("LYCHEE_STARTUP_TIMEOUT"); s != "" {
 		if startup, err = time.ParseDuration(s); err != nil {
 			stop()
-			return nil, "", fmt.Errorf("LYCHEE_STARTUP_TIMEOUT: %w", err)
+			return nil, "", nil, fmt.Errorf("LYCHEE_STARTUP_TIMEOUT: %w", err)
 		}
 	}
 	if err := waitServing(addr, startup, exited); err != nil {
 		log := tail(logFile.Name(), 4000)
 		stop()
-		return nil, "", fmt.Errorf("%w\n--- server log (tail) ---\n%s", err, log)
+		return nil, "", nil, fmt.Errorf("%w\n--- server log (tail) ---\n%s", err, log)
 	}
-	return stop, addr, nil
+	return stop, addr, cmd, nil
+}
+
+// stopProcess sends SIGTERM to the server's process group, waits up to 15 s
+// for the drain, then SIGKILLs the group.
+func stopProcess(cmd *exec.Cmd, exited <-chan error, logFile *os.File) {
+	pgid := cmd.Process.Pid
+	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(15 * time.Second):
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		<-exited
+	}
+	logFile.Close()
+	if os.Getenv("LYCHEE_KEEP_SERVER_LOG") == "" {
+		os.Remove(logFile.Name())
+	} else {
+		fmt.Fprintln(os.Stderr, "server log:", logFile.Name())
+	}
 }
 
 func freePort() (int, error) {

@@ -51,20 +51,34 @@ func Check(m *Manifests, wantGPUs int) []error {
 	}
 
 	tls := env["LYCHEE_TLS_CERT"] != ""
+	mutualTLS := env["LYCHEE_TLS_CLIENT_CA"] != ""
+	healthPort, hasHealth := ports["health"]
+	if hasHealth && env["LYCHEE_HEALTH_PORT"] != strconv.Itoa(int(healthPort)) {
+		fail("LYCHEE_HEALTH_PORT=%q but the health container port is %d", env["LYCHEE_HEALTH_PORT"], healthPort)
+	}
+	if mutualTLS && !hasHealth {
+		fail("under mutual TLS the kubelet cannot present a client certificate: the probes need the plaintext " +
+			"health port (a container port named health, LYCHEE_HEALTH_PORT)")
+	}
+	// The kubelet's gRPC probe has no TLS: a TLS server is probed on its plaintext health-only port, or,
+	// without one, over HTTPS on the http port.
+	probePort := grpcPort
+	if tls {
+		probePort = healthPort
+	}
 	checkProbe := func(name string, p *corev1.Probe, service, path string) {
 		switch {
 		case p == nil:
 			fail("%s probe missing", name)
-		case tls:
-			// The kubelet's gRPC probe has no TLS: a TLS server is probed over HTTPS on the http port.
+		case tls && !hasHealth:
 			if p.HTTPGet == nil || p.HTTPGet.Path != path || p.HTTPGet.Scheme != corev1.URISchemeHTTPS ||
 				p.HTTPGet.Port != intstr.FromString("http") {
 				fail("%s probe of a TLS server must be HTTPS GET %s on port http, got %+v", name, path, p.ProbeHandler)
 			}
 		case p.GRPC == nil:
 			fail("%s probe must be a gRPC probe, got %+v", name, p.ProbeHandler)
-		case p.GRPC.Port != grpcPort:
-			fail("%s probe is on port %d, the grpc port is %d", name, p.GRPC.Port, grpcPort)
+		case p.GRPC.Port != probePort:
+			fail("%s probe is on port %d, want %d (tls %v)", name, p.GRPC.Port, probePort, tls)
 		case p.GRPC.Service == nil || *p.GRPC.Service != service:
 			fail("%s probe must ask for health of service %q", name, service)
 		}
@@ -72,8 +86,8 @@ func Check(m *Manifests, wantGPUs int) []error {
 	checkProbe("startup", c.StartupProbe, rerankService, "/health")
 	checkProbe("readiness", c.ReadinessProbe, rerankService, "/health")
 	checkProbe("liveness", c.LivenessProbe, "", "/live")
-	if _, ok := ports["http"]; tls && !ok {
-		fail("a TLS server needs the http port for its probes")
+	if _, ok := ports["http"]; tls && !hasHealth && !ok {
+		fail("a TLS server needs the health port or the http port for its probes")
 	}
 	if p := c.StartupProbe; p != nil && p.PeriodSeconds*p.FailureThreshold < minStartupSeconds {
 		fail("startup probe allows %d s for the model to load, want >= %d", p.PeriodSeconds*p.FailureThreshold,

@@ -72,6 +72,35 @@ func TestFixturePasses(t *testing.T) {
 	}
 }
 
+// The secure rendering (ci/secure-values.yaml: mutual TLS) probes over the plaintext health-only port;
+// without that port the kubelet could not probe at all.
+func TestMutualTLSProbesUseTheHealthPort(t *testing.T) {
+	b, err := os.ReadFile("testdata/secure.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secure := string(b)
+	if p := problems(t, secure); p != "" {
+		t.Fatalf("the secure fixture fails: %s", p)
+	}
+	for _, c := range []struct{ name, old, new, want string }{
+		{"no health port", "            - name: health\n              containerPort: 50052\n              protocol: TCP\n", "",
+			"under mutual TLS the kubelet cannot present a client certificate"},
+		{"probe on the TLS port", "              port: 50052\n              service: \"\"", "              port: 50051\n              service: \"\"",
+			"liveness probe is on port 50051, want 50052"},
+		{"health port not the one served", "value: \"50052\"", "value: \"50053\"", "LYCHEE_HEALTH_PORT=\"50053\""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if !strings.Contains(secure, c.old) {
+				t.Fatalf("testdata/secure.yaml lacks %q; re-render it (helm template ... -f ci/secure-values.yaml)", c.old)
+			}
+			if p := problems(t, strings.Replace(secure, c.old, c.new, 1)); !strings.Contains(p, c.want) {
+				t.Fatalf("want a problem containing %q, got:\n%s", c.want, p)
+			}
+		})
+	}
+}
+
 func TestBreakages(t *testing.T) {
 	cases := []struct{ name, old, new, want string }{
 		{"unknown field", "readinessProbe:", "readinesProbe:", `unknown field "readinesProbe"`},
@@ -83,7 +112,7 @@ func TestBreakages(t *testing.T) {
 		{"readiness on the wrong service", "service: lychee.v1.RerankService\n            failureThreshold: 2",
 			"service: \"\"\n            failureThreshold: 2", "readiness probe must ask for health of service"},
 		{"probe on the wrong port", "port: 50051\n              service: \"\"", "port: 8080\n              service: \"\"",
-			"liveness probe is on port 8080"},
+			"liveness probe is on port 8080, want 50051"},
 		{"no GPU limit", "              nvidia.com/gpu: 1\n", "", "GPU limit nvidia.com/gpu is 0, want 1"},
 		{"short startup", "failureThreshold: 180", "failureThreshold: 60", "startup probe allows 600 s"},
 		{"root", "runAsNonRoot: true", "runAsNonRoot: false", "runAsNonRoot"},

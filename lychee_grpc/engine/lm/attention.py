@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -168,7 +169,9 @@ class PackedAttention:
             k, v = k_src[at.kv_rows], v_src[at.kv_rows]
             if self._varlen_expand_kv:
                 k, v = k.repeat_interleave(self.rep, dim=1), v.repeat_interleave(self.rep, dim=1)
-            out = varlen_attn(q, k, v, at.cu_q, at.cu_k, at.max_q, at.max_k, scale=self.scale, window_size=(-1, 0))
+            # use_varlen implies it imported; without return_aux it returns the output alone
+            out = cast(torch.Tensor, varlen_attn(  # pyright: ignore[reportOptionalCall]
+                q, k, v, at.cu_q, at.cu_k, at.max_q, at.max_k, scale=self.scale, window_size=(-1, 0)))
             return out.reshape(q.shape[0], self.num_heads * self.head_dim)
         if at.host is not None:
             return self._one_by_one(q, k_src, v_src, at)
@@ -196,6 +199,7 @@ class PackedAttention:
     def _one_by_one(self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, at: Plan) -> torch.Tensor:
         """One SDPA call per sequence, shaped by that sequence alone (batch-invariant, no varlen)."""
         host = at.host
+        assert host is not None  # the caller's condition
         out = q.new_empty(q.shape[0], self.num_heads * self.head_dim)
         cu_k = host.cu_k.tolist()
         for i, (q0, n) in enumerate(zip(host.q_starts, host.counts.tolist())):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -121,7 +122,9 @@ class Executor:
                     im.picture = im.decode()
             if undone:
                 self.fill_pixels(undone)
-            pixels = torch.cat([im.pixel_values for im in pending]).to(self.device, self.visual.dtype)
+            # every pending image has its pixels now (fill_pixels above)
+            pixels = torch.cat([cast(torch.Tensor, im.pixel_values) for im in pending])
+            pixels = pixels.to(self.device, self.visual.dtype)
             merged = self.tower(pixels, [im.grid_thw for im in pending])
             for im, emb in zip(pending, torch.split(merged, [im.tokens for im in pending])):
                 emb = emb.to(self.dtype)
@@ -239,7 +242,7 @@ class Layout:
 
     def input_tensors(self) -> list[torch.Tensor]:
         """ids, positions and (with images) image rows."""
-        return [self.ids, self.positions] + ([self.image_rows] if self.images else [])
+        return [self.ids, self.positions] + ([self.image_rows] if self.image_rows is not None else [])
 
     def last_rows(self) -> torch.Tensor:
         return torch.tensor([self.starts[i] + self.lengths[i] - 1 for i in self.scored], dtype=torch.long)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -75,12 +76,12 @@ class Kernel:
     which on an H100/H200 made them 1.7-2.4x faster than `dynamic=True` (bench/RESULTS.md, "Elementwise kernels").
     """
 
-    def __init__(self, fn: Callable, compiled: bool, invariant: bool = False):
+    def __init__(self, fn: Callable[..., Any], compiled: bool, invariant: bool = False):
         self.fn = fn
         self._compiled = torch.compile(fn) if compiled else None
         self.invariant = invariant
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> Any:  # tensors in, the wrapped function's tensor(s) out
         if self._compiled is not None and self.invariant and any(
                 isinstance(a, torch.Tensor) and a.dim() >= 2 and a.shape[0] == 1 for a in args):
             # torch.compile specialises a dimension of size 1 into a kernel of its own; the
@@ -113,6 +114,9 @@ class FusedOps:
         enabled = device.type == "cuda" and compile
         self.enabled = enabled
         self.batch_invariant = batch_invariant
+        # A compiled Kernel or, in the batch-invariant mode, util/invariant.py's row kernels.
+        self.rms_norm: Callable[..., torch.Tensor]
+        self.add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
         self.rope = Kernel(rope, enabled, invariant=batch_invariant)
         self.silu_mul = Kernel(silu_mul, enabled, invariant=batch_invariant)
         self.vision_qk_rope = Kernel(vision_qk_rope, enabled, invariant=batch_invariant)
@@ -125,9 +129,10 @@ class FusedOps:
 
     def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """`module(x)` for an nn.Linear (called through F.linear: no module hooks, less host time)."""
+        weight, bias = cast(torch.Tensor, module.weight), cast("torch.Tensor | None", module.bias)
         if self.batch_invariant:
-            return invariant.linear(x, module.weight, module.bias)
-        return F.linear(x, module.weight, module.bias)
+            return invariant.linear(x, weight, bias)
+        return F.linear(x, weight, bias)
 
     def linear_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.batch_invariant:

@@ -117,6 +117,7 @@ def check_checkpoint(config: EngineConfig) -> tuple[torch.device, torch.dtype, s
         raise ModelLoadError(f"{config.model!r}: no such checkpoint folder")
     if Path(config.model).exists() and not (Path(config.model) / "config.json").exists():
         raise ModelLoadError(f"{config.model!r} is a path but holds no config.json: not a checkpoint folder")
+    _check_readable(Path(config.model).expanduser())
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)  # its retry warnings would bury the one line that says what to do
@@ -128,6 +129,20 @@ def check_checkpoint(config: EngineConfig) -> tuple[torch.device, torch.dtype, s
         hub_log.setLevel(level)
     _check_gpu_memory(config.model, device)
     return device, dtype, attention
+
+
+def _check_readable(folder: Path) -> None:
+    """A checkpoint file this user cannot read fails later as "No such file or directory" (seen with
+    an image's non-root user and a root-only safetensors file); name it now."""
+    if not folder.is_dir():
+        return
+    unreadable = [p for p in sorted(folder.rglob("*")) if not os.access(p, os.R_OK)]
+    if unreadable:
+        more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+        raise ModelLoadError(
+            f"cannot read {str(unreadable[0])!r}{more}: permission denied for this user (uid {os.getuid()}); "
+            "make the checkpoint's files readable by the server's user (chmod -R a+rX, or chown)"
+        )
 
 
 def _cannot_load(model: str, exc: BaseException) -> ModelLoadError:

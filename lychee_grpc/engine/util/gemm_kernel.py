@@ -109,6 +109,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
         HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-        num_stages=cfg["num_stages"], num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"], num_warps=cfg["num_warps"],  # pyright: ignore[reportCallIssue]  # launch options
     )
     return out.view(*lead, N)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from itertools import pairwise
+from typing import cast
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -187,7 +188,9 @@ class VisionAttention:
         if refusal_key in self._varlen_refused:
             return None
         try:
-            return varlen_attn(query, key, value, cu_seqlens, cu_seqlens, max_len, max_len, scale=scale)
+            # None only where the import failed, and then use_varlen is off; the output alone is returned
+            return cast(torch.Tensor, varlen_attn(  # pyright: ignore[reportOptionalCall]
+                query, key, value, cu_seqlens, cu_seqlens, max_len, max_len, scale=scale))
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
             self._varlen_refused.add(refusal_key)
             log.info("varlen_attn refused %s; using grouped sdpa for it: %s", refusal_key, exc)

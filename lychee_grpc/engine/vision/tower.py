@@ -115,7 +115,7 @@ class VisionTower:
         return self._forward(pixels, self._batch_layout(grids, pixels.device))
 
     def _batch_layout(self, grids: Sequence[Grid], device: torch.device) -> _BatchLayout:
-        layouts = [self._layout(tuple(int(v) for v in g)) for g in grids]
+        layouts = [self._layout((int(g[0]), int(g[1]), int(g[2]))) for g in grids]
         unit_offsets = np.cumsum([0] + [lay.patches // self.unit for lay in layouts[:-1]])
         window_index = np.concatenate([lay.window_index + off for lay, off in zip(layouts, unit_offsets)])
         reverse = np.empty_like(window_index)

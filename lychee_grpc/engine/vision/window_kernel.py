@@ -122,6 +122,6 @@ def window_attention_rope(
     _window_attention_rope_kernel[(windows, heads)](
         qkv, cos.contiguous(), sin.contiguous(), out, cu_seqlens, scale,
         H=heads, D=head_dim, HALF=head_dim // 2, DA=split[0], DB=split[1], BLOCK=MAX_WINDOW,
-        num_warps=KERNEL_OPTIONS["num_warps"],
+        num_warps=KERNEL_OPTIONS["num_warps"],  # pyright: ignore[reportCallIssue]  # a launch option
     )
     return out

@@ -59,7 +59,7 @@ def test_copy_of_a_source_excluded_by_dockerignore_is_caught(tmp_path, settings)
 
 
 def test_a_build_input_left_uncopied_is_caught(tmp_path, settings):
-    path = _variant(tmp_path, "COPY pyproject.toml README.md ./", "COPY pyproject.toml ./")
+    path = _variant(tmp_path, "COPY README.md ./\n", "")
     assert "README.md is needed to build the package" in _problems(path, settings)
 
 

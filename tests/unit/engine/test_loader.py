@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,32 @@ def test_serve_exits_nonzero_with_one_line_naming_the_cause(tmp_path):
     # Checked before any port is bound or anything logged: the cause is all the user reads.
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "cannot start" in proc.stderr and "no such checkpoint folder" in proc.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and setpriv to act as another user")
+def test_a_checkpoint_file_the_user_cannot_read_is_named(tiny_model_dir):
+    """As an image's non-root user meets a root-only weights file: the file and the fix, not "No
+    such file or directory" from deep inside the load."""
+    folder = Path(tempfile.mkdtemp(prefix="lychee-unreadable-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy(Path(tiny_model_dir) / name, folder / name)
+            (folder / name).chmod(0o644)
+        (folder / "model.safetensors").chmod(0o600)
+        code = ("from lychee_grpc.engine.config import EngineConfig\n"
+                "from lychee_grpc.engine.model.loader import check_checkpoint\n"
+                f"check_checkpoint(EngineConfig(model={str(folder)!r}, device='cpu'))")
+        # setpriv (util-linux) rather than subprocess's user=: its exec finds this venv's Python
+        nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+        proc = subprocess.run([*nobody, sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).parents[3])
+        assert "ModelLoadError" in proc.stderr, proc.stderr
+        assert "model.safetensors" in proc.stderr and "permission denied" in proc.stderr
+        assert "uid 65534" in proc.stderr
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_tiny_model_config_marks_random_weights(tiny_model_dir):

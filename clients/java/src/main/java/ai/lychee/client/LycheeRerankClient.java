@@ -15,6 +15,7 @@ import ai.lychee.grpc.v1.RerankStreamResponse;
 import ai.lychee.grpc.v1.StreamOptions;
 import io.grpc.CallCredentials;
 import io.grpc.ChannelCredentials;
+import io.grpc.ClientInterceptor;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
@@ -29,6 +30,7 @@ import java.io.File;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -59,7 +61,9 @@ import java.util.function.Consumer;
  *   <li>UNAVAILABLE (model loading, server draining) is retried by gRPC itself through the channel's
  *       service config; no other code is retried.
  *   <li>A {@code dns:///} target (e.g. a headless Kubernetes Service) uses {@code round_robin}, so
- *       calls are spread over every resolved pod instead of pinning one HTTP/2 connection.
+ *       calls are spread over every resolved pod instead of pinning one HTTP/2 connection, with
+ *       client-side health checking of {@code lychee.v1.RerankService}, so a pod that is loading or
+ *       draining gets no new calls.
  *   <li>Errors are thrown as {@link LycheeException}; INVALID_ARGUMENT as
  *       {@link LycheeInvalidArgumentException} with the field violations, UNAUTHENTICATED as
  *       {@link LycheeUnauthenticatedException}, and an overloaded server's RESOURCE_EXHAUSTED as
@@ -329,6 +333,18 @@ public final class LycheeRerankClient implements Closeable {
     return withDeadline(asyncStub, deadline).rerankStream(responseObserver);
   }
 
+  /** The raw bidirectional stream with an explicit deadline for this call ({@code null}: none). */
+  public StreamObserver<RerankStreamRequest> rerankStream(
+      StreamObserver<RerankStreamResponse> responseObserver, Duration callDeadline) {
+    return withDeadline(asyncStub, callDeadline).rerankStream(responseObserver);
+  }
+
+  /** The raw stream with a deadline and interceptors for this call only (e.g. one that adds a stream tracer). */
+  public StreamObserver<RerankStreamRequest> rerankStream(StreamObserver<RerankStreamResponse> responseObserver,
+      Duration callDeadline, ClientInterceptor... interceptors) {
+    return withDeadline(asyncStub, callDeadline).withInterceptors(interceptors).rerankStream(responseObserver);
+  }
+
   /** One call of the blocking streaming helper: response side and flow-control bookkeeping. */
   private static final class StreamCall implements ClientResponseObserver<RerankStreamRequest, RerankStreamResponse> {
     final CompletableFuture<RerankResponse> result = new CompletableFuture<>();
@@ -437,6 +453,15 @@ public final class LycheeRerankClient implements Closeable {
    */
   static Map<String, Object> serviceConfig(
       int maxAttempts, Duration initialBackoff, Duration maxBackoff, double backoffMultiplier, String lbPolicy) {
+    return serviceConfig(maxAttempts, initialBackoff, maxBackoff, backoffMultiplier, lbPolicy, null);
+  }
+
+  /**
+   * As above, plus client-side health checking of {@code healthService} when it is not null: with
+   * round_robin, only replicas whose {@code grpc.health.v1} Watch reports SERVING get calls.
+   */
+  static Map<String, Object> serviceConfig(int maxAttempts, Duration initialBackoff, Duration maxBackoff,
+      double backoffMultiplier, String lbPolicy, String healthService) {
     Map<String, Object> config = new LinkedHashMap<>();
     Map<String, Object> methodConfig = new LinkedHashMap<>();
     methodConfig.put("name", List.of(Map.of("service", SERVICE_NAME)));
@@ -452,6 +477,9 @@ public final class LycheeRerankClient implements Closeable {
     config.put("methodConfig", List.of(methodConfig));
     if (lbPolicy != null) {
       config.put("loadBalancingConfig", List.of(Map.of(lbPolicy, Map.of())));
+    }
+    if (healthService != null) {
+      config.put("healthCheckConfig", Map.of("serviceName", healthService));
     }
     return config;
   }
@@ -479,6 +507,8 @@ public final class LycheeRerankClient implements Closeable {
     private String userAgent;
     private String bearerToken;
     private boolean tokenOverPlaintext;
+    private String healthService = SERVICE_NAME;
+    private final List<ClientInterceptor> interceptors = new ArrayList<>();
 
     private Builder(String target) {
       this.target = target;
@@ -593,10 +623,29 @@ public final class LycheeRerankClient implements Closeable {
       return this;
     }
 
+    /**
+     * Client-side health checking under round_robin (the default for {@code dns:///} targets) asks
+     * each replica's {@code grpc.health.v1} Watch for {@code serviceName} (default
+     * {@code lychee.v1.RerankService}) and sends calls only to those that report SERVING: a replica
+     * that is loading, draining after SIGTERM or has lost its engine worker gets no new calls.
+     * {@code null} turns it off.
+     */
+    public Builder healthCheckService(String serviceName) {
+      this.healthService = serviceName;
+      return this;
+    }
+
+    /** Client interceptors for the client's own channel (tracing, metrics, headers), outermost first. */
+    public Builder intercept(ClientInterceptor... interceptors) {
+      this.interceptors.addAll(List.of(interceptors));
+      return this;
+    }
+
     /** The service config this builder would install (for inspection and tests). */
     Map<String, Object> serviceConfig() {
-      return LycheeRerankClient.serviceConfig(
-          maxAttempts, initialBackoff, maxBackoff, backoffMultiplier, effectiveLbPolicy());
+      String lb = effectiveLbPolicy();
+      return LycheeRerankClient.serviceConfig(maxAttempts, initialBackoff, maxBackoff, backoffMultiplier, lb,
+          "round_robin".equals(lb) ? healthService : null);
     }
 
     private String effectiveLbPolicy() {
@@ -630,6 +679,9 @@ public final class LycheeRerankClient implements Closeable {
       }
       if (userAgent != null) {
         b.userAgent(userAgent);
+      }
+      if (!interceptors.isEmpty()) {
+        b.intercept(interceptors);
       }
       return new LycheeRerankClient(b.build(), true, deadline, callCredentials);
     }

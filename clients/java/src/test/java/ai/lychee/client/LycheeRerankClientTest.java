@@ -250,6 +250,11 @@ class LycheeRerankClientTest {
     Map<String, Object> cfg = LycheeRerankClient.newBuilder("dns:///localhost:" + port).serviceConfig();
     assertEquals(List.of(Map.of("round_robin", Map.of())), cfg.get("loadBalancingConfig"));
     assertFalse(LycheeRerankClient.newBuilder("localhost:" + port).serviceConfig().containsKey("loadBalancingConfig"));
+    // round_robin comes with client-side health checking of the rerank service, unless turned off.
+    assertEquals(Map.of("serviceName", "lychee.v1.RerankService"), cfg.get("healthCheckConfig"));
+    assertFalse(LycheeRerankClient.newBuilder("localhost:" + port).serviceConfig().containsKey("healthCheckConfig"));
+    assertFalse(LycheeRerankClient.newBuilder("dns:///localhost:" + port).healthCheckService(null).serviceConfig()
+        .containsKey("healthCheckConfig"));
     try (LycheeRerankClient c = LycheeRerankClient.newBuilder("dns:///localhost:" + port).build()) {
       assertEquals("fake", c.getModelInfo().getModel());
       assertEquals(2, c.rerank(request("unavailable-twice")).getResultsCount());

@@ -30,7 +30,7 @@ import java.util.concurrent.TimeUnit;
  *   <li>Server output goes to {@code target/lychee-server.log} (or {@code lychee-server-<name>.log}).
  * </ul>
  */
-final class LycheeServerProcess implements AutoCloseable {
+public final class LycheeServerProcess implements AutoCloseable {
   static final Duration STARTUP_TIMEOUT = Duration.ofSeconds(120);
 
   private final Process process;
@@ -43,19 +43,34 @@ final class LycheeServerProcess implements AutoCloseable {
     this.port = port;
   }
 
-  int port() {
+  public int port() {
     return port;
   }
 
-  String target() {
+  public String target() {
     return "127.0.0.1:" + port;
   }
 
-  static Path cli() {
+  /** SIGTERM without waiting: the server turns NOT_SERVING and drains (--grace-seconds 2). */
+  public void terminate() {
+    process.destroy();
+  }
+
+  /** SIGKILL without waiting, as a crashed pod or an OOM kill. */
+  public void killNow() {
+    process.destroyForcibly();
+  }
+
+  /** Waits for the process to exit; its exit code, or -1 if it is still running after {@code timeout}. */
+  public int awaitExit(Duration timeout) throws InterruptedException {
+    return process.waitFor(timeout.toMillis(), TimeUnit.MILLISECONDS) ? process.exitValue() : -1;
+  }
+
+  public static Path cli() {
     return Paths.get(setting("lychee.cli", "LYCHEE_CLI", "../../.venv/bin/lychee-grpc")).toAbsolutePath().normalize();
   }
 
-  static Path tinyModel() {
+  public static Path tinyModel() {
     return Paths.get(setting("lychee.tinyModel", "LYCHEE_TINY_MODEL", "../../.cache/tiny-model"))
         .toAbsolutePath().normalize();
   }
@@ -68,15 +83,40 @@ final class LycheeServerProcess implements AutoCloseable {
     return v == null || v.isBlank() ? fallback : v;
   }
 
-  static LycheeServerProcess start() throws IOException, InterruptedException {
+  public static LycheeServerProcess start() throws IOException, InterruptedException {
     return start("", Map.of());
+  }
+
+  /** The Python interpreter of the CLI's virtual environment (beside the CLI). */
+  public static Path python() {
+    return cli().resolveSibling("python");
+  }
+
+  /**
+   * The repository root, where {@code python -m tests.fault_server} runs: property
+   * {@code lychee.repoRoot}, else env {@code LYCHEE_REPO_ROOT}, else the CLI's venv's parent.
+   */
+  public static Path repoRoot() {
+    String v = setting("lychee.repoRoot", "LYCHEE_REPO_ROOT", "");
+    return v.isEmpty() ? cli().getParent().getParent().getParent() : Paths.get(v).toAbsolutePath().normalize();
   }
 
   /**
    * Starts a server with extra environment settings (e.g. {@code LYCHEE_AUTH_TOKEN}); {@code name}
    * tells its log apart from the shared server's.
    */
-  static LycheeServerProcess start(String name, Map<String, String> env) throws IOException, InterruptedException {
+  public static LycheeServerProcess start(String name, Map<String, String> env)
+      throws IOException, InterruptedException {
+    return start(name, env, List.of(cli().toString(), "serve"));
+  }
+
+  /**
+   * Starts {@code command --model ... --port ...}: {@code command} is {@code [cli, serve]}, or e.g.
+   * {@code [python, -m, tests.fault_server, slow-batches, 2]} for a server with a fault injected
+   * (run from {@link #repoRoot()}).
+   */
+  public static LycheeServerProcess start(String name, Map<String, String> env, List<String> command)
+      throws IOException, InterruptedException {
     Path cli = cli();
     if (!Files.isExecutable(cli)) {
       throw new IllegalStateException("lychee-grpc CLI not found at " + cli
@@ -102,8 +142,11 @@ final class LycheeServerProcess implements AutoCloseable {
 
     int port = freePort();
     Path log = logDir.resolve(name.isEmpty() ? "lychee-server.log" : "lychee-server-" + name + ".log");
-    ProcessBuilder pb = new ProcessBuilder(cli.toString(), "serve", "--model", model.toString(),
-        "--host", "127.0.0.1", "--port", Integer.toString(port), "--grace-seconds", "2")
+    List<String> argv = new java.util.ArrayList<>(command);
+    argv.addAll(List.of("--model", model.toString(),
+        "--host", "127.0.0.1", "--port", Integer.toString(port), "--grace-seconds", "2"));
+    ProcessBuilder pb = new ProcessBuilder(argv)
+        .directory(repoRoot().toFile())
         .redirectErrorStream(true)
         .redirectOutput(log.toFile());
     pb.environment().put("PYTHONUNBUFFERED", "1");
@@ -151,7 +194,7 @@ final class LycheeServerProcess implements AutoCloseable {
   }
 
   /** The last lines of the server log, for failure messages. */
-  String logTail() {
+  public String logTail() {
     return tail(log);
   }
 
