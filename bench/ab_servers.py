@@ -22,6 +22,7 @@ HTTP or metrics anyway).
     python -m bench.ab_servers --b-checkout /tmp/old --rounds 60 --documents 20
     python -m bench.ab_servers --mode calls --b-checkout /tmp/old-351ea60 --rounds 6 --seconds 8
     python -m bench.ab_servers --mode calls --b-checkout . --rounds 6 --seconds 8        # A/A: the noise
+    python -m bench.ab_servers --mode calls --b-checkout /tmp/old-351ea60 --a-setting score-cache-mib=0
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ def calls_mode(args: argparse.Namespace, servers: dict[str, Server]) -> None:
         print(f"round {r + 1} ({order[0]} first): A {a[0]:.1f} calls/s (p50 {a[1]:.0f}, p99 {a[2]:.0f} ms, "
               f"{a[3]:.2f} CPU ms/call) | B {b[0]:.1f} calls/s (p50 {b[1]:.0f}, p99 {b[2]:.0f} ms, {b[3]:.2f} CPU "
               f"ms/call) | A/B {a[0] / b[0]:.3f}", flush=True)
-    print(f"\nA: {args.a_checkout} | B: {args.b_checkout} | tiny model on the CPU, {args.callers} callers, "
+    print(f"\nA: {args.a_checkout} {' '.join(args.a_setting)} | B: {args.b_checkout} | tiny model on the CPU, "
+          f"{args.callers} callers, "
           f"5-20 new titles per call, {args.rounds} rounds of {args.seconds:g} s per server, alternating")
     print("| round | A calls/s | B calls/s | A/B | A p50 / p99 ms | B p50 / p99 ms | CPU ms per call, server A / B "
           "| client A / B |")
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     # on a small host, and whichever served last would slow the other (an A/A run showed 2x).
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--log-level", default="WARNING", help="both servers' log level (an access line per call costs)")
+    p.add_argument("--a-setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for server A alone, e.g. score-cache-mib=0 (repeatable)")
     p.add_argument("--pause", type=float, default=None, help="seconds between calls (latency: 0.05) or phases "
                    "(calls: 1.0)")
     args = p.parse_args(argv)
@@ -240,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"http": "false", "metrics-port": "0", "torch-threads": str(args.torch_threads),
                 "log-level": args.log_level}
     logs = Path(tempfile.mkdtemp(prefix="ab-servers-"))
-    servers = {label: Server(label, Path(checkout), args.model, logs / f"{label}.log", settings)
+    only_a = dict(item.split("=", 1) for item in args.a_setting)
+    servers = {label: Server(label, Path(checkout), args.model, logs / f"{label}.log",
+                             {**settings, **only_a} if label == "a" else settings)
                for label, checkout in (("a", args.a_checkout), ("b", args.b_checkout))}
     try:
         for server in servers.values():

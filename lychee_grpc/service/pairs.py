@@ -13,14 +13,19 @@ and gets its own errors (named by its own document indices).
 Each document is answered one way, counted in its request's usage: `cached` (the cache),
 `deduplicated` (an identical document's computation: earlier in the request, or another
 request's), or computed by this request's job.
+
+Everything here runs on the event loop's thread. A pair's waiters are plain callbacks, called
+when its score lands (no future or task per pair): this path runs for every document of every
+request, and its first version cost ~270 us more per 12-document request than the path without a
+cache (bench/RESULTS.md, "The per-call cost").
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from enum import Enum
 
 from ..engine.api import EngineClient, IndexedDocument, JobHandle, Truncation
@@ -39,23 +44,36 @@ class Source(Enum):
     COMPUTED = "computed"  # by this request's job
 
 
-@dataclass(eq=False)
+# Called once when a pair's flight ends: with its score, or with the error that ended it.
+Landing = Callable[[StoredScore | None, BaseException | None], None]
+
+
 class Flight:
     """One pair queued or running in a job, and everyone waiting for its result."""
 
-    key: bytes
-    work: EngineWork
-    index: int  # the document's index in the job (its request's index)
-    waiters: int = 1
-    tokens: int | None = None  # prompt tokens, once the job has taken the document
-    score: Score | None = None  # once scored
-    result: asyncio.Future[StoredScore] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    __slots__ = ("done", "index", "key", "landings", "score", "tokens", "waiters", "work")
+
+    def __init__(self, key: bytes, work: EngineWork, index: int):
+        self.key = key
+        self.work = work
+        self.index = index  # the document's index in the job (its request's index)
+        self.waiters = 1
+        self.tokens: int | None = None  # prompt tokens, once the job has taken the document
+        self.score: Score | None = None  # once scored
+        self.done = False
+        self.landings: list[Landing] = []
 
     def release(self) -> None:
         """One waiter stops waiting."""
         self.waiters -= 1
         if self.waiters <= 0:
             self.work.cancel_if_unwatched()
+
+    def land(self, value: StoredScore | None, error: BaseException | None) -> None:
+        self.done = True
+        landings, self.landings = self.landings, []
+        for landing in landings:
+            landing(value, error)
 
 
 class EngineWork:
@@ -89,7 +107,7 @@ class EngineWork:
     def cancel_if_unwatched(self, idle: bool = False) -> None:
         """Cancels the job once it has pairs to score and nobody waits on any of them (with
         `idle`, also when it has none: its documents may be queued unregistered)."""
-        pending = [f for f in self.flights.values() if not f.result.done()]
+        pending = [f for f in self.flights.values() if not f.done]
         if self.cancelled or any(f.waiters > 0 for f in pending) or not (pending or idle):
             return
         self.cancelled = True
@@ -97,22 +115,18 @@ class EngineWork:
         self.job.cancel()
         self.fail(Cancelled("no request waits for these documents any more"))
 
-    def fail(self, error: BaseException) -> None:
-        """Every pair not yet scored fails with `error` (its waiters decide what to do)."""
-        for flight in self.flights.values():
-            if not flight.result.done():
+    def fail(self, error: BaseException, flights: Sequence[Flight] | None = None) -> None:
+        """The pairs not yet scored (of `flights`, or all) fail with `error` (their waiters
+        decide what to do)."""
+        for flight in list(self.flights.values()) if flights is None else flights:
+            if not flight.done:
                 self._forget(flight)
-                flight.result.set_exception(error)
-                flight.result.exception()  # retrieved: a failure nobody waits for is no error
+                flight.land(None, error)
 
     def refused(self, flights: Sequence[Flight], error: BaseException) -> None:
         """The job refused these documents (add_documents raised): they fail, and the job is
         cancelled unless others wait on pairs it took before."""
-        for flight in flights:
-            if not flight.result.done():
-                self._forget(flight)
-                flight.result.set_exception(error)
-                flight.result.exception()
+        self.fail(error, flights)
         self.cancel_if_unwatched(idle=True)
 
     def _forget(self, flight: Flight) -> None:
@@ -121,12 +135,12 @@ class EngineWork:
 
     def _settle(self, flight: Flight) -> None:
         score, tokens = flight.score, flight.tokens
-        if score is None or tokens is None or flight.result.done():
+        if score is None or tokens is None or flight.done:
             return
         value = StoredScore(score.logit, score.score, tokens, score.truncated)
         self._forget(flight)
         self.pairs.cache.put(flight.key, value)
-        flight.result.set_result(value)
+        flight.land(value, None)
 
     async def _read(self) -> None:
         try:
@@ -161,27 +175,58 @@ class PairScores:
                                coalesced=self.coalesced, deduplicated=self.deduplicated)
 
 
-@dataclass(eq=False)
 class _Pair:
     """One distinct document (by key) of a request, and the indices that hold it."""
 
-    key: bytes
-    document: Document
-    indices: list[tuple[int, str]]  # (index, id) of each document holding it, first one first
-    source: Source = Source.COMPUTED
-    value: StoredScore | None = None
-    flight: Flight | None = None
-    delivered: int = 0  # how many of `indices` have their result
+    __slots__ = ("delivered", "document", "flight", "indices", "key", "source", "value")
+
+    def __init__(self, key: bytes, document: Document, index: int):
+        self.key = key
+        self.document = document
+        self.indices: list[tuple[int, str]] = [(index, document.id)]  # each document holding it, first first
+        self.source = Source.COMPUTED
+        self.value: StoredScore | None = None
+        self.flight: Flight | None = None
+        self.delivered = 0  # how many of `indices` have their result
 
 
-@dataclass(frozen=True)
 class JobOptions:
     """What the request's engine jobs are opened with."""
 
-    instruction: str
-    truncation: Truncation
-    max_tokens_per_document: int
-    deadline: float | None
+    __slots__ = ("deadline", "instruction", "max_tokens_per_document", "truncation")
+
+    def __init__(self, instruction: str, truncation: Truncation, max_tokens_per_document: int,
+                 deadline: float | None):
+        self.instruction = instruction
+        self.truncation = truncation
+        self.max_tokens_per_document = max_tokens_per_document
+        self.deadline = deadline
+
+
+class _Inbox:
+    """The request's events, in order: scores, an error, or None (a wake-up)."""
+
+    def __init__(self) -> None:
+        self._items: deque[Score | BaseException | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: Score | BaseException | None) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Score | BaseException | None:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
 
 class PairRequest:
@@ -196,7 +241,7 @@ class PairRequest:
         self._options = options
         self._by_key: dict[bytes, _Pair] = {}
         self._works: list[EngineWork] = []
-        self._events: asyncio.Queue[Score | BaseException | None] = asyncio.Queue()
+        self._events = _Inbox()
         self._outstanding = 0  # documents added and not yet answered
         self._closed = False
         self._left = False
@@ -208,16 +253,16 @@ class PairRequest:
         """Answers what it can at once (cache hits, repeats of answered documents); joins pairs in
         flight; sends the rest to this request's job (raising what the engine raises)."""
         misses: list[_Pair] = []
+        by_key, key_of = self._by_key, self._keys.of
         for index, document in documents:
             self._outstanding += 1
-            key = self._keys.of(document)
-            pair = self._by_key.get(key)
+            key = key_of(document)
+            pair = by_key.get(key)
             if pair is not None:  # a repeat within the request: answered with the first
                 pair.indices.append((index, document.id))
                 self._deliver(pair)
                 continue
-            pair = _Pair(key, document, [(index, document.id)])
-            self._by_key[key] = pair
+            pair = by_key[key] = _Pair(key, document, index)
             if not self._lookup(pair):
                 misses.append(pair)
         if misses:
@@ -227,10 +272,10 @@ class PairRequest:
         self._closed = True
         if self._works:
             self._works[0].close()
-        self._events.put_nowait(None)
+        self._events.put(None)
 
     def fail(self, error: BaseException) -> None:
-        self._events.put_nowait(error)
+        self._events.put(error)
 
     def leave(self) -> None:
         """The request leaves (done, failed or cancelled): it stops waiting on every pair, and a
@@ -240,9 +285,10 @@ class PairRequest:
         self._left = True
         for task in self._retries:
             task.cancel()
-        for pair in self._by_key.values():
-            if pair.flight is not None and not pair.flight.result.done():
-                pair.flight.release()
+        if self._outstanding:
+            for pair in self._by_key.values():
+                if pair.flight is not None and not pair.flight.done:
+                    pair.flight.release()
         unanswered = not self._closed or self._outstanding > 0  # left early: what its jobs hold is dropped
         for work in self._works:
             work.close()
@@ -252,22 +298,25 @@ class PairRequest:
         """Each document's score as it is answered, until the request is closed and every
         document is answered."""
         deadline = self._options.deadline
-        while True:
-            if self._closed and self._outstanding == 0 and self._events.empty():
-                return
-            if deadline is None:
-                item = await self._events.get()
-            else:
-                try:
-                    item = await asyncio.wait_for(
-                        self._events.get(), max(0.0, deadline - time.monotonic()) + DEADLINE_GRACE_SECONDS)
-                except TimeoutError:
-                    raise DeadlineExpired("deadline expired before the documents were scored") from None
-            if item is None:
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        timer = None
+        if deadline is not None:  # one timer for the request (a wait_for per score cost a task each)
+            timer = asyncio.get_running_loop().call_later(
+                max(0.0, deadline - time.monotonic()) + DEADLINE_GRACE_SECONDS, self._events.put,
+                DeadlineExpired("deadline expired before the documents were scored"))
+        events = self._events
+        try:
+            while True:
+                if self._closed and self._outstanding == 0 and events.empty():
+                    return
+                item = await events.get()
+                if item is None:
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     @property
     def stats(self) -> RequestStats:
@@ -278,10 +327,10 @@ class PairRequest:
         query_images = sum(isinstance(p, ImagePart) for p in self._query.parts)
         for k, work in enumerate(self._works):
             stats = work.job.stats
-            for name in ("prompt_tokens", "computed_tokens", "images", "cached_images"):
-                setattr(usage, name, getattr(usage, name) + getattr(stats.usage, name))
-            if k > 0:  # a retry's job counted the query's images again
-                usage.images -= query_images
+            usage.prompt_tokens += stats.usage.prompt_tokens
+            usage.computed_tokens += stats.usage.computed_tokens
+            usage.images += stats.usage.images - (query_images if k else 0)  # a retry's job counted the query's
+            usage.cached_images += stats.usage.cached_images
             out.timings.preprocess_ms += stats.timings.preprocess_ms
             out.timings.queue_ms = max(out.timings.queue_ms, stats.timings.queue_ms)
             out.timings.inference_ms += stats.timings.inference_ms
@@ -306,7 +355,7 @@ class PairRequest:
         if flight is not None and not flight.work.cancelled:
             flight.waiters += 1
             pair.source, pair.flight = Source.JOINED, flight
-            flight.result.add_done_callback(lambda result: self._landed(pair, result))
+            flight.landings.append(lambda value, error: self._landed(pair, value, error))
             return True
         return False
 
@@ -318,8 +367,9 @@ class PairRequest:
         if in_main and main is not None:
             work = main
         else:
-            job = await self._engine.open_job(self._query, self._options.instruction, self._options.truncation,
-                                              self._options.max_tokens_per_document, self._options.deadline)
+            options = self._options
+            job = await self._engine.open_job(self._query, options.instruction, options.truncation,
+                                              options.max_tokens_per_document, options.deadline)
             work = EngineWork(self._pairs, job)
             self._works.append(work)
             if self._left:  # left while the job opened
@@ -328,9 +378,9 @@ class PairRequest:
         flights: list[Flight] = []
         for pair in misses:
             pair.source = Source.COMPUTED
-            pair.flight = work.add(pair.key, pair.indices[0][0])
-            pair.flight.result.add_done_callback(lambda result, pair=pair: self._landed(pair, result))
-            flights.append(pair.flight)
+            flight = pair.flight = work.add(pair.key, pair.indices[0][0])
+            flight.landings.append(lambda value, error, pair=pair: self._landed(pair, value, error))
+            flights.append(flight)
         try:
             tokens = await work.job.add_documents([(pair.indices[0][0], pair.document) for pair in misses])
         except BaseException as exc:
@@ -342,12 +392,11 @@ class PairRequest:
         for flight, count in zip(flights, tokens):
             work.taken(flight, count)
 
-    def _landed(self, pair: _Pair, result: asyncio.Future[StoredScore]) -> None:
-        """A flight the pair waited on ended."""
+    def _landed(self, pair: _Pair, value: StoredScore | None, error: BaseException | None) -> None:
+        """The flight the pair waited on ended."""
         if self._left:
             return
-        if result.cancelled() or result.exception() is not None:
-            error = result.exception() if not result.cancelled() else Cancelled("the pair's work was cancelled")
+        if value is None:
             if pair.source is Source.COMPUTED:
                 self.fail(error or Cancelled("the pair's work was cancelled"))
                 return
@@ -357,7 +406,7 @@ class PairRequest:
             self._retries.add(task)
             task.add_done_callback(self._retries.discard)
             return
-        pair.value = result.result()
+        pair.value = value
         self._deliver(pair)
 
     async def _retry(self, pair: _Pair) -> None:
@@ -370,28 +419,30 @@ class PairRequest:
             self.fail(exc)
 
     def _deliver(self, pair: _Pair) -> None:
-        """Results for the pair's indices that have none yet, once its value is known."""
+        """Results for the pair's indices that have none yet, once its value is known. The first
+        index of a pair this request computed was counted by its job; every other one here."""
         value = pair.value
         if value is None:
             return
+        indices, source = pair.indices, pair.source
         extra = self._extra.usage
-        images = sum(isinstance(p, ImagePart) for p in pair.document.parts)
-        for position in range(pair.delivered, len(pair.indices)):
-            index, doc_id = pair.indices[position]
-            cached = pair.source is Source.CACHED
+        put = self._events.put
+        for position in range(pair.delivered, len(indices)):
+            index, doc_id = indices[position]
+            cached = source is Source.CACHED
             if cached:
                 extra.cached_documents += 1
-                if position > 0:
+                if position:
                     self._pairs.cache.hits += 1  # a repeat of a hit is a hit too
-            elif position > 0 or pair.source is Source.JOINED:
+            elif position or source is Source.JOINED:
                 extra.deduplicated_documents += 1
-                if position > 0:
+                if position:
                     self._pairs.deduplicated += 1
                 else:
                     self._pairs.coalesced += 1
-            if cached or position > 0 or pair.source is Source.JOINED:  # no job of this request counted it
+            if cached or position or source is Source.JOINED:  # no job of this request counted it
                 extra.prompt_tokens += value.prompt_tokens
-                extra.images += images
+                extra.images += sum(isinstance(p, ImagePart) for p in pair.document.parts)
             self._outstanding -= 1
-            self._events.put_nowait(Score(index, doc_id, value.score, value.logit, value.truncated, cached=cached))
-        pair.delivered = len(pair.indices)
+            put(Score(index, doc_id, value.score, value.logit, value.truncated, cached))
+        pair.delivered = len(indices)

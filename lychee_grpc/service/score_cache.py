@@ -1,7 +1,8 @@
 """The pair-score cache: a (query, document) pair scored once is answered from memory, exactly as
 it was stored, for as long as it stays in the cache.
 
-The key is a 128-bit digest of everything that can change a score:
+The key is a 128-bit digest (SHA-256 of the model's and the request's share, then BLAKE2b
+with the document) of everything that can change a score:
 - the model: its id or path, the fingerprint of its weight files (`EngineInfo.weights`), dtype,
   attention implementation, the image pixel bounds before the vision tower, the batch-invariant
   mode;
@@ -26,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..engine.api import EngineInfo
@@ -111,30 +112,27 @@ def model_key(info: EngineInfo) -> bytes:
     return hashlib.sha256("\0".join(map(str, fields)).encode("utf-8", "surrogatepass")).digest()
 
 
-def _feed(update: Callable[[bytes], None], parts: Sequence[Part]) -> None:
-    """The parts into a digest's `update`, unambiguously: a count, then per part a tag, a length
-    and its bytes (an image by its SHA-256)."""
-    update(len(parts).to_bytes(4, "little"))
+def _encoded(parts: Sequence[Part]) -> bytes:
+    """The parts as bytes, unambiguously: a count, then per part a tag, a length and its bytes
+    (an image by its SHA-256)."""
+    out = [len(parts).to_bytes(4, "little")]
     for part in parts:
         if isinstance(part, TextPart):
             data = part.text.encode("utf-8", "surrogatepass")
-            update(b"T" + len(data).to_bytes(8, "little"))
-            update(data)
+            out += (b"T", len(data).to_bytes(8, "little"), data)
         else:
-            update(b"I" + hashlib.sha256(part.data).digest())
+            out += (b"I", hashlib.sha256(part.data).digest())
+    return b"".join(out)
 
 
 class PairKeys:
     """The keys of one request's documents: the model's and the request's share hashed once."""
 
     def __init__(self, model: bytes, truncation: str, max_tokens_per_document: int, instruction: str, query: Query):
-        self._base = hashlib.sha256(model)
-        head = f"{truncation}\0{max_tokens_per_document}\0".encode()
         text = instruction.encode("utf-8", "surrogatepass")
-        self._base.update(head + len(text).to_bytes(8, "little") + text)
-        _feed(self._base.update, query.parts)
+        self._base = hashlib.sha256(b"".join((
+            model, f"{truncation}\0{max_tokens_per_document}\0".encode(), len(text).to_bytes(8, "little"), text,
+            _encoded(query.parts)))).digest()
 
     def of(self, document: Document) -> bytes:
-        digest = self._base.copy()
-        _feed(digest.update, document.parts)
-        return digest.digest()[:KEY_BYTES]
+        return hashlib.blake2b(self._base + _encoded(document.parts), digest_size=KEY_BYTES).digest()
