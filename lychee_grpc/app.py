@@ -37,6 +37,21 @@ ARENAS = 4
 MMAP_THRESHOLD = 1 << 20
 
 
+def mmap_threshold(config: AppConfig) -> int:
+    """The fixed mmap threshold, unless the model computes on this process's CPU: there every
+    activation of a batch over 1 MB would be mapped and unmapped again (a page fault per page it
+    touches), which made each CPU batch 1.5x as long (bench/RESULTS.md, "The per-call cost"); glibc's
+    own threshold then stays, and the arena cap and the idle-time malloc_trim still apply."""
+    if config.workers.devices:  # the model runs in worker processes
+        return MMAP_THRESHOLD
+    device = config.engine.device
+    if device is None:
+        import torch
+
+        return MMAP_THRESHOLD if torch.cuda.is_available() else 0
+    return 0 if device.startswith("cpu") else MMAP_THRESHOLD
+
+
 class App:
     """Binds first (health NOT_SERVING), then loads and warms the model, then SERVING."""
 
@@ -64,6 +79,7 @@ class App:
         if self.tracing is not None:
             request_observers.append(self.tracing)
         self.service = Service(self.lifecycle, config.service, observers=[self.metrics])
+        self.metrics.watch_score_cache(self.service.score_cache_stats)
         self.authenticator = TokenAuthenticator.from_config(config.security)
         self.interceptor = ServiceInterceptor(
             observers=request_observers,
@@ -175,7 +191,7 @@ class App:
 async def run(config: AppConfig, engine_factory: Callable[[EngineConfig], Engine] = Engine.load) -> int:
     """Runs until SIGTERM/SIGINT; returns the process exit code (non-zero when serving failed).
     `engine_factory` builds the in-process engine (tests/fault_server.py injects a fault through it)."""
-    memory.configure_malloc(ARENAS, MMAP_THRESHOLD)
+    memory.configure_malloc(ARENAS, mmap_threshold(config))
     app = App(config, engine_factory=engine_factory)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

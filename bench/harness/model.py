@@ -82,4 +82,5 @@ def build_model(tiny: str = DEFAULT_TINY, shape: Shape = SEVEN_B, dtype: torch.d
     tok = processor.tokenizer
     return LoadedModel(model=model, processor=processor, yes_id=tok.convert_tokens_to_ids("yes"),
                        no_id=tok.convert_tokens_to_ids("no"), device=torch.device(device), dtype=dtype,
-                       attention="sdpa", random_weights=True, parameters=sum(p.numel() for p in model.parameters()))
+                       attention="sdpa", random_weights=True, parameters=sum(p.numel() for p in model.parameters()),
+                       weights=f"random:{shape}:{dtype}:seed={seed}")

@@ -83,6 +83,9 @@ class EngineInfo:
     image_cache: ImageCacheInfo = field(default_factory=ImageCacheInfo)
     devices: tuple[str, ...] = ()
     batch_invariant: bool = False
+    # A digest of the checkpoint's weight files (model/loader.py's weights_fingerprint): part of
+    # the service's pair-score cache key.
+    weights: str = ""
 
     @classmethod
     def combined(cls, infos: Sequence[EngineInfo]) -> EngineInfo:
@@ -93,7 +96,7 @@ class EngineInfo:
             cache += info.image_cache
         return cls(first.model, first.dtype, first.attention, first.random_weights, first.parameters,
                    first.default_instruction, first.limits, cache, tuple(d for i in infos for d in i.devices),
-                   first.batch_invariant)
+                   first.batch_invariant, first.weights)
 
 
 class JobHandle(Protocol):

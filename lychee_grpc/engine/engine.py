@@ -257,6 +257,7 @@ class Engine(EngineClient):
                                        counters.image_cache_hits, counters.image_cache_misses),
             devices=(str(device) if device.type != "cuda" else f"{device}:{torch.cuda.get_device_name(device)}",),
             batch_invariant=config.batch_invariant,
+            weights=self.loaded.weights,
         )
 
     def stats(self) -> list[EngineStats]:

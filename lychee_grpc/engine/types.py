@@ -38,6 +38,7 @@ class Score:
     score: float
     logit: float
     truncated: bool = False  # the document's text was cut to fit the token limit
+    cached: bool = False  # answered from the service's pair-score cache (never set by the engine)
 
 
 @dataclass
@@ -46,6 +47,10 @@ class Usage:
     computed_tokens: int = 0
     images: int = 0
     cached_images: int = 0
+    # Set by the service: documents answered from its pair-score cache, and documents answered by
+    # an identical document's computation (repeated in the request, or queued for another).
+    cached_documents: int = 0
+    deduplicated_documents: int = 0
 
 
 @dataclass

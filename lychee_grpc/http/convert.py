@@ -274,7 +274,7 @@ def meta(outcome: RerankOutcome, documents: int, version: str) -> JsonObject:
 
 def rerank_result(r: RankedResult, document: Any | None, chunk: ChunkSpan | None, raw: bool) -> JsonObject:
     out: dict[str, Any] = {"index": r.index, "relevance_score": r.logit if raw else r.score, "band": r.band,
-                           "logit": r.logit, "truncated": r.truncated}
+                           "logit": r.logit, "truncated": r.truncated, "cached": r.cached}
     if document is not None:
         out["document"] = echo(document)
     if chunk is not None:

@@ -236,7 +236,8 @@ async def api_rerank(body: ApiRerankRequest, request: Request) -> Any:
                              inputs.named_fields)
     return {
         "results": [
-            {"index": r.index, "document": body.documents[r.index], "score": r.score, "band": r.band}
+            {"index": r.index, "document": body.documents[r.index], "score": r.score, "band": r.band,
+             "cached": r.cached}
             for r in outcome.results
         ],
         "model": outcome.model,

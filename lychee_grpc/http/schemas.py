@@ -223,6 +223,9 @@ class Usage(BaseModel):
     computed_tokens: int
     images: int
     cached_images: int
+    cached_documents: int = Field(0, description="documents answered from the pair-score cache")
+    deduplicated_documents: int = Field(0, description="documents answered by an identical document's computation "
+                                        "(earlier in the request, or queued for another request)")
     total_tokens: int
 
 
@@ -246,6 +249,8 @@ class RerankResult(BaseModel):
     band: Literal["strong", "medium", "weak"]
     logit: float
     truncated: bool = False
+    cached: bool = Field(False, description="answered from the pair-score cache: the score stored when this pair was "
+                         "scored before")
     document: dict[str, Any] | None = None
     chunk: Chunk | None = None
 
@@ -318,6 +323,7 @@ class ApiRankedDocument(BaseModel):
     document: str
     score: float
     band: Literal["strong", "medium", "weak"]
+    cached: bool = False
 
 
 class ApiRerankResponse(BaseModel):

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from ..engine.stats import EngineStats
 from ..engine.types import RequestStats
+from ..service.score_cache import ScoreCacheStats
 from .requests import RequestRecord
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,37 @@ class EngineCollector(Collector):
         yield reserved
 
 
+class ScoreCacheCollector(Collector):
+    """Reads the service's pair-score cache and single-flight counters at scrape time."""
+
+    def __init__(self, stats: Callable[[], ScoreCacheStats]):
+        self._stats = stats
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        s = self._stats()
+        yield CounterMetricFamily("lychee_score_cache_hits", "Documents answered from the pair-score cache.",
+                                  value=s.hits)
+        yield CounterMetricFamily("lychee_score_cache_misses",
+                                  "Distinct pairs looked up in the pair-score cache and not found.", value=s.misses)
+        yield CounterMetricFamily("lychee_score_cache_evictions",
+                                  "Pairs evicted from the pair-score cache to stay within its bound.",
+                                  value=s.evictions)
+        yield CounterMetricFamily("lychee_score_cache_coalesced",
+                                  "Documents answered by the same pair already queued or running for another request.",
+                                  value=s.coalesced)
+        yield CounterMetricFamily("lychee_documents_deduplicated",
+                                  "Documents answered by an identical document earlier in the same request.",
+                                  value=s.deduplicated)
+        yield GaugeMetricFamily("lychee_score_cache_bytes", "Bytes held by the pair-score cache (320 a pair).",
+                                value=s.bytes)
+        yield GaugeMetricFamily("lychee_score_cache_capacity_bytes",
+                                "Byte bound of the pair-score cache (--score-cache-mib).", value=s.capacity_bytes)
+        yield GaugeMetricFamily("lychee_score_cache_entries", "Pairs held by the pair-score cache.", value=s.entries)
+
+
 def _per_device(snapshots: list[EngineStats]) -> Iterable[Metric]:
     """Each device's share, to see that every GPU is busy."""
     batches = CounterMetricFamily("lychee_worker_batches", "Model batches run, per device.", labels=["device"])
@@ -158,6 +190,9 @@ class PrometheusObserver:
     def watch_engine(self, stats: Callable[[], list[EngineStats]], in_flight: Callable[[], int],
                      per_device: bool = False) -> None:
         self.registry.register(EngineCollector(stats, in_flight, per_device))
+
+    def watch_score_cache(self, stats: Callable[[], ScoreCacheStats]) -> None:
+        self.registry.register(ScoreCacheCollector(stats))
 
     def set_build_info(self, version: str, model: str, dtype: str, device: str) -> None:
         self.build_info.clear()

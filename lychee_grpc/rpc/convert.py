@@ -105,7 +105,8 @@ def options_from_proto(
 
 def result(r: RankedResult, document: pb.Document | None = None) -> pb.RerankResult:
     msg = pb.RerankResult(
-        index=r.index, id=r.id, score=r.score, band=_BANDS[r.band], logit=r.logit, truncated=r.truncated
+        index=r.index, id=r.id, score=r.score, band=_BANDS[r.band], logit=r.logit, truncated=r.truncated,
+        cached=r.cached,
     )
     if document is not None:
         msg.document.CopyFrom(document)
@@ -183,4 +184,9 @@ def model_info(info: ModelInfo) -> pb.GetModelInfoResponse:
         server_version=info.server_version,
         workers=info.workers,
         batch_invariant=info.batch_invariant,
+        score_cache_bytes=info.score_cache.bytes,
+        score_cache_capacity_bytes=info.score_cache.capacity_bytes,
+        score_cache_entries=info.score_cache.entries,
+        score_cache_hits=info.score_cache.hits,
+        score_cache_misses=info.score_cache.misses,
     )

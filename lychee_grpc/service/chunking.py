@@ -119,7 +119,7 @@ async def rerank_chunked(
         result = scored.results[position]
         _, k, start, end = owners[result.index]
         scores.append(Score(index=doc_index, id=documents[doc_index].id, score=result.score, logit=result.logit,
-                            truncated=result.truncated or cut[doc_index]))
+                            truncated=result.truncated or cut[doc_index], cached=result.cached))
         spans[doc_index] = ChunkSpan(k, start, end, counts[doc_index])
     stats = RequestStats(usage=scored.usage, timings=scored.timings)
     served = Served(len(scores), sum(1 for s in scores if s.truncated), stats)

@@ -18,3 +18,6 @@ class ServiceConfig:
     default_truncation: str = "none"
     max_explain_fragments: int = 256
     explain_grid_size: int = 4
+    # The pair-score cache's bound (score_cache.py; 0: off). In-request deduplication and single
+    # flight stay on either way.
+    score_cache_bytes: int = 256 << 20

@@ -10,13 +10,15 @@ from dataclasses import asdict
 from typing import Protocol
 
 from .. import __version__
-from ..engine.api import EngineClient, JobHandle, Truncation
+from ..engine.api import EngineClient, EngineInfo, Truncation
 from ..engine.errors import FieldViolation, InvalidInput, NotReady, TooLarge
 from ..engine.types import Document, Query, RequestStats, Score
 from ..lifecycle import Lifecycle
 from .admission import Admission
 from .config import ServiceConfig
 from .explain import explain as explain_pair
+from .pairs import JobOptions, PairRequest, PairScores
+from .score_cache import PairKeys, ScoreCache, ScoreCacheStats, model_key
 from .types import (
     TRUNCATIONS,
     ExplainOptions,
@@ -50,6 +52,8 @@ class Service:
         self._engine = engine
         self.admission = Admission(self.config.max_concurrent_requests)
         self.observers = list(observers)
+        self.pairs = PairScores(ScoreCache(self.config.score_cache_bytes))
+        self._static: tuple[EngineClient, EngineInfo, bytes] | None = None
 
     def attach(self, engine: EngineClient) -> None:
         """The engine, once loaded; until then the lifecycle refuses every request."""
@@ -60,6 +64,18 @@ class Service:
         if self._engine is None:
             raise NotReady("the model is loading; retry shortly")
         return self._engine
+
+    def _info(self) -> tuple[EngineInfo, bytes]:
+        """The engine's info as the request path reads it (model, limits, default instruction:
+        fixed once loaded, so read once per engine) and the model's share of the cache keys."""
+        engine = self.engine
+        if self._static is None or self._static[0] is not engine:
+            info = engine.info()
+            self._static = (engine, info, model_key(info))
+        return self._static[1], self._static[2]
+
+    def score_cache_stats(self) -> ScoreCacheStats:
+        return self.pairs.stats()
 
     # ---- options ------------------------------------------------------------------------
     def _check_options(self, options: RerankOptions, prefix: str = "") -> None:
@@ -74,7 +90,7 @@ class Service:
             violations.append(FieldViolation(f"{prefix}max_tokens_per_document", "must be 0 or positive"))
         elif options.max_tokens_per_document:
             # The one check of the request's token limit: the engine takes it as given.
-            limit = self.engine.info().limits.max_tokens_per_document
+            limit = self._info()[0].limits.max_tokens_per_document
             if options.max_tokens_per_document > limit:
                 violations.append(FieldViolation(
                     f"{prefix}max_tokens_per_document",
@@ -90,22 +106,24 @@ class Service:
             logit=score.logit,
             band=self.config.bands.band(score.score),
             truncated=score.truncated,
+            cached=score.cached,
         )
 
     def _check_count(self, documents: int) -> None:
         """The one check of the documents-per-request limit (a stream's count so far)."""
-        limit = self.engine.info().limits.max_documents_per_request
+        limit = self._info()[0].limits.max_documents_per_request
         if documents > limit:
             raise TooLarge([FieldViolation("documents", f"{documents} documents, over the limit of {limit}")])
 
-    async def _open_job(self, query: Query, options: RerankOptions) -> JobHandle:
-        return await self.engine.open_job(
-            query,
-            options.instruction,
-            Truncation(options.truncation or self.config.default_truncation),
-            options.max_tokens_per_document,
-            options.deadline,
-        )
+    def _pairs_of(self, query: Query, options: RerankOptions) -> PairRequest:
+        """The request's documents, answered from the score cache where it holds them (pairs.py)."""
+        info, model = self._info()
+        truncation = options.truncation or self.config.default_truncation
+        # The key holds the effective settings: the server's limit and instruction when the request sets none.
+        keys = PairKeys(model, truncation, options.max_tokens_per_document or info.limits.max_tokens_per_document,
+                        options.instruction or info.default_instruction, query)
+        return PairRequest(self.pairs, self.engine, query, keys, JobOptions(
+            options.instruction, Truncation(truncation), options.max_tokens_per_document, options.deadline))
 
     def _finished(self, method: str, scores: list[Score], stats: RequestStats) -> Served:
         served = Served(len(scores), sum(1 for s in scores if s.truncated), stats)
@@ -134,7 +152,7 @@ class Service:
             results=[self._result(s) for s in ranked],
             usage=stats.usage,
             timings=stats.timings,
-            model=self.engine.info().model,
+            model=self._info()[0].model,
             truncated_documents=served.truncated,
             dropped_documents=dropped,
             request_id=options.request_id,
@@ -149,16 +167,16 @@ class Service:
             if not documents:
                 raise InvalidInput([FieldViolation("documents", "at least one document is required")])
             self._check_count(len(documents))
-            job = await self._open_job(query, options)
+            job = self._pairs_of(query, options)
             try:
                 await job.add_documents(list(enumerate(documents)))
                 job.close()
                 scores = [s async for s in job.results()]
-            except BaseException:
-                job.cancel()
-                raise
-            served = self._finished("Rerank", scores, job.stats)
-            return self.outcome_of(scores, job.stats, options, started, served)
+            finally:
+                job.leave()
+            stats = job.stats
+            served = self._finished("Rerank", scores, stats)
+            return self.outcome_of(scores, stats, options, started, served)
 
     async def rerank_stream(
         self,
@@ -173,7 +191,7 @@ class Service:
         started = time.perf_counter()
         with self.lifecycle.request(), self.admission.permit():
             self._check_options(options, "options.")
-            job = await self._open_job(query, options)
+            job = self._pairs_of(query, options)
             received = 0
 
             async def read() -> None:
@@ -201,9 +219,10 @@ class Service:
             finally:
                 if not reader.done():
                     reader.cancel()
-                job.cancel()
-            served = self._finished("RerankStream", scores, job.stats)
-            yield self.outcome_of(scores, job.stats, options, started, served)
+                job.leave()
+            stats = job.stats
+            served = self._finished("RerankStream", scores, stats)
+            yield self.outcome_of(scores, stats, options, started, served)
 
     async def explain(self, query: Query, document: Document, options: ExplainOptions) -> ExplainOutcome:
         """The pair's score and each fragment's attribution, measured by occlusion (explain.py)."""
@@ -238,6 +257,7 @@ class Service:
             server_version=__version__,
             workers=self.engine.workers,
             batch_invariant=info.batch_invariant,
+            score_cache=self.pairs.stats(),
         )
 
 

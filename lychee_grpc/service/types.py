@@ -8,6 +8,7 @@ from ..engine.api import Truncation
 from ..engine.errors import FieldViolation
 from ..engine.types import Document, ImagePart, Part, Query, RequestStats, TextPart, Timings, Usage
 from .bands import BandThresholds
+from .score_cache import ScoreCacheStats
 
 __all__ = [
     "Document",
@@ -52,6 +53,7 @@ class RankedResult:
     logit: float
     band: str  # "strong", "medium", "weak"
     truncated: bool = False
+    cached: bool = False  # answered from the pair-score cache
 
 
 @dataclass(frozen=True)
@@ -152,3 +154,4 @@ class ModelInfo:
     workers: int = 1
     extra: dict[str, str] = field(default_factory=dict[str, str])
     batch_invariant: bool = False
+    score_cache: ScoreCacheStats = field(default_factory=ScoreCacheStats)

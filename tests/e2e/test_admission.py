@@ -92,14 +92,16 @@ async def _refuse_past_the_bound(client, scheduler, tokens_per_request, gate):
         assert condition()
 
     batches = scheduler._batch_id
-    first = asyncio.ensure_future(client.rerank("denim", DOCS))
+    # Three other queries (each ends in a digit, so documents tokenize as for "denim"): each
+    # request is computed, none answered by another's (score cache, single flight).
+    first = asyncio.ensure_future(client.rerank("denim 1", DOCS))
     await until(lambda: scheduler._batch_id > batches)  # its batch waits for the GPU thread
-    second = asyncio.ensure_future(client.rerank("denim", DOCS))
+    second = asyncio.ensure_future(client.rerank("denim 2", DOCS))
     await until(lambda: scheduler.queued_tokens == tokens_per_request)
 
     started = time.perf_counter()
     with pytest.raises(grpc.RpcError) as refused:
-        await client.rerank("denim", DOCS)
+        await client.rerank("denim 3", DOCS)
     assert time.perf_counter() - started < 2.0
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "tokens waiting" in refused.value.details()

@@ -100,12 +100,16 @@ async def test_a_deadline_expiring_during_a_requests_batches_ends_it_promptly(on
     assert len((await client.rerank("denim", TITLES)).results) == len(TITLES)
 
 
-async def test_an_out_of_memory_batch_is_split_and_every_request_succeeds(server, client):
+async def test_an_out_of_memory_batch_is_split_and_every_request_succeeds(make_server):
+    from lychee_grpc.service.config import ServiceConfig
+
+    server = await make_server(app={"service": ServiceConfig(score_cache_bytes=0)})  # each request computed
     engine = server.engine
-    expected = {r.index: r.score for r in (await client.rerank("denim", TITLES * 4)).results}
-    engine.inject_faults(OutOfMemoryAbove(3))  # the "GPU" holds at most 3 sequences at once
-    splits = stats_of(engine).oom_splits
-    results = await asyncio.gather(*(client.rerank("denim", TITLES * 4) for _ in range(3)))
+    async with AsyncLycheeClient(f"127.0.0.1:{server.port}", timeout=60) as client:
+        expected = {r.index: r.score for r in (await client.rerank("denim", TITLES * 4)).results}
+        engine.inject_faults(OutOfMemoryAbove(3))  # the "GPU" holds at most 3 sequences at once
+        splits = stats_of(engine).oom_splits
+        results = await asyncio.gather(*(client.rerank("denim", TITLES * 4) for _ in range(3)))
     for resp in results:
         assert {r.index: r.score for r in resp.results} == pytest.approx(expected, abs=1e-5)
     assert stats_of(engine).oom_splits > splits

@@ -71,9 +71,13 @@ async def test_image_and_mixed_documents(client):
     resp = await client.rerank(query, docs)
     assert {r.id for r in resp.results} == {"img", "mixed", "text"}
     assert resp.usage.images == 3  # query image once, two document images
-    again = await client.rerank(query, docs)
-    assert again.usage.cached_images == 2
-    assert [r.score for r in again.results] == pytest.approx([r.score for r in resp.results], abs=1e-6)
+    # Other pairs (another instruction), the same images: their tower outputs come from the vision cache.
+    again = await client.rerank(query, docs, instruction="Find products of the same style")
+    assert again.usage.cached_images == 2 and not any(r.cached for r in again.results)
+    # The same pairs: their scores come from the pair-score cache, unchanged.
+    repeat = await client.rerank(query, docs)
+    assert [(r.id, r.score) for r in repeat.results] == [(r.id, r.score) for r in resp.results]
+    assert all(r.cached for r in repeat.results)
 
 
 async def test_stream_scores_arrive_before_half_close_then_final_ranking(server, loaded):

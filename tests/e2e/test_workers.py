@@ -152,3 +152,25 @@ async def test_model_info_lists_every_device(pool_app):
     async with AsyncLycheeClient(f"127.0.0.1:{pool_app.port}", timeout=60) as client:
         info = await client.stub.GetModelInfo(pb.GetModelInfoRequest())
     assert info.workers == 2 and len(info.devices) == 2
+
+
+async def test_two_workers_answer_a_repeated_request_from_the_score_cache_bit_for_bit(pool_app):
+    """The cache sits above the pool: the repeat reaches no worker (nothing computed, no IPC),
+    unary and stream alike."""
+    titles = [f"{t} (cache)" for t in TITLES]
+    async with AsyncLycheeClient(f"127.0.0.1:{pool_app.port}", timeout=120) as client:
+        first = await client.rerank("linen sofa", titles)
+        await asyncio.sleep(0.6)  # the workers' stats snapshots
+        scored_before = sum(s.documents_scored for s in pool_app.engine_client.stats())
+        second = await client.rerank("linen sofa", titles)
+        events = [e async for e in client.rerank_stream("linen sofa", [titles[:7], titles[7:]])]
+        await asyncio.sleep(0.6)  # the workers' stats snapshots
+        scored_after = sum(s.documents_scored for s in pool_app.engine_client.stats())
+    assert not any(r.cached for r in first.results) and all(r.cached for r in second.results)
+    assert sorted((r.index, r.score, r.logit) for r in second.results) == sorted(
+        (r.index, r.score, r.logit) for r in first.results)
+    assert second.usage.computed_tokens == 0 and second.usage.cached_documents == len(titles)
+    scored = [e.scored for e in events if e.HasField("scored")]
+    assert all(s.cached for s in scored) and sorted((s.index, s.score) for s in scored) == sorted(
+        (r.index, r.score) for r in first.results)
+    assert scored_after == scored_before

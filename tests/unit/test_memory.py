@@ -55,3 +55,13 @@ async def test_the_trimmer_trims_once_memory_grew_and_nothing_is_in_flight(monke
     await asyncio.sleep(0.05)
     task.cancel()
     assert trims  # idle: trimmed
+
+
+def test_the_fixed_mmap_threshold_is_left_out_only_where_the_model_computes_on_this_cpu():
+    """On a CPU engine every activation over the threshold would be mapped and unmapped per use."""
+    from lychee_grpc.app import MMAP_THRESHOLD, mmap_threshold
+    from lychee_grpc.config import build
+
+    assert mmap_threshold(build({"model": "m", "device": "cpu"})) == 0
+    assert mmap_threshold(build({"model": "m", "device": "cuda:0"})) == MMAP_THRESHOLD
+    assert mmap_threshold(build({"model": "m", "device": "cpu", "devices": "cpu,cpu"})) == MMAP_THRESHOLD

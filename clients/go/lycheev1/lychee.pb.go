@@ -496,7 +496,10 @@ type RerankResult struct {
 	// Set when return_documents was asked for.
 	Document *Document `protobuf:"bytes,6,opt,name=document,proto3" json:"document,omitempty"`
 	// The document's text was cut to fit the token limit before scoring.
-	Truncated     bool `protobuf:"varint,7,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	Truncated bool `protobuf:"varint,7,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	// The score was answered from the server's pair-score cache: the same pair (model, settings,
+	// instruction, query and document parts) was scored before, and this is that score, unchanged.
+	Cached        bool `protobuf:"varint,8,opt,name=cached,proto3" json:"cached,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -580,6 +583,13 @@ func (x *RerankResult) GetTruncated() bool {
 	return false
 }
 
+func (x *RerankResult) GetCached() bool {
+	if x != nil {
+		return x.Cached
+	}
+	return false
+}
+
 type Usage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Prompt tokens over all documents, as if each pair were run on its own.
@@ -589,9 +599,15 @@ type Usage struct {
 	// Images in the query and the documents.
 	Images uint32 `protobuf:"varint,3,opt,name=images,proto3" json:"images,omitempty"`
 	// Of those, images whose vision-tower output came from the cache.
-	CachedImages  uint32 `protobuf:"varint,4,opt,name=cached_images,json=cachedImages,proto3" json:"cached_images,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CachedImages uint32 `protobuf:"varint,4,opt,name=cached_images,json=cachedImages,proto3" json:"cached_images,omitempty"`
+	// Documents answered from the pair-score cache (their results say `cached`).
+	CachedDocuments uint32 `protobuf:"varint,5,opt,name=cached_documents,json=cachedDocuments,proto3" json:"cached_documents,omitempty"`
+	// Documents answered by an identical document's computation: one earlier in the same request,
+	// or the same pair already queued or running for another request. Neither kind was computed
+	// for this request; prompt_tokens still counts them, computed_tokens does not.
+	DeduplicatedDocuments uint32 `protobuf:"varint,6,opt,name=deduplicated_documents,json=deduplicatedDocuments,proto3" json:"deduplicated_documents,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Usage) Reset() {
@@ -648,6 +664,20 @@ func (x *Usage) GetImages() uint32 {
 func (x *Usage) GetCachedImages() uint32 {
 	if x != nil {
 		return x.CachedImages
+	}
+	return 0
+}
+
+func (x *Usage) GetCachedDocuments() uint32 {
+	if x != nil {
+		return x.CachedDocuments
+	}
+	return 0
+}
+
+func (x *Usage) GetDeduplicatedDocuments() uint32 {
+	if x != nil {
+		return x.DeduplicatedDocuments
 	}
 	return 0
 }
@@ -1320,8 +1350,15 @@ type GetModelInfoResponse struct {
 	// True when the server runs in the batch-invariant mode (--batch-invariant): a pair's score
 	// has the same bits whatever it is batched with (fixed reduction orders, some throughput spent).
 	BatchInvariant bool `protobuf:"varint,16,opt,name=batch_invariant,json=batchInvariant,proto3" json:"batch_invariant,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The pair-score cache (--score-cache-mib; capacity 0: off): bytes used and bound, pairs held,
+	// and documents answered from it (hits) or looked up and missing (misses) since start.
+	ScoreCacheBytes         uint64 `protobuf:"varint,17,opt,name=score_cache_bytes,json=scoreCacheBytes,proto3" json:"score_cache_bytes,omitempty"`
+	ScoreCacheCapacityBytes uint64 `protobuf:"varint,18,opt,name=score_cache_capacity_bytes,json=scoreCacheCapacityBytes,proto3" json:"score_cache_capacity_bytes,omitempty"`
+	ScoreCacheEntries       uint64 `protobuf:"varint,19,opt,name=score_cache_entries,json=scoreCacheEntries,proto3" json:"score_cache_entries,omitempty"`
+	ScoreCacheHits          uint64 `protobuf:"varint,20,opt,name=score_cache_hits,json=scoreCacheHits,proto3" json:"score_cache_hits,omitempty"`
+	ScoreCacheMisses        uint64 `protobuf:"varint,21,opt,name=score_cache_misses,json=scoreCacheMisses,proto3" json:"score_cache_misses,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *GetModelInfoResponse) Reset() {
@@ -1464,6 +1501,41 @@ func (x *GetModelInfoResponse) GetBatchInvariant() bool {
 		return x.BatchInvariant
 	}
 	return false
+}
+
+func (x *GetModelInfoResponse) GetScoreCacheBytes() uint64 {
+	if x != nil {
+		return x.ScoreCacheBytes
+	}
+	return 0
+}
+
+func (x *GetModelInfoResponse) GetScoreCacheCapacityBytes() uint64 {
+	if x != nil {
+		return x.ScoreCacheCapacityBytes
+	}
+	return 0
+}
+
+func (x *GetModelInfoResponse) GetScoreCacheEntries() uint64 {
+	if x != nil {
+		return x.ScoreCacheEntries
+	}
+	return 0
+}
+
+func (x *GetModelInfoResponse) GetScoreCacheHits() uint64 {
+	if x != nil {
+		return x.ScoreCacheHits
+	}
+	return 0
+}
+
+func (x *GetModelInfoResponse) GetScoreCacheMisses() uint64 {
+	if x != nil {
+		return x.ScoreCacheMisses
+	}
+	return 0
 }
 
 type ExplainRequest struct {
@@ -1801,7 +1873,7 @@ const file_lychee_proto_rawDesc = "" +
 	"\tmin_score\x18\a \x01(\x02H\x00R\bminScore\x88\x01\x01\x125\n" +
 	"\x17max_tokens_per_document\x18\b \x01(\rR\x14maxTokensPerDocumentB\f\n" +
 	"\n" +
-	"_min_score\"\xdd\x01\n" +
+	"_min_score\"\xf5\x01\n" +
 	"\fRerankResult\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
@@ -1809,12 +1881,15 @@ const file_lychee_proto_rawDesc = "" +
 	"\x04band\x18\x04 \x01(\x0e2\x18.lychee.v1.RelevanceBandR\x04band\x12\x14\n" +
 	"\x05logit\x18\x05 \x01(\x02R\x05logit\x12/\n" +
 	"\bdocument\x18\x06 \x01(\v2\x13.lychee.v1.DocumentR\bdocument\x12\x1c\n" +
-	"\ttruncated\x18\a \x01(\bR\ttruncated\"\x92\x01\n" +
+	"\ttruncated\x18\a \x01(\bR\ttruncated\x12\x16\n" +
+	"\x06cached\x18\b \x01(\bR\x06cached\"\xf4\x01\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\x04R\fpromptTokens\x12'\n" +
 	"\x0fcomputed_tokens\x18\x02 \x01(\x04R\x0ecomputedTokens\x12\x16\n" +
 	"\x06images\x18\x03 \x01(\rR\x06images\x12#\n" +
-	"\rcached_images\x18\x04 \x01(\rR\fcachedImages\"\x87\x01\n" +
+	"\rcached_images\x18\x04 \x01(\rR\fcachedImages\x12)\n" +
+	"\x10cached_documents\x18\x05 \x01(\rR\x0fcachedDocuments\x125\n" +
+	"\x16deduplicated_documents\x18\x06 \x01(\rR\x15deduplicatedDocuments\"\x87\x01\n" +
 	"\aTimings\x12#\n" +
 	"\rpreprocess_ms\x18\x01 \x01(\x01R\fpreprocessMs\x12\x19\n" +
 	"\bqueue_ms\x18\x02 \x01(\x01R\aqueueMs\x12!\n" +
@@ -1867,7 +1942,7 @@ const file_lychee_proto_rawDesc = "" +
 	"\x11explain_grid_size\x18\x0e \x01(\rR\x0fexplainGridSize\"@\n" +
 	"\x0eBandThresholds\x12\x16\n" +
 	"\x06strong\x18\x01 \x01(\x02R\x06strong\x12\x16\n" +
-	"\x06medium\x18\x02 \x01(\x02R\x06medium\"\xa9\x05\n" +
+	"\x06medium\x18\x02 \x01(\x02R\x06medium\"\x9a\a\n" +
 	"\x14GetModelInfoResponse\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
 	"\x05dtype\x18\x02 \x01(\tR\x05dtype\x129\n" +
@@ -1887,7 +1962,12 @@ const file_lychee_proto_rawDesc = "" +
 	"\x12image_cache_misses\x18\r \x01(\x04R\x10imageCacheMisses\x12%\n" +
 	"\x0eserver_version\x18\x0e \x01(\tR\rserverVersion\x12\x18\n" +
 	"\aworkers\x18\x0f \x01(\rR\aworkers\x12'\n" +
-	"\x0fbatch_invariant\x18\x10 \x01(\bR\x0ebatchInvariant\"\xcd\x01\n" +
+	"\x0fbatch_invariant\x18\x10 \x01(\bR\x0ebatchInvariant\x12*\n" +
+	"\x11score_cache_bytes\x18\x11 \x01(\x04R\x0fscoreCacheBytes\x12;\n" +
+	"\x1ascore_cache_capacity_bytes\x18\x12 \x01(\x04R\x17scoreCacheCapacityBytes\x12.\n" +
+	"\x13score_cache_entries\x18\x13 \x01(\x04R\x11scoreCacheEntries\x12(\n" +
+	"\x10score_cache_hits\x18\x14 \x01(\x04R\x0escoreCacheHits\x12,\n" +
+	"\x12score_cache_misses\x18\x15 \x01(\x04R\x10scoreCacheMisses\"\xcd\x01\n" +
 	"\x0eExplainRequest\x12&\n" +
 	"\x05query\x18\x01 \x01(\v2\x10.lychee.v1.QueryR\x05query\x12/\n" +
 	"\bdocument\x18\x02 \x01(\v2\x13.lychee.v1.DocumentR\bdocument\x12 \n" +

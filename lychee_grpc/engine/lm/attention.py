@@ -43,6 +43,18 @@ class HostPlan:
     flat: torch.Tensor  # rows of the key/value source, sequence after sequence
     cu_q: torch.Tensor
     cu_k: torch.Tensor
+    flat_rows: np.ndarray | None = None  # `flat` as NumPy, for the padded path's groups
+
+
+@dataclass
+class PaddedGroup:
+    """Sequences of similar query length, attended in one padded SDPA call."""
+
+    q_index: torch.Tensor  # [B, Lq] rows of the query tensor (its last row is padding)
+    kv_index: torch.Tensor  # [B, S] rows of the key/value source (its last row is padding)
+    mask: torch.Tensor  # [B, 1, rep*Lq, S]
+    valid: torch.Tensor  # real rows of the flattened [B*Lq] output ...
+    rows: torch.Tensor | None  # ... and where they go in the packed output (None: in order, all of it)
 
 
 @dataclass
@@ -56,11 +68,22 @@ class Plan:
     max_q: int
     max_k: int
     # Padded SDPA form (built only when varlen is not in use).
-    q_index: torch.Tensor | None = None  # [B, Lq] rows of the query tensor (its last row is padding)
-    kv_index: torch.Tensor | None = None  # [B, S] rows of the key/value source (its last row is padding)
-    mask: torch.Tensor | None = None  # [B, 1, rep*Lq, S]
-    out_index: torch.Tensor | None = None  # real rows of the flattened [B*Lq] output
+    groups: list[PaddedGroup] | None = None
     host: HostPlan | None = None  # kept for the sequence-by-sequence path (batch-invariant, no varlen)
+
+
+# Sequences per padded SDPA call. One call over a whole batch of ~100 sequences built score
+# blocks of ~14 MB (past the cache) padded to the longest sequence, and took 2.2x as long as
+# calls over 16 sequences of similar length (bench/RESULTS.md, "The per-call cost").
+PADDED_GROUP = 16
+ONE_CALL_SCORES = 1 << 18  # a padded score block this small stays one call
+
+
+def padded_groups(counts: np.ndarray, klens: np.ndarray, size: int = PADDED_GROUP) -> list[np.ndarray]:
+    """The sequences in groups of `size`, by query rows then key rows: each group is padded to
+    its own longest sequence only. Members of a group in ascending order."""
+    order = np.lexsort((klens, counts))
+    return [np.sort(order[i : i + size]) for i in range(0, order.size, size)]
 
 
 def host_plan(
@@ -77,7 +100,7 @@ def host_plan(
     flat = np.repeat(run_starts - (np.cumsum(run_lens) - run_lens), run_lens) + np.arange(run_lens.sum())
     return HostPlan(
         q_starts=[q0 for q0, _ in queries], counts=counts, klens=klens, q_rows=q_rows, kv_rows=kv_rows,
-        flat=torch.from_numpy(flat),
+        flat=torch.from_numpy(flat), flat_rows=flat,
         cu_q=torch.from_numpy(np.concatenate(([0], np.cumsum(counts))).astype(np.int32)),
         cu_k=torch.from_numpy(np.concatenate(([0], np.cumsum(klens))).astype(np.int32)),
     )
@@ -108,26 +131,37 @@ class PackedAttention:
         if self.batch_invariant:
             at.host = host
             return at
-        dev = self.device
-        B = len(host.q_starts)
-        lens = torch.from_numpy(host.counts)
-        klens = torch.from_numpy(host.klens)
-        q_index = torch.tensor(host.q_starts).unsqueeze(1) + torch.arange(lq).unsqueeze(0)
-        q_valid = torch.arange(lq).unsqueeze(0) < lens.unsqueeze(1)
-        q_index = torch.where(q_valid, q_index, torch.full_like(q_index, host.q_rows))
-        kv_index = torch.full((B, S), host.kv_rows, dtype=torch.long)
-        kv_valid = torch.arange(S).unsqueeze(0) < klens.unsqueeze(1)
-        kv_index[kv_valid] = host.flat
+        if host.counts.size * self.rep * lq * S <= ONE_CALL_SCORES:  # small: one call (the last layer's)
+            groups = [np.arange(host.counts.size)]
+        else:
+            groups = padded_groups(host.counts, host.klens)
+        at.groups = [self._padded(host, members, len(groups) == 1) for members in groups]
+        return at
+
+    def _padded(self, host: HostPlan, members: np.ndarray, whole: bool) -> PaddedGroup:
+        """The padded call's index tensors and mask for the sequences `members` of `host`, built
+        in NumPy (a few microseconds an array, where torch's small-tensor calls cost more)."""
+        counts, klens = host.counts[members], host.klens[members]
+        B, lq, S = members.size, int(counts.max()), int(klens.max())
+        flat = host.flat_rows if host.flat_rows is not None else host.flat.numpy()
+        q_cols, k_cols = np.arange(lq), np.arange(S)
+        q_valid = q_cols[None, :] < counts[:, None]
+        q_index = np.where(q_valid, np.asarray(host.q_starts, dtype=np.int64)[members][:, None] + q_cols,
+                           host.q_rows)
+        k_valid = k_cols[None, :] < klens[:, None]
+        k_first = (np.cumsum(host.klens) - host.klens)[members]
+        kv_index = np.where(k_valid, flat[np.minimum(k_first[:, None] + k_cols, flat.size - 1)], host.kv_rows)
         # The queries are each sequence's last n tokens: query j sees keys 0 .. klen - n + j
         # (causal, aligned bottom-right as flash attention's varlen kernel does).
-        visible = klens.unsqueeze(1) - lens.unsqueeze(1) + 1 + torch.arange(lq).unsqueeze(0)
-        allowed = torch.arange(S).view(1, 1, S) < visible.unsqueeze(2)  # [B, Lq, S]
-        mask = allowed.unsqueeze(1).expand(B, self.rep, lq, S).reshape(B, 1, self.rep * lq, S)
-        at.q_index = q_index.to(dev)
-        at.kv_index = kv_index.to(dev)
-        at.mask = mask.to(dev)
-        at.out_index = torch.nonzero(q_valid.flatten()).flatten().to(dev)
-        return at
+        visible = (klens - counts + 1)[:, None] + q_cols[None, :]
+        allowed = k_cols[None, None, :] < visible[:, :, None]  # [B, Lq, S]
+        mask = np.repeat(allowed[:, None], self.rep, axis=1).reshape(B, 1, self.rep * lq, S)
+        valid = np.flatnonzero(q_valid)
+        dev = self.device
+        return PaddedGroup(
+            q_index=torch.from_numpy(q_index).to(dev), kv_index=torch.from_numpy(kv_index).to(dev),
+            mask=torch.from_numpy(mask).to(dev), valid=torch.from_numpy(valid).to(dev),
+            rows=None if whole else torch.from_numpy(q_index.ravel()[valid]).to(dev))
 
     def __call__(self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, at: Plan) -> torch.Tensor:
         """q: [rows, H, D] packed in sequence order; k_src/v_src: [rows, Hkv, D], padding row last."""
@@ -141,16 +175,26 @@ class PackedAttention:
             return out.reshape(q.shape[0], self.num_heads * self.head_dim)
         if at.host is not None:
             return self._one_by_one(q, k_src, v_src, at)
-        assert at.q_index is not None and at.kv_index is not None  # a padded plan (plan_padded)
-        B, lq = at.q_index.shape
-        q_pad = torch.cat([q, q.new_zeros(1, *q.shape[1:])])[at.q_index]  # [B, Lq, H, D]
+        assert at.groups is not None
+        q_padded = torch.cat([q, q.new_zeros(1, *q.shape[1:])])
+        if len(at.groups) == 1:
+            return self._padded_call(q_padded, k_src, v_src, at.groups[0])
+        out = q.new_empty(q.shape[0], self.num_heads * self.head_dim)
+        for group in at.groups:
+            out[group.rows] = self._padded_call(q_padded, k_src, v_src, group)
+        return out
+
+    def _padded_call(self, q_padded: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor,
+                     group: PaddedGroup) -> torch.Tensor:
+        B, lq = group.q_index.shape
+        q_pad = q_padded[group.q_index]  # [B, Lq, H, D]
         q_pad = q_pad.view(B, lq, self.num_kv_heads, self.rep, self.head_dim)
         q_pad = q_pad.permute(0, 2, 3, 1, 4).reshape(B, self.num_kv_heads, self.rep * lq, self.head_dim)
-        k = k_src[at.kv_index].transpose(1, 2)  # [B, Hkv, S, D]
-        v = v_src[at.kv_index].transpose(1, 2)
-        out = F.scaled_dot_product_attention(q_pad, k, v, attn_mask=at.mask, scale=self.scale)
+        k = k_src[group.kv_index].transpose(1, 2)  # [B, Hkv, S, D]
+        v = v_src[group.kv_index].transpose(1, 2)
+        out = F.scaled_dot_product_attention(q_pad, k, v, attn_mask=group.mask, scale=self.scale)
         out = out.view(B, self.num_kv_heads, self.rep, lq, self.head_dim).permute(0, 3, 1, 2, 4)
-        return out.reshape(B * lq, self.num_heads * self.head_dim)[at.out_index]
+        return out.reshape(B * lq, self.num_heads * self.head_dim)[group.valid]
 
     def _one_by_one(self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, at: Plan) -> torch.Tensor:
         """One SDPA call per sequence, shaped by that sequence alone (batch-invariant, no varlen)."""

@@ -7,6 +7,7 @@ with random values), "yes"/"no" not being single tokens, too little GPU memory.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -41,6 +42,7 @@ class LoadedModel:
     attention: str
     random_weights: bool
     parameters: int
+    weights: str = ""  # weights_fingerprint(): "" where unknown (a model built in memory)
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -198,4 +200,41 @@ def load_model(config: EngineConfig) -> LoadedModel:
         attention=attention,
         random_weights=bool(getattr(model.config, RANDOM_WEIGHTS_FLAG, False)),
         parameters=sum(p.numel() for p in model.parameters()),
+        weights=weights_fingerprint(config.model, config.revision),
     )
+
+
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
+
+
+def _checkpoint_folder(model: str, revision: str | None) -> Path | None:
+    """The folder the weights were read from: `model` itself, or the hub cache's snapshot of it
+    (whose path names the commit)."""
+    if Path(model).is_dir():
+        return Path(model)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, revision=revision, local_files_only=True,
+                                      allow_patterns=list(WEIGHT_FILES)))
+    except Exception:  # not in the cache in a form we can read: the id and revision stand alone
+        return None
+
+
+def weights_fingerprint(model: str, revision: str | None = None) -> str:
+    """A digest of the checkpoint's weight index: the resolved folder, and for each weight file
+    its name, size, modification time and first 1 MiB (a safetensors file's header lists every
+    tensor with its dtype, shape and offsets; a sharded checkpoint's index maps each to its
+    shard). Not the weights' contents (16 GB would take seconds to read at start-up): a
+    checkpoint rewritten in place with the same layout, size and time is not told apart."""
+    digest = hashlib.sha256(f"{model}\0{revision or ''}".encode())
+    folder = _checkpoint_folder(model, revision)
+    if folder is not None:
+        digest.update(str(folder.resolve()).encode())
+        files = sorted({f for pattern in WEIGHT_FILES for f in folder.glob(pattern)})
+        for f in files:
+            stat = f.stat()
+            digest.update(f"\0{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+            with open(f, "rb") as handle:
+                digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:32]

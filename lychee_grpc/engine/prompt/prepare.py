@@ -8,10 +8,12 @@ scores always equal the plain single-pair computation.
 
 from __future__ import annotations
 
+import re
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,35 +46,77 @@ def clean_boundary(query: Query) -> bool:
     return isinstance(last, TextPart) and bool(last.text) and last.text[-1].isalnum()
 
 
-# Per tokenizer, the plain-text encoder and the characters-per-token bound: with the real Qwen2.5
-# vocabulary (151,643 ranks) making them takes ~1.5 s, which engines sharing a loaded model pay once.
+@dataclass(frozen=True)
+class _TextFacts:
+    plain: Callable[[list[str]], list[list[int]]]  # the plain-text encoder
+    ordinary: Callable[[list[str]], list[list[int]]] | None  # the tokenizer as it is (encode_pieces)
+    added: re.Pattern[str] | None  # every added token's string (encode_pieces)
+    chars_per_token: int
+
+
+# Per tokenizer, the encoders and the characters-per-token bound: with the real Qwen2.5 vocabulary
+# (151,643 ranks) making them takes ~1.5 s each, which engines sharing a loaded model pay once.
 _TEXT_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _text_facts(tokenizer) -> tuple[Callable[[list[str]], list[list[int]]], int]:
+def _text_facts(tokenizer) -> _TextFacts:
     facts = _TEXT_FACTS.get(tokenizer)
     if facts is None:
-        facts = _TEXT_FACTS[tokenizer] = (_plain_text_encoder(tokenizer), _max_chars_per_token(tokenizer))
+        ordinary = _backend_copy(tokenizer, plain=False)
+        added = _added_token_pattern(tokenizer) if ordinary is not None else None
+        facts = _TEXT_FACTS[tokenizer] = _TextFacts(
+            plain=_plain_text_encoder(tokenizer),
+            ordinary=_batch_encoder(ordinary) if ordinary is not None and added is not None else None,
+            added=added, chars_per_token=_max_chars_per_token(tokenizer))
     return facts
+
+
+def _backend_copy(tokenizer, plain: bool):
+    """A copy of the Rust tokenizer behind `tokenizer` (None when it has none), with special-token
+    strings tokenized as ordinary text when `plain` (the setting is per tokenizer, so the
+    processor's own stays as it is). The copy drops whatever padding/truncation the last
+    processor call left on the original."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.encode_special_tokens = plain
+    copy.no_padding()
+    copy.no_truncation()
+    return copy
+
+
+def _batch_encoder(copy) -> Callable[[list[str]], list[list[int]]]:
+    """Texts -> ids through a backend copy; `encode_batch_fast` skips the character offsets we
+    never read: the same ids, ~20% sooner than `encode_batch`."""
+    encode = getattr(copy, "encode_batch_fast", copy.encode_batch)
+    return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)] if texts else []
 
 
 def _plain_text_encoder(tokenizer) -> Callable[[list[str]], list[list[int]]]:
     """Texts -> token ids with special-token strings tokenized as ordinary text (user text never
-    becomes structure). A copy of the Rust tokenizer set to `encode_special_tokens` (the setting
-    is per tokenizer, so the processor's own stays as it is); its `encode_batch_fast` skips the
-    character offsets we never read: the same ids, ~20% sooner than `encode_batch`."""
+    becomes structure)."""
+    plain = _backend_copy(tokenizer, plain=True)
+    if plain is None:
+        return lambda texts: tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return _batch_encoder(plain)
+
+
+def _added_token_pattern(tokenizer) -> re.Pattern[str] | None:
+    """Every added token's string (special or not), longest first: a search finds what the
+    tokenizer's added-vocabulary pass would split off (leftmost, then longest, as its matcher
+    does). None when some added token is matched in another way (after normalization, or eating
+    whitespace beside it, or only as a whole word): then no sequence takes the ordinary path."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        return lambda texts: tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    from tokenizers import Tokenizer
-
-    plain = Tokenizer.from_str(backend.to_str())
-    plain.encode_special_tokens = True
-    # The copy carries whatever padding/truncation the last processor call left on the original.
-    plain.no_padding()
-    plain.no_truncation()
-    encode = getattr(plain, "encode_batch_fast", plain.encode_batch)
-    return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)] if texts else []
+        return None
+    added = list(backend.get_added_tokens_decoder().values())
+    if not added or any(t.normalized or t.lstrip or t.rstrip or t.single_word for t in added):
+        return None
+    contents = sorted({t.content for t in added if t.content}, key=len, reverse=True)
+    return re.compile("|".join(re.escape(c) for c in contents))
 
 
 def _max_chars_per_token(tokenizer) -> int:
@@ -101,7 +145,11 @@ class Preprocessor:
         decode_threads: int = 4,
     ):
         self.tokenizer = processor.tokenizer
-        self.plain_text, self._chars_per_token = _text_facts(self.tokenizer)
+        facts = _text_facts(self.tokenizer)
+        self.plain_text, self._chars_per_token = facts.plain, facts.chars_per_token
+        # The ordinary path (see encode_pieces): the tokenizer as it is, and what it splits off.
+        self._ordinary, self._added = facts.ordinary, facts.added
+        self._instruction_tokens: dict[str, int] = {}
         self._marker_ids: dict[str, int] = {}
         self.image_processor = processor.image_processor
         self.image_token_id = image_token_id
@@ -257,8 +305,8 @@ class Preprocessor:
         pending: list[EncodedImage] = []
         images, _ = self._encode_parts(query.parts, "query", violations, pending,
                                        self._decode_all([query.parts])[0], self.text_limits.max_query_tokens)
-        if instruction and (self.certainly_over(instruction, self.text_limits.max_instruction_tokens) or len(
-                self.plain_text([instruction])[0]) > self.text_limits.max_instruction_tokens):
+        if instruction and (self.certainly_over(instruction, self.text_limits.max_instruction_tokens)
+                            or self._count_instruction(instruction) > self.text_limits.max_instruction_tokens):
             violations.append(
                 FieldViolation(
                     "instruction", f"over {self.text_limits.max_instruction_tokens} tokens"
@@ -292,6 +340,15 @@ class Preprocessor:
             clean_boundary_ids=prefix_ids if clean_boundary(query) else None,
         )
 
+    def _count_instruction(self, instruction: str) -> int:
+        # Instructions are few (a default and some presets): each is tokenized once.
+        count = self._instruction_tokens.get(instruction)
+        if count is None:
+            count = len(self.plain_text([instruction])[0])
+            if len(self._instruction_tokens) < 1024:
+                self._instruction_tokens[instruction] = count
+        return count
+
     def _prefix_overhead(self, instruction: str) -> int:
         # Template tokens around the query; depends only on the instruction.
         overhead = self._overheads.get(instruction)
@@ -303,8 +360,34 @@ class Preprocessor:
 
     def encode_pieces(self, sequences: Sequence[Sequence[template.Piece]]) -> list[list[int]]:
         """Token ids of prompts given as pieces: markers become their special token, every text
-        run is tokenized as plain text (all runs of all sequences in one tokenizer call)."""
+        run is tokenized as plain text.
+
+        Two paths give those ids. A prompt whose added-token strings are exactly its markers
+        (no user text holds one: `_added` finds the markers' spans and nothing else) is tokenized
+        whole, as its rendered string, by the ordinary tokenizer: it splits the markers off
+        before BPE, so each text run is tokenized on its own, as the literal path does, in one
+        text per prompt instead of one per run (bench/RESULTS.md, "The per-call cost"). Every
+        other prompt takes the literal path: each run through the plain-text copy, markers
+        placed between (all runs of all such prompts in one tokenizer call)."""
         shaped = [template.runs(pieces) for pieces in sequences]
+        out: list[list[int] | None] = [None] * len(shaped)
+        if self._ordinary is not None and self._added is not None:
+            whole: list[int] = []
+            texts: list[str] = []
+            for i, pieces in enumerate(shaped):
+                text, markers = template.render_with_spans(pieces)
+                if [m.span() for m in self._added.finditer(text)] == markers:
+                    whole.append(i)
+                    texts.append(text)
+            for i, ids in zip(whole, self._ordinary(texts)):
+                out[i] = ids
+        literal = [i for i, ids in enumerate(out) if ids is None]
+        if literal:
+            for i, ids in zip(literal, self._encode_literal([shaped[i] for i in literal])):
+                out[i] = ids
+        return [ids for ids in out if ids is not None]
+
+    def _encode_literal(self, shaped: Sequence[Sequence[template.Piece]]) -> list[list[int]]:
         texts = [piece for pieces in shaped for piece in pieces if isinstance(piece, str)]
         encoded = iter(self.plain_text(texts))
         out: list[list[int]] = []

@@ -127,3 +127,17 @@ def runs(pieces: Sequence[Piece]) -> list[Piece]:
 
 def render_pieces(pieces: Sequence[Piece]) -> str:
     return "".join(p.token if isinstance(p, Marker) else p for p in pieces)
+
+
+def render_with_spans(pieces: Sequence[Piece]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered string and each marker's [start, end) in it."""
+    out: list[str] = []
+    spans: list[tuple[int, int]] = []
+    at = 0
+    for piece in pieces:
+        text = piece.token if isinstance(piece, Marker) else piece
+        if isinstance(piece, Marker):
+            spans.append((at, at + len(text)))
+        out.append(text)
+        at += len(text)
+    return "".join(out), spans

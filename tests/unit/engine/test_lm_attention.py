@@ -44,3 +44,24 @@ def test_padded_attention_matches_per_sequence_causal_attention_with_a_stored_pr
     q_last = q[[3, 5]]
     got_last = attention(q_last, k_src, v_src, attention.plan(last, last.flat, last.cu_q, last.cu_k))
     torch.testing.assert_close(got_last, reference(q, k_src, v_src, queries, keys, heads // kv_heads)[[3, 5]])
+
+
+def test_padded_attention_groups_sequences_of_any_lengths_in_any_order():
+    """Sequences of interleaved lengths (so each padded group's members lie apart) with and
+    without a stored prefix, enough of them to be attended in several groups: every row equals
+    per-sequence causal attention."""
+    g = torch.Generator().manual_seed(1)
+    heads, kv_heads, dim = 4, 2, 8
+    attention = PackedAttention(heads, kv_heads, dim, torch.device("cpu"), torch.float32)
+    prefix, lengths = 5, [1, 40, 3, 70, 2, 9, 33, 1, 17] * 6
+    n = sum(lengths)
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    q = torch.randn(n, heads, dim, generator=g)
+    k_src = torch.cat([torch.randn(prefix + n, kv_heads, dim, generator=g), torch.zeros(1, kv_heads, dim)])
+    v_src = torch.cat([torch.randn(prefix + n, kv_heads, dim, generator=g), torch.zeros(1, kv_heads, dim)])
+    queries = list(zip(starts, lengths))
+    keys = [([(0, prefix)] if i % 2 else []) + [(prefix + s, c)] for i, (s, c) in enumerate(queries)]
+    host = host_plan(queries, keys, n, prefix + n)
+    plan = attention.plan(host, host.flat, host.cu_q, host.cu_k)
+    assert plan.groups is not None and len(plan.groups) > 2
+    torch.testing.assert_close(attention(q, k_src, v_src, plan), reference(q, k_src, v_src, queries, keys, 2))

@@ -114,3 +114,31 @@ async def test_encoding_pieces_gives_the_tokenizers_own_ids_for_text_without_spe
     prompt = template.prefix_text(DEFAULT_INSTRUCTION, "retro denim jacket") + template.suffix_text("a title")
     assert pre.encode_pieces([template.prefix_pieces(DEFAULT_INSTRUCTION, query) + template.suffix_pieces(doc)]) == [
         pre.tokenizer.encode(prompt, add_special_tokens=False)]
+
+
+FRAGMENTS = ["<|im_end|>", "<|im_start|>", "<|image_pad|>", "<|vision_start|>", "<|endoftext|>", "<|", "|>", "<|im_",
+             "im_end|>", "<", "|", "\n", "assistant", "abc", "denim", " ", "漢字", "😀", "<Document>:"]
+
+
+async def test_prompt_ids_equal_plain_text_tokens_whether_or_not_text_holds_special_token_strings(make_engine):
+    """encode_pieces takes the ordinary tokenizer for a prompt whose texts hold no special-token
+    string and the literal path otherwise: both give the plain-text ids of the reference layout,
+    for special-token strings whole, cut, or meeting a marker at the edge of a text."""
+    engine = await make_engine()
+    pre = engine.preprocessor
+    tok = pre.tokenizer
+    from lychee_grpc.engine.model.reference import plain_text_prompt_ids
+
+    rng = random.Random(11)
+
+    def text() -> str:
+        return "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 6)))
+
+    for k in range(300):
+        plain = k % 3 == 0  # a third without any special-token string: the ordinary path
+        instruction = DEFAULT_INSTRUCTION if plain else text()
+        query = random_text(rng, rng.randint(1, 20)).replace("<", "(") if plain else text()
+        document = random_text(rng, rng.randint(1, 20)).replace("<", "(") if plain else text()
+        pieces = template.prefix_pieces(instruction, [query]) + template.suffix_pieces([document])
+        assert pre.encode_pieces([pieces]) == [plain_text_prompt_ids(tok, instruction, query, document)], (
+            instruction, query, document)

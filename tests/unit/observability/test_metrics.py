@@ -7,6 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lychee_grpc.engine.stats import DeviceMemory, EngineStats
 from lychee_grpc.engine.types import RequestStats, Timings, Usage
 from lychee_grpc.observability.metrics import PrometheusObserver
+from lychee_grpc.service.score_cache import ScoreCacheStats
 
 
 def families(observer: PrometheusObserver) -> dict:
@@ -112,6 +113,7 @@ def test_build_info_is_one_labelled_series():
 def test_every_metric_name_has_the_lychee_prefix():
     m = PrometheusObserver()
     m.watch_engine(lambda: [stats()], lambda: 0)
+    m.watch_score_cache(ScoreCacheStats)
     m.request_done("grpc", "Rerank", "OK", 0.01, "", "")
     assert all(name.startswith("lychee_") for name in families(m))
 
@@ -122,6 +124,7 @@ def test_every_exposed_metric_is_in_the_operations_doc():
     doc = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
     m = PrometheusObserver()
     m.watch_engine(lambda: [stats()], lambda: 0)
+    m.watch_score_cache(ScoreCacheStats)
     m.request_done("grpc", "Rerank", "OK", 0.01, "", "")
     m.set_build_info("v", "m", "d", "x")
     names = {sample.name for family in families(m).values() for sample in family.samples}
@@ -147,3 +150,19 @@ def test_one_in_process_engine_has_no_per_device_series():
     m = PrometheusObserver()
     m.watch_engine(lambda: [stats()], lambda: 0)
     assert "lychee_worker_batches" not in families(m)
+
+
+def test_the_score_cache_counters_are_read_at_scrape_time():
+    m = PrometheusObserver()
+    current = {"stats": ScoreCacheStats(entries=3, bytes=960, capacity_bytes=1 << 20, hits=7, misses=3, evictions=1,
+                                        coalesced=2, deduplicated=4)}
+    m.watch_score_cache(lambda: current["stats"])
+    fams = families(m)
+    assert sample(fams, "lychee_score_cache_hits", "lychee_score_cache_hits_total") == 7
+    assert sample(fams, "lychee_score_cache_misses", "lychee_score_cache_misses_total") == 3
+    assert sample(fams, "lychee_score_cache_evictions", "lychee_score_cache_evictions_total") == 1
+    assert sample(fams, "lychee_score_cache_coalesced", "lychee_score_cache_coalesced_total") == 2
+    assert sample(fams, "lychee_documents_deduplicated", "lychee_documents_deduplicated_total") == 4
+    assert sample(fams, "lychee_score_cache_bytes", "lychee_score_cache_bytes") == 960
+    current["stats"] = ScoreCacheStats(hits=8)
+    assert sample(families(m), "lychee_score_cache_hits", "lychee_score_cache_hits_total") == 8
