@@ -160,6 +160,7 @@ class App:
         log.info("model %s ready on %s (%s, attention %s)", info.model, ",".join(info.devices), info.dtype,
                  info.attention)
         self.metrics.set_build_info(__version__, info.model, info.dtype, ",".join(info.devices))
+        memory.freeze_loaded_objects()
         self.lifecycle.serve()
         await self.grpc.settle_health()
         self._trimmer = asyncio.create_task(memory.trim_when_grown(lambda: self.lifecycle.in_flight == 0))
@@ -180,6 +181,7 @@ class App:
             self._trimmer.cancel()
         if self.engine_client is not None:
             await self.engine_client.stop()
+        memory.unfreeze()
         if self.lifecycle.state is not State.FAILED:
             self.lifecycle.stopped()
         if self.metrics_exporter is not None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
+from .. import memory
 from ..engine.config import EngineConfig
 from ..engine.stats import StatsObserver
 from . import ipc
@@ -104,6 +105,7 @@ class WorkerLoop:
             self.send(ipc.StartFailed(ipc.WireError.of(exc)))
             return
         self.engine = engine
+        memory.freeze_loaded_objects()
         self.send(ipc.Ready(engine.info()))
         snapshots = asyncio.create_task(self._snapshots())
         try:

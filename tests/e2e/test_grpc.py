@@ -4,6 +4,7 @@ cancellation, deadlines, health and reflection."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import threading
 
@@ -271,6 +272,7 @@ async def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_
         await loading
         for name in ("", "lychee.v1.RerankService"):
             assert await status(name) == health_pb2.HealthCheckResponse.SERVING
+        assert gc.get_freeze_count() > 0  # what loading made is out of the full collections' way
         # Stopping with a request in flight: NOT_SERVING, new RPCs refused, the old one completes.
         slow_batches(srv.engine, 0.05)
         client = AsyncLycheeClient(f"127.0.0.1:{srv.port}")
@@ -287,6 +289,7 @@ async def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert len((await in_flight).results) == 100
         await stopping
+        assert gc.get_freeze_count() == 0  # a stopped server's engine can be freed
         await client.close()
 
 
