@@ -7,6 +7,8 @@ skipped, so `make test` does not run them twice in CI):
 3. soak: ghz runs thousands of requests with distinct images while the server's resident memory
    is sampled; the least-squares slope after warm-up must stay under a bound (MB per 1000).
 
+Every call's text carries its call number, so no call is a repeat the pair-score cache answers.
+
 Writes .cache/reliability/load.json. Sizes from the environment: LYCHEE_LOAD_REQUESTS (per load
 phase, 600), LYCHEE_SOAK_REQUESTS (6000; nightly 100000), LYCHEE_SOAK_IMAGES (400),
 LYCHEE_SOAK_MAX_SLOPE (2.0 MB per 1000 requests).
@@ -47,9 +49,14 @@ REPORT = ROOT / ".cache" / "reliability" / "load.json"
 QUEUE_LIMIT = 64  # documents the server queues before answering RESOURCE_EXHAUSTED
 
 
+# ghz fills {{.RequestNumber}} in per call: every call's documents are new pairs, so the server's
+# pair-score cache cannot answer them and each call is work for the model (repeats would be free).
+CALL_NUMBER = "{{.RequestNumber}}"
+
+
 def text_request(docs: int) -> dict:
     return {"query": {"parts": [{"text": "retro denim jacket"}]},
-            "documents": [{"id": str(k), "parts": [{"text": f"vintage wash blue jeans coat {k}"}]}
+            "documents": [{"id": str(k), "parts": [{"text": f"vintage wash blue jeans coat {k} {CALL_NUMBER}"}]}
                           for k in range(docs)]}
 
 
@@ -100,7 +107,8 @@ def report() -> Iterator[dict]:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: str) -> Iterator[ServerProcess]:
-    args = ("--max-queue-documents", str(QUEUE_LIMIT), "--vision-cache-mib", "32")
+    # A 1 MiB score cache (~3,300 pairs) fills early in the soak and evicts from then on.
+    args = ("--max-queue-documents", str(QUEUE_LIMIT), "--vision-cache-mib", "32", "--score-cache-mib", "1")
     with ServerProcess(tiny_model_dir, *args) as running:
         yield running
 
@@ -123,7 +131,7 @@ def test_a_soak_with_distinct_images_keeps_resident_memory_flat(server: ServerPr
     # run; resident memory sampled every 0.5 s against requests done so far.
     images = [base64.b64encode(noise_image(96, 64, seed=s)).decode() for s in range(SOAK_IMAGES)]
     data = [{"query": {"parts": [{"text": "grey sofa"}]},
-             "documents": [{"parts": [{"image": img}]}, {"parts": [{"text": f"linen sofa {k}"}]}]}
+             "documents": [{"parts": [{"image": img}]}, {"parts": [{"text": f"linen sofa {k} {CALL_NUMBER}"}]}]}
             for k, img in enumerate(images)]
     samples: list[tuple[float, float]] = []
     done = threading.Event()
