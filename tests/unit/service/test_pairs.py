@@ -12,12 +12,14 @@ import time
 import pytest
 
 from lychee_grpc.engine.api import EngineInfo, EngineLimits, Truncation
-from lychee_grpc.engine.types import Document, Query, RequestStats, Score, TextPart
+from lychee_grpc.engine.types import Document, Query, Score, TextPart
 from lychee_grpc.lifecycle import Lifecycle
 from lychee_grpc.service import RerankOptions, Service
 from lychee_grpc.service.config import ServiceConfig
 from lychee_grpc.service.errors import DeadlineExpired, InvalidInput
 from lychee_grpc.service.types import RankedResult, RerankOutcome
+
+from .fake_jobs import QueuedJob
 
 LIMITS = EngineLimits(max_documents_per_request=100, max_tokens_per_document=100, max_query_tokens=10,
                       max_instruction_tokens=10, max_image_bytes=1, max_image_pixels=1, min_image_model_pixels=1,
@@ -26,14 +28,13 @@ INFO = EngineInfo("fake", "float32", "eager", True, 0, "instruction", LIMITS, we
 QUERY = Query((TextPart("retro denim jacket"),))
 
 
-class GatedJob:
+class GatedJob(QueuedJob):
     """Scores a document (a float from its text, nudged by the job's number so that a
     recomputation would differ) once the engine's gate is open."""
 
     def __init__(self, engine: GatedEngine, number: int, deadline: float | None):
         self.engine, self.number, self.deadline = engine, number, deadline
-        self.stats = RequestStats()
-        self.queue: asyncio.Queue = asyncio.Queue()
+        super().__init__()
         self.cancelled = self.closed = False
         self.pending: list[tuple[int, Document]] = []
         self.task = asyncio.create_task(self._score())
@@ -70,18 +71,6 @@ class GatedJob:
         self.cancelled = True
         self.engine.cancelled.append(self.number)
         self.queue.put_nowait(None)
-
-    def fail(self, error):
-        self.queue.put_nowait(error)
-
-    async def results(self):
-        while True:
-            item = await self.queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
 
 
 class GatedEngine:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import pytest
 
 from lychee_grpc.engine.api import EngineInfo, EngineLimits, Truncation
-from lychee_grpc.engine.types import Document, Query, RequestStats, Score, TextPart
+from lychee_grpc.engine.types import Document, Query, Score, TextPart
 from lychee_grpc.lifecycle import Lifecycle
 from lychee_grpc.service import BandThresholds, RerankOptions, Service
 from lychee_grpc.service.config import ServiceConfig
 from lychee_grpc.service.errors import InvalidInput, NotReady, TooLarge
 from lychee_grpc.service.types import RankedResult, RerankOutcome
+
+from .fake_jobs import QueuedJob
 
 LIMITS = EngineLimits(max_documents_per_request=5, max_tokens_per_document=100, max_query_tokens=10,
                       max_instruction_tokens=10, max_image_bytes=1, max_image_pixels=1, min_image_model_pixels=1,
@@ -27,13 +28,12 @@ class Opened:
     max_tokens_per_document: int
 
 
-class FakeJob:
+class FakeJob(QueuedJob):
     """Scores each document by the number in its text (so tests choose the order)."""
 
     def __init__(self, opened: Opened):
         self.opened = opened
-        self.stats = RequestStats()
-        self.queue: asyncio.Queue = asyncio.Queue()
+        super().__init__()
         self.cancelled = False
         self.indices: list[int] = []
 
@@ -49,18 +49,6 @@ class FakeJob:
 
     def cancel(self):
         self.cancelled = True
-
-    def fail(self, error):
-        self.queue.put_nowait(error)
-
-    async def results(self):
-        while True:
-            item = await self.queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
 
 
 class FakeEngine:
