@@ -38,11 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lychee_client import AsyncLycheeClient, LycheeClient
 
-from tests.helpers import free_port, noise_image
+from tests.helpers import free_port, noise_image, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ("T20", "I4")
@@ -64,22 +62,7 @@ class Server:
         )
 
     def wait_serving(self, timeout: float = 300) -> None:
-        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.label} exited with {self.proc.returncode}")
-                try:
-                    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-                    if status.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-            raise TimeoutError(f"{self.label} never became SERVING")
-        finally:
-            channel.close()
+        wait_serving(self.proc, f"127.0.0.1:{self.port}", self.label, timeout)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server process has used (Linux /proc; 0 elsewhere)."""

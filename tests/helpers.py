@@ -7,6 +7,7 @@ import io
 import random
 import socket
 import struct
+import subprocess
 import time
 import zlib
 from collections.abc import Sequence
@@ -163,3 +164,24 @@ class OutOfMemoryAbove(NoFaults):
     def model_call(self, items: Sequence[BatchItem]) -> None:
         if len(items) > self.sequences:
             raise torch.OutOfMemoryError("injected: CUDA out of memory")
+
+
+def wait_serving(proc: subprocess.Popen, address: str, label: str = "server", timeout: float = 120) -> None:
+    """Until the server process at `address` answers SERVING to a health check (it may still be
+    loading); fails at once if the process exits."""
+    channel = grpc.insecure_channel(address)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{label} exited with {proc.returncode}")
+            try:
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if status.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{label} never became SERVING")
+    finally:
+        channel.close()

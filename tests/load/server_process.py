@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
 import psutil
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ..helpers import free_port, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
@@ -35,22 +27,7 @@ class ServerProcess:
         self.ps = psutil.Process(self.proc.pid)
 
     def wait_serving(self, timeout: float = 120) -> None:
-        channel = grpc.insecure_channel(self.address)
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}")
-                try:
-                    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-                    if status.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-            raise TimeoutError("server never became SERVING")
-        finally:
-            channel.close()
+        wait_serving(self.proc, self.address, timeout=timeout)
 
     def rss_mb(self) -> float:
         return self.ps.memory_info().rss / 2**20
