@@ -72,13 +72,16 @@ class App:
         self.metrics.watch_engine(self._engine_stats, lambda: self.lifecycle.in_flight,
                                   per_device=bool(config.workers.devices))
         self.metrics_exporter = None
-        if config.metrics.port:
+        # Without a metrics port nothing can read the metrics: nothing records them either (a
+        # request observed ~20 histogram samples, bench/RESULTS.md "The per-call cost").
+        self._metered = bool(config.metrics.port)
+        if self._metered:
             self.metrics_exporter = MetricsExporter(self.metrics.registry, config.metrics.host, config.metrics.port)
         self.tracing = otlp_observer(config.log.otlp_endpoint) if config.log.otlp_endpoint else None
-        request_observers: list = [self.metrics, AccessLog()]
+        request_observers: list = [self.metrics, AccessLog()] if self._metered else [AccessLog()]
         if self.tracing is not None:
             request_observers.append(self.tracing)
-        self.service = Service(self.lifecycle, config.service, observers=[self.metrics])
+        self.service = Service(self.lifecycle, config.service, observers=[self.metrics] if self._metered else [])
         self.metrics.watch_score_cache(self.service.score_cache_stats)
         self.authenticator = TokenAuthenticator.from_config(config.security)
         self.interceptor = ServiceInterceptor(
@@ -136,11 +139,13 @@ class App:
                 split_min_documents=workers.split_min_documents,
                 log_level=self.config.log.level.upper(),
                 engine_factory=self._worker_factory,
-                observer_for=lambda device: self.metrics,  # the workers' batch and queue timings
+                # the workers' batch and queue timings
+                observer_for=(lambda device: self.metrics) if self._metered else None,
             )
         else:
             engine = await asyncio.to_thread(self._factory, engine_config)
-            engine.observe(self.metrics)
+            if self._metered:
+                engine.observe(self.metrics)
             client = engine
         self.engine_client = client
         await client.start()

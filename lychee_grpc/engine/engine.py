@@ -24,7 +24,7 @@ from .job import Job
 from .lm.executor import Executor
 from .model.loader import LoadedModel, load_model
 from .prompt.prepare import Preprocessor
-from .prompt.prepared import EncodedImage, Prefetch
+from .prompt.prepared import EncodedImage, Prefetch, PreparedDocument, PreparedQuery
 from .scheduler import Scheduler, no_stop_iteration
 from .stats import CANCELLED, DEADLINE, DeviceMemory, EngineStats, StatsObserver, StatsRecorder
 from .types import Document, ImagePart, Query, TextPart
@@ -197,17 +197,13 @@ class Engine(EngineClient):
         max_tokens_per_document: int = 0,
         deadline: float | None = None,
     ) -> Job:
+        """The job at once: its query is prepared (and refused, if it must be) with its first
+        documents, in the same hop to the preparation threads (one hop fewer per request)."""
         if self.scheduler is None:
             raise NotReady("the model is still loading")
-        instruction = instruction or self.config.default_instruction
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(
-            self._cpu, no_stop_iteration, self.preprocessor.prepare_query, query, instruction)
-        job = Job(query=prepared, deadline=deadline, intake=self._add_documents, truncation=truncation,
-                  max_tokens_per_document=max_tokens_per_document or self.config.text_limits.max_tokens_per_document)
-        job.stats.timings.preprocess_ms += prepared.prepare_ms
-        job.stats.usage.images += len(prepared.images)
-        return job
+        return Job(request=(query, instruction or self.config.default_instruction), deadline=deadline,
+                   intake=self._add_documents, truncation=truncation,
+                   max_tokens_per_document=max_tokens_per_document or self.config.text_limits.max_tokens_per_document)
 
     async def _add_documents(self, job: Job, documents: Sequence[IndexedDocument]) -> list[int]:
         """Validates, prepares and queues `job`'s documents (Job.add_documents)."""
@@ -219,16 +215,52 @@ class Engine(EngineClient):
             # One call per request (images are decoded on the preprocessor's own threads);
             # splitting a request to overlap it with the GPU measured no gain (bench/RESULTS.md,
             # "Where the time goes now, and what is next").
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, no_stop_iteration, self.preprocessor.prepare_documents, job.query, documents,
-                self._prefetch(job), job.truncation, job.max_tokens_per_document,
-            )
+            prepared = await self._prepare(job, documents)
         job.prepared(prepared, (time.perf_counter() - started) * 1e3)
         if job.expired():
             scheduler.drop_unqueued(job, len(prepared))
             raise DeadlineExpired("deadline expired before the documents were queued")
         scheduler.submit(job, prepared)
         return [doc.prompt_tokens for doc in prepared]
+
+    async def _prepare(self, job: Job, documents: Sequence[IndexedDocument]) -> list[PreparedDocument]:
+        loop = asyncio.get_running_loop()
+        if not job.query_prepared and job.query_ready is None:  # the first documents: the query too
+            ready = job.query_ready = loop.create_future()
+            try:
+                query, prepared = await loop.run_in_executor(
+                    self._cpu, no_stop_iteration, self._prepare_first, job, documents)
+            except Exception as exc:  # the query was refused: so is every call beside this one
+                ready.set_exception(exc)
+                ready.exception()  # retrieved: a call beside this one may not exist
+                raise
+            except BaseException:  # cancelled: the next call prepares the query
+                job.query_ready = None
+                ready.cancel()
+                raise
+            job.query_is(query)
+            ready.set_result(None)
+            if isinstance(prepared, BaseException):
+                raise prepared
+            return prepared
+        if not job.query_prepared:
+            assert job.query_ready is not None
+            await job.query_ready
+        return await loop.run_in_executor(
+            self._cpu, no_stop_iteration, self.preprocessor.prepare_documents, job.query, documents,
+            self._prefetch(job), job.truncation, job.max_tokens_per_document,
+        )
+
+    def _prepare_first(self, job: Job, documents: Sequence[IndexedDocument]
+                       ) -> tuple[PreparedQuery, list[PreparedDocument] | Exception]:
+        """On a preparation thread: the query (raising what refuses it), then the documents
+        (what refuses them is returned: the prepared query stands either way)."""
+        query = self.preprocessor.prepare_query(*job.request)
+        try:
+            return query, self.preprocessor.prepare_documents(
+                query, documents, self._prefetch(job), job.truncation, job.max_tokens_per_document)
+        except Exception as exc:
+            return query, exc
 
     # ---- introspection ------------------------------------------------------------------
     def info(self) -> EngineInfo:

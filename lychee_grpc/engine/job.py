@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .api import IndexedDocument, Truncation
-from .types import RequestStats, Score
+from .types import Query, RequestStats, Score
 
 if TYPE_CHECKING:  # the job itself needs no torch
     from .lm.executor import PrefixKV
@@ -24,7 +24,7 @@ Intake = Callable[["Job", Sequence[IndexedDocument]], Awaitable[list[int]]]
 
 @dataclass(eq=False)
 class Job:
-    query: PreparedQuery
+    request: tuple[Query, str]  # the query and instruction, prepared with the job's first documents
     deadline: float | None  # time.monotonic() value
     intake: Intake
     truncation: Truncation = Truncation.NONE
@@ -37,6 +37,19 @@ class Job:
     _outstanding: int = 0  # documents queued and not yet scored, dropped or failed
     _results: asyncio.Queue[Score | BaseException | None] = field(default_factory=asyncio.Queue)
     _batches_seen: set[int] = field(default_factory=set)
+    _query: PreparedQuery | None = None
+    # Set while the first documents' call prepares the query; a call beside it waits on it.
+    query_ready: asyncio.Future[None] | None = None
+
+    @property
+    def query(self) -> PreparedQuery:
+        if self._query is None:
+            raise RuntimeError("the job's query is prepared with its first documents")
+        return self._query
+
+    @property
+    def query_prepared(self) -> bool:
+        return self._query is not None
 
     # ---- the caller's face (JobHandle) --------------------------------------------------
     async def add_documents(self, documents: Sequence[IndexedDocument]) -> list[int]:
@@ -80,6 +93,11 @@ class Job:
         return not self.cancelled and self.error is None and not self.expired()
 
     # ---- the engine's and the scheduler's steps -----------------------------------------
+    def query_is(self, query: PreparedQuery) -> None:
+        """The query, prepared (its time is counted with the documents it was prepared with)."""
+        self._query = query
+        self.stats.usage.images += len(query.images)
+
     def prepared(self, documents: Sequence[PreparedDocument], milliseconds: float) -> None:
         """Documents validated and tokenized (not yet queued)."""
         self.stats.timings.preprocess_ms += milliseconds

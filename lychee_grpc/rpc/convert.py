@@ -117,8 +117,8 @@ def rerank_response(outcome: RerankOutcome, documents: Sequence[pb.Document] | N
     usage, timings = outcome.usage, outcome.timings
     return pb.RerankResponse(
         results=[result(r, documents[r.index] if documents is not None else None) for r in outcome.results],
-        usage=pb.Usage(**dataclasses.asdict(usage)),
-        timings=pb.Timings(**dataclasses.asdict(timings)),
+        usage=pb.Usage(**vars(usage)),  # flat dataclasses of numbers: asdict's deep copy is not needed
+        timings=pb.Timings(**vars(timings)),
         model=outcome.model,
         truncated_documents=outcome.truncated_documents,
         dropped_documents=outcome.dropped_documents,

@@ -26,7 +26,6 @@ if TYPE_CHECKING:  # grpc's classes are generic in its stubs only
     # are Any here (each servicer method types its own).
     Context = grpc.aio.ServicerContext[Any, Any]
     Handler = grpc.RpcMethodHandler[Any, Any]
-    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 
 LYCHEE_PREFIX = "/lychee.v1."
 HEALTH_PREFIX = "/grpc.health.v1."
@@ -81,7 +80,11 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return parse
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
+class ServiceInterceptor:
+    """Wraps each method handler once, when it is registered (rpc/server.py): a grpc.aio server
+    interceptor runs again on every call (its coroutine, the handler rebuilt), which cost the
+    event loop ~0.25 ms per call (bench/RESULTS.md, "The per-call cost")."""
+
     def __init__(
         self,
         observers: list[RequestObserver] | None = None,
@@ -93,18 +96,16 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self.authenticate_reflection = authenticate_reflection
         self._junk_log = _RateLimitedLog()
 
-    async def intercept_service(  # pyright: ignore[reportIncompatibleMethodOverride]  # grpc's stub omits None
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await continuation(details)
+    def wrap(self, full_method: str, handler: Handler | None) -> Handler | None:
+        """`handler` of `full_method` ("/package.Service/Method") as every call of it runs."""
         if handler is None:
             return handler
-        if not details.method.startswith(LYCHEE_PREFIX):
+        if not full_method.startswith(LYCHEE_PREFIX):
             # health and (unless configured) reflection: untouched; anything else: the token only
-            if self.authenticator is None or not needs_token(details.method, self.authenticate_reflection):
+            if self.authenticator is None or not needs_token(full_method, self.authenticate_reflection):
                 return handler
             return _behind_token_check(handler, self.authenticator)
-        method = details.method.rsplit("/", 1)[-1]
+        method = full_method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, _aio(handler.unary_unary)),
@@ -120,13 +121,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     # ---- the per-call steps -------------------------------------------------------------
-    async def _open(self, context: Context) -> str:
+    def _open(self, context: Context) -> str:
+        """The call's request id (the caller's or a new one), its record, and the token check."""
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         rid = request_context.new_request_id(metadata.get("x-request-id"))
         request_context.request_id.set(rid)
         current_record.set(RequestRecord(traceparent=metadata.get("traceparent", ""),
                                          tracestate=metadata.get("tracestate", "")))
-        await context.send_initial_metadata((("x-request-id", rid),))
         if self.authenticator is not None:
             self.authenticator.check(metadata.get("authorization"))
         return rid
@@ -138,9 +139,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     async def _fail(self, context: Context, method: str, exc: Exception, rid: str) -> None:
         if kind_of(exc) is ErrorKind.INTERNAL:
             log.error("%s failed (request id %s)", method, rid, exc_info=exc)
-        # grpc.aio's context has abort_with_status (grpcio 1.85); its stub does not say so.
-        abort_with_status: Callable[[grpc.Status], Awaitable[None]] = context.abort_with_status  # pyright: ignore
-        await abort_with_status(rpc_status.to_status(to_status(exc, rid)))  # pyright: ignore[reportUnknownMemberType]  # grpc_status's stub: google.rpc untyped there
+        status = rpc_status.to_status(to_status(exc, rid))  # pyright: ignore[reportUnknownMemberType]  # grpc_status's stub: google.rpc untyped there
+        await context.abort(status.code, status.details, (*status.trailing_metadata, *_echo(rid)))
 
     def _done(self, method: str, code: str, started: float, rid: str, peer: str) -> None:
         seconds = time.perf_counter() - started
@@ -157,7 +157,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             # context.peer() then crashes the process (grpcio 1.85, seen on a cancelled stream).
             started, rid, code, peer = time.perf_counter(), "", "CANCELLED", context.peer() or ""
             try:
-                rid = await self._open(context)
+                rid = self._open(context)
+                # In the trailers, which go with the response: initial metadata of its own is one
+                # more batch for grpc's core (~0.2 ms of the event loop per call).
+                context.set_trailing_metadata(_echo(rid))
                 if isinstance(request, _Junk):
                     raise self._junk(method, request)
                 response = await behaviour(request, context)
@@ -186,7 +189,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
             inbox = StreamInbox(request_iterator, accept, _size)
             try:
-                rid = await self._open(context)
+                rid = self._open(context)
+                # A stream's headers come before its first result: the id is there at once.
+                await context.send_initial_metadata(_echo(rid))
                 async for response in behaviour(inbox, context):
                     yield response
                 code = "OK"
@@ -202,6 +207,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 self._done(method, code, started, rid, peer)
 
         return call
+
+
+def _echo(request_id: str) -> tuple[tuple[str, str], ...]:
+    return (("x-request-id", request_id),) if request_id else ()
 
 
 def _behind_token_check(handler: Handler, authenticator: Authenticator) -> Handler:

@@ -1,14 +1,15 @@
-"""The grpc.aio server: servicer, interceptors, health driven by the lifecycle, reflection."""
+"""The grpc.aio server: servicer, the interceptor wrapping each handler, health driven by the lifecycle, reflection."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from ..config import GrpcConfig
 from ..lifecycle import Lifecycle, State
@@ -20,6 +21,9 @@ from .servicer import RerankServicer
 
 log = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
 
 
@@ -27,6 +31,43 @@ class HealthSetter(Protocol):
     """What this server calls on grpc_health's aio HealthServicer."""
 
     async def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None: ...
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    """A generic handler whose handlers pass through the interceptor (once per method)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, interceptor: ServiceInterceptor):
+        self._inner = inner
+        self._interceptor = interceptor
+        self._wrapped: dict[str, tuple[Handler, Handler | None]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:  # pyright: ignore[reportIncompatibleMethodOverride]  # grpc's stub omits None
+        method = handler_call_details.method
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:
+            known = self._wrapped[method] = (handler, self._interceptor.wrap(method, handler))
+        return known[1]
+
+
+class _Registrar:
+    """The server as the generated `add_*_to_server` functions see it: every method handler they
+    register passes through the interceptor once, at registration, so every service present and
+    future gets the request id, the token check, the error mapping and the observers."""
+
+    def __init__(self, server: grpc.aio.Server, interceptor: ServiceInterceptor):
+        self._server = server
+        self._interceptor = interceptor
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self._interceptor) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
+        wrap = self._interceptor.wrap
+        self._server.add_registered_method_handlers(
+            service, {name: wrapped for name, h in handlers.items() if (wrapped := wrap(f"/{service}/{name}", h))})
 
 
 class GrpcServer:
@@ -62,14 +103,15 @@ class GrpcServer:
                 ("grpc.max_connection_age_ms", int(c.max_connection_age_seconds * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(c.max_connection_age_grace_seconds * 1000)),
             ]
-        server = grpc.aio.server(options=options, interceptors=[self.interceptor])
-        pb_grpc.add_RerankServiceServicer_to_server(RerankServicer(self.service), server)  # pyright: ignore[reportUnknownMemberType]  # generated, untyped
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)  # pyright: ignore[reportArgumentType, reportUnknownMemberType]  # the aio servicer
+        server = grpc.aio.server(options=options)
+        registrar = _Registrar(server, self.interceptor)
+        pb_grpc.add_RerankServiceServicer_to_server(RerankServicer(self.service), registrar)  # pyright: ignore[reportUnknownMemberType]  # generated, untyped
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)  # pyright: ignore[reportArgumentType, reportUnknownMemberType]  # the aio servicer
         if c.reflection:
-            reflection.enable_server_reflection(
-                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-                server,
-            )
+            # enable_server_reflection picks the aio servicer only for a grpc.aio.Server itself.
+            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # pyright: ignore[reportUnknownMemberType]  # generated, untyped
+                reflection.aio.ReflectionServicer(names), registrar)  # pyright: ignore[reportArgumentType]
         address = f"{c.host}:{c.port}"
         try:
             if self.credentials is not None:

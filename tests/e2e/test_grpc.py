@@ -355,11 +355,19 @@ async def test_request_id_is_echoed_and_named_in_errors(server):
         stub = pb_grpc.RerankServiceStub(channel)
         call = stub.Rerank(make_request("q", ["d"]), metadata=(("x-request-id", "search-abc-1"),), timeout=30)
         response = await call
-        assert ("x-request-id", "search-abc-1") in list(await call.initial_metadata())
+        assert ("x-request-id", "search-abc-1") in list(await call.trailing_metadata())
         assert response.request_id == "search-abc-1"
+        failing = stub.Rerank(make_request("q", []), metadata=(("x-request-id", "search-abc-2"),), timeout=30)
         with pytest.raises(grpc.RpcError) as info:
-            await stub.Rerank(make_request("q", []), metadata=(("x-request-id", "search-abc-2"),), timeout=30)
+            await failing
         assert "search-abc-2" in info.value.details()
+        assert ("x-request-id", "search-abc-2") in list(await failing.trailing_metadata())
+        stream = stub.RerankStream(timeout=30, metadata=(("x-request-id", "search-abc-3"),))
+        await stream.write(pb.RerankStreamRequest(options=pb.StreamOptions(query=pb.Query(parts=[text("q")])),
+                                                  documents=[pb.Document(id="d", parts=[text("d")])]))
+        await stream.done_writing()
+        assert ("x-request-id", "search-abc-3") in list(await stream.initial_metadata())
+        assert [m async for m in stream][-1].ranking.request_id == "search-abc-3"
 
 
 async def test_an_unexpected_batch_error_is_internal_and_the_server_keeps_serving(server, client):

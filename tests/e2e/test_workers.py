@@ -26,7 +26,7 @@ from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import ImagePart, TextPart
 from lychee_grpc.proto import lychee_pb2 as pb
 
-from ..helpers import engine_config, noise_image
+from ..helpers import engine_config, free_port, noise_image
 
 TITLES = [f"{word} denim jacket size {i}" for i, word in enumerate(["vintage", "slim", "blue", "washed"] * 5)]
 
@@ -37,7 +37,7 @@ async def pool_app(tiny_model_dir):
         engine=engine_config(tiny_model_dir, max_batch_documents=8),
         grpc=GrpcConfig(host="127.0.0.1", port=0, max_connection_age_seconds=0),
         http=HttpConfig(enabled=False),
-        metrics=MetricsConfig(port=0),
+        metrics=MetricsConfig(host="127.0.0.1", port=free_port()),  # the workers' timings are recorded
         workers=WorkersConfig(devices="cpu,cpu", split_min_documents=4),
         grace_seconds=5,
     )
