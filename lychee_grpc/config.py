@@ -232,7 +232,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http-host", "http.host", "address the REST API and web console bind"),
     Setting("http-port", "http.port", "REST API and web console port (0 picks a free one)", int),
     # ---- metrics ----
-    Setting("metrics-port", "metrics.port", "Prometheus /metrics port (0: off)", int),
+    Setting("metrics-port", "metrics.port", "Prometheus /metrics port (0: off, nothing recorded)", int),
     Setting("metrics-host", "metrics.host", "address the metrics port binds"),
     # ---- logs ----
     Setting("log-format", "log.format", "text, or json (one object per line)", choices=("text", "json")),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .api import IndexedDocument, Truncation
 from .types import Query, RequestStats, Score
+from .util.inbox import Inbox
 
 if TYPE_CHECKING:  # the job itself needs no torch
     from .lm.executor import PrefixKV
@@ -35,7 +36,7 @@ class Job:
     closed: bool = False  # no more documents will be added
     error: BaseException | None = None
     _outstanding: int = 0  # documents queued and not yet scored, dropped or failed
-    _results: asyncio.Queue[Score | BaseException | None] = field(default_factory=asyncio.Queue)
+    _results: Inbox[Score | BaseException | None] = field(default_factory=Inbox)
     _batches_seen: set[int] = field(default_factory=set)
     _query: PreparedQuery | None = None
     # Set while the first documents' call prepares the query; a call beside it waits on it.
@@ -62,12 +63,12 @@ class Job:
     def fail(self, error: BaseException) -> None:
         if self.error is None:
             self.error = error
-            self._results.put_nowait(error)
+            self._results.put(error)
         self.prefix_kv = None
 
     def close(self) -> None:
         self.closed = True
-        self._results.put_nowait(None)
+        self._results.put(None)
         self._release_if_done()
 
     async def results(self) -> AsyncIterator[Score]:
@@ -126,7 +127,7 @@ class Job:
 
     def deliver(self, score: Score) -> None:
         self._outstanding -= 1
-        self._results.put_nowait(score)
+        self._results.put(score)
         self._release_if_done()
 
     def unscored(self, error: BaseException | None = None) -> None:

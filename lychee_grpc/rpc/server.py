@@ -66,7 +66,8 @@ class _Registrar:
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
         wrap = self._interceptor.wrap
-        self._server.add_registered_method_handlers(
+        # grpc.aio's Server has it (grpcio 1.85, called by every generated add_*_to_server); its stub does not.
+        self._server.add_registered_method_handlers(  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
             service, {name: wrapped for name, h in handlers.items() if (wrapped := wrap(f"/{service}/{name}", h))})
 
 

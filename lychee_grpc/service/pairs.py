@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from enum import Enum
 
 from ..engine.api import EngineClient, IndexedDocument, JobHandle, Truncation
 from ..engine.types import Document, ImagePart, Query, RequestStats, Score
+from ..engine.util.inbox import Inbox
 from .errors import Cancelled, DeadlineExpired
 from .score_cache import PairKeys, ScoreCache, ScoreCacheStats, StoredScore
 
@@ -203,32 +203,6 @@ class JobOptions:
         self.deadline = deadline
 
 
-class _Inbox:
-    """The request's events, in order: scores, an error, or None (a wake-up)."""
-
-    def __init__(self) -> None:
-        self._items: deque[Score | BaseException | None] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put(self, item: Score | BaseException | None) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def empty(self) -> bool:
-        return not self._items
-
-    async def get(self) -> Score | BaseException | None:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
-
-
 class PairRequest:
     """One request's documents, answered from the cache, by duplicates, by others' work, or by its
     own engine jobs: the face the service reads scores from (like a JobHandle)."""
@@ -241,7 +215,8 @@ class PairRequest:
         self._options = options
         self._by_key: dict[bytes, _Pair] = {}
         self._works: list[EngineWork] = []
-        self._events = _Inbox()
+        # The request's events, in order: scores, an error, or None (a wake-up).
+        self._events: Inbox[Score | BaseException | None] = Inbox()
         self._outstanding = 0  # documents added and not yet answered
         self._closed = False
         self._left = False

@@ -125,6 +125,9 @@ def _encoded(parts: Sequence[Part]) -> bytes:
     return b"".join(out)
 
 
+_ONE_TEXT = (1).to_bytes(4, "little") + b"T"  # _encoded's count and tag for one text part
+
+
 class PairKeys:
     """The keys of one request's documents: the model's and the request's share hashed once."""
 
@@ -135,4 +138,9 @@ class PairKeys:
             _encoded(query.parts)))).digest()
 
     def of(self, document: Document) -> bytes:
+        parts = document.parts
+        if len(parts) == 1 and isinstance(parts[0], TextPart):  # a title: _encoded's bytes, built directly
+            data = parts[0].text.encode("utf-8", "surrogatepass")
+            return hashlib.blake2b(b"".join((self._base, _ONE_TEXT, len(data).to_bytes(8, "little"), data)),
+                                   digest_size=KEY_BYTES).digest()
         return hashlib.blake2b(self._base + _encoded(document.parts), digest_size=KEY_BYTES).digest()
