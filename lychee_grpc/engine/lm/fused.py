@@ -69,16 +69,26 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 class Kernel:
-    """Calls the compiled function when enabled; falls back to eager for good on any failure.
+    """Calls the compiled function when enabled (and the batch is not small); falls back to eager
+    for good on any failure.
 
     Only the token dimension (dim 0 of every tensor of 2+ dims) is compiled as dynamic: with
     hidden sizes and head counts as constants the kernels index and reduce with fixed sizes,
     which on an H100/H200 made them 1.7-2.4x faster than `dynamic=True` (bench/RESULTS.md, "Elementwise kernels").
     """
 
-    def __init__(self, fn: Callable[..., Any], compiled: bool, invariant: bool = False):
+    # Below this many rows (tokens: dim 0 of the first argument) the eager ops run instead, except
+    # in the batch-invariant mode. A compiled call costs the host more (dynamo's guards, the
+    # wrappers, the launcher) than the eager kernels' launches, and a small batch waits on the
+    # host: a text pair took 37.5 against 44.8 ms with eager kernels below 2048 rows, 8 titles
+    # 39.4 against 47.1; 16 titles (~1,800 rows) were already 2% slower, the GPU's extra passes
+    # showing (H200, bench/RESULTS.md "Eager kernels for small batches").
+    eager_below = 1024
+
+    def __init__(self, fn: Callable[..., Any], compiled: bool, invariant: bool = False,
+                 compiler: Callable[[Callable[..., Any]], Callable[..., Any]] = torch.compile):
         self.fn = fn
-        self._compiled = torch.compile(fn) if compiled else None
+        self._compiled = compiler(fn) if compiled else None
         self.invariant = invariant
 
     def __call__(self, *args: Any) -> Any:  # tensors in, the wrapped function's tensor(s) out
@@ -90,6 +100,8 @@ class Kernel:
                      for a in args]
             out = self(*twice)
             return tuple(o[:1] for o in out) if isinstance(out, tuple) else out[:1]
+        if self._compiled is not None and not self.invariant and args[0].shape[0] < self.eager_below:
+            return self.fn(*args)
         if self._compiled is not None:
             try:
                 for a in args:

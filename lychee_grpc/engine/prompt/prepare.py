@@ -452,6 +452,7 @@ class Preprocessor:
         # One <|image_pad|> per image, expanded after tokenization: it is a special token, split off
         # before BPE, so this equals tokenizing every pad (256 per 448x448 image) at a fraction of the work.
         suffixes = [template.suffix_pieces(template.parts_pieces(doc.parts)) for _, doc, _, _ in encoded]
+        clean = query.clean_boundary_ids is not None
         if query.clean_boundary_ids is not None:
             # The prefix's tokens cannot change with the document: tokenize only the suffixes.
             prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
@@ -495,7 +496,8 @@ class Preprocessor:
                 if all_images
                 else torch.arange(ids.size).expand(3, -1)  # text only: all three axes advance together
             )
-            uses_prefix = bool(np.array_equal(ids[:shared], prefix_ids))
+            # A clean boundary's ids start with the prefix itself (concatenated above).
+            uses_prefix = (clean and not truncated) or bool(np.array_equal(ids[:shared], prefix_ids))
             if uses_prefix:
                 segment = Segment(ids=ids_t[shared:], positions=positions[:, shared:], images=images)
             else:

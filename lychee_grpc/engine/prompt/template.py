@@ -85,6 +85,10 @@ class Marker:
 
 Piece = str | Marker
 
+# Made once: every document's pieces hold them (a frozen dataclass costs ~1 us to construct).
+_IM_START, _IM_END = Marker(IM_START), Marker(IM_END)
+_IMAGE = (Marker(VISION_START), Marker(IMAGE_PAD), Marker(VISION_END))
+
 
 def parts_pieces(parts: Sequence[Part]) -> list[Piece]:
     """A part list as pieces: its texts verbatim, one pad marker per image (expanded later)."""
@@ -93,7 +97,7 @@ def parts_pieces(parts: Sequence[Part]) -> list[Piece]:
         if isinstance(part, TextPart):
             out.append(part.text)
         elif isinstance(part, ImagePart):
-            out += [Marker(VISION_START), Marker(IMAGE_PAD), Marker(VISION_END)]
+            out += _IMAGE
         else:  # pragma: no cover - guarded by the type
             raise TypeError(f"unknown part {type(part).__name__}")
     return out
@@ -101,13 +105,13 @@ def parts_pieces(parts: Sequence[Part]) -> list[Piece]:
 
 def prefix_pieces(instruction: str, query: Sequence[Piece]) -> list[Piece]:
     """`prefix_text` as pieces; `query` from `parts_pieces`."""
-    return [Marker(IM_START), f"system\n{SYSTEM_PROMPT}", Marker(IM_END), "\n",
-            Marker(IM_START), f"user\n<Instruct>: {instruction}<Query>:", *query]
+    return [_IM_START, f"system\n{SYSTEM_PROMPT}", _IM_END, "\n",
+            _IM_START, f"user\n<Instruct>: {instruction}<Query>:", *query]
 
 
 def suffix_pieces(document: Sequence[Piece]) -> list[Piece]:
     """`suffix_text` as pieces; `document` from `parts_pieces`."""
-    return ["\n<Document>:", *document, Marker(IM_END), "\n", Marker(IM_START), "assistant\n"]
+    return ["\n<Document>:", *document, _IM_END, "\n", _IM_START, "assistant\n"]
 
 
 def runs(pieces: Sequence[Piece]) -> list[Piece]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from lychee_grpc.engine.lm.fused import FusedOps, rms_norm, rope, silu_mul
+from lychee_grpc.engine.lm.fused import FusedOps, Kernel, rms_norm, rope, silu_mul
 
 
 def test_rms_norm_and_mlp_match_transformers_modules(loaded):
@@ -62,3 +62,27 @@ def test_vision_qk_rope_from_packed_qkv_matches_transformers():
         got_q, got_k = vision_qk_rope(qkv, heads, cos, sin)
         assert got_q.dtype == dtype and got_q.shape == (n, heads, dim)
         assert torch.equal(got_q, ref_q) and torch.equal(got_k, ref_k)
+
+
+def test_a_small_batch_runs_the_eager_ops_and_a_large_one_the_compiled_kernel():
+    calls: list[str] = []
+
+    def compiler(fn):
+        def compiled(*args):
+            calls.append("compiled")
+            return fn(*args)
+        return compiled
+
+    def double(x):
+        calls.append("eager")
+        return x * 2
+
+    kernel = Kernel(double, compiled=True, compiler=compiler)
+    small, large = torch.ones(Kernel.eager_below - 1, 4), torch.ones(Kernel.eager_below, 4)
+    assert torch.equal(kernel(small), small * 2) and calls == ["eager"]
+    calls.clear()
+    assert torch.equal(kernel(large), large * 2) and calls == ["compiled", "eager"]  # the compiled fn traces fn
+    calls.clear()
+    invariant = Kernel(double, compiled=True, invariant=True, compiler=compiler)  # the same kernel at every size
+    invariant(torch.ones(8, 4))
+    assert calls[0] == "compiled"
