@@ -74,14 +74,16 @@ class App:
         self.metrics_exporter = None
         # Without a metrics port nothing can read the metrics: nothing records them either (a
         # request observed ~20 histogram samples, bench/RESULTS.md "The per-call cost").
-        self._metered = bool(config.metrics.port)
-        if self._metered:
+        self._recording: PrometheusObserver | None = None
+        if config.metrics.port:
+            self._recording = self.metrics
             self.metrics_exporter = MetricsExporter(self.metrics.registry, config.metrics.host, config.metrics.port)
+        recorders = [self._recording] if self._recording is not None else []
         self.tracing = otlp_observer(config.log.otlp_endpoint) if config.log.otlp_endpoint else None
-        request_observers: list = [self.metrics, AccessLog()] if self._metered else [AccessLog()]
+        request_observers: list = [*recorders, AccessLog()]
         if self.tracing is not None:
             request_observers.append(self.tracing)
-        self.service = Service(self.lifecycle, config.service, observers=[self.metrics] if self._metered else [])
+        self.service = Service(self.lifecycle, config.service, observers=recorders)
         self.metrics.watch_score_cache(self.service.score_cache_stats)
         self.authenticator = TokenAuthenticator.from_config(config.security)
         self.interceptor = ServiceInterceptor(
@@ -139,13 +141,12 @@ class App:
                 split_min_documents=workers.split_min_documents,
                 log_level=self.config.log.level.upper(),
                 engine_factory=self._worker_factory,
-                # the workers' batch and queue timings
-                observer_for=(lambda device: self.metrics) if self._metered else None,
+                observer_for=lambda device: self._recording,  # the workers' batch and queue timings
             )
         else:
             engine = await asyncio.to_thread(self._factory, engine_config)
-            if self._metered:
-                engine.observe(self.metrics)
+            if self._recording is not None:
+                engine.observe(self._recording)
             client = engine
         self.engine_client = client
         await client.start()

@@ -96,10 +96,8 @@ class ServiceInterceptor:
         self.authenticate_reflection = authenticate_reflection
         self._junk_log = _RateLimitedLog()
 
-    def wrap(self, full_method: str, handler: Handler | None) -> Handler | None:
+    def wrap(self, full_method: str, handler: Handler) -> Handler:
         """`handler` of `full_method` ("/package.Service/Method") as every call of it runs."""
-        if handler is None:
-            return handler
         if not full_method.startswith(LYCHEE_PREFIX):
             # health and (unless configured) reflection: untouched; anything else: the token only
             if self.authenticator is None or not needs_token(full_method, self.authenticate_reflection):

@@ -39,7 +39,7 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
     def __init__(self, inner: grpc.GenericRpcHandler, interceptor: ServiceInterceptor):
         self._inner = inner
         self._interceptor = interceptor
-        self._wrapped: dict[str, tuple[Handler, Handler | None]] = {}
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:  # pyright: ignore[reportIncompatibleMethodOverride]  # grpc's stub omits None
         method = handler_call_details.method
@@ -68,7 +68,7 @@ class _Registrar:
         wrap = self._interceptor.wrap
         # grpc.aio's Server has it (grpcio 1.85, called by every generated add_*_to_server); its stub does not.
         self._server.add_registered_method_handlers(  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
-            service, {name: wrapped for name, h in handlers.items() if (wrapped := wrap(f"/{service}/{name}", h))})
+            service, {name: wrap(f"/{service}/{name}", h) for name, h in handlers.items()})
 
 
 class GrpcServer:

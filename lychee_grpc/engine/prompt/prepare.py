@@ -453,7 +453,7 @@ class Preprocessor:
         # before BPE, so this equals tokenizing every pad (256 per 448x448 image) at a fraction of the work.
         suffixes = [template.suffix_pieces(template.parts_pieces(doc.parts)) for _, doc, _, _ in encoded]
         clean = query.clean_boundary_ids is not None
-        if query.clean_boundary_ids is not None:
+        if clean:
             # The prefix's tokens cannot change with the document: tokenize only the suffixes.
             prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
             all_ids = [
