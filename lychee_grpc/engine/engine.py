@@ -76,6 +76,7 @@ class Engine(EngineClient):
             observer=self._recorder,
             window_kernel=config.window_kernel,
             batch_invariant=config.batch_invariant,
+            cuda_graphs=config.cuda_graphs,
         )
         self.scheduler: Scheduler | None = None
         self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")
@@ -123,6 +124,10 @@ class Engine(EngineClient):
         self.scheduler.start()
         if self.config.warmup:
             await self._warmup()
+        if self.executor.graphs is not None:
+            # Before serving: a capture must not meet other GPU work.
+            kept = await self.scheduler.run_on_gpu(self.executor.capture_graphs)
+            log.info("CUDA graphs of small batches: %d kept", kept)
         self._ready = True
 
     async def _warmup(self) -> None:

@@ -30,10 +30,16 @@ import torch
 from ..prompt.prepared import EncodedImage, Segment
 from ..stats import NullObserver, StatsObserver
 from ..util.device_copy import PinnedStaging
+from ..util.graphs import GraphCapturer
 from ..vision.cache import VisionCache
 from ..vision.tower import VisionTower
 from .attention import HostPlan, PackedAttention, Plan, host_plan
 from .fused import FusedOps
+from .graphs import GraphOptions, LMGraphs
+
+# Image sizes (already multiples of 28) whose single-image vision tower is captured as a CUDA
+# graph at start-up: the console's and the benchmark's 448x448.
+TOWER_GRAPH_SIZES = ((448, 448),)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,8 @@ class Executor:
         observer: StatsObserver | None = None,
         window_kernel: bool = True,
         batch_invariant: bool = False,
+        cuda_graphs: bool = False,
+        graph_options: GraphOptions = GraphOptions(),
     ):
         self.model = model
         self.lm = model.model.language_model
@@ -87,6 +95,13 @@ class Executor:
                                          batch_invariant=batch_invariant)
         self.ops = FusedOps(self.device, batch_invariant=batch_invariant)
         self.tower = VisionTower(self.visual, self.ops, window_kernel=window_kernel)
+        # Small batches replay captured graphs (lm/graphs.py; CUDA with varlen attention only),
+        # once `capture_graphs` has run.
+        self.graphs: LMGraphs | None = None
+        if cuda_graphs and self.device.type == "cuda" and self.attention.use_varlen:
+            capturer = GraphCapturer(self.device, shared_pool=graph_options.shared_pool)
+            self.graphs = LMGraphs(self, capturer, graph_options)
+            self.tower.graphs = capturer
         self.observer: StatsObserver = observer if observer is not None else NullObserver()
         self.eps = text_cfg.rms_norm_eps
         if text_cfg.hidden_act != "silu":
@@ -146,6 +161,22 @@ class Executor:
         """Runs one packed batch. Returns z_yes - z_no (float32, CPU) for the items with
         `score`, in order, and the keys/values of the items with `keep_kv`, by item index."""
         lay = layout(items, self.image_token_id)
+        graph = self.graphs.find(lay) if self.graphs is not None else None
+        if graph is None:
+            return self._run_eager(lay)
+        inputs = lay.input_tensors()
+        # The padded plan in the graph's packing, staged with the inputs in one transfer.
+        dev = self.staging.copy([*inputs, graph.plan_bytes(lay)])
+        x, cos, sin = self._inputs(lay, dev)
+        z, kept = graph.run(lay, x, cos, sin, dev[len(inputs)])
+        return z, {i: PrefixKV(keys=ks, values=vs, length=lay.lengths[i]) for i, (ks, vs) in kept.items()}
+
+    @torch.inference_mode()
+    def run_eager(self, items: Sequence[BatchItem]) -> tuple[torch.Tensor, dict[int, PrefixKV]]:
+        """`run` without the captured graphs."""
+        return self._run_eager(layout(items, self.image_token_id))
+
+    def _run_eager(self, lay: Layout) -> tuple[torch.Tensor, dict[int, PrefixKV]]:
         inputs = lay.input_tensors()
         # Everything the batch needs from the host, in one transfer.
         dev = self.staging.copy(inputs + lay.plan_tensors())
@@ -173,10 +204,14 @@ class Executor:
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full: Plan, last: Plan | None,
         last_rows: torch.Tensor, stored: Sequence[PrefixKV],
         keep_rows: Sequence[tuple[int, int, int, tuple[list, list]]] = (),
+        keep_into: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor | None:
         """The decoder layers over packed rows, then z_yes - z_no at `last_rows` (None without a
         last plan: only keys/values were wanted). Keys/values of the rows kept for a prefix are
-        cloned per layer into `keep_rows`' lists: (item, first row, rows, (keys, values))."""
+        cloned per layer into `keep_rows`' lists: (item, first row, rows, (keys, values)), or
+        every row's are copied into `keep_into` ([layers, rows, kv_heads, head_dim] each; the
+        captured graphs' way). Runs inside a CUDA-graph capture: no host-to-device copy, no
+        read-back, nothing cached across calls."""
         layers = self.lm.layers
         n_layers = len(layers)
         ops, eps = self.ops, self.eps
@@ -190,6 +225,9 @@ class Executor:
                 # Copies: a view would keep the whole batch's keys/values alive with the request.
                 ks.append(k[start : start + length].clone())
                 vs.append(v[start : start + length].clone())
+            if keep_into is not None:
+                keep_into[0][li].copy_(k)
+                keep_into[1][li].copy_(v)
             k_src = torch.cat([*[u.keys[li] for u in stored], k, pad_kv])
             v_src = torch.cat([*[u.values[li] for u in stored], v, pad_kv])
             if li == n_layers - 1:
@@ -215,6 +253,19 @@ class Executor:
         """Keys and values of a shared prefix on its own."""
         _, kept = self.run([BatchItem(segment, None, score=False, keep_kv=True)])
         return kept[0]
+
+    @torch.inference_mode()
+    def capture_graphs(self) -> int:
+        """Captures and validates the CUDA graphs of small batches (and of one image's tower) at
+        start-up, before serving; returns how many LM graphs are kept. A no-op where graphs are off."""
+        if self.graphs is None:
+            return 0
+        if self.graphs.capture_all():
+            self.graphs.validate()
+        patch = self.visual.patch_size
+        for height, width in TOWER_GRAPH_SIZES:
+            self.tower.capture((1, height // patch, width // patch), self.visual.dtype)
+        return len(self.graphs)
 
 
 @dataclass
