@@ -76,6 +76,7 @@ class LMGraphs:
         if self.sequences[0] < 2:
             raise ValueError("a sequence bucket holds at least one sequence and the padding")
         self._graphs: dict[tuple[int, int], _Graph] = {}
+        self.replays = 0  # batches run through a graph (the probe reads it)
         ex = executor
         hidden = ex.lm.embed_tokens.weight.shape[1]
         layers = len(ex.lm.layers)
@@ -255,6 +256,7 @@ class _Graph:
         owner.cos[: lay.rows].copy_(cos)
         owner.sin[: lay.rows].copy_(sin)
         z = self.captured.replay()
+        owner.replays += 1
         kept = {}
         for i in lay.keep:
             start, length = lay.starts[i], lay.lengths[i]
