@@ -45,11 +45,15 @@ log = logging.getLogger(__name__)
 # Padded token counts, and sequence counts (a pair is its prefix, its document and the padding).
 TOKEN_BUCKETS = (64, 128, 192, 256, 384, 512, 768, 1024)
 SEQUENCE_BUCKETS = (3, 9)
-# How far a graph's z may be from the eager path's on the validation batch: the matmuls see
-# another row count (cuBLAS picks other kernels), so bf16 rounding differs; a wrong plan or a
-# stale buffer is off by far more (or not finite).
-VALIDATE_ATOL = 0.05
-VALIDATE_RTOL = 0.02
+# How far a graph's z may be from the eager path's at start-up. A batch that fills its bucket
+# exactly runs the same shapes both ways: only the last layer's attention call differs (the graph
+# declares two query rows), so z agrees to bf16 rounding (FILLED_ATOL). A padded batch's matmuls see
+# more rows than the eager path's (cuBLAS picks other kernels), and bf16 rounding through 28
+# layers moves z by up to ~0.2 with random weights (H200, bench/RESULTS.md "CUDA graphs of small
+# batches"), as batching does anyway; that check only catches a broken padding (PADDED_*).
+FILLED_ATOL = 0.05
+PADDED_ATOL = 0.5
+PADDED_RTOL = 0.05
 
 _ALIGN = 16
 
@@ -142,36 +146,43 @@ class LMGraphs:
         ex = self.executor
         try:
             for key in keys:
-                items = self.synthetic_batch(*key)
-                z_eager, kept_eager = ex.run_eager(items)
-                z_graph, kept_graph = ex.run(items)
-                if ex.graphs is not self:
-                    raise RuntimeError("the executor does not replay these graphs")
-                diff = _worst(z_graph, z_eager)
-                for i, eager in kept_eager.items():
-                    graph = kept_graph[i]
-                    for a, b in zip(eager.keys + eager.values, graph.keys + graph.values):
-                        diff = max(diff, _worst(b.float().cpu(), a.float().cpu()))
-                diffs[key] = diff
-                if not math.isfinite(diff) or diff > VALIDATE_ATOL + VALIDATE_RTOL * float(z_eager.abs().max()):
-                    raise RuntimeError(f"the {key[0]}-token, {key[1]}-sequence graph is {diff:.3g} from the eager path")
+                for filled in (True, False):
+                    items = self.synthetic_batch(*key, filled=filled)
+                    z_eager, kept_eager = ex.run_eager(items)
+                    z_graph, kept_graph = ex.run(items)
+                    if ex.graphs is not self or self.replays == 0:
+                        raise RuntimeError("the executor does not replay these graphs")
+                    diff = _worst(z_graph, z_eager)
+                    for i, eager in kept_eager.items():
+                        graph = kept_graph[i]
+                        for a, b in zip(eager.keys + eager.values, graph.keys + graph.values):
+                            diff = max(diff, _worst(b.float().cpu(), a.float().cpu()))
+                    limit = FILLED_ATOL if filled else PADDED_ATOL + PADDED_RTOL * float(z_eager.abs().max())
+                    diffs[key] = max(diffs.get(key, 0.0), diff)
+                    if not math.isfinite(diff) or diff > limit:
+                        raise RuntimeError(f"the {key[0]}-token, {key[1]}-sequence graph is {diff:.3g} from the "
+                                           f"eager path on a {'filled' if filled else 'padded'} batch")
         except Exception as exc:  # a graph is an optimisation: batches run eagerly
             log.warning("the LM's CUDA graphs failed validation (%s); small batches run eagerly", exc)
             self.drop()
         return diffs
 
-    def synthetic_batch(self, tokens: int, sequences: int) -> list[BatchItem]:
-        """A text batch that lands in the (tokens, sequences) bucket with padding rows: a prefix
-        computed inline and kept, and documents reading it; a larger sequence bucket also has
-        empty sequences."""
+    def synthetic_batch(self, tokens: int, sequences: int, filled: bool = False) -> list[BatchItem]:
+        """A text batch that lands in the (tokens, sequences) bucket: a prefix computed inline and
+        kept, and documents reading it. `filled`: exactly the bucket's rows and sequences (an
+        empty padding sequence); else with padding rows and, in a larger sequence bucket, empty
+        sequences."""
         from .executor import BatchItem
 
         i = self.tokens.index(tokens)
         below_t = self.tokens[i - 1] if i else 0
         j = self.sequences.index(sequences)
         below_s = self.sequences[j - 1] if j else 0
-        rows = tokens - max(1, (tokens - below_t) // 4)
-        count = max(2, below_s)  # items: one more sequence than the bucket below holds, with the padding
+        if filled:
+            rows, count = tokens, sequences - 1
+        else:
+            rows = tokens - max(1, (tokens - below_t) // 4)
+            count = max(2, below_s)  # items: one more sequence than the bucket below holds, with the padding
         prefix = max(1, rows // 3)
         rest = rows - prefix
         docs = [rest // (count - 1) + (1 if k < rest % (count - 1) else 0) for k in range(count - 1)]
