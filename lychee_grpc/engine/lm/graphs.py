@@ -43,7 +43,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Padded token counts, and sequence counts (a pair is its prefix, its document and the padding).
-TOKEN_BUCKETS = (64, 128, 192, 256, 384, 512, 768, 1024)
+# All below fused.Kernel.eager_below: the eager path runs these batches' elementwise ops eagerly
+# too, so a graph and the eager path differ only by the padding (at 1,024 rows the eager path's
+# compiled kernels round differently: z 0.35 apart on the H200 with random weights).
+TOKEN_BUCKETS = (64, 128, 192, 256, 384, 512, 768)
 SEQUENCE_BUCKETS = (3, 9)
 # How far a graph's z may be from the eager path's at start-up. A batch that fills its bucket
 # exactly runs the same shapes both ways: only the last layer's attention call differs (the graph

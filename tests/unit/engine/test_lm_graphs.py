@@ -188,3 +188,12 @@ def test_graphs_are_on_by_default_and_lychee_cuda_graphs_0_turns_them_off(monkey
     assert EngineConfig(model="m").cuda_graphs is True
     monkeypatch.setenv("LYCHEE_CUDA_GRAPHS", "0")
     assert EngineConfig(model="m").cuda_graphs is False
+
+
+def test_buckets_stay_below_the_compiled_kernels_threshold():
+    # The eager path runs these row counts' elementwise ops eagerly, as the captures do: a bucket
+    # at or above the threshold would compare compiled with eager rounding at start-up.
+    from lychee_grpc.engine.lm.fused import Kernel
+    from lychee_grpc.engine.lm.graphs import TOKEN_BUCKETS
+
+    assert max(TOKEN_BUCKETS) < Kernel.eager_below
