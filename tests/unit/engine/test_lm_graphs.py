@@ -183,11 +183,11 @@ async def test_graphs_are_never_made_on_the_cpu(make_engine):
     assert engine.executor.graphs is None
 
 
-def test_graphs_are_on_by_default_and_lychee_cuda_graphs_0_turns_them_off(monkeypatch):
+def test_graphs_are_off_by_default_and_lychee_cuda_graphs_1_turns_them_on(monkeypatch):
     monkeypatch.delenv("LYCHEE_CUDA_GRAPHS", raising=False)
-    assert EngineConfig(model="m").cuda_graphs is True
-    monkeypatch.setenv("LYCHEE_CUDA_GRAPHS", "0")
     assert EngineConfig(model="m").cuda_graphs is False
+    monkeypatch.setenv("LYCHEE_CUDA_GRAPHS", "1")
+    assert EngineConfig(model="m").cuda_graphs is True
 
 
 def test_buckets_stay_below_the_compiled_kernels_threshold():
