@@ -79,14 +79,15 @@ def measure(target: str, tok, iters: int, small: bool) -> dict:
     rng = random.Random(22)
     side = 56 if small else 448
     query = words_of_tokens(tok, rng, 16)
-    title = words_of_tokens(tok, rng, 64)
+    # A new title each call: a repeated pair is answered from the score cache.
+    titles = [words_of_tokens(tok, rng, 64) for _ in range(iters + 2)]
     image_title = words_of_tokens(tok, rng, 32)
     words = " ".join(rng.choice(TITLE_WORDS) for _ in range(40))
     images = [jpeg(random.Random(1000 + k), side) for k in range(2 * (iters + 2) + 64)]
     fresh = iter(images)
     out: dict = {}
     with LycheeClient(target, timeout=120) as client:
-        out["pair_text_ms"], _ = p50_ms(lambda k: client.rerank(query, [title]), iters)
+        out["pair_text_ms"], _ = p50_ms(lambda k: client.rerank(query, [titles[k]]), iters)
         out["pair_image_ms"], _ = p50_ms(lambda k: client.rerank(query, [[next(fresh), image_title]]), iters)
         explained = client.explain(query, [next(fresh), words], grid_size=4)
         fragments = len(explained.fragments)
@@ -99,8 +100,9 @@ def measure(target: str, tok, iters: int, small: bool) -> dict:
             # As the explanation's documents: variants sharing the pair's image, and one new image per cell.
             shared = next(fresh)
             cells = max(0, min(16, fragments - 1))
-            docs = [[shared, words] for _ in range(fragments + 1 - cells)] + \
-                   [[jpeg(random.Random(5000 + 100 * k + c), side), words] for c in range(cells)]
+            # Each title differs by a word, as the variants do (identical documents are scored once).
+            docs = [[shared, f"{words} {TITLE_WORDS[i % len(TITLE_WORDS)]}{i}"] for i in range(fragments + 1 - cells)]
+            docs += [[jpeg(random.Random(5000 + 100 * k + c), side), words] for c in range(cells)]
             client.rerank(query, docs)
 
         out["rerank_same_make_up_ms"], _ = p50_ms(same_make_up, ex_iters, warmup=1)

@@ -27,6 +27,7 @@ __all__ = [
     "JobHandle",
     "JobResult",
     "Truncation",
+    "each_score",
     "score_documents",
 ]
 
@@ -125,6 +126,18 @@ class JobHandle(Protocol):
     def results(self) -> AsyncIterator[Score]:
         """Scores as they are computed, until the job is closed and everything is scored."""
         ...
+
+    def result_batches(self) -> AsyncIterator[list[Score]]:
+        """`results()` in lists: each list what arrived together (a model batch's scores), so a
+        reader pays one wake-up per batch rather than per document."""
+        ...
+
+
+async def each_score(batches: AsyncIterator[list[Score]]) -> AsyncIterator[Score]:
+    """`result_batches()` one score at a time (what `results()` is)."""
+    async for batch in batches:
+        for score in batch:
+            yield score
 
 
 class EngineClient(Protocol):

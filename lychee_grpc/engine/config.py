@@ -59,6 +59,6 @@ class EngineConfig:
     # a pair's score is bit-identical whatever it is batched with (lm/fused.py, util/invariant.py).
     batch_invariant: bool = False
     # CUDA graphs of small batches (a pair, a few documents: lm/graphs.py), captured and checked
-    # against the eager path at start-up (CUDA only; never on the CPU). Off unless
-    # LYCHEE_CUDA_GRAPHS=1: their gain on one pair is not measured yet (bench/RESULTS.md).
-    cuda_graphs: bool = field(default_factory=lambda: os.environ.get("LYCHEE_CUDA_GRAPHS", "0") == "1")
+    # against the eager path at start-up (CUDA only, never on the CPU, not in the batch-invariant
+    # mode); its default follows LYCHEE_CUDA_GRAPHS (0 turns them off).
+    cuda_graphs: bool = field(default_factory=lambda: os.environ.get("LYCHEE_CUDA_GRAPHS", "1") != "0")

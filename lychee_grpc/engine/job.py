@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .api import IndexedDocument, Truncation
+from .api import IndexedDocument, Truncation, each_score
 from .types import Query, RequestStats, Score
 from .util.inbox import Inbox
 
@@ -71,20 +71,28 @@ class Job:
         self._results.put(None)
         self._release_if_done()
 
-    async def results(self) -> AsyncIterator[Score]:
+    def results(self) -> AsyncIterator[Score]:
         """Scores as they are computed, until the job is closed and everything is scored."""
+        return each_score(self.result_batches())
+
+    async def result_batches(self) -> AsyncIterator[list[Score]]:
         closed = False
         while True:
             # `_outstanding` drops when a score is queued, so the queue must be drained too.
             if closed and self._outstanding == 0 and self._results.empty():
                 return
-            item = await self._results.get()
-            if item is None:
-                closed = True
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            scores: list[Score] = []
+            for item in await self._results.get_all():
+                if item is None:
+                    closed = True
+                elif isinstance(item, BaseException):
+                    if scores:  # what arrived before the error is still answered first
+                        yield scores
+                    raise item
+                else:
+                    scores.append(item)
+            if scores:
+                yield scores
 
     # ---- state --------------------------------------------------------------------------
     def expired(self, now: float | None = None) -> bool:

@@ -26,8 +26,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from enum import Enum
+from functools import partial
 
-from ..engine.api import EngineClient, IndexedDocument, JobHandle, Truncation
+from ..engine.api import EngineClient, IndexedDocument, JobHandle, Truncation, each_score
 from ..engine.types import Document, ImagePart, Query, RequestStats, Score
 from ..engine.util.inbox import Inbox
 from .errors import Cancelled, DeadlineExpired
@@ -144,11 +145,13 @@ class EngineWork:
 
     async def _read(self) -> None:
         try:
-            async for score in self.job.results():
-                flight = self.flights.get(score.index)
-                if flight is not None:
-                    flight.score = score
-                    self._settle(flight)
+            flights = self.flights
+            async for scores in self.job.result_batches():
+                for score in scores:
+                    flight = flights.get(score.index)
+                    if flight is not None:
+                        flight.score = score
+                        self._settle(flight)
         except asyncio.CancelledError:
             self.fail(Cancelled("the server is stopping"))
             raise
@@ -269,9 +272,13 @@ class PairRequest:
             work.close()
             work.cancel_if_unwatched(idle=unanswered)
 
-    async def results(self) -> AsyncIterator[Score]:
+    def results(self) -> AsyncIterator[Score]:
         """Each document's score as it is answered, until the request is closed and every
         document is answered."""
+        return each_score(self.result_batches())
+
+    async def result_batches(self) -> AsyncIterator[list[Score]]:
+        """`results()` in lists of what was answered together."""
         deadline = self._options.deadline
         timer = None
         if deadline is not None:  # one timer for the request (a wait_for per score cost a task each)
@@ -283,12 +290,16 @@ class PairRequest:
             while True:
                 if self._closed and self._outstanding == 0 and events.empty():
                     return
-                item = await events.get()
-                if item is None:
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+                scores: list[Score] = []
+                for item in await events.get_all():
+                    if isinstance(item, BaseException):
+                        if scores:  # what was answered before the error is still sent first
+                            yield scores
+                        raise item
+                    if item is not None:
+                        scores.append(item)
+                if scores:
+                    yield scores
         finally:
             if timer is not None:
                 timer.cancel()
@@ -330,7 +341,7 @@ class PairRequest:
         if flight is not None and not flight.work.cancelled:
             flight.waiters += 1
             pair.source, pair.flight = Source.JOINED, flight
-            flight.landings.append(lambda value, error: self._landed(pair, value, error))
+            flight.landings.append(partial(self._landed, pair))
             return True
         return False
 
@@ -351,10 +362,11 @@ class PairRequest:
                 work.close()
                 return
         flights: list[Flight] = []
+        landed = self._landed
         for pair in misses:
             pair.source = Source.COMPUTED
             flight = pair.flight = work.add(pair.key, pair.indices[0][0])
-            flight.landings.append(lambda value, error, pair=pair: self._landed(pair, value, error))
+            flight.landings.append(partial(landed, pair))
             flights.append(flight)
         try:
             tokens = await work.job.add_documents([(pair.indices[0][0], pair.document) for pair in misses])

@@ -171,7 +171,7 @@ class Service:
             try:
                 await job.add_documents(list(enumerate(documents)))
                 job.close()
-                scores = [s async for s in job.results()]
+                scores = [s async for batch in job.result_batches() for s in batch]
             finally:
                 job.leave()
             stats = job.stats

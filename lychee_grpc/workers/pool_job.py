@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..engine.api import IndexedDocument, JobHandle, Truncation
+from ..engine.api import IndexedDocument, JobHandle, Truncation, each_score
 from ..engine.errors import FieldViolation, InvalidInput, NotReady, TooLarge
 from ..engine.types import Query, RequestStats, Score, Usage
+from ..engine.util.inbox import Inbox
 from ..service.errors import ErrorKind
 from . import ipc
 from .routing import guess_tokens
@@ -50,13 +51,13 @@ class PoolJob(JobHandle):
         self.shares: dict[int, WorkerShare] = {}  # by worker index
         self.closed = False
         self.cancelled = False
-        self._events: asyncio.Queue[Score | BaseException | None] = asyncio.Queue()
+        self._events: Inbox[Score | BaseException | None] = Inbox()
         self._seq = itertools.count()
 
     # ---- from the pool's message loop ---------------------------------------------------
     def on_scored(self, share: WorkerShare, score: Score) -> None:
         share.settle(score.index)
-        self._events.put_nowait(score)
+        self._events.put(score)
 
     def on_done(self, share: WorkerShare, stats: RequestStats, error: ipc.WireError | None) -> None:
         share.done = True
@@ -73,7 +74,7 @@ class PoolJob(JobHandle):
                 future.set_result(ipc.Added(self.id, -1, error=ended))
         if error is not None:
             self.fail(error.rebuild())
-        self._events.put_nowait(None)
+        self._events.put(None)
 
     def on_worker_died(self, share: WorkerShare, reason: str) -> None:
         error = NotReady(f"{reason}; retry")
@@ -82,7 +83,7 @@ class PoolJob(JobHandle):
                 future.set_exception(error)
         share.done = True
         self.fail(error)
-        self._events.put_nowait(None)
+        self._events.put(None)
 
     # ---- JobHandle ----------------------------------------------------------------------
     async def add_documents(self, documents: Sequence[IndexedDocument]) -> list[int]:
@@ -140,7 +141,7 @@ class PoolJob(JobHandle):
             if not share.closed and not share.done:
                 share.closed = True
                 self.pool.send(share.worker, ipc.CloseJob(self.id))
-        self._events.put_nowait(None)
+        self._events.put(None)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -150,19 +151,27 @@ class PoolJob(JobHandle):
         self.pool.forget(self)
 
     def fail(self, error: BaseException) -> None:
-        self._events.put_nowait(error)
+        self._events.put(error)
 
-    async def results(self) -> AsyncIterator[Score]:
+    def results(self) -> AsyncIterator[Score]:
+        return each_score(self.result_batches())
+
+    async def result_batches(self) -> AsyncIterator[list[Score]]:
         while True:
             if self.closed and all(share.done for share in self.shares.values()) and self._events.empty():
                 self.pool.forget(self)
                 return
-            event = await self._events.get()
-            if isinstance(event, BaseException):
-                self.pool.forget(self)
-                raise event
-            if event is not None:
-                yield event
+            scores: list[Score] = []
+            for event in await self._events.get_all():
+                if isinstance(event, BaseException):
+                    self.pool.forget(self)
+                    if scores:  # what arrived before the error is still answered first
+                        yield scores
+                    raise event
+                if event is not None:
+                    scores.append(event)
+            if scores:
+                yield scores
 
 
 def _add_usage(total: Usage, part: Usage) -> None:

@@ -94,8 +94,9 @@ class Executor:
         # Small batches replay captured graphs (lm/graphs.py; CUDA with varlen attention only),
         # once `capture_graphs` has run.
         self.graphs: LMGraphs | None = None
-        if cuda_graphs and self.device.type == "cuda" and self.attention.use_varlen:
-            capturer = GraphCapturer(self.device, shared_pool=graph_options.shared_pool)
+        # Not in the batch-invariant mode: its bitwise guarantee is tested on the eager path only.
+        if cuda_graphs and self.device.type == "cuda" and self.attention.use_varlen and not batch_invariant:
+            capturer = GraphCapturer(self.device)
             self.graphs = LMGraphs(self, capturer, graph_options)
         self.observer: StatsObserver = observer if observer is not None else NullObserver()
         self.eps = text_cfg.rms_norm_eps

@@ -5,21 +5,20 @@ no stored prefix (a request's first batch: its prefix computed inline), is padde
 and replayed from a graph captured at start-up (`Executor.capture_graphs`). The padding is one
 extra sequence of throwaway rows that attend only to themselves, and empty sequences: the real
 sequences' rows, plans and keys are those of the eager path, so their scores are the eager path's
-up to the matmuls' rounding at another row count (bitwise in the batch-invariant mode, whose
-matmuls do not depend on the row count).
+up to the matmuls' rounding at another row count. Not used in the batch-invariant mode.
 
 What stays outside the graph, per call: the embeddings (image rows scattered in), the rotary
 tables, the padded plan built on the host, one staged copy to the device (the plan lands in the
 graph's static buffer with one more device copy), and the copies into the static inputs. Keys and
 values a request keeps (its prefix) are copied out of the graph's per-layer buffers after the replay.
 
-Start-up validation (`LMGraphs.validate`): every captured graph is replayed once on a synthetic
-batch of its bucket and compared with the eager path; any exception or mismatch drops every graph
-(a warning in the log) and batches run eagerly. A device-side assert cannot be caught that way:
-it ends the CUDA context (bench/graphs_probe.py runs each variant in a process of its own).
+Start-up validation (`LMGraphs.validate`): every captured graph is replayed on a batch that fills
+its bucket and on a padded one and compared with the eager path; any exception or mismatch drops
+every graph (a warning in the log) and batches run eagerly. Captures run in inference mode: with
+autograd on, each warm-up's activations stayed alive through the kept keys (bench/RESULTS.md,
+"CUDA graphs of small batches", where the H200 runs are).
 
-Outside the batch-invariant mode the elementwise pieces are captured eagerly (no compiled call
-inside a capture); `GraphOptions` holds the switches the probe turns.
+The elementwise pieces are captured eagerly, as the eager path runs them at these sizes.
 """
 
 from __future__ import annotations
@@ -65,9 +64,6 @@ _ALIGN = 16
 class GraphOptions:
     tokens: tuple[int, ...] = TOKEN_BUCKETS
     sequences: tuple[int, ...] = SEQUENCE_BUCKETS
-    shared_pool: bool = False  # one memory pool for every graph (util/graphs.py)
-    compiled_inside: bool | None = None  # compiled elementwise kernels in the capture; None: batch-invariant only
-    largest_first: bool = True  # capture order
 
 
 class LMGraphs:
@@ -117,16 +113,14 @@ class LMGraphs:
         key = self.bucket(lay.rows, len(lay.items))
         return self._graphs.get(key) if key is not None else None
 
+    @torch.inference_mode()
     def capture_all(self) -> int:
         """Captures every bucket; on any failure none are kept. Returns how many exist."""
-        keys = [(t, s) for t in self.tokens for s in self.sequences]
-        if self.options.largest_first:
-            keys.reverse()
-        compiled = self.options.compiled_inside
-        if compiled is None:
-            compiled = self.executor.batch_invariant
+        # Largest first: a later capture fits in memory an earlier one's warm-ups left cached.
+        keys = [(t, s) for t in self.tokens for s in self.sequences][::-1]
         try:
-            with self.executor.ops.eager(not compiled):
+            # The elementwise ops as the eager path runs them at these sizes (fused.Kernel.eager_below).
+            with self.executor.ops.eager(not self.executor.batch_invariant):
                 for tokens, sequences in keys:
                     self._graphs[(tokens, sequences)] = _Graph(self, tokens, sequences)
         except Exception as exc:  # a graph is an optimisation: batches run eagerly
@@ -137,15 +131,14 @@ class LMGraphs:
     def drop(self) -> None:
         self._graphs.clear()
 
-    def validate(self, reverse: bool = False) -> dict[tuple[int, int], float]:
-        """Replays every graph once on a synthetic batch of its bucket and compares z and the kept
-        prefix with the eager path, in capture order (`reverse`: the other way). Returns the
+    @torch.inference_mode()
+    def validate(self) -> dict[tuple[int, int], float]:
+        """Replays every graph on synthetic batches of its bucket and compares z and the kept
+        prefix with the eager path, in capture order. Returns the
         largest |z difference| per bucket; drops every graph (and says why in the log) on an
         exception or a difference beyond the tolerance."""
         diffs: dict[tuple[int, int], float] = {}
         keys = list(self._graphs)  # in capture order
-        if reverse:
-            keys.reverse()
         ex = self.executor
         try:
             for key in keys:

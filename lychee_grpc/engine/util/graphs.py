@@ -5,11 +5,9 @@ each kernel before the host has issued the next, so its latency was the host's, 
 (bench/RESULTS.md, "Where a single pair's time goes"). A graph captured once per shape replays
 every launch from one call.
 
-Memory pools: by default each capture gets a private pool of its own. Sharing one pool between
-captures saves memory, but is safe only while the graphs replay in the order they were captured
-(PyTorch's CUDA-graph notes): a later capture may be handed memory an earlier one freed, so an
-out-of-order replay can overwrite what another graph still reads. `shared_pool=True` is kept for
-the probe that tells the two apart (bench/graphs_probe.py).
+Memory pools: each capture gets a private pool of its own. Sharing one pool between captures
+saves memory, but is safe only while the graphs replay in the order they were captured
+(PyTorch's CUDA-graph notes), and requests replay them in any order.
 
 Capture only where no other thread queues GPU work at the same time (at start-up, before serving).
 Everything a captured function reads must live outside the capture (static inputs filled before
@@ -39,13 +37,11 @@ class Captured:
 
 
 class GraphCapturer:
-    """Captures on one CUDA device; `shared_pool`: one memory pool for every capture (see the module doc)."""
+    """Captures on one CUDA device, each in a memory pool of its own (see the module doc)."""
 
-    def __init__(self, device: torch.device, shared_pool: bool = False, warmup: int = 2):
+    def __init__(self, device: torch.device, warmup: int = 2):
         self.device = device
-        self.shared_pool = shared_pool
         self.warmup = warmup
-        self._pool = torch.cuda.graph_pool_handle() if shared_pool else None
         self.count = 0
 
     def capture(self, fn: Callable[[], Any]) -> Captured:
@@ -59,8 +55,7 @@ class GraphCapturer:
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        pool = self._pool if self.shared_pool else torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.graph(graph, pool=torch.cuda.graph_pool_handle()):
             outputs = fn()
         self.count += 1
         return Captured(graph, outputs)

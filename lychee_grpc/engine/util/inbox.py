@@ -1,6 +1,7 @@
 """A one-reader queue for the event loop: what asyncio.Queue does for a single consumer, at a
 fraction of its cost (no maxsize, no getters' list, no put side). Each request's scores pass
-through one, one item per document (bench/RESULTS.md, "The per-call cost")."""
+through one, one item per document (bench/RESULTS.md, "The per-call cost"); `get_all` hands a
+reader everything that arrived together (a batch's scores) in one wake-up."""
 
 from __future__ import annotations
 
@@ -34,3 +35,15 @@ class Inbox(Generic[T]):
             finally:
                 self._waiter = None
         return self._items.popleft()
+
+    async def get_all(self) -> list[T]:
+        """Every item waiting (at least one, waiting for it), oldest first; for one reader at a time."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items = list(self._items)
+        self._items.clear()
+        return items

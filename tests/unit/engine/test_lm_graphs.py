@@ -6,7 +6,8 @@ are dropped and the batches run eagerly.
 CUDA graphs need a GPU; here the capture is replaced by a plain call made at each replay (it reads
 the graph's static buffers as a replay would), and flash attention's varlen kernel by per-sequence
 attention that reads the same plan (cu_seqlens and the gathered key rows), so the graph path's host
-side runs as on the GPU. `bench/graphs_probe.py` runs the real graphs on the GPU.
+side runs as on the GPU. `python -m bench.ab --a cuda_graphs=true --b cuda_graphs=false` times the
+real graphs on a GPU.
 """
 
 from __future__ import annotations
@@ -183,11 +184,11 @@ async def test_graphs_are_never_made_on_the_cpu(make_engine):
     assert engine.executor.graphs is None
 
 
-def test_graphs_are_off_by_default_and_lychee_cuda_graphs_1_turns_them_on(monkeypatch):
+def test_graphs_are_on_by_default_and_lychee_cuda_graphs_0_turns_them_off(monkeypatch):
     monkeypatch.delenv("LYCHEE_CUDA_GRAPHS", raising=False)
-    assert EngineConfig(model="m").cuda_graphs is False
-    monkeypatch.setenv("LYCHEE_CUDA_GRAPHS", "1")
     assert EngineConfig(model="m").cuda_graphs is True
+    monkeypatch.setenv("LYCHEE_CUDA_GRAPHS", "0")
+    assert EngineConfig(model="m").cuda_graphs is False
 
 
 def test_buckets_stay_below_the_compiled_kernels_threshold():

@@ -24,3 +24,7 @@ class QueuedJob:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    async def result_batches(self):
+        async for score in self.results():
+            yield [score]
