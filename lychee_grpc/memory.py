@@ -79,17 +79,39 @@ async def trim_when_grown(idle: Callable[[], bool], interval: float = 2.0, growt
         baseline = after
 
 
+# The collector's thresholds while serving (CPython's default: 700, 10, 10). A request allocates a
+# few hundred containers that live as long as it does, so with 700 a young collection ran every
+# ~2 requests and moved the requests in flight into the older generations; and with the loaded
+# objects frozen, the rule that a full collection waits for a quarter of the old generation to be
+# new is met every ~10th middle one. 0.51 ms of collection per call with the defaults, 0.21 with
+# these (bench/RESULTS.md, "The per-call cost, third pass"). What they defer is only cyclic
+# garbage: everything else is freed by reference counting at once.
+SERVING_THRESHOLDS = (5000, 20, 100)
+
+
 def freeze_loaded_objects() -> None:
     """Moves every object alive now (after loading: the model's modules, the tokenizer's tables,
-    the imported libraries) out of the garbage collector's view. A full collection scanned them
-    all again every few seconds under load: 250-300 ms with the whole server stopped, which set
-    the p99 of every request in flight (bench/RESULTS.md, "The per-call cost"). A server's loaded
-    objects live until it stops (`unfreeze`)."""
+    the imported libraries) out of the garbage collector's view, and sets its thresholds for
+    serving (SERVING_THRESHOLDS). A full collection scanned the loaded objects again every few
+    seconds under load: 250-300 ms with the whole server stopped, which set the p99 of every
+    request in flight (bench/RESULTS.md, "The per-call cost"). A server's loaded objects live until
+    it stops (`unfreeze`)."""
+    global _thresholds_before
     gc.collect()
     gc.freeze()
+    if _thresholds_before is None:
+        _thresholds_before = gc.get_threshold()
+    gc.set_threshold(*SERVING_THRESHOLDS)
 
 
 def unfreeze() -> None:
-    """Gives the frozen objects back to the collector: a stopped server's engine can be freed
-    where the process goes on (tests, an embedding application)."""
+    """Gives the frozen objects back to the collector, and its thresholds: a stopped server's
+    engine can be freed where the process goes on (tests, an embedding application)."""
+    global _thresholds_before
     gc.unfreeze()
+    if _thresholds_before is not None:
+        gc.set_threshold(*_thresholds_before)
+        _thresholds_before = None
+
+
+_thresholds_before: tuple[int, int, int] | None = None

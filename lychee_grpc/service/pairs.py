@@ -50,19 +50,30 @@ Landing = Callable[[StoredScore | None, BaseException | None], None]
 
 
 class Flight:
-    """One pair queued or running in a job, and everyone waiting for its result."""
+    """One pair queued or running in a job, the request that computes it, and everyone else
+    waiting for its result."""
 
-    __slots__ = ("done", "index", "key", "landings", "score", "tokens", "waiters", "work")
+    __slots__ = ("done", "index", "joined", "key", "owner", "pair", "score", "tokens", "waiters", "work")
 
-    def __init__(self, key: bytes, work: EngineWork, index: int):
+    def __init__(self, key: bytes, work: EngineWork, index: int, owner: PairRequest, pair: _Pair):
         self.key = key
         self.work = work
         self.index = index  # the document's index in the job (its request's index)
+        # The request whose job computes it, and its document (no callback object per pair: this
+        # path runs for every document).
+        self.owner: PairRequest | None = owner
+        self.pair: _Pair | None = pair
+        self.joined: list[Landing] | None = None  # other requests' waits, when there are any
         self.waiters = 1
         self.tokens: int | None = None  # prompt tokens, once the job has taken the document
         self.score: Score | None = None  # once scored
         self.done = False
-        self.landings: list[Landing] = []
+
+    def join(self, landing: Landing) -> None:
+        self.waiters += 1
+        if self.joined is None:
+            self.joined = []
+        self.joined.append(landing)
 
     def release(self) -> None:
         """One waiter stops waiting."""
@@ -72,8 +83,11 @@ class Flight:
 
     def land(self, value: StoredScore | None, error: BaseException | None) -> None:
         self.done = True
-        landings, self.landings = self.landings, []
-        for landing in landings:
+        owner, pair, joined = self.owner, self.pair, self.joined
+        self.owner = self.pair = self.joined = None
+        if owner is not None and pair is not None:
+            owner.landed(pair, value, error)
+        for landing in joined or ():
             landing(value, error)
 
 
@@ -89,8 +103,8 @@ class EngineWork:
         self.cancelled = False
         self.reader = asyncio.create_task(self._read(), name="lychee-pair-work")
 
-    def add(self, key: bytes, index: int) -> Flight:
-        flight = Flight(key, self, index)
+    def add(self, key: bytes, index: int, owner: PairRequest, pair: _Pair) -> Flight:
+        flight = Flight(key, self, index, owner, pair)
         self.flights[index] = flight
         self.pairs.flights[key] = flight
         return flight
@@ -339,9 +353,8 @@ class PairRequest:
             return True
         flight = self._pairs.flights.get(pair.key)
         if flight is not None and not flight.work.cancelled:
-            flight.waiters += 1
             pair.source, pair.flight = Source.JOINED, flight
-            flight.landings.append(partial(self._landed, pair))
+            flight.join(partial(self.landed, pair))
             return True
         return False
 
@@ -362,12 +375,10 @@ class PairRequest:
                 work.close()
                 return
         flights: list[Flight] = []
-        landed = self._landed
         for pair in misses:
             pair.source = Source.COMPUTED
-            flight = pair.flight = work.add(pair.key, pair.indices[0][0])
-            flight.landings.append(partial(landed, pair))
-            flights.append(flight)
+            flights.append(work.add(pair.key, pair.indices[0][0], self, pair))
+            pair.flight = flights[-1]
         try:
             tokens = await work.job.add_documents([(pair.indices[0][0], pair.document) for pair in misses])
         except BaseException as exc:
@@ -379,7 +390,7 @@ class PairRequest:
         for flight, count in zip(flights, tokens):
             work.taken(flight, count)
 
-    def _landed(self, pair: _Pair, value: StoredScore | None, error: BaseException | None) -> None:
+    def landed(self, pair: _Pair, value: StoredScore | None, error: BaseException | None) -> None:
         """The flight the pair waited on ended."""
         if self._left:
             return
@@ -431,5 +442,7 @@ class PairRequest:
                 extra.prompt_tokens += value.prompt_tokens
                 extra.images += sum(isinstance(p, ImagePart) for p in pair.document.parts)
             self._outstanding -= 1
-            put(Score(index, doc_id, value.score, value.logit, value.truncated, cached))
+            computed = pair.flight.score if not position and source is Source.COMPUTED and pair.flight else None
+            # The job's own Score for the index it computed (the same fields): one object less per document.
+            put(computed or Score(index, doc_id, value.score, value.logit, value.truncated, cached))
         pair.delivered = len(indices)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import platform
 import subprocess
@@ -79,8 +80,10 @@ seen = min(full() for _ in range(3))
 memory.freeze_loaded_objects()
 frozen = min(full() for _ in range(3))
 count = gc.get_freeze_count()
+serving = gc.get_threshold()
 memory.unfreeze()
-print(json.dumps({"seen": seen, "frozen": frozen, "count": count, "after": gc.get_freeze_count()}))
+print(json.dumps({"seen": seen, "frozen": frozen, "count": count, "after": gc.get_freeze_count(),
+                  "serving": serving, "restored": gc.get_threshold()}))
 """
 
 
@@ -89,3 +92,5 @@ def test_frozen_loaded_objects_leave_full_collections_and_come_back_on_unfreeze(
     r = json.loads(out.stdout)
     assert r["count"] >= 400_000 and r["after"] == 0, r
     assert r["frozen"] * 5 < r["seen"], r  # a full collection no longer walks them
+    # Serving collects its young generation less often; a stopped server gives the defaults back.
+    assert r["serving"] == list(memory.SERVING_THRESHOLDS) and r["restored"] == list(gc.get_threshold()), r
