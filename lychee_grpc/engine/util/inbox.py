@@ -28,22 +28,22 @@ class Inbox(Generic[T]):
 
     async def get(self) -> T:
         """The oldest item, waiting for one; for one reader at a time."""
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        if not self._items:
+            await self._arrival()
         return self._items.popleft()
 
     async def get_all(self) -> list[T]:
         """Every item waiting (at least one, waiting for it), oldest first; for one reader at a time."""
+        if not self._items:
+            await self._arrival()
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    async def _arrival(self) -> None:
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        items = list(self._items)
-        self._items.clear()
-        return items

@@ -35,3 +35,17 @@ async def test_a_cancelled_reader_leaves_the_items_for_the_next():
     await asyncio.gather(reader, return_exceptions=True)
     inbox.put(7)
     assert await asyncio.wait_for(inbox.get(), 1) == 7
+
+
+async def test_get_all_hands_over_everything_waiting_in_order_and_waits_when_empty():
+    inbox: Inbox[int] = Inbox()
+    for i in range(3):
+        inbox.put(i)
+    assert await inbox.get_all() == [0, 1, 2]
+    assert inbox.empty()
+    reader = asyncio.ensure_future(inbox.get_all())
+    await asyncio.sleep(0)
+    assert not reader.done()
+    inbox.put(7)
+    inbox.put(8)
+    assert await asyncio.wait_for(reader, 1) == [7, 8]
