@@ -57,7 +57,7 @@ class Flight:
 
     def __init__(self, key: bytes, work: EngineWork, index: int, owner: PairRequest, pair: _Pair):
         self.key = key
-        self.work = work
+        self.work: EngineWork | None = work  # until it lands (the work's flights refer back to it)
         self.index = index  # the document's index in the job (its request's index)
         # The request whose job computes it, and its document (no callback object per pair: this
         # path runs for every document).
@@ -78,13 +78,15 @@ class Flight:
     def release(self) -> None:
         """One waiter stops waiting."""
         self.waiters -= 1
-        if self.waiters <= 0:
+        if self.waiters <= 0 and self.work is not None:
             self.work.cancel_if_unwatched()
 
     def land(self, value: StoredScore | None, error: BaseException | None) -> None:
         self.done = True
         owner, pair, joined = self.owner, self.pair, self.joined
-        self.owner = self.pair = self.joined = None
+        # No reference cycle outlives the flight (work -> flight -> work, request -> pair -> flight
+        # -> request): the request's objects are then freed as it ends, not by the collector.
+        self.owner = self.pair = self.joined = self.work = None
         if owner is not None and pair is not None:
             owner.landed(pair, value, error)
         for landing in joined or ():
@@ -352,7 +354,7 @@ class PairRequest:
             self._deliver(pair)
             return True
         flight = self._pairs.flights.get(pair.key)
-        if flight is not None and not flight.work.cancelled:
+        if flight is not None and flight.work is not None and not flight.work.cancelled:
             pair.source, pair.flight = Source.JOINED, flight
             flight.join(partial(self.landed, pair))
             return True
