@@ -252,8 +252,8 @@ class Executor:
 
     @torch.inference_mode()
     def capture_graphs(self) -> int:
-        """Captures and validates the CUDA graphs of small batches at
-        start-up, before serving; returns how many LM graphs are kept. A no-op where graphs are off."""
+        """Captures and validates the CUDA graphs of small batches at start-up, before serving;
+        returns how many are kept. A no-op where graphs are off."""
         if self.graphs is None:
             return 0
         if self.graphs.capture_all():

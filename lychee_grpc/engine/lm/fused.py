@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -91,12 +90,8 @@ class Kernel:
         self.fn = fn
         self._compiled = compiler(fn) if compiled else None
         self.invariant = invariant
-        # Set while a CUDA graph is captured with eager elementwise ops (FusedOps.eager).
-        self.force_eager = False
 
     def __call__(self, *args: Any) -> Any:  # tensors in, the wrapped function's tensor(s) out
-        if self.force_eager:
-            return self.fn(*args)
         if self._compiled is not None and self.invariant and any(
                 isinstance(a, torch.Tensor) and a.dim() >= 2 and a.shape[0] == 1 for a in args):
             # torch.compile specialises a dimension of size 1 into a kernel of its own; the
@@ -143,21 +138,6 @@ class FusedOps:
         else:
             self.rms_norm = Kernel(rms_norm, enabled)
             self.add_rms_norm = Kernel(add_rms_norm, enabled)
-
-    @contextmanager
-    def eager(self, on: bool = True) -> Iterator[None]:
-        """Within: the elementwise pieces run eagerly at every size (what a CUDA graph of the LM
-        captures outside the batch-invariant mode: no compiled call, no dynamo guard, inside it)."""
-        kernels = [k for k in (self.rope, self.silu_mul, self.vision_qk_rope, self.rms_norm, self.add_rms_norm)
-                   if isinstance(k, Kernel)]
-        before = [k.force_eager for k in kernels]
-        for k in kernels:
-            k.force_eager = on
-        try:
-            yield
-        finally:
-            for k, was in zip(kernels, before):
-                k.force_eager = was
 
     def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """`module(x)` for an nn.Linear (called through F.linear: no module hooks, less host time)."""

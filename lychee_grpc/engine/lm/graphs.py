@@ -18,7 +18,8 @@ every graph (a warning in the log) and batches run eagerly. Captures run in infe
 autograd on, each warm-up's activations stayed alive through the kept keys (bench/RESULTS.md,
 "CUDA graphs of small batches", where the H200 runs are).
 
-The elementwise pieces are captured eagerly, as the eager path runs them at these sizes.
+The elementwise pieces are captured eagerly, as the eager path runs them at these sizes
+(every bucket is under fused.Kernel.eager_below; a test pins it).
 """
 
 from __future__ import annotations
@@ -119,10 +120,10 @@ class LMGraphs:
         # Largest first: a later capture fits in memory an earlier one's warm-ups left cached.
         keys = [(t, s) for t in self.tokens for s in self.sequences][::-1]
         try:
-            # The elementwise ops as the eager path runs them at these sizes (fused.Kernel.eager_below).
-            with self.executor.ops.eager(not self.executor.batch_invariant):
-                for tokens, sequences in keys:
-                    self._graphs[(tokens, sequences)] = _Graph(self, tokens, sequences)
+            # Every bucket is under fused.Kernel.eager_below: the captured elementwise ops are the
+            # eager ones, as the eager path runs them at these sizes.
+            for tokens, sequences in keys:
+                self._graphs[(tokens, sequences)] = _Graph(self, tokens, sequences)
         except Exception as exc:  # a graph is an optimisation: batches run eagerly
             log.warning("capturing the LM's CUDA graphs failed (%s); small batches run eagerly", exc)
             self.drop()
