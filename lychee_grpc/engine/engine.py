@@ -127,7 +127,8 @@ class Engine(EngineClient):
         if self.executor.graphs is not None:
             # Before serving: a capture must not meet other GPU work.
             kept = await self.scheduler.run_on_gpu(self.executor.capture_graphs)
-            log.info("CUDA graphs of small batches: %d kept", kept)
+            log.info("CUDA graphs of small batches: %d kept; of one image's vision tower: grids %s",
+                     kept, self.executor.tower.captured_grids)
         self._ready = True
 
     async def _warmup(self) -> None:

@@ -37,6 +37,10 @@ from .attention import HostPlan, PackedAttention, Plan, host_plan
 from .fused import FusedOps
 from .graphs import GraphOptions, LMGraphs
 
+# Image sizes (multiples of 28) whose single-image vision tower is captured as a CUDA graph at
+# start-up: one image of a pair at the console's and the benchmarks' 448x448.
+TOWER_GRAPH_SIZES = ((448, 448),)
+
 log = logging.getLogger(__name__)
 
 
@@ -98,6 +102,7 @@ class Executor:
         if cuda_graphs and self.device.type == "cuda" and self.attention.use_varlen and not batch_invariant:
             capturer = GraphCapturer(self.device)
             self.graphs = LMGraphs(self, capturer, graph_options)
+            self.tower.graphs = capturer
         self.observer: StatsObserver = observer if observer is not None else NullObserver()
         self.eps = text_cfg.rms_norm_eps
         if text_cfg.hidden_act != "silu":
@@ -252,12 +257,16 @@ class Executor:
 
     @torch.inference_mode()
     def capture_graphs(self) -> int:
-        """Captures and validates the CUDA graphs of small batches at start-up, before serving;
-        returns how many are kept. A no-op where graphs are off."""
+        """Captures and validates the CUDA graphs of small batches, and of one image's tower at
+        TOWER_GRAPH_SIZES, at start-up, before serving; returns how many LM graphs are kept. A
+        no-op where graphs are off."""
         if self.graphs is None:
             return 0
         if self.graphs.capture_all():
             self.graphs.validate()
+        patch = self.visual.patch_size
+        for height, width in TOWER_GRAPH_SIZES:
+            self.tower.capture((1, height // patch, width // patch), self.visual.dtype)
         return len(self.graphs)
 
 

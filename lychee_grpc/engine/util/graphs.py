@@ -12,7 +12,11 @@ saves memory, but is safe only while the graphs replay in the order they were ca
 Capture only where no other thread queues GPU work at the same time (at start-up, before serving).
 Everything a captured function reads must live outside the capture (static inputs filled before
 each replay) or be computed inside it: a host-to-device copy made inside a capture is replayed
-from the host address it had then.
+from the host address it had then. What it reads from outside must also live as long as the graph:
+a replay reads the addresses the capture saw, and a freed block soon holds another tensor. So a
+`Captured` keeps the captured function, and with it everything its closure holds. (The vision
+tower's first graph let its batch layout go when the capture returned; its replay then gathered
+with whatever the allocator had put there since, and hit a device-side assert on the H200.)
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ class Captured:
     """One captured call of `fn()`: fill its static inputs in place, `replay()`, read the outputs
     before the next replay of this graph (and, with a shared pool, of any graph)."""
 
-    def __init__(self, graph: Any, outputs: Any):
+    def __init__(self, graph: Any, outputs: Any, fn: Callable[[], Any] | None = None):
         self.graph = graph
         self.outputs = outputs
+        self.fn = fn  # held, with what it reads, as long as the graph (see the module doc)
 
     def replay(self) -> Any:
         self.graph.replay()
@@ -58,4 +63,4 @@ class GraphCapturer:
         with torch.cuda.graph(graph, pool=torch.cuda.graph_pool_handle()):
             outputs = fn()
         self.count += 1
-        return Captured(graph, outputs)
+        return Captured(graph, outputs, fn)

@@ -13,10 +13,15 @@ the Conv3d (stride = kernel, so a plain GEMM) took 12 ms. Here:
   matmuls through `FusedOps` (compiled on CUDA), its attention through `VisionAttention`; the
   merger is called as the model's module, except in the batch-invariant mode, where its norm and
   matmuls go through `FusedOps` too. Nothing in the HF model is replaced.
+- `graphs` (CUDA, set by the executor): the tower for one image of a grid captured at start-up
+  (`capture`) replays as a CUDA graph, once its replay has matched the eager forward on random
+  pixels. One image's tower is ~600 small launches that the GPU runs faster than the host issues
+  them; batches of images keep the GPU busy and stay eager.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,8 +31,11 @@ from transformers.vision_utils import get_vision_position_ids, get_vision_window
 
 from ..lm.fused import FusedOps
 from ..util.device_copy import to_device
+from ..util.graphs import Captured, GraphCapturer
 from ..util.lru import LRU
 from .attention import Plan, VisionAttention
+
+log = logging.getLogger(__name__)
 
 Grid = tuple[int, int, int]
 
@@ -78,6 +86,9 @@ class VisionTower:
         # [out, in * t * p * p]: a view, in the (C, T, P, P) order the patches are flattened in.
         self.patch_weight = proj.weight.view(proj.out_channels, -1) if plain else None
         self._layouts: LRU[Grid, _ImageLayout] = LRU(max_items=max_layouts)
+        # util/graphs.GraphCapturer where one image's tower may be captured (set by the executor).
+        self.graphs: GraphCapturer | None = None
+        self._captured: dict[Grid, tuple[torch.Tensor, Captured]] = {}
 
     def _layout(self, grid: Grid) -> _ImageLayout:
         found = self._layouts.get(grid)
@@ -112,7 +123,46 @@ class VisionTower:
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor, grids: Sequence[Grid]) -> torch.Tensor:
         """Merged embeddings [sum(tokens), out_hidden] of the images, in order."""
+        if len(grids) == 1 and self._captured:
+            found = self._captured.get((int(grids[0][0]), int(grids[0][1]), int(grids[0][2])))
+            if found is not None:
+                static, captured = found
+                static.copy_(pixels)
+                return captured.replay().clone()
         return self._forward(pixels, self._batch_layout(grids, pixels.device))
+
+    @property
+    def captured_grids(self) -> list[Grid]:
+        return list(self._captured)
+
+    @torch.inference_mode()
+    def capture(self, grid: Grid, dtype: torch.dtype, atol: float = 0.05, rtol: float = 0.02) -> bool:
+        """Captures the tower for one image of `grid` as a CUDA graph (at start-up: no other GPU
+        work may run meanwhile) and keeps it if a replay on random pixels matches the eager forward
+        within `atol` + `rtol` of the largest output. False where it is not kept (it runs eagerly)."""
+        grid = (int(grid[0]), int(grid[1]), int(grid[2]))
+        if self.graphs is None or grid in self._captured:
+            return grid in self._captured
+        weight = self.visual.patch_embed.proj.weight
+        static = torch.zeros(grid[0] * grid[1] * grid[2], weight[0].numel(), dtype=dtype, device=weight.device)
+        # Host-to-device copies stay outside the graph: the layout is made once, here (the
+        # captured function holds it for the graph's life), and whatever the attention plans build
+        # lazily is built by the capturer's warm-up calls.
+        layout = self._batch_layout([grid], weight.device)
+        try:
+            captured = self.graphs.capture(lambda: self._forward(static, layout))
+            pixels = torch.randn(static.shape, generator=torch.Generator().manual_seed(0)).to(static.device, dtype)
+            eager = self._forward(pixels, self._batch_layout([grid], weight.device)).float()
+            static.copy_(pixels)
+            replayed = captured.replay().float()
+            diff = float((replayed - eager).abs().max())
+            if not diff <= atol + rtol * float(eager.abs().max()):
+                raise RuntimeError(f"its replay is {diff:.3g} from the eager forward")
+        except Exception as exc:  # a graph is an optimisation: such images run eagerly
+            log.warning("the vision tower's CUDA graph for grid %s is not used (%s); it runs eagerly", grid, exc)
+            return False
+        self._captured[grid] = (static, captured)
+        return True
 
     def _batch_layout(self, grids: Sequence[Grid], device: torch.device) -> _BatchLayout:
         layouts = [self._layout((int(g[0]), int(g[1]), int(g[2]))) for g in grids]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from lychee_grpc.engine.config import EngineConfig
+from lychee_grpc.engine.lm.fused import FusedOps
+from lychee_grpc.engine.model.loader import load_model
+from lychee_grpc.engine.util.graphs import Captured, GraphCapturer
 from lychee_grpc.engine.vision.tower import VisionTower
 
 GRIDS = [(1, 16, 16), (1, 20, 28), (1, 8, 12), (1, 16, 16)]  # windows both full and cut at the edges
@@ -49,3 +54,72 @@ def test_layout_cache_is_bounded(loaded):
     for grid in [(1, 4, 4), (1, 4, 8), (1, 8, 4)]:
         tower(_pixels([grid]), [grid])
     assert tower._layouts.keys() == [(1, 4, 8), (1, 8, 4)]
+
+
+class _ReplayCounter:
+    """A GraphCapturer stand-in (CUDA graphs need a GPU): its "graph" calls the captured function
+    again at each replay, plus `shift` (a graph gone wrong); it counts replays."""
+
+    def __init__(self, shift: float = 0.0):
+        self.shift = shift
+        self.replays = 0
+
+    def capture(self, fn):
+        holder = Captured(graph=None, outputs=None, fn=fn)
+
+        def replay():
+            self.replays += 1
+            return fn() + self.shift
+
+        holder.replay = replay  # type: ignore[method-assign]
+        return holder
+
+
+def test_one_image_of_a_captured_grid_replays_its_graph_and_scores_as_eager(loaded):
+    visual = loaded.model.model.visual
+    eager, graphed = VisionTower(visual), VisionTower(visual)
+    graphed.graphs = capturer = _ReplayCounter()
+    grid = GRIDS[0]
+    assert graphed.capture(grid, torch.float32) and graphed.captured_grids == [grid]
+    validation_replays = capturer.replays
+    pixels = _pixels([grid], seed=3)
+    assert torch.equal(graphed(pixels, [grid]), eager(pixels, [grid]))
+    assert capturer.replays == validation_replays + 1
+    # Another grid, and two images of the captured grid, run eagerly.
+    for grids in ([GRIDS[1]], [grid, grid]):
+        pixels = _pixels(grids, seed=4)
+        assert torch.equal(graphed(pixels, grids), eager(pixels, grids))
+    assert capturer.replays == validation_replays + 1
+
+
+def test_a_tower_graph_that_replays_wrong_is_dropped_and_its_grid_runs_eagerly(loaded):
+    visual = loaded.model.model.visual
+    tower = VisionTower(visual)
+    tower.graphs = capturer = _ReplayCounter(shift=1.0)
+    grid = GRIDS[0]
+    assert not tower.capture(grid, torch.float32) and tower.captured_grids == []
+    replays = capturer.replays
+    pixels = _pixels([grid], seed=5)
+    assert torch.equal(tower(pixels, [grid]), VisionTower(visual)(pixels, [grid]))
+    assert capturer.replays == replays
+
+
+@pytest.mark.gpu
+def test_a_real_tower_graph_replays_right_after_the_allocator_has_reused_freed_memory(tiny_model_dir):
+    """The first tower graph let its layout (window order, plans, rotary tables) go when the
+    capture returned; its replay then read whatever the allocator put there since."""
+    loaded = load_model(EngineConfig(model=tiny_model_dir, device="cuda", dtype="bfloat16"))
+    visual = loaded.model.model.visual
+    device = visual.patch_embed.proj.weight.device
+    tower = VisionTower(visual, FusedOps(device))
+    tower.graphs = GraphCapturer(device)
+    grid = GRIDS[0]
+    assert tower.capture(grid, torch.bfloat16)
+    # Whatever the capture freed is handed out again, filled with out-of-range indices.
+    churn = [torch.full((n,), 1 << 40, dtype=torch.long, device=device) for n in range(1, 4096, 7)]
+    pixels = _pixels([grid], seed=6).to(device, torch.bfloat16)
+    replayed = tower(pixels, [grid]).float()
+    torch.cuda.synchronize()
+    eager = VisionTower(visual, FusedOps(device))(pixels, [grid]).float()
+    del churn
+    assert (replayed - eager).abs().max() <= 0.05 + 0.02 * eager.abs().max()
