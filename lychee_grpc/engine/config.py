@@ -58,7 +58,8 @@ class EngineConfig:
     # Fixed reduction orders in every matmul, norm and attention of the LM and the vision tower:
     # a pair's score is bit-identical whatever it is batched with (lm/fused.py, util/invariant.py).
     batch_invariant: bool = False
-    # CUDA graphs of small batches (a pair, a few documents: lm/graphs.py), captured and checked
-    # against the eager path at start-up (CUDA only, never on the CPU, not in the batch-invariant
-    # mode); its default follows LYCHEE_CUDA_GRAPHS (0 turns them off).
+    # CUDA graphs of small batches (a pair, a few documents: lm/graphs.py) and of one image's
+    # tower, captured and checked against the eager path at start-up (CUDA only, never on the CPU;
+    # in the batch-invariant mode too, bit for bit: bench.invariance); its default follows
+    # LYCHEE_CUDA_GRAPHS (0 turns them off).
     cuda_graphs: bool = field(default_factory=lambda: os.environ.get("LYCHEE_CUDA_GRAPHS", "1") != "0")

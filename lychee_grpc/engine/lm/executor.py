@@ -98,8 +98,9 @@ class Executor:
         # Small batches replay captured graphs (lm/graphs.py; CUDA with varlen attention only),
         # once `capture_graphs` has run.
         self.graphs: LMGraphs | None = None
-        # Not in the batch-invariant mode: its bitwise guarantee is tested on the eager path only.
-        if cuda_graphs and self.device.type == "cuda" and self.attention.use_varlen and not batch_invariant:
+        # Also in the batch-invariant mode: its kernels give a row the same bits at any row count,
+        # so a bucket's padding changes none of them (bench.invariance compares graphs with eager).
+        if cuda_graphs and self.device.type == "cuda" and self.attention.use_varlen:
             capturer = GraphCapturer(self.device)
             self.graphs = LMGraphs(self, capturer, graph_options)
             self.tower.graphs = capturer

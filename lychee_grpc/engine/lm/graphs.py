@@ -5,7 +5,9 @@ no stored prefix (a request's first batch: its prefix computed inline), is padde
 and replayed from a graph captured at start-up (`Executor.capture_graphs`). The padding is one
 extra sequence of throwaway rows that attend only to themselves, and empty sequences: the real
 sequences' rows, plans and keys are those of the eager path, so their scores are the eager path's
-up to the matmuls' rounding at another row count. Not used in the batch-invariant mode.
+up to the matmuls' rounding at another row count. In the batch-invariant mode every kernel gives a
+row the same bits at any row count, so there a graph's scores are the eager path's bit for bit
+(`python -m bench.invariance` scores pairs alone, through graphs, and in larger eager batches).
 
 What stays outside the graph, per call: the embeddings (image rows scattered in), the rotary
 tables, the padded plan built on the host, one staged copy to the device (the plan lands in the

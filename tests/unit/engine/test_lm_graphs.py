@@ -82,8 +82,9 @@ class _NoCache:
 def make_executor(loaded, monkeypatch):
     monkeypatch.setattr(lm_attention, "varlen_attn", varlen_by_sequence)
 
-    def make(capturer=None) -> Executor:
-        ex = Executor(loaded.model, loaded.yes_id, loaded.no_id, vision_cache=_NoCache(), fill_pixels=lambda ims: None)
+    def make(capturer=None, batch_invariant: bool = False) -> Executor:
+        ex = Executor(loaded.model, loaded.yes_id, loaded.no_id, vision_cache=_NoCache(), fill_pixels=lambda ims: None,
+                      batch_invariant=batch_invariant)
         ex.attention.use_varlen = True
         if capturer is not None:
             ex.graphs = LMGraphs(ex, capturer, OPTIONS)
@@ -115,6 +116,21 @@ async def test_graph_batches_score_as_eager_batches_and_keep_the_same_prefix(mak
             for a, b in zip(kept_eager[0].keys + kept_eager[0].values, kept_graph[0].keys + kept_graph[0].values):
                 torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
             assert kept_graph[0].length == kept_eager[0].length
+
+
+async def test_in_the_batch_invariant_mode_graph_batches_have_the_eager_paths_bits(make_executor, make_engine):
+    # The mode's kernels give a row the same bits at any row count, so a bucket's padding rows and
+    # sequences change none (on the GPU: `python -m bench.invariance`, pairs alone through graphs).
+    eager = make_executor(batch_invariant=True)
+    graphed = make_executor(CallingCapturer(), batch_invariant=True)
+    engine = await make_engine()
+    eager.fill_pixels = graphed.fill_pixels = engine.preprocessor.fill_pixels
+    for name, (query, docs) in pair_cases().items():
+        pq, prepared_docs = prepared(engine.preprocessor, query, docs)
+        items = [BatchItem(pq.prefix, None, score=False, keep_kv=True)]
+        items += [BatchItem(d.segment, 0 if d.uses_prefix else None) for d in prepared_docs[:2]]
+        assert graphed.graphs is not None and graphed.graphs.find(layout(items, graphed.image_token_id)) is not None
+        assert torch.equal(graphed.run(items)[0], eager.run(items)[0]), name
 
 
 def test_a_batch_takes_the_smallest_bucket_that_holds_its_rows_and_sequences(make_executor):
