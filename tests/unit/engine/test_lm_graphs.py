@@ -133,6 +133,18 @@ async def test_in_the_batch_invariant_mode_graph_batches_have_the_eager_paths_bi
         assert torch.equal(graphed.run(items)[0], eager.run(items)[0]), name
 
 
+def test_in_the_batch_invariant_mode_the_start_up_check_asks_for_the_same_bits(make_executor):
+    exact = make_executor(CallingCapturer(), batch_invariant=True)
+    assert exact.graphs is not None
+    assert set(exact.graphs.validate().values()) == {0.0} and len(exact.graphs) > 0
+    # A graph one rounding step off: within the default mode's tolerance, not within this mode's.
+    for batch_invariant, kept in ((False, True), (True, False)):
+        ex = make_executor(CallingCapturer(shift=1e-6), batch_invariant=batch_invariant)
+        assert ex.graphs is not None
+        ex.graphs.validate()
+        assert (len(ex.graphs) > 0) is kept, batch_invariant
+
+
 def test_a_batch_takes_the_smallest_bucket_that_holds_its_rows_and_sequences(make_executor):
     graphs = make_executor(CallingCapturer()).graphs
     assert graphs is not None

@@ -104,6 +104,17 @@ def test_a_tower_graph_that_replays_wrong_is_dropped_and_its_grid_runs_eagerly(l
     assert capturer.replays == replays
 
 
+def test_an_exact_capture_drops_a_tower_graph_one_rounding_step_off(loaded):
+    # The executor asks for exactness in the batch-invariant mode.
+    visual = loaded.model.model.visual
+    grid = GRIDS[0]
+    for exact, kept in ((False, True), (True, False)):
+        tower = VisionTower(visual)
+        tower.graphs = _ReplayCounter(shift=1e-6)
+        tolerance = {"atol": 0.0, "rtol": 0.0} if exact else {}
+        assert tower.capture(grid, torch.float32, **tolerance) is kept
+
+
 @pytest.mark.gpu
 def test_a_real_tower_graph_replays_right_after_the_allocator_has_reused_freed_memory(tiny_model_dir):
     """The first tower graph let its layout (window order, plans, rotary tables) go when the
