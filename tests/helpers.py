@@ -27,6 +27,7 @@ from lychee_grpc.engine.faults import NoFaults
 from lychee_grpc.engine.lm.executor import BatchItem
 from lychee_grpc.engine.stats import EngineStats
 from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
+from lychee_grpc.engine.util.graphs import Captured
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -185,3 +186,28 @@ def wait_serving(proc: subprocess.Popen, address: str, label: str = "server", ti
         raise TimeoutError(f"{label} never became SERVING")
     finally:
         channel.close()
+
+
+class CallingCapturer:
+    """A GraphCapturer stand-in (CUDA graphs need a GPU): its "graph" calls the captured function
+    again at each replay; `shift` is added to what it returns (a graph that went wrong), `fail`
+    makes the capture raise. It counts captures and replays."""
+
+    def __init__(self, shift: float = 0.0, fail: bool = False):
+        self.count = 0
+        self.replays = 0
+        self.shift = shift
+        self.fail = fail
+
+    def capture(self, fn):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.count += 1
+        holder = Captured(graph=None, outputs=None, fn=fn)
+
+        def replay():
+            self.replays += 1
+            return fn() + self.shift
+
+        holder.replay = replay  # type: ignore[method-assign]
+        return holder

@@ -34,7 +34,6 @@ pytestmark = pytest.mark.skipif(gemm_kernel.triton is None, reason="triton is no
 # products on its own, in one fixed order, as a tensor-core dot treats every row of a tile alike;
 # what the test then checks is the kernel's own choice of tiles and reduction order.
 SHIM = """
-    import numpy as _np
     import triton.runtime.interpreter as _interp
     _patch = _interp._patch_lang_tensor
     def _patched(tensor, scope):

@@ -22,9 +22,8 @@ from lychee_grpc.engine.lm.executor import BatchItem, Executor, layout
 from lychee_grpc.engine.lm.graphs import GraphOptions, LMGraphs
 from lychee_grpc.engine.prompt.prepared import Segment
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
-from lychee_grpc.engine.util.graphs import Captured
 
-from ...helpers import pair_cases
+from ...helpers import CallingCapturer, pair_cases
 
 OPTIONS = GraphOptions(tokens=(64, 128, 256, 512, 1024), sequences=(3, 9))
 
@@ -47,24 +46,6 @@ def varlen_by_sequence(q, k, v, cu_q, cu_k, max_q, max_k, scale=None, window_siz
         o = F.scaled_dot_product_attention(q[q0:q1].transpose(0, 1), ki, vi, attn_mask=mask, scale=scale)
         out[q0:q1] = o.transpose(0, 1)
     return out
-
-
-class CallingCapturer:
-    """A GraphCapturer whose "graph" calls the function again at every replay; `shift` is added
-    to what it returns (a graph that went wrong), `fail` makes the capture raise."""
-
-    def __init__(self, shift: float = 0.0, fail: bool = False):
-        self.count = 0
-        self.shift = shift
-        self.fail = fail
-
-    def capture(self, fn):
-        if self.fail:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        self.count += 1
-        holder = Captured(graph=None, outputs=None)
-        holder.replay = lambda: fn() + self.shift  # type: ignore[method-assign]
-        return holder
 
 
 class _NoCache:

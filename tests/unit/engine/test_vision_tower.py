@@ -8,8 +8,10 @@ import torch
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.lm.fused import FusedOps
 from lychee_grpc.engine.model.loader import load_model
-from lychee_grpc.engine.util.graphs import Captured, GraphCapturer
+from lychee_grpc.engine.util.graphs import GraphCapturer
 from lychee_grpc.engine.vision.tower import VisionTower
+
+from ...helpers import CallingCapturer
 
 GRIDS = [(1, 16, 16), (1, 20, 28), (1, 8, 12), (1, 16, 16)]  # windows both full and cut at the edges
 
@@ -56,29 +58,10 @@ def test_layout_cache_is_bounded(loaded):
     assert tower._layouts.keys() == [(1, 4, 8), (1, 8, 4)]
 
 
-class _ReplayCounter:
-    """A GraphCapturer stand-in (CUDA graphs need a GPU): its "graph" calls the captured function
-    again at each replay, plus `shift` (a graph gone wrong); it counts replays."""
-
-    def __init__(self, shift: float = 0.0):
-        self.shift = shift
-        self.replays = 0
-
-    def capture(self, fn):
-        holder = Captured(graph=None, outputs=None, fn=fn)
-
-        def replay():
-            self.replays += 1
-            return fn() + self.shift
-
-        holder.replay = replay  # type: ignore[method-assign]
-        return holder
-
-
 def test_one_image_of_a_captured_grid_replays_its_graph_and_scores_as_eager(loaded):
     visual = loaded.model.model.visual
     eager, graphed = VisionTower(visual), VisionTower(visual)
-    graphed.graphs = capturer = _ReplayCounter()
+    graphed.graphs = capturer = CallingCapturer()
     grid = GRIDS[0]
     assert graphed.capture(grid, torch.float32) and graphed.captured_grids == [grid]
     validation_replays = capturer.replays
@@ -95,7 +78,7 @@ def test_one_image_of_a_captured_grid_replays_its_graph_and_scores_as_eager(load
 def test_a_tower_graph_that_replays_wrong_is_dropped_and_its_grid_runs_eagerly(loaded):
     visual = loaded.model.model.visual
     tower = VisionTower(visual)
-    tower.graphs = capturer = _ReplayCounter(shift=1.0)
+    tower.graphs = capturer = CallingCapturer(shift=1.0)
     grid = GRIDS[0]
     assert not tower.capture(grid, torch.float32) and tower.captured_grids == []
     replays = capturer.replays
@@ -104,15 +87,13 @@ def test_a_tower_graph_that_replays_wrong_is_dropped_and_its_grid_runs_eagerly(l
     assert capturer.replays == replays
 
 
-def test_an_exact_capture_drops_a_tower_graph_one_rounding_step_off(loaded):
-    # The executor asks for exactness in the batch-invariant mode.
+def test_in_the_batch_invariant_mode_a_tower_graph_one_rounding_step_off_is_dropped(loaded):
     visual = loaded.model.model.visual
     grid = GRIDS[0]
-    for exact, kept in ((False, True), (True, False)):
-        tower = VisionTower(visual)
-        tower.graphs = _ReplayCounter(shift=1e-6)
-        tolerance = {"atol": 0.0, "rtol": 0.0} if exact else {}
-        assert tower.capture(grid, torch.float32, **tolerance) is kept
+    for batch_invariant, kept in ((False, True), (True, False)):
+        tower = VisionTower(visual, FusedOps(torch.device("cpu"), batch_invariant=batch_invariant))
+        tower.graphs = CallingCapturer(shift=1e-6)
+        assert tower.capture(grid, torch.float32) is kept
 
 
 @pytest.mark.gpu
