@@ -1,5 +1,6 @@
 """Is a pair's bf16 score bit-identical whatever it is batched with? 50 pairs (20 text, 15 image,
-15 mixed) scored alone, then inside requests of 7 and of 64 documents, under 8 concurrent requests
+15 mixed) scored alone, then inside requests of 7 and of 64 documents, beside 6 documents that begin as it
+does (their common head computed once: engine/heads.py), under 8 concurrent requests
 (each of 7 documents, so that batches mix requests), and inside a 32-document request split across
 two engines the way two workers split it (each computes the query prefix itself). The vision cache
 is emptied before each setting, so the tower runs in each batch composition too.
@@ -71,7 +72,22 @@ async def logit(engine: Engine, query: Query, docs: list[Document], doc_id: str)
     return next(s.logit for s in result.scores if s.id == doc_id)
 
 
-PHASES = ("alone", "batch of 7", "batch of 64", "8 concurrent requests", "split across two engines")
+PHASES = ("alone", "batch of 7", "batch of 64", "beside 6 sharing its start", "8 concurrent requests",
+          "split across two engines")
+
+
+def sharing(doc: Document, count: int) -> list[Document]:
+    """`count` documents beginning as `doc` does, so that they share its head (engine/heads.py):
+    its parts with words added to the last text (the whole pair is their common start) or, every
+    other one, that text replaced (its image, when it has one first, is their common start)."""
+    last = max(i for i, p in enumerate(doc.parts) if isinstance(p, TextPart))
+    text = doc.parts[last]
+    assert isinstance(text, TextPart)
+    out = []
+    for j in range(count):
+        new = TextPart(f"{text.text} and {j + 2} more in stock" if j % 2 == 0 else f"another listing, number {j}")
+        out.append(Document(f"s{j}", (*doc.parts[:last], new, *doc.parts[last + 1:])))
+    return out
 
 
 async def settings(engines: tuple[Engine, Engine], pairs: list[Pair], log, phases=PHASES) -> dict[str, list[float]]:
@@ -120,6 +136,10 @@ async def settings(engines: tuple[Engine, Engine], pairs: list[Pair], log, phase
     await phase("alone", alone)
     await phase("batch of 7", await batch(7))
     await phase("batch of 64", await batch(64))
+    async def shared_start():
+        return [await logit(first, q, around(d, sharing(d, 6), k % 7), d.id) for k, (_, q, d) in enumerate(pairs)]
+
+    await phase("beside 6 sharing its start", shared_start)
     await phase("8 concurrent requests", concurrent)
     await phase("split across two engines", two_engines)
     return out
@@ -181,7 +201,7 @@ async def main_async(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.invariance", description=__doc__.split("\n\n")[0])
     p.add_argument("--modes", default="invariant,default", help="invariant and/or default, comma-separated")
-    p.add_argument("--control-phases", default="batch of 7,batch of 64",
+    p.add_argument("--control-phases", default="batch of 7,batch of 64,beside 6 sharing its start",
                    help="the default mode's settings besides alone (it is the control), comma-separated")
     p.add_argument("--tiny", default=DEFAULT_TINY, help="tokenizer + image processor source")
     p.add_argument("--out", default="", help="folder for invariance.json")

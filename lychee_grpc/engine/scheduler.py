@@ -23,9 +23,10 @@ import torch
 
 from .errors import DeadlineExpired, FieldViolation, NotReady, Overloaded, TooLarge
 from .faults import FaultHook, NoFaults
+from .heads import shared_heads, split
 from .job import Job
-from .lm.executor import BatchItem, Executor
-from .prompt.prepared import PreparedDocument
+from .lm.executor import BatchItem, Executor, PrefixKV
+from .prompt.prepared import PreparedDocument, Segment
 from .stats import CANCELLED, DEADLINE, StatsRecorder
 from .types import Score
 
@@ -255,7 +256,7 @@ class Scheduler:
         for item in batch:
             self.recorder.queue_wait(start - item.enqueued)
         try:
-            logits, prefix_tokens = await self.run_on_gpu(self._run_batch, batch)
+            logits, extra_tokens = await self.run_on_gpu(self._run_batch, batch)
         except Exception as exc:  # one batch failing never stops the worker
             # An unexpected error is a fault, never overload: it reaches the caller as INTERNAL.
             log.exception("batch of %d documents failed", len(batch))
@@ -280,22 +281,25 @@ class Scheduler:
             job.deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit, truncated=item.doc.truncated))
         self._tokens_scored += tokens
         self.recorder.batch_done(scored, tokens, images, elapsed)
-        if saved - prefix_tokens > 0:
-            self.recorder.prefix_saved(saved - prefix_tokens)
+        if saved - extra_tokens > 0:
+            self.recorder.prefix_saved(saved - extra_tokens)
 
     # ---- on the GPU thread --------------------------------------------------------------
     def _run_batch(self, batch: list[QueuedDocument]) -> tuple[list[float | Exception | None], int]:
-        """The batch's logits (or errors, or None where not run), and the prefix tokens computed."""
+        """The batch's logits (or errors, or None where not run), and the tokens computed beyond the
+        documents' own (see `_score`)."""
         out: list[float | Exception | None] = [None] * len(batch)
-        prefixes: list[int] = []
-        self._score(batch, [k for k, i in enumerate(batch) if i.job.alive()], out, True, prefixes)
-        return out, sum(prefixes)
+        extra: list[int] = []
+        self._score(batch, [k for k, i in enumerate(batch) if i.job.alive()], out, True, extra)
+        return out, sum(extra)
 
     def _score(self, batch: list[QueuedDocument], pending: list[int], out: list[float | Exception | None],
-               inline_prefixes: bool, prefixes: list[int]) -> None:
+               inline_prefixes: bool, extra: list[int]) -> None:
         """Scores batch[k] for k in pending into out[k]. A request's prefix that has not run yet
         runs in the same pass as its first documents (inline); on OOM the prefixes run alone
-        first and the documents are split in halves until they fit."""
+        first and the documents are split in halves until they fit. Documents of a request that
+        begin alike share their head (heads.py). `extra` gets the tokens computed beyond the
+        documents' own: a prefix's, less what each shared head saved."""
         if not pending:
             return
         items: list[BatchItem] = []
@@ -311,38 +315,69 @@ class Scheduler:
                         out[k] = TooLarge([FieldViolation("query", "the query is too large for the GPU memory left")])
                         continue
                     job.computed(len(job.query.prefix))
-                    prefixes.append(len(job.query.prefix))
+                    extra.append(len(job.query.prefix))
                     continue
                 inline[job] = len(items)
                 items.append(BatchItem(job.query.prefix, None, score=False, keep_kv=True))
         pending = [k for k in pending if out[k] is None]
+        contexts: dict[int, PrefixKV | int | None] = {}
         for k in pending:
             doc, job = batch[k].doc, batch[k].job
-            context = (job.prefix_kv if job.prefix_kv is not None else inline[job]) if doc.uses_prefix else None
-            items.append(BatchItem(doc.segment, context))
+            contexts[k] = (job.prefix_kv if job.prefix_kv is not None else inline[job]) if doc.uses_prefix else None
+        segments = {k: batch[k].doc.segment for k in pending}
+        heads = self._share_heads(batch, pending, contexts, segments, items)
+        items += [BatchItem(segments[k], contexts[k]) for k in pending]
         try:
             self.faults.model_call(items)
             logits, kept_kv = self.executor.run(items)
         except torch.OutOfMemoryError:
             _free_cuda()
             if inline:
-                self._score(batch, pending, out, False, prefixes)
+                self._score(batch, pending, out, False, extra)
             elif len(pending) == 1:
                 out[pending[0]] = TooLarge([FieldViolation(
                     f"documents[{batch[pending[0]].doc.index}]", "the document is too large for the GPU memory left")])
             else:
                 self.recorder.oom_split()
                 half = len(pending) // 2
-                self._score(batch, pending[:half], out, False, prefixes)
-                self._score(batch, pending[half:], out, False, prefixes)
+                self._score(batch, pending[:half], out, False, extra)
+                self._score(batch, pending[half:], out, False, extra)
             return
         for job, index in inline.items():
             job.prefix_kv = kept_kv[index]
             job.computed(len(job.query.prefix))
-            prefixes.append(len(job.query.prefix))
+            extra.append(len(job.query.prefix))
+        for job, tokens, members in heads:
+            job.computed(tokens)
+            extra.append(-(members - 1) * tokens)
         for k, value in zip(pending, logits.tolist()):
             out[k] = value
-            batch[k].job.computed(batch[k].tokens)
+            batch[k].job.computed(len(segments[k]))
+
+    def _share_heads(self, batch: list[QueuedDocument], pending: list[int], contexts: dict[int, PrefixKV | int | None],
+                     segments: dict[int, Segment], items: list[BatchItem]) -> list[tuple[Job, int, int]]:
+        """Appends one unscored item per head that documents of one request share (heads.py) and
+        makes those documents' `segments` their tails and their `contexts` that item. Returns
+        (job, head tokens, documents sharing it) per head."""
+        if not self.executor.attention.splits_exactly:
+            return []
+        image_token_id = self.executor.image_token_id
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for k in pending:
+            groups.setdefault((id(batch[k].job), batch[k].doc.uses_prefix), []).append(k)
+        out: list[tuple[Job, int, int]] = []
+        for ks in groups.values():
+            for shared in shared_heads([segments[k] for k in ks], image_token_id):
+                members = [ks[m] for m in shared.members]
+                head = None
+                for k in members:
+                    head, segments[k] = split(segments[k], shared.length, image_token_id)
+                assert head is not None  # a group has two members or more
+                items.append(BatchItem(head, contexts[members[0]], score=False))
+                for k in members:
+                    contexts[k] = len(items) - 1
+                out.append((batch[members[0]].job, shared.length, len(members)))
+        return out
 
 
 def _drop_reason(job: Job) -> str:

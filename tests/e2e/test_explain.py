@@ -68,6 +68,24 @@ async def test_each_attribution_is_the_full_score_minus_its_variant_scored_alone
         assert f.attribution == pytest.approx(full.score - alone, abs=1e-4), f
 
 
+async def test_word_fragments_after_an_image_share_it_and_still_score_as_alone(client):
+    photo = image(noise_image(224, 224, seed=12))  # 64 image tokens on the tiny model
+    title = text("retro denim jacket, slim fit")
+    image_first = pb.Document(id="p", parts=[photo, title])
+    resp = await explain(client, document=image_first, grid_size=2)
+    words = [f for f in resp.fragments if f.part_index == 1]
+    assert len(words) == 5
+    for f in words:
+        document = pb.Document(id="p", parts=occluded(image_first.parts, f))
+        alone = (await client.rerank(QUERY, [document])).results[0].score
+        assert f.occluded_score == pytest.approx(alone, abs=1e-4), f
+    # The same tokens with the title first: each word's variant then computes its own image.
+    title_first = await explain(client, document=pb.Document(id="p", parts=[title, photo]), grid_size=2)
+    assert resp.usage.prompt_tokens == title_first.usage.prompt_tokens
+    # The five word variants (one batch, behind the full document's) computed the image's 64 tokens once.
+    assert resp.usage.computed_tokens <= title_first.usage.computed_tokens - 4 * 64
+
+
 async def test_text_fragments_name_their_text_and_offsets_and_cells_their_box(client):
     resp = await explain(client, grid_size=2)
     words = [f for f in resp.fragments if f.part_index == 0]

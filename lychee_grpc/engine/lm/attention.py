@@ -119,6 +119,15 @@ class PackedAttention:
         self.dtype = dtype
         self._probe_varlen()
 
+    @property
+    def splits_exactly(self) -> bool:
+        """Whether a sequence run as a head and a tail that attends to it (engine/heads.py) gets
+        the bits it gets whole, as the batch-invariant mode promises. Flash attention walks a
+        query row's keys block by block from the sequence's first key, wherever its query rows
+        start (bench.invariance: 50/50 pairs on the H200); the padded path's per-sequence SDPA
+        call is shaped by its query rows, and its matmuls may round a row by that shape."""
+        return self.use_varlen or not self.batch_invariant
+
     def plan(self, host: HostPlan, kv_rows: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor) -> Plan:
         """The attention plan on the device. The padded path's tensors are built only when used
         (its mask is large)."""

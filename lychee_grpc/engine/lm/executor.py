@@ -56,7 +56,8 @@ class PrefixKV:
 @dataclass
 class BatchItem:
     """One packed sequence. `context` is what it attends to before its own tokens: a stored
-    prefix, the index of another item of the same batch (a prefix computed inline), or None."""
+    prefix, the index of an earlier item of the same batch (a prefix computed inline, or a head
+    that documents share: heads.py), with that item's own context, or None."""
 
     segment: Segment
     context: PrefixKV | int | None = None
@@ -322,17 +323,18 @@ def layout(items: Sequence[BatchItem], image_token_id: int) -> Layout:
     base = sum(u.length for u in stored)  # packed rows follow the stored prefixes in the K/V source
     rows = sum(lengths)
 
-    def key_runs(i: int) -> list[tuple[int, int]]:
-        ctx = items[i].context
-        runs = []
+    runs: list[list[tuple[int, int]]] = []
+    for i, it in enumerate(items):  # a context item comes before the items reading it
+        ctx = it.context
         if isinstance(ctx, PrefixKV):
-            runs.append((stored_off[id(ctx)], ctx.length))
+            context = [(stored_off[id(ctx)], ctx.length)]
         elif isinstance(ctx, int):
-            runs.append((base + starts[ctx], lengths[ctx]))
-        runs.append((base + starts[i], lengths[i]))
-        return runs
-
-    runs = [key_runs(i) for i in range(len(items))]
+            if not 0 <= ctx < i:
+                raise ValueError(f"item {i} reads item {ctx}, which does not come before it")
+            context = runs[ctx]  # its context too: a document's head reads the request's prefix
+        else:
+            context = []
+        runs.append([*context, (base + starts[i], lengths[i])])
     scored = [i for i, it in enumerate(items) if it.score]
     full = host_plan([(starts[i], lengths[i]) for i in range(len(items))], runs, rows, base + rows)
     last = host_plan([(k, 1) for k in range(len(scored))], [runs[i] for i in scored], len(scored), base + rows) \

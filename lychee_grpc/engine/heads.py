@@ -1,0 +1,139 @@
+"""Documents of one request that begin alike: their common head is computed once.
+
+A token's keys and values depend only on the tokens before it (causal attention). When several
+documents of a batch, after the request's shared prefix, begin with the same tokens and the same
+images at the same places, that head's keys and values are the same for each of them. The head
+then runs once, as an unscored sequence of the batch, and each document's remaining tokens (its
+tail) attend to [prefix ; head ; tail]: the keys and values the whole document would have seen,
+in the same order. Explain's word fragments of a document whose image comes first all share that
+image this way; so do a product's variants sent with one photo and different titles.
+
+Groups are found by sorting the documents' token signatures (ids, with each image's pad tokens
+standing for that image): documents sharing a head are then neighbours. Runs of neighbours whose
+common start is at least MIN_HEAD tokens are cut into the groups that save the most tokens. One
+level only: a head within a group's tails is not looked for.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .prompt.prepared import EncodedImage, Segment
+
+# A shared head below this many tokens saves less than its extra packed sequence costs.
+MIN_HEAD = 32
+
+
+@dataclass(frozen=True)
+class SharedHead:
+    """`length` leading tokens that the documents `members` (indices into the grouped segments)
+    have in common."""
+
+    length: int
+    members: tuple[int, ...]
+
+
+def signatures(segments: Sequence[Segment], image_token_id: int) -> list[np.ndarray]:
+    """Each segment's ids, its image pad tokens replaced by -(1 + a number for that image's key):
+    equal signatures over a span mean equal tokens and equal pictures."""
+    keys: dict[bytes, int] = {}
+    out = []
+    for seg in segments:
+        sig = seg.ids.numpy().astype(np.int64, copy=True)
+        if seg.images:
+            pads = np.flatnonzero(sig == image_token_id)
+            at = 0
+            for im in seg.images:
+                sig[pads[at : at + im.tokens]] = -1 - keys.setdefault(im.key, len(keys))
+                at += im.tokens
+        out.append(sig)
+    return out
+
+
+def _common(a: np.ndarray, b: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> int:
+    """Leading tokens two documents share: signatures and positions (M-RoPE's three rows)."""
+    n = min(a.size, b.size)
+    same = (a[:n] == b[:n]) & (pa[:, :n] == pb[:, :n]).all(axis=0)
+    differ = np.flatnonzero(~same)
+    return int(differ[0]) if differ.size else n
+
+
+def shared_heads(segments: Sequence[Segment], image_token_id: int, min_head: int = MIN_HEAD) -> list[SharedHead]:
+    """Groups of two or more of `segments` (documents after the same context) with a common head
+    of at least `min_head` tokens, chosen to save the most tokens. Every member keeps at least
+    its last token as its tail (it is scored there), and a head never ends inside an image."""
+    if len(segments) < 2:
+        return []
+    sigs = signatures(segments, image_token_id)
+    positions = [seg.positions.numpy() for seg in segments]
+    order = sorted(range(len(segments)), key=lambda i: sigs[i].tobytes())
+    # What each neighbour shares with the next; a run of neighbours shares the least of theirs.
+    caps = []
+    for a, b in itertools.pairwise(order):
+        common = min(_common(sigs[a], sigs[b], positions[a], positions[b]), sigs[a].size - 1, sigs[b].size - 1)
+        caps.append(min(_boundary(sigs[a], common), _boundary(sigs[b], common)))
+    groups: list[SharedHead] = []
+    start = 0
+    for end in range(len(order)):
+        if end == len(order) - 1 or caps[end] < min_head:  # a run of neighbours ends at `end`
+            if end > start:
+                groups += [SharedHead(length, tuple(sorted(order[start + i] for i in members)))
+                           for length, members in _best_split(caps[start:end], min_head)]
+            start = end + 1
+    return groups
+
+
+def _boundary(sig: np.ndarray, head: int) -> int:
+    """`head` moved back to the start of the image whose pads it would end inside (the pads of
+    one image share a signature value)."""
+    while 0 < head < sig.size and sig[head] < 0 and sig[head - 1] == sig[head]:
+        head -= 1
+    return head
+
+
+def _best_split(caps: list[int], min_head: int) -> list[tuple[int, range]]:
+    """The run of len(caps) + 1 neighbours cut into groups (head length, member positions) that
+    save the most tokens: a group of m members with head h saves (m - 1) * h. A run mixing a
+    short common start with a long one (a page's boilerplate, then one photo for some of them)
+    is better cut than shared at its shortest."""
+    n = len(caps) + 1
+    c = np.asarray(caps, dtype=np.int64)
+    best = np.zeros(n + 1, dtype=np.int64)  # best[j]: the most saved over the first j members
+    start = np.zeros(n + 1, dtype=np.int64)  # where the group ending at member j - 1 starts
+    for j in range(1, n + 1):
+        best[j], start[j] = best[j - 1], j - 1
+        if j >= 2:
+            # A group of members i .. j-1 (i <= j-2) shares min(caps[i : j-1]).
+            low = np.minimum.accumulate(c[: j - 1][::-1])[::-1]
+            i = np.arange(j - 1)
+            saved = np.where(low >= min_head, best[i] + (j - 1 - i) * low, -1)
+            k = int(np.argmax(saved))
+            if saved[k] > best[j]:
+                best[j], start[j] = saved[k], k
+    out = []
+    j = n
+    while j > 0:
+        i = int(start[j])
+        if j - i >= 2:
+            out.append((int(c[i : j - 1].min()), range(i, j)))
+        j = i
+    return out[::-1]
+
+
+def split(segment: Segment, length: int, image_token_id: int) -> tuple[Segment, Segment]:
+    """The segment's first `length` tokens and the rest, each with its own images (an image
+    belongs where its pad tokens begin; `shared_heads` never cuts through one)."""
+    pads = np.flatnonzero(segment.ids.numpy() == image_token_id)
+    head_images: list[EncodedImage] = []
+    tail_images: list[EncodedImage] = []
+    at = 0
+    for im in segment.images:
+        (head_images if pads[at] < length else tail_images).append(im)
+        at += im.tokens
+    head = Segment(ids=segment.ids[:length], positions=segment.positions[:, :length], images=head_images)
+    tail = Segment(ids=segment.ids[length:], positions=segment.positions[:, length:], images=tail_images)
+    return head, tail
