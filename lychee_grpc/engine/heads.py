@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .prompt.prepared import EncodedImage, Segment
 
@@ -85,6 +86,18 @@ def shared_heads(segments: Sequence[Segment], image_token_id: int, min_head: int
                            for length, members in _best_split(caps[start:end], min_head)]
             start = end + 1
     return groups
+
+
+def common_head(a: Segment, b: Segment, image_token_id: int, min_head: int = MIN_HEAD) -> int:
+    """The head two documents would share (0 when under `min_head`): the scheduler's estimate
+    of a document's rows in a batch beside the previous one of its request. Cheap when their
+    first `min_head` tokens differ, as most documents' do."""
+    if min(len(a), len(b)) <= min_head or not torch.equal(a.ids[:min_head], b.ids[:min_head]):
+        return 0
+    sa, sb = signatures([a, b], image_token_id)
+    common = min(_common(sa, sb, a.positions.numpy(), b.positions.numpy()), sa.size - 1, sb.size - 1)
+    head = min(_boundary(sa, common), _boundary(sb, common))
+    return head if head >= min_head else 0
 
 
 def _boundary(sig: np.ndarray, head: int) -> int:

@@ -48,6 +48,19 @@ async def test_documents_with_one_photo_share_its_head_and_score_as_alone(make_e
     assert together.stats.usage.computed_tokens <= unshared.stats.usage.computed_tokens - 3 * MIN_HEAD
 
 
+async def test_documents_sharing_a_head_count_their_tails_against_the_batch_token_bound(make_engine):
+    query, docs = text_query("linen shirt"), photo_docs()
+    probe = await make_engine()
+    own = (await score_documents(probe, query, docs[:1])).stats.usage.prompt_tokens - await prefix_tokens(probe, query)
+    # A bound that holds two and a half documents, but all four once their photo is shared.
+    engine = await make_engine(max_batch_tokens=5 * own // 2, max_wait_ms=50)
+    result = await score_documents(engine, query, docs)
+    assert len(result.stats.batches) == 1
+    unshared = [Document(d.id, (ImagePart(noise_image(112, 112, seed=50 + i)), d.parts[1]))
+                for i, d in enumerate(docs)]
+    assert len((await score_documents(engine, query, unshared)).stats.batches) >= 2
+
+
 async def test_same_tokens_with_other_pictures_share_nothing_past_the_picture(make_engine):
     engine = await make_engine()
     query = text_query("linen shirt")
