@@ -67,8 +67,15 @@ def shared_heads(segments: Sequence[Segment], image_token_id: int, min_head: int
     """Groups of two or more of `segments` (documents after the same context) with a common head
     of at least `min_head` tokens, chosen to save the most tokens. Every member keeps at least
     its last token as its tail (it is scored there), and a head never ends inside an image."""
-    if len(segments) < 2:
-        return []
+    # Most batches share nothing: documents whose first `min_head` ids match no other's are out.
+    by_start: dict[bytes, list[int]] = {}
+    for i, seg in enumerate(segments):
+        if len(seg) > min_head:
+            by_start.setdefault(seg.ids[:min_head].numpy().tobytes(), []).append(i)
+    chosen = sorted(i for group in by_start.values() if len(group) > 1 for i in group)
+    if len(chosen) < len(segments):
+        return [SharedHead(h.length, tuple(chosen[m] for m in h.members))
+                for h in shared_heads([segments[i] for i in chosen], image_token_id, min_head)] if chosen else []
     sigs = signatures(segments, image_token_id)
     positions = [seg.positions.numpy() for seg in segments]
     order = sorted(range(len(segments)), key=lambda i: sigs[i].tobytes())
