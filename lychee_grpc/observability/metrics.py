@@ -75,7 +75,8 @@ class EngineCollector(Collector):
         yield CounterMetricFamily("lychee_oom_splits", "Batches split in two after running out of GPU memory.",
                                   value=stats.oom_splits)
         yield CounterMetricFamily("lychee_prefix_tokens_saved",
-                                  "Shared-prefix (instruction and query) tokens reused instead of recomputed.",
+                                  "Tokens reused instead of recomputed: the shared prefix (instruction and query), and "
+                                  "heads that documents of a request share.",
                                   value=stats.prefix_tokens_saved)
         yield CounterMetricFamily("lychee_image_cache_hits", "Images whose vision-tower output was cached.",
                                   value=stats.image_cache_hits)
