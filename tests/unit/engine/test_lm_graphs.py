@@ -17,13 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from lychee_grpc.engine.config import EngineConfig
+from lychee_grpc.engine.heads import shared_heads, split
 from lychee_grpc.engine.lm import attention as lm_attention
 from lychee_grpc.engine.lm.executor import BatchItem, Executor, layout
 from lychee_grpc.engine.lm.graphs import GraphOptions, LMGraphs
 from lychee_grpc.engine.prompt.prepared import Segment
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.types import Document, ImagePart, TextPart
 
-from ...helpers import CallingCapturer, pair_cases
+from ...helpers import CallingCapturer, noise_image, pair_cases, text_query
 
 OPTIONS = GraphOptions(tokens=(64, 128, 256, 512, 1024), sequences=(3, 9))
 
@@ -207,3 +209,24 @@ def test_buckets_stay_below_the_compiled_kernels_threshold():
     from lychee_grpc.engine.lm.graphs import TOKEN_BUCKETS
 
     assert max(TOKEN_BUCKETS) < Kernel.eager_below
+
+
+async def test_documents_sharing_a_head_score_through_a_graph_as_whole_documents_eagerly(make_executor, make_engine):
+    eager, graphed = make_executor(), make_executor(CallingCapturer())
+    engine = await make_engine()
+    eager.fill_pixels = graphed.fill_pixels = engine.preprocessor.fill_pixels
+    photo = ImagePart(noise_image(112, 112, seed=5))
+    docs = [Document(f"d{i}", (photo, TextPart(f"blue linen shirt, a relaxed fit {title}")))
+            for i, title in enumerate(("with two pockets", "in size M", "on sale"))]
+    pq, prepared_docs = prepared(engine.preprocessor, text_query("linen shirt"), docs)
+    segments = [d.segment for d in prepared_docs]
+    whole = [BatchItem(pq.prefix, None, score=False, keep_kv=True)] + [BatchItem(s, 0) for s in segments]
+    (shared,) = shared_heads(segments, eager.image_token_id, min_head=16)
+    assert shared.members == (0, 1, 2)
+    parts = [split(s, shared.length, eager.image_token_id) for s in segments]
+    items = [BatchItem(pq.prefix, None, score=False, keep_kv=True), BatchItem(parts[0][0], 0, score=False)]
+    items += [BatchItem(tail, 1) for _, tail in parts]
+    assert graphed.graphs is not None and graphed.graphs.find(layout(items, graphed.image_token_id)) is not None
+    z_whole = eager.run(whole)[0]
+    torch.testing.assert_close(eager.run(items)[0], z_whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(graphed.run(items)[0], z_whole, rtol=0, atol=1e-5)
