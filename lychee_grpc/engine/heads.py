@@ -73,17 +73,16 @@ def shared_heads(segments: Sequence[Segment], image_token_id: int, min_head: int
         if len(seg) > min_head:
             by_start.setdefault(seg.ids[:min_head].numpy().tobytes(), []).append(i)
     chosen = sorted(i for group in by_start.values() if len(group) > 1 for i in group)
+    if len(chosen) < 2:
+        return []
     if len(chosen) < len(segments):
         return [SharedHead(h.length, tuple(chosen[m] for m in h.members))
-                for h in shared_heads([segments[i] for i in chosen], image_token_id, min_head)] if chosen else []
+                for h in shared_heads([segments[i] for i in chosen], image_token_id, min_head)]
     sigs = signatures(segments, image_token_id)
     positions = [seg.positions.numpy() for seg in segments]
     order = sorted(range(len(segments)), key=lambda i: sigs[i].tobytes())
     # What each neighbour shares with the next; a run of neighbours shares the least of theirs.
-    caps = []
-    for a, b in itertools.pairwise(order):
-        common = min(_common(sigs[a], sigs[b], positions[a], positions[b]), sigs[a].size - 1, sigs[b].size - 1)
-        caps.append(min(_boundary(sigs[a], common), _boundary(sigs[b], common)))
+    caps = [_shareable(sigs[a], sigs[b], positions[a], positions[b]) for a, b in itertools.pairwise(order)]
     groups: list[SharedHead] = []
     start = 0
     for end in range(len(order)):
@@ -102,9 +101,15 @@ def common_head(a: Segment, b: Segment, image_token_id: int, min_head: int = MIN
     if min(len(a), len(b)) <= min_head or not torch.equal(a.ids[:min_head], b.ids[:min_head]):
         return 0
     sa, sb = signatures([a, b], image_token_id)
-    common = min(_common(sa, sb, a.positions.numpy(), b.positions.numpy()), sa.size - 1, sb.size - 1)
-    head = min(_boundary(sa, common), _boundary(sb, common))
+    head = _shareable(sa, sb, a.positions.numpy(), b.positions.numpy())
     return head if head >= min_head else 0
+
+
+def _shareable(a: np.ndarray, b: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> int:
+    """The head two documents (signatures, positions) can share: their common start, leaving
+    each at least its last token and never ending inside an image."""
+    common = min(_common(a, b, pa, pb), a.size - 1, b.size - 1)
+    return min(_boundary(a, common), _boundary(b, common))
 
 
 def _boundary(sig: np.ndarray, head: int) -> int:

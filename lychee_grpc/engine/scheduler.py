@@ -84,6 +84,9 @@ class Scheduler:
         self.failure: BaseException | None = None
         self._on_death: list[Callable[[BaseException], None]] = []
         self._current: list[QueuedDocument] = []  # the batch being scored
+        # Documents of a request that begin alike share their head (heads.py), unless that would
+        # change a score's bits where the batch-invariant mode promises them.
+        self._shares_heads = executor.attention.splits_exactly
 
     @property
     def queued(self) -> int:
@@ -224,8 +227,9 @@ class Scheduler:
             # A document's tokens past the head it shares with its request's previous document
             # here: Explain's variants of a 17k-token document fit one batch of ~8k rows.
             previous = budget.last.get(item.job)
-            rows = item.tokens - (common_head(previous.segment, item.doc.segment, self.executor.image_token_id)
-                                  if previous is not None and previous.uses_prefix == item.doc.uses_prefix else 0)
+            rows = item.tokens
+            if previous is not None and previous.uses_prefix == item.doc.uses_prefix and self._shares_heads:
+                rows -= common_head(previous.segment, item.doc.segment, self.executor.image_token_id)
             if batch and (
                 budget.rows + rows > self.max_batch_tokens
                 or budget.images + item_images > self.max_batch_images
@@ -365,7 +369,7 @@ class Scheduler:
         """Appends one unscored item per head that documents of one request share (heads.py) and
         makes those documents' `segments` their tails and their `contexts` that item. Returns
         (job, head tokens, documents sharing it) per head."""
-        if not self.executor.attention.splits_exactly:
+        if not self._shares_heads:
             return []
         image_token_id = self.executor.image_token_id
         groups: dict[tuple[int, bool], list[int]] = {}
