@@ -10,8 +10,8 @@ image this way; so do a product's variants sent with one photo and different tit
 
 Groups are found by sorting the documents' token signatures (ids, with each image's pad tokens
 standing for that image): documents sharing a head are then neighbours. Runs of neighbours whose
-common start is at least MIN_HEAD tokens are cut into the groups that save the most tokens. One
-level only: a head within a group's tails is not looked for.
+common start is at least MIN_HEAD tokens are cut into the groups that save the most tokens. The
+scheduler looks again among each group's tails, which read one context (their head): heads nest.
 """
 
 from __future__ import annotations

@@ -376,7 +376,11 @@ class Scheduler:
         for k in pending:
             groups.setdefault((id(batch[k].job), batch[k].doc.uses_prefix), []).append(k)
         out: list[tuple[Job, int, int]] = []
-        for ks in groups.values():
+        # The rests of a head's documents read one context, that head: they may share a head in
+        # turn (Explain's word variants removing later words share the words before them).
+        todo = list(groups.values())
+        while todo:
+            ks = todo.pop()
             for shared in shared_heads([segments[k] for k in ks], image_token_id):
                 members = [ks[m] for m in shared.members]
                 head = None
@@ -387,6 +391,7 @@ class Scheduler:
                 for k in members:
                     contexts[k] = len(items) - 1
                 out.append((batch[members[0]].job, shared.length, len(members)))
+                todo.append(members)
         return out
 
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from lychee_grpc.engine.api import score_documents
+from lychee_grpc.engine.faults import NoFaults
 from lychee_grpc.engine.heads import MIN_HEAD, shared_heads, split
+from lychee_grpc.engine.lm.executor import BatchItem
 from lychee_grpc.engine.prompt.prepared import EncodedImage, Segment
 from lychee_grpc.engine.types import Document, ImagePart, TextPart
 
@@ -59,6 +61,30 @@ async def test_documents_sharing_a_head_count_their_tails_against_the_batch_toke
     unshared = [Document(d.id, (ImagePart(noise_image(112, 112, seed=50 + i)), d.parts[1]))
                 for i, d in enumerate(docs)]
     assert len((await score_documents(engine, query, unshared)).stats.batches) >= 2
+
+
+async def test_documents_sharing_more_than_the_photo_share_that_too_after_it(make_engine):
+    passes: list[list[BatchItem]] = []
+
+    class Recording(NoFaults):
+        def model_call(self, items) -> None:
+            passes.append(list(items))
+
+    engine = await make_engine(max_wait_ms=50)
+    query = text_query("linen shirt")
+    longer = OPENING + ("Sizes S to XXL, colours sky blue, navy and white, all in stock today; washed cotton "
+                        "lining, mother-of-pearl buttons, a straight hem and a regular collar. ")
+    docs = [Document(f"d{i}", (ImagePart(PHOTO), TextPart(text))) for i, text in enumerate(
+        [longer + "pockets", longer + "short sleeves", OPENING + TITLES[2], OPENING + TITLES[3]])]
+    single = await alone(engine, query, docs)
+    engine.inject_faults(Recording())
+    together = await score_documents(engine, query, docs)
+    assert {s.id: s.logit for s in together.scores} == pytest.approx(single, abs=2e-4)
+    (items,) = passes
+    heads = [i for i, it in enumerate(items) if not it.score and not it.keep_kv]
+    # The photo's head for all four, then the longer text's head after it for the first two.
+    assert len(heads) == 2 and items[heads[1]].context == heads[0]
+    assert sum(isinstance(it.context, int) and it.context == heads[1] for it in items if it.score) == 2
 
 
 async def test_same_tokens_with_other_pictures_share_nothing_past_the_picture(make_engine):
