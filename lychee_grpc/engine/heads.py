@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .prompt.prepared import EncodedImage, Segment
 
@@ -71,7 +70,7 @@ def shared_heads(segments: Sequence[Segment], image_token_id: int, min_head: int
     by_start: dict[bytes, list[int]] = {}
     for i, seg in enumerate(segments):
         if len(seg) > min_head:
-            by_start.setdefault(seg.ids[:min_head].numpy().tobytes(), []).append(i)
+            by_start.setdefault(_start(seg, min_head), []).append(i)
     chosen = sorted(i for group in by_start.values() if len(group) > 1 for i in group)
     if len(chosen) < 2:
         return []
@@ -98,11 +97,17 @@ def common_head(a: Segment, b: Segment, image_token_id: int, min_head: int = MIN
     """The head two documents would share (0 when under `min_head`): the scheduler's estimate
     of a document's rows in a batch beside the previous one of its request. Cheap when their
     first `min_head` tokens differ, as most documents' do."""
-    if min(len(a), len(b)) <= min_head or not torch.equal(a.ids[:min_head], b.ids[:min_head]):
+    if min(len(a), len(b)) <= min_head or _start(a, min_head) != _start(b, min_head):
         return 0
     sa, sb = signatures([a, b], image_token_id)
     head = _shareable(sa, sb, a.positions.numpy(), b.positions.numpy())
     return head if head >= min_head else 0
+
+
+def _start(segment: Segment, tokens: int) -> bytes:
+    """The segment's first ids, to compare: no two documents share a head longer than this unless
+    these are equal."""
+    return segment.ids[:tokens].numpy().tobytes()
 
 
 def _shareable(a: np.ndarray, b: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> int:

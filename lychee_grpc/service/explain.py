@@ -27,6 +27,11 @@ from .types import ExplainOptions, ExplainOutcome, Fragment
 
 __all__ = ["Occlusion", "explain", "plan"]
 
+# PNG encoding is most of a plan's time (18 ms for a 448x448 photo of noise) and Pillow releases the
+# GIL while it encodes: an image's cells encode side by side, on one pool for the process (threads
+# are made as needed), so concurrent calls share its threads rather than each making its own.
+_ENCODERS = ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 16), thread_name_prefix="lychee-explain-png")
+
 
 @dataclass(frozen=True)
 class Occlusion:
@@ -92,10 +97,7 @@ def plan(
                 continue
             pixels, boxes = cells[side, i]
             colour = fr.mean_colour(pixels)
-            # PNG encoding is most of the plan's time (18 ms a 448x448 photo of noise) and Pillow
-            # releases the GIL while it encodes: the cells encode side by side.
-            with ThreadPoolExecutor(max_workers=min(len(boxes), os.cpu_count() or 1, 16)) as pool:
-                masked = list(pool.map(fr.masked_png, repeat(pixels), boxes, repeat(colour)))
+            masked = list(_ENCODERS.map(fr.masked_png, repeat(pixels), boxes, repeat(colour)))
             for box, data in zip(boxes, masked):
                 if len(data) > max_image_bytes:
                     raise InvalidInput([FieldViolation(

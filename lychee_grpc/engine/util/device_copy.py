@@ -28,7 +28,6 @@ class PinnedStaging:
     def __init__(self, device: torch.device):
         self.device = device
         self._host: torch.Tensor | None = None
-        self._host_view: np.ndarray = np.empty(0, dtype=np.uint8)  # the pinned buffer, as NumPy
         self._copied: torch.cuda.Event | None = None
 
     def copy(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -44,11 +43,11 @@ class PinnedStaging:
         if self._host is None or self._host.numel() < total:
             size = max(total, 2 * (self._host.numel() if self._host is not None else 1 << 20))
             self._host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
-            self._host_view = self._host.numpy()
         # NumPy's copy: torch's `copy_` of these few hundred KB took 0.25-18 ms on the H200 host
         # (T100's batch: its wall moved with it), NumPy's one thread a tenth of a millisecond.
+        host = self._host.numpy()
         for f, off in zip(flat, offsets):
-            np.copyto(self._host_view[off : off + f.numel()], f.numpy())
+            np.copyto(host[off : off + f.numel()], f.numpy())
         on_device = self._host[:total].to(self.device, non_blocking=True)
         self._copied = torch.cuda.Event()
         self._copied.record()
