@@ -55,6 +55,10 @@ class EngineConfig:
     # The fused Triton window-attention kernel in the vision tower (CUDA only); its default
     # follows LYCHEE_WINDOW_KERNEL (0 turns it off).
     window_kernel: bool = field(default_factory=lambda: os.environ.get("LYCHEE_WINDOW_KERNEL", "1") != "0")
+    # The LM's attention by the Triton kernel of lm/attention_kernel.py instead of flash attention's
+    # varlen kernel (CUDA, half precision; checked against flash at start-up); its default follows
+    # LYCHEE_LM_ATTENTION_KERNEL (0 turns it off).
+    lm_attention_kernel: bool = field(default_factory=lambda: os.environ.get("LYCHEE_LM_ATTENTION_KERNEL", "1") != "0")
     # Fixed reduction orders in every matmul, norm and attention of the LM and the vision tower:
     # a pair's score is bit-identical whatever it is batched with (lm/fused.py, util/invariant.py).
     batch_invariant: bool = False

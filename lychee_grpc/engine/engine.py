@@ -76,6 +76,7 @@ class Engine(EngineClient):
             observer=self._recorder,
             window_kernel=config.window_kernel,
             batch_invariant=config.batch_invariant,
+            attention_kernel=config.lm_attention_kernel,
             cuda_graphs=config.cuda_graphs,
         )
         self.scheduler: Scheduler | None = None

@@ -1,8 +1,9 @@
 """The language model's attention over packed sequences: which rows attend to which (a plan,
 built on the host, then copied to the device with the batch's other inputs), and the call itself:
-one `varlen_attn` (flash) call on CUDA in half precision, else one padded SDPA call with an
-explicit mask (grouped query heads folded into the query rows, so keys/values are never
-repeated). Each query attends causally, aligned bottom-right, to its sequence's context runs.
+on CUDA in half precision one call of the Triton kernel of attention_kernel.py (`kernel=True`) or
+of `varlen_attn` (flash), else one padded SDPA call with an explicit mask (grouped query heads
+folded into the query rows, so keys/values are never repeated). Each query attends causally,
+aligned bottom-right, to its sequence's context runs.
 
 Batch-invariant mode: a sequence's attention must not depend on the sequences beside it. Flash
 attention's varlen kernel gives each (sequence, head, block of 128 query rows) to one program that
@@ -11,7 +12,9 @@ it may split the keys over several programs, by a heuristic that counts the batc
 (`seqlenq_ngroups_swapped` in PyTorch's flash_api.cpp), which the last layer would meet. The plan
 then declares at least two query rows (an upper bound the kernel accepts), so the keys are never
 split. The padded SDPA path's shapes follow the longest sequence of the batch; in this mode it runs
-sequence by sequence instead, each call shaped by its own sequence only."""
+sequence by sequence instead, each call shaped by its own sequence only. The Triton kernel is
+batch-invariant as it is (attention_kernel.py); its tiles are chosen by the plan's role (the last
+layer's or the others'), never by the batch."""
 
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from typing import cast
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import attention_kernel
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,7 @@ class Plan:
     cu_k: torch.Tensor
     max_q: int
     max_k: int
+    last: bool = False  # the last layer's plan: one query row per sequence (the Triton kernel's tiles)
     # Padded SDPA form (built only when varlen is not in use).
     groups: list[PaddedGroup] | None = None
     host: HostPlan | None = None  # kept for the sequence-by-sequence path (batch-invariant, no varlen)
@@ -108,7 +114,9 @@ def host_plan(
 
 class PackedAttention:
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype,
-                 batch_invariant: bool = False):
+                 batch_invariant: bool = False, kernel: bool = False):
+        """`kernel`: the Triton kernel of attention_kernel.py where it runs (CUDA, half
+        precision), in place of flash attention's varlen kernel."""
         self.batch_invariant = batch_invariant
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
@@ -118,21 +126,27 @@ class PackedAttention:
         self.device = device
         self.dtype = dtype
         self._probe_varlen()
+        self.use_kernel = False
+        self.use_kernel = kernel and self._probe_kernel()
 
     @property
     def splits_exactly(self) -> bool:
         """Whether a sequence run as a head and a tail that attends to it (engine/heads.py) gets
-        the bits it gets whole, as the batch-invariant mode promises. Flash attention walks a
-        query row's keys block by block from the sequence's first key, wherever its query rows
-        start (bench.invariance: 50/50 pairs on the H200); the padded path's per-sequence SDPA
-        call is shaped by its query rows, and its matmuls may round a row by that shape."""
-        return self.use_varlen or not self.batch_invariant
+        the bits it gets whole, as the batch-invariant mode promises. The Triton kernel and flash
+        attention walk a query row's keys block by block from the sequence's first key, wherever
+        its query rows start (bench.invariance: 50/50 pairs on the H200, either kernel); the
+        padded path's per-sequence SDPA call is shaped by its query rows, and its matmuls may
+        round a row by that shape."""
+        return self.use_kernel or self.use_varlen or not self.batch_invariant
 
-    def plan(self, host: HostPlan, kv_rows: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor) -> Plan:
-        """The attention plan on the device. The padded path's tensors are built only when used
-        (its mask is large)."""
+    def plan(self, host: HostPlan, kv_rows: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+             last: bool = False) -> Plan:
+        """The attention plan on the device (`last`: the last layer's). The padded path's tensors
+        are built only when used (its mask is large)."""
         lq, S = int(host.counts.max()), int(host.klens.max())
-        at = Plan(kv_rows=kv_rows, cu_q=cu_q, cu_k=cu_k, max_q=lq, max_k=S)
+        at = Plan(kv_rows=kv_rows, cu_q=cu_q, cu_k=cu_k, max_q=lq, max_k=S, last=last)
+        if self.use_kernel:
+            return at
         if self.use_varlen:
             if self.batch_invariant:
                 at.max_q = max(2, lq)  # never the split-keys path (see the module doc)
@@ -174,6 +188,10 @@ class PackedAttention:
 
     def __call__(self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, at: Plan) -> torch.Tensor:
         """q: [rows, H, D] packed in sequence order; k_src/v_src: [rows, Hkv, D], padding row last."""
+        if self.use_kernel:
+            tiles = attention_kernel.LAST_TILES if at.last else attention_kernel.FULL_TILES
+            return attention_kernel.packed_attention(q, k_src, v_src, at.kv_rows, at.cu_q, at.cu_k, at.max_q,
+                                                     self.scale, tiles)
         if self.use_varlen:
             k, v = k_src[at.kv_rows], v_src[at.kv_rows]
             if self._varlen_expand_kv:
@@ -234,7 +252,7 @@ class PackedAttention:
         if varlen_attn is None or self.device.type != "cuda" or self.dtype not in (torch.bfloat16, torch.float16):
             return
         q = torch.randn(5, self.num_heads, self.head_dim, device=self.device, dtype=self.dtype)
-        kv = torch.randn(8, self.num_kv_heads, self.head_dim, device=self.device, dtype=self.dtype)
+        kv = torch.randn(9, self.num_kv_heads, self.head_dim, device=self.device, dtype=self.dtype)  # padding last
         cu_q = torch.tensor([0, 2, 5], device=self.device, dtype=torch.int32)
         cu_k = torch.tensor([0, 3, 8], device=self.device, dtype=torch.int32)
         for expand in (False, True):
@@ -246,3 +264,27 @@ class PackedAttention:
                 continue
             self.use_varlen, self._varlen_expand_kv = True, expand
             return
+
+    def _probe_kernel(self) -> bool:
+        """Whether the Triton kernel builds and runs here, and agrees with flash attention (or the
+        padded path) on a small plan; any refusal or disagreement keeps the other path."""
+        if self.device.type != "cuda" or self.dtype not in (torch.bfloat16, torch.float16):
+            return False
+        q = torch.randn(7, self.num_heads, self.head_dim, device=self.device, dtype=self.dtype)
+        if not attention_kernel.supported(q, self.num_heads, self.num_kv_heads, self.head_dim):
+            return False
+        kv = torch.randn(9, self.num_kv_heads, self.head_dim, device=self.device, dtype=self.dtype)  # padding last
+        host = host_plan([(0, 3), (3, 4)], [[(0, 3)], [(0, 3), (3, 5)]], 7, 8)
+        plan = self.plan(host, host.flat.to(self.device), host.cu_q.to(self.device), host.cu_k.to(self.device))
+        try:
+            want = self(q, kv, kv, plan).float()
+            got = attention_kernel.packed_attention(q, kv, kv, plan.kv_rows, plan.cu_q, plan.cu_k, plan.max_q,
+                                                    self.scale).float()
+        except Exception as exc:  # any refusal means: not this way
+            log.warning("the Triton attention kernel does not run here (%s); flash attention instead", exc)
+            return False
+        if not torch.allclose(got, want, atol=2e-2, rtol=2e-2):
+            log.warning("the Triton attention kernel disagrees with flash attention here (max %.3g); flash instead",
+                        (got - want).abs().max().item())
+            return False
+        return True

@@ -72,6 +72,7 @@ class Executor:
         observer: StatsObserver | None = None,
         window_kernel: bool = True,
         batch_invariant: bool = False,
+        attention_kernel: bool = False,
         cuda_graphs: bool = False,
         graph_options: GraphOptions = GraphOptions(),
     ):
@@ -93,15 +94,15 @@ class Executor:
         self.fill_pixels = fill_pixels
         self.batch_invariant = batch_invariant
         self.attention = PackedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.device, self.dtype,
-                                         batch_invariant=batch_invariant)
+                                         batch_invariant=batch_invariant, kernel=attention_kernel)
         self.ops = FusedOps(self.device, batch_invariant=batch_invariant)
         self.tower = VisionTower(self.visual, self.ops, window_kernel=window_kernel)
-        # Small batches replay captured graphs (lm/graphs.py; CUDA with varlen attention only),
+        # Small batches replay captured graphs (lm/graphs.py; CUDA with varlen or the kernel's attention),
         # once `capture_graphs` has run.
         self.graphs: LMGraphs | None = None
         # Also in the batch-invariant mode: its kernels give a row the same bits at any row count,
         # so a bucket's padding changes none of them (bench.invariance compares graphs with eager).
-        if cuda_graphs and self.device.type == "cuda" and self.attention.use_varlen:
+        if cuda_graphs and self.device.type == "cuda" and (self.attention.use_varlen or self.attention.use_kernel):
             capturer = GraphCapturer(self.device)
             self.graphs = LMGraphs(self, capturer, graph_options)
             self.tower.graphs = capturer
@@ -185,8 +186,8 @@ class Executor:
         dev = self.staging.copy(inputs + lay.plan_tensors())
         x, cos, sin = self._inputs(lay, dev)
         plans = dev[len(inputs):]
-        full = self.attention.plan(lay.full, *plans[1:4])
-        last = self.attention.plan(lay.last, *plans[4:7]) if lay.last is not None else None
+        full = self.attention.plan(lay.full, plans[1], plans[2], plans[3])
+        last = self.attention.plan(lay.last, plans[4], plans[5], plans[6], last=True) if lay.last is not None else None
         keep = {i: ([], []) for i in lay.keep}
         z = self.layers(x, cos, sin, full, last, plans[0], lay.stored, keep_rows=[
             (i, lay.starts[i], lay.lengths[i], keep[i]) for i in lay.keep])

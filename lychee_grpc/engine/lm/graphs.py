@@ -229,7 +229,7 @@ class _Graph:
         # Upper bounds are what flash attention needs here (they size its grid, never its sums);
         # the last plan declares 2 query rows, as the batch-invariant mode does (lm/attention.py).
         full = Plan(kv_rows=f_rows, cu_q=f_cu_q, cu_k=f_cu_k, max_q=tokens, max_k=tokens)
-        last = Plan(kv_rows=l_rows, cu_q=l_cu_q, cu_k=l_cu_k, max_q=2, max_k=tokens)
+        last = Plan(kv_rows=l_rows, cu_q=l_cu_q, cu_k=l_cu_k, max_q=2, max_k=tokens, last=True)
         x, cos, sin = owner.x[:tokens], owner.cos[:tokens], owner.sin[:tokens]
         keep = (owner.keys[:, :tokens], owner.values[:, :tokens])
         self.captured = owner.capturer.capture(

@@ -1,4 +1,4 @@
-"""The batch-invariant mode's Triton kernels (util/gemm_kernel.py, util/row_kernels.py): each row's
+"""The batch-invariant Triton kernels (util/gemm_kernel.py, util/row_kernels.py, lm/attention_kernel.py): each row's
 result has the same bits whatever the number of rows around it, and equals plain torch within
 rounding.
 
@@ -123,3 +123,98 @@ def test_the_row_reductions_give_each_row_the_same_bits_at_any_row_count():
         assert out[name + "_sum_exact"], name
         assert out[name + "_norm_err"] < tol, (name, out)
         assert out[name + "_dot_err"] < 1e-3, (name, out)
+
+
+ATTENTION_SETUP = """
+    import json, torch
+    import torch.nn.functional as F
+    from lychee_grpc.engine.lm import attention_kernel as ak
+    from lychee_grpc.engine.lm.attention import host_plan
+    H, HKV, D = 6, 2, 16  # three query heads per key/value head: folded rows that straddle a block
+    TILES = ak.Tiles(16, 16, 4, 1)  # 16 folded rows, 16 keys a step: most sequences take several of each
+    LAST = ak.Tiles(16, 32, 4, 1)  # the last layer's own (one query row per sequence)
+
+    def attend(q, k, v, queries, keys, last=False):
+        host = host_plan(queries, keys, q.shape[0], k.shape[0] - 1)
+        return ak.packed_attention(q, k, v, host.flat, host.cu_q, host.cu_k, int(host.counts.max()), D**-0.5,
+                                   LAST if last else TILES)
+
+    def reference(q, k, v, queries, keys):
+        out = []
+        for (q0, n), runs in zip(queries, keys):
+            rows = torch.cat([torch.arange(r0, r0 + c) for r0, c in runs])
+            kk = k[rows].float().repeat_interleave(H // HKV, dim=1).transpose(0, 1)
+            vv = v[rows].float().repeat_interleave(H // HKV, dim=1).transpose(0, 1)
+            S = rows.numel()
+            mask = torch.arange(S)[None, :] <= (S - n + torch.arange(n))[:, None]
+            o = F.scaled_dot_product_attention(q[q0:q0 + n].float().transpose(0, 1), kk, vv, attn_mask=mask,
+                                               scale=D**-0.5)
+            out.append(o.transpose(0, 1).reshape(n, -1))
+        return torch.cat(out)
+"""
+
+
+def test_the_attention_kernel_equals_causal_attention_over_each_sequences_key_runs():
+    """A prefix as its own sequence, documents after it, one document after a head it shares
+    (chained context runs), sequences longer than a block of keys and of folded rows, and the last
+    layer's plan (one query row per sequence)."""
+    out = run_interpreted(textwrap.dedent(ATTENTION_SETUP) + textwrap.dedent("""
+        torch.manual_seed(0)
+        result = {}
+        P, lengths = 5, [23, 1, 40, 9]
+        rows = P + sum(lengths)
+        queries, keys, r = [(0, P)], [[(0, P)]], P
+        for n in lengths:
+            queries.append((r, n))
+            keys.append([(0, P), (r, n)])
+            r += n
+        keys[-1] = [(0, P), (P + 23 + 1, 40), (r - 9, 9)]  # the last document's head is the 40-row one
+        for name in ("float32", "float16"):
+            dtype = getattr(torch, name)
+            q = torch.randn(rows, H, D).to(dtype)
+            k, v = torch.randn(rows + 1, HKV, D).to(dtype), torch.randn(rows + 1, HKV, D).to(dtype)
+            want = reference(q, k, v, queries, keys)
+            result[name] = (attend(q, k, v, queries, keys).float() - want).abs().max().item()
+            last_q = [(i, 1) for i in range(len(queries))]
+            q_last = q[[q0 + n - 1 for q0, n in queries]]
+            got = attend(q_last, k, v, last_q, keys, last=True).float()
+            want = reference(q, k, v, queries, keys)[[q0 + n - 1 for q0, n in queries]]
+            result[name + "_last"] = (got - want).abs().max().item()
+        print(json.dumps(result))
+    """))
+    for name, tol in (("float32", 1e-5), ("float16", 2e-3)):
+        assert out[name] < tol, out
+        assert out[name + "_last"] < tol, out
+
+
+def test_the_attention_kernel_gives_a_document_the_same_bits_alone_beside_others_and_split_at_a_head():
+    """A document's output rows: alone after its prefix, beside 5 other documents (before and
+    after it), and run as a head plus a tail attending to [prefix; head; tail] (engine/heads.py)."""
+    out = run_interpreted(textwrap.dedent(ATTENTION_SETUP) + textwrap.dedent("""
+        torch.manual_seed(1)
+        P, doc, others = 7, 37, [5, 60, 1, 18, 33]
+        rows = P + doc + sum(others)
+        q = torch.randn(rows, H, D).half()
+        k, v = torch.randn(rows + 1, HKV, D).half(), torch.randn(rows + 1, HKV, D).half()
+        # Rows: prefix, then two others, the document, the other three. Query rows are packed from
+        # the first row of q, sequence after sequence (as the executor lays them out).
+        first = P + others[0] + others[1]
+        mine = q[first:first + doc]
+        alone = attend(mine, k, v, [(0, doc)], [[(0, P), (first, doc)]])
+        queries, keys, r = [], [], P
+        for n in others[:2] + [doc] + others[2:]:
+            queries.append((r - P, n))
+            keys.append([(0, P), (r, n)])
+            r += n
+        beside = attend(q[P:], k, v, queries, keys)[first - P:first - P + doc]
+        head = 20
+        split = attend(mine, k, v, [(0, head), (head, doc - head)],
+                       [[(0, P), (first, head)], [(0, P), (first, head), (first + head, doc - head)]])
+        last_alone = attend(q[[first + doc - 1]], k, v, [(0, 1)], [[(0, P), (first, doc)]], last=True)
+        last_q = [(i, 1) for i in range(len(queries))]
+        last_beside = attend(q[[P + q0 + n - 1 for q0, n in queries]], k, v, last_q, keys, last=True)[2:3]
+        print(json.dumps({"beside": torch.equal(alone, beside),
+                          "split": torch.equal(alone, split),
+                          "last": torch.equal(last_alone, last_beside)}))
+    """))
+    assert out == {"beside": True, "split": True, "last": True}

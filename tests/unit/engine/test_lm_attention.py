@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -65,3 +66,45 @@ def test_padded_attention_groups_sequences_of_any_lengths_in_any_order():
     plan = attention.plan(host, host.flat, host.cu_q, host.cu_k)
     assert plan.groups is not None and len(plan.groups) > 2
     torch.testing.assert_close(attention(q, k_src, v_src, plan), reference(q, k_src, v_src, queries, keys, 2))
+
+
+def test_the_triton_kernel_is_not_used_off_cuda():
+    attention = PackedAttention(4, 2, 8, torch.device("cpu"), torch.float32, kernel=True)
+    assert not attention.use_kernel and attention.splits_exactly
+
+
+@pytest.mark.gpu
+def test_the_triton_kernel_equals_flash_attention_on_a_rerank_layout():
+    """The 7B's heads in bfloat16: a prefix, 30 documents after it (one after a head it shares),
+    every layer's plan and the last layer's; then a document's bits alone and beside the others."""
+    dev = torch.device("cuda")
+    g = torch.Generator().manual_seed(0)
+    heads, kv_heads, dim, prefix = 28, 4, 128, 74
+    lengths = [int(n) for n in torch.randint(1, 300, (30,), generator=g)]
+    queries, keys, r = [(0, prefix)], [[(0, prefix)]], prefix
+    for n in lengths:
+        queries.append((r, n))
+        keys.append([(0, prefix), (r, n)])
+        r += n
+    keys[2] = [(0, prefix), (prefix, lengths[0]), (prefix + lengths[0], lengths[1])]  # a tail after a head
+    q = torch.randn(r, heads, dim, generator=g).to(dev, torch.bfloat16)
+    k_src = torch.randn(r + 1, kv_heads, dim, generator=g).to(dev, torch.bfloat16)
+    v_src = torch.randn(r + 1, kv_heads, dim, generator=g).to(dev, torch.bfloat16)
+    kernel = PackedAttention(heads, kv_heads, dim, dev, torch.bfloat16, kernel=True)
+    flash = PackedAttention(heads, kv_heads, dim, dev, torch.bfloat16)
+    assert kernel.use_kernel and kernel.splits_exactly
+
+    def run(attention, queries, keys, q, last=False):
+        host = host_plan(queries, keys, q.shape[0], r)
+        plan = attention.plan(host, host.flat.to(dev), host.cu_q.to(dev), host.cu_k.to(dev), last=last)
+        return attention(q, k_src, v_src, plan).float()
+
+    torch.testing.assert_close(run(kernel, queries, keys, q), run(flash, queries, keys, q), atol=2e-2, rtol=2e-2)
+    ends = [q0 + n - 1 for q0, n in queries]
+    last_q = [(i, 1) for i in range(len(queries))]
+    torch.testing.assert_close(run(kernel, last_q, keys, q[ends], last=True),
+                               run(flash, last_q, keys, q[ends], last=True), atol=2e-2, rtol=2e-2)
+    # Document 5 alone (its prefix as context) against beside the others, every layer's plan.
+    q0, n = queries[5]
+    alone = run(kernel, [(0, n)], [keys[5]], q[q0 : q0 + n])
+    assert torch.equal(alone, run(kernel, queries, keys, q)[q0 : q0 + n])
