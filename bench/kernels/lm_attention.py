@@ -49,8 +49,12 @@ def measure(label: str, flash: PackedAttention, q, k, v, hp, tilings: list, time
     flat, cu_q, cu_k = hp.flat.to(dev), hp.cu_q.to(dev), hp.cu_k.to(dev)
     plan = flash.plan(hp, flat, cu_q, cu_k)
     base = time_ms(lambda: flash(q, k, v, plan)) if timed else float("nan")
-    ref32 = PackedAttention(H, HKV, D, dev, torch.float32)
-    want = ref32(q.float(), k.float(), v.float(), ref32.plan(hp, flat, cu_q, cu_k))
+    if int(hp.counts.sum()) * int(hp.klens.max()) <= 1 << 27:
+        ref32 = PackedAttention(H, HKV, D, dev, torch.float32)
+        want = ref32(q.float(), k.float(), v.float(), ref32.plan(hp, flat, cu_q, cu_k))
+    else:  # the padded float32 reference would need tens of GiB: errors against flash instead
+        label += " (err vs flash)"
+        want = flash(q, k, v, plan).float()
     err_flash = (flash(q, k, v, plan).float() - want).abs().max().item()
     print(f"{label:12s} {'flash varlen (gather + kernel)':46s} {base:8.3f} {1.0:9.2f} {err_flash:12.4f}")
     max_q = int(hp.counts.max())
@@ -79,6 +83,8 @@ def main() -> int:
         "I100": (70, [int(x) for x in rng.integers(290, 310, 100)]),
         "pair": (60, [40]),
         "Explain57": (60, [int(x) for x in rng.integers(10, 40, 57)]),
+        "hires25": (70, [int(x) for x in rng.integers(1050, 1090, 25)]),  # 896x896 images + titles
+        "long8": (74, [int(x) for x in rng.integers(3500, 4500, 8)]),  # long text documents
     }
     flash = PackedAttention(H, HKV, D, torch.device(dev), torch.bfloat16)
     print(f"flash varlen in use: {flash.use_varlen}; RANDOM inputs, Qwen2.5-VL-7B heads ({H}/{HKV}x{D})")

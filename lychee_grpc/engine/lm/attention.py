@@ -82,6 +82,12 @@ class Plan:
 # blocks of ~14 MB (past the cache) padded to the longest sequence, and took 2.2x as long as
 # calls over 16 sequences of similar length (bench/RESULTS.md, "The per-call cost").
 PADDED_GROUP = 16
+# The Triton kernel's programs each walk their sequence's keys from the first; past a few thousand
+# query rows flash attention's larger tiles win: on the H200 (bench.kernels.lm_attention) the kernel
+# took 0.917 against 1.122 ms per layer for 25 documents of ~1,070 rows, 3.292 against 3.050 for 8
+# of ~4,000. Outside the batch-invariant mode (whose kernel must not depend on the batch), a batch
+# with a sequence longer than this attends with flash.
+KERNEL_LONGEST = 2048
 ONE_CALL_SCORES = 1 << 18  # a padded score block this small stays one call
 
 
@@ -188,7 +194,7 @@ class PackedAttention:
 
     def __call__(self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, at: Plan) -> torch.Tensor:
         """q: [rows, H, D] packed in sequence order; k_src/v_src: [rows, Hkv, D], padding row last."""
-        if self.use_kernel:
+        if self.use_kernel and (at.max_q <= KERNEL_LONGEST or self.batch_invariant or not self.use_varlen):
             tiles = attention_kernel.LAST_TILES if at.last else attention_kernel.FULL_TILES
             return attention_kernel.packed_attention(q, k_src, v_src, at.kv_rows, at.cu_q, at.cu_k, at.max_q,
                                                      self.scale, tiles)

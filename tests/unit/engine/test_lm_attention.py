@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lychee_grpc.engine.lm.attention import PackedAttention, host_plan
+from lychee_grpc.engine.lm.attention import KERNEL_LONGEST, PackedAttention, host_plan
 
 
 def reference(q, k_src, v_src, queries, keys, rep):
@@ -108,3 +108,7 @@ def test_the_triton_kernel_equals_flash_attention_on_a_rerank_layout():
     q0, n = queries[5]
     alone = run(kernel, [(0, n)], [keys[5]], q[q0 : q0 + n])
     assert torch.equal(alone, run(kernel, queries, keys, q)[q0 : q0 + n])
+    # A batch with a sequence past KERNEL_LONGEST attends with flash (outside the batch-invariant mode).
+    long_q, long_keys = [(0, r)], [[(0, r)]]
+    assert r > KERNEL_LONGEST
+    assert torch.equal(run(kernel, long_q, long_keys, q), run(flash, long_q, long_keys, q))
