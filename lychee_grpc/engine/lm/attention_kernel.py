@@ -21,6 +21,7 @@ order from the same first key.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -33,15 +34,15 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
 LOG2E = 1.4426950408889634
 
 
+@dataclass(frozen=True)
 class Tiles:
     """One launch configuration. A fixed one per call site (never chosen by the batch's size),
     which the batch-invariant mode relies on."""
 
-    def __init__(self, block_m: int, block_n: int, warps: int, stages: int):
-        self.block_m, self.block_n, self.warps, self.stages = block_m, block_n, warps, stages
-
-    def __repr__(self) -> str:
-        return f"Tiles(m={self.block_m}, n={self.block_n}, warps={self.warps}, stages={self.stages})"
+    block_m: int  # folded rows (position, query head) per program
+    block_n: int  # keys per step of a row's walk: fixes the order of its sums
+    warps: int
+    stages: int
 
 
 # Every layer but the last: sequences of tens to hundreds of rows. The last layer: one query row
