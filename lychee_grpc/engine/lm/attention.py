@@ -258,7 +258,7 @@ class PackedAttention:
         if varlen_attn is None or self.device.type != "cuda" or self.dtype not in (torch.bfloat16, torch.float16):
             return
         q = torch.randn(5, self.num_heads, self.head_dim, device=self.device, dtype=self.dtype)
-        kv = torch.randn(9, self.num_kv_heads, self.head_dim, device=self.device, dtype=self.dtype)  # padding last
+        kv = torch.randn(8, self.num_kv_heads, self.head_dim, device=self.device, dtype=self.dtype)
         cu_q = torch.tensor([0, 2, 5], device=self.device, dtype=torch.int32)
         cu_k = torch.tensor([0, 3, 8], device=self.device, dtype=torch.int32)
         for expand in (False, True):
