@@ -88,7 +88,8 @@ def timed_engine(config, observer=None):
 
     async def started() -> None:
         await start()
-        wrap_async(engine.scheduler, "_process", "w.batch")
+        wrap_async(engine.scheduler, "_launch", "w.launch")
+        wrap_async(engine.scheduler, "_complete", "w.batch")
         record(f"threads torch={torch.get_num_threads()} cpus={os.cpu_count()}", 0.0, 0.0)
 
     engine.start = started
@@ -110,7 +111,9 @@ def timed_engine(config, observer=None):
     wrap_sync(engine.preprocessor, "prepare_documents", "w.prepare_documents")
     synced = os.environ.get("LYCHEE_TIMELINE_SYNC") == "1"
     wrap_sync(engine.executor, "embed_ahead", "w.tower_ahead" + (" (synced)" if synced else " (launch)"), sync=synced)
-    wrap_sync(engine.executor, "run", "w.lm_pass")
+    # The scheduler launches a pass and reads its scores later (batches overlap): synced here, the
+    # step is the pass's GPU time, and the overlap is given up while probing.
+    wrap_sync(engine.executor, "launch", "w.lm_pass", sync=True)
     return engine
 
 

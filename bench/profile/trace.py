@@ -90,11 +90,11 @@ class Tracer:
 def install(engine: Engine, tracer: Tracer) -> None:
     ex, pre, sched = engine.executor, engine.preprocessor, engine.scheduler
     engine.embed_ahead = tracer.wrap("embed_ahead", engine.embed_ahead, gpu=True)
-    sched._run_batch = tracer.wrap("batch", sched._run_batch, gpu=True)
+    sched._launch_batch = tracer.wrap("batch launch", sched._launch_batch, gpu=True)
     fill = tracer.wrap("  fill_pixels", pre.fill_pixels, gpu=True)
     pre.fill_pixels = fill
     ex.fill_pixels = fill
-    ex.run = tracer.wrap("  executor.run", ex.run, gpu=True)
+    ex.launch = tracer.wrap("  executor.launch", ex.launch, gpu=True)
     tower = ex.tower
     tower.__class__ = type("TracedTower", (tower.__class__,), {
         "__call__": tracer.wrap("  vision tower", tower.__class__.__call__, gpu=True)})

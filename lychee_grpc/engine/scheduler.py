@@ -5,6 +5,11 @@ order into batches bounded by tokens, documents and images (waiting at most `max
 a batch to fill), drops the documents of cancelled or expired jobs before they reach the
 model, computes each new job's shared prefix once, scores the batch on a dedicated thread, and
 hands each score back to its job. A batch that runs out of GPU memory is split and retried.
+
+Two batches overlap: the next is laid out and launched on the GPU thread while the previous one
+still runs, and only then are the previous one's scores read (off the event loop; their copy to
+the host is queued behind its own kernels). So the GPU does not idle while the host prepares a
+batch; with nothing queued, a batch's scores are read at once.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from .lm.executor import BatchItem, Executor, PrefixKV
 from .prompt.prepared import PreparedDocument, Segment
 from .stats import CANCELLED, DEADLINE, StatsRecorder
 from .types import Score
+from .util.device_copy import Readback
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +89,8 @@ class Scheduler:
         # Why the worker died (it never stops on its own): nothing can be scored any more.
         self.failure: BaseException | None = None
         self._on_death: list[Callable[[BaseException], None]] = []
-        self._current: list[QueuedDocument] = []  # the batch being scored
+        self._current: list[QueuedDocument] = []  # the batches being scored (launched, not yet delivered)
+        self._last_end = 0.0  # when the last batch's scores were read
         # Documents of a request that begin alike share their head (heads.py), unless that would
         # change a score's bits where the batch-invariant mode promises them.
         self._shares_heads = executor.attention.splits_exactly
@@ -195,11 +202,14 @@ class Scheduler:
         return await asyncio.get_running_loop().run_in_executor(self._gpu, no_stop_iteration, fn, *args)
 
     # ---- the worker ---------------------------------------------------------------------
-    async def _next_batch(self) -> list[QueuedDocument]:
+    async def _next_batch(self, wait: bool = True) -> list[QueuedDocument]:
+        """The next batch; with `wait` false, an empty one rather than waiting for work to arrive."""
         batch: list[QueuedDocument] = []
         budget = _Budget()
         while not batch:
             while not self._queue:
+                if not wait:
+                    return batch
                 self._wakeup.clear()
                 await self._wakeup.wait()
             deadline = time.perf_counter() + self.max_wait
@@ -253,32 +263,72 @@ class Scheduler:
         job.unscored(DeadlineExpired("deadline expired before the documents were scored") if expired else None)
 
     async def _loop(self) -> None:
+        previous: _Launched | None = None
         while True:
-            # No local keeps the batch (and so its jobs) alive while waiting for the next one.
-            self._current = await self._next_batch()
-            self.faults.batch_formed(len(self._current))
-            await self._process(self._current)
-            self._current = []
+            # With a batch in flight, an empty queue means: read that batch now, not later.
+            batch = await self._next_batch(wait=previous is None)
+            if not batch:
+                assert previous is not None  # only then does _next_batch return empty
+                await self._complete(previous)
+                previous = None
+                continue
+            self._current += batch  # from here the batch is the worker's to settle, even if it dies
+            self.faults.batch_formed(len(batch))
+            # The next batch is laid out and launched while the previous one still runs on the
+            # GPU: the GPU never idles for the host work between batches (C8: bench/RESULTS.md).
+            launched = await self._launch(batch)
+            del batch  # no local keeps a batch (and so its jobs) alive while waiting for the next
+            if previous is not None:
+                await self._complete(previous)
+            previous = launched
+            del launched
 
-    async def _process(self, batch: list[QueuedDocument]) -> None:
+    async def _launch(self, batch: list[QueuedDocument]) -> _Launched | None:
         start = time.perf_counter()
         self._batch_id += 1
         for item in batch:
             self.recorder.queue_wait(start - item.enqueued)
         try:
-            logits, extra_tokens = await self.run_on_gpu(self._run_batch, batch)
+            return await self.run_on_gpu(self._launch_batch, batch, self._batch_id, start)
         except Exception as exc:  # one batch failing never stops the worker
-            # An unexpected error is a fault, never overload: it reaches the caller as INTERNAL.
-            log.exception("batch of %d documents failed", len(batch))
-            for item in batch:
-                item.job.unscored(exc)
+            self._failed(batch, exc)
+            return None
+
+    def _failed(self, batch: list[QueuedDocument], exc: Exception) -> None:
+        # An unexpected error is a fault, never overload: it reaches the caller as INTERNAL.
+        log.error("batch of %d documents failed", len(batch), exc_info=exc)
+        for item in batch:
+            item.job.unscored(exc)
+        self._settled(batch)
+
+    def _settled(self, batch: list[QueuedDocument]) -> None:
+        settled = {id(item) for item in batch}
+        self._current = [item for item in self._current if id(item) not in settled]
+
+    async def _complete(self, launched: _Launched | None) -> None:
+        """Reads a launched batch's scores (waiting for the GPU off the event loop) and delivers them."""
+        if launched is None:  # its launch failed: already settled
             return
-        elapsed = time.perf_counter() - start
+        batch = launched.batch
+        try:
+            if launched.pending:
+                await asyncio.get_running_loop().run_in_executor(None, launched.wait)
+            else:
+                launched.wait()
+        except Exception as exc:  # an error the GPU reports late (an asynchronous CUDA fault)
+            self._failed(batch, exc)
+            return
+        end = time.perf_counter()
+        # The GPU's time on this batch alone: from its launch, or from the end of the batch before
+        # it when that one was still running (the drain rate sums these).
+        elapsed = end - max(launched.start, self._last_end)
+        self._last_end = end
+        out, extra_tokens = launched.out, launched.extra
         scored = tokens = images = saved = 0
-        for item, logit in zip(batch, logits):
+        for item, logit in zip(batch, out):
             job = item.job
-            job.in_batch(self._batch_id, start, elapsed)
-            job.waited(start - item.enqueued)
+            job.in_batch(launched.batch_id, launched.start, elapsed)
+            job.waited(launched.start - item.enqueued)
             if not isinstance(logit, float) or not job.alive():
                 if not isinstance(logit, Exception):
                     self.recorder.documents_dropped(1, _drop_reason(job))
@@ -289,29 +339,33 @@ class Scheduler:
             images += len(item.doc.segment.images)
             saved += item.doc.prompt_tokens - item.tokens
             job.deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit, truncated=item.doc.truncated))
+        self._settled(batch)
         self._tokens_scored += tokens
         self.recorder.batch_done(scored, tokens, images, elapsed)
         if saved - extra_tokens > 0:
             self.recorder.prefix_saved(saved - extra_tokens)
 
     # ---- on the GPU thread --------------------------------------------------------------
-    def _run_batch(self, batch: list[QueuedDocument]) -> tuple[list[float | Exception | None], int]:
-        """The batch's logits (or errors, or None where not run), and the tokens computed beyond the
-        documents' own (see `_score`)."""
-        out: list[float | Exception | None] = [None] * len(batch)
+    def _launch_batch(self, batch: list[QueuedDocument], batch_id: int, start: float) -> _Launched:
+        """The batch on its way: its passes launched (their scores still on the GPU), the errors
+        of documents that could not run, and the tokens computed beyond the documents' own."""
+        launched = _Launched(batch, batch_id, start, [None] * len(batch))
         extra: list[int] = []
-        self._score(batch, [k for k, i in enumerate(batch) if i.job.alive()], out, True, extra)
-        return out, sum(extra)
+        self._score(batch, [k for k, i in enumerate(batch) if i.job.alive()], launched, True, extra)
+        launched.extra = sum(extra)
+        return launched
 
-    def _score(self, batch: list[QueuedDocument], pending: list[int], out: list[float | Exception | None],
+    def _score(self, batch: list[QueuedDocument], pending: list[int], launched: _Launched,
                inline_prefixes: bool, extra: list[int]) -> None:
-        """Scores batch[k] for k in pending into out[k]. A request's prefix that has not run yet
+        """Launches the scoring of batch[k] for k in pending (its score lands in launched.out[k]
+        once read back). A request's prefix that has not run yet
         runs in the same pass as its first documents (inline); on OOM the prefixes run alone
         first and the documents are split in halves until they fit. Documents of a request that
         begin alike share their head (heads.py). `extra` gets the tokens computed beyond the
         documents' own: a prefix's, less what each shared head saved."""
         if not pending:
             return
+        out = launched.out
         items: list[BatchItem] = []
         inline: dict[Job, int] = {}  # job -> index of its prefix item in this pass
         for k in pending:
@@ -339,19 +393,19 @@ class Scheduler:
         items += [BatchItem(segments[k], contexts[k]) for k in pending]
         try:
             self.faults.model_call(items)
-            logits, kept_kv = self.executor.run(items)
+            scores, kept_kv = self.executor.launch(items)
         except torch.OutOfMemoryError:
             _free_cuda()
             if inline:
-                self._score(batch, pending, out, False, extra)
+                self._score(batch, pending, launched, False, extra)
             elif len(pending) == 1:
                 out[pending[0]] = TooLarge([FieldViolation(
                     f"documents[{batch[pending[0]].doc.index}]", "the document is too large for the GPU memory left")])
             else:
                 self.recorder.oom_split()
                 half = len(pending) // 2
-                self._score(batch, pending[:half], out, False, extra)
-                self._score(batch, pending[half:], out, False, extra)
+                self._score(batch, pending[:half], launched, False, extra)
+                self._score(batch, pending[half:], launched, False, extra)
             return
         for job, index in inline.items():
             job.prefix_kv = kept_kv[index]
@@ -360,9 +414,9 @@ class Scheduler:
         for job, tokens, members in heads:
             job.computed(tokens)
             extra.append(-(members - 1) * tokens)
-        for k, value in zip(pending, logits.tolist()):
-            out[k] = value
+        for k in pending:
             batch[k].job.computed(len(segments[k]))
+        launched.passes.append((pending, scores))
 
     def _share_heads(self, batch: list[QueuedDocument], pending: list[int], contexts: dict[int, PrefixKV | int | None],
                      segments: dict[int, Segment], items: list[BatchItem]) -> list[tuple[Job, int, int]]:
@@ -393,6 +447,30 @@ class Scheduler:
                 out.append((batch[members[0]].job, shared.length, len(members)))
                 todo.append(members)
         return out
+
+
+@dataclass
+class _Launched:
+    """A batch whose passes are on the GPU: out[k] is batch[k]'s logit once read back (or an
+    error, or None where it did not run)."""
+
+    batch: list[QueuedDocument]
+    batch_id: int
+    start: float
+    out: list[float | Exception | None]
+    passes: list[tuple[list[int], Readback]] = field(default_factory=list)
+    extra: int = 0
+
+    @property
+    def pending(self) -> bool:
+        return any(scores.pending for _, scores in self.passes)
+
+    def wait(self) -> None:
+        """Reads every pass's scores into `out` (blocks until the GPU has made them)."""
+        for ks, scores in self.passes:
+            for k, value in zip(ks, scores.wait().tolist()):
+                self.out[k] = value
+        self.passes = []
 
 
 @dataclass

@@ -372,13 +372,13 @@ async def test_request_id_is_echoed_and_named_in_errors(server):
 
 async def test_an_unexpected_batch_error_is_internal_and_the_server_keeps_serving(server, client):
     engine = server.engine
-    run = engine.executor.run
+    launch = engine.executor.launch
 
     def broken(*args, **kwargs):
-        engine.executor.run = run  # only this batch fails
+        engine.executor.launch = launch  # only this batch fails
         raise RuntimeError("injected fault")
 
-    engine.executor.run = broken
+    engine.executor.launch = broken
     with pytest.raises(grpc.RpcError) as info:
         await client.rerank("denim", TITLES)
     assert info.value.code() == grpc.StatusCode.INTERNAL

@@ -29,7 +29,7 @@ import torch
 
 from ..prompt.prepared import EncodedImage, Segment
 from ..stats import NullObserver, StatsObserver
-from ..util.device_copy import PinnedStaging
+from ..util.device_copy import HostReadbacks, PinnedStaging, Readback
 from ..util.graphs import GraphCapturer
 from ..vision.cache import VisionCache
 from ..vision.tower import VisionTower
@@ -90,6 +90,7 @@ class Executor:
         self.yes_minus_no = (rows[0] - rows[1]).contiguous()
         self.vision_cache = vision_cache
         self.staging = PinnedStaging(self.device)
+        self.readbacks = HostReadbacks()
         # The preprocessor's batched pixels for images with a decoded picture.
         self.fill_pixels = fill_pixels
         self.batch_invariant = batch_invariant
@@ -160,10 +161,17 @@ class Executor:
             im.pixel_values = im.picture = None  # a repeated image's copy too
 
     # ---- language model -----------------------------------------------------------------
-    @torch.inference_mode()
     def run(self, items: Sequence[BatchItem]) -> tuple[torch.Tensor, dict[int, PrefixKV]]:
         """Runs one packed batch. Returns z_yes - z_no (float32, CPU) for the items with
         `score`, in order, and the keys/values of the items with `keep_kv`, by item index."""
+        scores, kept = self.launch(items)
+        return scores.wait(), kept
+
+    @torch.inference_mode()
+    def launch(self, items: Sequence[BatchItem]) -> tuple[Readback, dict[int, PrefixKV]]:
+        """`run` without waiting for the GPU: the scores arrive through the Readback (its copy to
+        the host queued behind the batch), the kept keys/values are device tensors in stream order.
+        A batch launched after this one may run before this one's scores are read."""
         lay = layout(items, self.image_token_id)
         graph = self.graphs.find(lay) if self.graphs is not None else None
         if graph is None:
@@ -173,14 +181,17 @@ class Executor:
         dev = self.staging.copy([*inputs, graph.plan_bytes(lay)])
         x, cos, sin = self._inputs(lay, dev)
         z, kept = graph.run(lay, x, cos, sin, dev[len(inputs)])
-        return z, {i: PrefixKV(keys=ks, values=vs, length=lay.lengths[i]) for i, (ks, vs) in kept.items()}
+        # The graph's output buffer is its own: the copy out is queued before any later replay.
+        return self.readbacks.start(z), {
+            i: PrefixKV(keys=ks, values=vs, length=lay.lengths[i]) for i, (ks, vs) in kept.items()}
 
     @torch.inference_mode()
     def run_eager(self, items: Sequence[BatchItem]) -> tuple[torch.Tensor, dict[int, PrefixKV]]:
         """`run` without the captured graphs."""
-        return self._run_eager(layout(items, self.image_token_id))
+        scores, kept = self._run_eager(layout(items, self.image_token_id))
+        return scores.wait(), kept
 
-    def _run_eager(self, lay: Layout) -> tuple[torch.Tensor, dict[int, PrefixKV]]:
+    def _run_eager(self, lay: Layout) -> tuple[Readback, dict[int, PrefixKV]]:
         inputs = lay.input_tensors()
         # Everything the batch needs from the host, in one transfer.
         dev = self.staging.copy(inputs + lay.plan_tensors())
@@ -192,7 +203,7 @@ class Executor:
         z = self.layers(x, cos, sin, full, last, plans[0], lay.stored, keep_rows=[
             (i, lay.starts[i], lay.lengths[i], keep[i]) for i in lay.keep])
         prefixes = {i: PrefixKV(keys=ks, values=vs, length=lay.lengths[i]) for i, (ks, vs) in keep.items()}
-        return (z.cpu() if z is not None else torch.empty(0)), prefixes
+        return (self.readbacks.start(z) if z is not None else Readback(torch.empty(0))), prefixes
 
     def _inputs(self, lay: Layout, dev: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch's input embeddings (image rows from the tower) and rotary tables [N, 1, D]."""

@@ -276,7 +276,7 @@ class _Graph:
             keys = owner.keys[:, start : start + length].clone()  # [layers, length, kv_heads, head_dim]
             values = owner.values[:, start : start + length].clone()
             kept[i] = (list(keys.unbind(0)), list(values.unbind(0)))
-        return z[: len(lay.scored)].cpu(), kept
+        return z[: len(lay.scored)], kept  # on the device: the executor queues its copy out
 
 
 _NP = {torch.long: np.int64, torch.int32: np.int32}

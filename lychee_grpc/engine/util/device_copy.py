@@ -8,6 +8,9 @@ asynchronous; the caching host allocator keeps the staging block until the copy 
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -39,7 +42,9 @@ class PinnedStaging:
             offsets.append(total)
             total += -(-f.numel() // self._ALIGN) * self._ALIGN
         if self._copied is not None:
-            self._copied.synchronize()  # the last transfer out of the buffer has run (it has: batches end in a sync)
+            # The last transfer out of the buffer has run: it was queued behind at most the batch
+            # before it, which has been read back by now (the scheduler keeps two in flight).
+            self._copied.synchronize()
         if self._host is None or self._host.numel() < total:
             size = max(total, 2 * (self._host.numel() if self._host is not None else 1 << 20))
             self._host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
@@ -55,3 +60,58 @@ class PinnedStaging:
             on_device[off : off + f.numel()].view(t.dtype).view(t.shape)
             for t, f, off in zip(tensors, flat, offsets)
         ]
+
+
+class Readback:
+    """A small device result (a batch's scores) on its way to the host: the copy was queued behind
+    the kernels that make it, so waiting for it waits for its own batch only, never for batches
+    launched after it."""
+
+    def __init__(self, host: torch.Tensor, event: torch.cuda.Event | None = None,
+                 release: Callable[[], None] | None = None):
+        self._host = host
+        self._event = event
+        self._release = release
+
+    @property
+    def pending(self) -> bool:
+        """Whether reading it would wait for the GPU."""
+        return self._event is not None and not self._event.query()
+
+    def wait(self) -> torch.Tensor:
+        """The result on the host (its own copy: the pinned buffer goes back to the pool)."""
+        if self._event is not None:
+            self._event.synchronize()
+            self._host = self._host.clone()
+            self._event = None
+            if self._release is not None:
+                self._release()
+        return self._host
+
+
+class HostReadbacks:
+    """Starts Readbacks into pinned buffers kept for the process (fresh pinned allocations cost
+    milliseconds, see PinnedStaging); a buffer returns to the pool when its reader has read it.
+    Any thread may read; one thread starts them."""
+
+    def __init__(self):
+        self._free: deque[torch.Tensor] = deque()  # append/popleft are atomic: no lock needed
+
+    def start(self, z: torch.Tensor) -> Readback:
+        if not z.is_cuda:
+            return Readback(z.cpu())
+        n = z.numel()
+        buffer = None
+        while self._free:
+            candidate = self._free.popleft()
+            if candidate.dtype == z.dtype and candidate.numel() >= n:
+                buffer = candidate
+                break
+        if buffer is None:
+            buffer = torch.empty(max(n, 1024), dtype=z.dtype, pin_memory=True)
+        host = buffer[:n].view(z.shape)
+        host.copy_(z, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        kept = buffer
+        return Readback(host, event, lambda: self._free.append(kept))

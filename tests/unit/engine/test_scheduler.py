@@ -65,3 +65,57 @@ async def test_validation_names_every_bad_document(make_engine):
     with pytest.raises(InvalidInput) as info:
         await score_documents(engine, text_query("denim"), docs)
     assert [v.field for v in info.value.violations] == ["documents[1].parts[0].text", "documents[3].parts[0].image"]
+
+
+class _Recorded:
+    """A launched pass's scores that say when they are read (and can fail then, as an
+    asynchronous GPU fault is reported)."""
+
+    def __init__(self, scores, tag: int, events: list, fail: Exception | None = None):
+        self._scores, self._tag, self._events, self._fail = scores, tag, events, fail
+        self.pending = False
+
+    def wait(self):
+        self._events.append(("read", self._tag))
+        if self._fail is not None:
+            raise self._fail
+        return self._scores.wait()
+
+
+def _record_launches(engine, events: list, fail_pass: int | None = None) -> None:
+    launch = engine.executor.launch
+
+    def recording(items):
+        scores, kept = launch(items)
+        tag = sum(1 for kind, _ in events if kind == "launch")
+        events.append(("launch", tag))
+        fault = RuntimeError("CUDA error: an illegal memory access was encountered") if tag == fail_pass else None
+        return _Recorded(scores, tag, events, fault), kept
+
+    engine.executor.launch = recording
+
+
+async def test_the_next_batch_is_launched_before_the_previous_ones_scores_are_read(make_engine):
+    """Batches overlap on the GPU: batch N+1 is laid out and launched while batch N still runs,
+    and N's scores are read after; every score equals the request scored in one batch."""
+    docs = text_docs(*[f"title {i}" for i in range(6)])
+    whole = await score_documents(await make_engine(), text_query("denim"), docs)
+    engine = await make_engine(max_wait_ms=0, max_batch_documents=2)
+    events: list = []
+    _record_launches(engine, events)
+    got = await score_documents(engine, text_query("denim"), docs)
+    assert events == [("launch", 0), ("launch", 1), ("read", 0), ("launch", 2), ("read", 1), ("read", 2)]
+    assert [s.score for s in got.scores] == pytest.approx([s.score for s in whole.scores], abs=1e-5)
+
+
+async def test_a_fault_reported_when_scores_are_read_fails_its_request_and_later_ones_are_scored(make_engine):
+    """An asynchronous GPU fault surfaces when a pass's scores are read: the request whose batch it
+    was fails with it, the batch launched beside it and later requests are still scored."""
+    engine = await make_engine(max_wait_ms=0, max_batch_documents=2)
+    events: list = []
+    _record_launches(engine, events, fail_pass=0)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        await score_documents(engine, text_query("denim"), text_docs("a", "b", "c", "d"))
+    assert ("launch", 1) in events  # the batch beside it ran
+    later = await score_documents(engine, text_query("jeans"), text_docs("e", "f", "g"))
+    assert len(later.scores) == 3 and stats_of(engine).queue_documents == 0
