@@ -89,7 +89,7 @@ class Scheduler:
         # Why the worker died (it never stops on its own): nothing can be scored any more.
         self.failure: BaseException | None = None
         self._on_death: list[Callable[[BaseException], None]] = []
-        self._current: list[QueuedDocument] = []  # the batches being scored (launched, not yet delivered)
+        self._current: list[list[QueuedDocument]] = []  # the batches formed and not yet settled (two at most)
         self._last_end = 0.0  # when the last batch's scores were read
         # Documents of a request that begin alike share their head (heads.py), unless that would
         # change a score's bits where the batch-invariant mode promises them.
@@ -137,7 +137,7 @@ class Scheduler:
         error = NotReady("the engine stopped serving; retry on another replica")
         for item in self._queue:
             item.job.unscored(error)
-        for item in self._current:  # some may have been delivered already: their counts are settled
+        for item in (item for batch in self._current for item in batch):  # delivered ones' counts are settled
             item.job.fail(error)
         self._queue.clear()
         self._queued_tokens = 0
@@ -272,7 +272,7 @@ class Scheduler:
                 await self._complete(previous)
                 previous = None
                 continue
-            self._current += batch  # from here the batch is the worker's to settle, even if it dies
+            self._current.append(batch)  # from here the batch is the worker's to settle, even if it dies
             self.faults.batch_formed(len(batch))
             # The next batch is laid out and launched while the previous one still runs on the
             # GPU: the GPU never idles for the host work between batches (C8: bench/RESULTS.md).
@@ -302,8 +302,7 @@ class Scheduler:
         self._settled(batch)
 
     def _settled(self, batch: list[QueuedDocument]) -> None:
-        settled = {id(item) for item in batch}
-        self._current = [item for item in self._current if id(item) not in settled]
+        self._current = [formed for formed in self._current if formed is not batch]
 
     async def _complete(self, launched: _Launched | None) -> None:
         """Reads a launched batch's scores (waiting for the GPU off the event loop) and delivers them."""

@@ -132,7 +132,7 @@ class PackedAttention:
         self.device = device
         self.dtype = dtype
         self._probe_varlen()
-        self.use_kernel = False
+        self.use_kernel = False  # the probe's reference runs the other path
         self.use_kernel = kernel and self._probe_kernel()
 
     @property

@@ -7,15 +7,17 @@ called directly; only the sequence layout differs from `model.forward`:
   first batch that carries its documents; each document attends to [prefix ; its own tokens]
   with a causal mask offset by the prefix length, and the prefix's keys/values are kept for the
   request's later batches;
-- attention (lm/attention.py) runs as one `varlen_attn` call over the packed rows on CUDA (flash attention, no
-  padding), or as one padded SDPA call with an explicit mask elsewhere (grouped query heads
-  folded into the query rows, so keys/values are never repeated);
+- attention (lm/attention.py) runs as one call over the packed rows on CUDA (the Triton kernel of
+  lm/attention_kernel.py, or flash attention's `varlen_attn`; no padding), or as one padded SDPA
+  call with an explicit mask elsewhere (grouped query heads folded into the query rows, so
+  keys/values are never repeated);
 - the last layer computes queries, o_proj and MLP only at each document's last token, and the
   score reads only the "yes" and "no" rows of the LM head: sigmoid(z_yes - z_no).
 
 A batch is laid out on the host first (`layout`: rows, key runs, attention plans, one staged
 copy), then run by the layer loop (`Executor.layers`), which knows nothing of items or prefixes
-beyond the plans and the stored keys/values it is given.
+beyond the plans and the stored keys/values it is given. `launch` queues a batch's work and the copy of
+its scores to the host without waiting for them, so the scheduler can launch the next batch first.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -102,7 +103,7 @@ class HostReadbacks:
             return Readback(z.cpu())
         n = z.numel()
         buffer = None
-        while self._free:
+        while self._free:  # a buffer too small for this result is let go: the next one is made larger
             candidate = self._free.popleft()
             if candidate.dtype == z.dtype and candidate.numel() >= n:
                 buffer = candidate
@@ -113,5 +114,4 @@ class HostReadbacks:
         host.copy_(z, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        kept = buffer
-        return Readback(host, event, lambda: self._free.append(kept))
+        return Readback(host, event, partial(self._free.append, buffer))
