@@ -9,7 +9,8 @@ hands each score back to its job. A batch that runs out of GPU memory is split a
 Two batches overlap: the next is laid out and launched on the GPU thread while the previous one
 still runs, and only then are the previous one's scores read (off the event loop; their copy to
 the host is queued behind its own kernels). So the GPU does not idle while the host prepares a
-batch; with nothing queued, a batch's scores are read at once.
+batch. Scores already made (with nothing queued, or on the CPU, where a launch computes them) are
+delivered before the next batch is launched.
 """
 
 from __future__ import annotations
@@ -274,8 +275,13 @@ class Scheduler:
                 continue
             self._current.append(batch)  # from here the batch is the worker's to settle, even if it dies
             self.faults.batch_formed(len(batch))
-            # The next batch is laid out and launched while the previous one still runs on the
-            # GPU: the GPU never idles for the host work between batches (C8: bench/RESULTS.md).
+            if previous is not None and not previous.pending:
+                # Its scores are ready (on the CPU they are at launch): deliver them before the
+                # next batch runs, not after.
+                await self._complete(previous)
+                previous = None
+            # Otherwise the next batch is laid out and launched while the previous one still runs
+            # on the GPU: the GPU never idles for the host work between batches (C8: bench/RESULTS.md).
             launched = await self._launch(batch)
             del batch  # no local keeps a batch (and so its jobs) alive while waiting for the next
             if previous is not None:

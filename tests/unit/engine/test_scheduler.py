@@ -71,18 +71,19 @@ class _Recorded:
     """A launched pass's scores that say when they are read (and can fail then, as an
     asynchronous GPU fault is reported)."""
 
-    def __init__(self, scores, tag: int, events: list, fail: Exception | None = None):
+    def __init__(self, scores, tag: int, events: list, fail: Exception | None = None, pending: bool = True):
         self._scores, self._tag, self._events, self._fail = scores, tag, events, fail
-        self.pending = False
+        self.pending = pending  # as a GPU pass's scores are until its kernels have run
 
     def wait(self):
+        self.pending = False
         self._events.append(("read", self._tag))
         if self._fail is not None:
             raise self._fail
         return self._scores.wait()
 
 
-def _record_launches(engine, events: list, fail_pass: int | None = None) -> None:
+def _record_launches(engine, events: list, fail_pass: int | None = None, pending: bool = True) -> None:
     launch = engine.executor.launch
 
     def recording(items):
@@ -90,7 +91,7 @@ def _record_launches(engine, events: list, fail_pass: int | None = None) -> None
         tag = sum(1 for kind, _ in events if kind == "launch")
         events.append(("launch", tag))
         fault = RuntimeError("CUDA error: an illegal memory access was encountered") if tag == fail_pass else None
-        return _Recorded(scores, tag, events, fault), kept
+        return _Recorded(scores, tag, events, fault, pending), kept
 
     engine.executor.launch = recording
 
@@ -106,6 +107,16 @@ async def test_the_next_batch_is_launched_before_the_previous_ones_scores_are_re
     got = await score_documents(engine, text_query("denim"), docs)
     assert events == [("launch", 0), ("launch", 1), ("read", 0), ("launch", 2), ("read", 1), ("read", 2)]
     assert [s.score for s in got.scores] == pytest.approx([s.score for s in whole.scores], abs=1e-5)
+
+
+async def test_scores_already_made_are_delivered_before_the_next_batch_is_launched(make_engine):
+    """On the CPU a launch computes the scores: overlapping would only delay their delivery."""
+    engine = await make_engine(max_wait_ms=0, max_batch_documents=2)
+    events: list = []
+    _record_launches(engine, events, pending=False)
+    got = await score_documents(engine, text_query("denim"), text_docs(*[f"title {i}" for i in range(6)]))
+    assert len(got.scores) == 6
+    assert events == [("launch", 0), ("read", 0), ("launch", 1), ("read", 1), ("launch", 2), ("read", 2)]
 
 
 async def test_a_fault_reported_when_scores_are_read_fails_its_request_and_later_ones_are_scored(make_engine):
