@@ -100,7 +100,7 @@ class HostReadbacks:
 
     def start(self, z: torch.Tensor) -> Readback:
         if not z.is_cuda:
-            return Readback(z.cpu())
+            return Readback(z.clone())  # `cpu()` of a CPU tensor is the tensor itself: later work would change it
         n = z.numel()
         buffer = None
         while self._free:  # a buffer too small for this result is let go: the next one is made larger
