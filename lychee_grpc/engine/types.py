@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -10,9 +13,47 @@ class TextPart:
     text: str
 
 
+@dataclass(frozen=True, eq=False, repr=False)
+class Picture:
+    """Decoded pixels given in place of an image's bytes: [height, width, 3] uint8 RGB, upright, as
+    the engine decodes bytes. Made in the process that scores them (Explain's masked cells), so
+    nothing encodes or decodes them; a transport never makes one. Equal when their pixels are.
+    Built by `Picture.of`; its pixels are not to be changed afterwards."""
+
+    pixels: np.ndarray
+    key: bytes  # a digest of the size and the pixels
+
+    @classmethod
+    def of(cls, pixels: np.ndarray) -> Picture:
+        pixels = np.ascontiguousarray(pixels)
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise ValueError(f"a picture is [height, width, 3] uint8, not {pixels.dtype} {list(pixels.shape)}")
+        digest = hashlib.blake2b(f"{pixels.shape[0]}x{pixels.shape[1]}:".encode(), digest_size=16)
+        digest.update(pixels.data)  # hashlib releases the GIL over large buffers
+        return cls(pixels, digest.digest())
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Picture) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"Picture({self.width}x{self.height}, {self.key.hex()[:12]})"
+
+
 @dataclass(frozen=True)
 class ImagePart:
-    data: bytes
+    data: bytes = b""  # JPEG, PNG, WebP or GIF bytes, as a transport receives them
+    picture: Picture | None = None  # or its decoded pixels instead (in-process callers only)
 
 
 Part = TextPart | ImagePart

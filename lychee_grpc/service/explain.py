@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,9 @@ from dataclasses import dataclass, fields
 from itertools import repeat
 
 from ..engine.api import EngineClient
+from ..engine.config import ImageLimits
 from ..engine.errors import FieldViolation, InvalidInput
+from ..engine.prompt.image_files import ImageRejected
 from ..engine.types import Document, Part, Query, RequestStats, Score, TextPart, Timings, Usage
 from . import fragments as fr
 from .config import ServiceConfig
@@ -27,10 +30,10 @@ from .types import ExplainOptions, ExplainOutcome, Fragment
 
 __all__ = ["Occlusion", "explain", "plan"]
 
-# PNG encoding is most of a plan's time (18 ms for a 448x448 photo of noise) and Pillow releases the
-# GIL while it encodes: an image's cells encode side by side, on one pool for the process (threads
+# Each masked cell is a copy of the picture and a digest of it (~0.5 ms for 448x448, the digest
+# without the GIL): an image's cells are made side by side, on one pool for the process (threads
 # are made as needed), so concurrent calls share its threads rather than each making its own.
-_ENCODERS = ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 16), thread_name_prefix="lychee-explain-png")
+_MASKERS = ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 16), thread_name_prefix="lychee-explain-mask")
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,12 @@ class Occlusion:
 
 
 def plan(
-    query: Query, document: Document, grid: int, include_query: bool, limit: int, max_image_bytes: int
+    query: Query, document: Document, grid: int, include_query: bool, limit: int, limits: ImageLimits
 ) -> list[Occlusion]:
     """Every fragment of the pair (the query's first, when asked for), in order of part and
     position, each with its occluded parts. Text is merged into phrases to fit `limit`; image
-    cells cannot be, so a grid whose cells alone do not fit is refused."""
+    cells cannot be, so a grid whose cells alone do not fit is refused. Images are checked against
+    `limits` (the engine's) before any pixel is decoded; a refused one is named as Rerank names it."""
     sides = ([("query", query.parts)] if include_query else []) + [("document", document.parts)]
     spans: dict[tuple[str, int], list[fr.Span]] = {}
     cells: dict[tuple[str, int], tuple[fr.Pixels, list[fr.Box]]] = {}
@@ -66,7 +70,10 @@ def plan(
             if isinstance(part, TextPart):
                 spans[side, i] = fr.split_text(part.text)
             else:
-                pixels = fr.upright_rgb(part.data)
+                try:
+                    pixels = fr.upright_rgb(part.data, limits)
+                except ImageRejected as exc:
+                    raise InvalidInput([FieldViolation(f"{side}.parts[{i}].image", str(exc))]) from None
                 cells[side, i] = (pixels, fr.grid_boxes(pixels.shape[1], pixels.shape[0], grid))
     n_cells = sum(len(boxes) for _, boxes in cells.values())
     if n_cells + len(spans) > limit:
@@ -97,25 +104,20 @@ def plan(
                 continue
             pixels, boxes = cells[side, i]
             colour = fr.mean_colour(pixels)
-            masked = list(_ENCODERS.map(fr.masked_png, repeat(pixels), boxes, repeat(colour)))
-            for box, data in zip(boxes, masked):
-                if len(data) > max_image_bytes:
-                    raise InvalidInput([FieldViolation(
-                        f"{side}.parts[{i}].image",
-                        f"its masked copies are {len(data)} bytes as PNG (lossless, so the mask is exact), over "
-                        f"the limit of {max_image_bytes}; send a smaller image",
-                    )])
-                out.append(Occlusion(side, i, fr.image_variant(parts, i, data), box=box))
+            masked = list(_MASKERS.map(fr.masked_picture, repeat(pixels), boxes, repeat(colour)))
+            out += [Occlusion(side, i, fr.image_variant(parts, i, picture), box=box)
+                    for box, picture in zip(boxes, masked)]
     return out
 
 
+_JOB_DOCUMENT = re.compile(r"^documents\[\d+\]")
+
+
 def _as_document_field(exc: InvalidInput) -> InvalidInput:
-    """The engine names the pair's document `documents[0]`; Explain's request calls it `document`."""
-    renamed = [
-        FieldViolation("document" + v.field.removeprefix("documents[0]"), v.description)
-        if v.field.startswith("documents[0]") else v
-        for v in exc.violations
-    ]
+    """The engine names the job's documents `documents[k]`: the pair's document (k = 0) and its
+    variants, made from it. Explain's request calls it `document`."""
+    renamed = list(dict.fromkeys(
+        FieldViolation(_JOB_DOCUMENT.sub("document", v.field), v.description) for v in exc.violations))
     return type(exc)(renamed)
 
 
@@ -159,24 +161,33 @@ async def explain(
     limit = min(config.max_explain_fragments, info.limits.max_documents_per_request - 1)
 
     job = await engine.open_job(query, options.instruction, deadline=options.deadline)  # validates the query
+    limits = ImageLimits(max_bytes=info.limits.max_image_bytes, max_pixels=info.limits.max_image_pixels)
     query_tasks: list[asyncio.Task[tuple[Score, RequestStats]]] = []
     try:
         try:
-            # Scored first, alone: the engine validates the pair (images against its limits) before
-            # anything here decodes an image, and refuses it in Rerank's words.
-            await job.add_documents([(0, document)])
-        except InvalidInput as exc:
-            raise _as_document_field(exc) from None
-        occlusions = await asyncio.to_thread(
-            plan, query, document, grid, options.include_query, limit, info.limits.max_image_bytes
-        )
+            occlusions = await asyncio.to_thread(plan, query, document, grid, options.include_query, limit, limits)
+        except InvalidInput as refused:
+            if any(v.field.startswith("document.parts") for v in refused.violations):
+                # A refused image: the engine's verdict on the whole document names every bad field,
+                # as a Rerank of it would.
+                try:
+                    await job.add_documents([(0, document)])
+                except InvalidInput as exc:
+                    raise _as_document_field(exc) from None
+            raise
         of_query = [o for o in occlusions if o.source == "query"]
         of_document = [o for o in occlusions if o.source == "document"]
         query_tasks = [
             asyncio.create_task(_score_pair(engine, Query(o.parts), document, options), name="lychee-explain-query")
             for o in of_query
         ]
-        await job.add_documents([(k, Document(document.id, o.parts)) for k, o in enumerate(of_document, 1)])
+        # The full document and its variants in one call: one batch, the variants sharing the
+        # document's head (a full document scored first and alone was a pass of its own, ~13 ms).
+        try:
+            await job.add_documents(
+                [(0, document)] + [(k, Document(document.id, o.parts)) for k, o in enumerate(of_document, 1)])
+        except InvalidInput as exc:
+            raise _as_document_field(exc) from None
         job.close()
         scores = {s.index: s async for s in job.results()}
         query_results = await asyncio.gather(*query_tasks)

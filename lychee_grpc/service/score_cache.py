@@ -114,12 +114,14 @@ def model_key(info: EngineInfo) -> bytes:
 
 def _encoded(parts: Sequence[Part]) -> bytes:
     """The parts as bytes, unambiguously: a count, then per part a tag, a length and its bytes
-    (an image by its SHA-256)."""
+    (an image by its SHA-256, or given as pixels, by their digest: another tag)."""
     out = [len(parts).to_bytes(4, "little")]
     for part in parts:
         if isinstance(part, TextPart):
             data = part.text.encode("utf-8", "surrogatepass")
             out += (b"T", len(data).to_bytes(8, "little"), data)
+        elif part.picture is not None:
+            out += (b"P", part.picture.key)
         else:
             out += (b"I", hashlib.sha256(part.data).digest())
     return b"".join(out)

@@ -122,7 +122,7 @@ class CountingEngine:
         return getattr(self.inner, name)
 
 
-async def test_the_documents_variants_are_one_job_behind_the_full_document(server, client):
+async def test_the_full_document_and_its_variants_are_added_together_as_one_job(server, client):
     counting = CountingEngine(server.service.engine)
     server.service.attach(counting)
     try:
@@ -131,7 +131,7 @@ async def test_the_documents_variants_are_one_job_behind_the_full_document(serve
         server.service.attach(counting.inner)
     of_query = sum(f.source == pb.FRAGMENT_SOURCE_QUERY for f in resp.fragments)
     of_document = len(resp.fragments) - of_query
-    assert counting.jobs[0] == [1, of_document]  # the full pair, then every variant, in one job
+    assert counting.jobs[0] == [1 + of_document]  # the full pair and every variant, in one call: one batch
     assert counting.jobs[1:] == [[1]] * of_query  # a query variant cannot share the prefix
     assert resp.usage.computed_tokens < resp.usage.prompt_tokens  # the document job's prefix ran once
     assert resp.usage.images == 1 + 4 + of_query + 5  # the original in every variant but its masked copies
@@ -175,6 +175,17 @@ async def test_a_bad_image_is_refused_as_rerank_refuses_it_naming_the_document_f
     (field, description), = field_violations(explained.value)
     assert field == "document.parts[1].image"
     assert field_violations(reranked.value) == [("documents[0].parts[1].image", description)]
+
+
+async def test_a_bad_image_beside_another_bad_part_gets_every_field_named_as_rerank_does(client):
+    document = pb.Document(parts=[text(" "), image(b"not an image")])
+    with pytest.raises(grpc.aio.AioRpcError) as explained:
+        await explain(client, document=document)
+    with pytest.raises(grpc.aio.AioRpcError) as reranked:
+        await client.rerank(QUERY, [document])
+    assert [(f.replace("document", "documents[0]", 1), d) for f, d in field_violations(explained.value)] == \
+        field_violations(reranked.value)
+    assert len(field_violations(reranked.value)) == 2
 
 
 async def test_a_document_of_one_word_or_no_part_is_refused_naming_the_document(client):

@@ -174,3 +174,15 @@ async def test_two_workers_answer_a_repeated_request_from_the_score_cache_bit_fo
     assert all(s.cached for s in scored) and sorted((s.index, s.score) for s in scored) == sorted(
         (r.index, r.score) for r in first.results)
     assert scored_after == scored_before
+
+
+async def test_explain_over_two_workers_scores_each_masked_cell_as_its_picture_alone(pool_app):
+    from .test_explain import DOCUMENT, QUERY, occluded
+
+    async with AsyncLycheeClient(f"127.0.0.1:{pool_app.port}", timeout=120) as client:
+        resp = await client.stub.Explain(pb.ExplainRequest(query=QUERY, document=DOCUMENT, grid_size=2), timeout=120)
+        cells = [f for f in resp.fragments if f.width > 0]
+        assert len(cells) == 4
+        for f in cells:  # the masked pixels crossed the pipe to a worker: each equals its PNG's score
+            alone = (await client.rerank(QUERY, [pb.Document(id="p", parts=occluded(DOCUMENT.parts, f))])).results[0]
+            assert f.occluded_score == pytest.approx(alone.score, abs=1e-4), f

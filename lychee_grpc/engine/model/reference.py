@@ -36,10 +36,15 @@ def reference_prompt(processor, instruction: str, query: Sequence[Part], documen
 
 
 def _images(parts: Sequence[Part]):
+    from PIL import Image
+
     from ..config import ImageLimits
     from ..prompt.images import decode_image
 
-    return [decode_image(p.data, ImageLimits()) for p in parts if isinstance(p, ImagePart)]
+    return [
+        Image.fromarray(p.picture.pixels, "RGB") if p.picture is not None else decode_image(p.data, ImageLimits())
+        for p in parts if isinstance(p, ImagePart)
+    ]
 
 
 @torch.inference_mode()

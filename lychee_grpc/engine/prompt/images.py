@@ -1,7 +1,8 @@
 """Image bytes -> validated RGB picture -> Qwen2.5-VL patches.
 
 Bounds are checked on the encoded size and on the declared width x height before any pixel
-is decoded, so a decompression bomb costs a header read. Resizing to the model's pixel range is
+is decoded, so a decompression bomb costs a header read (image_files.py, which holds the checks and
+PIL's decode). Resizing to the model's pixel range is
 left to the checkpoint's own image processor (Qwen2.5-VL smart resize), so it matches the model.
 
 `decode_pixels` gives the uint8 pixels as a tensor. Plain JPEGs (the usual product photo:
@@ -20,17 +21,33 @@ the vision tower of a request's first images (bench/RESULTS.md, "Decode threads 
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import logging
 import struct
-import warnings
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..config import ImageLimits
+from ..types import ImagePart
+from .image_files import (
+    MAX_ASPECT_RATIO,
+    SUPPORTED_FORMATS,
+    ImageRejected,
+    _check_declared,
+    _check_size,
+    _load,
+    _open,
+    check_picture,
+    content_key,
+    decode_image,
+)
+
+__all__ = [
+    "MAX_ASPECT_RATIO", "SUPPORTED_FORMATS", "ImageRejected", "content_key", "decode_image", "decode_pixels",
+    "image_key", "jpeg_decoder_agrees", "part_pixels",
+]
 
 try:
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -45,77 +62,18 @@ _U16X2 = struct.Struct(">HH")
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
-MAX_ASPECT_RATIO = 200  # Qwen2.5-VL's smart_resize refuses anything wider
+
+def image_key(part: ImagePart) -> bytes:
+    """What identifies an image part's content: its bytes' digest, or its picture's."""
+    return part.picture.key if part.picture is not None else content_key(part.data)
 
 
-class ImageRejected(ValueError):
-    """The bytes are not an acceptable image; the message says why."""
-
-
-def content_key(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
-def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Decodes JPEG/PNG/WebP/GIF (first frame) bytes into an upright RGB image."""
-    return _load(_open(data, limits))
-
-
-def _open(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Reads and checks the header only."""
-    _check_size(data, limits)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected(f"image declares too many pixels ({exc})") from None
-    except Exception:
-        raise ImageRejected("not a decodable JPEG, PNG, WebP or GIF image") from None
-    _check_declared(*img.size, limits)
-    return img
-
-
-def _check_size(data: bytes, limits: ImageLimits) -> None:
-    if not data:
-        raise ImageRejected("image is empty")
-    if len(data) > limits.max_bytes:
-        raise ImageRejected(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
-
-
-def _check_declared(width: int, height: int, limits: ImageLimits) -> None:
-    """The bounds on what a header declares, checked before any pixel is decoded."""
-    if width <= 0 or height <= 0:
-        raise ImageRejected(f"image has no pixels ({width}x{height})")
-    if width * height > limits.max_pixels:
-        raise ImageRejected(
-            f"image declares {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}"
-        )
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        raise ImageRejected(f"image aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}:1")
-
-
-def _load(img: Image.Image) -> Image.Image:
-    try:
-        if getattr(img, "is_animated", False):
-            img.seek(0)
-        img.load()
-        img = ImageOps.exif_transpose(img) or img
-    except Exception:
-        raise ImageRejected("image data is truncated or corrupt") from None
-    return _to_rgb(img)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    # Transparent pixels go on white, as transformers' convert_to_rgb does.
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+def part_pixels(part: ImagePart, limits: ImageLimits, fast_jpeg: bool = False) -> torch.Tensor:
+    """`decode_pixels` of an image part; a part given as decoded pixels is checked, not decoded."""
+    if part.picture is None:
+        return decode_pixels(part.data, limits, fast_jpeg)
+    check_picture(part.picture, limits)
+    return torch.from_numpy(part.picture.pixels).permute(2, 0, 1)
 
 
 def decode_pixels(data: bytes, limits: ImageLimits, fast_jpeg: bool = False) -> torch.Tensor:

@@ -26,7 +26,7 @@ from ..errors import FieldViolation, InvalidInput
 from ..types import Document, ImagePart, Part, Query, TextPart
 from ..util.lru import LRU
 from . import template
-from .images import ImageRejected, content_key, decode_pixels, jpeg_decoder_agrees
+from .images import ImageRejected, image_key, jpeg_decoder_agrees, part_pixels
 from .positions import mrope_positions
 from .prepared import EncodedImage, Prefetch, PreparedDocument, PreparedQuery, Segment, prefetch_chunk
 from .truncation import text_head, truncate
@@ -170,8 +170,8 @@ class Preprocessor:
         self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
 
     # ---- images -------------------------------------------------------------------------
-    def _picture(self, data: bytes) -> torch.Tensor:
-        picture = decode_pixels(data, self.image_limits, fast_jpeg=self._fast_jpeg)
+    def _picture(self, part: ImagePart) -> torch.Tensor:
+        picture = part_pixels(part, self.image_limits, fast_jpeg=self._fast_jpeg)
         return picture.pin_memory() if self._pin else picture
 
     def _grid(self, height: int, width: int) -> tuple[int, int, int]:
@@ -181,16 +181,18 @@ class Preprocessor:
                             min_pixels=self.min_image_pixels, max_pixels=self.max_image_pixels)
         return (1, h // patch, w // patch)
 
-    def encode_image(self, data: bytes) -> tuple[EncodedImage, bool]:
-        """Validates and decodes an image unless its vision output is cached. Returns it (with its
-        decoded `picture`, pinned when it goes to a GPU, unless cached) and whether it was cached.
-        Safe to call from several threads: the decode and the copies release the GIL."""
-        key = content_key(data) + self._bounds_tag
+    def encode_image(self, image: ImagePart | bytes) -> tuple[EncodedImage, bool]:
+        """Validates and decodes an image (bytes, or a part: its bytes or its given pixels) unless
+        its vision output is cached. Returns it (with its decoded `picture`, pinned when it goes
+        to a GPU, unless cached) and whether it was cached. Safe to call from several threads: the
+        decode and the copies release the GIL."""
+        part = image if isinstance(image, ImagePart) else ImagePart(image)
+        key = image_key(part) + self._bounds_tag
         grid = self._grids.get(key)
         cached = grid is not None and self._vision_cached(key)
         picture = None
         if not cached:
-            picture = self._picture(data)
+            picture = self._picture(part)
             grid = self._grid(picture.shape[1], picture.shape[2])
         assert grid is not None
         t, h, w = grid
@@ -199,7 +201,7 @@ class Preprocessor:
             grid_thw=grid,
             tokens=t * h * w // self.merge_size**2,
             pixel_values=None,
-            decode=lambda: self._picture(data),
+            decode=lambda: self._picture(part),
             picture=picture,
         )
         return encoded, cached
@@ -207,7 +209,7 @@ class Preprocessor:
     def _decode_all(self, part_lists: Sequence[Sequence[Part]]) -> list[list[Future]]:
         """Starts decoding every image part (PIL releases the GIL while decoding)."""
         return [
-            [self._decoder.submit(self.encode_image, p.data) for p in parts if isinstance(p, ImagePart)]
+            [self._decoder.submit(self.encode_image, p) for p in parts if isinstance(p, ImagePart)]
             for parts in part_lists
         ]
 

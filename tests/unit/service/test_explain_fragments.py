@@ -3,19 +3,22 @@ limit, grid cells tiling their image, and the occluded copies built from them.""
 
 from __future__ import annotations
 
-import io
 import itertools
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from lychee_grpc.engine.config import ImageLimits
 from lychee_grpc.engine.errors import InvalidInput
+from lychee_grpc.engine.prompt.images import decode_pixels
 from lychee_grpc.service import fragments as fr
 from lychee_grpc.service.explain import plan
 from lychee_grpc.service.types import Document, ImagePart, Query, TextPart
 
-from ...helpers import noise_image
+from ...helpers import noise_image, png_declaring
+
+LIMITS = ImageLimits(max_bytes=1 << 20, max_pixels=1 << 20)
 
 
 def pieces(text: str) -> list[str]:
@@ -92,11 +95,18 @@ def test_grid_boxes_cover_the_image_exactly_once(width, height, grid):
     assert len(boxes) == min(grid, width) * min(grid, height)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF"])
+def test_the_pixels_explain_masks_are_the_pixels_the_engine_decodes(fmt):
+    data = noise_image(40, 30, fmt=fmt, seed=3)
+    engine_pixels = decode_pixels(data, LIMITS, fast_jpeg=True).permute(1, 2, 0).numpy()
+    assert np.array_equal(fr.upright_rgb(data, LIMITS), engine_pixels)
+
+
 def test_a_masked_copy_differs_from_the_image_only_inside_its_box():
-    pixels = fr.upright_rgb(noise_image(40, 30, fmt="JPEG", seed=2))
+    pixels = fr.upright_rgb(noise_image(40, 30, fmt="JPEG", seed=2), LIMITS)
     box = fr.grid_boxes(40, 30, 2)[3]
     colour = fr.mean_colour(pixels)
-    masked = np.asarray(Image.open(io.BytesIO(fr.masked_png(pixels, box, colour))).convert("RGB"))
+    masked = fr.masked_picture(pixels, box, colour).pixels
     inside = np.zeros(pixels.shape[:2], dtype=bool)
     inside[box.y : box.y + box.height, box.x : box.x + box.width] = True
     assert (masked[~inside] == pixels[~inside]).all()
@@ -107,24 +117,34 @@ def test_a_masked_copy_differs_from_the_image_only_inside_its_box():
 def test_plan_merges_text_into_phrases_to_fit_the_limit_and_drops_nothing():
     words = " ".join(f"w{i}" for i in range(40))
     doc = Document("d", (TextPart(words), ImagePart(noise_image(32, 32, seed=1)), TextPart("short tail")))
-    occlusions = plan(Query((TextPart("q"),)), doc, grid=2, include_query=False, limit=10, max_image_bytes=1 << 20)
+    occlusions = plan(Query((TextPart("q"),)), doc, grid=2, include_query=False, limit=10, limits=LIMITS)
     assert len(occlusions) == 10
     first = [o for o in occlusions if o.part_index == 0]
     assert "".join(o.text for o in first) == words  # phrases still cover every word
     assert sum(o.box is not None for o in occlusions) == 4
 
 
+def test_plan_checks_an_image_against_the_engines_limits_before_decoding_it(monkeypatch):
+    loaded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: loaded.append(1))
+    doc = Document("d", (TextPart("a b"), ImagePart(png_declaring(5000, 5000))))
+    with pytest.raises(InvalidInput) as err:
+        plan(Query((TextPart("q"),)), doc, grid=2, include_query=False, limit=16, limits=LIMITS)
+    assert [v.field for v in err.value.violations] == ["document.parts[1].image"]
+    assert "5000x5000" in err.value.violations[0].description and not loaded
+
+
 def test_plan_refuses_a_grid_whose_cells_do_not_fit_naming_grid_size():
     doc = Document("d", (TextPart("a b"), ImagePart(noise_image(32, 32, seed=1))))
     with pytest.raises(InvalidInput) as err:
-        plan(Query((TextPart("q"),)), doc, grid=4, include_query=False, limit=16, max_image_bytes=1 << 20)
+        plan(Query((TextPart("q"),)), doc, grid=4, include_query=False, limit=16, limits=LIMITS)
     assert [v.field for v in err.value.violations] == ["grid_size"]
 
 
 def test_plan_orders_query_fragments_first_and_builds_their_variants():
     query = Query((TextPart("复古牛仔外套"),))
     doc = Document("d", (TextPart("denim jacket"),))
-    occlusions = plan(query, doc, grid=2, include_query=True, limit=64, max_image_bytes=1 << 20)
+    occlusions = plan(query, doc, grid=2, include_query=True, limit=64, limits=LIMITS)
     assert [(o.source, o.text) for o in occlusions] == [
         ("query", "复古"), ("query", "牛仔"), ("query", "外套"), ("document", "denim "), ("document", "jacket")]
     assert occlusions[1].parts == (TextPart("复古外套"),)
@@ -133,14 +153,14 @@ def test_plan_orders_query_fragments_first_and_builds_their_variants():
 
 def test_a_lone_text_fragment_is_refused_since_nothing_would_be_left():
     with pytest.raises(InvalidInput) as err:
-        plan(Query((TextPart("sofa"),)), Document("d", (TextPart("grey sofa"),)), 2, True, 64, 1 << 20)
+        plan(Query((TextPart("sofa"),)), Document("d", (TextPart("grey sofa"),)), 2, True, 64, LIMITS)
     assert [v.field for v in err.value.violations] == ["include_query"]
     with pytest.raises(InvalidInput) as err:
-        plan(Query((TextPart("sofa"),)), Document("d", (TextPart("sofa"),)), 2, False, 64, 1 << 20)
+        plan(Query((TextPart("sofa"),)), Document("d", (TextPart("sofa"),)), 2, False, 64, LIMITS)
     assert [v.field for v in err.value.violations] == ["document"]
 
 
 def test_a_text_part_left_blank_by_its_removal_is_left_out():
     doc = Document("d", (TextPart("sofa"), ImagePart(noise_image(16, 16, seed=1))))
-    occlusions = plan(Query((TextPart("q"),)), doc, grid=1, include_query=False, limit=64, max_image_bytes=1 << 20)
+    occlusions = plan(Query((TextPart("q"),)), doc, grid=1, include_query=False, limit=64, limits=LIMITS)
     assert occlusions[0].parts == (doc.parts[1],)

@@ -1,0 +1,95 @@
+"""Image files -> checked, upright RGB pictures, without torch (the service's Explain decodes with
+these too, so a picture it masks is the one the engine would decode, refused in the same words).
+
+Bounds are checked on the encoded size and on the declared width x height before any pixel is
+decoded, so a decompression bomb costs a header read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+from PIL import Image, ImageOps
+
+from ..config import ImageLimits
+from ..types import Picture
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+MAX_ASPECT_RATIO = 200  # Qwen2.5-VL's smart_resize refuses anything wider
+
+
+class ImageRejected(ValueError):
+    """The bytes are not an acceptable image; the message says why."""
+
+
+def content_key(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Decodes JPEG/PNG/WebP/GIF (first frame) bytes into an upright RGB image."""
+    return _load(_open(data, limits))
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Reads and checks the header only."""
+    _check_size(data, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(f"image declares too many pixels ({exc})") from None
+    except Exception:
+        raise ImageRejected("not a decodable JPEG, PNG, WebP or GIF image") from None
+    _check_declared(*img.size, limits)
+    return img
+
+
+def _check_size(data: bytes, limits: ImageLimits) -> None:
+    if not data:
+        raise ImageRejected("image is empty")
+    if len(data) > limits.max_bytes:
+        raise ImageRejected(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
+
+
+def _check_declared(width: int, height: int, limits: ImageLimits) -> None:
+    """The bounds on what a header declares, checked before any pixel is decoded."""
+    if width <= 0 or height <= 0:
+        raise ImageRejected(f"image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise ImageRejected(
+            f"image declares {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}"
+        )
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageRejected(f"image aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}:1")
+
+
+def _load(img: Image.Image) -> Image.Image:
+    try:
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+    except Exception:
+        raise ImageRejected("image data is truncated or corrupt") from None
+    return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    # Transparent pixels go on white, as transformers' convert_to_rgb does.
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def check_picture(picture: Picture, limits: ImageLimits) -> None:
+    """The bounds on decoded pixels given in place of bytes (Explain's masked cells): those of
+    `_check_declared`, as for the image they were made from."""
+    _check_declared(picture.width, picture.height, limits)
