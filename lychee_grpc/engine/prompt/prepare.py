@@ -168,6 +168,7 @@ class Preprocessor:
         self._grids: LRU[bytes, tuple[int, int, int]] = LRU(max_items=65536)
         self._overheads: dict[str, int] = {}
         self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
+        self._tail = self._suffix_tail()
 
     # ---- images -------------------------------------------------------------------------
     def _picture(self, data: bytes) -> torch.Tensor:
@@ -387,6 +388,47 @@ class Preprocessor:
                 out[i] = ids
         return [ids for ids in out if ids is not None]
 
+    def _suffix_tail(self) -> tuple[list[int], str, int] | None:
+        """The ids of template.SUFFIX_TAIL on the ordinary path, its text, and the end of its first
+        marker (the tail starts with one); None when that path cannot tokenize it as its markers."""
+        if self._ordinary is None or self._added is None:
+            return None
+        text, markers = template.render_with_spans(template.runs(template.SUFFIX_TAIL))
+        if not markers or markers[0][0] != 0 or [m.span() for m in self._added.finditer(text)] != markers:
+            return None
+        return self._ordinary([text])[0], text, markers[0][1]
+
+    def _encode_text_runs(self, runs: Sequence[str | None]) -> list[list[int] | None]:
+        """For each text-only document's suffix run (`template.text_suffix_run`), the ids of the run
+        alone, to which the tail's ids are appended to make the suffix's (None where the run is None
+        or must take `encode_pieces`).
+
+        The condition is `encode_pieces`' own for its ordinary path: the added-token strings of the
+        rendered suffix (run + tail) are exactly its markers. Then the tokenizer splits the tail off
+        at its first marker and tokenizes the run on its own, so its ids are the run's followed by
+        the tail's, which are the same for every document and computed once. The check's search
+        finds the first added-token string; when it is the tail's first marker, the rest are the
+        tail's (checked once, in `_suffix_tail`). Every document of a text request was rendered,
+        spanned and tokenized whole before: this is one string and one search each (T100's
+        documents: bench/RESULTS.md, "Preparing T100's documents")."""
+        out: list[list[int] | None] = [None] * len(runs)
+        if self._tail is None or self._ordinary is None or self._added is None:
+            return out
+        _, tail_text, first_end = self._tail
+        search = self._added.search
+        whole: list[int] = []
+        texts: list[str] = []
+        for i, run in enumerate(runs):
+            if run is None:
+                continue
+            found = search(run + tail_text)
+            if found is not None and found.start() == len(run) and found.end() == len(run) + first_end:
+                whole.append(i)
+                texts.append(run)
+        for i, ids in zip(whole, self._ordinary(texts)):
+            out[i] = ids
+        return out
+
     def _encode_literal(self, shaped: Sequence[Sequence[template.Piece]]) -> list[list[int]]:
         texts = [piece for pieces in shaped for piece in pieces if isinstance(piece, str)]
         encoded = iter(self.plain_text(texts))
@@ -451,25 +493,40 @@ class Preprocessor:
             self._prefetch_ready(pending, 1, prefetch)  # the last, shorter chunk
         # One <|image_pad|> per image, expanded after tokenization: it is a special token, split off
         # before BPE, so this equals tokenizing every pad (256 per 448x448 image) at a fraction of the work.
-        suffixes = [template.suffix_pieces(template.parts_pieces(doc.parts)) for _, doc, _, _ in encoded]
         clean = query.clean_boundary_ids is not None
+        shared = len(query.prefix_ids)
+        prefix_ids = np.asarray(query.prefix_ids, dtype=np.int64)
+        # Text-only documents after a clean boundary of a text query (whose positions are the tokens'
+        # indices): their suffix is their run's ids and the tail's.
+        text_ids: list[list[int] | None] = (
+            self._encode_text_runs([template.text_suffix_run(doc.parts) for _, doc, _, _ in encoded])
+            if clean and not query.images else [None] * len(encoded))
+        rest = [k for k, ids in enumerate(text_ids) if ids is None]
+        all_ids: list[np.ndarray | None] = [None] * len(encoded)
         if clean:
             # The prefix's tokens cannot change with the document: tokenize only the suffixes.
             prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
-            all_ids = [
-                np.concatenate((prefix, self._expand_pads(ids, images)))
-                for ids, (_, _, images, _) in zip(self.encode_pieces(suffixes), encoded)
-            ]
+            suffixes = [template.suffix_pieces(template.parts_pieces(encoded[k][1].parts)) for k in rest]
+            for k, ids in zip(rest, self.encode_pieces(suffixes)):
+                all_ids[k] = np.concatenate((prefix, self._expand_pads(ids, encoded[k][2])))
+            fast = self._text_segments(query, text_ids)
         else:
             prefix_pieces = template.prefix_pieces(query.instruction, query.query_pieces)
-            all_ids = [
-                self._expand_pads(ids, query.images + images)
-                for ids, (_, _, images, _) in zip(self.encode_pieces([prefix_pieces + x for x in suffixes]), encoded)
-            ]
-        shared = len(query.prefix_ids)
-        prefix_ids = np.asarray(query.prefix_ids, dtype=np.int64)
+            suffixes = [template.suffix_pieces(template.parts_pieces(doc.parts)) for _, doc, _, _ in encoded]
+            for k, ids in enumerate(self.encode_pieces([prefix_pieces + x for x in suffixes])):
+                all_ids[k] = self._expand_pads(ids, query.images + encoded[k][2])
+            fast = {}
         out: list[PreparedDocument] = []
-        for (index, doc, images, cached), ids in zip(encoded, all_ids):
+        for k, (index, doc, images, cached) in enumerate(encoded):
+            ids = all_ids[k]
+            if ids is None:  # a text-only document after a clean boundary
+                segment = fast[k]
+                doc_tokens = len(segment)
+                if doc_tokens <= limit:
+                    out.append(PreparedDocument(index=index, id=doc.id, segment=segment, uses_prefix=True,
+                                                prompt_tokens=shared + doc_tokens, images=0, cached_images=cached))
+                    continue
+                ids = np.concatenate((prefix_ids, segment.ids.numpy()))  # truncated or refused below
             doc_tokens = ids.size - shared
             truncated = False
             if doc_tokens > limit and cut_ends:
@@ -518,6 +575,36 @@ class Preprocessor:
         if violations:
             raise InvalidInput(violations)
         return out
+
+    def _text_segments(self, query: PreparedQuery, text_ids: Sequence[list[int] | None]) -> dict[int, Segment]:
+        """By document, the segments after the shared prefix of text-only documents (those whose
+        run ids `text_ids` holds) after a clean boundary of a text query: the prefix's last tokens,
+        the run's and the tail's. All their ids make one array and one tensor, split into views, and
+        their positions are views of one range (a text token's three positions are its index):
+        a torch call or two per document, where each made ~8 (bench/RESULTS.md, "Preparing T100's
+        documents")."""
+        if self._tail is None or query.clean_boundary_ids is None:
+            return {}
+        tail = self._tail[0]
+        shared = len(query.prefix_ids)
+        head = query.clean_boundary_ids[shared:]
+        rows: list[int] = []
+        flat: list[int] = []
+        sizes: list[int] = []
+        for k, ids in enumerate(text_ids):
+            if ids is None:
+                continue
+            rows.append(k)
+            flat += head
+            flat += ids
+            flat += tail
+            sizes.append(len(head) + len(ids) + len(tail))
+        if not rows:
+            return {}
+        segments = torch.split(torch.from_numpy(np.array(flat, dtype=np.int64)), sizes)
+        positions = torch.arange(shared, shared + max(sizes)).expand(3, -1)
+        return {k: Segment(ids=ids_t, positions=positions[:, :size], images=[])
+                for k, ids_t, size in zip(rows, segments, sizes)}
 
     def _document_ids(self, query: PreparedQuery, parts: Sequence[Part], images: list[EncodedImage]) -> np.ndarray:
         """The whole prompt's ids for one document, tokenized as `prepare_documents` does."""
