@@ -50,6 +50,7 @@ def clean_boundary(query: Query) -> bool:
 class _TextFacts:
     plain: Callable[[list[str]], list[list[int]]]  # the plain-text encoder
     ordinary: Callable[[list[str]], list[list[int]]] | None  # the tokenizer as it is (encode_pieces)
+    ordinary_ascii: Callable[[list[str]], list[list[int]]] | None  # `ordinary` for ASCII texts (_ascii_copy)
     added: re.Pattern[str] | None  # every added token's string (encode_pieces)
     chars_per_token: int
 
@@ -64,11 +65,48 @@ def _text_facts(tokenizer) -> _TextFacts:
     if facts is None:
         ordinary = _backend_copy(tokenizer, plain=False)
         added = _added_token_pattern(tokenizer) if ordinary is not None else None
+        usable = ordinary is not None and added is not None
+        ascii_copy = _ascii_copy(ordinary) if usable else None
         facts = _TEXT_FACTS[tokenizer] = _TextFacts(
             plain=_plain_text_encoder(tokenizer),
-            ordinary=_batch_encoder(ordinary) if ordinary is not None and added is not None else None,
+            ordinary=_batch_encoder(ordinary) if usable else None,
+            ordinary_ascii=_batch_encoder(ascii_copy) if ascii_copy is not None else None,
             added=added, chars_per_token=_max_chars_per_token(tokenizer))
     return facts
+
+
+def _added_token_facts(tokenizer) -> dict[int, tuple]:
+    return {i: (t.content, t.special, t.normalized, t.lstrip, t.rstrip, t.single_word)
+            for i, t in tokenizer.get_added_tokens_decoder().items()}
+
+
+def _ascii_copy(copy):
+    """`copy` without its NFC normalizer, which leaves ASCII text as it is: the same ids for ASCII
+    text, without the normalization pass (~12% of the tokenizer's time on T100's documents;
+    bench/RESULTS.md, "Preparing T100's documents"). It shares `copy`'s model (vocabulary,
+    merges, BPE cache) rather than parsing another. None when the normalizer is not NFC, or the
+    copy's added tokens do not come out as the original's."""
+    from tokenizers import Tokenizer, normalizers
+
+    if not isinstance(copy.normalizer, normalizers.NFC):
+        return None
+    bare = Tokenizer(copy.model)
+    for component in ("pre_tokenizer", "post_processor", "decoder"):
+        if getattr(copy, component) is not None:
+            setattr(bare, component, getattr(copy, component))
+    added = copy.get_added_tokens_decoder()
+    for token_id in sorted(added):  # in id order, each takes its own id again
+        token = added[token_id]
+        if token.special:
+            bare.add_special_tokens([token])
+        else:
+            bare.add_tokens([token])
+    bare.encode_special_tokens = copy.encode_special_tokens
+    probe = "x <b> 12 y\n\n  z" + "".join(t.content for t in added.values())
+    if (_added_token_facts(bare) != _added_token_facts(copy)
+            or bare.encode(probe, add_special_tokens=False).ids != copy.encode(probe, add_special_tokens=False).ids):
+        return None
+    return bare
 
 
 def _backend_copy(tokenizer, plain: bool):
@@ -149,6 +187,7 @@ class Preprocessor:
         self.plain_text, self._chars_per_token = facts.plain, facts.chars_per_token
         # The ordinary path (see encode_pieces): the tokenizer as it is, and what it splits off.
         self._ordinary, self._added = facts.ordinary, facts.added
+        self._ordinary_ascii = facts.ordinary_ascii
         self._instruction_tokens: dict[str, int] = {}
         self._marker_ids: dict[str, int] = {}
         self.image_processor = processor.image_processor
@@ -380,7 +419,7 @@ class Preprocessor:
                 if [m.span() for m in self._added.finditer(text)] == markers:
                     whole.append(i)
                     texts.append(text)
-            for i, ids in zip(whole, self._ordinary(texts)):
+            for i, ids in zip(whole, self._ordinary_ids(texts)):
                 out[i] = ids
         literal = [i for i, ids in enumerate(out) if ids is None]
         if literal:
@@ -425,7 +464,26 @@ class Preprocessor:
             if found is not None and found.start() == len(run) and found.end() == len(run) + first_end:
                 whole.append(i)
                 texts.append(run)
-        for i, ids in zip(whole, self._ordinary(texts)):
+        for i, ids in zip(whole, self._ordinary_ids(texts)):
+            out[i] = ids
+        return out
+
+    def _ordinary_ids(self, texts: list[str]) -> list[list[int]]:
+        """The ordinary tokenizer's ids of `texts`, the ASCII ones through its copy without the
+        normalizer (the same ids)."""
+        assert self._ordinary is not None
+        if self._ordinary_ascii is None:
+            return self._ordinary(texts)
+        plain = [i for i, text in enumerate(texts) if text.isascii()]
+        if len(plain) == len(texts):
+            return self._ordinary_ascii(texts)
+        if not plain:
+            return self._ordinary(texts)
+        out: list[list[int]] = [[] for _ in texts]
+        for i, ids in zip(plain, self._ordinary_ascii([texts[i] for i in plain])):
+            out[i] = ids
+        others = [i for i, text in enumerate(texts) if not text.isascii()]
+        for i, ids in zip(others, self._ordinary([texts[i] for i in others])):
             out[i] = ids
         return out
 
