@@ -315,7 +315,7 @@ class Preprocessor:
             violations.append(FieldViolation(f"{path}.parts", "must have at least one part"))
         for i, part in enumerate(parts):
             if isinstance(part, TextPart):
-                if not part.text.strip():
+                if not part.text or part.text.isspace():  # as `not strip()`, without copying the text
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
                 elif self.certainly_over(part.text, max_tokens):
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", f"text is {len(part.text)} "
@@ -332,10 +332,11 @@ class Preprocessor:
                 cached += hit
             else:
                 violations.append(FieldViolation(f"{path}.parts[{i}]", "part has neither text nor image"))
-        chars = sum(len(part.text) for part in parts if isinstance(part, TextPart))
-        if len(parts) > 1 and chars > max_tokens * self._chars_per_token:
-            violations.append(FieldViolation(path, f"texts are {chars} characters, certainly over the limit of "
-                                             f"{max_tokens} tokens"))
+        if len(parts) > 1:
+            chars = sum(len(part.text) for part in parts if isinstance(part, TextPart))
+            if chars > max_tokens * self._chars_per_token:
+                violations.append(FieldViolation(path, f"texts are {chars} characters, certainly over the limit of "
+                                                 f"{max_tokens} tokens"))
         return images, cached
 
     # ---- query --------------------------------------------------------------------------
@@ -659,10 +660,12 @@ class Preprocessor:
             sizes.append(len(head) + len(ids) + len(tail))
         if not rows:
             return {}
-        segments = torch.split(torch.from_numpy(np.array(flat, dtype=np.int64)), sizes)
-        positions = torch.arange(shared, shared + max(sizes)).expand(3, -1)
-        return {k: Segment(ids=ids_t, positions=positions[:, :size], images=[])
-                for k, ids_t, size in zip(rows, segments, sizes)}
+        segments = torch.split(torch.from_numpy(np.fromiter(flat, dtype=np.int64, count=len(flat))), sizes)
+        # Each document's positions count from `shared`: its range, laid end to end with the others'.
+        counts = np.asarray(sizes)
+        positions = np.arange(len(flat), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts - shared, counts)
+        spans = torch.split(torch.from_numpy(positions).expand(3, -1), sizes, dim=1)
+        return {k: Segment(ids=ids_t, positions=pos, images=[]) for k, ids_t, pos in zip(rows, segments, spans)}
 
     def _document_ids(self, query: PreparedQuery, parts: Sequence[Part], images: list[EncodedImage]) -> np.ndarray:
         """The whole prompt's ids for one document, tokenized as `prepare_documents` does."""
