@@ -3,10 +3,19 @@ runs on (no model: the tiny checkpoint's tokenizer and image processor; images p
 GPU when there is one).
 
     python -m bench.profile.prep
+
+`--text` times only T100's documents, split into the tokenizer's calls and the rest (Python);
+`--cprofile` adds the top functions; `--against FILE` loads FILE (another checkout's
+lychee_grpc/engine/prompt/prepare.py, e.g. from `git show REV:lychee_grpc/engine/prompt/prepare.py`)
+beside this one, checks both prepare the same, and alternates them round by round (ratios new/old):
+
+    python -m bench.profile.prep --text --rounds 300 --against /tmp/old_prepare.py
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import statistics
 import sys
 import time
@@ -37,7 +46,99 @@ def ms(fn, n: int = 5) -> float:
     return statistics.median(times)
 
 
+def _timed_tokenizer(pre: Preprocessor, spent: list[float]) -> None:
+    """Adds the time of `pre`'s ordinary-path tokenizer calls (all of T100's) to spent[0]."""
+    for name in ("_ordinary", "_ordinary_ascii"):
+        encode = getattr(pre, name, None)
+        if encode is None:
+            continue
+
+        def call(texts, encode=encode):
+            t0 = time.perf_counter()
+            out = encode(texts)
+            spent[0] += time.perf_counter() - t0
+            return out
+
+        setattr(pre, name, call)
+
+
+def _same(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert (x.index, x.id, x.uses_prefix, x.prompt_tokens, x.images, x.truncated) == \
+            (y.index, y.id, y.uses_prefix, y.prompt_tokens, y.images, y.truncated)
+        for u, v in ((x.segment.ids, y.segment.ids), (x.segment.positions, y.segment.positions)):
+            assert u.dtype == v.dtype and u.shape == v.shape and u.stride() == v.stride() and torch.equal(u, v)
+
+
+def text_main(rounds: int, against: str | None, cprofile: bool) -> int:
+    """T100's documents: the tokenizer's calls and the rest, this tree and optionally `against`."""
+    from bench.harness.workloads import text_workload
+
+    proc = AutoProcessor.from_pretrained(DEFAULT_TINY)
+    kinds: dict[str, type] = {"this": Preprocessor}
+    if against:
+        spec = importlib.util.spec_from_file_location("lychee_grpc.engine.prompt._against_prepare", against)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        kinds = {"against": module.Preprocessor, "this": Preprocessor}
+    pad = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    query, docs = text_workload(proc.tokenizer, 1)
+    documents = list(enumerate(docs))
+    spent = {name: [0.0] for name in kinds}
+    pres, queries = {}, {}
+    for name, kind in kinds.items():
+        pres[name] = kind(proc, pad, 2, TextLimits(), ImageLimits(), 3136, 12845056)
+        _timed_tokenizer(pres[name], spent[name])
+        queries[name] = pres[name].prepare_query(query, DEFAULT_INSTRUCTION)
+    if against:
+        _same(pres["against"].prepare_documents(queries["against"], documents),
+              pres["this"].prepare_documents(queries["this"], documents))
+        print("the same ids, positions and fields")
+    total: dict[str, list[float]] = {name: [] for name in kinds}
+    tokenizer: dict[str, list[float]] = {name: [] for name in kinds}
+    for r in range(rounds):
+        for name in (list(kinds) if r % 2 == 0 else list(kinds)[::-1]):
+            spent[name][0] = 0.0
+            t0 = time.perf_counter()
+            pres[name].prepare_documents(queries[name], documents)
+            total[name].append((time.perf_counter() - t0) * 1e3)
+            tokenizer[name].append(spent[name][0] * 1e3)
+    med = statistics.median
+    print(f"T100 prepare_documents, median of {rounds} rounds (ms): total, tokenizer calls, the rest")
+    for name in kinds:
+        rest = [t - k for t, k in zip(total[name], tokenizer[name])]
+        print(f"{name:8s} {med(total[name]):8.3f} {med(tokenizer[name]):8.3f} {med(rest):8.3f}")
+    if against:
+        a, b = total["against"], total["this"]
+        ka, kb = tokenizer["against"], tokenizer["this"]
+        print(f"this/against, median of the rounds' ratios: total {med([y / x for x, y in zip(a, b)]):.3f}, "
+              f"tokenizer {med([y / x for x, y in zip(ka, kb)]):.3f}, "
+              f"rest {med([(y - v) / (x - u) for x, y, u, v in zip(a, b, ka, kb)]):.3f}")
+    if cprofile:
+        import cProfile
+        import pstats
+
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(50):
+            pres["this"].prepare_documents(queries["this"], documents)
+        profile.disable()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(20)
+    return 0
+
+
 def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--text", action="store_true", help="only T100's documents: tokenizer calls and the rest")
+    p.add_argument("--rounds", type=int, default=200)
+    p.add_argument("--against", help="with --text: another checkout's prepare.py, alternated with this one")
+    p.add_argument("--cprofile", action="store_true", help="with --text: the top functions of this tree's")
+    a = p.parse_args()
+    if a.text:
+        return text_main(a.rounds, a.against, a.cprofile)
     proc = AutoProcessor.from_pretrained(DEFAULT_TINY)
     device = "cuda" if torch.cuda.is_available() else None
     query, docs = image_workload(proc.tokenizer, 2)

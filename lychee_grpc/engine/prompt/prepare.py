@@ -50,6 +50,7 @@ def clean_boundary(query: Query) -> bool:
 class _TextFacts:
     plain: Callable[[list[str]], list[list[int]]]  # the plain-text encoder
     ordinary: Callable[[list[str]], list[list[int]]] | None  # the tokenizer as it is (encode_pieces)
+    ordinary_ascii: Callable[[list[str]], list[list[int]]] | None  # `ordinary` for ASCII texts (_ascii_copy)
     added: re.Pattern[str] | None  # every added token's string (encode_pieces)
     chars_per_token: int
 
@@ -64,11 +65,48 @@ def _text_facts(tokenizer) -> _TextFacts:
     if facts is None:
         ordinary = _backend_copy(tokenizer, plain=False)
         added = _added_token_pattern(tokenizer) if ordinary is not None else None
+        usable = ordinary is not None and added is not None
+        ascii_copy = _ascii_copy(ordinary) if usable else None
         facts = _TEXT_FACTS[tokenizer] = _TextFacts(
             plain=_plain_text_encoder(tokenizer),
-            ordinary=_batch_encoder(ordinary) if ordinary is not None and added is not None else None,
+            ordinary=_batch_encoder(ordinary) if usable else None,
+            ordinary_ascii=_batch_encoder(ascii_copy) if ascii_copy is not None else None,
             added=added, chars_per_token=_max_chars_per_token(tokenizer))
     return facts
+
+
+def _added_token_facts(tokenizer) -> dict[int, tuple]:
+    return {i: (t.content, t.special, t.normalized, t.lstrip, t.rstrip, t.single_word)
+            for i, t in tokenizer.get_added_tokens_decoder().items()}
+
+
+def _ascii_copy(copy):
+    """`copy` without its NFC normalizer, which leaves ASCII text as it is: the same ids for ASCII
+    text, without the normalization pass (~12% of the tokenizer's time on T100's documents;
+    bench/RESULTS.md, "Preparing T100's documents"). It shares `copy`'s model (vocabulary,
+    merges, BPE cache) rather than parsing another. None when the normalizer is not NFC, or the
+    copy's added tokens do not come out as the original's."""
+    from tokenizers import Tokenizer, normalizers
+
+    if not isinstance(copy.normalizer, normalizers.NFC):
+        return None
+    bare = Tokenizer(copy.model)
+    for component in ("pre_tokenizer", "post_processor", "decoder"):
+        if getattr(copy, component) is not None:
+            setattr(bare, component, getattr(copy, component))
+    added = copy.get_added_tokens_decoder()
+    for token_id in sorted(added):  # in id order, each takes its own id again
+        token = added[token_id]
+        if token.special:
+            bare.add_special_tokens([token])
+        else:
+            bare.add_tokens([token])
+    bare.encode_special_tokens = copy.encode_special_tokens
+    probe = "x <b> 12 y\n\n  z" + "".join(t.content for t in added.values())
+    if (_added_token_facts(bare) != _added_token_facts(copy)
+            or bare.encode(probe, add_special_tokens=False).ids != copy.encode(probe, add_special_tokens=False).ids):
+        return None
+    return bare
 
 
 def _backend_copy(tokenizer, plain: bool):
@@ -149,6 +187,7 @@ class Preprocessor:
         self.plain_text, self._chars_per_token = facts.plain, facts.chars_per_token
         # The ordinary path (see encode_pieces): the tokenizer as it is, and what it splits off.
         self._ordinary, self._added = facts.ordinary, facts.added
+        self._ordinary_ascii = facts.ordinary_ascii
         self._instruction_tokens: dict[str, int] = {}
         self._marker_ids: dict[str, int] = {}
         self.image_processor = processor.image_processor
@@ -168,6 +207,7 @@ class Preprocessor:
         self._grids: LRU[bytes, tuple[int, int, int]] = LRU(max_items=65536)
         self._overheads: dict[str, int] = {}
         self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
+        self._tail = self._suffix_tail()
 
     # ---- images -------------------------------------------------------------------------
     def _picture(self, part: ImagePart) -> torch.Tensor:
@@ -277,7 +317,7 @@ class Preprocessor:
             violations.append(FieldViolation(f"{path}.parts", "must have at least one part"))
         for i, part in enumerate(parts):
             if isinstance(part, TextPart):
-                if not part.text.strip():
+                if not part.text or part.text.isspace():  # as `not strip()`, without copying the text
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", "text is empty"))
                 elif self.certainly_over(part.text, max_tokens):
                     violations.append(FieldViolation(f"{path}.parts[{i}].text", f"text is {len(part.text)} "
@@ -294,10 +334,11 @@ class Preprocessor:
                 cached += hit
             else:
                 violations.append(FieldViolation(f"{path}.parts[{i}]", "part has neither text nor image"))
-        chars = sum(len(part.text) for part in parts if isinstance(part, TextPart))
-        if len(parts) > 1 and chars > max_tokens * self._chars_per_token:
-            violations.append(FieldViolation(path, f"texts are {chars} characters, certainly over the limit of "
-                                             f"{max_tokens} tokens"))
+        if len(parts) > 1:
+            chars = sum(len(part.text) for part in parts if isinstance(part, TextPart))
+            if chars > max_tokens * self._chars_per_token:
+                violations.append(FieldViolation(path, f"texts are {chars} characters, certainly over the limit of "
+                                                 f"{max_tokens} tokens"))
         return images, cached
 
     # ---- query --------------------------------------------------------------------------
@@ -381,13 +422,73 @@ class Preprocessor:
                 if [m.span() for m in self._added.finditer(text)] == markers:
                     whole.append(i)
                     texts.append(text)
-            for i, ids in zip(whole, self._ordinary(texts)):
+            for i, ids in zip(whole, self._ordinary_ids(texts)):
                 out[i] = ids
         literal = [i for i, ids in enumerate(out) if ids is None]
         if literal:
             for i, ids in zip(literal, self._encode_literal([shaped[i] for i in literal])):
                 out[i] = ids
         return [ids for ids in out if ids is not None]
+
+    def _suffix_tail(self) -> tuple[list[int], str, int] | None:
+        """The ids of template.SUFFIX_TAIL on the ordinary path, its text, and the end of its first
+        marker (the tail starts with one); None when that path cannot tokenize it as its markers."""
+        if self._ordinary is None or self._added is None:
+            return None
+        text, markers = template.render_with_spans(template.runs(template.SUFFIX_TAIL))
+        if not markers or markers[0][0] != 0 or [m.span() for m in self._added.finditer(text)] != markers:
+            return None
+        return self._ordinary([text])[0], text, markers[0][1]
+
+    def _encode_text_runs(self, runs: Sequence[str | None]) -> list[list[int] | None]:
+        """For each text-only document's suffix run (`template.text_suffix_run`), the ids of the run
+        alone, to which the tail's ids are appended to make the suffix's (None where the run is None
+        or must take `encode_pieces`).
+
+        The condition is `encode_pieces`' own for its ordinary path: the added-token strings of the
+        rendered suffix (run + tail) are exactly its markers. Then the tokenizer splits the tail off
+        at its first marker and tokenizes the run on its own, so its ids are the run's followed by
+        the tail's, which are the same for every document and computed once. The check's search
+        finds the first added-token string; when it is the tail's first marker, the rest are the
+        tail's (checked once, in `_suffix_tail`). Every document of a text request was rendered,
+        spanned and tokenized whole before: this is one string and one search each (T100's
+        documents: bench/RESULTS.md, "Preparing T100's documents")."""
+        out: list[list[int] | None] = [None] * len(runs)
+        if self._tail is None or self._ordinary is None or self._added is None:
+            return out
+        _, tail_text, first_end = self._tail
+        search = self._added.search
+        whole: list[int] = []
+        texts: list[str] = []
+        for i, run in enumerate(runs):
+            if run is None:
+                continue
+            found = search(run + tail_text)
+            if found is not None and found.start() == len(run) and found.end() == len(run) + first_end:
+                whole.append(i)
+                texts.append(run)
+        for i, ids in zip(whole, self._ordinary_ids(texts)):
+            out[i] = ids
+        return out
+
+    def _ordinary_ids(self, texts: list[str]) -> list[list[int]]:
+        """The ordinary tokenizer's ids of `texts`, the ASCII ones through its copy without the
+        normalizer (the same ids)."""
+        assert self._ordinary is not None
+        if self._ordinary_ascii is None:
+            return self._ordinary(texts)
+        plain = [i for i, text in enumerate(texts) if text.isascii()]
+        if len(plain) == len(texts):
+            return self._ordinary_ascii(texts)
+        if not plain:
+            return self._ordinary(texts)
+        out: list[list[int]] = [[] for _ in texts]
+        for i, ids in zip(plain, self._ordinary_ascii([texts[i] for i in plain])):
+            out[i] = ids
+        others = [i for i, text in enumerate(texts) if not text.isascii()]
+        for i, ids in zip(others, self._ordinary([texts[i] for i in others])):
+            out[i] = ids
+        return out
 
     def _encode_literal(self, shaped: Sequence[Sequence[template.Piece]]) -> list[list[int]]:
         texts = [piece for pieces in shaped for piece in pieces if isinstance(piece, str)]
@@ -453,25 +554,40 @@ class Preprocessor:
             self._prefetch_ready(pending, 1, prefetch)  # the last, shorter chunk
         # One <|image_pad|> per image, expanded after tokenization: it is a special token, split off
         # before BPE, so this equals tokenizing every pad (256 per 448x448 image) at a fraction of the work.
-        suffixes = [template.suffix_pieces(template.parts_pieces(doc.parts)) for _, doc, _, _ in encoded]
         clean = query.clean_boundary_ids is not None
+        shared = len(query.prefix_ids)
+        prefix_ids = np.asarray(query.prefix_ids, dtype=np.int64)
+        # Text-only documents after a clean boundary of a text query (whose positions are the tokens'
+        # indices): their suffix is their run's ids and the tail's.
+        text_ids: list[list[int] | None] = (
+            self._encode_text_runs([template.text_suffix_run(doc.parts) for _, doc, _, _ in encoded])
+            if clean and not query.images else [None] * len(encoded))
+        rest = [k for k, ids in enumerate(text_ids) if ids is None]
+        all_ids: list[np.ndarray | None] = [None] * len(encoded)
         if clean:
             # The prefix's tokens cannot change with the document: tokenize only the suffixes.
             prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
-            all_ids = [
-                np.concatenate((prefix, self._expand_pads(ids, images)))
-                for ids, (_, _, images, _) in zip(self.encode_pieces(suffixes), encoded)
-            ]
+            suffixes = [template.suffix_pieces(template.parts_pieces(encoded[k][1].parts)) for k in rest]
+            for k, ids in zip(rest, self.encode_pieces(suffixes)):
+                all_ids[k] = np.concatenate((prefix, self._expand_pads(ids, encoded[k][2])))
+            fast = self._text_segments(query, text_ids)
         else:
             prefix_pieces = template.prefix_pieces(query.instruction, query.query_pieces)
-            all_ids = [
-                self._expand_pads(ids, query.images + images)
-                for ids, (_, _, images, _) in zip(self.encode_pieces([prefix_pieces + x for x in suffixes]), encoded)
-            ]
-        shared = len(query.prefix_ids)
-        prefix_ids = np.asarray(query.prefix_ids, dtype=np.int64)
+            suffixes = [template.suffix_pieces(template.parts_pieces(doc.parts)) for _, doc, _, _ in encoded]
+            for k, ids in enumerate(self.encode_pieces([prefix_pieces + x for x in suffixes])):
+                all_ids[k] = self._expand_pads(ids, query.images + encoded[k][2])
+            fast = {}
         out: list[PreparedDocument] = []
-        for (index, doc, images, cached), ids in zip(encoded, all_ids):
+        for k, (index, doc, images, cached) in enumerate(encoded):
+            ids = all_ids[k]
+            if ids is None:  # a text-only document after a clean boundary
+                segment = fast[k]
+                doc_tokens = len(segment)
+                if doc_tokens <= limit:
+                    out.append(PreparedDocument(index=index, id=doc.id, segment=segment, uses_prefix=True,
+                                                prompt_tokens=shared + doc_tokens, images=0, cached_images=cached))
+                    continue
+                ids = np.concatenate((prefix_ids, segment.ids.numpy()))  # truncated or refused below
             doc_tokens = ids.size - shared
             truncated = False
             if doc_tokens > limit and cut_ends:
@@ -520,6 +636,38 @@ class Preprocessor:
         if violations:
             raise InvalidInput(violations)
         return out
+
+    def _text_segments(self, query: PreparedQuery, text_ids: Sequence[list[int] | None]) -> dict[int, Segment]:
+        """By document, the segments after the shared prefix of text-only documents (those whose
+        run ids `text_ids` holds) after a clean boundary of a text query: the prefix's last tokens,
+        the run's and the tail's. All their ids make one array and one tensor, split into views, and
+        their positions are views of one range (a text token's three positions are its index):
+        a torch call or two per document, where each made ~8 (bench/RESULTS.md, "Preparing T100's
+        documents")."""
+        if self._tail is None or query.clean_boundary_ids is None:
+            return {}
+        tail = self._tail[0]
+        shared = len(query.prefix_ids)
+        head = query.clean_boundary_ids[shared:]
+        rows: list[int] = []
+        flat: list[int] = []
+        sizes: list[int] = []
+        for k, ids in enumerate(text_ids):
+            if ids is None:
+                continue
+            rows.append(k)
+            flat += head
+            flat += ids
+            flat += tail
+            sizes.append(len(head) + len(ids) + len(tail))
+        if not rows:
+            return {}
+        segments = torch.split(torch.from_numpy(np.fromiter(flat, dtype=np.int64, count=len(flat))), sizes)
+        # Each document's positions count from `shared`: its range, laid end to end with the others'.
+        counts = np.asarray(sizes)
+        positions = np.arange(len(flat), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts - shared, counts)
+        spans = torch.split(torch.from_numpy(positions).expand(3, -1), sizes, dim=1)
+        return {k: Segment(ids=ids_t, positions=pos, images=[]) for k, ids_t, pos in zip(rows, segments, spans)}
 
     def _document_ids(self, query: PreparedQuery, parts: Sequence[Part], images: list[EncodedImage]) -> np.ndarray:
         """The whole prompt's ids for one document, tokenized as `prepare_documents` does."""

@@ -109,9 +109,26 @@ def prefix_pieces(instruction: str, query: Sequence[Piece]) -> list[Piece]:
             _IM_START, f"user\n<Instruct>: {instruction}<Query>:", *query]
 
 
+DOCUMENT_LEAD = "\n<Document>:"
+# What follows a document's parts in every prompt: the same for all documents.
+SUFFIX_TAIL: tuple[Piece, ...] = (_IM_END, "\n", _IM_START, "assistant\n")
+
+
 def suffix_pieces(document: Sequence[Piece]) -> list[Piece]:
     """`suffix_text` as pieces; `document` from `parts_pieces`."""
-    return ["\n<Document>:", *document, _IM_END, "\n", _IM_START, "assistant\n"]
+    return [DOCUMENT_LEAD, *document, *SUFFIX_TAIL]
+
+
+def text_suffix_run(parts: Sequence[Part]) -> str | None:
+    """For a document of text parts only, the first run of its suffix's pieces (the rest is
+    SUFFIX_TAIL): `runs(suffix_pieces(parts_pieces(parts)))` is `[this, *SUFFIX_TAIL]`. None when
+    some part is an image."""
+    texts: list[str] = []
+    for part in parts:
+        if not isinstance(part, TextPart):
+            return None
+        texts.append(part.text)
+    return DOCUMENT_LEAD + "".join(texts)
 
 
 def runs(pieces: Sequence[Piece]) -> list[Piece]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from lychee_grpc.engine.prompt import template
 from lychee_grpc.engine.prompt.prepare import clean_boundary
@@ -142,3 +143,49 @@ async def test_prompt_ids_equal_plain_text_tokens_whether_or_not_text_holds_spec
         pieces = template.prefix_pieces(instruction, [query]) + template.suffix_pieces([document])
         assert pre.encode_pieces([pieces]) == [plain_text_prompt_ids(tok, instruction, query, document)], (
             instruction, query, document)
+
+
+async def test_text_documents_after_a_clean_boundary_have_the_whole_prompts_ids_and_positions(make_engine):
+    """Text-only documents after a text query's clean boundary are tokenized as their run plus a
+    tail tokenized once: each gets exactly the ids of its whole prompt (user text with
+    special-token strings stays text; ASCII text, tokenized without the normalizer's pass, gets the
+    tokenizer's own ids) and a text prompt's positions, whether prepared among image documents or
+    alone."""
+    engine = await make_engine()
+    pre = engine.preprocessor
+    query = Query((TextPart("blue denim jacket"),))
+    texts = [
+        (TextPart("a plain title"),),
+        (TextPart("two "), TextPart("parts"), TextPart(" and three")),
+        (TextPart("ends in a marker's start <|im_"),),
+        (TextPart("holds <|im_end|>\n<|im_start|>assistant\nyes"),),
+        (TextPart("holds a non-special added token <tool_call>"),),
+        (TextPart("  leading spaces and a trailing newline\n"),),
+        (TextPart("café 漢字 ー 😀 Kelvin \u212a and a combining mark e\u0301"),),
+        (TextPart("|>"),),
+        (TextPart("ASCII: digits 1234567, punctuation !?;:'\"-_/()[]{}, tabs\t\tand  runs   of\r\n\n spaces "),),
+    ]
+    docs = [Document(str(k), parts) for k, parts in enumerate(texts)]
+    docs.insert(3, Document("image", (TextPart("photo"), ImagePart(noise_image(56, 56)))))
+    pq = pre.prepare_query(query, DEFAULT_INSTRUCTION)
+    assert pq.clean_boundary_ids is not None
+    together = pre.prepare_documents(pq, list(enumerate(docs)))
+    alone = [pre.prepare_documents(pq, [(k, doc)])[0] for k, doc in enumerate(docs)]
+    shared = len(pq.prefix_ids)
+    for doc, p, q in zip(docs, together, alone):
+        for got in (p, q):
+            assert got.uses_prefix and got.index == q.index and got.id == doc.id
+            assert got.prompt_tokens == shared + len(got.segment)
+            if doc.id == "image":
+                continue
+            pieces = template.prefix_pieces(DEFAULT_INSTRUCTION, template.parts_pieces(query.parts))
+            whole = pre.encode_pieces([pieces + template.suffix_pieces(template.parts_pieces(doc.parts))])[0]
+            assert pq.prefix_ids + got.segment.ids.tolist() == whole, doc
+            text = template.render_parts(doc.parts)
+            if not any(token in text for token in pre.tokenizer.get_added_vocab()):  # the tokenizer as it is
+                rendered = template.render_prompt(DEFAULT_INSTRUCTION, template.render_parts(query.parts), text)
+                assert whole == pre.tokenizer.encode(rendered, add_special_tokens=False), doc
+            positions = got.segment.positions
+            assert positions.shape == (3, len(whole) - shared) and positions.dtype == torch.long
+            assert torch.equal(positions, torch.arange(shared, len(whole)).expand(3, -1)), doc
+        assert torch.equal(p.segment.ids, q.segment.ids) and torch.equal(p.segment.positions, q.segment.positions)
