@@ -75,7 +75,7 @@ class Tracer:
         for r in rows:
             g = f"{r['g0']:8.1f} {r['g1']:7.1f}" if "g0" in r else f"{'':8s} {'':7s}"
             waited = ""
-            if "g0" in r and r["name"] in ("embed_ahead", "batch"):
+            if "g0" in r and r["name"] in ("embed_ahead", "batch launch"):
                 if top_end is not None and r["g0"] > top_end:
                     idle += r["g0"] - top_end
                     waited = f"{r['g0'] - top_end:10.1f}"
