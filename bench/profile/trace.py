@@ -1,7 +1,8 @@
 """What the GPU thread and the request thread do, and when the GPU gets to it, during one
-100-candidate rerank (RANDOM weights, 7B shape), without the profiler's overhead: the engine's
-steps are wrapped with CPU timestamps and CUDA events. "gpu from / to" is when the GPU reached
-the step's first and last work; where it is later than the CPU's, the GPU was busy before it.
+100-candidate rerank or one Explain (`--only Explain`), RANDOM weights of the 7B shape, without the
+profiler's overhead: the engine's steps are wrapped with CPU timestamps and CUDA events. "gpu from /
+to" is when the GPU reached the step's first and last work; where it is later than the CPU's, the
+GPU was busy before it.
 
     python -m bench.profile.trace
 """
@@ -103,6 +104,9 @@ def install(engine: Engine, tracer: Tracer) -> None:
         setattr(proc, name, tracer.wrap(f"    {name}", getattr(proc, name), gpu=True))
     pre.prepare_documents = tracer.wrap("prepare_documents", pre.prepare_documents, gpu=False)
     pre.prepare_query = tracer.wrap("prepare_query", pre.prepare_query, gpu=False)
+    from lychee_grpc.service import explain
+
+    explain.plan = tracer.wrap("explain plan", explain.plan, gpu=False)
 
 
 class CallProfile:
@@ -157,12 +161,39 @@ class CallProfile:
         self.stats = {}
 
 
+async def run_once(engine: Engine, query, docs) -> None:
+    """One request: a Rerank's documents, or (docs None) Explain of `query`'s pair as the service runs it."""
+    if docs is None:
+        from lychee_grpc.service.config import ServiceConfig
+        from lychee_grpc.service.explain import explain
+        from lychee_grpc.service.types import ExplainOptions
+
+        pair_query, document = query
+        await explain(engine, ServiceConfig(), pair_query, document, ExplainOptions(grid_size=4))
+    else:
+        await score_documents(engine, query, docs)
+
+
+def explain_workload(tok) -> tuple:
+    """bench.pair's Explain: a 16-token query, a 448x448 JPEG and a 40-word title (grid 4: 56 fragments)."""
+    import random
+
+    from bench.harness.workloads import jpeg, words_of_tokens
+    from bench.pair import TITLE_WORDS
+    from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
+
+    rng = random.Random(22)
+    query = Query((TextPart(words_of_tokens(tok, rng, 16)),))
+    words = " ".join(rng.choice(TITLE_WORDS) for _ in range(40))
+    return (query, Document("e", (ImagePart(jpeg(random.Random(1000), 448)), TextPart(words)))), None
+
+
 async def timed(engine: Engine, query, docs, cold: bool) -> float:
     if cold:
         engine.executor.vision_cache.clear()
     torch.cuda.synchronize()
     t = time.perf_counter()
-    await score_documents(engine, query, docs)
+    await run_once(engine, query, docs)
     return (time.perf_counter() - t) * 1e3
 
 
@@ -173,7 +204,7 @@ async def main_async() -> None:
     ap.add_argument("--switch-ms", type=float, default=0.0, help="sys.setswitchinterval in ms (0: leave)")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
     ap.add_argument("--preprocess-threads", type=int, default=8)
-    ap.add_argument("--only", default="", help="comma-separated workloads (T100, I100 cold, I100 warm)")
+    ap.add_argument("--only", default="", help="comma-separated workloads (T100, I100 cold, I100 warm, Explain)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile the C calls of I100 cold's first prefetch chunk and of its image decodes")
     a = ap.parse_args()
@@ -196,7 +227,8 @@ async def main_async() -> None:
         engine.preprocessor.encode_image = calls.wrap(engine.preprocessor.encode_image, first_only=False)
     for name, (query, docs), cold in (("T100", text_workload(tok, 1), False),
                                       ("I100 cold", image_workload(tok, 7), True),
-                                      ("I100 warm", image_workload(tok, 7), False)):
+                                      ("I100 warm", image_workload(tok, 7), False),
+                                      ("Explain", explain_workload(tok), True)):
         if a.only and name not in a.only.split(","):
             continue
         times = [await timed(engine, query, docs, cold) for _ in range(6)]
@@ -206,7 +238,7 @@ async def main_async() -> None:
                 engine.executor.vision_cache.clear()
             tracer.start()
             t = time.perf_counter()
-            await score_documents(engine, query, docs)
+            await run_once(engine, query, docs)
             tracer.report(name, (time.perf_counter() - t) * 1e3)
         if a.profile and cold:
             engine.executor.vision_cache.clear()
