@@ -247,11 +247,24 @@ class Preprocessor:
         return encoded, cached
 
     def _decode_all(self, part_lists: Sequence[Sequence[Part]]) -> list[list[Future]]:
-        """Starts decoding every image part (PIL releases the GIL while decoding)."""
-        return [
-            [self._decoder.submit(self.encode_image, p) for p in parts if isinstance(p, ImagePart)]
-            for parts in part_lists
-        ]
+        """Starts decoding every image part (the decoders release the GIL). An image repeated within
+        the call is decoded once and its parts share one future, so one EncodedImage: Explain's 40
+        word variants carry the pair's photo, and candidates may share a product photo (each copy
+        was decoded, pinned and normalized: Explain's documents took 22.6 ms to prepare on the H200
+        host, bench/RESULTS.md)."""
+        started: dict[tuple[int, bytes], list[tuple[ImagePart, Future]]] = {}
+        return [[self._decode_once(p, started) for p in parts if isinstance(p, ImagePart)] for parts in part_lists]
+
+    def _decode_once(self, part: ImagePart, started: dict[tuple[int, bytes], list[tuple[ImagePart, Future]]]) -> Future:
+        # A cheap key for any image (its picture's digest, or its bytes' length and last 64 bytes),
+        # then the parts compared in full: bytes byte for byte (the same object at once), pictures by digest.
+        key = (-1, part.picture.key) if part.picture is not None else (len(part.data), part.data[-64:])
+        for other, future in started.get(key, ()):
+            if other == part:
+                return future
+        future = self._decoder.submit(self.encode_image, part)
+        started.setdefault(key, []).append((part, future))
+        return future
 
     def fill_pixels(self, pending: Sequence[EncodedImage]) -> None:
         """Pixels for decoded images (uint8 [3, h, w] pictures), made on the processing device by
@@ -308,8 +321,10 @@ class Preprocessor:
 
     def _encode_parts(
         self, parts: Sequence[Part], path: str, violations: list[FieldViolation], pending: list[EncodedImage],
-        decoded: list[Future], max_tokens: int,
+        decoded: list[Future], max_tokens: int, listed: set[int],
     ) -> tuple[list[EncodedImage], int]:
+        """`listed`: the ids of the images put in `pending` so far in this call (a repeated image is
+        one EncodedImage, whose pixels and tower output are computed once)."""
         images: list[EncodedImage] = []
         cached = 0
         decoded_iter = iter(decoded)
@@ -328,7 +343,8 @@ class Preprocessor:
                 except ImageRejected as exc:
                     violations.append(FieldViolation(f"{path}.parts[{i}].image", str(exc)))
                     continue
-                if image.picture is not None:
+                if image.picture is not None and id(image) not in listed:
+                    listed.add(id(image))
                     pending.append(image)
                 images.append(image)
                 cached += hit
@@ -347,7 +363,7 @@ class Preprocessor:
         violations: list[FieldViolation] = []
         pending: list[EncodedImage] = []
         images, _ = self._encode_parts(query.parts, "query", violations, pending,
-                                       self._decode_all([query.parts])[0], self.text_limits.max_query_tokens)
+                                       self._decode_all([query.parts])[0], self.text_limits.max_query_tokens, set())
         if instruction and (self.certainly_over(instruction, self.text_limits.max_instruction_tokens)
                             or self._count_instruction(instruction) > self.text_limits.max_instruction_tokens):
             violations.append(
@@ -541,10 +557,11 @@ class Preprocessor:
         pending: list[EncodedImage] = []
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
         decoded = self._decode_all([doc.parts for _, doc in documents])
-        chunk = prefetch_chunk(sum(len(futures) for futures in decoded))
+        chunk = prefetch_chunk(len({id(future) for futures in decoded for future in futures}))
+        listed: set[int] = set()
         for (index, doc), futures in zip(documents, decoded):
             images, cached = self._encode_parts(doc.parts, f"documents[{index}]", violations, pending, futures,
-                                                self.text_limits.max_tokens_per_document)
+                                                self.text_limits.max_tokens_per_document, listed)
             encoded.append((index, doc, images, cached))
             if not violations and prefetch is not None:
                 self._prefetch_ready(pending, chunk, prefetch)

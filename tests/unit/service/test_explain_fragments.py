@@ -114,6 +114,16 @@ def test_a_masked_copy_differs_from_the_image_only_inside_its_box():
     assert colour.tolist() == np.rint(pixels.reshape(-1, 3).mean(0)).tolist()
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_mask_colour_is_the_pictures_mean_rounded(seed):
+    rng = np.random.default_rng(seed)
+    height, width = (int(x) for x in rng.integers(1, 300, 2))
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    pixels[: height // 2] //= 3  # not uniform: means away from 127.5
+    expected = np.rint(pixels.reshape(-1, 3).mean(axis=0, dtype=np.float64)).astype(np.uint8)
+    assert fr.mean_colour(pixels).tolist() == expected.tolist()
+
+
 def test_plan_merges_text_into_phrases_to_fit_the_limit_and_drops_nothing():
     words = " ".join(f"w{i}" for i in range(40))
     doc = Document("d", (TextPart(words), ImagePart(noise_image(32, 32, seed=1)), TextPart("short tail")))
