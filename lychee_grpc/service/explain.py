@@ -160,7 +160,8 @@ async def explain(
     # The document's variants and the full document are one job, under the engine's count limit.
     limit = min(config.max_explain_fragments, info.limits.max_documents_per_request - 1)
 
-    job = await engine.open_job(query, options.instruction, deadline=options.deadline)  # validates the query
+    # The query is prepared (and refused, if it must be) with the job's documents.
+    job = await engine.open_job(query, options.instruction, deadline=options.deadline)
     limits = ImageLimits(max_bytes=info.limits.max_image_bytes, max_pixels=info.limits.max_image_pixels)
     query_tasks: list[asyncio.Task[tuple[Score, RequestStats]]] = []
     try:
