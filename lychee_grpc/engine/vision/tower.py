@@ -10,9 +10,9 @@ the Conv3d (stride = kernel, so a plain GEMM) took 12 ms. Here:
 - a batch's layout is those pieces concatenated with offsets (one device copy each);
 - the patch embedding is the Conv3d's weight used as a [out, in] matrix, the same sums;
 - each block runs here, explicitly, with the block's own weights: its norms, SiLU*up, rotary and
-  matmuls through `FusedOps` (compiled on CUDA), its attention through `VisionAttention`; the
-  merger is called as the model's module, except in the batch-invariant mode, where its norm and
-  matmuls go through `FusedOps` too. Nothing in the HF model is replaced.
+  matmuls through `FusedOps` (compiled on CUDA), its attention through `VisionAttention`; each
+  residual add is fused with the RMSNorm after it (the next block's norm1, the merger's ln_q), and
+  the merger's MLP goes through `FusedOps` too. Nothing in the HF model is replaced.
 - `graphs` (CUDA, set by the executor): the tower for one image of a grid captured at start-up
   (`capture`) replays as a CUDA graph, once its replay has matched the eager forward on random
   pixels. One image's tower is ~600 small launches that the GPU runs faster than the host issues
@@ -205,26 +205,31 @@ class VisionTower:
             x = self.visual.patch_embed(pixels)
         n = x.shape[0]
         x = x.view(n // self.unit, self.unit, -1)[layout.window_index].view(n, -1)
+        first = self.blocks[0].norm1
+        h = self.ops.rms_norm(x, first.weight, first.variance_epsilon)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             plan = layout.plan_full if i in self.full_blocks else layout.plan_windows
-            x = self._block(block, x, plan, layout.cos, layout.sin)
-        return self._merge(x)[layout.reverse]
+            # Each block's residual add is fused with the norm that follows it: the next block's
+            # norm1, or the merger's ln_q after the last block.
+            after = self.blocks[i + 1].norm1 if i < last else self.visual.merger.ln_q
+            x, h = self._block(block, x, h, plan, layout.cos, layout.sin, after)
+        return self._merge(h)[layout.reverse]
 
-    def _merge(self, x: torch.Tensor) -> torch.Tensor:
-        """The patch merger (`Qwen2_5_VLPatchMerger.forward`): transformers' module, or in the
-        batch-invariant mode the same arithmetic through FusedOps."""
+    def _merge(self, h: torch.Tensor) -> torch.Tensor:
+        """The patch merger (`Qwen2_5_VLPatchMerger.forward`) after its norm `ln_q` (`h`): its MLP
+        over each merge unit's rows side by side, the same arithmetic as the module's."""
         merger = self.visual.merger
-        if not self.ops.batch_invariant:
-            return merger(x)
-        h = self.ops.rms_norm(x, merger.ln_q.weight, merger.ln_q.variance_epsilon).view(-1, merger.hidden_size)
         first, act, last = merger.mlp
-        return self.ops.linear(last, act(self.ops.linear(first, h)))
+        return self.ops.linear(last, act(self.ops.linear(first, h.view(-1, merger.hidden_size))))
 
-    def _block(self, block, x: torch.Tensor, plan: Plan, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """`Qwen2_5_VLVisionBlock.forward` with the block's weights: the same arithmetic, fused."""
+    def _block(self, block, x: torch.Tensor, h: torch.Tensor, plan: Plan, cos: torch.Tensor, sin: torch.Tensor,
+               after: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """`Qwen2_5_VLVisionBlock.forward` with the block's weights, the same arithmetic, fused: `h`
+        is norm1(x) on the way in; out go the block's output and `after`(it) (an RMSNorm)."""
         ops = self.ops
-        h = ops.rms_norm(x, block.norm1.weight, block.norm1.variance_epsilon)
-        x = x + self.attention(block.attn, h, plan, cos, sin)
-        h = ops.rms_norm(x, block.norm2.weight, block.norm2.variance_epsilon)
+        x, h = ops.add_rms_norm(x, self.attention(block.attn, h, plan, cos, sin), block.norm2.weight,
+                                block.norm2.variance_epsilon)
         mlp = block.mlp
-        return x + ops.linear(mlp.down_proj, ops.silu_mul(ops.linear(mlp.gate_proj, h), ops.linear(mlp.up_proj, h)))
+        delta = ops.linear(mlp.down_proj, ops.silu_mul(ops.linear(mlp.gate_proj, h), ops.linear(mlp.up_proj, h)))
+        return ops.add_rms_norm(x, delta, after.weight, after.variance_epsilon)

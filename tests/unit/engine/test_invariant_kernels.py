@@ -1,4 +1,4 @@
-"""The batch-invariant Triton kernels (util/gemm_kernel.py, util/row_kernels.py, lm/attention_kernel.py): each row's
+"""The Triton kernels (util/gemm_kernel.py, util/row_kernels.py, util/silu_kernel.py, lm/attention_kernel.py): each row's
 result has the same bits whatever the number of rows around it, and equals plain torch within
 rounding.
 
@@ -123,6 +123,36 @@ def test_the_row_reductions_give_each_row_the_same_bits_at_any_row_count():
         assert out[name + "_sum_exact"], name
         assert out[name + "_norm_err"] < tol, (name, out)
         assert out[name + "_dot_err"] < 1e-3, (name, out)
+
+
+def test_silu_mul_kernel_equals_eager_torch_and_ignores_the_rows_beside():
+    out = run_interpreted("""
+        import json, torch
+        import torch.nn.functional as F
+        from lychee_grpc.engine.util import silu_kernel
+        torch.manual_seed(0)
+        result = {}
+        for name in ("float32", "float16"):
+            dtype = getattr(torch, name)
+            g, u = (torch.randn(37, 200) * 4).to(dtype), torch.randn(37, 200).to(dtype)  # a masked tail
+            got = silu_kernel.silu_mul(g, u)
+            want = F.silu(g) * u
+            result[name + "_err"] = (got.float() - want.float()).abs().max().item()
+            result[name + "_rows"] = all(torch.equal(silu_kernel.silu_mul(g[i:j].clone(), u[i:j].clone()), got[i:j])
+                                         for i, j in ((0, 1), (5, 6), (3, 20)))
+        try:
+            silu_kernel.silu_mul(torch.zeros(2, 3), torch.zeros(3, 2))
+            result["refused"] = ""
+        except ValueError as exc:
+            result["refused"] = str(exc)
+        print(json.dumps(result))
+    """)
+    # Each output is rounded as eager torch rounds it (SiLU to the dtype, then the product): at
+    # most one unit in the last place apart where the exponentials differ.
+    assert out["float32_err"] < 1e-5, out
+    assert out["float16_err"] < 1e-2, out
+    assert out["float32_rows"] and out["float16_rows"], out
+    assert "gate (2, 3)" in out["refused"] and "up (3, 2)" in out["refused"], out
 
 
 ATTENTION_SETUP = """
