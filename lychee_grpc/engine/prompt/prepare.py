@@ -26,6 +26,7 @@ from ..errors import FieldViolation, InvalidInput
 from ..types import Document, ImagePart, Part, Query, TextPart
 from ..util.lru import LRU
 from . import template
+from .image_files import cheap_key
 from .images import ImageRejected, image_key, jpeg_decoder_agrees, part_pixels
 from .positions import mrope_positions
 from .prepared import EncodedImage, Prefetch, PreparedDocument, PreparedQuery, Segment, prefetch_chunk
@@ -252,13 +253,14 @@ class Preprocessor:
         word variants carry the pair's photo, and candidates may share a product photo (each copy
         was decoded, pinned and normalized: Explain's documents took 22.6 ms to prepare on the H200
         host, bench/RESULTS.md)."""
-        started: dict[tuple[int, bytes], list[tuple[ImagePart, Future]]] = {}
+        started: dict[bytes, list[tuple[ImagePart, Future]]] = {}
         return [[self._decode_once(p, started) for p in parts if isinstance(p, ImagePart)] for parts in part_lists]
 
-    def _decode_once(self, part: ImagePart, started: dict[tuple[int, bytes], list[tuple[ImagePart, Future]]]) -> Future:
-        # A cheap key for any image (its picture's digest, or its bytes' length and last 64 bytes),
-        # then the parts compared in full: bytes byte for byte (the same object at once), pictures by digest.
-        key = (-1, part.picture.key) if part.picture is not None else (len(part.data), part.data[-64:])
+    def _decode_once(self, part: ImagePart, started: dict[bytes, list[tuple[ImagePart, Future]]]) -> Future:
+        # A cheap key for any image (its picture's digest, or `cheap_key` of its bytes, which can
+        # collide), then the parts compared in full: bytes byte for byte (the same object at once),
+        # pictures by digest.
+        key = part.picture.key if part.picture is not None else cheap_key(part.data)
         for other, future in started.get(key, ()):
             if other == part:
                 return future
