@@ -35,13 +35,13 @@ from .image_files import (
     MAX_ASPECT_RATIO,
     SUPPORTED_FORMATS,
     ImageRejected,
-    _check_declared,
-    _check_size,
-    _load,
-    _open,
+    check_declared,
     check_picture,
+    check_size,
     content_key,
     decode_image,
+    load_image,
+    open_image,
 )
 
 __all__ = [
@@ -82,15 +82,15 @@ def decode_pixels(data: bytes, limits: ImageLimits, fast_jpeg: bool = False) -> 
     if fast_jpeg:
         header = _jpeg_header(data)
         if header is not None:
-            _check_size(data, limits)
-            _check_declared(*header, limits)
+            check_size(data, limits)
+            check_declared(*header, limits)
             try:
                 # EXIF orientation applied by the decoder (checked against PIL's at start-up).
                 return _decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), _RGB, True)
             except RuntimeError:
                 pass  # PIL gives the verdict on anything the fast path cannot read
-    img = _open(data, limits)
-    return torch.from_numpy(np.array(_load(img))).permute(2, 0, 1)
+    img = open_image(data, limits)
+    return torch.from_numpy(np.array(load_image(img))).permute(2, 0, 1)
 
 
 # Frames libjpeg decodes as PIL does: baseline, extended sequential and progressive.

@@ -26,6 +26,7 @@ from ..errors import FieldViolation, InvalidInput
 from ..types import Document, ImagePart, Part, Query, TextPart
 from ..util.lru import LRU
 from . import template
+from .image_files import cheap_key
 from .images import ImageRejected, image_key, jpeg_decoder_agrees, part_pixels
 from .positions import mrope_positions
 from .prepared import EncodedImage, Prefetch, PreparedDocument, PreparedQuery, Segment, prefetch_chunk
@@ -157,6 +158,22 @@ def _added_token_pattern(tokenizer) -> re.Pattern[str] | None:
     return re.compile("|".join(re.escape(c) for c in contents))
 
 
+def _ordinary_path_takes(added: re.Pattern[str], text: str, markers: Sequence[tuple[int, int]],
+                         tail_checked: bool = False) -> bool:
+    """`encode_pieces`' condition for its ordinary path: the added-token strings `added` finds in
+    a rendered `text` are exactly its `markers` ([start, end) in `text`, in order), as finditer
+    would list them. Then the tokenizer splits `text` at its markers and nowhere else, before BPE.
+    With `tail_checked`, what follows the last of `markers` is a tail that passed on its own
+    (`_suffix_tail`) and is not searched again."""
+    pos = 0
+    for span in markers:
+        found = added.search(text, pos)
+        if found is None or found.span() != span:
+            return False
+        pos = span[1]
+    return tail_checked or added.search(text, pos) is None
+
+
 def _max_chars_per_token(tokenizer) -> int:
     """A bound on the characters of user text one token can stand for. A byte-level BPE token
     covers at most as many bytes as its vocabulary string has characters, an added token its
@@ -252,13 +269,14 @@ class Preprocessor:
         word variants carry the pair's photo, and candidates may share a product photo (each copy
         was decoded, pinned and normalized: Explain's documents took 22.6 ms to prepare on the H200
         host, bench/RESULTS.md)."""
-        started: dict[tuple[int, bytes], list[tuple[ImagePart, Future]]] = {}
+        started: dict[bytes, list[tuple[ImagePart, Future]]] = {}
         return [[self._decode_once(p, started) for p in parts if isinstance(p, ImagePart)] for parts in part_lists]
 
-    def _decode_once(self, part: ImagePart, started: dict[tuple[int, bytes], list[tuple[ImagePart, Future]]]) -> Future:
-        # A cheap key for any image (its picture's digest, or its bytes' length and last 64 bytes),
-        # then the parts compared in full: bytes byte for byte (the same object at once), pictures by digest.
-        key = (-1, part.picture.key) if part.picture is not None else (len(part.data), part.data[-64:])
+    def _decode_once(self, part: ImagePart, started: dict[bytes, list[tuple[ImagePart, Future]]]) -> Future:
+        # A cheap key for any image (its picture's digest, or `cheap_key` of its bytes, which can
+        # collide), then the parts compared in full: bytes byte for byte (the same object at once),
+        # pictures by digest.
+        key = part.picture.key if part.picture is not None else cheap_key(part.data)
         for other, future in started.get(key, ()):
             if other == part:
                 return future
@@ -435,7 +453,7 @@ class Preprocessor:
             texts: list[str] = []
             for i, pieces in enumerate(shaped):
                 text, markers = template.render_with_spans(pieces)
-                if [m.span() for m in self._added.finditer(text)] == markers:
+                if _ordinary_path_takes(self._added, text, markers):
                     whole.append(i)
                     texts.append(text)
             for i, ids in zip(whole, self._ordinary_ids(texts)):
@@ -452,7 +470,7 @@ class Preprocessor:
         if self._ordinary is None or self._added is None:
             return None
         text, markers = template.render_with_spans(template.runs(template.SUFFIX_TAIL))
-        if not markers or markers[0][0] != 0 or [m.span() for m in self._added.finditer(text)] != markers:
+        if not markers or markers[0][0] != 0 or not _ordinary_path_takes(self._added, text, markers):
             return None
         return self._ordinary([text])[0], text, markers[0][1]
 
@@ -461,26 +479,26 @@ class Preprocessor:
         alone, to which the tail's ids are appended to make the suffix's (None where the run is None
         or must take `encode_pieces`).
 
-        The condition is `encode_pieces`' own for its ordinary path: the added-token strings of the
-        rendered suffix (run + tail) are exactly its markers. Then the tokenizer splits the tail off
-        at its first marker and tokenizes the run on its own, so its ids are the run's followed by
-        the tail's, which are the same for every document and computed once. The check's search
-        finds the first added-token string; when it is the tail's first marker, the rest are the
-        tail's (checked once, in `_suffix_tail`). Every document of a text request was rendered,
-        spanned and tokenized whole before: this is one string and one search each (T100's
-        documents: bench/RESULTS.md, "Preparing T100's documents")."""
+        The condition is `encode_pieces`' own for its ordinary path (`_ordinary_path_takes`) on the
+        rendered suffix (run + tail): its added-token strings are exactly its markers. Then the
+        tokenizer splits the tail off at its first marker and tokenizes the run on its own, so its
+        ids are the run's followed by the tail's, which are the same for every document and
+        computed once. The check stops at the tail's first marker: the rest are the tail's (checked
+        once, in `_suffix_tail`). Every document of a text request was rendered, spanned and
+        tokenized whole before: this is one string and one search each (T100's documents:
+        bench/RESULTS.md, "Preparing T100's documents")."""
         out: list[list[int] | None] = [None] * len(runs)
         if self._tail is None or self._ordinary is None or self._added is None:
             return out
         _, tail_text, first_end = self._tail
-        search = self._added.search
+        added = self._added
         whole: list[int] = []
         texts: list[str] = []
         for i, run in enumerate(runs):
             if run is None:
                 continue
-            found = search(run + tail_text)
-            if found is not None and found.start() == len(run) and found.end() == len(run) + first_end:
+            at = len(run)
+            if _ordinary_path_takes(added, run + tail_text, ((at, at + first_end),), tail_checked=True):
                 whole.append(i)
                 texts.append(run)
         for i, ids in zip(whole, self._ordinary_ids(texts)):

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from lychee_grpc.engine.config import ImageLimits
+from lychee_grpc.engine.prompt.image_files import check_declared, check_size, load_image, open_image
 from lychee_grpc.engine.prompt.images import ImageRejected, decode_image
 
 from ...helpers import png_declaring, solid_image
@@ -65,6 +66,33 @@ def test_decompression_bomb_is_refused_from_its_header(monkeypatch):
 def test_bad_images_are_rejected_with_a_reason(data, message):
     with pytest.raises(ImageRejected, match=message):
         decode_image(data, LIMITS)
+
+
+def test_open_image_reads_the_header_and_load_image_decodes_the_pixels():
+    img = open_image(png_declaring(30, 20), LIMITS)  # a header with almost no pixel data after it
+    assert img.size == (30, 20)
+    with pytest.raises(ImageRejected, match="truncated or corrupt"):
+        load_image(img)
+    assert load_image(open_image(solid_image(30, 20, (10, 200, 30)), LIMITS)).getpixel((5, 5)) == (10, 200, 30)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "message"),
+    [(0, 20, "no pixels"), (1001, 1000, "1001000 pixels, over the limit"), (201, 1, "aspect ratio 201x1")],
+)
+def test_declared_sizes_outside_the_bounds_are_rejected(width, height, message):
+    check_declared(200, 1, LIMITS)
+    check_declared(1000, 1000, LIMITS)
+    with pytest.raises(ImageRejected, match=message):
+        check_declared(width, height, LIMITS)
+
+
+def test_encoded_sizes_outside_the_bounds_are_rejected():
+    check_size(b"\0" * LIMITS.max_bytes, LIMITS)
+    with pytest.raises(ImageRejected, match="empty"):
+        check_size(b"", LIMITS)
+    with pytest.raises(ImageRejected, match="over the limit"):
+        check_size(b"\0" * (LIMITS.max_bytes + 1), LIMITS)
 
 
 def _noise_jpeg(width: int, height: int, mode: str = "RGB", seed: int = 0, **options) -> bytes:

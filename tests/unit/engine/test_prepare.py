@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lychee_grpc.engine.prompt import template
-from lychee_grpc.engine.prompt.prepare import clean_boundary
+from lychee_grpc.engine.prompt.prepare import _ordinary_path_takes, clean_boundary
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
 
@@ -143,6 +143,28 @@ async def test_prompt_ids_equal_plain_text_tokens_whether_or_not_text_holds_spec
         pieces = template.prefix_pieces(instruction, [query]) + template.suffix_pieces([document])
         assert pre.encode_pieces([pieces]) == [plain_text_prompt_ids(tok, instruction, query, document)], (
             instruction, query, document)
+
+
+async def test_the_text_fast_path_takes_a_run_exactly_when_the_ordinary_path_takes_its_suffix(make_engine):
+    """The fast path for text documents checks only up to the tail's first marker; it takes the
+    same runs as `encode_pieces`' ordinary path takes for the whole suffix (its added-token strings
+    found are exactly its markers), with the ordinary tokenizer's ids for the run."""
+    engine = await make_engine()
+    pre = engine.preprocessor
+    assert pre._tail is not None and pre._added is not None
+    rng = random.Random(5)
+    documents = ["".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(0, 5))) for _ in range(600)]
+    runs = [template.text_suffix_run((TextPart(document),)) for document in documents]
+    taken = 0
+    for document, run, ids in zip(documents, runs, pre._encode_text_runs(runs)):
+        text, markers = template.render_with_spans(template.runs(template.suffix_pieces([document])))
+        ordinary = [m.span() for m in pre._added.finditer(text)] == markers
+        assert _ordinary_path_takes(pre._added, text, markers) == ordinary, run
+        assert (ids is not None) == ordinary, run
+        if ids is not None:
+            taken += 1
+            assert ids == pre.tokenizer.encode(run, add_special_tokens=False), run
+    assert 0 < taken < len(runs)
 
 
 async def test_text_documents_after_a_clean_boundary_have_the_whole_prompts_ids_and_positions(make_engine):

@@ -8,6 +8,7 @@ import pytest
 
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.errors import InvalidInput
+from lychee_grpc.engine.prompt.image_files import cheap_key
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
 
@@ -37,6 +38,30 @@ async def test_an_image_repeated_across_documents_is_decoded_once(make_engine):
     assert all(p.images == 1 for p in prepared)
     assert {id(p.segment.images[0]) for p in prepared} == {id(prepared[0].segment.images[0]),
                                                          id(prepared[5].segment.images[0])}
+
+
+def _sharing_length_head_and_tail(a: bytes, b: bytes) -> tuple[bytes, bytes]:
+    """JPEGs `a` and `b` made one length, with equal first and last 2 KB: a 2 KB APP15 segment after
+    the start marker, then zeros after the end marker (decoders stop there)."""
+    filler = b"\xff\xef" + (2 + 2048).to_bytes(2, "big") + bytes(2048)
+    n = max(len(a), len(b))
+    return a[:2] + filler + a[2:] + bytes(n - len(a) + 2048), b[:2] + filler + b[2:] + bytes(n - len(b) + 2048)
+
+
+async def test_images_differing_only_in_the_middle_are_each_decoded(make_engine):
+    engine = await make_engine()
+    pre = engine.preprocessor
+    decoded: list[int] = []
+    encode = pre.encode_image
+    pre.encode_image = lambda part: (decoded.append(len(part.data)), encode(part))[1]
+    photo, other = _sharing_length_head_and_tail(noise_image(48, 40, fmt="JPEG", seed=1),
+                                                 noise_image(48, 40, fmt="JPEG", seed=2))
+    assert photo != other and cheap_key(photo) == cheap_key(other)  # the cheap key collides
+    query = pre.prepare_query(QUERY, DEFAULT_INSTRUCTION)
+    prepared = pre.prepare_documents(query, _documents(photo, other))
+    assert decoded == [len(photo)] * 2
+    assert prepared[5].segment.images[0] is not prepared[0].segment.images[0]
+    assert prepared[5].segment.images[0].key != prepared[0].segment.images[0].key
 
 
 async def test_documents_sharing_an_image_score_as_each_does_alone(make_engine):
