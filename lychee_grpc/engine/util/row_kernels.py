@@ -1,5 +1,6 @@
-"""Row reductions of the batch-invariant mode, one Triton program per row: RMSNorm, the residual
-add followed by RMSNorm, and the score's dot product with (W_yes - W_no).
+"""Row reductions, one Triton program per row: RMSNorm, the residual add followed by RMSNorm, and
+the score's dot product with (W_yes - W_no). The batch-invariant mode's, and the default mode's
+norms on CUDA too, where they ran 1.1-2.4x faster than torch.compile's (bench/RESULTS.md).
 
 A reduction's order must not depend on how many rows there are. torch's own reductions, and
 the kernels torch.compile generates, choose their strategy from the shape: with few rows they

@@ -1,6 +1,6 @@
-"""The Triton kernels (util/gemm_kernel.py, util/row_kernels.py, util/silu_kernel.py, lm/attention_kernel.py): each row's
-result has the same bits whatever the number of rows around it, and equals plain torch within
-rounding.
+"""The Triton kernels (util/gemm_kernel.py, util/row_kernels.py, util/silu_kernel.py,
+lm/attention_kernel.py): each row's result has the same bits whatever the number of rows around
+it, and equals plain torch within rounding.
 
 They are built for CUDA; here they run under Triton's interpreter (TRITON_INTERPRET=1, NumPy on the
 CPU), set before the kernels are defined, so each check runs in a fresh process, at small shapes
