@@ -42,7 +42,9 @@ def tiny_model_dir() -> str:
 
 @pytest.fixture(scope="session")
 def loaded(tiny_model_dir) -> LoadedModel:
-    return load_model(EngineConfig(model=tiny_model_dir))
+    """The tiny model in float32 on the CPU, on every machine: the tests compare arithmetic with
+    transformers' at float32 tolerances. Tests marked `gpu` load their own CUDA copy."""
+    return load_model(EngineConfig(model=tiny_model_dir, device="cpu"))
 
 
 @pytest.fixture

@@ -94,9 +94,11 @@ def pair_cases() -> dict[str, tuple[Query, list[Document]]]:
 
 
 def engine_config(model: str, **overrides) -> EngineConfig:
-    """Small limits for the tiny model; `overrides` set any other EngineConfig field."""
+    """Small limits for the tiny model on the CPU (as the `loaded` fixture); `overrides` set any
+    other EngineConfig field."""
     base = dict(
         model=model,
+        device="cpu",
         max_documents_per_request=150,
         text_limits=TextLimits(max_tokens_per_document=512, max_query_tokens=512, max_instruction_tokens=64),
         image_limits=ImageLimits(max_bytes=2 * 1024 * 1024, max_pixels=4_000_000),
