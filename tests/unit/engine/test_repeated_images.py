@@ -25,12 +25,18 @@ def _documents(photo: bytes, other: bytes) -> list[tuple[int, Document]]:
     ]
 
 
-async def test_an_image_repeated_across_documents_is_decoded_once(make_engine):
-    engine = await make_engine()
-    pre = engine.preprocessor
+def _count_decodes(pre) -> list[int]:
+    """The byte lengths of the images `pre` decodes from now on, one entry per decode."""
     decoded: list[int] = []
     encode = pre.encode_image
     pre.encode_image = lambda part: (decoded.append(len(part.data)), encode(part))[1]
+    return decoded
+
+
+async def test_an_image_repeated_across_documents_is_decoded_once(make_engine):
+    engine = await make_engine()
+    pre = engine.preprocessor
+    decoded = _count_decodes(pre)
     photo, other = noise_image(48, 40, fmt="JPEG", seed=1), noise_image(48, 40, fmt="JPEG", seed=2)
     query = pre.prepare_query(QUERY, DEFAULT_INSTRUCTION)
     prepared = pre.prepare_documents(query, _documents(photo, other))
@@ -51,9 +57,7 @@ def _sharing_length_head_and_tail(a: bytes, b: bytes) -> tuple[bytes, bytes]:
 async def test_images_differing_only_in_the_middle_are_each_decoded(make_engine):
     engine = await make_engine()
     pre = engine.preprocessor
-    decoded: list[int] = []
-    encode = pre.encode_image
-    pre.encode_image = lambda part: (decoded.append(len(part.data)), encode(part))[1]
+    decoded = _count_decodes(pre)
     photo, other = _sharing_length_head_and_tail(noise_image(48, 40, fmt="JPEG", seed=1),
                                                  noise_image(48, 40, fmt="JPEG", seed=2))
     assert photo != other and cheap_key(photo) == cheap_key(other)  # the cheap key collides
