@@ -70,8 +70,11 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 class Kernel:
-    """Calls the compiled function when enabled (and the batch is not small); falls back to eager
-    for good on any failure.
+    """Calls the fused kernel when enabled (and the batch is not small): `fn` compiled, or `fast`,
+    a hand-written kernel of the same arithmetic (util/row_kernels.py, util/silu_kernel.py), which
+    on the H200 beat torch.compile's: RMSNorm and add + RMSNorm 1.1-2.4x, SiLU*up 1.4x at the LM's
+    widths (bench/RESULTS.md, "Hand-written elementwise kernels"). Falls back to eager for good on
+    any failure of either.
 
     Only the token dimension (dim 0 of every tensor of 2+ dims) is compiled as dynamic: with
     hidden sizes and head counts as constants the kernels index and reduce with fixed sizes,
@@ -87,13 +90,15 @@ class Kernel:
     eager_below = 1024
 
     def __init__(self, fn: Callable[..., Any], compiled: bool, invariant: bool = False,
-                 compiler: Callable[[Callable[..., Any]], Callable[..., Any]] = torch.compile):
+                 compiler: Callable[[Callable[..., Any]], Callable[..., Any]] = torch.compile,
+                 fast: Callable[..., Any] | None = None):
         self.fn = fn
-        self._compiled = compiler(fn) if compiled else None
+        self._traced = fast is None  # torch.compile's kernel: dimensions marked, size 1 specialised
+        self._compiled = fast if fast is not None else compiler(fn) if compiled else None
         self.invariant = invariant
 
     def __call__(self, *args: Any) -> Any:  # tensors in, the wrapped function's tensor(s) out
-        if self._compiled is not None and self.invariant and any(
+        if self._compiled is not None and self._traced and self.invariant and any(
                 isinstance(a, torch.Tensor) and a.dim() >= 2 and a.shape[0] == 1 for a in args):
             # torch.compile specialises a dimension of size 1 into a kernel of its own; the
             # batch-invariant mode runs one row as two, so that it meets the kernel every batch uses.
@@ -105,32 +110,15 @@ class Kernel:
             return self.fn(*args)
         if self._compiled is not None:
             try:
-                for a in args:
-                    if isinstance(a, torch.Tensor) and a.dim() >= 2:
-                        torch._dynamo.maybe_mark_dynamic(a, 0)
+                if self._traced:
+                    for a in args:
+                        if isinstance(a, torch.Tensor) and a.dim() >= 2:
+                            torch._dynamo.maybe_mark_dynamic(a, 0)
                 return self._compiled(*args)
-            except Exception as exc:  # a missing compiler must not stop serving
-                log.warning("torch.compile failed for %s (%s); running it eagerly", self.fn.__name__, exc)
+            except Exception as exc:  # a missing compiler or a kernel that fails to build must not stop serving
+                log.warning("the fused kernel for %s failed (%s); running it eagerly", self.fn.__name__, exc)
                 self._compiled = None
         return self.fn(*args)
-
-
-class TritonKernel:
-    """A hand-written Triton kernel (util/row_kernels.py, util/silu_kernel.py), or below
-    `Kernel.eager_below` rows the eager function, whose launches cost the host less.
-
-    On the H200 these beat torch.compile's kernels for the same arithmetic: RMSNorm and add +
-    RMSNorm 1.1-2.4x, SiLU*up 1.4x at the LM's widths (bench/RESULTS.md, "Hand-written
-    elementwise kernels")."""
-
-    def __init__(self, kernel: Callable[..., Any], eager: Callable[..., Any]):
-        self.kernel = kernel
-        self.fn = eager
-
-    def __call__(self, *args: Any) -> Any:
-        if args[0].shape[0] < Kernel.eager_below:
-            return self.fn(*args)
-        return self.kernel(*args)
 
 
 class FusedOps:
@@ -156,15 +144,16 @@ class FusedOps:
         self.silu_mul: Callable[..., torch.Tensor]
         if triton_on:
             # Elementwise, so batch-invariant at any size: that mode runs every row through it.
-            self.silu_mul = silu_kernel.silu_mul if batch_invariant else TritonKernel(silu_kernel.silu_mul, silu_mul)
+            self.silu_mul = (silu_kernel.silu_mul if batch_invariant
+                             else Kernel(silu_mul, True, fast=silu_kernel.silu_mul))
         else:
             self.silu_mul = Kernel(silu_mul, enabled, invariant=batch_invariant)
         if batch_invariant:
             self.rms_norm = invariant.rms_norm
             self.add_rms_norm = invariant.add_rms_norm
         elif triton_on:
-            self.rms_norm = TritonKernel(row_kernels.rms_norm, rms_norm)
-            self.add_rms_norm = TritonKernel(row_kernels.add_rms_norm, add_rms_norm)
+            self.rms_norm = Kernel(rms_norm, True, fast=row_kernels.rms_norm)
+            self.add_rms_norm = Kernel(add_rms_norm, True, fast=row_kernels.add_rms_norm)
         else:
             self.rms_norm = Kernel(rms_norm, enabled)
             self.add_rms_norm = Kernel(add_rms_norm, enabled)

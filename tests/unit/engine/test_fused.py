@@ -86,3 +86,29 @@ def test_a_small_batch_runs_the_eager_ops_and_a_large_one_the_compiled_kernel():
     invariant = Kernel(double, compiled=True, invariant=True, compiler=compiler)  # the same kernel at every size
     invariant(torch.ones(8, 4))
     assert calls[0] == "compiled"
+
+
+def test_a_hand_written_kernel_serves_large_batches_and_one_that_fails_falls_back_to_eager_for_good(caplog):
+    calls: list[str] = []
+
+    def double(x):
+        calls.append("eager")
+        return x * 2
+
+    def fast(x):
+        calls.append("fast")
+        return x + x
+
+    kernel = Kernel(double, compiled=True, fast=fast)
+    small, large = torch.ones(Kernel.eager_below - 1, 4), torch.ones(Kernel.eager_below, 4)
+    assert torch.equal(kernel(small), small * 2) and torch.equal(kernel(large), large * 2)
+    assert calls == ["eager", "fast"]
+
+    def broken(x):
+        raise RuntimeError("no kernel image for this GPU")
+
+    calls.clear()
+    failing = Kernel(double, compiled=True, fast=broken)
+    assert torch.equal(failing(large), large * 2) and torch.equal(failing(large), large * 2)
+    assert calls == ["eager", "eager"]
+    assert "the fused kernel for double failed (no kernel image for this GPU)" in caplog.text
