@@ -22,7 +22,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 
-from ..util import invariant, row_kernels, silu_kernel
+from ..util import invariant, row_kernels, silu_kernel, swiglu_kernel
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,9 @@ class FusedOps:
         else:
             self.rms_norm = Kernel(rms_norm, enabled)
             self.add_rms_norm = Kernel(add_rms_norm, enabled)
+        # One kernel for gate, up and SiLU*up where tensor descriptors exist (util/swiglu_kernel.py).
+        self._swiglu = (triton_on and swiglu_kernel.triton is not None
+                        and torch.cuda.get_device_capability(device)[0] >= 9)
 
     def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """`module(x)` for an nn.Linear (called through F.linear: no module hooks, less host time)."""
@@ -164,6 +167,29 @@ class FusedOps:
         if self.batch_invariant:
             return invariant.linear(x, weight, bias)
         return F.linear(x, weight, bias)
+
+    # Below this many rows cuBLAS's two GEMMs and the SiLU kernel run instead (outside the
+    # batch-invariant mode): at 256 rows of the LM the fused kernel took 1.36x their time, from
+    # 1,024 rows 0.97-1.10x (H200, bench/results/nvidia-h200-swiglu.txt).
+    swiglu_from = 1024
+
+    def gate_up_silu(self, gate: torch.nn.Module, up: torch.nn.Module, x: torch.Tensor,
+                     cublas_first: bool = False) -> torch.Tensor:
+        """`silu(gate(x)) * up(x)` for two nn.Linear: one fused kernel on Hopper-class GPUs (the
+        same roundings as the three steps; it never writes gate and up out), else the three steps.
+        `cublas_first`: outside the batch-invariant mode keep cuBLAS's GEMMs (the LM, where the
+        fused kernel measured no faster). Falls back to the three steps for good, with a
+        warning, if the kernel fails."""
+        wg, wu = cast(torch.Tensor, gate.weight), cast(torch.Tensor, up.weight)
+        bg, bu = cast("torch.Tensor | None", gate.bias), cast("torch.Tensor | None", up.bias)
+        wanted = self.batch_invariant or (not cublas_first and x.shape[0] >= self.swiglu_from)
+        if self._swiglu and wanted and swiglu_kernel.supported(x, wg, wu, bg, bu):
+            try:
+                return swiglu_kernel.gate_up_silu(x, wg, wu, bg, bu)
+            except Exception as exc:  # a kernel that fails to build must not stop serving
+                log.warning("the fused gate/up/SiLU kernel failed (%s); running the three steps", exc)
+                self._swiglu = False
+        return self.silu_mul(self.linear(gate, x), self.linear(up, x))
 
     def linear_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.batch_invariant:

@@ -231,5 +231,5 @@ class VisionTower:
         x, h = ops.add_rms_norm(x, self.attention(block.attn, h, plan, cos, sin), block.norm2.weight,
                                 block.norm2.variance_epsilon)
         mlp = block.mlp
-        delta = ops.linear(mlp.down_proj, ops.silu_mul(ops.linear(mlp.gate_proj, h), ops.linear(mlp.up_proj, h)))
+        delta = ops.linear(mlp.down_proj, ops.gate_up_silu(mlp.gate_proj, mlp.up_proj, h))
         return ops.add_rms_norm(x, delta, after.weight, after.variance_epsilon)

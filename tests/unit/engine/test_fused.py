@@ -3,6 +3,9 @@ the CPU; on CUDA the same functions are compiled)."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import torch
 
 from lychee_grpc.engine.lm.fused import FusedOps, Kernel, rms_norm, rope, silu_mul
@@ -112,3 +115,41 @@ def test_a_hand_written_kernel_serves_large_batches_and_one_that_fails_falls_bac
     assert torch.equal(failing(large), large * 2) and torch.equal(failing(large), large * 2)
     assert calls == ["eager", "eager"]
     assert "the fused kernel for double failed (no kernel image for this GPU)" in caplog.text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="the fused gate/up kernel needs a Hopper-class GPU")
+def test_gate_up_silu_fuses_large_batches_as_the_three_steps_round_and_falls_back_for_good(monkeypatch, caplog):
+    from lychee_grpc.engine.util import swiglu_kernel
+
+    dev, bf = torch.device("cuda"), torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(0)
+    gate = torch.nn.Linear(1280, 3424, bias=True, device=dev, dtype=bf)
+    up = torch.nn.Linear(1280, 3424, bias=True, device=dev, dtype=bf)
+    ops = FusedOps(dev)
+    calls: list[int] = []
+    real = swiglu_kernel.gate_up_silu
+    monkeypatch.setattr(swiglu_kernel, "gate_up_silu", lambda x, *a: calls.append(x.shape[0]) or real(x, *a))
+    for rows in (16, 2048):
+        x = torch.randn(rows, 1280, device=dev, dtype=bf, generator=g)
+        with torch.inference_mode():
+            want = silu_mul(gate(x), up(x))
+            got = ops.gate_up_silu(gate, up, x)
+            # The LM keeps cuBLAS outside the batch-invariant mode.
+            assert torch.equal(ops.gate_up_silu(gate, up, x, cublas_first=True), want)
+        # Same roundings; cuBLAS may order K's sums differently: a unit in the last place at most.
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+    assert calls == [2048]  # below FusedOps.swiglu_from the three steps run
+
+    def broken(*args):
+        raise RuntimeError("no kernel today")
+
+    monkeypatch.setattr(swiglu_kernel, "gate_up_silu", broken)
+    x = torch.randn(2048, 1280, device=dev, dtype=bf, generator=g)
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        first = ops.gate_up_silu(gate, up, x)
+        monkeypatch.setattr(swiglu_kernel, "gate_up_silu", real)
+        again = ops.gate_up_silu(gate, up, x)
+        want = silu_mul(gate(x), up(x))
+    assert torch.equal(first, want) and torch.equal(again, want)  # the three steps, from the failure on
+    assert "fused gate/up/SiLU kernel failed" in caplog.text

@@ -1,5 +1,5 @@
 """The Triton kernels (util/gemm_kernel.py, util/row_kernels.py, util/silu_kernel.py,
-lm/attention_kernel.py): each row's result has the same bits whatever the number of rows around
+util/swiglu_kernel.py, lm/attention_kernel.py): each row's result has the same bits whatever the number of rows around
 it, and equals plain torch within rounding.
 
 They are built for CUDA; here they run under Triton's interpreter (TRITON_INTERPRET=1, NumPy on the
@@ -182,6 +182,41 @@ ATTENTION_SETUP = """
             out.append(o.transpose(0, 1).reshape(n, -1))
         return torch.cat(out)
 """
+
+
+def test_fused_gate_up_silu_equals_the_three_steps_and_gives_each_row_the_same_bits_at_any_row_count():
+    out = run_interpreted("""
+        import json, torch
+        import torch.nn.functional as F
+        from lychee_grpc.engine.util import swiglu_kernel
+        swiglu_kernel.CONFIG.update(BLOCK_M=32, BLOCK_N=16, BLOCK_K=32, GROUP_M=2)
+        torch.manual_seed(0)
+        result = {}
+        for bias in (True, False):
+            x = torch.randn(70, 96).half()  # rows and columns past a tile's edge on both axes
+            wg, wu = (torch.randn(40, 96) / 10).half(), (torch.randn(40, 96) / 10).half()
+            bg, bu = (torch.randn(40).half(), torch.randn(40).half()) if bias else (None, None)
+            whole = swiglu_kernel.gate_up_silu(x, wg, wu, bg, bu)
+            # The engine's three steps: each GEMM rounded to half, the SiLU rounded, the product.
+            gate = F.linear(x.float(), wg.float(), None if bg is None else bg.float()).half()
+            up = F.linear(x.float(), wu.float(), None if bu is None else bu.float()).half()
+            want = (F.silu(gate.float()).half().float() * up.float()).half()
+            result[f"err_{bias}"] = (whole.float() - want.float()).abs().max().item()
+            result[f"same_{bias}"] = all(
+                torch.equal(swiglu_kernel.gate_up_silu(x[s:s + n].clone(), wg, wu, bg, bu), whole[s:s + n])
+                for s, n in ((0, 1), (9, 1), (5, 3), (31, 39)))
+        try:
+            swiglu_kernel.gate_up_silu(x, wg, wu, torch.zeros(40).half(), None)
+            result["one_bias"] = "accepted"
+        except ValueError as exc:
+            result["one_bias"] = str(exc)
+        print(json.dumps(result))
+    """)
+    for bias in (True, False):
+        # float16 roundings of the same sums in another order: a unit in the last place at most.
+        assert out[f"err_{bias}"] < 2e-3, out
+        assert out[f"same_{bias}"], out
+    assert "both biases or neither" in out["one_bias"]
 
 
 def test_the_attention_kernel_equals_causal_attention_over_each_sequences_key_runs():
