@@ -260,7 +260,7 @@ class Executor:
             x, h = ops.add_rms_norm(x, ops.linear(attn.o_proj, self.attention(q, k_src, v_src, at)),
                                     layer.post_attention_layernorm.weight, eps)
             mlp = layer.mlp
-            # cuBLAS's GEMMs stay faster here than the fused kernel's savings (bench/RESULTS.md).
+            # Here the fused kernel measured level with cuBLAS + the SiLU kernel (bench/RESULTS.md).
             delta = ops.linear(mlp.down_proj, ops.gate_up_silu(mlp.gate_proj, mlp.up_proj, h, cublas_first=True))
             norm_w = layers[li + 1].input_layernorm.weight if li + 1 < n_layers else self.lm.norm.weight
             x, h = ops.add_rms_norm(x, delta, norm_w, eps)
