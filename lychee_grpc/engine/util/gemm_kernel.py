@@ -54,7 +54,7 @@ TILES: dict[tuple[int, int], dict[str, int]] = {
 if triton is not None:
 
     @triton.jit
-    def _tile_at(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
+    def tile_at(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
         """The (row, column) tile of the `tile`-th step of the walk, grouped GROUP_M tiles along M
         so that neighbouring programs share the weight's tiles in L2."""
         per_group = GROUP_M * tiles_n
@@ -75,7 +75,7 @@ if triton is not None:
         k_tiles = tl.cdiv(K, BLOCK_K)
         offs_k = tl.arange(0, BLOCK_K)
         for tile in tl.range(pid, tiles_m * tiles_n, num_programs):
-            tile_m, tile_n = _tile_at(tile, tiles_m, tiles_n, GROUP_M)  # pyright: ignore[reportGeneralTypeIssues]  # jit inlined
+            tile_m, tile_n = tile_at(tile, tiles_m, tiles_n, GROUP_M)  # pyright: ignore[reportGeneralTypeIssues]  # jit inlined
             rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
             cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
             # Out-of-range rows and columns read row/column 0: valid memory, never stored.
@@ -115,7 +115,7 @@ if triton is not None:
         tiles_n = tl.cdiv(N, BLOCK_N)
         k_tiles = tl.cdiv(K, BLOCK_K)
         for tile in tl.range(pid, tiles_m * tiles_n, num_programs):
-            tile_m, tile_n = _tile_at(tile, tiles_m, tiles_n, GROUP_M)  # pyright: ignore[reportGeneralTypeIssues]  # jit inlined
+            tile_m, tile_n = tile_at(tile, tiles_m, tiles_n, GROUP_M)  # pyright: ignore[reportGeneralTypeIssues]  # jit inlined
             # Rows past M and the K tail read as zeros (the descriptor's padding), stores past M
             # and N are dropped: the same products as the pointer kernel's masked loads.
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -133,13 +133,15 @@ if triton is not None:
             c_desc.store([tile_m * BLOCK_M, tile_n * BLOCK_N], acc.to(c_ptr.dtype.element_ty))
 
 
-def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
-    """Global memory for the descriptors the TMA kernel builds on the device."""
+def descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Global memory for the descriptors the TMA kernels build on the device (this module's and
+    util/swiglu_kernel.py's)."""
     return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 @functools.lru_cache(maxsize=8)
-def _programs(device_index: int | None) -> int:
+def programs_for(device_index: int | None) -> int:
+    """A persistent kernel's grid: one program per multiprocessor."""
     if torch.cuda.is_available() and device_index is not None:
         return torch.cuda.get_device_properties(device_index).multi_processor_count
     return 4  # the interpreter: a few programs, so that the tile walk is exercised
@@ -173,7 +175,7 @@ def linear(
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     # The number of programs changes which program takes which tile, never a tile's arithmetic.
-    programs = min(_programs(x.device.index if x.is_cuda else None), tiles)
+    programs = min(programs_for(x.device.index if x.is_cuda else None), tiles)
     common: dict[str, Any] = dict(  # constexprs and launch options
         HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         GROUP_M=cfg["GROUP_M"], num_stages=cfg["num_stages"], num_warps=cfg["num_warps"],
@@ -184,7 +186,7 @@ def linear(
         if a.data_ptr() % 16:
             a = a.clone()  # a view starting mid-row: the same values, aligned
         w = weight if weight.is_contiguous() and weight.data_ptr() % 16 == 0 else weight.contiguous().clone()
-        triton.set_allocator(_scratch)  # a context variable: set in the calling thread's context
+        triton.set_allocator(descriptor_scratch)  # a context variable: set in the calling thread's context
         _linear_kernel_tma[(programs,)](a, w, bias_arg, out, M, N, K, programs, **common)
         return out.view(*lead, N)
     _linear_kernel[(programs,)](

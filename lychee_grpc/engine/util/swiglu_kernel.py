@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .gemm_kernel import _programs, _scratch, _tile_at, triton
+from .gemm_kernel import descriptor_scratch, programs_for, tile_at, triton
 
 if triton is not None:
     import triton.language as tl
@@ -53,7 +53,7 @@ if triton is not None:
         k_tiles = tl.cdiv(K, BLOCK_K)
         dtype = c_ptr.dtype.element_ty
         for tile in tl.range(pid, tiles_m * tiles_n, num_programs, flatten=FLATTEN, warp_specialize=WS):
-            tile_m, tile_n = _tile_at(tile, tiles_m, tiles_n, GROUP_M)  # pyright: ignore[reportGeneralTypeIssues]  # jit inlined
+            tile_m, tile_n = tile_at(tile, tiles_m, tiles_n, GROUP_M)  # pyright: ignore[reportGeneralTypeIssues]  # jit inlined
             acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for kt in range(k_tiles):
@@ -111,9 +111,9 @@ def gate_up_silu(
     cfg = {**CONFIG, **(config or {})}
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-    programs = min(_programs(x.device.index if x.is_cuda else None), tiles)
+    programs = min(programs_for(x.device.index if x.is_cuda else None), tiles)
     gate, up = (w if w.is_contiguous() and w.data_ptr() % 16 == 0 else w.contiguous().clone() for w in (gate, up))
-    triton.set_allocator(_scratch)  # a context variable: set in the calling thread's context
+    triton.set_allocator(descriptor_scratch)  # a context variable: set in the calling thread's context
     common: dict[str, Any] = dict(  # constexprs and launch options
         HAS_BIAS=gate_bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
         FLATTEN=bool(cfg.get("FLATTEN", False)), WS=bool(cfg.get("WS", False)),
