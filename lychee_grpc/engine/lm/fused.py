@@ -74,7 +74,10 @@ class Kernel:
     a hand-written kernel of the same arithmetic (util/row_kernels.py, util/silu_kernel.py), which
     on the H200 beat torch.compile's: RMSNorm and add + RMSNorm 1.1-2.4x, SiLU*up 1.4x at the LM's
     widths (bench/RESULTS.md, "Hand-written elementwise kernels"). Falls back to eager for good on
-    any failure of either.
+    any failure of either. `takes(*args)`, where given, says whether the fast kernel handles these
+    arguments (shapes, dtypes, layouts it cannot take run eagerly, which is no failure);
+    `eager_below` overrides the class's row threshold for a kernel measured on its own; `name`
+    names it in the warning (default: fn's name).
 
     Only the token dimension (dim 0 of every tensor of 2+ dims) is compiled as dynamic: with
     hidden sizes and head counts as constants the kernels index and reduce with fixed sizes,
@@ -91,11 +94,16 @@ class Kernel:
 
     def __init__(self, fn: Callable[..., Any], compiled: bool, invariant: bool = False,
                  compiler: Callable[[Callable[..., Any]], Callable[..., Any]] = torch.compile,
-                 fast: Callable[..., Any] | None = None):
+                 fast: Callable[..., Any] | None = None, takes: Callable[..., bool] | None = None,
+                 eager_below: int | None = None, name: str | None = None):
         self.fn = fn
+        self.name = name or fn.__name__
         self._traced = fast is None  # torch.compile's kernel: dimensions marked, size 1 specialised
         self._compiled = fast if fast is not None else compiler(fn) if compiled else None
         self.invariant = invariant
+        self.takes = takes
+        if eager_below is not None:
+            self.eager_below = eager_below
 
     def __call__(self, *args: Any) -> Any:  # tensors in, the wrapped function's tensor(s) out
         if self._compiled is not None and self._traced and self.invariant and any(
@@ -108,6 +116,8 @@ class Kernel:
             return tuple(o[:1] for o in out) if isinstance(out, tuple) else out[:1]
         if self._compiled is not None and not self.invariant and args[0].shape[0] < self.eager_below:
             return self.fn(*args)
+        if self._compiled is not None and self.takes is not None and not self.takes(*args):
+            return self.fn(*args)
         if self._compiled is not None:
             try:
                 if self._traced:
@@ -116,7 +126,7 @@ class Kernel:
                             torch._dynamo.maybe_mark_dynamic(a, 0)
                 return self._compiled(*args)
             except Exception as exc:  # a missing compiler or a kernel that fails to build must not stop serving
-                log.warning("the fused kernel for %s failed (%s); running it eagerly", self.fn.__name__, exc)
+                log.warning("the fused kernel for %s failed (%s); running it eagerly", self.name, exc)
                 self._compiled = None
         return self.fn(*args)
 
@@ -157,9 +167,15 @@ class FusedOps:
         else:
             self.rms_norm = Kernel(rms_norm, enabled)
             self.add_rms_norm = Kernel(add_rms_norm, enabled)
-        # One kernel for gate, up and SiLU*up where tensor descriptors exist (util/swiglu_kernel.py).
-        self._swiglu = (triton_on and swiglu_kernel.triton is not None
-                        and torch.cuda.get_device_capability(device)[0] >= 9)
+        # One kernel for gate, up and SiLU*up where tensor descriptors exist (util/swiglu_kernel.py);
+        # elementwise in its epilogue and one tile at every size, so the batch-invariant mode
+        # runs every row through it.
+        swiglu_on = (triton_on and swiglu_kernel.triton is not None
+                     and torch.cuda.get_device_capability(device)[0] >= 9)
+        self._gate_up_silu = Kernel(self._three_steps, swiglu_on, invariant=batch_invariant,
+                                    fast=swiglu_kernel.gate_up_silu if swiglu_on else None,
+                                    takes=swiglu_kernel.supported, eager_below=self.swiglu_from,
+                                    name="gate/up/SiLU")
 
     def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """`module(x)` for an nn.Linear (called through F.linear: no module hooks, less host time)."""
@@ -178,18 +194,17 @@ class FusedOps:
         """`silu(gate(x)) * up(x)` for two nn.Linear: one fused kernel on Hopper-class GPUs (the
         same roundings as the three steps; it never writes gate and up out), else the three steps.
         `cublas_first`: outside the batch-invariant mode keep cuBLAS's GEMMs (the LM, where the
-        fused kernel measured no faster). Falls back to the three steps for good, with a
-        warning, if the kernel fails."""
+        fused kernel measured no faster). The kernel's rule (rows, shapes it takes, a failure
+        falling back for good) is `Kernel`'s."""
         wg, wu = cast(torch.Tensor, gate.weight), cast(torch.Tensor, up.weight)
         bg, bu = cast("torch.Tensor | None", gate.bias), cast("torch.Tensor | None", up.bias)
-        wanted = self.batch_invariant or (not cublas_first and x.shape[0] >= self.swiglu_from)
-        if self._swiglu and wanted and swiglu_kernel.supported(x, wg, wu, bg, bu):
-            try:
-                return swiglu_kernel.gate_up_silu(x, wg, wu, bg, bu)
-            except Exception as exc:  # a kernel that fails to build must not stop serving
-                log.warning("the fused gate/up/SiLU kernel failed (%s); running the three steps", exc)
-                self._swiglu = False
-        return self.silu_mul(self.linear(gate, x), self.linear(up, x))
+        if cublas_first and not self.batch_invariant:
+            return self._three_steps(x, wg, wu, bg, bu)
+        return cast(torch.Tensor, self._gate_up_silu(x, wg, wu, bg, bu))
+
+    def _three_steps(self, x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor,
+                     bg: torch.Tensor | None, bu: torch.Tensor | None) -> torch.Tensor:
+        return self.silu_mul(self.linear_weight(x, wg, bg), self.linear_weight(x, wu, bu))
 
     def linear_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.batch_invariant:

@@ -117,6 +117,27 @@ def test_a_hand_written_kernel_serves_large_batches_and_one_that_fails_falls_bac
     assert "the fused kernel for double failed (no kernel image for this GPU)" in caplog.text
 
 
+def test_a_kernel_sends_what_it_does_not_take_to_eager_without_giving_up(caplog):
+    calls: list[str] = []
+
+    def double(x):
+        calls.append("eager")
+        return x * 2
+
+    def fast(x):
+        calls.append("fast")
+        return x + x
+
+    kernel = Kernel(double, compiled=True, fast=fast, takes=lambda x: x.shape[1] % 4 == 0, eager_below=8,
+                    name="doubling")
+    narrow, wide, few = torch.ones(8, 3), torch.ones(8, 4), torch.ones(7, 4)
+    with caplog.at_level(logging.WARNING):
+        assert torch.equal(kernel(narrow), narrow * 2) and torch.equal(kernel(wide), wide * 2)
+        assert torch.equal(kernel(few), few * 2) and torch.equal(kernel(wide), wide * 2)
+    assert calls == ["eager", "fast", "eager", "fast"]  # the kernel stays on after a shape it does not take
+    assert caplog.text == ""
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="the fused gate/up kernel needs a Hopper-class GPU")
 def test_gate_up_silu_fuses_large_batches_as_the_three_steps_round_and_falls_back_for_good(monkeypatch, caplog):
@@ -126,10 +147,10 @@ def test_gate_up_silu_fuses_large_batches_as_the_three_steps_round_and_falls_bac
     g = torch.Generator(device=dev).manual_seed(0)
     gate = torch.nn.Linear(1280, 3424, bias=True, device=dev, dtype=bf)
     up = torch.nn.Linear(1280, 3424, bias=True, device=dev, dtype=bf)
-    ops = FusedOps(dev)
     calls: list[int] = []
     real = swiglu_kernel.gate_up_silu
     monkeypatch.setattr(swiglu_kernel, "gate_up_silu", lambda x, *a: calls.append(x.shape[0]) or real(x, *a))
+    ops = FusedOps(dev)
     for rows in (16, 2048):
         x = torch.randn(rows, 1280, device=dev, dtype=bf, generator=g)
         with torch.inference_mode():
@@ -140,11 +161,19 @@ def test_gate_up_silu_fuses_large_batches_as_the_three_steps_round_and_falls_bac
         # Same roundings; cuBLAS may order K's sums differently: a unit in the last place at most.
         torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
     assert calls == [2048]  # below FusedOps.swiglu_from the three steps run
+    narrow_gate = torch.nn.Linear(1279, 64, device=dev, dtype=bf)  # rows of 2,558 bytes: not the kernel's
+    narrow_up = torch.nn.Linear(1279, 64, device=dev, dtype=bf)
+    odd = torch.randn(2048, 1279, device=dev, dtype=bf, generator=g)
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        assert torch.equal(ops.gate_up_silu(narrow_gate, narrow_up, odd), silu_mul(narrow_gate(odd), narrow_up(odd)))
+    assert calls == [2048]  # a shape the kernel does not take runs the three steps, no warning
+    assert "failed" not in caplog.text
 
     def broken(*args):
         raise RuntimeError("no kernel today")
 
     monkeypatch.setattr(swiglu_kernel, "gate_up_silu", broken)
+    ops = FusedOps(dev)
     x = torch.randn(2048, 1280, device=dev, dtype=bf, generator=g)
     with caplog.at_level(logging.WARNING), torch.inference_mode():
         first = ops.gate_up_silu(gate, up, x)
@@ -152,4 +181,4 @@ def test_gate_up_silu_fuses_large_batches_as_the_three_steps_round_and_falls_bac
         again = ops.gate_up_silu(gate, up, x)
         want = silu_mul(gate(x), up(x))
     assert torch.equal(first, want) and torch.equal(again, want)  # the three steps, from the failure on
-    assert "fused gate/up/SiLU kernel failed" in caplog.text
+    assert "the fused kernel for gate/up/SiLU failed (no kernel today)" in caplog.text
