@@ -50,7 +50,9 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_c8(engine_config, loaded, seconds: float, tok) -> dict:
+def run_c8(engine_config, loaded, seconds: float, tok, started: threading.Event | None = None) -> dict:
+    """8 gRPC clients through the real server for `seconds` after 3 s of warm-up; `started` is set
+    when the clients start (bench/profile/c8_timeline.py records a window from it)."""
     from bench.pair import Server
     from lychee_grpc.client import LycheeClient
     from lychee_grpc.proto import lychee_pb2 as pb
@@ -89,6 +91,8 @@ def run_c8(engine_config, loaded, seconds: float, tok) -> dict:
     threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
+    if started is not None:
+        started.set()
     for t in threads:
         t.join()
     server.stop()

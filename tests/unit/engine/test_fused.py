@@ -4,6 +4,7 @@ the CPU; on CUDA the same functions are compiled)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -91,8 +92,8 @@ def test_a_small_batch_runs_the_eager_ops_and_a_large_one_the_compiled_kernel():
     assert calls[0] == "compiled"
 
 
-def test_a_hand_written_kernel_serves_large_batches_and_one_that_fails_falls_back_to_eager_for_good(caplog):
-    calls: list[str] = []
+def doubling(calls: list[str]) -> tuple[Callable, Callable]:
+    """An eager function and its 'kernel', each recording its calls."""
 
     def double(x):
         calls.append("eager")
@@ -102,6 +103,12 @@ def test_a_hand_written_kernel_serves_large_batches_and_one_that_fails_falls_bac
         calls.append("fast")
         return x + x
 
+    return double, fast
+
+
+def test_a_hand_written_kernel_serves_large_batches_and_one_that_fails_falls_back_to_eager_for_good(caplog):
+    calls: list[str] = []
+    double, fast = doubling(calls)
     kernel = Kernel(double, compiled=True, fast=fast)
     small, large = torch.ones(Kernel.eager_below - 1, 4), torch.ones(Kernel.eager_below, 4)
     assert torch.equal(kernel(small), small * 2) and torch.equal(kernel(large), large * 2)
@@ -119,15 +126,7 @@ def test_a_hand_written_kernel_serves_large_batches_and_one_that_fails_falls_bac
 
 def test_a_kernel_sends_what_it_does_not_take_to_eager_without_giving_up(caplog):
     calls: list[str] = []
-
-    def double(x):
-        calls.append("eager")
-        return x * 2
-
-    def fast(x):
-        calls.append("fast")
-        return x + x
-
+    double, fast = doubling(calls)
     kernel = Kernel(double, compiled=True, fast=fast, takes=lambda x: x.shape[1] % 4 == 0, eager_below=8,
                     name="doubling")
     narrow, wide, few = torch.ones(8, 3), torch.ones(8, 4), torch.ones(7, 4)

@@ -1,0 +1,98 @@
+"""Where the GPU waits under C8 (8 gRPC clients, each sending a 100-candidate text rerank as soon
+as its last one returned; RANDOM weights, 7B shape): bench.run's C8 through the real server, with
+the profiler recording the GPU's kernels only (no CPU events: their overhead would change what is
+measured) for `--window` seconds in its middle. Prints the candidates/s, the GPU's busy fraction
+in the window, the idle time by gap length, and the longest gaps with the kernels either side.
+
+    python -m bench.profile.c8_timeline --tiny .cache/tiny-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from bench.ab import parse_settings
+from bench.harness.floor import matmul_tflops
+from bench.harness.model import DEFAULT_TINY, build_model
+from bench.run import run_c8
+from lychee_grpc.engine.config import EngineConfig
+
+BUCKETS_US = (10, 100, 1000, 10_000)
+
+
+def idle_report(kernels: list[tuple[float, float, str]], window_us: float, top: int) -> dict:
+    """Prints and returns the GPU's busy time over the recorded kernels' span (overlapping kernels
+    counted once) and its idle gaps: (start us, end us, name) in, times in ms out."""
+    kernels = sorted(kernels)
+    merged: list[list] = []  # [start, end, first kernel's name, last kernel's name]
+    for start, end, name in kernels:
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1][1], merged[-1][3] = end, name
+        else:
+            merged.append([start, end, name, name])
+    busy = sum(e - s for s, e, _, _ in merged)
+    span = merged[-1][1] - merged[0][0]
+    print(f"GPU busy {busy / 1e3:.1f} ms of {span / 1e3:.1f} ms between the window's first and last kernel "
+          f"({100 * busy / span:.1f}%); {len(kernels)} kernels; window {window_us / 1e6:.1f} s")
+    gaps = [(merged[i + 1][0] - merged[i][1], merged[i][3], merged[i + 1][2]) for i in range(len(merged) - 1)]
+    lower: float = 0
+    for upper in (*BUCKETS_US, float("inf")):
+        inside = [g for g, _, _ in gaps if lower <= g < upper]
+        print(f"  gaps {lower:>6} us .. {upper:>6} us: {len(inside):6d}, {sum(inside) / 1e3:8.1f} ms "
+              f"({100 * sum(inside) / span:.2f}% of the span)")
+        lower = upper
+    longest = sorted(gaps, key=lambda g: -g[0])[:top]
+    for length, before, after in longest:
+        print(f"  gap {length / 1e3:7.2f} ms after {before[:60]!r} before {after[:60]!r}")
+    return {"busy_ms": busy / 1e3, "span_ms": span / 1e3, "idle_ms": (span - busy) / 1e3,
+            "longest_gaps_ms": [round(g / 1e3, 3) for g, _, _ in longest]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", default=DEFAULT_TINY)
+    ap.add_argument("--seconds", type=float, default=14.0, help="C8's measured seconds (after its 3 s warm-up)")
+    ap.add_argument("--window", type=float, default=5.0, help="seconds recorded, from 3 s into the measured part")
+    ap.add_argument("--cap-gib", type=float, default=24.0)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--engine", default="", help="EngineConfig settings, key=value,... (as bench.run's)")
+    a = ap.parse_args()
+    loaded = build_model(a.tiny)
+    print(f"C8 timeline on {torch.cuda.get_device_name()}: Qwen2.5-VL-7B shape with RANDOM weights")
+    print(f"bf16 8192^3 matmul: {matmul_tflops():.0f} TFLOP/s")
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, a.cap_gib * 2**30 / total))
+    config = EngineConfig(model="random-qwen2.5-vl-7b", warmup=True, preprocess_threads=8, **parse_settings(a.engine))
+    print(f"engine settings: {a.engine or 'defaults'}")
+    out: dict = {}
+    started = threading.Event()
+    worker = threading.Thread(target=lambda: out.update(
+        run_c8(config, loaded, a.seconds, loaded.processor.tokenizer, started)))
+    worker.start()
+    if not started.wait(900):
+        raise RuntimeError("C8 did not start")
+    time.sleep(3 + 3)  # its warm-up, then 3 s in
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        time.sleep(a.window)
+        window_us = (time.perf_counter() - t0) * 1e6
+    worker.join()
+    print(f"C8: {out}")
+    kernels = [(e.time_range.start, e.time_range.end, e.name)
+               for e in prof.events() if e.device_type == DeviceType.CUDA]
+    if not kernels:
+        print("no kernels recorded in the window")
+        return 1
+    idle_report(kernels, window_us, a.top)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
