@@ -5,6 +5,10 @@ measured) for `--window` seconds in its middle. Prints the candidates/s, the GPU
 in the window, the idle time by gap length, and the longest gaps with the kernels either side.
 
     python -m bench.profile.c8_timeline --tiny .cache/tiny-model
+    python -m bench.profile.c8_timeline --window 0 --rounds 2 --engine "" --engine max_batch_tokens=32768
+
+With `--window 0` no profiler runs (C8 as bench.run measures it); repeated `--engine` settings
+alternate round by round, each through a fresh server over the one model.
 """
 
 from __future__ import annotations
@@ -55,42 +59,68 @@ def idle_report(kernels: list[tuple[float, float, str]], window_us: float, top: 
             "longest_gaps_ms": [round(g / 1e3, 3) for g, _, _ in longest]}
 
 
+def one_run(config: EngineConfig, loaded, seconds: float, window: float, top: int) -> dict:
+    """One C8 through a fresh server; with `window` > 0, the GPU's kernels recorded for that many
+    seconds from 3 s into the measured part (the profiler slows C8 itself while it records)."""
+    out: dict = {}
+    started = threading.Event()
+    torch.cuda.reset_peak_memory_stats()
+    worker = threading.Thread(target=lambda: out.update(
+        run_c8(config, loaded, seconds, loaded.processor.tokenizer, started)))
+    worker.start()
+    if not started.wait(900):
+        raise RuntimeError("C8 did not start")
+    if window > 0:
+        time.sleep(3 + 3)  # its warm-up, then 3 s in
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            time.sleep(window)
+            window_us = (time.perf_counter() - t0) * 1e6
+    worker.join()
+    out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    print(f"C8: {out}", flush=True)
+    if window > 0:
+        kernels = [(e.time_range.start, e.time_range.end, e.name)
+                   for e in prof.events() if e.device_type == DeviceType.CUDA]
+        if kernels:
+            out["gpu"] = idle_report(kernels, window_us, top)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", default=DEFAULT_TINY)
     ap.add_argument("--seconds", type=float, default=14.0, help="C8's measured seconds (after its 3 s warm-up)")
-    ap.add_argument("--window", type=float, default=5.0, help="seconds recorded, from 3 s into the measured part")
+    ap.add_argument("--window", type=float, default=5.0,
+                    help="seconds recorded, from 3 s into the measured part (0: no profiler)")
     ap.add_argument("--cap-gib", type=float, default=24.0)
     ap.add_argument("--top", type=int, default=12)
-    ap.add_argument("--engine", default="", help="EngineConfig settings, key=value,... (as bench.run's)")
+    ap.add_argument("--engine", action="append", default=None,
+                    help="EngineConfig settings, key=value,... (as bench.run's); repeat to alternate settings")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of each setting, alternating")
     a = ap.parse_args()
+    settings = a.engine or [""]
     loaded = build_model(a.tiny)
-    print(f"C8 timeline on {torch.cuda.get_device_name()}: Qwen2.5-VL-7B shape with RANDOM weights")
-    print(f"bf16 8192^3 matmul: {matmul_tflops():.0f} TFLOP/s")
+    print(f"C8 on {torch.cuda.get_device_name()}: Qwen2.5-VL-7B shape with RANDOM weights")
+    matmul = matmul_tflops()
+    print(f"bf16 8192^3 matmul: {matmul:.0f} TFLOP/s")
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, a.cap_gib * 2**30 / total))
-    config = EngineConfig(model="random-qwen2.5-vl-7b", warmup=True, preprocess_threads=8, **parse_settings(a.engine))
-    print(f"engine settings: {a.engine or 'defaults'}")
-    out: dict = {}
-    started = threading.Event()
-    worker = threading.Thread(target=lambda: out.update(
-        run_c8(config, loaded, a.seconds, loaded.processor.tokenizer, started)))
-    worker.start()
-    if not started.wait(900):
-        raise RuntimeError("C8 did not start")
-    time.sleep(3 + 3)  # its warm-up, then 3 s in
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        t0 = time.perf_counter()
-        time.sleep(a.window)
-        window_us = (time.perf_counter() - t0) * 1e6
-    worker.join()
-    print(f"C8: {out}")
-    kernels = [(e.time_range.start, e.time_range.end, e.name)
-               for e in prof.events() if e.device_type == DeviceType.CUDA]
-    if not kernels:
-        print("no kernels recorded in the window")
-        return 1
-    idle_report(kernels, window_us, a.top)
+    runs: dict[str, list[dict]] = {s: [] for s in settings}
+    for r in range(a.rounds):
+        for setting in settings:
+            print(f"-- round {r + 1}, engine settings: {setting or 'defaults'}", flush=True)
+            config = EngineConfig(model="random-qwen2.5-vl-7b", warmup=True, preprocess_threads=8,
+                                  **parse_settings(setting))
+            runs[setting].append(one_run(config, loaded, a.seconds, a.window, a.top))
+    print(f"\n| engine settings | candidates/s per round | of the matmul rate ({matmul:.0f} TFLOP/s) "
+          "| p50 ms | peak GiB |")
+    print("|---|---|---|---|---|")
+    for setting, outs in runs.items():
+        rates = " / ".join(f"{o['candidates_per_s']:.1f}" for o in outs)
+        shares = " / ".join(f"{100 * o['needed_tflops'] / matmul:.1f}%" for o in outs)
+        p50 = " / ".join(f"{o['p50_ms']:.0f}" for o in outs)
+        print(f"| {setting or 'defaults'} | {rates} | {shares} | {p50} | {max(o['peak_gib'] for o in outs)} |")
     return 0
 
 
