@@ -74,7 +74,7 @@ class Kernel:
     a hand-written kernel of the same arithmetic (util/row_kernels.py, util/silu_kernel.py), which
     on the H200 beat torch.compile's: RMSNorm and add + RMSNorm 1.1-2.4x, SiLU*up 1.4x at the LM's
     widths (bench/RESULTS.md, "Hand-written elementwise kernels"). Falls back to eager for good on
-    any failure of either. `takes(*args)`, where given, says whether the fast kernel handles these
+    any failure of either, except running out of GPU memory, which reaches the caller. `takes(*args)`, where given, says whether the fast kernel handles these
     arguments (shapes, dtypes, layouts it cannot take run eagerly, which is no failure);
     `eager_below` overrides the class's row threshold for a kernel measured on its own; `name`
     names it in the warning (default: fn's name).
@@ -125,6 +125,10 @@ class Kernel:
                         if isinstance(a, torch.Tensor) and a.dim() >= 2:
                             torch._dynamo.maybe_mark_dynamic(a, 0)
                 return self._compiled(*args)
+            except torch.OutOfMemoryError:
+                # The batch's memory, not the kernel: the scheduler splits the batch, and the
+                # eager ops would need more memory, not less.
+                raise
             except Exception as exc:  # a missing compiler or a kernel that fails to build must not stop serving
                 log.warning("the fused kernel for %s failed (%s); running it eagerly", self.name, exc)
                 self._compiled = None

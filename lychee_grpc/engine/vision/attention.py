@@ -126,7 +126,8 @@ def _grouped_sdpa(
 class VisionAttention:
     """The vision layers' attention with their own weights (see the module doc). `window_kernel`
     turns the fused Triton kernel on where it applies; it switches itself off for good, on this
-    instance, if it ever fails to compile or run."""
+    instance, if it ever fails to compile or run (running out of GPU memory is not such a failure:
+    it reaches the caller, whose batch is split)."""
 
     def __init__(self, window_kernel: bool = True, qk_rope: Callable = vision_qk_rope,
                  linear: Callable | None = None, batch_invariant: bool = False):
@@ -191,6 +192,8 @@ class VisionAttention:
             # None only where the import failed, and then use_varlen is off; the output alone is returned
             return cast(torch.Tensor, varlen_attn(  # pyright: ignore[reportOptionalCall]
                 query, key, value, cu_seqlens, cu_seqlens, max_len, max_len, scale=scale))
+        except torch.OutOfMemoryError:  # a RuntimeError, but the batch's memory, not a refusal
+            raise
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
             self._varlen_refused.add(refusal_key)
             log.info("varlen_attn refused %s; using grouped sdpa for it: %s", refusal_key, exc)
@@ -206,6 +209,8 @@ class VisionAttention:
             return vision_window_kernel.window_attention_rope(
                 qkv, cos, sin, plan.cu_int32, len(plan.lengths), heads, scale
             )
+        except torch.OutOfMemoryError:  # the batch's memory, not the kernel: the caller splits the batch
+            raise
         except Exception as exc:  # a missing compiler must not stop serving
             self.window_kernel = False
             log.warning("the fused window attention kernel failed (%s); using SDPA for the vision windows", exc)

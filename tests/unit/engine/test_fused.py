@@ -137,6 +137,26 @@ def test_a_kernel_sends_what_it_does_not_take_to_eager_without_giving_up(caplog)
     assert caplog.text == ""
 
 
+def test_running_out_of_memory_in_a_kernel_reaches_the_caller_and_keeps_the_kernel(caplog):
+    calls: list[str] = []
+    double, fast = doubling(calls)
+    short = [True]
+
+    def tight(x):
+        if short.pop() if short else False:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 970.00 MiB")
+        return fast(x)
+
+    kernel = Kernel(double, compiled=True, fast=tight)
+    large = torch.ones(Kernel.eager_below, 4)
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(torch.OutOfMemoryError):  # the scheduler splits the batch
+            kernel(large)
+        assert torch.equal(kernel(large), large * 2)
+    assert calls == ["fast"]  # the kernel, not the eager ops, after the batch's memory ran out
+    assert caplog.text == ""
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="the fused gate/up kernel needs a Hopper-class GPU")
 def test_gate_up_silu_fuses_large_batches_as_the_three_steps_round_and_falls_back_for_good(monkeypatch, caplog):

@@ -232,3 +232,42 @@ def test_cuda_matches_per_window_loop(inputs, dtype, monkeypatch):
         torch.testing.assert_close(got, expected, atol=0.03 * expected.abs().max().item(), rtol=0)
     else:  # flash refuses float32: grouped sdpa
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def ragged_layer_inputs(device: str = "cpu"):
+    model = make_model().to(device)
+    lengths = [16, 16, 7]  # two lengths: varlen_attn's path on CUDA
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    hidden = torch.randn(sum(lengths), 64, device=device)
+    angles = torch.randn(sum(lengths), 8, device=device)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    return model.model.visual.blocks[0].attn, hidden, Plan(cu_seqlens), cos, sin
+
+
+def out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 24.00 MiB")
+
+
+def test_running_out_of_memory_in_the_window_kernel_reaches_the_caller_and_keeps_the_kernel(monkeypatch):
+    attention, hidden, plan, cos, sin = ragged_layer_inputs()
+    monkeypatch.setattr(vision_attention.vision_window_kernel, "supported", lambda *args: True)
+    monkeypatch.setattr(vision_attention.vision_window_kernel, "window_attention_rope", out_of_memory)
+    layer = VisionAttention(window_kernel=True)
+    with torch.inference_mode(), pytest.raises(torch.OutOfMemoryError):  # the scheduler splits the batch
+        layer(attention, hidden, plan, cos, sin)
+    assert layer.window_kernel  # still on: the memory is the batch's, not the kernel's
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or vision_attention.varlen_attn is None,
+                    reason="varlen_attn runs on CUDA")
+def test_running_out_of_memory_in_varlen_attention_is_no_refusal(monkeypatch):
+    attention, hidden, plan, cos, sin = ragged_layer_inputs("cuda")
+    real, calls = vision_attention.varlen_attn, []
+    layer = VisionAttention(window_kernel=False)
+    monkeypatch.setattr(vision_attention, "varlen_attn", out_of_memory)
+    with torch.inference_mode(), pytest.raises(torch.OutOfMemoryError):
+        layer(attention, hidden, plan, cos, sin)
+    monkeypatch.setattr(vision_attention, "varlen_attn", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.inference_mode():
+        layer(attention, hidden, plan, cos, sin)
+    assert calls == [1]  # varlen_attn again, not grouped SDPA for good
