@@ -74,10 +74,12 @@ class Kernel:
     a hand-written kernel of the same arithmetic (util/row_kernels.py, util/silu_kernel.py), which
     on the H200 beat torch.compile's: RMSNorm and add + RMSNorm 1.1-2.4x, SiLU*up 1.4x at the LM's
     widths (bench/RESULTS.md, "Hand-written elementwise kernels"). Falls back to eager for good on
-    any failure of either, except running out of GPU memory, which reaches the caller. `takes(*args)`, where given, says whether the fast kernel handles these
-    arguments (shapes, dtypes, layouts it cannot take run eagerly, which is no failure);
-    `eager_below` overrides the class's row threshold for a kernel measured on its own; `name`
-    names it in the warning (default: fn's name).
+    any failure of either, except running out of GPU memory, which reaches the caller.
+
+    `takes(*args)`, where given, says whether the fast kernel handles these arguments (shapes,
+    dtypes or layouts it cannot take run eagerly, which is no failure); `eager_below` overrides the
+    class's row threshold for a kernel measured on its own; `name` names it in the warning
+    (default: fn's name).
 
     Only the token dimension (dim 0 of every tensor of 2+ dims) is compiled as dynamic: with
     hidden sizes and head counts as constants the kernels index and reduce with fixed sizes,
