@@ -264,7 +264,10 @@ public final class FailOpenReranker {
     private boolean closed; // guarded by this: after it, late events are ignored
     private final CountDownLatch done = new CountDownLatch(1);
     private volatile ClientCallStreamObserver<RerankStreamRequest> requests;
-    /** How the latest gRPC attempt of this call ended (gRPC retries UNAVAILABLE by itself). */
+    /**
+     * The status of this call's latest gRPC attempt that the replica or the transport ended (gRPC
+     * retries UNAVAILABLE by itself); attempts ended by the call's own cancel or deadline are left out.
+     */
     volatile Status lastAttemptStatus;
 
     /** Adds a stream tracer to the call, which sees each attempt's end. */
@@ -277,7 +280,12 @@ public final class FailOpenReranker {
             return new ClientStreamTracer() {
               @Override
               public void streamClosed(Status status) {
-                lastAttemptStatus = status;
+                // An attempt ended by this call's own end (the budget's cancel, gRPC's deadline) says
+                // nothing of the replica, and may close after the attempt the replica refused.
+                Status.Code code = status.getCode();
+                if (code != Status.Code.CANCELLED && code != Status.Code.DEADLINE_EXCEEDED) {
+                  lastAttemptStatus = status;
+                }
               }
             };
           }
