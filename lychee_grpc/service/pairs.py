@@ -37,6 +37,10 @@ from .score_cache import PairKeys, ScoreCache, ScoreCacheStats, StoredScore
 # How long past its deadline a request waits for a pair before it gives up (its own engine job
 # fails with DeadlineExpired by itself; this bounds waiting on another request's work).
 DEADLINE_GRACE_SECONDS = 0.25
+# An engine may report a job's usage only with the job's end, after its last score (the worker
+# pool does): a request that has every score waits this long at most for its jobs' ends, so that
+# its usage counts them.
+JOB_END_WAIT_SECONDS = 1.0
 
 
 class Source(Enum):
@@ -305,6 +309,7 @@ class PairRequest:
         try:
             while True:
                 if self._closed and self._outstanding == 0 and events.empty():
+                    await self._jobs_ended()
                     return
                 scores: list[Score] = []
                 for item in await events.get_all():
@@ -319,6 +324,11 @@ class PairRequest:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    async def _jobs_ended(self) -> None:
+        readers = [work.reader for work in self._works if work.closed and not work.reader.done()]
+        if readers:
+            await asyncio.wait(readers, timeout=JOB_END_WAIT_SECONDS)
 
     @property
     def stats(self) -> RequestStats:

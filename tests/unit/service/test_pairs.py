@@ -37,6 +37,7 @@ class GatedJob(QueuedJob):
         super().__init__()
         self.cancelled = self.closed = False
         self.pending: list[tuple[int, Document]] = []
+        self.unreported = 0  # documents whose usage the job has not reported yet
         self.task = asyncio.create_task(self._score())
 
     async def add_documents(self, documents):
@@ -45,9 +46,15 @@ class GatedJob(QueuedJob):
                 raise InvalidInput([])
         self.pending += list(documents)
         self.engine.computed += [doc.parts[0].text for _, doc in documents]
-        self.stats.usage.prompt_tokens += 7 * len(documents)
-        self.stats.usage.computed_tokens += 5 * len(documents)
+        self.unreported += len(documents)
+        if not self.engine.usage_at_end:
+            self._report_usage()
         return [7] * len(documents)
+
+    def _report_usage(self):
+        self.stats.usage.prompt_tokens += 7 * self.unreported
+        self.stats.usage.computed_tokens += 5 * self.unreported
+        self.unreported = 0
 
     async def _score(self):
         while True:
@@ -60,6 +67,9 @@ class GatedJob(QueuedJob):
                 value = float(doc.parts[0].text) + self.number * 1e-9
                 self.queue.put_nowait(Score(index, doc.id, value, value * 10))
             if self.closed and not self.pending:
+                if self.unreported:  # reported with the job's end, a moment after its last score
+                    await asyncio.sleep(0.05)
+                    self._report_usage()
                 self.queue.put_nowait(None)
                 return
             await asyncio.sleep(0)
@@ -83,6 +93,7 @@ class GatedEngine:
         self.computed: list[str] = []
         self.cancelled: list[int] = []
         self.failing: set[int] = set()  # jobs (by number) that fail instead of scoring
+        self.usage_at_end = False  # jobs report their usage with their end (as the worker pool's do)
 
     async def open_job(self, query, instruction="", truncation=Truncation.NONE, max_tokens_per_document=0,
                        deadline=None):
@@ -122,6 +133,20 @@ async def test_the_same_request_twice_is_answered_bit_for_bit_with_nothing_compu
     stats = service.score_cache_stats()
     assert (stats.hits, stats.misses, stats.entries) == (3, 3, 3)
     assert service.model_info().score_cache.hits == 3
+
+
+async def test_usage_a_job_reports_only_with_its_end_is_still_counted():
+    service = make_service()
+    service.engine.usage_at_end = True
+    outcome = await service.rerank(QUERY, docs("0.1", "0.7", "0.4"), RerankOptions())
+    assert (outcome.usage.prompt_tokens, outcome.usage.computed_tokens) == (21, 15)
+    streamed = [item async for item in service.rerank_stream(QUERY, RerankOptions(), _chunks(docs("0.2", "0.3")))]
+    assert (streamed[-1].usage.prompt_tokens, streamed[-1].usage.computed_tokens) == (14, 10)
+
+
+async def _chunks(documents):
+    for doc in documents:
+        yield [doc]
 
 
 async def test_another_instruction_query_or_option_that_changes_a_score_is_computed_again():
