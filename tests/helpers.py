@@ -131,6 +131,17 @@ def violated_fields(err: grpc.RpcError) -> list[str]:
     return [field for field, _ in field_violations(err)]
 
 
+def retry_delay(err: grpc.RpcError) -> float:
+    """The RetryInfo delay of a refused call, in seconds."""
+    status = rpc_status.from_call(err)
+    assert status is not None, "no google.rpc.Status details"
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToTimedelta().total_seconds()
+    raise AssertionError("no RetryInfo in the status details")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -166,6 +177,19 @@ class OutOfMemoryAbove(NoFaults):
 
     def model_call(self, items: Sequence[BatchItem]) -> None:
         if len(items) > self.sequences:
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")
+
+
+class OutOfMemoryAlone(NoFaults):
+    """The first `times` model passes over a single document run out of memory (a shortage that
+    passes: fragments, another batch in flight)."""
+
+    def __init__(self, times: int):
+        self.times = times
+
+    def model_call(self, items: Sequence[BatchItem]) -> None:
+        if sum(item.score for item in items) == 1 and self.times > 0:
+            self.times -= 1
             raise torch.OutOfMemoryError("injected: CUDA out of memory")
 
 

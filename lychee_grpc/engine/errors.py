@@ -28,11 +28,13 @@ class InvalidInput(EngineError):
 
 class TooLarge(InvalidInput):
     """Over a per-request size limit (documents per request, tokens, or the GPU memory one
-    document needs). Retrying the same request cannot succeed; a smaller one can."""
+    document over a batch's token bound needs). Retrying the same request cannot succeed; a
+    smaller one can."""
 
 
 class Overloaded(EngineError):
-    """The server holds more work than its bounds allow; retry after `retry_after` seconds."""
+    """The server holds more work than its bounds allow (or its GPU memory cannot hold a
+    document it is set up to hold); retry after `retry_after` seconds."""
 
     def __init__(self, message: str, retry_after: float):
         self.retry_after = retry_after

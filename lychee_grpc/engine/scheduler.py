@@ -4,7 +4,9 @@ Requests (jobs) put prepared documents into a shared queue. The worker takes the
 order into batches bounded by tokens, documents and images (waiting at most `max_wait_ms` for
 a batch to fill), drops the documents of cancelled or expired jobs before they reach the
 model, computes each new job's shared prefix once, scores the batch on a dedicated thread, and
-hands each score back to its job. A batch that runs out of GPU memory is split and retried.
+hands each score back to its job. A batch that runs out of GPU memory is split and retried; a
+document that runs out of memory alone is tried once more, alone on a drained GPU, before it is
+refused.
 
 Two batches overlap: the next is laid out and launched on the GPU thread while the previous one
 still runs, and only then are the previous one's scores read (off the event loop; their copy to
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import DeadlineExpired, FieldViolation, NotReady, Overloaded, TooLarge
+from .errors import DeadlineExpired, EngineError, FieldViolation, NotReady, Overloaded, TooLarge
 from .faults import FaultHook, NoFaults
 from .heads import common_head, shared_heads, split
 from .job import Job
@@ -46,6 +48,15 @@ class QueuedDocument:
     doc: PreparedDocument
     enqueued: float
     tokens: int
+    retried: bool = False  # ran out of memory alone once: its next batch runs on a drained GPU
+
+
+class _ShortOfMemory(Exception):
+    """A document (or its request's query, by `field`) ran out of GPU memory in a pass of its own."""
+
+    def __init__(self, field: str, tokens: int):
+        self.field, self.tokens = field, tokens
+        super().__init__(f"{field}: out of GPU memory alone ({tokens} tokens)")
 
 
 def drain_seconds(queued: int, extra: int, done: int, seconds: float) -> float:
@@ -275,9 +286,10 @@ class Scheduler:
                 continue
             self._current.append(batch)  # from here the batch is the worker's to settle, even if it dies
             self.faults.batch_formed(len(batch))
-            if previous is not None and not previous.pending:
+            if previous is not None and (not previous.pending or any(item.retried for item in batch)):
                 # Its scores are ready (on the CPU they are at launch): deliver them before the
-                # next batch runs, not after.
+                # next batch runs, not after. A document that ran out of memory alone runs again
+                # on a GPU that holds no other batch.
                 await self._complete(previous)
                 previous = None
             # Otherwise the next batch is laid out and launched while the previous one still runs
@@ -330,10 +342,17 @@ class Scheduler:
         self._last_end = end
         out, extra_tokens = launched.out, launched.extra
         scored = tokens = images = saved = 0
+        again: list[QueuedDocument] = []
         for item, logit in zip(batch, out):
             job = item.job
             job.in_batch(launched.batch_id, launched.start, elapsed)
             job.waited(launched.start - item.enqueued)
+            if isinstance(logit, _ShortOfMemory):
+                if not item.retried and job.alive():  # the shortage may be another batch's or fragments'
+                    item.retried = True
+                    again.append(item)
+                    continue
+                logit = self._memory_refusal(logit)
             if not isinstance(logit, float) or not job.alive():
                 if not isinstance(logit, Exception):
                     self.recorder.documents_dropped(1, _drop_reason(job))
@@ -345,15 +364,34 @@ class Scheduler:
             saved += item.doc.prompt_tokens - item.tokens
             job.deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit, truncated=item.doc.truncated))
         self._settled(batch)
+        if again:
+            self._queue.extendleft(reversed(again))
+            self._queued_tokens += sum(item.tokens for item in again)
+            self._wakeup.set()
         self._tokens_scored += tokens
         self.recorder.batch_done(scored, tokens, images, elapsed)
         if saved - extra_tokens > 0:
             self.recorder.prefix_saved(saved - extra_tokens)
 
+    def _memory_refusal(self, short: _ShortOfMemory) -> EngineError:
+        """The error for what ran out of memory alone twice, the second time on a drained GPU.
+        Over a batch's token bound it is too large for this server; within it, a batch that size
+        is what the server is set up to hold, so the shortage is the server's state, and a retry
+        (or another replica) can succeed."""
+        what = "the query" if short.field == "query" else "the document"
+        bound = self.max_batch_tokens
+        if short.tokens > bound:
+            reason = f"{what} is too large for the GPU memory left ({short.tokens} tokens; a batch holds {bound})"
+            return TooLarge([FieldViolation(short.field, reason)])
+        return Overloaded(f"{short.field}: the GPU memory left cannot hold {what} now ({short.tokens} tokens, "
+                          f"within a batch's {bound}); retry later", retry_after=self.drain_seconds())
+
     # ---- on the GPU thread --------------------------------------------------------------
     def _launch_batch(self, batch: list[QueuedDocument], batch_id: int, start: float) -> _Launched:
         """The batch on its way: its passes launched (their scores still on the GPU), the errors
         of documents that could not run, and the tokens computed beyond the documents' own."""
+        if any(item.retried for item in batch):
+            _free_cuda()  # the blocks the batches before it left cached
         launched = _Launched(batch, batch_id, start, [None] * len(batch))
         extra: list[int] = []
         self._score(batch, [k for k, i in enumerate(batch) if i.job.alive()], launched, True, extra)
@@ -381,7 +419,7 @@ class Scheduler:
                         job.prefix_kv = self.executor.prefill(job.query.prefix)
                     except torch.OutOfMemoryError:
                         _free_cuda()
-                        out[k] = TooLarge([FieldViolation("query", "the query is too large for the GPU memory left")])
+                        out[k] = _ShortOfMemory("query", len(job.query.prefix))
                         continue
                     job.computed(len(job.query.prefix))
                     extra.append(len(job.query.prefix))
@@ -404,8 +442,8 @@ class Scheduler:
             if inline:
                 self._score(batch, pending, launched, False, extra)
             elif len(pending) == 1:
-                out[pending[0]] = TooLarge([FieldViolation(
-                    f"documents[{batch[pending[0]].doc.index}]", "the document is too large for the GPU memory left")])
+                item = batch[pending[0]]
+                out[pending[0]] = _ShortOfMemory(f"documents[{item.doc.index}]", item.tokens)
             else:
                 self.recorder.oom_split()
                 half = len(pending) // 2

@@ -9,25 +9,14 @@ import time
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from lychee_grpc.client import AsyncLycheeClient, make_query
 from lychee_grpc.proto import lychee_pb2 as pb
 
+from ..helpers import retry_delay
 from .ops_server import ops_server
 
 DOCS = ["vintage wash blue jeans coat", "organic green tea gift box", "denim jacket"]
-
-
-def retry_delay(err: grpc.RpcError) -> float:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no google.rpc.Status details"
-    for detail in status.details:
-        info = error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            return info.retry_delay.ToTimedelta().total_seconds()
-    raise AssertionError("no RetryInfo in the status details")
 
 
 async def test_past_the_concurrent_bound_a_call_is_refused_at_once_with_a_measured_delay(loaded, tiny_model_dir):

@@ -30,6 +30,7 @@ from ..helpers import (
     engine_config,
     free_port,
     health_status,
+    retry_delay,
     slow_batches,
     stats_of,
 )
@@ -113,6 +114,19 @@ async def test_an_out_of_memory_batch_is_split_and_every_request_succeeds(make_s
     for resp in results:
         assert {r.index: r.score for r in resp.results} == pytest.approx(expected, abs=1e-5)
     assert stats_of(engine).oom_splits > splits
+
+
+async def test_a_document_the_gpu_cannot_hold_even_alone_is_resource_exhausted_and_the_server_carries_on(server,
+                                                                                                      client):
+    server.engine.inject_faults(OutOfMemoryAbove(0))  # no pass fits, not even one document on a drained GPU
+    with pytest.raises(grpc.RpcError) as info:
+        await asyncio.wait_for(client.rerank("denim", TITLES[:2]), HANG)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "documents[" in info.value.details() and "GPU memory left cannot hold" in info.value.details()
+    assert retry_delay(info.value) > 0
+    server.engine.inject_faults(NoFaults())
+    assert len((await asyncio.wait_for(client.rerank("denim", TITLES), HANG)).results) == len(TITLES)
+    assert stats_of(server.engine).queue_documents == 0
 
 
 async def test_a_dead_scheduler_fails_waiting_calls_and_turns_health_not_serving(server, client):

@@ -12,7 +12,7 @@ from lychee_grpc.engine.errors import InvalidInput, Overloaded, TooLarge
 from lychee_grpc.engine.job import Job
 from lychee_grpc.engine.types import Document, ImagePart
 
-from ...helpers import OutOfMemoryAbove, noise_image, stats_of, text_docs, text_query
+from ...helpers import OutOfMemoryAbove, OutOfMemoryAlone, noise_image, stats_of, text_docs, text_query
 
 
 async def test_jobs_and_prefixes_are_released_over_thousands_of_requests(make_engine):
@@ -46,11 +46,32 @@ async def test_out_of_memory_splits_the_batch_and_every_document_is_scored(make_
     assert [s.score for s in got.scores] == pytest.approx([s.score for s in expected.scores], abs=1e-6)
 
 
-async def test_a_document_too_large_for_memory_fails_alone(make_engine):
+async def test_a_document_out_of_memory_alone_once_is_scored_again_on_a_drained_gpu(make_engine):
+    engine = await make_engine(max_wait_ms=20)
+    expected = await score_documents(engine, text_query("denim"), text_docs("title"))
+    engine.inject_faults(OutOfMemoryAlone(2))  # the pass with its query's prefix, then the document's own
+    got = await score_documents(engine, text_query("denim"), text_docs("title"))
+    assert got.scores[0].score == pytest.approx(expected.scores[0].score, abs=1e-6)
+
+
+async def test_a_document_within_a_batch_that_never_fits_is_refused_as_overload_with_a_retry_hint(make_engine):
     engine = await make_engine(max_wait_ms=20)
     engine.inject_faults(OutOfMemoryAbove(0))
-    with pytest.raises(TooLarge, match="GPU memory left"):
+    with pytest.raises(Overloaded, match=r"documents\[\d\]: the GPU memory left cannot hold") as info:
         await score_documents(engine, text_query("denim"), text_docs("a", "b"))
+    assert info.value.retry_after > 0
+    await asyncio.sleep(0.1)
+    assert stats_of(engine).queue_documents == 0  # the other document's retry left nothing behind
+
+
+async def test_a_document_over_a_batch_that_never_fits_is_refused_as_too_large(make_engine):
+    engine = await make_engine(max_wait_ms=20, max_batch_tokens=64)
+    engine.inject_faults(OutOfMemoryAbove(0))
+    long_title = " ".join(["denim jacket with brass buttons"] * 20)
+    with pytest.raises(TooLarge) as info:
+        await score_documents(engine, text_query("denim"), text_docs(long_title))
+    assert [v.field for v in info.value.violations] == ["documents[0]"]
+    assert "too large for the GPU memory left" in info.value.violations[0].description
 
 
 async def test_queue_bound_refuses_with_limit_exceeded(make_engine):
