@@ -226,11 +226,16 @@ public final class FailOpenReranker {
   }
 
   /**
-   * A call that timed out with nothing scored: UNAVAILABLE when the budget went on gRPC's own
-   * retries of UNAVAILABLE (the last attempt was refused: loading, draining, down) or on connecting
-   * (the channel is not READY); DEADLINE when a replica took the call but was too slow.
+   * A call that timed out with nothing scored: DEADLINE when a replica took the latest attempt (sent
+   * its headers) but was too slow; UNAVAILABLE when the budget went on gRPC's own retries of
+   * UNAVAILABLE (the last attempt a replica ended was refused: loading, draining, down) or on
+   * connecting (the channel is not READY); else DEADLINE.
    */
   private Outcome deadlineOrUnavailable(Attempt a) {
+    Attempt.AttemptTracer latest = a.latestAttempt;
+    if (latest != null && latest.taken) {
+      return Outcome.DEADLINE; // read before that attempt's own close, which the cancel makes later
+    }
     Status last = a.lastAttemptStatus;
     if (last != null && last.getCode() == Status.Code.UNAVAILABLE) {
       return Outcome.UNAVAILABLE;
@@ -269,6 +274,28 @@ public final class FailOpenReranker {
      * retries UNAVAILABLE by itself); attempts ended by the call's own cancel or deadline are left out.
      */
     volatile Status lastAttemptStatus;
+    /** This call's latest gRPC attempt (gRPC makes one tracer per attempt, in order). */
+    volatile AttemptTracer latestAttempt;
+
+    /** Sees one gRPC attempt: whether a replica took it, and how it ended. */
+    final class AttemptTracer extends ClientStreamTracer {
+      volatile boolean taken; // a replica sent its headers: it took the attempt
+
+      @Override
+      public void inboundHeaders() {
+        taken = true;
+      }
+
+      @Override
+      public void streamClosed(Status status) {
+        // An attempt ended by this call's own end (the budget's cancel, gRPC's deadline) says
+        // nothing of the replica, and may close after the attempt the replica refused.
+        Status.Code code = status.getCode();
+        if (code != Status.Code.CANCELLED && code != Status.Code.DEADLINE_EXCEEDED) {
+          lastAttemptStatus = status;
+        }
+      }
+    }
 
     /** Adds a stream tracer to the call, which sees each attempt's end. */
     private final ClientInterceptor attemptTracer = new ClientInterceptor() {
@@ -277,17 +304,9 @@ public final class FailOpenReranker {
         return next.newCall(method, options.withStreamTracerFactory(new ClientStreamTracer.Factory() {
           @Override
           public ClientStreamTracer newClientStreamTracer(ClientStreamTracer.StreamInfo info, Metadata headers) {
-            return new ClientStreamTracer() {
-              @Override
-              public void streamClosed(Status status) {
-                // An attempt ended by this call's own end (the budget's cancel, gRPC's deadline) says
-                // nothing of the replica, and may close after the attempt the replica refused.
-                Status.Code code = status.getCode();
-                if (code != Status.Code.CANCELLED && code != Status.Code.DEADLINE_EXCEEDED) {
-                  lastAttemptStatus = status;
-                }
-              }
-            };
+            AttemptTracer tracer = new AttemptTracer();
+            latestAttempt = tracer;
+            return tracer;
           }
         }));
       }

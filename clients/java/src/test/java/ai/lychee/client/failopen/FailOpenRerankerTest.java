@@ -21,8 +21,15 @@ import com.google.rpc.Code;
 import com.google.rpc.RetryInfo;
 import io.github.resilience4j.circuitbreaker.CircuitBreaker;
 import io.github.resilience4j.circuitbreaker.CircuitBreakerConfig;
+import io.grpc.Context;
+import io.grpc.Contexts;
 import io.grpc.ManagedChannel;
+import io.grpc.Metadata;
 import io.grpc.Server;
+import io.grpc.ServerCall;
+import io.grpc.ServerCallHandler;
+import io.grpc.ServerInterceptor;
+import io.grpc.ServerInterceptors;
 import io.grpc.Status;
 import io.grpc.inprocess.InProcessChannelBuilder;
 import io.grpc.inprocess.InProcessServerBuilder;
@@ -49,6 +56,8 @@ class FailOpenRerankerTest {
   static final Duration MARGIN = Duration.ofMillis(150);
 
   final AtomicInteger calls = new AtomicInteger();
+  /** The call a Fake stream serves (to send its headers alone). */
+  static final Context.Key<ServerCall<?, ?>> SERVER_CALL = Context.key("server-call");
   Server server;
   ManagedChannel channel;
   LycheeRerankClient client;
@@ -75,6 +84,12 @@ class FailOpenRerankerTest {
               failed = true;
               out.onError(error);
               return;
+            }
+            if (mode.startsWith("unavailable-then-")) { // gRPC's retry of the refused first attempt
+              mode = "stall";
+              if (req.getOptions().getQuery().getParts(0).getText().endsWith("-slow")) {
+                SERVER_CALL.get().sendHeaders(new Metadata()); // taken, as a replica takes a call: then held
+              }
             }
           }
           for (Document d : req.getDocumentsList()) {
@@ -123,6 +138,9 @@ class FailOpenRerankerTest {
                   .setNanos((int) (ms % 1000) * 1_000_000)).build()))
           .build());
     }
+    if (mode.startsWith("unavailable-then-") && call == 1) {
+      return Status.UNAVAILABLE.withDescription("draining").asRuntimeException();
+    }
     return switch (mode) {
       case "unavailable" -> Status.UNAVAILABLE.withDescription("draining").asRuntimeException();
       case "unauthenticated" -> Status.UNAUTHENTICATED.withDescription("missing bearer token").asRuntimeException();
@@ -139,7 +157,15 @@ class FailOpenRerankerTest {
   @BeforeEach
   void start() throws Exception {
     String name = InProcessServerBuilder.generateName();
-    server = InProcessServerBuilder.forName(name).directExecutor().addService(new Fake()).build().start();
+    server = InProcessServerBuilder.forName(name).directExecutor()
+        .addService(ServerInterceptors.intercept(new Fake(), new ServerInterceptor() {
+          @Override
+          public <Q, R> ServerCall.Listener<Q> interceptCall(
+              ServerCall<Q, R> call, Metadata headers, ServerCallHandler<Q, R> next) {
+            return Contexts.interceptCall(Context.current().withValue(SERVER_CALL, call), call, headers, next);
+          }
+        }))
+        .build().start();
     channel = InProcessChannelBuilder.forName(name)
         .defaultServiceConfig(LycheeRerankClientAccess.serviceConfig()).enableRetry().build();
     client = LycheeRerankClient.newBuilder(channel).build();
@@ -222,6 +248,24 @@ class FailOpenRerankerTest {
   void unavailableEverywhereFallsBackAsUnavailableWithinTheBudget() {
     FailOpenResult r = reranker().rerank(query("unavailable"), docs(TEN));
     assertEquals(Outcome.UNAVAILABLE, r.outcome(), r.toString());
+    assertWithinBudget(r, Duration.ofMillis(300));
+  }
+
+  @Test
+  void aRetryTheBudgetCancelsBeforeAnyReplicaTookItLeavesTheRefusalUnavailable() {
+    // gRPC retries the refused attempt; the budget ends while the retry waits unanswered, so the
+    // retry's close (CANCELLED, our own) comes after the refusal, every time.
+    FailOpenResult r = reranker().rerank(query("unavailable-then-silent"), docs(TEN));
+    assertEquals(Outcome.UNAVAILABLE, r.outcome(), r.toString());
+    assertEquals(2, calls.get());
+    assertWithinBudget(r, Duration.ofMillis(300));
+  }
+
+  @Test
+  void aRetryAReplicaTookAndHeldPastTheBudgetIsDeadline() {
+    FailOpenResult r = reranker().rerank(query("unavailable-then-slow"), docs(TEN));
+    assertEquals(Outcome.DEADLINE, r.outcome(), r.toString());
+    assertEquals(2, calls.get());
     assertWithinBudget(r, Duration.ofMillis(300));
   }
 
