@@ -326,7 +326,7 @@ class PairRequest:
                 timer.cancel()
 
     async def _jobs_ended(self) -> None:
-        readers = [work.reader for work in self._works if work.closed and not work.reader.done()]
+        readers = [w.reader for w in self._works if w.closed and not w.cancelled and not w.reader.done()]
         if readers:
             await asyncio.wait(readers, timeout=JOB_END_WAIT_SECONDS)
 
