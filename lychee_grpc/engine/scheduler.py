@@ -353,6 +353,8 @@ class Scheduler:
                     again.append(item)
                     continue
                 logit = self._memory_refusal(logit)
+                log.warning("refused after running out of GPU memory twice, the second time alone on a drained GPU: %s",
+                            logit)
             if not isinstance(logit, float) or not job.alive():
                 if not isinstance(logit, Exception):
                     self.recorder.documents_dropped(1, _drop_reason(job))
@@ -365,6 +367,8 @@ class Scheduler:
             job.deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit, truncated=item.doc.truncated))
         self._settled(batch)
         if again:
+            log.warning("%d document(s) ran out of GPU memory in a pass of their own; trying them once more "
+                        "after the batch before them", len(again))
             self._queue.extendleft(reversed(again))
             self._queued_tokens += sum(item.tokens for item in again)
             self._wakeup.set()
