@@ -343,18 +343,21 @@ class Scheduler:
         out, extra_tokens = launched.out, launched.extra
         scored = tokens = images = saved = 0
         again: list[QueuedDocument] = []
+        refused: list[str] = []
         for item, logit in zip(batch, out):
             job = item.job
             job.in_batch(launched.batch_id, launched.start, elapsed)
             job.waited(launched.start - item.enqueued)
             if isinstance(logit, _ShortOfMemory):
-                if not item.retried and job.alive():  # the shortage may be another batch's or fragments'
+                if not job.alive():
+                    logit = None  # dropped as every document of a job that ended
+                elif not item.retried:  # the shortage may be another batch's, or the allocator's fragments
                     item.retried = True
                     again.append(item)
                     continue
-                logit = self._memory_refusal(logit)
-                log.warning("refused after running out of GPU memory twice, the second time alone on a drained GPU: %s",
-                            logit)
+                else:
+                    logit = self._memory_refusal(logit)
+                    refused.append(str(logit))
             if not isinstance(logit, float) or not job.alive():
                 if not isinstance(logit, Exception):
                     self.recorder.documents_dropped(1, _drop_reason(job))
@@ -366,6 +369,9 @@ class Scheduler:
             saved += item.doc.prompt_tokens - item.tokens
             job.deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit, truncated=item.doc.truncated))
         self._settled(batch)
+        if refused:
+            log.warning("%d document(s) refused after running out of GPU memory alone twice, the second time on a "
+                        "drained GPU; the first: %s", len(refused), refused[0])
         if again:
             log.warning("%d document(s) ran out of GPU memory in a pass of their own; trying them once more "
                         "after the batch before them", len(again))
