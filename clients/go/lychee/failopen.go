@@ -261,10 +261,14 @@ func (f *FailOpen) call(ctx context.Context, opts *StreamOptions, docs []*Docume
 }
 
 // deadlineOrUnavailable: a call that ran out of budget with nothing scored is
-// Unavailable when the budget went on gRPC's own retries of UNAVAILABLE (the
-// last attempt was refused) or on connecting (the channel is not READY), and
-// Deadline when a replica took the call but was too slow.
+// Deadline when a replica took its latest try (sent its headers) but was too
+// slow; Unavailable when the budget went on gRPC's own retries of UNAVAILABLE
+// (the last try a replica ended was refused) or on connecting (the channel is
+// not READY); else Deadline.
 func (f *FailOpen) deadlineOrUnavailable(a *attempt) Outcome {
+	if t := a.latestTry.Load(); t != nil && t.taken.Load() {
+		return Deadline // read before that try's own end, which the cancel makes later
+	}
 	if last, _ := a.lastAttempt.Load().(error); status.Code(last) == codes.Unavailable {
 		return Unavailable
 	}
@@ -293,9 +297,19 @@ type attempt struct {
 	ranking     *RerankResponse
 	err         error // nil: the ranking came, or the budget ran out client-side
 	spent       bool  // the budget ran out before the ranking
-	// lastAttempt is how gRPC's latest try of this call ended (gRPC retries
-	// UNAVAILABLE by itself); set by attemptStats.
+	// lastAttempt is how gRPC's latest try of this call that the replica or
+	// the transport ended did end (gRPC retries UNAVAILABLE by itself); tries
+	// ended by the call's own cancel or deadline are left out. Set by
+	// attemptStats.
 	lastAttempt atomic.Value
+	// latestTry is gRPC's latest try of this call (attemptStats tags each).
+	latestTry atomic.Pointer[try]
+}
+
+// try is one of gRPC's tries of a call: whether a replica took it (sent its
+// headers).
+type try struct {
+	taken atomic.Bool
 }
 
 // breakerErr is what the breaker counts: success only for a full ranking;
@@ -332,6 +346,8 @@ func (a *attempt) rankingOrder(n int) ([]int, bool) {
 }
 
 type attemptKey struct{}
+
+type tryKey struct{}
 
 func (f *FailOpen) attempt(ctx context.Context, opts *StreamOptions, docs []*Document, end time.Time) *attempt {
 	n := len(docs)
@@ -398,17 +414,33 @@ func (f *FailOpen) classify(ctx context.Context, err error, a *attempt) error {
 // Unavailable, not Deadline.
 type attemptStats struct{}
 
-func (attemptStats) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+// TagRPC runs once per try of a call (gRPC's retries included).
+func (attemptStats) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context {
+	if a, ok := ctx.Value(attemptKey{}).(*attempt); ok {
+		t := &try{}
+		a.latestTry.Store(t)
+		return context.WithValue(ctx, tryKey{}, t)
+	}
+	return ctx
+}
 func (attemptStats) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
 	return ctx
 }
 func (attemptStats) HandleConn(context.Context, stats.ConnStats) {}
 func (attemptStats) HandleRPC(ctx context.Context, s stats.RPCStats) {
-	end, ok := s.(*stats.End)
-	if !ok || end.Error == nil {
-		return
-	}
-	if a, ok := ctx.Value(attemptKey{}).(*attempt); ok {
-		a.lastAttempt.Store(end.Error)
+	switch s := s.(type) {
+	case *stats.InHeader:
+		if t, ok := ctx.Value(tryKey{}).(*try); ok {
+			t.taken.Store(true)
+		}
+	case *stats.End:
+		// A try ended by this call's own end (the budget's cancel, its deadline)
+		// says nothing of the replica, and may end after the try one refused.
+		if code := status.Code(s.Error); s.Error == nil || code == codes.Canceled || code == codes.DeadlineExceeded {
+			return
+		}
+		if a, ok := ctx.Value(attemptKey{}).(*attempt); ok {
+			a.lastAttempt.Store(s.Error)
+		}
 	}
 }

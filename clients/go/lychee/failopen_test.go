@@ -49,6 +49,14 @@ func (s *streamFake) RerankStream(stream grpc.BidiStreamingServer[lycheev1.Reran
 			if err := fakeError(mode, call); err != nil {
 				return err
 			}
+			if then, ok := strings.CutPrefix(mode, "unavailable-then-"); ok { // gRPC's retry of the refused first try
+				mode = "stall"
+				if then == "slow" {
+					if err := stream.SendHeader(nil); err != nil { // taken, as a replica takes a call: then held
+						return err
+					}
+				}
+			}
 		}
 		for _, d := range req.GetDocuments() {
 			f, _ := strconv.ParseFloat(d.GetParts()[0].GetText(), 32)
@@ -84,6 +92,9 @@ func (s *streamFake) RerankStream(stream grpc.BidiStreamingServer[lycheev1.Reran
 }
 
 func fakeError(mode string, call int32) error {
+	if strings.HasPrefix(mode, "unavailable-then-") && call == 1 {
+		return status.Error(codes.Unavailable, "draining")
+	}
 	if ms, ok := strings.CutPrefix(mode, "overloaded:"); ok {
 		if call > 1 {
 			return nil
@@ -193,6 +204,26 @@ func TestFailOpenDeadlineAndErrorsFallBack(t *testing.T) {
 		}
 		withinBudget(t, r, 300*time.Millisecond)
 	}
+}
+
+func TestFailOpenRetryTheBudgetCancelsBeforeAnyReplicaTookItStaysUnavailable(t *testing.T) {
+	// gRPC retries the refused try; the budget ends while the retry waits
+	// unanswered, so the retry's end (ours) comes after the refusal, every time.
+	fo, fake := newFailOpen(t, FailOpenOptions{})
+	r := fo.Rerank(context.Background(), NewQuery(Text("unavailable-then-silent")), scoreDocs(ten))
+	if r.Outcome != Unavailable || fake.calls.Load() != 2 {
+		t.Fatalf("%v after %d calls, err %v", r.Outcome, fake.calls.Load(), r.Err)
+	}
+	withinBudget(t, r, 300*time.Millisecond)
+}
+
+func TestFailOpenRetryAReplicaTookAndHeldPastTheBudgetIsDeadline(t *testing.T) {
+	fo, fake := newFailOpen(t, FailOpenOptions{})
+	r := fo.Rerank(context.Background(), NewQuery(Text("unavailable-then-slow")), scoreDocs(ten))
+	if r.Outcome != Deadline || fake.calls.Load() != 2 {
+		t.Fatalf("%v after %d calls, err %v", r.Outcome, fake.calls.Load(), r.Err)
+	}
+	withinBudget(t, r, 300*time.Millisecond)
 }
 
 func TestFailOpenRetryInfoOnlyWithinBudget(t *testing.T) {
