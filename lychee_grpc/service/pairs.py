@@ -326,9 +326,16 @@ class PairRequest:
                 timer.cancel()
 
     async def _jobs_ended(self) -> None:
+        """Until this request's jobs have ended (their usage counted), within JOB_END_WAIT_SECONDS
+        and the request's deadline: every score is in, so only the usage could be short."""
         readers = [w.reader for w in self._works if w.closed and not w.cancelled and not w.reader.done()]
-        if readers:
-            await asyncio.wait(readers, timeout=JOB_END_WAIT_SECONDS)
+        if not readers:
+            return
+        timeout = JOB_END_WAIT_SECONDS
+        if self._options.deadline is not None:
+            timeout = min(timeout, self._options.deadline - time.monotonic())
+        if timeout > 0:
+            await asyncio.wait(readers, timeout=timeout)
 
     @property
     def stats(self) -> RequestStats:
