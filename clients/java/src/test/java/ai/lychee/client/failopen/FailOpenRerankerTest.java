@@ -45,6 +45,8 @@ import java.util.stream.IntStream;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 
 /**
  * FailOpenReranker against an in-process fake RerankStream whose behaviour the query text picks:
@@ -251,20 +253,16 @@ class FailOpenRerankerTest {
     assertWithinBudget(r, Duration.ofMillis(300));
   }
 
-  @Test
-  void aRetryTheBudgetCancelsBeforeAnyReplicaTookItLeavesTheRefusalUnavailable() {
-    // gRPC retries the refused attempt; the budget ends while the retry waits unanswered, so the
-    // retry's close (CANCELLED, our own) comes after the refusal, every time.
-    FailOpenResult r = reranker().rerank(query("unavailable-then-silent"), docs(TEN));
-    assertEquals(Outcome.UNAVAILABLE, r.outcome(), r.toString());
-    assertEquals(2, calls.get());
-    assertWithinBudget(r, Duration.ofMillis(300));
-  }
-
-  @Test
-  void aRetryAReplicaTookAndHeldPastTheBudgetIsDeadline() {
-    FailOpenResult r = reranker().rerank(query("unavailable-then-slow"), docs(TEN));
-    assertEquals(Outcome.DEADLINE, r.outcome(), r.toString());
+  /**
+   * gRPC retries the refused first attempt; the budget ends while the retry is held, so the retry's
+   * close (CANCELLED, our own) comes after the refusal, every time. A retry no replica took leaves
+   * the refusal's UNAVAILABLE; one a replica took (sent its headers) and held is DEADLINE.
+   */
+  @ParameterizedTest
+  @CsvSource({"unavailable-then-silent, UNAVAILABLE", "unavailable-then-slow, DEADLINE"})
+  void aRetryHeldPastTheBudgetIsUnavailableUnlessAReplicaTookIt(String mode, Outcome expected) {
+    FailOpenResult r = reranker().rerank(query(mode), docs(TEN));
+    assertEquals(expected, r.outcome(), r.toString());
     assertEquals(2, calls.get());
     assertWithinBudget(r, Duration.ofMillis(300));
   }
