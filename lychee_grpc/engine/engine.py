@@ -320,6 +320,8 @@ class Engine(EngineClient):
             batches=counters.batches,
             batch_seconds=counters.batch_seconds,
             oom_splits=counters.oom_splits,
+            oom_retries=counters.oom_retries,
+            oom_refusals=counters.oom_refusals,
             prefix_tokens_saved=counters.prefix_tokens_saved,
             image_cache_hits=counters.image_cache_hits,
             image_cache_misses=counters.image_cache_misses,

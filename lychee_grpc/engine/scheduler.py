@@ -369,6 +369,8 @@ class Scheduler:
             saved += item.doc.prompt_tokens - item.tokens
             job.deliver(Score(item.doc.index, item.doc.id, _sigmoid(logit), logit, truncated=item.doc.truncated))
         self._settled(batch)
+        if again or refused:
+            self.recorder.oom_alone(len(again), len(refused))
         if refused:
             log.warning("%d document(s) refused after running out of GPU memory alone twice, the second time on a "
                         "drained GPU; the first: %s", len(refused), refused[0])

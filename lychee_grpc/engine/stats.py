@@ -37,6 +37,8 @@ class EngineStats:
     batches: int
     batch_seconds: float  # time the GPU thread spent on batches
     oom_splits: int
+    oom_retries: int  # documents that ran out of GPU memory alone and were tried once more
+    oom_refusals: int  # documents refused after running out of GPU memory alone twice
     prefix_tokens_saved: int  # shared-prefix tokens not recomputed per document
     image_cache_hits: int
     image_cache_misses: int
@@ -54,6 +56,8 @@ class StatsObserver(Protocol):
     def documents_dropped(self, count: int, reason: str) -> None: ...
 
     def oom_split(self) -> None: ...
+
+    def oom_alone(self, retried: int, refused: int) -> None: ...
 
     def image_cache(self, hits: int, misses: int) -> None: ...
 
@@ -74,6 +78,9 @@ class NullObserver:
     def oom_split(self) -> None:
         pass
 
+    def oom_alone(self, retried: int, refused: int) -> None:
+        pass
+
     def image_cache(self, hits: int, misses: int) -> None:
         pass
 
@@ -92,6 +99,8 @@ class Counters:
     batches: int = 0
     batch_seconds: float = 0.0
     oom_splits: int = 0
+    oom_retries: int = 0
+    oom_refusals: int = 0
     prefix_tokens_saved: int = 0
     image_cache_hits: int = 0
     image_cache_misses: int = 0
@@ -109,6 +118,8 @@ class StatsRecorder:
         self._batches = 0
         self._batch_seconds = 0.0
         self._oom_splits = 0
+        self._oom_retries = 0
+        self._oom_refusals = 0
         self._prefix_saved = 0
         self._hits = 0
         self._misses = 0
@@ -122,6 +133,8 @@ class StatsRecorder:
                 batches=self._batches,
                 batch_seconds=self._batch_seconds,
                 oom_splits=self._oom_splits,
+                oom_retries=self._oom_retries,
+                oom_refusals=self._oom_refusals,
                 prefix_tokens_saved=self._prefix_saved,
                 image_cache_hits=self._hits,
                 image_cache_misses=self._misses,
@@ -145,6 +158,14 @@ class StatsRecorder:
         with self._lock:
             self._oom_splits += 1
         self.observer.oom_split()
+
+    def oom_alone(self, retried: int, refused: int) -> None:
+        """Documents that ran out of GPU memory in a pass of their own: `retried` tried once more,
+        `refused` refused after their second try."""
+        with self._lock:
+            self._oom_retries += retried
+            self._oom_refusals += refused
+        self.observer.oom_alone(retried, refused)
 
     def image_cache(self, hits: int, misses: int) -> None:
         with self._lock:

@@ -74,6 +74,13 @@ class EngineCollector(Collector):
         yield CounterMetricFamily("lychee_batches", "Model batches run.", value=stats.batches)
         yield CounterMetricFamily("lychee_oom_splits", "Batches split in two after running out of GPU memory.",
                                   value=stats.oom_splits)
+        alone = CounterMetricFamily("lychee_oom_documents",
+                                    "Documents that ran out of GPU memory in a pass of their own: tried once more "
+                                    "(retried), or refused with RESOURCE_EXHAUSTED or, over a batch's token bound, "
+                                    "INVALID_ARGUMENT after the second try (refused).", labels=["outcome"])
+        alone.add_metric(["retried"], stats.oom_retries)
+        alone.add_metric(["refused"], stats.oom_refusals)
+        yield alone
         yield CounterMetricFamily("lychee_prefix_tokens_saved",
                                   "Tokens reused instead of recomputed: the shared prefix (instruction and query), and "
                                   "heads that documents of a request share.",
@@ -230,6 +237,9 @@ class PrometheusObserver:
         pass
 
     def oom_split(self) -> None:
+        pass
+
+    def oom_alone(self, retried: int, refused: int) -> None:
         pass
 
     def image_cache(self, hits: int, misses: int) -> None:

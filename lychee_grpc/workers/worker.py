@@ -56,6 +56,9 @@ class Forward(StatsObserver):
     def oom_split(self) -> None:
         self._send(ipc.Observed("oom_split", ()))
 
+    def oom_alone(self, retried: int, refused: int) -> None:
+        self._send(ipc.Observed("oom_alone", (retried, refused)))
+
     def image_cache(self, hits: int, misses: int) -> None:
         self._send(ipc.Observed("image_cache", (hits, misses)))
 

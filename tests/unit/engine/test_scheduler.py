@@ -52,6 +52,7 @@ async def test_a_document_out_of_memory_alone_once_is_scored_again_on_a_drained_
     engine.inject_faults(OutOfMemoryAlone(2))  # the pass with its query's prefix, then the document's own
     got = await score_documents(engine, text_query("denim"), text_docs("title"))
     assert got.scores[0].score == pytest.approx(expected.scores[0].score, abs=1e-6)
+    assert (stats_of(engine).oom_retries, stats_of(engine).oom_refusals) == (1, 0)
 
 
 async def test_a_document_within_a_batch_that_never_fits_is_refused_as_overload_with_a_retry_hint(make_engine):
@@ -61,7 +62,9 @@ async def test_a_document_within_a_batch_that_never_fits_is_refused_as_overload_
         await score_documents(engine, text_query("denim"), text_docs("a", "b"))
     assert info.value.retry_after > 0
     await asyncio.sleep(0.1)
-    assert stats_of(engine).queue_documents == 0  # the other document's retry left nothing behind
+    stats = stats_of(engine)
+    assert stats.queue_documents == 0  # the other document's retry left nothing behind
+    assert stats.oom_retries == 2 and stats.oom_refusals == 1  # the other one's job had ended: dropped
 
 
 async def test_a_document_over_a_batch_that_never_fits_is_refused_as_too_large(make_engine):

@@ -24,6 +24,7 @@ def sample(fams: dict, family: str, name: str, **labels) -> float:
 def stats(**overrides) -> EngineStats:
     base = dict(device="cuda:0", queue_documents=4, queue_tokens=900, preparing_requests=1, documents_scored=42,
                 documents_dropped={"cancelled": 2, "deadline": 1}, batches=5, batch_seconds=0.5, oom_splits=1,
+                oom_retries=3, oom_refusals=2,
                 prefix_tokens_saved=700, image_cache_hits=3, image_cache_misses=9, image_cache_bytes=1024,
                 image_cache_capacity_bytes=4096,
                 gpu_memory=(DeviceMemory("cuda:0", 1000, 2000), DeviceMemory("cuda:1", 10, 20)))
@@ -81,6 +82,8 @@ def test_engine_snapshot_is_read_at_scrape_time():
     assert sample(fams, "lychee_documents_scored", "lychee_documents_scored_total") == 42
     assert sample(fams, "lychee_documents_dropped", "lychee_documents_dropped_total", reason="deadline") == 1
     assert sample(fams, "lychee_oom_splits", "lychee_oom_splits_total") == 1
+    assert sample(fams, "lychee_oom_documents", "lychee_oom_documents_total", outcome="retried") == 3
+    assert sample(fams, "lychee_oom_documents", "lychee_oom_documents_total", outcome="refused") == 2
     assert sample(fams, "lychee_prefix_tokens_saved", "lychee_prefix_tokens_saved_total") == 700
     assert sample(fams, "lychee_image_cache_hits", "lychee_image_cache_hits_total") == 3
     assert sample(fams, "lychee_image_cache_misses", "lychee_image_cache_misses_total") == 9
@@ -142,6 +145,7 @@ def test_worker_snapshots_by_device_are_summed_with_memory_per_device():
     assert sample(fams, "lychee_documents_scored", "lychee_documents_scored_total") == 84
     assert sample(fams, "lychee_queue_tokens", "lychee_queue_tokens") == 1800
     assert sample(fams, "lychee_documents_dropped", "lychee_documents_dropped_total", reason="cancelled") == 4
+    assert sample(fams, "lychee_oom_documents", "lychee_oom_documents_total", outcome="refused") == 4
     assert sample(fams, "lychee_gpu_memory_allocated_bytes", "lychee_gpu_memory_allocated_bytes", device="cuda:1") == 3
     assert sample(fams, "lychee_worker_batches", "lychee_worker_batches_total", device="cuda:1") == 5
 
