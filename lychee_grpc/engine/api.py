@@ -103,6 +103,8 @@ class EngineInfo:
 class JobHandle(Protocol):
     """The documents of one request, and their scores as they are computed."""
 
+    # Final once the results have ended: an engine may count a job's usage only with its end,
+    # after the last score (the worker pool does).
     stats: RequestStats
 
     async def add_documents(self, documents: Sequence[IndexedDocument]) -> list[int]:

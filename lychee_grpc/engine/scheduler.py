@@ -286,7 +286,8 @@ class Scheduler:
                 continue
             self._current.append(batch)  # from here the batch is the worker's to settle, even if it dies
             self.faults.batch_formed(len(batch))
-            if previous is not None and (not previous.pending or any(item.retried for item in batch)):
+            retrying = any(item.retried for item in batch)
+            if previous is not None and (not previous.pending or retrying):
                 # Its scores are ready (on the CPU they are at launch): deliver them before the
                 # next batch runs, not after. A document that ran out of memory alone runs again
                 # on a GPU that holds no other batch.
@@ -294,20 +295,20 @@ class Scheduler:
                 previous = None
             # Otherwise the next batch is laid out and launched while the previous one still runs
             # on the GPU: the GPU never idles for the host work between batches (C8: bench/RESULTS.md).
-            launched = await self._launch(batch)
+            launched = await self._launch(batch, drained=retrying)
             del batch  # no local keeps a batch (and so its jobs) alive while waiting for the next
             if previous is not None:
                 await self._complete(previous)
             previous = launched
             del launched
 
-    async def _launch(self, batch: list[QueuedDocument]) -> _Launched | None:
+    async def _launch(self, batch: list[QueuedDocument], drained: bool = False) -> _Launched | None:
         start = time.perf_counter()
         self._batch_id += 1
         for item in batch:
             self.recorder.queue_wait(start - item.enqueued)
         try:
-            return await self.run_on_gpu(self._launch_batch, batch, self._batch_id, start)
+            return await self.run_on_gpu(self._launch_batch, batch, self._batch_id, start, drained)
         except Exception as exc:  # one batch failing never stops the worker
             self._failed(batch, exc)
             return None
@@ -399,10 +400,12 @@ class Scheduler:
                           f"within a batch's {bound}); retry later", retry_after=self.drain_seconds())
 
     # ---- on the GPU thread --------------------------------------------------------------
-    def _launch_batch(self, batch: list[QueuedDocument], batch_id: int, start: float) -> _Launched:
+    def _launch_batch(self, batch: list[QueuedDocument], batch_id: int, start: float,
+                      drained: bool = False) -> _Launched:
         """The batch on its way: its passes launched (their scores still on the GPU), the errors
-        of documents that could not run, and the tokens computed beyond the documents' own."""
-        if any(item.retried for item in batch):
+        of documents that could not run, and the tokens computed beyond the documents' own.
+        `drained`: no other batch is on the GPU (one of its documents ran out of memory alone)."""
+        if drained:
             _free_cuda()  # the blocks the batches before it left cached
         launched = _Launched(batch, batch_id, start, [None] * len(batch))
         extra: list[int] = []
