@@ -11,9 +11,12 @@ model (RANDOM weights, 7B shape).
     python -m bench.ab --b-checkout ../lychee-grpc-old           # this checkout vs that one
     python -m bench.ab --smoke --rounds 1                        # a tiny model on the CPU: does it run
     python -m bench.ab --b batch_invariant=true --workloads T100,I100,MM100,PAIR_T,PAIR_I
+    python -m bench.ab --a-switch-ms 0.5 --workloads T100,EXPLAIN   # the GIL's switch interval, per request
 
 Workloads: T100, I100 (cold), I100_warm, MM100 (mixed query and documents, cold), MM100_warm, and
-single pairs PAIR_T (one title) and PAIR_I (one 448x448 image and a title, cold), in-process.
+single pairs PAIR_T (one title) and PAIR_I (one 448x448 image and a title, cold), in-process; EXPLAIN:
+the service's Explain of bench.profile.trace's pair (a 448x448 image and a 40-word title, grid 4),
+cold, through each variant's own service/explain.py.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 from lychee_grpc.engine.types import Document, Query, TextPart
 
-WORKLOADS = ("T100", "I100", "I100_warm", "MM100", "MM100_warm", "PAIR_T", "PAIR_I")
+WORKLOADS = ("T100", "I100", "I100_warm", "MM100", "MM100_warm", "PAIR_T", "PAIR_I", "EXPLAIN")
 DEFAULT_WORKLOADS = "T100,I100,I100_warm"
 
 
@@ -127,10 +130,19 @@ async def main_async(a: argparse.Namespace) -> int:
             "MM100": (mixed, True), "MM100_warm": (mixed[:1], False),
             "PAIR_T": ([text_pair(tok, 300 + s) for s in range(8)], False),
             "PAIR_I": ([image_pair(tok, 400 + s) for s in range(8)], True)}
+    if "EXPLAIN" in chosen:
+        from bench.profile.trace import explain_workload
+
+        (pair_query, pair_document), _ = explain_workload(tok)
+        plan["EXPLAIN"] = ([(pair_query, [pair_document])], True)
+    explainers = {label: _explainer_of("lychee_b" if types_of[label] is not None else "lychee_grpc")
+                  for label in variants} if "EXPLAIN" in chosen else {}
     for name in chosen:
         if name not in plan:
             raise SystemExit(f"bench.ab: unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
     times: dict[tuple[str, str], list[float]] = {(w, v): [] for w in chosen for v in variants}
+    default_switch = sys.getswitchinterval()
+    switch = {"a": a.a_switch_ms / 1e3 or default_switch, "b": a.b_switch_ms / 1e3 or default_switch}
     for r in range(a.warmup + a.rounds):
         order = list(variants) if r % 2 == 0 else list(reversed(variants))  # neither always goes first
         for name in chosen:
@@ -141,16 +153,20 @@ async def main_async(a: argparse.Namespace) -> int:
                 if cold:
                     forget_images(engine)
                 request = (query, docs) if types_of[label] is None else in_package(types_of[label], query, docs)
+                score = explainers[label] if name == "EXPLAIN" else scorers[label]
+                sys.setswitchinterval(switch[label])
                 sync()
                 start = time.perf_counter()
-                await scorers[label](engine, *request)
+                await score(engine, *request)
                 sync()
                 if r >= a.warmup:
                     times[(name, label)].append((time.perf_counter() - start) * 1e3)
+    sys.setswitchinterval(default_switch)
     for engine in variants.values():
         await engine.stop()
     where = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke: timings mean nothing)"
-    print(f"A: {a.a or 'defaults'} | B: {a.b_checkout or ''} {a.b or 'defaults'} | {where}, RANDOM weights")
+    print(f"A: {a.a or 'defaults'}, GIL switch {switch['a'] * 1e3:g} ms | B: {a.b_checkout or ''} {a.b or 'defaults'}, "
+          f"GIL switch {switch['b'] * 1e3:g} ms | {where}, RANDOM weights")
     print("| workload | A p50 ms | B p50 ms | B/A |")
     print("|---|---|---|---|")
     for name in chosen:
@@ -168,11 +184,22 @@ def _scorer_of(package: str) -> Callable[..., Awaitable[object]]:
         return lambda engine, query, docs: engine.rerank(query, docs)
 
 
+def _explainer_of(package: str) -> Callable[..., Awaitable[object]]:
+    """Explain of (query, [document]) at grid 4 through a package's service layer."""
+    explain = importlib.import_module(f"{package}.service.explain").explain
+    config = importlib.import_module(f"{package}.service.config").ServiceConfig()
+    options = importlib.import_module(f"{package}.service.types").ExplainOptions(grid_size=4)
+    return lambda engine, query, docs: explain(engine, config, query, docs[0], options)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--a", default="", help="variant A's EngineConfig settings, key=value,...")
     p.add_argument("--b", default="", help="variant B's EngineConfig settings, key=value,...")
     p.add_argument("--b-checkout", default="", help="variant B is this checkout's lychee_grpc (imported as lychee_b)")
+    p.add_argument("--a-switch-ms", type=float, default=0.0,
+                   help="sys.setswitchinterval before each of A's requests, in ms (0: Python's default)")
+    p.add_argument("--b-switch-ms", type=float, default=0.0, help="the same for B")
     p.add_argument("--workloads", default=DEFAULT_WORKLOADS, help=f"comma-separated, of {', '.join(WORKLOADS)}")
     p.add_argument("--rounds", type=int, default=10, help="timed requests per variant and workload")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (compilation, caches)")

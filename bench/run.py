@@ -53,6 +53,8 @@ def log(msg: str) -> None:
 def run_c8(engine_config, loaded, seconds: float, tok, started: threading.Event | None = None) -> dict:
     """8 gRPC clients through the real server for `seconds` after 3 s of warm-up; `started` is set
     when the clients start (bench/profile/c8_timeline.py records a window from it)."""
+    import grpc
+
     from bench.pair import Server
     from lychee_grpc.client import LycheeClient
     from lychee_grpc.proto import lychee_pb2 as pb
@@ -71,6 +73,7 @@ def run_c8(engine_config, loaded, seconds: float, tok, started: threading.Event 
         return pb.RerankRequest(query=pb.Query(parts=[pb.Part(text=f"{query} {next(calls)}")]), documents=docs)
     latencies: list[float] = []
     computed = [0]
+    errors: dict[str, int] = {}  # by status code: a refusal must show, not end its client's thread
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds + 3
 
@@ -80,7 +83,13 @@ def run_c8(engine_config, loaded, seconds: float, tok, started: threading.Event 
             while time.perf_counter() < stop_at:
                 req = request(k)
                 t0 = time.perf_counter()
-                resp = c.stub.Rerank(req, timeout=60)
+                try:
+                    resp = c.stub.Rerank(req, timeout=60)
+                except grpc.RpcError as exc:
+                    with lock:
+                        errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                    k += 8
+                    continue
                 t1 = time.perf_counter()
                 if t0 > stop_at - seconds:  # skip the first 3 s (warm-up)
                     with lock:
@@ -95,11 +104,14 @@ def run_c8(engine_config, loaded, seconds: float, tok, started: threading.Event 
         started.set()
     for t in threads:
         t.join()
+    stats = server.app.engine_client.stats() if server.app.engine_client is not None else []
     server.stop()
     n = len(latencies)
     return {"requests": n, "candidates_per_s": round(n * 100 / seconds, 1), "p50_ms": round(pct(latencies, 0.5), 1),
             "p95_ms": round(pct(latencies, 0.95), 1), "p99_ms": round(pct(latencies, 0.99), 1),
-            "needed_tflops": round(computed[0] * FLOP_PER_TOKEN / seconds / 1e12, 1)}
+            "needed_tflops": round(computed[0] * FLOP_PER_TOKEN / seconds / 1e12, 1), "errors": errors,
+            "oom_splits": sum(st.oom_splits for st in stats), "oom_retries": sum(st.oom_retries for st in stats),
+            "oom_refusals": sum(st.oom_refusals for st in stats)}
 
 
 async def exactness_fp32(tiny: str) -> dict:

@@ -6,14 +6,17 @@ in the window, the idle time by gap length, and the longest gaps with the kernel
 
     python -m bench.profile.c8_timeline --tiny .cache/tiny-model
     python -m bench.profile.c8_timeline --window 0 --rounds 2 --engine "" --engine max_batch_tokens=32768
+    python -m bench.profile.c8_timeline --window 0 --rounds 2 --switch-ms 5 --switch-ms 0.5
 
-With `--window 0` no profiler runs (C8 as bench.run measures it); repeated `--engine` settings
-alternate round by round, each through a fresh server over the one model.
+With `--window 0` no profiler runs (C8 as bench.run measures it); repeated `--engine` settings (and
+GIL switch intervals, `--switch-ms`) alternate round by round, each through a fresh server over
+the one model.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 import time
 
@@ -98,6 +101,8 @@ def main() -> int:
     ap.add_argument("--engine", action="append", default=None,
                     help="EngineConfig settings, key=value,... (as bench.run's); repeat to alternate settings")
     ap.add_argument("--rounds", type=int, default=1, help="runs of each setting, alternating")
+    ap.add_argument("--switch-ms", type=float, action="append", default=None,
+                    help="sys.setswitchinterval for a run, in ms; repeated: each alternates with the others")
     a = ap.parse_args()
     settings = a.engine or [""]
     loaded = build_model(a.tiny)
@@ -106,21 +111,24 @@ def main() -> int:
     print(f"bf16 8192^3 matmul: {matmul:.0f} TFLOP/s")
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, a.cap_gib * 2**30 / total))
-    runs: dict[str, list[dict]] = {s: [] for s in settings}
+    switches = a.switch_ms or [sys.getswitchinterval() * 1e3]
+    variants = [(setting, ms) for setting in settings for ms in switches]
+    runs: dict[tuple[str, float], list[dict]] = {v: [] for v in variants}
     for r in range(a.rounds):
-        for setting in settings:
-            print(f"-- round {r + 1}, engine settings: {setting or 'defaults'}", flush=True)
+        for setting, ms in variants:
+            print(f"-- round {r + 1}, engine settings: {setting or 'defaults'}, GIL switch {ms:g} ms", flush=True)
+            sys.setswitchinterval(ms / 1e3)
             config = EngineConfig(model="random-qwen2.5-vl-7b", warmup=True, preprocess_threads=8,
                                   **parse_settings(setting))
-            runs[setting].append(one_run(config, loaded, a.seconds, a.window, a.top))
-    print(f"\n| engine settings | candidates/s per round | of the matmul rate ({matmul:.0f} TFLOP/s) "
+            runs[(setting, ms)].append(one_run(config, loaded, a.seconds, a.window, a.top))
+    print(f"\n| engine settings | GIL switch ms | candidates/s per round | of the matmul rate ({matmul:.0f} TFLOP/s) "
           "| p50 ms | peak GiB |")
-    print("|---|---|---|---|---|")
-    for setting, outs in runs.items():
+    print("|---|---|---|---|---|---|")
+    for (setting, ms), outs in runs.items():
         rates = " / ".join(f"{o['candidates_per_s']:.1f}" for o in outs)
         shares = " / ".join(f"{100 * o['needed_tflops'] / matmul:.1f}%" for o in outs)
         p50 = " / ".join(f"{o['p50_ms']:.0f}" for o in outs)
-        print(f"| {setting or 'defaults'} | {rates} | {shares} | {p50} | {max(o['peak_gib'] for o in outs)} |")
+        print(f"| {setting or 'defaults'} | {ms:g} | {rates} | {shares} | {p50} | {max(o['peak_gib'] for o in outs)} |")
     return 0
 
 

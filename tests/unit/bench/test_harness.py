@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +68,27 @@ def test_the_load_generator_keeps_its_requests_and_reads_back_the_same(tiny_mode
     assert len(list(tmp_path.iterdir())) == 1
     again = requests_for("I100", 1, tiny_model_dir, str(tmp_path))
     assert again == made and len(made[0].documents) == 100
+
+
+def test_the_ab_tool_times_explain_through_each_variants_own_service_on_cpu(tiny_model_dir):
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-m", "bench.ab", "--smoke", "--rounds", "1", "--warmup", "0",
+                           "--workloads", "EXPLAIN", "--b-checkout", str(root), "--a-switch-ms", "0.5",
+                           "--tiny", tiny_model_dir], capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "GIL switch 0.5 ms" in done.stdout
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| EXPLAIN |"))
+    a_ms, b_ms = (float(cell) for cell in row.split("|")[2:4])
+    assert a_ms > 0 and b_ms > 0
+
+
+def test_kernels_are_sorted_into_kinds_by_name():
+    from bench.profile.kernel_kinds import kind
+
+    assert kind("nvjet_sm90_tst_192x208_64x4_2x1_v_bz_coopB_TNT") == "gemm"
+    assert kind("_window_attention_rope_kernel") == "attention"
+    assert kind("triton_poi_fused_add_cat_mul_neg_slice_0") == "rope"
+    assert kind("_add_rms_norm_kernel") == "norm"
+    assert kind("_swiglu_kernel") == "silu*up"
+    assert kind("Memcpy HtoD (Pinned -> Device)") == "copy/cat"
+    assert kind("void at::native::reduce_kernel<512, 1>") == "other"

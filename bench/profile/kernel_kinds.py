@@ -1,0 +1,108 @@
+"""Which kernels one request's GPU time goes to, by kind (GEMMs, attention, norms, SiLU*up, RoPE,
+copies, other), and the GPU's longest idle gaps, for T100, I100 cold and Explain (bench.profile.trace's
+pair: a 448x448 JPEG, a 40-word title, grid 4); RANDOM weights of the 7B shape. One request under
+the profiler after three untimed ones.
+
+    python -m bench.profile.kernel_kinds --tiny .cache/tiny-model --only Explain
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import time
+from collections import defaultdict
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from bench.harness.model import DEFAULT_TINY, build_model
+from bench.harness.workloads import image_workload, text_workload
+from bench.profile.trace import explain_workload, run_once
+from lychee_grpc.engine.config import EngineConfig
+from lychee_grpc.engine.engine import Engine
+
+KINDS = (
+    ("gemm", re.compile(r"nvjet|gemm|cutlass|sm90_xmma|ampere_bf16|_mm_|matmul", re.I)),
+    ("attention", re.compile(r"attn|attention|flash|fmha|window|cudnn", re.I)),
+    ("norm", re.compile(r"rms|norm", re.I)),
+    ("silu*up", re.compile(r"silu|swiglu", re.I)),
+    # torch.compile's RoPE kernel is named for its ops: x * cos + cat(-x2, x1) * sin
+    ("rope", re.compile(r"rope|rotary|fused_add_cat_mul_neg", re.I)),
+    ("copy/cat", re.compile(r"copy|cat|memcpy|memset|fill|index|gather|scatter", re.I)),
+)
+
+
+def kind(name: str) -> str:
+    for label, pattern in KINDS:
+        if pattern.search(name):
+            return label
+    return "other"
+
+
+def report(name: str, prof, wall_ms: float) -> None:
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    table: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    names: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for e in kernels:
+        key = kind(e.name)
+        ms = (e.time_range.end - e.time_range.start) / 1e3
+        table[key][0] += ms
+        table[key][1] += 1
+        names[key][e.name[:70]] += ms
+    spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+    busy, end = 0.0, 0.0
+    for s, t in spans:
+        busy += max(0.0, t - max(s, end))
+        end = max(end, t)
+    first = spans[0][0] - min(e.time_range.start for e in prof.events()) if spans else 0.0
+    total = sum(v[0] for v in table.values())
+    print(f"\n{name}: wall {wall_ms:.1f} ms, GPU busy {busy / 1e3:.1f} ms, kernels {total:.1f} ms, "
+          f"first kernel {first / 1e3:.1f} ms after the profiler's first event")
+    t0 = min(e.time_range.start for e in prof.events())
+    gaps, end = [], 0.0
+    for e in sorted(kernels, key=lambda e: e.time_range.start):
+        if end and e.time_range.start - end > 200:
+            gaps.append((e.time_range.start - end, end, e.name))
+        end = max(end, e.time_range.end)
+    for length, at, after in sorted(gaps, reverse=True)[:8]:
+        print(f"  GPU idle {length / 1e3:6.2f} ms from {(at - t0) / 1e3:7.1f} ms, before {after[:60]}")
+    print(f"  {'kind':10s} {'ms':>8s} {'kernels':>8s}  largest")
+    for kd, (ms, n) in sorted(table.items(), key=lambda kv: -kv[1][0]):
+        top = max(names[kd].items(), key=lambda kv: kv[1])
+        print(f"  {kd:10s} {ms:8.2f} {n:8d}  {top[0]} ({top[1]:.2f})")
+
+
+async def main_async() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", default=DEFAULT_TINY)
+    ap.add_argument("--only", default="T100,I100 cold,Explain")
+    a = ap.parse_args()
+    loaded = build_model(a.tiny)
+    print("RANDOM weights, Qwen2.5-VL-7B shape; GPU:", torch.cuda.get_device_name())
+    engine = Engine(EngineConfig(model="random-7b", warmup=True, preprocess_threads=8), loaded)
+    await engine.start()
+    ex = engine.executor
+    tok = loaded.processor.tokenizer
+    for name, (query, docs) in (("T100", text_workload(tok, 1)), ("I100 cold", image_workload(tok, 7)),
+                                ("Explain", explain_workload(tok))):
+        if name not in a.only.split(","):
+            continue
+        for _ in range(3):
+            ex.vision_cache.clear()
+            await run_once(engine, query, docs)
+        ex.vision_cache.clear()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            await run_once(engine, query, docs)
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - t0) * 1e3
+        report(name, prof, wall)
+    await engine.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main_async())
