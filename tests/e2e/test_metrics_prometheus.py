@@ -24,6 +24,9 @@ from .ops_server import free_port, ops_server
 
 PROMETHEUS = shutil.which("prometheus")
 TEMPLATE = Path(__file__).with_name("prometheus.yml.tmpl")
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "lychee-grpc.json"
+# Series only a GPU server has: on the CPU their panels are empty, not wrong.
+GPU_ONLY = ("lychee_gpu_memory_",)
 
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None, reason="the prometheus binary is not installed (apt-get install -y prometheus)"
@@ -55,6 +58,14 @@ async def wait_for(api: str, expr: str, check, timeout: float = 30.0) -> float:
             return value
         await asyncio.sleep(0.25)
     raise AssertionError(f"{expr} = {value} after {timeout} s")
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query of the Grafana dashboard, its variables set as the
+    dashboard's "All" sets them and its rate window one Prometheus can fill in this test."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [(panel["title"], target["expr"].replace("$namespace", ".*").replace("$pod", ".*")
+             .replace("$__rate_interval", "5s")) for panel in panels for target in panel["targets"]]
 
 
 @pytest.fixture
@@ -114,3 +125,16 @@ async def test_prometheus_reads_back_the_documents_sent_and_plausible_latencies(
         build = query(api, "lychee_build_info")
         assert build and build[0]["metric"]["model"] == tiny_model_dir and build[0]["value"][1] == "1"
         assert scalar(api, "lychee_queue_documents") == 0
+
+        # Every query of the Grafana dashboard is valid PromQL over the names the server exports:
+        # each answers with at least one series here (a renamed metric would leave its panel empty).
+        queries = dashboard_queries()
+        assert any("lychee_oom_documents_total" in expr for _, expr in queries)
+        for title, expr in queries:
+            if any(name in expr for name in GPU_ONLY):
+                query(api, expr)  # still valid PromQL
+                continue
+            deadline = time.monotonic() + 20
+            while not query(api, expr):
+                assert time.monotonic() < deadline, f"the dashboard's panel {title!r} has no data: {expr}"
+                await asyncio.sleep(0.5)
