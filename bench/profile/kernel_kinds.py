@@ -18,11 +18,9 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from bench.harness.model import DEFAULT_TINY, build_model
+from bench.harness.model import DEFAULT_TINY
 from bench.harness.workloads import image_workload, text_workload
-from bench.profile.trace import explain_workload, run_once
-from lychee_grpc.engine.config import EngineConfig
-from lychee_grpc.engine.engine import Engine
+from bench.profile.trace import explain_workload, run_once, started_engine
 
 KINDS = (
     ("gemm", re.compile(r"nvjet|gemm|cutlass|sm90_xmma|ampere_bf16|_mm_|matmul", re.I)),
@@ -80,10 +78,7 @@ async def main_async() -> None:
     ap.add_argument("--tiny", default=DEFAULT_TINY)
     ap.add_argument("--only", default="T100,I100 cold,Explain")
     a = ap.parse_args()
-    loaded = build_model(a.tiny)
-    print("RANDOM weights, Qwen2.5-VL-7B shape; GPU:", torch.cuda.get_device_name())
-    engine = Engine(EngineConfig(model="random-7b", warmup=True, preprocess_threads=8), loaded)
-    await engine.start()
+    engine, loaded = await started_engine(a.tiny)
     ex = engine.executor
     tok = loaded.processor.tokenizer
     for name, (query, docs) in (("T100", text_workload(tok, 1)), ("I100 cold", image_workload(tok, 7)),

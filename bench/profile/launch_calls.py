@@ -15,13 +15,9 @@ import io
 import pstats
 import time
 
-import torch
-
-from bench.harness.model import DEFAULT_TINY, build_model
+from bench.harness.model import DEFAULT_TINY
 from bench.harness.workloads import text_workload
-from bench.profile.trace import explain_workload, run_once
-from lychee_grpc.engine.config import EngineConfig
-from lychee_grpc.engine.engine import Engine
+from bench.profile.trace import explain_workload, run_once, started_engine
 
 
 def profiled(fn, prof: cProfile.Profile, spent: list[float]):
@@ -49,10 +45,7 @@ async def main_async() -> None:
     ap.add_argument("--requests", type=int, default=3)
     ap.add_argument("--top", type=int, default=28)
     a = ap.parse_args()
-    loaded = build_model(a.tiny)
-    print("RANDOM weights, Qwen2.5-VL-7B shape; GPU:", torch.cuda.get_device_name())
-    engine = Engine(EngineConfig(model="random-7b", warmup=True, preprocess_threads=8), loaded)
-    await engine.start()
+    engine, loaded = await started_engine(a.tiny)
     ex = engine.executor
     tok = loaded.processor.tokenizer
     from lychee_grpc.service import explain

@@ -17,11 +17,12 @@ import time
 
 import torch
 
-from bench.harness.model import build_model
+from bench.harness.model import DEFAULT_TINY, build_model
 from bench.harness.workloads import image_workload, text_workload
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
+from lychee_grpc.engine.model.loader import LoadedModel
 
 
 class Tracer:
@@ -161,6 +162,15 @@ class CallProfile:
         self.stats = {}
 
 
+async def started_engine(tiny: str = DEFAULT_TINY, preprocess_threads: int = 8) -> tuple[Engine, LoadedModel]:
+    """An engine over the 7B shape with RANDOM weights, warmed up and started, and its model."""
+    loaded = build_model(tiny)
+    print("RANDOM weights, Qwen2.5-VL-7B shape; GPU:", torch.cuda.get_device_name())
+    engine = Engine(EngineConfig(model="random-7b", warmup=True, preprocess_threads=preprocess_threads), loaded)
+    await engine.start()
+    return engine, loaded
+
+
 async def run_once(engine: Engine, query, docs) -> None:
     """One request: a Rerank's documents, or (docs None) Explain of `query`'s pair as the service runs it."""
     if docs is None:
@@ -214,10 +224,7 @@ async def main_async() -> None:
         torch.set_num_threads(a.torch_threads)
     print(f"GIL switch interval {sys.getswitchinterval() * 1e3:.2f} ms, torch threads {torch.get_num_threads()}, "
           f"preprocess threads {a.preprocess_threads}")
-    loaded = build_model()
-    print("RANDOM weights, Qwen2.5-VL-7B shape; GPU:", torch.cuda.get_device_name())
-    engine = Engine(EngineConfig(model="random-7b", warmup=True, preprocess_threads=a.preprocess_threads), loaded)
-    await engine.start()
+    engine, loaded = await started_engine(preprocess_threads=a.preprocess_threads)
     tok = loaded.processor.tokenizer
     tracer = Tracer()
     install(engine, tracer)
