@@ -1,7 +1,7 @@
 """Which kernels one request's GPU time goes to, by kind (GEMMs, attention, norms, SiLU*up, RoPE,
-copies, other), and the GPU's longest idle gaps, for T100, I100 cold and Explain (bench.profile.trace's
-pair: a 448x448 JPEG, a 40-word title, grid 4); RANDOM weights of the 7B shape. One request under
-the profiler after three untimed ones.
+copies, other), and the GPU's busy time and longest idle gaps (c8_timeline's report), for T100,
+I100 cold and Explain (bench.profile.trace's pair: a 448x448 JPEG, a 40-word title, grid 4);
+RANDOM weights of the 7B shape. One request under the profiler after three untimed ones.
 
     python -m bench.profile.kernel_kinds --tiny .cache/tiny-model --only Explain
 """
@@ -20,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.harness.model import DEFAULT_TINY
 from bench.harness.workloads import image_workload, text_workload
+from bench.profile.c8_timeline import idle_report
 from bench.profile.trace import explain_workload, run_once, started_engine
 
 KINDS = (
@@ -50,23 +51,12 @@ def report(name: str, prof, wall_ms: float) -> None:
         table[key][0] += ms
         table[key][1] += 1
         names[key][e.name[:70]] += ms
-    spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
-    busy, end = 0.0, 0.0
-    for s, t in spans:
-        busy += max(0.0, t - max(s, end))
-        end = max(end, t)
-    first = spans[0][0] - min(e.time_range.start for e in prof.events()) if spans else 0.0
-    total = sum(v[0] for v in table.values())
-    print(f"\n{name}: wall {wall_ms:.1f} ms, GPU busy {busy / 1e3:.1f} ms, kernels {total:.1f} ms, "
-          f"first kernel {first / 1e3:.1f} ms after the profiler's first event")
     t0 = min(e.time_range.start for e in prof.events())
-    gaps, end = [], 0.0
-    for e in sorted(kernels, key=lambda e: e.time_range.start):
-        if end and e.time_range.start - end > 200:
-            gaps.append((e.time_range.start - end, end, e.name))
-        end = max(end, e.time_range.end)
-    for length, at, after in sorted(gaps, reverse=True)[:8]:
-        print(f"  GPU idle {length / 1e3:6.2f} ms from {(at - t0) / 1e3:7.1f} ms, before {after[:60]}")
+    first = min((e.time_range.start for e in kernels), default=t0) - t0
+    print(f"\n{name}: wall {wall_ms:.1f} ms, kernels {sum(v[0] for v in table.values()):.1f} ms, "
+          f"first kernel {first / 1e3:.1f} ms after the profiler's first event")
+    if kernels:
+        idle_report([(e.time_range.start, e.time_range.end, e.name) for e in kernels], wall_ms * 1e3, top=8)
     print(f"  {'kind':10s} {'ms':>8s} {'kernels':>8s}  largest")
     for kd, (ms, n) in sorted(table.items(), key=lambda kv: -kv[1][0]):
         top = max(names[kd].items(), key=lambda kv: kv[1])

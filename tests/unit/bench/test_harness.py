@@ -92,3 +92,23 @@ def test_kernels_are_sorted_into_kinds_by_name():
     assert kind("_swiglu_kernel") == "silu*up"
     assert kind("Memcpy HtoD (Pinned -> Device)") == "copy/cat"
     assert kind("void at::native::reduce_kernel<512, 1>") == "other"
+
+
+def test_the_kernel_report_sums_kinds_and_counts_overlapping_kernels_once(capsys):
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from bench.profile.kernel_kinds import report
+
+    def event(name, start, end, device=DeviceType.CUDA):
+        return SimpleNamespace(name=name, device_type=device, time_range=SimpleNamespace(start=start, end=end))
+
+    events = [event("launch", 0.0, 10.0, DeviceType.CPU), event("nvjet_gemm", 100.0, 1100.0),
+              event("_add_rms_norm_kernel", 600.0, 1600.0), event("nvjet_gemm", 2600.0, 3600.0)]
+    prof = SimpleNamespace(events=lambda: events)
+    report("T", prof, wall_ms=5.0)
+    out = capsys.readouterr().out
+    assert "kernels 3.0 ms, first kernel 0.1 ms" in out
+    assert "GPU busy 2.5 ms of 3.5 ms" in out  # the overlap counted once, the 1 ms gap idle
+    assert "gemm           2.00        2" in out
