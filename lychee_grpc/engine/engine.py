@@ -26,7 +26,7 @@ from .model.loader import LoadedModel, load_model
 from .prompt.prepare import Preprocessor
 from .prompt.prepared import EncodedImage, Prefetch, PreparedDocument, PreparedQuery
 from .scheduler import Scheduler, no_stop_iteration
-from .stats import CANCELLED, DEADLINE, DeviceMemory, EngineStats, StatsObserver, StatsRecorder
+from .stats import DeviceMemory, EngineStats, StatsObserver, StatsRecorder
 from .types import Document, ImagePart, Query, TextPart
 from .vision.cache import VisionCache
 
@@ -310,21 +310,11 @@ class Engine(EngineClient):
         else:
             memory = DeviceMemory(str(device), 0, 0)
         return [EngineStats(
+            **counters.by_name(),
             device=str(device),
             queue_documents=scheduler.queued if scheduler is not None else 0,
             queue_tokens=scheduler.queued_tokens if scheduler is not None else 0,
             preparing_requests=scheduler.preparing if scheduler is not None else 0,
-            documents_scored=counters.documents_scored,
-            documents_dropped={CANCELLED: counters.documents_dropped_cancelled,
-                               DEADLINE: counters.documents_dropped_deadline},
-            batches=counters.batches,
-            batch_seconds=counters.batch_seconds,
-            oom_splits=counters.oom_splits,
-            oom_retries=counters.oom_retries,
-            oom_refusals=counters.oom_refusals,
-            prefix_tokens_saved=counters.prefix_tokens_saved,
-            image_cache_hits=counters.image_cache_hits,
-            image_cache_misses=counters.image_cache_misses,
             image_cache_bytes=cache.bytes,
             image_cache_capacity_bytes=cache.capacity_bytes,
             gpu_memory=(memory,),

@@ -9,7 +9,7 @@ import pytest
 
 from lychee_grpc.engine import DeadlineExpired, Document, EngineStats, ImagePart, NullObserver, StatsObserver
 from lychee_grpc.engine.api import score_documents
-from lychee_grpc.engine.stats import CANCELLED, DEADLINE, StatsRecorder
+from lychee_grpc.engine.stats import CANCELLED, DEADLINE, Counters, StatsRecorder
 
 from ...helpers import noise_image, stats_of, text_docs, text_query
 
@@ -51,6 +51,43 @@ def test_null_observer_satisfies_the_protocol():
 def test_recorder_refuses_an_unknown_drop_reason():
     with pytest.raises(ValueError, match="drop reason"):
         StatsRecorder().documents_dropped(1, "bored")
+
+
+def record_one_of_each(recorder: StatsRecorder) -> None:
+    """Every callback that counts, with amounts distinct enough to tell the counters apart."""
+    recorder.batch_done(documents=3, tokens=90, images=1, seconds=0.25)
+    recorder.documents_dropped(4, CANCELLED)
+    recorder.documents_dropped(5, DEADLINE)
+    recorder.oom_split()
+    recorder.oom_alone(retried=6, refused=7)
+    recorder.image_cache(hits=8, misses=9)
+    recorder.prefix_saved(10)
+
+
+# What record_one_of_each leaves on fresh counters: no counter at zero.
+ONE_OF_EACH = Counters(documents_scored=3, documents_dropped={CANCELLED: 4, DEADLINE: 5}, batches=1,
+                       batch_seconds=0.25, oom_splits=1, oom_retries=6, oom_refusals=7, prefix_tokens_saved=10,
+                       image_cache_hits=8, image_cache_misses=9)
+
+
+def test_each_callback_adds_to_its_counters_and_a_snapshot_keeps_what_it_read():
+    recorder = StatsRecorder()
+    record_one_of_each(recorder)
+    first = recorder.counters()
+    record_one_of_each(recorder)
+    assert first == ONE_OF_EACH
+    assert recorder.counters() == Counters(
+        documents_scored=6, documents_dropped={CANCELLED: 8, DEADLINE: 10}, batches=2, batch_seconds=0.5,
+        oom_splits=2, oom_retries=12, oom_refusals=14, prefix_tokens_saved=20, image_cache_hits=16,
+        image_cache_misses=18)
+
+
+async def test_engine_stats_carry_every_counter_as_recorded(make_engine):
+    engine = await make_engine()
+    record_one_of_each(engine.scheduler.recorder)
+    stats = stats_of(engine)
+    counters = ONE_OF_EACH.by_name()
+    assert {name: getattr(stats, name) for name in counters} == counters
 
 
 async def test_batches_prefix_savings_and_cache_reach_the_observer_and_the_snapshot(make_engine, loaded):
