@@ -27,6 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 from bench.ab import parse_settings
 from bench.harness.floor import matmul_tflops
 from bench.harness.model import DEFAULT_TINY, build_model
+from bench.profile.intervals import kernel_timeline
 from bench.run import run_c8
 from lychee_grpc.engine.config import EngineConfig
 
@@ -36,19 +37,12 @@ BUCKETS_US = (10, 100, 1000, 10_000)
 def idle_report(kernels: list[tuple[float, float, str]], window_us: float, top: int) -> dict:
     """Prints and returns the GPU's busy time over the recorded kernels' span (overlapping kernels
     counted once) and its idle gaps: (start us, end us, name) in, times in ms out."""
-    kernels = sorted(kernels)
-    merged: list[list] = []  # [start, end, first kernel's name, last kernel's name]
-    for start, end, name in kernels:
-        if merged and start <= merged[-1][1]:
-            if end > merged[-1][1]:
-                merged[-1][1], merged[-1][3] = end, name
-        else:
-            merged.append([start, end, name, name])
-    busy = sum(e - s for s, e, _, _ in merged)
-    span = merged[-1][1] - merged[0][0]
+    timeline = kernel_timeline(kernels)
+    busy = timeline.busy
+    span = timeline.last - timeline.first
     print(f"GPU busy {busy / 1e3:.1f} ms of {span / 1e3:.1f} ms between the window's first and last kernel "
           f"({100 * busy / span:.1f}%); {len(kernels)} kernels; window {window_us / 1e6:.1f} s")
-    gaps = [(merged[i + 1][0] - merged[i][1], merged[i][3], merged[i + 1][2]) for i in range(len(merged) - 1)]
+    gaps = [(gap.length, gap.before, gap.after) for gap in timeline.gaps]
     lower: float = 0
     for upper in (*BUCKETS_US, float("inf")):
         inside = [g for g, _, _ in gaps if lower <= g < upper]

@@ -19,31 +19,24 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.harness.model import build_model
 from bench.harness.workloads import image_workload, text_workload
+from bench.profile.intervals import kernel_timeline
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
 
 
 def report(name: str, prof, wall_ms: float, t0_us: float, gaps: int = 8) -> None:
-    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
-                     if e.device_type == DeviceType.CUDA)
-    busy, merged = 0.0, []
-    for start, end in kernels:
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    busy = sum(e - s for s, e in merged)
-    first, last = merged[0][0], merged[-1][1]
+    timeline = kernel_timeline((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                               if e.device_type == DeviceType.CUDA)
+    busy, first, last = timeline.busy, timeline.first, timeline.last
     cpu = [e for e in prof.events() if e.device_type == DeviceType.CPU]
-    idle = sorted(((merged[i + 1][0] - merged[i][1], merged[i][1], merged[i + 1][0]) for i in range(len(merged) - 1)),
-                  reverse=True)
+    idle = sorted(timeline.gaps, key=lambda gap: (gap.length, gap.start), reverse=True)
     print(f"{name}: wall {wall_ms:.1f} ms, GPU busy {busy / 1e3:.1f} ms, first kernel at "
           f"{(first - t0_us) / 1e3:.1f} ms, idle between kernels {(last - first - busy) / 1e3:.1f} ms")
-    for length, start, end in idle[:gaps]:
-        inside = sorted((e for e in cpu if start <= e.time_range.start < end), key=lambda e: -e.cpu_time_total)
+    for gap in idle[:gaps]:
+        inside = sorted((e for e in cpu if gap.start <= e.time_range.start < gap.end), key=lambda e: -e.cpu_time_total)
         names = ", ".join(dict.fromkeys(e.name for e in inside[:6]))
-        print(f"  gap {length / 1e3:6.2f} ms at {(start - t0_us) / 1e3:7.1f} ms: {names[:150]}")
+        print(f"  gap {gap.length / 1e3:6.2f} ms at {(gap.start - t0_us) / 1e3:7.1f} ms: {names[:150]}")
 
 
 def time_calls(engine) -> dict[str, list[float]]:

@@ -112,3 +112,31 @@ def test_the_kernel_report_sums_kinds_and_counts_overlapping_kernels_once(capsys
     assert "kernels 3.0 ms, first kernel 0.1 ms" in out
     assert "GPU busy 2.5 ms of 3.5 ms" in out  # the overlap counted once, the 1 ms gap idle
     assert "gemm           2.00        2" in out
+
+
+def test_the_timeline_report_counts_overlapping_kernels_once_and_names_the_cpu_work_in_each_gap(capsys):
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from bench.profile.timeline import report
+
+    def event(name, start, end, device=DeviceType.CUDA, cpu_us=0.0):
+        return SimpleNamespace(name=name, device_type=device, time_range=SimpleNamespace(start=start, end=end),
+                               cpu_time_total=cpu_us)
+
+    def cpu(name, start, cpu_us):
+        return event(name, start, start + 1.0, DeviceType.CPU, cpu_us)
+
+    events = [cpu("launch", 0.0, 10.0), event("nvjet_gemm", 100.0, 1100.0),
+              event("_add_rms_norm_kernel", 600.0, 1600.0), cpu("plan", 1700.0, 50.0), cpu("copy", 2000.0, 80.0),
+              cpu("late", 2600.0, 90.0), event("nvjet_gemm", 2600.0, 3600.0), cpu("sync", 3650.0, 5.0),
+              event("_swiglu_kernel", 3700.0, 3800.0)]
+    report("T", SimpleNamespace(events=lambda: events), wall_ms=5.0, t0_us=0.0)
+    assert capsys.readouterr().out.splitlines() == [
+        # the overlap counted once; the 1 ms and 0.1 ms gaps idle
+        "T: wall 5.0 ms, GPU busy 2.6 ms, first kernel at 0.1 ms, idle between kernels 1.1 ms",
+        # longest first, the CPU events that started in each by CPU time (one at a gap's end is not in it)
+        "  gap   1.00 ms at     1.6 ms: copy, plan",
+        "  gap   0.10 ms at     3.6 ms: sync",
+    ]
