@@ -21,8 +21,9 @@ every graph (a warning in the log) and batches run eagerly. Captures run in infe
 autograd on, each warm-up's activations stayed alive through the kept keys (bench/RESULTS.md,
 "CUDA graphs of small batches", where the H200 runs are).
 
-The elementwise pieces are captured eagerly, as the eager path runs them at these sizes
-(every bucket is under fused.Kernel.eager_below; a test pins it).
+The elementwise pieces are captured as the eager path runs them at these sizes: eagerly (every
+bucket is under fused.Kernel.eager_below; a test pins it), except the LM's RoPE, whose kernel is
+eager's result bit for bit and serves every size.
 """
 
 from __future__ import annotations

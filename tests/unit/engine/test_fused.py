@@ -201,3 +201,18 @@ def test_gate_up_silu_fuses_large_batches_as_the_three_steps_round_and_falls_bac
         want = silu_mul(gate(x), up(x))
     assert torch.equal(first, want) and torch.equal(again, want)  # the three steps, from the failure on
     assert "the fused kernel for gate/up/SiLU failed (no kernel today)" in caplog.text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the LM's RoPE kernel runs on CUDA")
+def test_the_lm_rope_on_cuda_is_eagers_result_bit_for_bit_at_every_batch_size():
+    ops = FusedOps(torch.device("cuda"))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for heads in (28, 4):  # the 7B's queries and keys
+        rows = 3000
+        x = torch.randn(rows, heads * 128, generator=g, device="cuda").bfloat16().view(rows, heads, 128)
+        angles = torch.rand(rows, 1, 128, generator=g, device="cuda") * 100
+        cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
+        whole = ops.rope(x, cos, sin)
+        assert torch.equal(whole, rope(x, cos, sin)), heads
+        for i, j in ((0, 1), (11, 18), (100, 1200)):
+            assert torch.equal(ops.rope(x[i:j], cos[i:j], sin[i:j]), whole[i:j]), (heads, i, j)

@@ -283,3 +283,35 @@ def test_the_attention_kernel_gives_a_document_the_same_bits_alone_beside_others
                           "last": torch.equal(last_alone, last_beside)}))
     """))
     assert out == {"beside": True, "split": True, "last": True}
+
+
+def test_the_lm_rope_kernel_equals_eager_torch_bit_for_bit_and_ignores_the_rows_beside():
+    out = run_interpreted("""
+        import json, torch
+        from lychee_grpc.engine.lm.fused import rope as eager_rope
+        from lychee_grpc.engine.util import rope_kernel
+        torch.manual_seed(0)
+        result = {}
+        rows, heads, dim = 37, 3, 16  # 37 * 3 * 8 lanes: a masked tail
+        qkv = (torch.randn(rows, 5, dim) * 3).bfloat16()
+        x = qkv[:, 1:4]  # heads of a wider projection: a strided view
+        angles = torch.rand(rows, 1, dim) * 100  # the halves differ
+        cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
+        got = rope_kernel.rope(x, cos, sin)
+        result["equal"] = torch.equal(got, eager_rope(x, cos, sin))
+        result["contiguous"] = got.is_contiguous() and got.shape == (rows, heads, dim)
+        result["rows"] = all(torch.equal(rope_kernel.rope(x[i:j].contiguous(), cos[i:j], sin[i:j]), got[i:j])
+                             for i, j in ((0, 1), (5, 6), (3, 20)))
+        result["takes_float16"] = rope_kernel.supported(x.half(), cos.half(), sin.half())
+        result["takes_odd"] = rope_kernel.supported(x[..., :15], cos[..., :15], sin[..., :15])
+        result["takes_24"] = rope_kernel.supported(x[..., :12], cos[..., :12], sin[..., :12])
+        try:
+            rope_kernel.rope(x, cos[:, :, :8], sin[:, :, :8])
+            result["refused"] = ""
+        except ValueError as exc:
+            result["refused"] = str(exc)
+        print(json.dumps(result))
+    """)
+    assert out["equal"] and out["contiguous"] and out["rows"], out
+    assert not out["takes_float16"] and not out["takes_odd"] and not out["takes_24"], out
+    assert "x (37, 3, 16)" in out["refused"] and "cos (37, 1, 8)" in out["refused"], out

@@ -1,0 +1,79 @@
+"""The LM's rotary embedding at T100's and a pair's row counts: the engine's Triton kernel
+(util/rope_kernel.py) against the torch.compile kernel it replaced (token dimension dynamic, as
+fused.Kernel compiled it) and eager torch. Per shape: how many outputs differ from eager's bits, the
+GPU time of a call, and the host time of a call (launched back to back behind a long matmul, so
+the GPU never waits and only the launching thread's cost shows). Random inputs, no model weights.
+
+    python -m bench.kernels.rope
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from lychee_grpc.engine.lm.fused import rope
+from lychee_grpc.engine.util import rope_kernel
+
+# (heads, rows): the 7B's queries and keys over T100's packed rows, then smaller batches.
+SHAPES = ((28, 10889), (4, 10889), (28, 3000), (28, 40))
+
+
+def gpu_us(fn: Callable[[], object], iters: int = 100) -> float:
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters * 1e3
+
+
+def host_us(fn: Callable[[], object], iters: int = 100) -> float:
+    big = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(20):
+        big @ big  # ~30 ms of GPU work queued ahead
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    spent = (time.perf_counter() - start) / iters * 1e6
+    torch.cuda.synchronize()
+    return spent
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("python -m bench.kernels.rope needs a CUDA GPU", file=sys.stderr)
+        return 2
+    compiled = torch.compile(rope)
+
+    def compiled_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        for a in (x, cos, sin):
+            torch._dynamo.maybe_mark_dynamic(a, 0)
+        return compiled(x, cos, sin)
+
+    print(f"RANDOM inputs; {torch.cuda.get_device_name()}; the LM's RoPE (head_dim 128, bf16)")
+    print("| heads | rows | kernel != eager | GPU us: kernel / compiled / eager "
+          "| host us a call: kernel / compiled / eager |")
+    print("|---|---|---|---|---|")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for heads, rows in SHAPES:
+        x = torch.randn(rows, heads * 128, generator=g, device="cuda").bfloat16().view(rows, heads, 128)
+        angles = torch.rand(rows, 1, 128, generator=g, device="cuda") * 100
+        cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
+        differ = int((rope_kernel.rope(x, cos, sin) != rope(x, cos, sin)).sum())
+        fns = [lambda f=f, x=x, cos=cos, sin=sin: f(x, cos, sin) for f in (rope_kernel.rope, compiled_rope, rope)]
+        gpu = " / ".join(f"{gpu_us(f):.1f}" for f in fns)
+        host = " / ".join(f"{host_us(f):.1f}" for f in fns)
+        print(f"| {heads} | {rows} | {differ} of {x.numel()} | {gpu} | {host} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
