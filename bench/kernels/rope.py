@@ -15,24 +15,12 @@ from collections.abc import Callable
 
 import torch
 
+from bench.harness.timing import time_ms
 from lychee_grpc.engine.lm.fused import rope
 from lychee_grpc.engine.util import rope_kernel
 
 # (heads, rows): the 7B's queries and keys over T100's packed rows, then smaller batches.
 SHAPES = ((28, 10889), (4, 10889), (28, 3000), (28, 40))
-
-
-def gpu_us(fn: Callable[[], object], iters: int = 100) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters * 1e3
 
 
 def host_us(fn: Callable[[], object], iters: int = 100) -> float:
@@ -69,7 +57,7 @@ def main() -> int:
         cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
         differ = int((rope_kernel.rope(x, cos, sin) != rope(x, cos, sin)).sum())
         fns = [lambda f=f, x=x, cos=cos, sin=sin: f(x, cos, sin) for f in (rope_kernel.rope, compiled_rope, rope)]
-        gpu = " / ".join(f"{gpu_us(f):.1f}" for f in fns)
+        gpu = " / ".join(f"{time_ms(f, iters=100, warmup=5) * 1e3:.1f}" for f in fns)
         host = " / ".join(f"{host_us(f):.1f}" for f in fns)
         print(f"| {heads} | {rows} | {differ} of {x.numel()} | {gpu} | {host} |")
     return 0
