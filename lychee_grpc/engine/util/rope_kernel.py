@@ -3,9 +3,10 @@ for bfloat16 with eager torch's roundings: each product is rounded to bfloat16, 
 the three eager ops round). Bit for bit the eager result, and elementwise, so a row's result never
 depends on the rows beside it (the batch-invariant mode uses it too).
 
-It replaces a torch.compile'd kernel whose GPU time was the same (~1.4 ms of a 100-document
-rerank) but whose every call cost the launching thread ~0.2 ms in dynamo's guards and wrappers:
-55 calls, ~12 ms of host time for each pass of the language model (bench/RESULTS.md).
+It replaces a torch.compile'd kernel: at T100's rows it takes 52 against 62-76 us of the GPU a
+call and 37-40 against 60-90 us of the launching thread (dynamo's guards and wrappers), 55 calls a
+pass of the language model; in a small batch's CUDA graph it is one kernel where eager's four ran
+(`python -m bench.kernels.rope`; bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ if triton is not None:
         """float32 rounded to bfloat16, to nearest even: its 16 bits, in a uint32. Integer arithmetic,
         because LLVM narrows a float32 product and sum that are each cast to bfloat16 into one
         bfloat16 FMA (`fma.rn.bf16x2`), which skips the product's rounding: a quarter of the outputs
-        came out differently on the H200 (bench/RESULTS.md)."""
+        came out differently on the H200 (bench/RESULTS.md). A NaN here comes from arithmetic and is
+        quiet (mantissa bit 22 set), so the carry never reaches its exponent: it stays a NaN."""
         u = p.to(tl.uint32, bitcast=True)
         return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
 

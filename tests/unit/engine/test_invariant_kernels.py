@@ -302,6 +302,10 @@ def test_the_lm_rope_kernel_equals_eager_torch_bit_for_bit_and_ignores_the_rows_
         result["contiguous"] = got.is_contiguous() and got.shape == (rows, heads, dim)
         result["rows"] = all(torch.equal(rope_kernel.rope(x[i:j].contiguous(), cos[i:j], sin[i:j]), got[i:j])
                              for i, j in ((0, 1), (5, 6), (3, 20)))
+        broken = x.clone()
+        broken[0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+        result["nan_where_eager"] = torch.equal(rope_kernel.rope(broken, cos, sin).isnan(),
+                                                eager_rope(broken, cos, sin).isnan())
         result["takes_float16"] = rope_kernel.supported(x.half(), cos.half(), sin.half())
         result["takes_odd"] = rope_kernel.supported(x[..., :15], cos[..., :15], sin[..., :15])
         result["takes_24"] = rope_kernel.supported(x[..., :12], cos[..., :12], sin[..., :12])
@@ -312,6 +316,6 @@ def test_the_lm_rope_kernel_equals_eager_torch_bit_for_bit_and_ignores_the_rows_
             result["refused"] = str(exc)
         print(json.dumps(result))
     """)
-    assert out["equal"] and out["contiguous"] and out["rows"], out
+    assert out["equal"] and out["contiguous"] and out["rows"] and out["nan_where_eager"], out
     assert not out["takes_float16"] and not out["takes_odd"] and not out["takes_24"], out
     assert "x (37, 3, 16)" in out["refused"] and "cos (37, 1, 8)" in out["refused"], out
