@@ -67,3 +67,6 @@ class EngineConfig:
     # in the batch-invariant mode too, bit for bit: bench.invariance); its default follows
     # LYCHEE_CUDA_GRAPHS (0 turns them off).
     cuda_graphs: bool = field(default_factory=lambda: os.environ.get("LYCHEE_CUDA_GRAPHS", "1") != "0")
+    # Images of one tower call that equal another outside a box (Explain's masked cells) run the
+    # windows they share once through the window-only blocks (vision/sharing.py); False for A/B runs.
+    share_windows: bool = True

@@ -78,6 +78,7 @@ class Engine(EngineClient):
             batch_invariant=config.batch_invariant,
             attention_kernel=config.lm_attention_kernel,
             cuda_graphs=config.cuda_graphs,
+            share_windows=config.share_windows,
         )
         self.scheduler: Scheduler | None = None
         self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")

@@ -18,10 +18,16 @@ class Picture:
     """Decoded pixels given in place of an image's bytes: [height, width, 3] uint8 RGB, upright, as
     the engine decodes bytes. Made in the process that scores them (Explain's masked cells), so
     nothing encodes or decodes them; a transport never makes one. Equal when their pixels are.
-    Built by `Picture.of`; its pixels are not to be changed afterwards."""
+    Built by `Picture.of` (or `Picture.masked`); its pixels are not to be changed afterwards.
+
+    `base` and `box` (x, y, width, height), set by `masked` only: outside the box these pixels are
+    those of the image whose key is `base` (an image part's `image_key`). The vision tower then
+    computes the windows they share once, where both are in one call (vision/sharing.py)."""
 
     pixels: np.ndarray
     key: bytes  # a digest of the size and the pixels
+    base: bytes | None = None
+    box: tuple[int, int, int, int] | None = None
 
     @classmethod
     def of(cls, pixels: np.ndarray) -> Picture:
@@ -33,6 +39,18 @@ class Picture:
         digest = hashlib.sha256(f"{pixels.shape[0]}x{pixels.shape[1]}:".encode())
         digest.update(pixels.data)
         return cls(pixels, digest.digest()[:16])
+
+    @classmethod
+    def masked(cls, pixels: np.ndarray, base: bytes, box: tuple[int, int, int, int], colour: np.ndarray) -> Picture:
+        """A copy of `pixels`, the decoded pixels of the image whose key is `base`, with the box (x,
+        y, width, height) filled with `colour`. Made here so that what `base` and `box` claim holds."""
+        x, y, width, height = box
+        if width <= 0 or height <= 0 or x < 0 or y < 0 or x + width > pixels.shape[1] or y + height > pixels.shape[0]:
+            raise ValueError(f"box {box} is not inside a {pixels.shape[1]}x{pixels.shape[0]} picture")
+        out = pixels.copy()
+        out[y : y + height, x : x + width] = colour
+        made = cls.of(out)
+        return cls(made.pixels, made.key, base, (x, y, width, height))
 
     @property
     def height(self) -> int:

@@ -22,7 +22,7 @@ from itertools import repeat
 from ..engine.api import EngineClient
 from ..engine.config import ImageLimits
 from ..engine.errors import FieldViolation, InvalidInput
-from ..engine.prompt.image_files import ImageRejected
+from ..engine.prompt.image_files import ImageRejected, image_key
 from ..engine.types import Document, Part, Query, RequestStats, Score, TextPart, Timings, Usage
 from . import fragments as fr
 from .config import ServiceConfig
@@ -104,7 +104,8 @@ def plan(
                 continue
             pixels, boxes = cells[side, i]
             colour = fr.mean_colour(pixels)
-            masked = list(_MASKERS.map(fr.masked_picture, repeat(pixels), boxes, repeat(colour)))
+            base = image_key(part)
+            masked = list(_MASKERS.map(fr.masked_picture, repeat(pixels), repeat(base), boxes, repeat(colour)))
             out += [Occlusion(side, i, fr.image_variant(parts, i, picture), box=box)
                     for box, picture in zip(boxes, masked)]
     return out

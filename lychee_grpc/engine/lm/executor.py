@@ -34,6 +34,7 @@ from ..stats import NullObserver, StatsObserver
 from ..util.device_copy import HostReadbacks, PinnedStaging, Readback
 from ..util.graphs import GraphCapturer
 from ..vision.cache import VisionCache
+from ..vision.sharing import window_shares
 from ..vision.tower import VisionTower
 from .attention import HostPlan, PackedAttention, Plan, host_plan
 from .fused import FusedOps
@@ -77,6 +78,7 @@ class Executor:
         attention_kernel: bool = False,
         cuda_graphs: bool = False,
         graph_options: GraphOptions = GraphOptions(),
+        share_windows: bool = True,
     ):
         self.model = model
         self.lm = model.model.language_model
@@ -100,6 +102,7 @@ class Executor:
                                          batch_invariant=batch_invariant, kernel=attention_kernel)
         self.ops = FusedOps(self.device, batch_invariant=batch_invariant)
         self.tower = VisionTower(self.visual, self.ops, window_kernel=window_kernel)
+        self.share_windows = share_windows
         # Small batches replay captured graphs (lm/graphs.py; CUDA with varlen or the kernel's attention),
         # once `capture_graphs` has run.
         self.graphs: LMGraphs | None = None
@@ -147,7 +150,9 @@ class Executor:
             # every pending image has its pixels now (fill_pixels above)
             pixels = torch.cat([cast(torch.Tensor, im.pixel_values) for im in pending])
             pixels = pixels.to(self.device, self.visual.dtype)
-            merged = self.tower(pixels, [im.grid_thw for im in pending])
+            shares = window_shares(pending, self.tower.changed_windows, self.tower.patch_size) \
+                if self.share_windows else None
+            merged = self.tower(pixels, [im.grid_thw for im in pending], shares)
             for im, emb in zip(pending, torch.split(merged, [im.tokens for im in pending])):
                 emb = emb.to(self.dtype)
                 found[im.key] = emb

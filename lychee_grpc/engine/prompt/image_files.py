@@ -14,7 +14,7 @@ import warnings
 from PIL import Image, ImageOps
 
 from ..config import ImageLimits
-from ..types import Picture
+from ..types import ImagePart, Picture
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 MAX_ASPECT_RATIO = 200  # Qwen2.5-VL's smart_resize refuses anything wider
@@ -26,6 +26,11 @@ class ImageRejected(ValueError):
 
 def content_key(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def image_key(part: ImagePart) -> bytes:
+    """What identifies an image part's content: its bytes' digest, or its picture's."""
+    return part.picture.key if part.picture is not None else content_key(part.data)
 
 
 def cheap_key(data: bytes) -> bytes:

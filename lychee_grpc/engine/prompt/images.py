@@ -40,6 +40,7 @@ from .image_files import (
     check_size,
     content_key,
     decode_image,
+    image_key,
     load_image,
     open_image,
 )
@@ -61,11 +62,6 @@ else:
 _U16X2 = struct.Struct(">HH")
 
 log = logging.getLogger(__name__)
-
-
-def image_key(part: ImagePart) -> bytes:
-    """What identifies an image part's content: its bytes' digest, or its picture's."""
-    return part.picture.key if part.picture is not None else content_key(part.data)
 
 
 def part_pixels(part: ImagePart, limits: ImageLimits, fast_jpeg: bool = False) -> torch.Tensor:

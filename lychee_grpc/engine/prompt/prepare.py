@@ -29,7 +29,7 @@ from . import template
 from .image_files import cheap_key
 from .images import ImageRejected, image_key, jpeg_decoder_agrees, part_pixels
 from .positions import mrope_positions
-from .prepared import EncodedImage, Prefetch, PreparedDocument, PreparedQuery, Segment, prefetch_chunk
+from .prepared import Edit, EncodedImage, Prefetch, PreparedDocument, PreparedQuery, Segment, prefetch_chunk
 from .truncation import text_head, truncate
 
 
@@ -253,6 +253,10 @@ class Preprocessor:
             grid = self._grid(picture.shape[1], picture.shape[2])
         assert grid is not None
         t, h, w = grid
+        given = part.picture
+        edit = None
+        if given is not None and given.base is not None and given.box is not None:
+            edit = Edit(given.base + self._bounds_tag, given.box, (given.height, given.width))
         encoded = EncodedImage(
             key=key,
             grid_thw=grid,
@@ -260,6 +264,7 @@ class Preprocessor:
             pixel_values=None,
             decode=lambda: self._picture(part),
             picture=picture,
+            edit=edit,
         )
         return encoded, cached
 

@@ -34,6 +34,16 @@ class Prefetch:
     budget: int
 
 
+@dataclass(frozen=True)
+class Edit:
+    """What an image has in common with another: outside `box` (x, y, width, height) of its
+    decoded pixels (`size`: height, width) they are those of the image whose key is `base`."""
+
+    base: bytes
+    box: tuple[int, int, int, int]
+    size: tuple[int, int]
+
+
 @dataclass
 class EncodedImage:
     """One image ready for the vision tower. `picture` is None when the vision cache held its
@@ -48,6 +58,7 @@ class EncodedImage:
     # The decoded picture (uint8 [3, h, w], on the host) until its pixels are computed, in its
     # batch or a prefetch chunk: a request's pixels never wait on the GPU all at once.
     picture: torch.Tensor | None = None
+    edit: Edit | None = None  # the vision tower shares windows with its base (vision/sharing.py)
 
 
 @dataclass

@@ -13,6 +13,8 @@ the Conv3d (stride = kernel, so a plain GEMM) took 12 ms. Here:
   matmuls through `FusedOps` (compiled on CUDA), its attention through `VisionAttention`; each
   residual add is fused with the RMSNorm after it (the next block's norm1, the merger's ln_q), and
   the merger's MLP goes through `FusedOps` too. Nothing in the HF model is replaced.
+- images that equal another of the call outside a box (Explain's masked cells, sharing.py) run the
+  windows they share with it once through the blocks before the first full-attention block.
 - `graphs` (CUDA, set by the executor): the tower for one image of a grid captured at start-up
   (`capture`) replays as a CUDA graph, once its replay has matched the eager forward on random
   pixels. One image's tower is ~600 small launches that the GPU runs faster than the host issues
@@ -34,6 +36,7 @@ from ..util.device_copy import to_device
 from ..util.graphs import Captured, GraphCapturer
 from ..util.lru import LRU
 from .attention import Plan, VisionAttention
+from .sharing import WindowShare
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class _ImageLayout:
     frame: int  # patches per frame: the full-attention span
     window_index: np.ndarray  # merge units of this image in window order
     window_lengths: list[int]  # patches per window, windows in order, none empty
+    unit_window: np.ndarray  # for each merge unit (image order), the window it is in
     cos: torch.Tensor  # [patches, head_dim] float32, window order, on the tower's device
     sin: torch.Tensor
 
@@ -70,6 +74,17 @@ class _BatchLayout:
     sin: torch.Tensor
     window_index: torch.Tensor  # merge units in window order
     reverse: torch.Tensor  # back to image order
+
+
+@dataclass
+class _Shared:
+    """The rows (window order) that run through the blocks before `until` when images share windows."""
+
+    keep: torch.Tensor  # the rows computed
+    expand: torch.Tensor  # for every row of the batch, its row among those computed
+    plan_windows: Plan
+    cos: torch.Tensor
+    sin: torch.Tensor
 
 
 class VisionTower:
@@ -88,6 +103,9 @@ class VisionTower:
         self.unit = self.merge**2
         self.blocks = visual.blocks
         self.full_blocks = set(visual.fullatt_block_indexes)
+        # Blocks before this one attend within windows only: there, images can share windows.
+        self.window_only = min(self.full_blocks, default=len(self.blocks))
+        self.patch_size = int(visual.patch_size)
         proj = visual.patch_embed.proj
         plain = (
             isinstance(proj, torch.nn.Conv3d) and proj.bias is None and tuple(proj.stride) == tuple(proj.kernel_size)
@@ -115,11 +133,16 @@ class VisionTower:
         order = index.to(device)
         t, h, w = grid
         patches = t * h * w
+        window_index = index.numpy().astype(np.int64)
+        window_lengths = [int(n) for n in torch.diff(cu_windows).tolist() if n > 0]
+        unit_window = np.empty(window_index.size, dtype=np.int64)
+        unit_window[window_index] = np.repeat(np.arange(len(window_lengths)), np.asarray(window_lengths) // self.unit)
         layout = _ImageLayout(
             patches=patches,
             frame=h * w,
-            window_index=index.numpy().astype(np.int64),
-            window_lengths=[int(n) for n in torch.diff(cu_windows).tolist() if n > 0],
+            window_index=window_index,
+            window_lengths=window_lengths,
+            unit_window=unit_window,
             cos=self._window_order(cos, order),
             sin=self._window_order(sin, order),
         )
@@ -131,15 +154,76 @@ class VisionTower:
         return x.reshape(n // self.unit, self.unit, -1)[index].reshape(n, -1)
 
     @torch.inference_mode()
-    def __call__(self, pixels: torch.Tensor, grids: Sequence[Grid]) -> torch.Tensor:
-        """Merged embeddings [sum(tokens), out_hidden] of the images, in order."""
+    def __call__(
+        self, pixels: torch.Tensor, grids: Sequence[Grid], shares: Sequence[WindowShare | None] | None = None
+    ) -> torch.Tensor:
+        """Merged embeddings [sum(tokens), out_hidden] of the images, in order. `shares`: for each
+        image, the windows it has in common with an earlier one (sharing.py), or None."""
         if len(grids) == 1 and self._captured:
             found = self._captured.get(_grid(grids[0]))
             if found is not None:
                 static, captured = found
                 static.copy_(pixels)
                 return captured.replay().clone()
-        return self._forward(pixels, self._batch_layout(grids, pixels.device))
+        layout = self._batch_layout(grids, pixels.device)
+        shared = self._shared(grids, shares, layout) if shares is not None and self.window_only > 0 else None
+        return self._forward(pixels, layout, shared)
+
+    def changed_windows(self, grid: Grid, region: tuple[int, int, int, int]) -> np.ndarray:
+        """Which of an image's windows (window order) the rows and columns [y0, y1) x [x0, x1) of
+        its resized picture reach: every merge unit (its `merge * patch_size` pixels square) under
+        the region marks its window."""
+        grid = _grid(grid)
+        layout = self._layout(grid)
+        y0, y1, x0, x1 = region
+        side = self.merge * self.patch_size
+        t, h, w = grid
+        rows, cols = h // self.merge, w // self.merge
+        out = np.zeros(len(layout.window_lengths), dtype=bool)
+        if y1 <= y0 or x1 <= x0:
+            return out
+        r = np.arange(max(0, y0 // side), min(rows, -(-y1 // side)))
+        c = np.arange(max(0, x0 // side), min(cols, -(-x1 // side)))
+        units = (np.arange(t)[:, None, None] * rows * cols + r[None, :, None] * cols + c[None, None, :]).ravel()
+        out[layout.unit_window[units]] = True
+        return out
+
+    def _shared(
+        self, grids: Sequence[Grid], shares: Sequence[WindowShare | None], layout: _BatchLayout
+    ) -> _Shared | None:
+        """The rows that run the window-only blocks when images share windows: each window once,
+        at its first image; None when none is shared."""
+        layouts = [self._layout(_grid(g)) for g in grids]
+        counts = [len(lay.window_lengths) for lay in layouts]
+        first = np.cumsum([0, *counts[:-1]])  # each image's first window among the batch's
+        lengths = np.concatenate([np.asarray(lay.window_lengths, dtype=np.int64) for lay in layouts])
+        owner = np.arange(lengths.size)  # the window whose rows each window takes
+        for i, share in enumerate(shares):
+            if share is None:
+                continue
+            src = share.source
+            if not 0 <= src < i or _grid(grids[src]) != _grid(grids[i]) or share.same.size != counts[i]:
+                raise ValueError(f"image {i} cannot share windows with image {share.source}")
+            same = np.flatnonzero(share.same)
+            owner[first[i] + same] = owner[first[src] + same]  # sources are settled first
+        kept = owner == np.arange(lengths.size)
+        if kept.all():
+            return None
+        starts = np.cumsum(lengths) - lengths  # each window's first row in the batch
+        compact = np.cumsum(np.where(kept, lengths, 0)) - np.where(kept, lengths, 0)  # among kept rows
+        inside = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+        keep = np.repeat(starts[kept], lengths[kept]) + inside[np.repeat(kept, lengths)]
+        expand = np.repeat(compact[owner], lengths) + inside
+        bounds = [0, *np.cumsum(lengths[kept]).tolist()]
+        device = layout.cos.device
+        keep_t = to_device(torch.from_numpy(keep), device)
+        return _Shared(
+            keep=keep_t,
+            expand=to_device(torch.from_numpy(expand), device),
+            plan_windows=Plan(to_device(torch.tensor(bounds, dtype=torch.int32), device), bounds),
+            cos=layout.cos[keep_t],
+            sin=layout.sin[keep_t],
+        )
 
     @property
     def captured_grids(self) -> list[Grid]:
@@ -198,22 +282,30 @@ class VisionTower:
             reverse=to_device(torch.from_numpy(reverse), device),
         )
 
-    def _forward(self, pixels: torch.Tensor, layout: _BatchLayout) -> torch.Tensor:
+    def _forward(self, pixels: torch.Tensor, layout: _BatchLayout, shared: _Shared | None = None) -> torch.Tensor:
         if self.patch_weight is not None:
             x = self.ops.linear_weight(pixels.to(self.patch_weight.dtype), self.patch_weight)
         else:
             x = self.visual.patch_embed(pixels)
         n = x.shape[0]
         x = x.view(n // self.unit, self.unit, -1)[layout.window_index].view(n, -1)
+        if shared is not None:
+            x = x[shared.keep]
         first = self.blocks[0].norm1
         h = self.ops.rms_norm(x, first.weight, first.variance_epsilon)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            plan = layout.plan_full if i in self.full_blocks else layout.plan_windows
+            plan, cos, sin = layout.plan_windows, layout.cos, layout.sin
+            if i in self.full_blocks:
+                plan = layout.plan_full
+            elif shared is not None and i < self.window_only:
+                plan, cos, sin = shared.plan_windows, shared.cos, shared.sin
             # Each block's residual add is fused with the norm that follows it: the next block's
             # norm1, or the merger's ln_q after the last block.
             after = self.blocks[i + 1].norm1 if i < last else self.visual.merger.ln_q
-            x, h = self._block(block, x, h, plan, layout.cos, layout.sin, after)
+            x, h = self._block(block, x, h, plan, cos, sin, after)
+            if shared is not None and i == self.window_only - 1:
+                x, h = x[shared.expand], h[shared.expand]
         return self._merge(h)[layout.reverse]
 
     def _merge(self, h: torch.Tensor) -> torch.Tensor:

@@ -34,9 +34,22 @@ def _spy(engine) -> tuple[list[int], list[int]]:
     tower_calls: list[int] = []
     embed_ahead = engine.embed_ahead
     engine.embed_ahead = lambda pending, job: (chunks.append(len(pending)), embed_ahead(pending, job))[1]
-    tower = engine.executor.tower
-    engine.executor.tower = lambda pixels, grids: (tower_calls.append(len(grids)), tower(pixels, grids))[1]
+    engine.executor.tower = _CountingTower(engine.executor.tower, tower_calls)
     return chunks, tower_calls
+
+
+class _CountingTower:
+    """The tower, recording how many images each call computes."""
+
+    def __init__(self, tower, calls: list[int]):
+        self._tower, self._calls = tower, calls
+
+    def __call__(self, pixels, grids, shares=None):
+        self._calls.append(len(grids))
+        return self._tower(pixels, grids, shares)
+
+    def __getattr__(self, name: str):
+        return getattr(self._tower, name)
 
 
 async def _in_batch_scores(engine, docs) -> list[float]:

@@ -106,7 +106,9 @@ def test_a_masked_copy_differs_from_the_image_only_inside_its_box():
     pixels = fr.upright_rgb(noise_image(40, 30, fmt="JPEG", seed=2), LIMITS)
     box = fr.grid_boxes(40, 30, 2)[3]
     colour = fr.mean_colour(pixels)
-    masked = fr.masked_picture(pixels, box, colour).pixels
+    picture = fr.masked_picture(pixels, b"base", box, colour)
+    masked = picture.pixels
+    assert (picture.base, picture.box) == (b"base", (box.x, box.y, box.width, box.height))
     inside = np.zeros(pixels.shape[:2], dtype=bool)
     inside[box.y : box.y + box.height, box.x : box.x + box.width] = True
     assert (masked[~inside] == pixels[~inside]).all()
