@@ -1,8 +1,8 @@
 """Elementwise pieces of a decoder layer, written once with the same arithmetic as transformers'
 Qwen2 modules, and fused on CUDA: the norms and SiLU*up as hand-written Triton kernels
-(util/row_kernels.py, util/silu_kernel.py), the LM's RoPE too (util/rope_kernel.py), the vision
-tower's RoPE compiled (torch.compile, dynamic shapes). On the CPU, or if compilation fails, they
-run eagerly: same results, more kernels.
+(util/row_kernels.py, util/silu_kernel.py), the LM's RoPE and the vision tower's too
+(util/rope_kernel.py, eager's bits); torch.compile only where Triton is missing. On the CPU, or if
+a kernel fails, they run eagerly: same results, more kernels.
 
 Between two GEMMs a layer otherwise launches ~20 small kernels (RMSNorm in float32, RoPE,
 SiLU*up, residual adds); on an H100 those took about a third of a 100-document rerank.
@@ -140,8 +140,8 @@ class Kernel:
 
 class FusedOps:
     """The elementwise pieces of the LM and vision layers, fused on CUDA (hand-written Triton
-    kernels; the vision tower's RoPE compiled unless `compile` is False, default: LYCHEE_COMPILE,
-    on unless 0), eager otherwise; and the layers' matmuls.
+    kernels; without Triton compiled unless `compile` is False, default: LYCHEE_COMPILE, on unless
+    0), eager otherwise; and the layers' matmuls.
     `batch_invariant`: matmuls, norms and the score with fixed reduction orders
     (util/invariant.py), so that a row's result never depends on the rows beside it."""
 
@@ -153,11 +153,13 @@ class FusedOps:
         self.batch_invariant = batch_invariant
         self.rms_norm: Callable[..., torch.Tensor]
         self.add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-        self.vision_qk_rope = Kernel(vision_qk_rope, enabled, invariant=batch_invariant)
-        # The norms, SiLU*up and the LM's RoPE as hand-written Triton kernels wherever Triton runs;
+        # The norms, SiLU*up and both RoPEs as hand-written Triton kernels wherever Triton runs;
         # compiled (or eager) elsewhere.
         triton_on = (device.type == "cuda" and row_kernels.triton is not None and silu_kernel.triton is not None
                      and rope_kernel.triton is not None)
+        self.vision_qk_rope = (Kernel(vision_qk_rope, True, invariant=batch_invariant, fast=rope_kernel.vision_qk_rope,
+                                      takes=rope_kernel.vision_supported, eager_below=0)
+                               if triton_on else Kernel(vision_qk_rope, enabled, invariant=batch_invariant))
         # Elementwise with eager's roundings, bit for bit eager's result, so batch-invariant as it
         # stands and fit for every size: one launch where eager takes four (in a small batch's
         # CUDA graph too).

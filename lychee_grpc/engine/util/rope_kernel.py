@@ -1,12 +1,18 @@
-"""The language model's rotary embedding, `x * cos + rotate_half(x) * sin`, as one Triton kernel
-for bfloat16 with eager torch's roundings: each product is rounded to bfloat16, then their sum (as
-the three eager ops round). Bit for bit the eager result, and elementwise, so a row's result never
-depends on the rows beside it (the batch-invariant mode uses it too).
+"""The rotary embeddings, `x * cos + rotate_half(x) * sin`, as Triton kernels with eager torch's
+roundings, bit for bit the eager result, and elementwise, so a row's result never depends on the
+rows beside it (the batch-invariant mode uses them too):
 
-It replaces a torch.compile'd kernel: at T100's rows it takes 52 against 62-76 us of the GPU a
-call and 37-40 against 60-90 us of the launching thread (dynamo's guards and wrappers), 55 calls a
-pass of the language model; in a small batch's CUDA graph it is one kernel where eager's four ran
-(`python -m bench.kernels.rope`; bench/RESULTS.md).
+- `rope`, the language model's, in bfloat16: each product is rounded to bfloat16, then their sum
+  (as the three eager ops round);
+- `vision_qk_rope`, the vision tower's queries and keys read from its packed qkv projection, in
+  float32 and rounded once at the end (transformers' apply_rotary_pos_emb_vision). Compiled without
+  floating-point contraction (`enable_fp_fusion=False`): an FMA would skip a product's float32
+  rounding. It replaces the last torch.compile'd kernel of the serving path.
+
+The LM's kernel replaced a torch.compile'd one too: at T100's rows it takes 52 against 62-76 us of
+the GPU a call and 37-40 against 60-90 us of the launching thread (dynamo's guards and wrappers),
+55 calls a pass of the language model; in a small batch's CUDA graph it is one kernel where
+eager's four ran (`python -m bench.kernels.rope`; bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -60,6 +66,71 @@ if triton is not None:
         oa = out_ptr + (r * heads + h) * (2 * HALF) + d
         tl.store(oa, o1.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
         tl.store(oa + HALF, o2.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+
+    @triton.jit
+    def _vision_qk_kernel(qkv_ptr, cos_ptr, sin_ptr, out_ptr, heads, qkv_row, t_row,
+                          HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+                          BF16: tl.constexpr):
+        # One row (token) and one of q, k a program, every head.
+        r = tl.program_id(0).to(tl.int64)
+        which = tl.program_id(1)
+        h = tl.arange(0, BLOCK_H)[:, None]
+        d = tl.arange(0, BLOCK_D)[None, :]
+        inside = d < HALF
+        mask = (h < heads) & inside
+        xa = qkv_ptr + r * qkv_row + (which * heads + h) * (2 * HALF) + d
+        x1 = tl.load(xa, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(xa + HALF, mask=mask, other=0.0).to(tl.float32)
+        ta = r * t_row + d
+        c1 = tl.load(cos_ptr + ta, mask=inside, other=0.0).to(tl.float32)
+        c2 = tl.load(cos_ptr + ta + HALF, mask=inside, other=0.0).to(tl.float32)
+        s1 = tl.load(sin_ptr + ta, mask=inside, other=0.0).to(tl.float32)
+        s2 = tl.load(sin_ptr + ta + HALF, mask=inside, other=0.0).to(tl.float32)
+        # Each product and the sum rounded in float32 (no contraction: see the launch), once to
+        # the output's type at the end (to bfloat16 by `_bf16_bits`, which rounds to nearest even
+        # under Triton's interpreter too, whose cast truncates).
+        o1 = x1 * c1 - x2 * s1
+        o2 = x2 * c2 + x1 * s2
+        oa = out_ptr + ((r * 2 + which) * heads + h) * (2 * HALF) + d
+        if BF16:
+            tl.store(oa, _bf16_bits(o1).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+            tl.store(oa + HALF, _bf16_bits(o2).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+        else:
+            tl.store(oa, o1.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(oa + HALF, o2.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def vision_supported(qkv: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Whether `vision_qk_rope` takes these: qkv [rows, 3 * heads * dim] in bfloat16 or float16,
+    rows contiguous, dim even; cos and sin [rows, dim] alike, contiguous (float32, the tower's, or
+    qkv's type)."""
+    rows = qkv.shape[0] if qkv.dim() == 2 else -1
+    dim = qkv.shape[1] // (3 * heads) if rows >= 0 and heads > 0 else 0
+    return (qkv.dtype in (torch.bfloat16, torch.float16) and dim > 0 and dim % 2 == 0
+            and qkv.shape[1] == 3 * heads * dim and qkv.stride(1) == 1
+            and cos.shape == sin.shape == (rows, dim) and cos.stride() == sin.stride() and cos.stride(1) == 1
+            and cos.dtype == sin.dtype and cos.dtype in (torch.float32, qkv.dtype))
+
+
+def vision_qk_rope(qkv: torch.Tensor, heads: int, cos: torch.Tensor,
+                   sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotated queries and keys [rows, heads, dim] of the vision attention's packed qkv
+    projection (`vision_supported`): views of one [rows, 2, heads, dim] tensor, as the eager
+    function (lm/fused.py `vision_qk_rope`) returns them, with its bits."""
+    if not vision_supported(qkv, heads, cos, sin):
+        raise ValueError(f"vision_qk_rope: qkv {tuple(qkv.shape)} {qkv.dtype} (strides {qkv.stride()}) with "
+                         f"{heads} heads, cos {tuple(cos.shape)} {cos.dtype} and sin {tuple(sin.shape)} {sin.dtype} "
+                         "is not a layout this kernel takes")
+    rows = qkv.shape[0]
+    dim = qkv.shape[1] // (3 * heads)
+    out = torch.empty(rows, 2, heads, dim, dtype=qkv.dtype, device=qkv.device)
+    if rows:
+        # num_warps and enable_fp_fusion are launch options, which pyright does not see.
+        _vision_qk_kernel[(rows, 2)](qkv, cos, sin, out, heads, qkv.stride(0), cos.stride(0), HALF=dim // 2,
+                                     BLOCK_H=1 << (heads - 1).bit_length(),
+                                     BLOCK_D=1 << (dim // 2 - 1).bit_length(), BF16=qkv.dtype == torch.bfloat16,
+                                     num_warps=NUM_WARPS, enable_fp_fusion=False)  # pyright: ignore[reportCallIssue]
+    return out[:, 0], out[:, 1]
 
 
 def supported(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:

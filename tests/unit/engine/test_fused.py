@@ -216,3 +216,22 @@ def test_the_lm_rope_on_cuda_is_eagers_result_bit_for_bit_at_every_batch_size():
         assert torch.equal(whole, rope(x, cos, sin)), heads
         for i, j in ((0, 1), (11, 18), (100, 1200)):
             assert torch.equal(ops.rope(x[i:j], cos[i:j], sin[i:j]), whole[i:j]), (heads, i, j)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the vision tower's RoPE kernel runs on CUDA")
+def test_the_vision_qk_rope_on_cuda_is_eagers_result_bit_for_bit_at_every_batch_size():
+    from lychee_grpc.engine.lm.fused import vision_qk_rope
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    heads, dim, rows = 16, 80, 4096  # the 7B tower's; 4 images of 448x448
+    qkv = (torch.randn(rows, 3 * heads * dim, generator=g, device="cuda") * 4).bfloat16()
+    angles = torch.rand(rows, dim, generator=g, device="cuda") * 100
+    cos, sin = angles.cos(), angles.sin()
+    for invariant in (False, True):
+        ops = FusedOps(torch.device("cuda"), batch_invariant=invariant)
+        q, k = ops.vision_qk_rope(qkv, heads, cos, sin)
+        want_q, want_k = vision_qk_rope(qkv, heads, cos, sin)
+        assert torch.equal(q, want_q) and torch.equal(k, want_k) and q.stride() == want_q.stride()
+        for i, j in ((0, 1), (11, 18), (100, 1200)):
+            part = ops.vision_qk_rope(qkv[i:j], heads, cos[i:j], sin[i:j])
+            assert torch.equal(part[0], q[i:j]) and torch.equal(part[1], k[i:j]), (invariant, i, j)

@@ -319,3 +319,42 @@ def test_the_lm_rope_kernel_equals_eager_torch_bit_for_bit_and_ignores_the_rows_
     assert out["equal"] and out["contiguous"] and out["rows"] and out["nan_where_eager"], out
     assert not out["takes_float16"] and not out["takes_odd"] and not out["takes_24"], out
     assert "x (37, 3, 16)" in out["refused"] and "cos (37, 1, 8)" in out["refused"], out
+
+
+def test_the_vision_qk_rope_kernel_equals_eager_torch_bit_for_bit_and_ignores_the_rows_beside():
+    out = run_interpreted("""
+        import json, torch
+        from lychee_grpc.engine.lm.fused import vision_qk_rope as eager
+        from lychee_grpc.engine.util import rope_kernel
+        torch.manual_seed(0)
+        result = {}
+        rows, heads, dim = 37, 3, 20  # half 10: a masked tail of the 16 lanes (the 7B's 80 -> 40 of 64)
+        qkv = (torch.randn(rows, 3 * heads * dim) * 3).bfloat16()
+        angles = torch.rand(rows, dim) * 100  # the halves differ
+        cos, sin = angles.cos(), angles.sin()  # float32, as the tower's tables
+        for name, x in (("bfloat16", qkv), ("float16", qkv.half())):
+            got, want = rope_kernel.vision_qk_rope(x, heads, cos, sin), eager(x, heads, cos, sin)
+            result[name] = all(torch.equal(g, w) and g.stride() == w.stride() for g, w in zip(got, want))
+        q, k = rope_kernel.vision_qk_rope(qkv, heads, cos, sin)
+        result["rows"] = all(
+            torch.equal(torch.stack(rope_kernel.vision_qk_rope(qkv[i:j], heads, cos[i:j], sin[i:j])),
+                        torch.stack((q[i:j], k[i:j])))
+            for i, j in ((0, 1), (5, 6), (3, 20)))
+        broken = qkv.clone()
+        broken[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+        result["nan_where_eager"] = all(torch.equal(g.isnan(), w.isnan()) for g, w in
+                                        zip(rope_kernel.vision_qk_rope(broken, heads, cos, sin),
+                                            eager(broken, heads, cos, sin)))
+        result["takes_float32"] = rope_kernel.vision_supported(qkv.float(), heads, cos, sin)
+        result["takes_odd"] = rope_kernel.vision_supported(qkv[:, : 3 * heads * 19].contiguous(), heads,
+                                                           cos[:, :19].contiguous(), sin[:, :19].contiguous())
+        try:
+            rope_kernel.vision_qk_rope(qkv, heads, cos[:, :8], sin[:, :8])
+            result["refused"] = ""
+        except ValueError as exc:
+            result["refused"] = str(exc)
+        print(json.dumps(result))
+    """)
+    assert out["bfloat16"] and out["float16"] and out["rows"] and out["nan_where_eager"], out
+    assert not out["takes_float32"] and not out["takes_odd"], out
+    assert "is not a layout this kernel takes" in out["refused"], out

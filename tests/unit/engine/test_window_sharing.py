@@ -148,9 +148,9 @@ async def test_explain_s_masked_cells_score_the_same_with_shared_windows(make_en
         whole = await score_documents(await make_engine(share_windows=False, **mode), query, docs)
         got, want = [s.logit for s in shared.scores], [s.logit for s in whole.scores]
         if mode:  # every row alone on the CPU: not a bit moves
-            assert got == want
+            assert got == want, (mode, got, want)
         else:  # the shared rows are batched with fewer others: the parity tolerance
-            assert got == pytest.approx(want, abs=1e-4)
+            assert got == pytest.approx(want, abs=1e-4), (got, want)
 
 
 async def test_a_false_claim_is_what_the_engine_goes_by(make_engine):
