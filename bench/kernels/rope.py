@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from bench.harness.timing import time_ms
+from bench.kernels.elementwise import dim0
 from lychee_grpc.engine.lm.fused import rope, vision_qk_rope
 from lychee_grpc.engine.util import rope_kernel
 
@@ -24,18 +25,6 @@ from lychee_grpc.engine.util import rope_kernel
 SHAPES = ((28, 10889), (4, 10889), (28, 3000), (28, 40))
 # Rows of the vision tower's full-attention layers (16 heads of 80): 100, 25 and 1 448x448 images.
 VISION_ROWS = (102400, 25600, 1024)
-
-
-def _compiled(fn: Callable) -> Callable:
-    compiled = torch.compile(fn)
-
-    def call(*args):
-        for a in args:
-            if isinstance(a, torch.Tensor) and a.dim() >= 2:
-                torch._dynamo.maybe_mark_dynamic(a, 0)
-        return compiled(*args)
-
-    return call
 
 
 def host_us(fn: Callable[[], object], big: torch.Tensor, iters: int = 100) -> float:
@@ -53,7 +42,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("python -m bench.kernels.rope needs a CUDA GPU", file=sys.stderr)
         return 2
-    compiled_rope = _compiled(rope)
+    compiled_rope = dim0(rope)
     print(f"RANDOM inputs; {torch.cuda.get_device_name()}; the LM's RoPE (head_dim 128, bf16)")
     print("| heads | rows | kernel != eager | GPU us: kernel / compiled / eager "
           "| host us a call: kernel / compiled / eager |")
@@ -69,7 +58,7 @@ def main() -> int:
         gpu = " / ".join(f"{time_ms(f, iters=100, warmup=5) * 1e3:.1f}" for f in fns)
         host = " / ".join(f"{host_us(f, big):.1f}" for f in fns)
         print(f"| {heads} | {rows} | {differ} of {x.numel()} | {gpu} | {host} |")
-    compiled_vision = _compiled(vision_qk_rope)
+    compiled_vision = dim0(vision_qk_rope)
     print("\nThe vision tower's q/k RoPE (16 heads of 80, bf16 from the packed qkv, float32 tables)")
     print("| rows | kernel != eager | compiled != eager | GPU us: kernel / compiled / eager "
           "| host us a call: kernel / compiled / eager |")
