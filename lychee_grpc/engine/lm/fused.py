@@ -171,8 +171,10 @@ class FusedOps:
             # Elementwise, so batch-invariant at any size: that mode runs every row through it.
             self.silu_mul = (silu_kernel.silu_mul if batch_invariant
                              else Kernel(silu_mul, True, fast=silu_kernel.silu_mul))
+        elif batch_invariant:
+            self.silu_mul = invariant.silu_mul
         else:
-            self.silu_mul = Kernel(silu_mul, enabled, invariant=batch_invariant)
+            self.silu_mul = Kernel(silu_mul, enabled)
         if batch_invariant:
             self.rms_norm = invariant.rms_norm
             self.add_rms_norm = invariant.add_rms_norm
@@ -191,6 +193,13 @@ class FusedOps:
                                     fast=swiglu_kernel.gate_up_silu if swiglu_on else None,
                                     takes=swiglu_kernel.supported, eager_below=self.swiglu_from,
                                     name="gate/up/SiLU")
+
+    def activation(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`module(x)` for an elementwise activation; in the batch-invariant mode on the CPU one row
+        at a time (`invariant.rowwise`: torch's vector and scalar CPU code round it differently)."""
+        if self.batch_invariant:
+            return invariant.rowwise(module, x)
+        return module(x)
 
     def linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """`module(x)` for an nn.Linear (called through F.linear: no module hooks, less host time)."""

@@ -313,7 +313,7 @@ class VisionTower:
         over each merge unit's rows side by side, the same arithmetic as the module's."""
         merger = self.visual.merger
         first, act, last = merger.mlp
-        return self.ops.linear(last, act(self.ops.linear(first, h.view(-1, merger.hidden_size))))
+        return self.ops.linear(last, self.ops.activation(act, self.ops.linear(first, h.view(-1, merger.hidden_size))))
 
     def _block(self, block, x: torch.Tensor, h: torch.Tensor, plan: Plan, cos: torch.Tensor, sin: torch.Tensor,
                after: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

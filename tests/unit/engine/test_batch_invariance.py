@@ -66,3 +66,26 @@ async def test_invariant_scores_still_equal_the_reference(make_engine, loaded):
 async def test_model_info_says_whether_the_mode_is_on(make_engine):
     assert (await make_engine(batch_invariant=True)).info().batch_invariant is True
     assert (await make_engine()).info().batch_invariant is False
+
+
+@pytest.mark.parametrize("threads", [1, 16])
+def test_activations_give_a_row_the_same_bits_wherever_it_lies_on_the_cpu(threads):
+    """torch's CPU loops run a thread's last few elements through scalar code whose exp rounds
+    unlike its vector code; with 16 threads, 1 of 1,280 identical rows came out of SiLU otherwise."""
+    import torch
+    import torch.nn.functional as F
+
+    from lychee_grpc.engine.lm.fused import FusedOps
+
+    ops = FusedOps(torch.device("cpu"), batch_invariant=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows, width in ((1280, 64), (640, 128), (333, 100)):
+            x = (torch.randn(1, width, generator=torch.Generator().manual_seed(width)) * 3).expand(rows, width)
+            x = x.contiguous()
+            for out in (ops.silu_mul(x, x), ops.activation(torch.nn.GELU(), x), ops.activation(torch.nn.SiLU(), x)):
+                assert (out == out[0]).all(), (rows, width)
+            assert torch.equal(ops.silu_mul(x, x)[0], F.silu(x[0]) * x[0])
+    finally:
+        torch.set_num_threads(before)

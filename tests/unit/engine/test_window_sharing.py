@@ -13,6 +13,7 @@ from transformers.image_utils import SizeDict
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import ImageLimits
 from lychee_grpc.engine.engine import Engine
+from lychee_grpc.engine.lm.fused import FusedOps
 from lychee_grpc.engine.model.loader import load_model
 from lychee_grpc.engine.prompt.image_files import content_key
 from lychee_grpc.engine.prompt.images import decode_pixels
@@ -125,6 +126,27 @@ def test_shared_windows_give_the_embeddings_of_the_whole_computation(loaded):
     assert torch.equal(lie[64:128], lie[:64]) and not torch.allclose(lie[64:128], whole[64:128])
     with pytest.raises(ValueError, match="cannot share windows with image 2"):
         tower(pixels, grids, [None, WindowShare(2, np.ones(4, dtype=bool)), None])
+
+
+@pytest.mark.parametrize("threads", [1, 16])
+def test_shared_windows_change_no_bit_in_the_batch_invariant_mode(loaded, threads):
+    """Five images of one picture, four with one merge unit changed each; under 16 threads torch's
+    CPU loops cut the rows at other places with and without sharing (util/invariant.py, `rowwise`)."""
+    tower = VisionTower(loaded.model.model.visual, FusedOps(torch.device("cpu"), batch_invariant=True))
+    g = torch.Generator().manual_seed(1)
+    images, shares = [torch.randn(256, 1176, generator=g)], [None]
+    for k in range(4):
+        variant = images[0].clone()
+        variant[_unit_rows(k, 0)] = torch.randn(4, 1176, generator=g)
+        images.append(variant)
+        shares.append(WindowShare(0, ~tower.changed_windows(GRID, (k * UNIT, (k + 1) * UNIT, 0, UNIT))))
+    pixels, grids = torch.cat(images), [GRID] * 5
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert torch.equal(tower(pixels, grids, shares), tower(pixels, grids))
+    finally:
+        torch.set_num_threads(before)
 
 
 def _masked_documents(data: bytes, boxes, with_base: bool) -> list[Document]:
