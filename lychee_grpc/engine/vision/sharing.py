@@ -12,9 +12,9 @@ are batched with, as any batch does.
 
 Which windows a box reaches, in the resized picture the tower sees: those under the box where the
 picture is not resized (the image processor returns it as it is), and where it is, those under the
-box grown by the resampling filter's reach (bicubic with antialiasing: 2 source pixels, or 2
-output pixels when shrinking) and 2 pixels to spare (tests/unit/engine/test_window_sharing.py
-checks both against the processor's own resize).
+box grown by the widest resampling filter's reach (Lanczos: 3 source pixels, or 3 output pixels
+when shrinking with antialiasing; Qwen2.5-VL's bicubic reaches 2) and 2 pixels to spare
+(tests/unit/engine/test_window_sharing.py checks both against the processor's own resize).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import numpy as np
 from ..prompt.prepared import Edit, EncodedImage
 
 Grid = tuple[int, int, int]
+
+REACH = 3  # source pixels a resampling filter reads on each side of its centre, at most (Lanczos)
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def reach(edit: Edit, grid: Grid, patch_size: int) -> tuple[int, int, int, int]:
     if (height, width) == (out_h, out_w):
         return y, y + h, x, x + w
     sy, sx = out_h / height, out_w / width
-    margin = math.ceil(2 * max(1.0, sy, sx)) + 2
+    margin = math.ceil(REACH * max(1.0, sy, sx)) + 2
     return (max(0, math.floor(y * sy) - margin), min(out_h, math.ceil((y + h) * sy) + margin),
             max(0, math.floor(x * sx) - margin), min(out_w, math.ceil((x + w) * sx) + margin))
 

@@ -10,7 +10,7 @@ the Conv3d (stride = kernel, so a plain GEMM) took 12 ms. Here:
 - a batch's layout is those pieces concatenated with offsets (one device copy each);
 - the patch embedding is the Conv3d's weight used as a [out, in] matrix, the same sums;
 - each block runs here, explicitly, with the block's own weights: its norms, SiLU*up, rotary and
-  matmuls through `FusedOps` (compiled on CUDA), its attention through `VisionAttention`; each
+  matmuls through `FusedOps` (Triton kernels on CUDA), its attention through `VisionAttention`; each
   residual add is fused with the RMSNorm after it (the next block's norm1, the merger's ln_q), and
   the merger's MLP goes through `FusedOps` too. Nothing in the HF model is replaced.
 - images that equal another of the call outside a box (Explain's masked cells, sharing.py) run the
@@ -78,7 +78,7 @@ class _BatchLayout:
 
 @dataclass
 class _Shared:
-    """The rows (window order) that run through the blocks before `until` when images share windows."""
+    """The rows (window order) that run through the window-only blocks when images share windows."""
 
     keep: torch.Tensor  # the rows computed
     expand: torch.Tensor  # for every row of the batch, its row among those computed
