@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,8 +49,7 @@ class Picture:
             raise ValueError(f"box {box} is not inside a {pixels.shape[1]}x{pixels.shape[0]} picture")
         out = pixels.copy()
         out[y : y + height, x : x + width] = colour
-        made = cls.of(out)
-        return cls(made.pixels, made.key, base, (x, y, width, height))
+        return replace(cls.of(out), base=base, box=(x, y, width, height))
 
     @property
     def height(self) -> int:

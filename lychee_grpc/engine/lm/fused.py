@@ -167,12 +167,11 @@ class FusedOps:
                             eager_below=0)
                      if triton_on else Kernel(rope, enabled, invariant=batch_invariant))
         self.silu_mul: Callable[..., torch.Tensor]
-        if triton_on:
-            # Elementwise, so batch-invariant at any size: that mode runs every row through it.
-            self.silu_mul = (silu_kernel.silu_mul if batch_invariant
-                             else Kernel(silu_mul, True, fast=silu_kernel.silu_mul))
-        elif batch_invariant:
+        if batch_invariant:
+            # The Triton kernel on CUDA (elementwise, so batch-invariant at any size), rows alone on the CPU.
             self.silu_mul = invariant.silu_mul
+        elif triton_on:
+            self.silu_mul = Kernel(silu_mul, True, fast=silu_kernel.silu_mul)
         else:
             self.silu_mul = Kernel(silu_mul, enabled)
         if batch_invariant:
