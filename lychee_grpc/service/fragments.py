@@ -29,7 +29,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from ..engine.config import ImageLimits
-from ..engine.prompt.image_files import decode_image
+from ..engine.prompt.image_files import decode_image, open_image
 from ..engine.types import ImagePart, Part, Picture, TextPart
 
 Pixels = npt.NDArray[np.uint8]  # [height, width, 3]
@@ -215,6 +215,13 @@ def upright_rgb(data: bytes, limits: ImageLimits) -> Pixels:
     return np.asarray(decode_image(data, limits))
 
 
+def declared_size(data: bytes, limits: ImageLimits) -> tuple[int, int]:
+    """The width and height an image's header declares, its bounds checked as `upright_rgb` checks
+    them first (ImageRejected in a Rerank's words), no pixel decoded. Turned upright by its EXIF
+    orientation the two may swap, which leaves `len(grid_boxes(...))` as it is."""
+    return open_image(data, limits).size
+
+
 def grid_boxes(width: int, height: int, grid: int) -> list[Box]:
     """grid x grid cells tiling the image, row by row; an image narrower (or lower) than the grid
     gets one column (row) per pixel."""
@@ -231,12 +238,12 @@ def mean_colour(pixels: Pixels) -> Pixels:
     return np.rint(counts @ np.arange(256, dtype=np.int64) / (pixels.shape[0] * pixels.shape[1])).astype(np.uint8)
 
 
-def masked_picture(pixels: Pixels, base: bytes, box: Box, colour: Pixels) -> Picture:
-    """The picture with the box filled with `colour`, handed to the engine as pixels: exactly the
-    original (the image part whose key is `base`) outside the box, which it says, so the vision
-    tower computes the windows it shares with the original once; nothing to encode or decode (a
-    PNG of each cell took 3-18 ms to write and 2 ms to read back)."""
-    return Picture.masked(pixels, base, (box.x, box.y, box.width, box.height), colour)
+def masked_pictures(pixels: Pixels, base: bytes, boxes: Sequence[Box], colour: Pixels) -> list[Picture]:
+    """The picture with each box in turn filled with `colour`, handed to the engine as pixels:
+    exactly the original (the image part whose key is `base`) outside the box, which each says, so
+    the vision tower computes the windows they share with the original once; nothing to encode or
+    decode (a PNG of each cell took 3-18 ms to write and 2 ms to read back)."""
+    return Picture.masked(pixels, base, [(box.x, box.y, box.width, box.height) for box in boxes], colour)
 
 
 def image_variant(parts: Sequence[Part], index: int, picture: Picture) -> tuple[Part, ...]:

@@ -68,6 +68,26 @@ async def test_each_attribution_is_the_full_score_minus_its_variant_scored_alone
         assert f.attribution == pytest.approx(full.score - alone, abs=1e-4), f
 
 
+async def test_query_and_document_cells_keep_their_places_and_score_as_alone(client):
+    # Cells are masked after the words are on their way; each answer still sits at its fragment.
+    query = pb.Query(parts=[text("denim 外套"), image(noise_image(40, 30, seed=21))])
+    document = pb.Document(id="p", parts=[image(noise_image(48, 40, seed=22)), text("retro denim jacket")])
+    resp = await explain(client, query=query, document=document, grid_size=2, include_query=True)
+    assert [(f.source, f.part_index, f.text or (f.x, f.y)) for f in resp.fragments] == [
+        (pb.FRAGMENT_SOURCE_QUERY, 0, "denim "), (pb.FRAGMENT_SOURCE_QUERY, 0, "外套"),
+        *[(pb.FRAGMENT_SOURCE_QUERY, 1, xy) for xy in [(0, 0), (20, 0), (0, 15), (20, 15)]],
+        *[(pb.FRAGMENT_SOURCE_DOCUMENT, 0, xy) for xy in [(0, 0), (24, 0), (0, 20), (24, 20)]],
+        (pb.FRAGMENT_SOURCE_DOCUMENT, 1, "retro "), (pb.FRAGMENT_SOURCE_DOCUMENT, 1, "denim "),
+        (pb.FRAGMENT_SOURCE_DOCUMENT, 1, "jacket")]
+    for f in resp.fragments:
+        if f.source == pb.FRAGMENT_SOURCE_QUERY:
+            pair = pb.Query(parts=occluded(query.parts, f)), document
+        else:
+            pair = query, pb.Document(id="p", parts=occluded(document.parts, f))
+        alone = (await client.rerank(pair[0], [pair[1]])).results[0].score
+        assert f.occluded_score == pytest.approx(alone, abs=1e-4), f
+
+
 async def test_word_fragments_after_an_image_share_it_and_still_score_as_alone(client):
     photo = image(noise_image(224, 224, seed=12))  # 64 image tokens on the tiny model
     title = text("retro denim jacket, slim fit")
@@ -122,7 +142,7 @@ class CountingEngine:
         return getattr(self.inner, name)
 
 
-async def test_the_full_document_and_its_variants_are_added_together_as_one_job(server, client):
+async def test_the_full_document_and_its_text_variants_are_added_first_and_its_cells_after_in_one_job(server, client):
     counting = CountingEngine(server.service.engine)
     server.service.attach(counting)
     try:
@@ -130,8 +150,10 @@ async def test_the_full_document_and_its_variants_are_added_together_as_one_job(
     finally:
         server.service.attach(counting.inner)
     of_query = sum(f.source == pb.FRAGMENT_SOURCE_QUERY for f in resp.fragments)
-    of_document = len(resp.fragments) - of_query
-    assert counting.jobs[0] == [1 + of_document]  # the full pair and every variant, in one call: one batch
+    of_cells = sum(f.source == pb.FRAGMENT_SOURCE_DOCUMENT and f.width > 0 for f in resp.fragments)
+    of_words = len(resp.fragments) - of_query - of_cells
+    # The full pair with its text variants (which share its head) first, while the cells are masked.
+    assert (of_cells, counting.jobs[0]) == (4, [1 + of_words, of_cells])
     assert counting.jobs[1:] == [[1]] * of_query  # a query variant cannot share the prefix
     assert resp.usage.computed_tokens < resp.usage.prompt_tokens  # the document job's prefix ran once
     assert resp.usage.images == 1 + 4 + of_query + 5  # the original in every variant but its masked copies
@@ -139,6 +161,19 @@ async def test_the_full_document_and_its_variants_are_added_together_as_one_job(
     expected_band = (pb.RELEVANCE_BAND_STRONG if resp.score >= 0.75 else
                      pb.RELEVANCE_BAND_MEDIUM if resp.score >= 0.55 else pb.RELEVANCE_BAND_WEAK)
     assert resp.band == expected_band
+
+
+@pytest.mark.parametrize("parts", [[image(noise_image(64, 48, seed=11))], [text("retro denim jacket")]],
+                         ids=["only an image", "only text"])
+async def test_a_document_of_only_cells_or_only_words_is_added_in_one_call(server, client, parts):
+    # Without text variants the full document waits for its cells: alone, it would be a batch of its own.
+    counting = CountingEngine(server.service.engine)
+    server.service.attach(counting)
+    try:
+        resp = await explain(client, document=pb.Document(id="p", parts=parts), grid_size=2)
+    finally:
+        server.service.attach(counting.inner)
+    assert counting.jobs == [[1 + len(resp.fragments)]] and len(resp.fragments) in (3, 4)
 
 
 async def test_limits_are_reported_and_a_grid_over_them_is_refused_naming_grid_size(server, client):
@@ -165,9 +200,14 @@ async def test_limits_are_reported_and_a_grid_over_them_is_refused_naming_grid_s
         server.service.config = config
 
 
-@pytest.mark.parametrize("first", [text("denim jacket"), text(" ")], ids=["alone", "beside an empty text"])
-async def test_a_bad_image_is_refused_as_rerank_refuses_it_naming_every_document_field(client, first):
-    document = pb.Document(parts=[first, image(b"not an image")])
+TRUNCATED = noise_image(64, 48, seed=4)[:400]  # its header is whole: refused only once decoded
+
+
+@pytest.mark.parametrize(("first", "data"), [(text("denim jacket"), b"not an image"), (text(" "), b"not an image"),
+                                             (text("denim jacket"), TRUNCATED), (text(" "), TRUNCATED)],
+                         ids=["alone", "beside an empty text", "truncated", "truncated beside an empty text"])
+async def test_a_bad_image_is_refused_as_rerank_refuses_it_naming_every_document_field(client, first, data):
+    document = pb.Document(parts=[first, image(data)])
     with pytest.raises(grpc.aio.AioRpcError) as explained:
         await explain(client, document=document)
     with pytest.raises(grpc.aio.AioRpcError) as reranked:

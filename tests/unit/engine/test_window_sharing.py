@@ -43,18 +43,26 @@ def _unit_rows(r: int, c: int) -> slice:
     return slice(4 * u, 4 * u + 4)
 
 
-def test_a_masked_picture_says_what_it_shares_and_refuses_a_box_outside_it():
+def test_masked_pictures_say_what_they_share_and_refuse_a_box_outside_them():
     pixels = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
     colour = np.array([1, 2, 3], dtype=np.uint8)
-    masked = Picture.masked(pixels, b"base", (4, 5, 6, 7), colour)
-    assert (masked.base, masked.box) == (b"base", (4, 5, 6, 7))
-    assert masked == Picture.of(masked.pixels)  # equal by pixels, whatever it claims
-    inside = np.zeros((20, 30), dtype=bool)
-    inside[5:12, 4:10] = True
-    assert (masked.pixels[~inside] == pixels[~inside]).all() and (masked.pixels[inside] == colour).all()
+    boxes = [(4, 5, 6, 7), (0, 0, 30, 1)]
+    masked = Picture.masked(pixels, b"base", boxes, colour)
+    assert [(m.base, m.box) for m in masked] == [(b"base", box) for box in boxes]
+    for m, (x, y, width, height) in zip(masked, boxes):
+        inside = np.zeros((20, 30), dtype=bool)
+        inside[y : y + height, x : x + width] = True
+        assert (m.pixels[~inside] == pixels[~inside]).all() and (m.pixels[inside] == colour).all()
+    # A key says what the picture was made from: made again, it is equal; another base, box or
+    # colour makes another key, and so does a picture of the same pixels made from them.
+    assert masked == Picture.masked(pixels.copy(), b"base", boxes, colour.copy())
+    others = [*Picture.masked(pixels, b"other", boxes[:1], colour),
+              *Picture.masked(pixels, b"base", [(4, 5, 6, 8)], colour),
+              *Picture.masked(pixels, b"base", boxes[:1], colour + 1), Picture.of(masked[0].pixels)]
+    assert len({masked[0].key, masked[1].key, *(o.key for o in others)}) == 6
     for box in [(25, 0, 6, 1), (0, 15, 1, 6), (-1, 0, 2, 2), (0, 0, 0, 3)]:
         with pytest.raises(ValueError, match="is not inside a 30x20 picture"):
-            Picture.masked(pixels, b"base", box, colour)
+            Picture.masked(pixels, b"base", [(0, 0, 1, 1), box], colour)
 
 
 @pytest.mark.parametrize(("height", "width"), [(224, 224), (448, 336), (480, 640), (300, 300), (150, 700), (900, 1000)])
@@ -153,8 +161,8 @@ def _masked_documents(data: bytes, boxes, with_base: bool) -> list[Document]:
     pixels = decode_pixels(data, ImageLimits()).permute(1, 2, 0).numpy()
     colour = np.rint(pixels.reshape(-1, 3).mean(0)).astype(np.uint8)
     docs = [Document("full", (ImagePart(data), TextPart("a red lamp")))] if with_base else []
-    return docs + [Document(f"m{k}", (ImagePart(picture=Picture.masked(pixels, content_key(data), box, colour)),
-                                      TextPart("a red lamp"))) for k, box in enumerate(boxes)]
+    return docs + [Document(f"m{k}", (ImagePart(picture=picture), TextPart("a red lamp")))
+                   for k, picture in enumerate(Picture.masked(pixels, content_key(data), boxes, colour))]
 
 
 @pytest.mark.parametrize(("width", "height"), [(224, 224), (250, 190)])  # as it is; resized

@@ -106,7 +106,7 @@ def test_a_masked_copy_differs_from_the_image_only_inside_its_box():
     pixels = fr.upright_rgb(noise_image(40, 30, fmt="JPEG", seed=2), LIMITS)
     box = fr.grid_boxes(40, 30, 2)[3]
     colour = fr.mean_colour(pixels)
-    picture = fr.masked_picture(pixels, b"base", box, colour)
+    (picture,) = fr.masked_pictures(pixels, b"base", [box], colour)
     masked = picture.pixels
     assert (picture.base, picture.box) == (b"base", (box.x, box.y, box.width, box.height))
     inside = np.zeros(pixels.shape[:2], dtype=bool)
