@@ -29,7 +29,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from ..engine.config import ImageLimits
-from ..engine.prompt.image_files import decode_image, open_image
+from ..engine.prompt.image_files import decode_image
 from ..engine.types import ImagePart, Part, Picture, TextPart
 
 Pixels = npt.NDArray[np.uint8]  # [height, width, 3]
@@ -213,13 +213,6 @@ def upright_rgb(data: bytes, limits: ImageLimits) -> Pixels:
     EXIF orientation applied, transparency on white), its bounds checked from the header first.
     Raises ImageRejected in the words a Rerank of the image would get."""
     return np.asarray(decode_image(data, limits))
-
-
-def declared_size(data: bytes, limits: ImageLimits) -> tuple[int, int]:
-    """The width and height an image's header declares, its bounds checked as `upright_rgb` checks
-    them first (ImageRejected in a Rerank's words), no pixel decoded. Turned upright by its EXIF
-    orientation the two may swap, which leaves `len(grid_boxes(...))` as it is."""
-    return open_image(data, limits).size
 
 
 def grid_boxes(width: int, height: int, grid: int) -> list[Box]:
