@@ -20,16 +20,21 @@ class Picture:
     the engine decodes bytes. Made in the process that scores them (Explain's masked cells), so
     nothing encodes or decodes them; a transport never makes one. Equal when their keys are: two
     pictures of one key have the same pixels. Built by `Picture.of` (a key of the pixels) or
-    `Picture.masked` (a key of what they were made from); its pixels are not to be changed afterwards.
+    `Picture.masked` (a key of what they were made from); what they hold is not to be changed
+    afterwards.
 
     `base` and `box` (x, y, width, height), set by `masked` only: outside the box these pixels are
     those of the image whose key is `base` (an image part's `image_key`). The vision tower then
-    computes the windows they share once, where both are in one call (vision/sharing.py)."""
+    computes the windows they share once, where both are in one call (vision/sharing.py). A masked
+    picture holds the base's pixels (`source`, shared by all its cells) and the colour of its box:
+    its own pixels are written once, where they are used (`copy_into`: the engine's pinned copy
+    for the GPU)."""
 
-    pixels: np.ndarray
+    source: np.ndarray  # the pixels; or (with `colour`) the base's, before the box is filled
     key: bytes  # a digest of the size and the pixels, or (`masked`) of what they were made from
     base: bytes | None = None
     box: tuple[int, int, int, int] | None = None
+    colour: np.ndarray | None = None  # [3] uint8: what fills the box (`masked`)
 
     @classmethod
     def of(cls, pixels: np.ndarray) -> Picture:
@@ -43,35 +48,49 @@ class Picture:
     @classmethod
     def masked(cls, pixels: np.ndarray, base: bytes, boxes: Sequence[tuple[int, int, int, int]], colour: np.ndarray
                ) -> list[Picture]:
-        """Copies of `pixels`, the decoded pixels of the image whose key is `base`, each with one of
-        `boxes` (x, y, width, height) filled with `colour`. Made here so that what `base` and `box`
-        claim holds. A key is a digest of what the picture was made from (the base's key, the size,
-        the box and the colour), which fix its pixels, rather than of the pixels: Explain makes 16
-        per image on its critical path, and hashing 600 KB of pixels took ~0.5 ms each. The copies
-        share one allocation: 16 fresh arrays of 600 KB took 3.7 ms of page faults on a 2-core
-        host, one of 9.6 MB (in huge pages) 1.5 ms with the fills."""
+        """`pixels`, the decoded pixels of the image whose key is `base`, with each of `boxes` (x, y,
+        width, height) in turn filled with `colour`. Made here so that what `base` and `box` claim
+        holds. A key is a digest of what the picture was made from (the base's key, the size, the
+        box and the colour), which fix its pixels: Explain makes 16 per image on its critical path,
+        and hashing 600 KB of pixels took ~0.5 ms each. Nothing is copied here: 16 fresh copies of
+        448x448 pixels took 3-4 ms of page faults on the H200 host, and the engine copies each into
+        pinned memory anyway, which `copy_into` fills directly."""
         pixels = _checked(pixels)
-        fill = np.asarray(colour, dtype=np.uint8).reshape(3)
+        pixels.flags.writeable = False  # shared by every cell
+        fill = np.asarray(colour, dtype=np.uint8).reshape(3).copy()
         height, width = pixels.shape[:2]
+        made = []
         for x, y, w, h in boxes:
             if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
                 raise ValueError(f"box {(x, y, w, h)} is not inside a {width}x{height} picture")
-        out = np.empty((len(boxes), *pixels.shape), dtype=np.uint8)
-        out[:] = pixels
-        made = []
-        for k, (x, y, w, h) in enumerate(boxes):
-            out[k, y : y + h, x : x + w] = fill
             key = hashlib.sha256(f"masked {height}x{width} {x},{y},{w},{h} {fill.tolist()}:".encode() + base)
-            made.append(cls(out[k], key.digest()[:16], base=base, box=(x, y, w, h)))
+            made.append(cls(pixels, key.digest()[:16], base=base, box=(x, y, w, h), colour=fill))
         return made
 
     @property
+    def pixels(self) -> np.ndarray:
+        """The picture's pixels: for a masked picture, a new copy each time (`copy_into` writes them
+        where they are needed)."""
+        if self.colour is None:
+            return self.source
+        out = np.empty_like(self.source)
+        self.copy_into(out)
+        return out
+
+    def copy_into(self, out: np.ndarray) -> None:
+        """Writes the pixels into `out` ([height, width, 3] uint8): one copy."""
+        np.copyto(out, self.source)
+        if self.colour is not None and self.box is not None:
+            x, y, w, h = self.box
+            out[y : y + h, x : x + w] = self.colour
+
+    @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        return int(self.source.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        return int(self.source.shape[1])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Picture) and other.key == self.key

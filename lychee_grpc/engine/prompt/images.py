@@ -64,12 +64,21 @@ _U16X2 = struct.Struct(">HH")
 log = logging.getLogger(__name__)
 
 
-def part_pixels(part: ImagePart, limits: ImageLimits, fast_jpeg: bool = False) -> torch.Tensor:
-    """`decode_pixels` of an image part; a part given as decoded pixels is checked, not decoded."""
-    if part.picture is None:
-        return decode_pixels(part.data, limits, fast_jpeg)
-    check_picture(part.picture, limits)
-    return torch.from_numpy(part.picture.pixels).permute(2, 0, 1)
+def part_pixels(part: ImagePart, limits: ImageLimits, fast_jpeg: bool = False, pin: bool = False) -> torch.Tensor:
+    """`decode_pixels` of an image part; a part given as decoded pixels is checked, not decoded.
+    With `pin`, in pinned memory (for an asynchronous copy to a GPU): a picture is written there
+    directly, a masked one with its box filled on the way (one copy, into memory the allocator
+    keeps)."""
+    picture = part.picture
+    if picture is None:
+        pixels = decode_pixels(part.data, limits, fast_jpeg)
+        return pixels.pin_memory() if pin else pixels
+    check_picture(picture, limits)
+    if not pin:
+        return torch.from_numpy(picture.pixels).permute(2, 0, 1)
+    pinned = torch.empty((picture.height, picture.width, 3), dtype=torch.uint8, pin_memory=True)
+    picture.copy_into(pinned.numpy())
+    return pinned.permute(2, 0, 1)
 
 
 def decode_pixels(data: bytes, limits: ImageLimits, fast_jpeg: bool = False) -> torch.Tensor:

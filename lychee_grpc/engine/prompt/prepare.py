@@ -228,8 +228,7 @@ class Preprocessor:
 
     # ---- images -------------------------------------------------------------------------
     def _picture(self, part: ImagePart) -> torch.Tensor:
-        picture = part_pixels(part, self.image_limits, fast_jpeg=self._fast_jpeg)
-        return picture.pin_memory() if self._pin else picture
+        return part_pixels(part, self.image_limits, fast_jpeg=self._fast_jpeg, pin=self._pin)
 
     def _grid(self, height: int, width: int) -> tuple[int, int, int]:
         # Qwen2.5-VL's own resize rule, so the token count is known before any pixel work.

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import ImageLimits
 from lychee_grpc.engine.errors import InvalidInput
-from lychee_grpc.engine.prompt.images import decode_pixels
+from lychee_grpc.engine.prompt.images import decode_pixels, part_pixels
 from lychee_grpc.engine.types import Document, ImagePart, Picture, Query, TextPart
 
 from ...helpers import noise_image
@@ -58,3 +59,19 @@ def test_a_picture_must_be_height_width_rgb_bytes():
         Picture.of(np.zeros((4, 4, 3), dtype=np.float32))
     with pytest.raises(ValueError, match=r"\[4, 4\]"):
         Picture.of(np.zeros((4, 4), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("pin", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="pinned memory needs CUDA"))])
+def test_the_pixels_the_engine_takes_from_a_masked_picture_are_its_own_and_its_source_stays(pin):
+    source = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
+    kept = source.copy()
+    cells = Picture.masked(source, b"base", [(4, 5, 6, 7), (0, 0, 30, 20)], np.array([9, 8, 7], dtype=np.uint8))
+    for cell in cells:
+        expected = kept.copy()
+        x, y, w, h = cell.box
+        expected[y : y + h, x : x + w] = [9, 8, 7]
+        assert np.array_equal(cell.pixels, expected)
+        got = part_pixels(ImagePart(picture=cell), ImageLimits(), pin=pin)
+        assert got.is_pinned() == pin and torch.equal(got, torch.from_numpy(expected).permute(2, 0, 1))
+    assert np.array_equal(source, kept) and not source.flags.writeable  # one source, shared, never written
