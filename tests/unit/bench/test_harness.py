@@ -140,3 +140,12 @@ def test_the_timeline_report_counts_overlapping_kernels_once_and_names_the_cpu_w
         "  gap   1.00 ms at     1.6 ms: copy, plan",
         "  gap   0.10 ms at     3.6 ms: sync",
     ]
+
+
+def test_the_startup_tool_starts_an_engine_cold_and_warm_in_processes_of_their_own_on_cpu(tiny_model_dir):
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-m", "bench.startup", "--smoke", "--rounds", "1", "--tiny", tiny_model_dir],
+                          capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| A ")]
+    assert all(float(cell.split()[0]) > 0 for cell in row[2:4])
