@@ -52,9 +52,10 @@ class Picture:
         width, height) in turn filled with `colour`. Made here so that what `base` and `box` claim
         holds. A key is a digest of what the picture was made from (the base's key, the size, the
         box and the colour), which fix its pixels: Explain makes 16 per image on its critical path,
-        and hashing 600 KB of pixels took ~0.5 ms each. Nothing is copied here: 16 fresh copies of
-        448x448 pixels took 3-4 ms of page faults on the H200 host, and the engine copies each into
-        pinned memory anyway, which `copy_into` fills directly."""
+        and hashing 600 KB of pixels took ~0.5 ms each. Nothing is copied here: the engine copies
+        each picture into pinned memory anyway, which `copy_into` fills directly (16 copies made
+        here first, into fresh memory on one thread, took Explain's plan on the H200 host from ~6
+        to 7-9 ms; bench/RESULTS.md)."""
         pixels = _checked(pixels)
         pixels.flags.writeable = False  # shared by every cell
         fill = np.asarray(colour, dtype=np.uint8).reshape(3).copy()
