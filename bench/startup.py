@@ -5,7 +5,7 @@ new machine or container), then again with the caches the first start left (a re
 `bench/` and `lychee_grpc/` (a `git archive` of both), so its start-up is its own.
 
     python -m bench.startup                                  # this tree, on a CUDA machine
-    mkdir -p /tmp/base && git archive 6d37ac3 bench lychee_grpc | tar -x -C /tmp/base
+    mkdir -p /tmp/base && git archive 03a5590 bench lychee_grpc | tar -x -C /tmp/base
     python -m bench.startup --b-checkout /tmp/base           # this tree and that one, alternating
     python -m bench.startup --smoke                          # a tiny model on the CPU: does it run
 """
@@ -76,8 +76,8 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as caches:
                 for kind in ("cold", "warm"):
                     times[name][kind].append(start_seconds(root, Path(caches), a.tiny, a.smoke))
-    where = "the CPU (smoke: timings mean nothing)" if a.smoke else "the GPU"
-    print(f"Engine.start() in a fresh process on {where}, Qwen2.5-VL-7B shape, RANDOM weights; "
+    where = "the CPU, a tiny shape (smoke: timings mean nothing)" if a.smoke else "the GPU, Qwen2.5-VL-7B shape"
+    print(f"Engine.start() in a fresh process on {where}, RANDOM weights; "
           "cold: Triton's and Inductor's caches empty, warm: the caches of the start before")
     print("| tree | cold s (each) | warm s (each) |\n|---|---|---|")
     for name, kinds in times.items():
