@@ -64,6 +64,11 @@ def parse_settings(text: str) -> dict[str, Any]:
 def _convert(value: str, kind: str, key: str) -> Any:
     if value.lower() == "none" and "None" in kind:
         return None
+    if kind.startswith("tuple"):  # items joined by ';' (',' separates the settings): "tower_graph_cells=" is ()
+        try:
+            return tuple(int(item) for item in value.split(";") if item)
+        except ValueError:
+            raise SystemExit(f"bench.ab: {key} takes integers joined by ';', not {value!r}") from None
     if kind.startswith("bool"):
         if value.lower() not in ("true", "false", "1", "0"):
             raise SystemExit(f"bench.ab: {key} takes true or false, not {value!r}")

@@ -131,8 +131,10 @@ class App:
 
     async def _engine_client(self) -> EngineClient:
         workers = self.config.workers
-        # The queued-token bound is the service's setting, enforced where tokens are known.
-        engine_config = dataclasses.replace(self.config.engine, max_queue_tokens=self.config.service.max_queue_tokens)
+        # The queued-token bound is the service's setting, enforced where tokens are known; the
+        # tower's graphs of masked cells follow Explain's default grid.
+        engine_config = dataclasses.replace(self.config.engine, max_queue_tokens=self.config.service.max_queue_tokens,
+                                            tower_graph_cells=(self.config.service.explain_grid_size,))
         client: EngineClient
         if workers.devices:
             client = WorkerPool(

@@ -74,6 +74,15 @@ class Tracer:
               f"{'gpu waited':>10s}")
         top_end = None
         idle = 0.0
+        encodes = [r for r in rows if r["name"] == "encode_image"]
+        rows = [r for r in rows if r["name"] != "encode_image"]
+        if encodes:
+            # One line for the images' encodes on the decode threads (up to 100 a request).
+            took = sorted(r["exit"] - r["enter"] for r in encodes)
+            print(f"  {'encode_image x' + str(len(encodes)):22s} {'lychee-decode':14s} "
+                  f"{min(r['enter'] for r in encodes):8.1f} {max(r['exit'] for r in encodes):7.1f} "
+                  f"  each p50 {took[len(took) // 2]:.2f} ms, max {took[-1]:.2f} ms, "
+                  f"{len({r['thread'] for r in encodes})} threads")
         for r in rows:
             g = f"{r['g0']:8.1f} {r['g1']:7.1f}" if "g0" in r else f"{'':8s} {'':7s}"
             waited = ""
@@ -104,6 +113,7 @@ def install(engine: Engine, tracer: Tracer) -> None:
     for name in ("resize", "rescale_and_normalize", "patchify"):
         setattr(proc, name, tracer.wrap(f"    {name}", getattr(proc, name), gpu=True))
     pre.prepare_documents = tracer.wrap("prepare_documents", pre.prepare_documents, gpu=False)
+    pre.encode_image = tracer.wrap("encode_image", pre.encode_image, gpu=False)
     pre.prepare_query = tracer.wrap("prepare_query", pre.prepare_query, gpu=False)
     from lychee_grpc.service import explain
 

@@ -70,3 +70,7 @@ class EngineConfig:
     # Images of one tower call that equal another outside a box (Explain's masked cells) run the
     # windows they share once through the window-only blocks (vision/sharing.py); False for A/B runs.
     share_windows: bool = True
+    # With cuda_graphs, the tower call of a picture at the executor's TOWER_GRAPH_SIZES with its
+    # g x g masked cells (types.grid_cells), and of its cells alone, is captured at start-up for
+    # each g here: Explain's default grid, which the app sets from the service's --explain-grid.
+    tower_graph_cells: tuple[int, ...] = (4,)

@@ -79,6 +79,7 @@ class Engine(EngineClient):
             attention_kernel=config.lm_attention_kernel,
             cuda_graphs=config.cuda_graphs,
             share_windows=config.share_windows,
+            tower_graph_cells=config.tower_graph_cells,
         )
         self.scheduler: Scheduler | None = None
         self._cpu = ThreadPoolExecutor(max_workers=config.preprocess_threads, thread_name_prefix="lychee-prep")
@@ -129,8 +130,9 @@ class Engine(EngineClient):
         if self.executor.graphs is not None:
             # Before serving: a capture must not meet other GPU work.
             kept = await self.scheduler.run_on_gpu(self.executor.capture_graphs)
-            log.info("CUDA graphs of small batches: %d kept; of one image's vision tower: grids %s",
-                     kept, self.executor.tower.captured_grids)
+            log.info("CUDA graphs of small batches: %d kept; of the vision tower: %s", kept,
+                     ", ".join(f"{len(grids)} image(s) of {sorted(set(grids))}"
+                               for grids in self.executor.tower.captured_calls) or "none")
         self._ready = True
 
     async def _warmup(self) -> None:

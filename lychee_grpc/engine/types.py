@@ -103,6 +103,16 @@ class Picture:
         return f"Picture({self.width}x{self.height}, {self.key.hex()[:12]})"
 
 
+def grid_cells(width: int, height: int, grid: int) -> list[tuple[int, int, int, int]]:
+    """grid x grid cells (x, y, width, height) tiling a width x height picture, row by row; a
+    picture narrower (or lower) than the grid gets one column (row) per pixel. Explain masks these
+    one at a time, and the engine captures the vision tower of a picture with its masked cells."""
+    cols, rows = min(grid, width), min(grid, height)
+    xs = [width * i // cols for i in range(cols + 1)]
+    ys = [height * j // rows for j in range(rows + 1)]
+    return [(xs[i], ys[j], xs[i + 1] - xs[i], ys[j + 1] - ys[j]) for j in range(rows) for i in range(cols)]
+
+
 def _checked(pixels: np.ndarray) -> np.ndarray:
     pixels = np.ascontiguousarray(pixels)
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:

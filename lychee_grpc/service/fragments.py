@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..engine.config import ImageLimits
 from ..engine.prompt.image_files import decode_image
-from ..engine.types import ImagePart, Part, Picture, TextPart
+from ..engine.types import ImagePart, Part, Picture, TextPart, grid_cells
 
 Pixels = npt.NDArray[np.uint8]  # [height, width, 3]
 
@@ -216,12 +216,8 @@ def upright_rgb(data: bytes, limits: ImageLimits) -> Pixels:
 
 
 def grid_boxes(width: int, height: int, grid: int) -> list[Box]:
-    """grid x grid cells tiling the image, row by row; an image narrower (or lower) than the grid
-    gets one column (row) per pixel."""
-    cols, rows = min(grid, width), min(grid, height)
-    xs = [width * i // cols for i in range(cols + 1)]
-    ys = [height * j // rows for j in range(rows + 1)]
-    return [Box(xs[i], ys[j], xs[i + 1] - xs[i], ys[j + 1] - ys[j]) for j in range(rows) for i in range(cols)]
+    """grid x grid cells tiling the image, row by row (the engine's `grid_cells`)."""
+    return [Box(*cell) for cell in grid_cells(width, height, grid)]
 
 
 def mean_colour(pixels: Pixels) -> Pixels:

@@ -34,7 +34,7 @@ from ..stats import NullObserver, StatsObserver
 from ..util.device_copy import HostReadbacks, PinnedStaging, Readback
 from ..util.graphs import GraphCapturer
 from ..vision.cache import VisionCache
-from ..vision.sharing import window_shares
+from ..vision.sharing import masked_cells, window_shares
 from ..vision.tower import VisionTower
 from .attention import HostPlan, PackedAttention, Plan, host_plan
 from .fused import FusedOps
@@ -79,6 +79,7 @@ class Executor:
         cuda_graphs: bool = False,
         graph_options: GraphOptions = GraphOptions(),
         share_windows: bool = True,
+        tower_graph_cells: Sequence[int] = (),
     ):
         self.model = model
         self.lm = model.model.language_model
@@ -103,6 +104,7 @@ class Executor:
         self.ops = FusedOps(self.device, batch_invariant=batch_invariant)
         self.tower = VisionTower(self.visual, self.ops, window_kernel=window_kernel)
         self.share_windows = share_windows
+        self.tower_graph_cells = tuple(tower_graph_cells)
         # Small batches replay captured graphs (lm/graphs.py; CUDA with varlen or the kernel's attention),
         # once `capture_graphs` has run.
         self.graphs: LMGraphs | None = None
@@ -279,17 +281,30 @@ class Executor:
 
     @torch.inference_mode()
     def capture_graphs(self) -> int:
-        """Captures and validates the CUDA graphs of small batches, and of one image's tower at
-        TOWER_GRAPH_SIZES, at start-up, before serving; returns how many LM graphs are kept. A
+        """Captures and validates the CUDA graphs of small batches, and of the tower at
+        TOWER_GRAPH_SIZES (one image; with `tower_graph_cells`, the picture with its masked cells,
+        and its cells alone), at start-up, before serving; returns how many LM graphs are kept. A
         no-op where graphs are off."""
         if self.graphs is None:
             return 0
         if self.graphs.capture_all():
             self.graphs.validate()
-        patch = self.visual.patch_size
-        for height, width in TOWER_GRAPH_SIZES:
-            self.tower.capture((1, height // patch, width // patch), self.visual.dtype)
+        self.capture_tower_graphs()
         return len(self.graphs)
+
+    def capture_tower_graphs(self) -> None:
+        """The tower's calls at TOWER_GRAPH_SIZES: one image, and for each of `tower_graph_cells`
+        a picture with its masked cells (Explain's call) and the cells alone (its call when a
+        Rerank of the pair has cached the picture's output)."""
+        patch, merge = self.tower.patch_size, self.tower.merge
+        for height, width in TOWER_GRAPH_SIZES:
+            grid = (1, height // patch, width // patch)
+            self.tower.capture([grid], self.visual.dtype)
+            for cells in self.tower_graph_cells:
+                images = masked_cells(grid, (height, width), cells, tokens=grid[1] * grid[2] // merge**2)
+                for call in (images, images[1:]):
+                    shares = window_shares(call, self.tower.changed_windows, patch) if self.share_windows else None
+                    self.tower.capture([im.grid_thw for im in call], self.visual.dtype, shares)
 
 
 @dataclass

@@ -24,8 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..prompt.prepared import Edit, EncodedImage
+from ..types import grid_cells
 
 Grid = tuple[int, int, int]
 
@@ -88,3 +90,21 @@ def window_shares(
             if not differ.all():
                 shares[i] = WindowShare(first, ~differ)
     return shares if any(s is not None for s in shares) else None
+
+
+def masked_cells(grid: Grid, size: tuple[int, int], cells: int, tokens: int) -> list[EncodedImage]:
+    """A picture of `size` (height, width) that the tower sees as `grid`, then its `cells` x
+    `cells` masked cells (`types.grid_cells`, as Explain masks them): the images of the tower call
+    the executor captures at start-up. Only their grids and edits (so the windows they share)
+    matter to the tower; they carry no pixels."""
+    height, width = size
+    base = b"masked cells: the picture"
+
+    def no_pixels() -> torch.Tensor:
+        raise RuntimeError("a stand-in image of a captured tower call has no pixels")
+
+    images = [EncodedImage(key=base, grid_thw=grid, tokens=tokens, pixel_values=None, decode=no_pixels)]
+    for k, box in enumerate(grid_cells(width, height, cells)):
+        images.append(EncodedImage(key=b"masked cells: cell %d" % k, grid_thw=grid, tokens=tokens,
+                                   pixel_values=None, decode=no_pixels, edit=Edit(base, box, size)))
+    return images

@@ -15,10 +15,13 @@ the Conv3d (stride = kernel, so a plain GEMM) took 12 ms. Here:
   the merger's MLP goes through `FusedOps` too. Nothing in the HF model is replaced.
 - images that equal another of the call outside a box (Explain's masked cells, sharing.py) run the
   windows they share with it once through the blocks before the first full-attention block.
-- `graphs` (CUDA, set by the executor): the tower for one image of a grid captured at start-up
-  (`capture`) replays as a CUDA graph, once its replay has matched the eager forward on random
-  pixels. One image's tower is ~600 small launches that the GPU runs faster than the host issues
-  them; batches of images keep the GPU busy and stay eager.
+- `graphs` (CUDA, set by the executor): a tower call captured at start-up (`capture`: its grids
+  and the windows its images share) replays as a CUDA graph, once its replay has matched the
+  eager forward on random pixels. One image's tower is ~600 small launches that the GPU runs
+  faster than the host issues them. So is a picture with its masked cells: Explain's 17 images
+  at 448x448 launched in 12.7 ms on the H200 host alone and took ~46 ms of the GPU's time beside
+  the documents' preparation, against 35 ms of kernels (bench/RESULTS.md). Other batches of
+  images keep the GPU busy and stay eager.
 """
 
 from __future__ import annotations
@@ -76,6 +79,28 @@ class _BatchLayout:
     reverse: torch.Tensor  # back to image order
 
 
+@dataclass(frozen=True)
+class _SharePlan:
+    """Which windows run the window-only blocks when images share windows (the host's side of
+    `_Shared`): `owner[w]` is the window whose rows window w takes, among the call's windows."""
+
+    owner: np.ndarray
+    lengths: np.ndarray  # rows of each window
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.owner == np.arange(self.owner.size)
+
+
+CallKey = tuple[tuple[Grid, ...], bytes | None]
+
+
+def _call_key(grids: Sequence[Grid], plan: _SharePlan | None) -> CallKey:
+    """What fixes a tower call's computation besides its pixels: the grids fix the layout, and
+    the windows' owners the rows shared (sharing.py)."""
+    return tuple(grids), None if plan is None else plan.owner.tobytes()
+
+
 @dataclass
 class _Shared:
     """The rows (window order) that run through the window-only blocks when images share windows."""
@@ -116,7 +141,7 @@ class VisionTower:
         self._layouts: LRU[Grid, _ImageLayout] = LRU(max_items=max_layouts)
         # util/graphs.GraphCapturer where one image's tower may be captured (set by the executor).
         self.graphs: GraphCapturer | None = None
-        self._captured: dict[Grid, tuple[torch.Tensor, Captured]] = {}
+        self._captured: dict[CallKey, tuple[torch.Tensor, Captured]] = {}
 
     def _layout(self, grid: Grid) -> _ImageLayout:
         found = self._layouts.get(grid)
@@ -159,15 +184,16 @@ class VisionTower:
     ) -> torch.Tensor:
         """Merged embeddings [sum(tokens), out_hidden] of the images, in order. `shares`: for each
         image, the windows it has in common with an earlier one (sharing.py), or None."""
-        if len(grids) == 1 and self._captured:
-            found = self._captured.get(_grid(grids[0]))
+        grids = [_grid(g) for g in grids]
+        plan = self._share_plan(grids, shares)
+        if self._captured:
+            found = self._captured.get(_call_key(grids, plan))
             if found is not None:
                 static, captured = found
                 static.copy_(pixels)
                 return captured.replay().clone()
         layout = self._batch_layout(grids, pixels.device)
-        shared = self._shared(grids, shares, layout) if shares is not None and self.window_only > 0 else None
-        return self._forward(pixels, layout, shared)
+        return self._forward(pixels, layout, self._shared(plan, layout) if plan is not None else None)
 
     def changed_windows(self, grid: Grid, region: tuple[int, int, int, int]) -> np.ndarray:
         """Which of an image's windows (window order) the rows and columns [y0, y1) x [x0, x1) of
@@ -188,11 +214,11 @@ class VisionTower:
         out[layout.unit_window[units]] = True
         return out
 
-    def _shared(
-        self, grids: Sequence[Grid], shares: Sequence[WindowShare | None], layout: _BatchLayout
-    ) -> _Shared | None:
-        """The rows that run the window-only blocks when images share windows: each window once,
-        at its first image; None when none is shared."""
+    def _share_plan(self, grids: Sequence[Grid], shares: Sequence[WindowShare | None] | None) -> _SharePlan | None:
+        """Each window's rows through the window-only blocks when images share windows: each
+        window once, at its first image; None when none is shared."""
+        if shares is None or self.window_only == 0:
+            return None
         layouts = [self._layout(_grid(g)) for g in grids]
         counts = [len(lay.window_lengths) for lay in layouts]
         first = np.cumsum([0, *counts[:-1]])  # each image's first window among the batch's
@@ -206,9 +232,12 @@ class VisionTower:
                 raise ValueError(f"image {i} cannot share windows with image {share.source}")
             same = np.flatnonzero(share.same)
             owner[first[i] + same] = owner[first[src] + same]  # sources are settled first
-        kept = owner == np.arange(lengths.size)
-        if kept.all():
-            return None
+        plan = _SharePlan(owner, lengths)
+        return None if plan.kept.all() else plan
+
+    def _shared(self, plan: _SharePlan, layout: _BatchLayout) -> _Shared:
+        """The shared rows of `plan` on the device."""
+        owner, lengths, kept = plan.owner, plan.lengths, plan.kept
         starts = np.cumsum(lengths) - lengths  # each window's first row in the batch
         compact = np.cumsum(np.where(kept, lengths, 0)) - np.where(kept, lengths, 0)  # among kept rows
         inside = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
@@ -226,28 +255,35 @@ class VisionTower:
         )
 
     @property
-    def captured_grids(self) -> list[Grid]:
-        return list(self._captured)
+    def captured_calls(self) -> list[tuple[Grid, ...]]:
+        """The grids of each captured call (a grid repeats for a picture's masked cells)."""
+        return [grids for grids, _ in self._captured]
 
     @torch.inference_mode()
-    def capture(self, grid: Grid, dtype: torch.dtype) -> bool:
-        """Captures the tower for one image of `grid` as a CUDA graph (at start-up: no other GPU
-        work may run meanwhile) and keeps it if a replay on random pixels matches the eager forward
-        (within GRAPH_ATOL + GRAPH_RTOL of the largest output; bit for bit in the batch-invariant
-        mode). False where it is not kept (it runs eagerly)."""
-        grid = _grid(grid)
-        if self.graphs is None or grid in self._captured:
-            return grid in self._captured
+    def capture(self, grids: Sequence[Grid], dtype: torch.dtype, shares: Sequence[WindowShare | None] | None = None
+                ) -> bool:
+        """Captures the tower call of images of `grids` sharing `shares` as a CUDA graph (at
+        start-up: no other GPU work may run meanwhile) and keeps it if a replay on random pixels
+        matches the eager forward (within GRAPH_ATOL + GRAPH_RTOL of the largest output; bit for
+        bit in the batch-invariant mode). A call with the same grids and the same shared windows
+        replays it. False where it is not kept (such calls run eagerly)."""
+        grids = [_grid(g) for g in grids]
+        plan = self._share_plan(grids, shares)
+        key = _call_key(grids, plan)
+        if self.graphs is None or key in self._captured:
+            return key in self._captured
         weight = self.visual.patch_embed.proj.weight
-        static = torch.zeros(grid[0] * grid[1] * grid[2], weight[0].numel(), dtype=dtype, device=weight.device)
+        patches = sum(t * h * w for t, h, w in grids)
+        static = torch.zeros(patches, weight[0].numel(), dtype=dtype, device=weight.device)
         # Host-to-device copies stay outside the graph: the layout is made once, here (the
         # captured function holds it for the graph's life), and whatever the attention plans build
         # lazily is built by the capturer's warm-up calls.
-        layout = self._batch_layout([grid], weight.device)
+        layout = self._batch_layout(grids, weight.device)
+        shared = self._shared(plan, layout) if plan is not None else None
         try:
-            captured = self.graphs.capture(lambda: self._forward(static, layout))
+            captured = self.graphs.capture(lambda: self._forward(static, layout, shared))
             pixels = torch.randn(static.shape, generator=torch.Generator().manual_seed(0)).to(static.device, dtype)
-            eager = self._forward(pixels, layout).float()
+            eager = self._forward(pixels, layout, shared).float()
             static.copy_(pixels)
             replayed = captured.replay().float()
             diff = float((replayed - eager).abs().max())
@@ -255,9 +291,10 @@ class VisionTower:
             if not diff <= limit:
                 raise RuntimeError(f"its replay is {diff:.3g} from the eager forward")
         except Exception as exc:  # a graph is an optimisation: such images run eagerly
-            log.warning("the vision tower's CUDA graph for grid %s is not used (%s); it runs eagerly", grid, exc)
+            log.warning("the vision tower's CUDA graph for %d image(s) of grids %s is not used (%s); they run eagerly",
+                        len(grids), sorted(set(grids)), exc)
             return False
-        self._captured[grid] = (static, captured)
+        self._captured[key] = (static, captured)
         return True
 
     def _batch_layout(self, grids: Sequence[Grid], device: torch.device) -> _BatchLayout:

@@ -149,3 +149,14 @@ def test_the_startup_tool_starts_an_engine_cold_and_warm_in_processes_of_their_o
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| A ")]
     assert all(float(cell.split()[0]) > 0 for cell in row[2:4])
+
+
+def test_ab_settings_take_each_engine_field_s_type_and_refuse_what_is_not_one():
+    from bench.ab import parse_settings
+
+    assert parse_settings("tower_graph_cells=,share_windows=false,max_batch_tokens=8192") == {
+        "tower_graph_cells": (), "share_windows": False, "max_batch_tokens": 8192}
+    assert parse_settings("tower_graph_cells=3;4") == {"tower_graph_cells": (3, 4)}
+    for bad in ("tower_graph_cells=four", "share_windows=maybe", "no_such_field=1"):
+        with pytest.raises(SystemExit):
+            parse_settings(bad)

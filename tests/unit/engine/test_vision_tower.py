@@ -63,7 +63,7 @@ def test_one_image_of_a_captured_grid_replays_its_graph_and_scores_as_eager(load
     eager, graphed = VisionTower(visual), VisionTower(visual)
     graphed.graphs = capturer = CallingCapturer()
     grid = GRIDS[0]
-    assert graphed.capture(grid, torch.float32) and graphed.captured_grids == [grid]
+    assert graphed.capture([grid], torch.float32) and graphed.captured_calls == [(grid,)]
     validation_replays = capturer.replays
     pixels = _pixels([grid], seed=3)
     assert torch.equal(graphed(pixels, [grid]), eager(pixels, [grid]))
@@ -80,7 +80,7 @@ def test_a_tower_graph_that_replays_wrong_is_dropped_and_its_grid_runs_eagerly(l
     tower = VisionTower(visual)
     tower.graphs = capturer = CallingCapturer(shift=1.0)
     grid = GRIDS[0]
-    assert not tower.capture(grid, torch.float32) and tower.captured_grids == []
+    assert not tower.capture([grid], torch.float32) and tower.captured_calls == []
     replays = capturer.replays
     pixels = _pixels([grid], seed=5)
     assert torch.equal(tower(pixels, [grid]), VisionTower(visual)(pixels, [grid]))
@@ -93,7 +93,7 @@ def test_in_the_batch_invariant_mode_a_tower_graph_one_rounding_step_off_is_drop
     for batch_invariant, kept in ((False, True), (True, False)):
         tower = VisionTower(visual, FusedOps(torch.device("cpu"), batch_invariant=batch_invariant))
         tower.graphs = CallingCapturer(shift=1e-6)
-        assert tower.capture(grid, torch.float32) is kept
+        assert tower.capture([grid], torch.float32) is kept
 
 
 @pytest.mark.gpu
@@ -106,7 +106,7 @@ def test_a_real_tower_graph_replays_right_after_the_allocator_has_reused_freed_m
     tower = VisionTower(visual, FusedOps(device))
     tower.graphs = GraphCapturer(device)
     grid = GRIDS[0]
-    assert tower.capture(grid, torch.bfloat16)
+    assert tower.capture([grid], torch.bfloat16)
     # Whatever the capture freed is handed out again, filled with out-of-range indices.
     churn = [torch.full((n,), 1 << 40, dtype=torch.long, device=device) for n in range(1, 4096, 7)]
     pixels = _pixels([grid], seed=6).to(device, torch.bfloat16)

@@ -18,11 +18,11 @@ from lychee_grpc.engine.model.loader import load_model
 from lychee_grpc.engine.prompt.image_files import content_key
 from lychee_grpc.engine.prompt.images import decode_pixels
 from lychee_grpc.engine.prompt.prepared import Edit, EncodedImage
-from lychee_grpc.engine.types import Document, ImagePart, Picture, Query, TextPart
-from lychee_grpc.engine.vision.sharing import WindowShare, reach, window_shares
+from lychee_grpc.engine.types import Document, ImagePart, Picture, Query, TextPart, grid_cells
+from lychee_grpc.engine.vision.sharing import WindowShare, masked_cells, reach, window_shares
 from lychee_grpc.engine.vision.tower import VisionTower
 
-from ...helpers import engine_config, noise_image
+from ...helpers import CallingCapturer, engine_config, noise_image
 
 GRID = (1, 16, 16)  # 224 x 224 pixels: 8 x 8 merge units, 2 x 2 windows of 4 x 4 units
 UNIT = 28  # pixels a side of a merge unit
@@ -198,6 +198,56 @@ async def test_a_false_claim_is_what_the_engine_goes_by(make_engine):
     assert shared[0].logit == pytest.approx(whole[0].logit, abs=1e-4)
     assert abs(shared[1].logit - whole[1].logit) > 1e-2
 
+
+
+async def test_the_stand_ins_of_a_captured_call_share_the_windows_real_masked_cells_share(make_engine):
+    """What the executor captures at start-up (`masked_cells`) and what a request of a picture's
+    masked cells sends the tower share the same windows, so the request meets the graph."""
+    engine = await make_engine()
+    tower, pre = engine.executor.tower, engine.preprocessor
+    data = noise_image(448, 448, seed=4)
+    real = [pre.encode_image(part)[0] for doc in _masked_documents(data, grid_cells(448, 448, 4), True)
+            for part in doc.parts if isinstance(part, ImagePart)]
+    stand_ins = masked_cells((1, 32, 32), (448, 448), 4, tokens=256)
+    assert [im.grid_thw for im in real] == [im.grid_thw for im in stand_ins] == [(1, 32, 32)] * 17
+    for call in (slice(None), slice(1, None)):  # with the picture; its cells alone
+        got = window_shares(real[call], tower.changed_windows, 14)
+        want = window_shares(stand_ins[call], tower.changed_windows, 14)
+        assert got is not None and want is not None
+        assert [(s.source, s.same.tolist()) if s else None for s in got] == \
+            [(s.source, s.same.tolist()) if s else None for s in want]
+
+
+async def test_a_picture_and_its_masked_cells_replay_the_tower_call_captured_at_start_up(make_engine):
+    """The tower's graphs run the CPU's captured function again at each replay (CallingCapturer):
+    a replay is counted, and its embeddings give the scores of an engine without graphs."""
+    engine = await make_engine()
+    tower = engine.executor.tower
+    tower.graphs = capturer = CallingCapturer()
+    engine.executor.capture_tower_graphs()
+    assert [len(grids) for grids in tower.captured_calls] == [1, 17, 16]  # one image; with its 16 cells; the cells
+    eager = await make_engine()
+    query = Query((TextPart("a lamp for the desk"),))
+
+    async def logits(on: Engine, docs: list[Document]) -> list[float]:
+        return [s.logit for s in (await score_documents(on, query, docs)).scores]
+
+    docs = _masked_documents(noise_image(448, 448, seed=9), grid_cells(448, 448, 4), True)
+    replays = capturer.replays
+    assert await logits(engine, docs) == await logits(eager, docs)
+    assert capturer.replays == replays + 1
+    # The picture's output cached by a Rerank of the pair first (one image: its own graph), its
+    # cells alone meet theirs.
+    docs = _masked_documents(noise_image(448, 448, seed=10), grid_cells(448, 448, 4), True)
+    assert await logits(engine, docs[:1]) == await logits(eager, docs[:1])
+    assert capturer.replays == replays + 2
+    assert await logits(engine, docs[1:]) == await logits(eager, docs[1:])
+    assert capturer.replays == replays + 3
+    # Another grid of cells, or another size of picture, runs eagerly.
+    for width, grid in ((448, 3), (420, 4)):
+        docs = _masked_documents(noise_image(width, 448, seed=11), grid_cells(width, 448, grid), True)
+        assert await logits(engine, docs) == await logits(eager, docs)
+    assert capturer.replays == replays + 3
 
 @pytest.mark.gpu
 async def test_shared_windows_change_no_bit_in_the_batch_invariant_mode_on_the_gpu(tiny_model_dir):
