@@ -139,7 +139,7 @@ class VisionTower:
         # [out, in * t * p * p]: a view, in the (C, T, P, P) order the patches are flattened in.
         self.patch_weight = proj.weight.view(proj.out_channels, -1) if plain else None
         self._layouts: LRU[Grid, _ImageLayout] = LRU(max_items=max_layouts)
-        # util/graphs.GraphCapturer where one image's tower may be captured (set by the executor).
+        # util/graphs.GraphCapturer where tower calls may be captured (set by the executor).
         self.graphs: GraphCapturer | None = None
         self._captured: dict[CallKey, tuple[torch.Tensor, Captured]] = {}
 
