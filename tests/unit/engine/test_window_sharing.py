@@ -265,3 +265,38 @@ async def test_shared_windows_change_no_bit_in_the_batch_invariant_mode_on_the_g
         finally:
             await engine.stop()
     assert logits[True] == logits[False]
+
+
+
+@pytest.mark.gpu
+def test_a_real_graph_of_a_picture_and_its_cells_replays_as_eager_after_the_allocator_reused_memory(tiny_model_dir):
+    """The shared rows' indices and tables live as long as the graph: a replay after the allocator
+    has handed freed memory out again gives the eager embeddings."""
+    from lychee_grpc.engine.util.graphs import GraphCapturer
+
+    loaded = load_model(engine_config(tiny_model_dir, device="cuda", dtype="bfloat16"))
+    visual = loaded.model.model.visual
+    device = visual.patch_embed.proj.weight.device
+    tower = VisionTower(visual, FusedOps(device))
+    tower.graphs = GraphCapturer(device)
+    images = masked_cells((1, 32, 32), (448, 448), 4, tokens=256)
+    shares = window_shares(images, tower.changed_windows, 14)
+    grids = [im.grid_thw for im in images]
+    assert tower.capture(grids, torch.bfloat16, shares)
+    churn = [torch.full((n,), 1 << 40, dtype=torch.long, device=device) for n in range(1, 4096, 7)]
+    g = torch.Generator().manual_seed(12)
+    base = torch.randn(1024, 1176, generator=g)
+    pictures = [base]
+    for k in range(16):  # each cell's 4 x 4 merge units (its window) new, the rest the picture's
+        cell = base.clone()
+        for r in range(4 * (k // 4), 4 * (k // 4) + 4):
+            for c in range(4 * (k % 4), 4 * (k % 4) + 4):
+                u = r * 16 + c  # merge unit (r, c) of 16 x 16: its 4 patch rows, as the processor's patchify lays them
+                cell[4 * u : 4 * u + 4] = torch.randn(4, 1176, generator=g)
+        pictures.append(cell)
+    pixels = torch.cat(pictures).to(device, torch.bfloat16)
+    replayed = tower(pixels, grids, shares).float()
+    eager = VisionTower(visual, FusedOps(device))(pixels, grids, shares).float()
+    torch.cuda.synchronize()
+    del churn
+    assert (replayed - eager).abs().max() <= 0.05 + 0.02 * eager.abs().max()
