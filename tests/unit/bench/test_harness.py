@@ -73,7 +73,7 @@ def test_the_load_generator_keeps_its_requests_and_reads_back_the_same(tiny_mode
 def test_the_ab_tool_times_explain_through_each_variants_own_service_on_cpu(tiny_model_dir):
     root = Path(__file__).resolve().parents[3]
     done = subprocess.run([sys.executable, "-m", "bench.ab", "--smoke", "--rounds", "1", "--warmup", "0",
-                           "--workloads", "EXPLAIN", "--b-checkout", str(root), "--a-switch-ms", "0.5",
+                           "--workloads", "EXPLAIN,I100_warm", "--b-checkout", str(root), "--a-switch-ms", "0.5",
                            "--tiny", tiny_model_dir], capture_output=True, text=True, timeout=600, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "GIL switch 0.5 ms" in done.stdout

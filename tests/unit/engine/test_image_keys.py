@@ -45,3 +45,12 @@ def test_empty_bytes_have_a_key_of_their_own():
 
 # A change in the middle of a long image may keep the key: users compare in full on a match
 # (tests/unit/engine/test_repeated_images.py) or tolerate the collision (the workers' routing).
+
+
+@pytest.mark.parametrize("size", [0, 1, 1023, 1024, 1500, 2047, 2048, 2049, 3000, 4096, 200_000])
+def test_the_key_is_a_digest_of_the_length_the_first_and_the_last_2_kb(size):
+    import hashlib
+
+    data = LONG[:size]
+    whole = hashlib.blake2b(len(data).to_bytes(8, "little") + data[:2048] + data[-2048:], digest_size=8)
+    assert cheap_key(data) == whole.digest()
