@@ -38,7 +38,14 @@ import torch
 
 from bench.harness.model import DEFAULT_TINY, SEVEN_B, SMOKE, build_model
 from bench.harness.timing import forget_images, sync
-from bench.harness.workloads import image_pair, image_workload, mixed_workload, text_pair, text_workload
+from bench.harness.workloads import (
+    as_received,
+    image_pair,
+    image_workload,
+    mixed_workload,
+    text_pair,
+    text_workload,
+)
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
@@ -157,7 +164,8 @@ async def main_async(a: argparse.Namespace) -> int:
                 engine = variants[label]
                 if cold:
                     forget_images(engine)
-                request = (query, docs) if types_of[label] is None else in_package(types_of[label], query, docs)
+                request = (as_received(query, docs) if types_of[label] is None
+                           else in_package(types_of[label], query, docs))
                 score = explainers[label] if name == "EXPLAIN" else scorers[label]
                 if name.endswith("_warm") and any(plan[other][1] for other in chosen):
                     await score(engine, *request)  # a cold workload of this run emptied the vision cache

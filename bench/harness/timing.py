@@ -13,7 +13,7 @@ from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.model.reference import reference_logits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 
-from .workloads import Workload
+from .workloads import Workload, as_received
 
 
 def sync() -> None:
@@ -60,7 +60,7 @@ async def time_engine(engine, workloads: Sequence[Workload], iterations: int, co
             torch.cuda.reset_peak_memory_stats()
         sync()
         start = time.perf_counter()
-        ranking = await score_documents(engine, query, docs)
+        ranking = await score_documents(engine, *as_received(query, docs))
         sync()
         if k >= 0:
             times.append((time.perf_counter() - start) * 1e3)

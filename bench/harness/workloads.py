@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 import random
+from collections.abc import Sequence
 
-from lychee_grpc.engine.types import Document, ImagePart, Query, TextPart
+from lychee_grpc.engine.types import Document, ImagePart, Part, Query, TextPart
 
 WORDS = ("retro denim jacket women slim vintage wash blue jeans coat spring autumn sofa grey fabric three "
          "seater modern wireless bluetooth earbuds noise cancelling running shoes breathable mesh dress "
@@ -82,3 +83,14 @@ def image_pair(tok, seed: int, size: int = 448) -> Workload:
     rng = random.Random(seed)
     query = Query((TextPart(words_of_tokens(tok, rng, 12)),))
     return query, [Document("0", (ImagePart(jpeg(rng, size)), TextPart(words_of_tokens(tok, rng, 32))))]
+
+
+def as_received(query: Query, docs: Sequence[Document]) -> tuple[Query, list[Document]]:
+    """The same request in new part objects (the bytes shared), as a transport builds them for
+    each call: nothing a part computes once (`ImagePart.digest`) carries over from an earlier
+    request of the benchmark that sent the same workload."""
+    def fresh(parts: Sequence[Part]) -> tuple[Part, ...]:
+        return tuple(ImagePart(p.data, p.picture) if isinstance(p, ImagePart) else p for p in parts)
+
+    return Query(fresh(query.parts)), [Document(d.id, fresh(d.parts)) for d in docs]
+

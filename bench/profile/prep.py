@@ -10,6 +10,12 @@ lychee_grpc/engine/prompt/prepare.py, e.g. from `git show REV:lychee_grpc/engine
 beside this one, checks both prepare the same, and alternates them round by round (ratios new/old):
 
     python -m bench.profile.prep --text --rounds 300 --against /tmp/old_prepare.py
+
+`--warm` times preparing I100's 100 documents whose images are cached (I100_warm's preparation),
+each call on new part objects as a transport makes them; with `--b-checkout DIR` (another
+checkout's tree, imported as bench.ab does) alternating with it round by round:
+
+    python -m bench.profile.prep --warm --rounds 200 --b-checkout /tmp/old-tree
 """
 
 from __future__ import annotations
@@ -62,13 +68,16 @@ def _timed_tokenizer(pre: Preprocessor, spent: list[float]) -> None:
         setattr(pre, name, call)
 
 
-def _same(a: list, b: list) -> None:
+def _same(a: list, b: list, strides: bool = True) -> None:
+    """The same documents; with `strides` false, tensors need not lie alike in memory (the executor
+    concatenates them)."""
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert (x.index, x.id, x.uses_prefix, x.prompt_tokens, x.images, x.truncated) == \
             (y.index, y.id, y.uses_prefix, y.prompt_tokens, y.images, y.truncated)
         for u, v in ((x.segment.ids, y.segment.ids), (x.segment.positions, y.segment.positions)):
-            assert u.dtype == v.dtype and u.shape == v.shape and u.stride() == v.stride() and torch.equal(u, v)
+            assert u.dtype == v.dtype and u.shape == v.shape and torch.equal(u, v)
+            assert not strides or u.stride() == v.stride()
 
 
 def text_main(rounds: int, against: str | None, cprofile: bool) -> int:
@@ -130,13 +139,68 @@ def text_main(rounds: int, against: str | None, cprofile: bool) -> int:
     return 0
 
 
+def warm_main(rounds: int, b_checkout: str | None, threads: int, mixed: bool) -> int:
+    """I100's (or MM100's) documents with every image cached: this tree, and `b_checkout`'s."""
+    from bench.ab import import_checkout, in_package
+    from bench.harness.workloads import as_received, mixed_workload
+
+    proc = AutoProcessor.from_pretrained(DEFAULT_TINY)
+    pad = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    query, docs = (mixed_workload if mixed else image_workload)(proc.tokenizer, 2)
+    kinds: dict[str, tuple] = {"this": (Preprocessor, TextLimits, ImageLimits, None)}
+    if b_checkout:
+        import_checkout(b_checkout)
+        b = importlib.import_module("lychee_b.engine.prompt.prepare")
+        config = importlib.import_module("lychee_b.engine.config")
+        types = importlib.import_module("lychee_b.engine.types")
+        kinds = {"b": (b.Preprocessor, config.TextLimits, config.ImageLimits, types), **kinds}
+    pres, queries, outs = {}, {}, {}
+
+    def request(name: str):
+        types = kinds[name][3]
+        return as_received(query, docs) if types is None else in_package(types, query, docs)
+
+    for name, (kind, text_limits, image_limits, _) in kinds.items():
+        pre = pres[name] = kind(proc, pad, 2, text_limits(), image_limits(), 3136, 12845056,
+                                vision_cached=lambda key: True, decode_threads=threads)
+        q, d = request(name)
+        queries[name] = pre.prepare_query(q, DEFAULT_INSTRUCTION)
+        first = pre.prepare_documents(queries[name], list(enumerate(d)))
+        pre.fill_pixels([image for doc in first for image in doc.segment.images if image.picture is not None])
+        outs[name] = pre.prepare_documents(queries[name], list(enumerate(request(name)[1])))
+        assert all(doc.cached_images == doc.images for doc in outs[name]), "every image should read as cached"
+    if b_checkout:
+        _same(outs["b"], outs["this"], strides=False)
+        print("the same ids, positions and fields")
+    total: dict[str, list[float]] = {name: [] for name in kinds}
+    for r in range(rounds):
+        for name in (list(kinds) if r % 2 == 0 else list(kinds)[::-1]):
+            documents = list(enumerate(request(name)[1]))
+            t0 = time.perf_counter()
+            pres[name].prepare_documents(queries[name], documents)
+            total[name].append((time.perf_counter() - t0) * 1e3)
+    med = statistics.median
+    workload = "MM100" if mixed else "I100"
+    print(f"{workload}'s documents, images cached, prepare_documents on {threads} decode threads, median of {rounds} "
+          f"rounds: " + ", ".join(f"{name} {med(times):.2f} ms" for name, times in total.items()))
+    if b_checkout:
+        print(f"b/this, median of the rounds' ratios: {med([x / y for x, y in zip(total['b'], total['this'])]):.3f}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--text", action="store_true", help="only T100's documents: tokenizer calls and the rest")
     p.add_argument("--rounds", type=int, default=200)
     p.add_argument("--against", help="with --text: another checkout's prepare.py, alternated with this one")
     p.add_argument("--cprofile", action="store_true", help="with --text: the top functions of this tree's")
+    p.add_argument("--warm", action="store_true", help="I100's documents with their images cached")
+    p.add_argument("--mixed", action="store_true", help="with --warm: MM100's documents instead")
+    p.add_argument("--b-checkout", help="with --warm: another checkout, alternated with this one")
+    p.add_argument("--threads", type=int, default=8, help="with --warm: decode threads")
     a = p.parse_args()
+    if a.warm:
+        return warm_main(a.rounds, a.b_checkout, a.threads, a.mixed)
     if a.text:
         return text_main(a.rounds, a.against, a.cprofile)
     proc = AutoProcessor.from_pretrained(DEFAULT_TINY)

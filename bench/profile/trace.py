@@ -18,7 +18,7 @@ import time
 import torch
 
 from bench.harness.model import DEFAULT_TINY, build_model
-from bench.harness.workloads import image_workload, text_workload
+from bench.harness.workloads import as_received, image_workload, text_workload
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
@@ -188,10 +188,10 @@ async def run_once(engine: Engine, query, docs) -> None:
         from lychee_grpc.service.explain import explain
         from lychee_grpc.service.types import ExplainOptions
 
-        pair_query, document = query
+        pair_query, (document,) = as_received(query[0], [query[1]])
         await explain(engine, ServiceConfig(), pair_query, document, ExplainOptions(grid_size=4))
     else:
-        await score_documents(engine, query, docs)
+        await score_documents(engine, *as_received(query, docs))
 
 
 def explain_workload(tok) -> tuple:

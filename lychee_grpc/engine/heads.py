@@ -66,11 +66,12 @@ def shared_heads(segments: Sequence[Segment], image_token_id: int, min_head: int
     """Groups of two or more of `segments` (documents after the same context) with a common head
     of at least `min_head` tokens, chosen to save the most tokens. Every member keeps at least
     its last token as its tail (it is scored there), and a head never ends inside an image."""
-    # Most batches share nothing: documents whose first `min_head` ids match no other's are out.
-    by_start: dict[bytes, list[int]] = {}
+    # Most batches share nothing: documents whose first `min_head` ids (and pictures among them)
+    # match no other's are out.
+    by_start: dict[tuple[bytes, tuple[bytes, ...]], list[int]] = {}
     for i, seg in enumerate(segments):
         if len(seg) > min_head:
-            by_start.setdefault(_start(seg, min_head), []).append(i)
+            by_start.setdefault(_start(seg, min_head, image_token_id), []).append(i)
     chosen = sorted(i for group in by_start.values() if len(group) > 1 for i in group)
     if len(chosen) < 2:
         return []
@@ -97,17 +98,30 @@ def common_head(a: Segment, b: Segment, image_token_id: int, min_head: int = MIN
     """The head two documents would share (0 when under `min_head`): the scheduler's estimate
     of a document's rows in a batch beside the previous one of its request. Cheap when their
     first `min_head` tokens differ, as most documents' do."""
-    if min(len(a), len(b)) <= min_head or _start(a, min_head) != _start(b, min_head):
+    if min(len(a), len(b)) <= min_head or _start(a, min_head, image_token_id) != _start(b, min_head, image_token_id):
         return 0
     sa, sb = signatures([a, b], image_token_id)
     head = _shareable(sa, sb, a.positions.numpy(), b.positions.numpy())
     return head if head >= min_head else 0
 
 
-def _start(segment: Segment, tokens: int) -> bytes:
-    """The segment's first ids, to compare: no two documents share a head longer than this unless
-    these are equal."""
-    return segment.ids[:tokens].numpy().tobytes()
+def _start(segment: Segment, tokens: int, image_token_id: int) -> tuple[bytes, tuple[bytes, ...]]:
+    """The segment's first ids and the keys of the pictures whose pads are among them, to compare:
+    no two documents share a head longer than `tokens` unless these are equal. A request's image
+    candidates begin with the same ids (the template, then their pads) and differ in their
+    pictures: told apart here, they cost no signatures (~2 ms of the GPU thread's time before a
+    100-image batch could launch, and as much in forming it; bench/RESULTS.md, "Warm image
+    documents")."""
+    ids = segment.ids[:tokens].numpy()
+    pads = int(np.count_nonzero(ids == image_token_id))
+    keys: list[bytes] = []
+    covered = 0
+    for image in segment.images:
+        if covered >= pads:
+            break
+        keys.append(image.key)
+        covered += image.tokens
+    return ids.tobytes(), tuple(keys)
 
 
 def _shareable(a: np.ndarray, b: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> int:

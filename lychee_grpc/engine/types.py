@@ -125,6 +125,20 @@ class ImagePart:
     data: bytes = b""  # JPEG, PNG, WebP or GIF bytes, as a transport receives them
     picture: Picture | None = None  # or its decoded pixels instead (in-process callers only)
 
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of `data`, computed once per part: the engine's content key and the service's
+        pair-score key both read it, so a request's image is hashed once, not once per layer.
+        SHA-256 runs on the CPU's SHA instructions (1.3-1.4 GB/s here against BLAKE2b's 0.5-0.7),
+        and hashlib releases the GIL over large buffers. Not a `cached_property`: on Python 3.11
+        that holds one lock for every instance while it computes, which would serialise the decode
+        threads' hashing. Two threads asking at once both compute it, to the same bytes."""
+        digest = self.__dict__.get("_digest")
+        if digest is None:
+            digest = hashlib.sha256(self.data).digest()
+            object.__setattr__(self, "_digest", digest)
+        return digest
+
 
 Part = TextPart | ImagePart
 

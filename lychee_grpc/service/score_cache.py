@@ -123,7 +123,7 @@ def _encoded(parts: Sequence[Part]) -> bytes:
         elif part.picture is not None:
             out += (b"P", part.picture.key)
         else:
-            out += (b"I", hashlib.sha256(part.data).digest())
+            out += (b"I", part.digest)  # the engine's content key reads the same digest
     return b"".join(out)
 
 

@@ -25,12 +25,14 @@ class ImageRejected(ValueError):
 
 
 def content_key(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
+    """`image_key` of an image part holding `data`."""
+    return ImagePart(data).digest[:16]
 
 
 def image_key(part: ImagePart) -> bytes:
-    """What identifies an image part's content: its bytes' digest, or its picture's."""
-    return part.picture.key if part.picture is not None else content_key(part.data)
+    """What identifies an image part's content: its bytes' digest (128 bits of `ImagePart.digest`),
+    or its picture's."""
+    return part.picture.key if part.picture is not None else part.digest[:16]
 
 
 def cheap_key(data: bytes) -> bytes:

@@ -59,3 +59,23 @@ def mrope_positions(
             cur += max(h, w) // merge
             pos += count
     return torch.from_numpy(out)
+
+
+def laid_out_positions(start: int, size: int, images: Sequence[tuple[int, tuple[int, int, int]]],
+                       merge: int) -> np.ndarray:
+    """[3, size] positions of a sequence whose first token sits at position `start` (a text
+    token's, equal on the three axes) and whose images are the (offset, grid) blocks given in
+    order, everything else text: what `mrope_positions` computes, from a layout that is known
+    without scanning ids (prepare.py's image documents after a clean boundary)."""
+    out = np.empty((3, size), dtype=np.int64)
+    cur, at = start, 0
+    for offset, (t, h, w) in images:
+        out[:, at:offset] = np.arange(cur, cur + offset - at)
+        cur += offset - at
+        pattern = _grid_pattern(t, h, w, merge)
+        end = offset + pattern.shape[1]
+        out[:, offset:end] = pattern + cur
+        cur += max(h, w) // merge
+        at = end
+    out[:, at:] = np.arange(cur, cur + size - at)
+    return out

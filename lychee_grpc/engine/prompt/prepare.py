@@ -28,7 +28,7 @@ from ..util.lru import LRU
 from . import template
 from .image_files import cheap_key
 from .images import ImageRejected, image_key, jpeg_decoder_agrees, part_pixels
-from .positions import mrope_positions
+from .positions import laid_out_positions, mrope_positions
 from .prepared import Edit, EncodedImage, Prefetch, PreparedDocument, PreparedQuery, Segment, prefetch_chunk
 from .truncation import text_head, truncate
 
@@ -183,6 +183,50 @@ def _max_chars_per_token(tokenizer) -> int:
     return 4 * max(longest, 1)
 
 
+class _Ready:
+    """An outcome known at once (an image looked up on the preparing thread), read as a future's:
+    `result()` gives its value or raises its exception."""
+
+    __slots__ = ("_outcome",)
+
+    def __init__(self, outcome: tuple[EncodedImage, bool] | Exception):
+        self._outcome = outcome
+
+    def result(self) -> tuple[EncodedImage, bool]:
+        if isinstance(self._outcome, Exception):
+            raise self._outcome
+        return self._outcome
+
+
+_Outcome = Future | _Ready
+
+@dataclass
+class _LaidOut:
+    """`Preprocessor._plan_laid_out`'s plan: by document, its text runs; the distinct runs; and
+    their ids, computed (`done`) or on their way (`pending`, a decode task's)."""
+
+    plans: dict[int, list[str]]
+    pending: Future | None
+    runs: list[str]
+    done: list[list[int]] | None = None
+
+    def ids(self) -> list[list[int]]:
+        if self.done is None:
+            assert self.pending is not None
+            done: list[list[int]] = self.pending.result()
+            self.done = done
+            return done
+        return self.done
+
+
+_VISION_START, _VISION_START_LEN = template.VISION_START, len(template.VISION_START)
+
+# A likely cached image up to this size is looked up on the preparing thread: its content key
+# takes <= ~50 us there (SHA-256 at ~1.4 GB/s). A larger one is a decode task's, so that their
+# hashes run in parallel (hashlib releases the GIL).
+INLINE_LOOKUP_BYTES = 1 << 16
+
+
 class Preprocessor:
     """Owns the tokenizer and image processor; safe to call from several threads."""
 
@@ -220,11 +264,15 @@ class Preprocessor:
         self._pin = image_device is not None and torch.device(image_device).type == "cuda"
         self._fast_jpeg = jpeg_decoder_agrees()
         self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="lychee-decode")
+        # Cheap key (`_decode_once`) -> content key of images encoded before: which images of a
+        # call are likely cached, and so looked up on the preparing thread.
+        self._seen: LRU[bytes, bytes] = LRU(max_items=65536)
         # Content key -> grid for images already seen, so a cached image skips decoding.
         self._grids: LRU[bytes, tuple[int, int, int]] = LRU(max_items=65536)
         self._overheads: dict[str, int] = {}
         self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
         self._tail = self._suffix_tail()
+        self._image_run = self._image_markers()
 
     # ---- images -------------------------------------------------------------------------
     def _picture(self, part: ImagePart) -> torch.Tensor:
@@ -267,26 +315,45 @@ class Preprocessor:
         )
         return encoded, cached
 
-    def _decode_all(self, part_lists: Sequence[Sequence[Part]]) -> list[list[Future]]:
+    def _decode_all(self, part_lists: Sequence[Sequence[Part]]) -> list[list[_Outcome]]:
         """Starts decoding every image part (the decoders release the GIL). An image repeated within
-        the call is decoded once and its parts share one future, so one EncodedImage: Explain's 40
+        the call is decoded once and its parts share one outcome, so one EncodedImage: Explain's 40
         word variants carry the pair's photo, and candidates may share a product photo (each copy
         was decoded, pinned and normalized: Explain's documents took 22.6 ms to prepare on the H200
-        host, bench/RESULTS.md)."""
-        started: dict[bytes, list[tuple[ImagePart, Future]]] = {}
+        host, bench/RESULTS.md).
+
+        An image that is likely cached (seen before, its vision output still held) needs only its
+        content key and two lookups: up to INLINE_LOOKUP_BYTES it is looked up here, on this
+        thread. As a decode task each, 100 cached images took 8 ms on the H200 host: the tasks
+        waited for the GIL until this thread had submitted them all, then for each other
+        (bench/RESULTS.md, "Warm image documents")."""
+        started: dict[bytes, list[tuple[ImagePart, _Outcome]]] = {}
         return [[self._decode_once(p, started) for p in parts if isinstance(p, ImagePart)] for parts in part_lists]
 
-    def _decode_once(self, part: ImagePart, started: dict[bytes, list[tuple[ImagePart, Future]]]) -> Future:
+    def _decode_once(self, part: ImagePart, started: dict[bytes, list[tuple[ImagePart, _Outcome]]]) -> _Outcome:
         # A cheap key for any image (its picture's digest, or `cheap_key` of its bytes, which can
         # collide), then the parts compared in full: bytes byte for byte (the same object at once),
-        # pictures by digest.
+        # pictures by digest. The cheap key only predicts a cache hit; the content key decides it.
         key = part.picture.key if part.picture is not None else cheap_key(part.data)
-        for other, future in started.get(key, ()):
+        for other, outcome in started.get(key, ()):
             if other == part:
-                return future
-        future = self._decoder.submit(self.encode_image, part)
-        started.setdefault(key, []).append((part, future))
-        return future
+                return outcome
+        seen = self._seen.get(key)
+        if (seen is not None and (part.picture is not None or len(part.data) <= INLINE_LOOKUP_BYTES)
+                and self._grids.get(seen) is not None and self._vision_cached(seen)):
+            try:
+                outcome: _Outcome = _Ready(self._encode_noting(part, key))
+            except Exception as exc:  # raised where the caller reads it, as a task's would be
+                outcome = _Ready(exc)
+        else:
+            outcome = self._decoder.submit(self._encode_noting, part, key)
+        started.setdefault(key, []).append((part, outcome))
+        return outcome
+
+    def _encode_noting(self, part: ImagePart, cheap: bytes) -> tuple[EncodedImage, bool]:
+        encoded = self.encode_image(part)
+        self._seen.put(cheap, encoded[0].key)
+        return encoded
 
     def fill_pixels(self, pending: Sequence[EncodedImage]) -> None:
         """Pixels for decoded images (uint8 [3, h, w] pictures), made on the processing device by
@@ -343,7 +410,7 @@ class Preprocessor:
 
     def _encode_parts(
         self, parts: Sequence[Part], path: str, violations: list[FieldViolation], pending: list[EncodedImage],
-        decoded: list[Future], max_tokens: int, listed: set[int],
+        decoded: list[_Outcome], max_tokens: int, listed: set[int],
     ) -> tuple[list[EncodedImage], int]:
         """`listed`: the ids of the images put in `pending` so far in this call (a repeated image is
         one EncodedImage, whose pixels and tower output are computed once)."""
@@ -410,7 +477,9 @@ class Preprocessor:
         ids = torch.tensor(prefix_ids[:shared], dtype=torch.long)
         positions = mrope_positions(
             torch.tensor(prefix_ids), self.image_token_id, [im.grid_thw for im in images], self.merge_size
-        )[:, :shared]
+        )
+        first_position = int(positions[0, shared])
+        positions = positions[:, :shared]
         return PreparedQuery(
             instruction=instruction,
             prefix=Segment(ids=ids, positions=positions, images=list(images)),
@@ -419,6 +488,7 @@ class Preprocessor:
             images=images,
             prepare_ms=(time.perf_counter() - start) * 1e3,
             clean_boundary_ids=prefix_ids if clean_boundary(query) else None,
+            first_position=first_position,
         )
 
     def _count_instruction(self, instruction: str) -> int:
@@ -477,6 +547,23 @@ class Preprocessor:
         if not markers or markers[0][0] != 0 or not _ordinary_path_takes(self._added, text, markers):
             return None
         return self._ordinary([text])[0], text, markers[0][1]
+
+    def _image_markers(self) -> tuple[int, int, int] | None:
+        """The ids of an image's three markers, on the ordinary path tokenized as exactly those
+        markers; None otherwise, or when some added-token string holds a marker's string and more
+        (one could then reach across a marker): no document is laid out from its runs."""
+        if self._ordinary is None or self._added is None:
+            return None
+        markers = (template.IM_START, template.IM_END, template.VISION_START, template.IMAGE_PAD, template.VISION_END)
+        backend = self.tokenizer.backend_tokenizer
+        if any(marker in token.content and marker != token.content
+               for token in backend.get_added_tokens_decoder().values() for marker in markers):
+            return None
+        text, markers = template.render_with_spans(template.parts_pieces((ImagePart(b"x"),)))
+        if not _ordinary_path_takes(self._added, text, markers):
+            return None
+        ids = self._ordinary([text])[0]
+        return (ids[0], ids[1], ids[2]) if len(ids) == 3 else None
 
     def _encode_text_runs(self, runs: Sequence[str | None]) -> list[list[int] | None]:
         """For each text-only document's suffix run (`template.text_suffix_run`), the ids of the run
@@ -578,6 +665,8 @@ class Preprocessor:
         violations: list[FieldViolation] = []
         pending: list[EncodedImage] = []
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
+        clean = query.clean_boundary_ids is not None
+        laid = self._plan_laid_out(query, documents, limit) if clean else None  # its tokenizing may start here
         decoded = self._decode_all([doc.parts for _, doc in documents])
         chunk = prefetch_chunk(len({id(future) for futures in decoded for future in futures}))
         listed: set[int] = set()
@@ -593,7 +682,6 @@ class Preprocessor:
             self._prefetch_ready(pending, 1, prefetch)  # the last, shorter chunk
         # One <|image_pad|> per image, expanded after tokenization: it is a special token, split off
         # before BPE, so this equals tokenizing every pad (256 per 448x448 image) at a fraction of the work.
-        clean = query.clean_boundary_ids is not None
         shared = len(query.prefix_ids)
         prefix_ids = np.asarray(query.prefix_ids, dtype=np.int64)
         # Text-only documents after a clean boundary of a text query (whose positions are the tokens'
@@ -606,10 +694,13 @@ class Preprocessor:
         if clean:
             # The prefix's tokens cannot change with the document: tokenize only the suffixes.
             prefix = np.asarray(query.clean_boundary_ids, dtype=np.int64)
+            fast = self._text_segments(query, text_ids)
+            if laid is not None:
+                fast.update(self._laid_out_segments(query, laid, {k: encoded[k][2] for k in rest if k in laid.plans}))
+                rest = [k for k in rest if k not in fast]
             suffixes = [template.suffix_pieces(template.parts_pieces(encoded[k][1].parts)) for k in rest]
             for k, ids in zip(rest, self.encode_pieces(suffixes)):
                 all_ids[k] = np.concatenate((prefix, self._expand_pads(ids, encoded[k][2])))
-            fast = self._text_segments(query, text_ids)
         else:
             prefix_pieces = template.prefix_pieces(query.instruction, query.query_pieces)
             suffixes = [template.suffix_pieces(template.parts_pieces(doc.parts)) for _, doc, _, _ in encoded]
@@ -619,12 +710,13 @@ class Preprocessor:
         out: list[PreparedDocument] = []
         for k, (index, doc, images, cached) in enumerate(encoded):
             ids = all_ids[k]
-            if ids is None:  # a text-only document after a clean boundary
+            if ids is None:  # a document after a clean boundary, laid out from its runs' ids
                 segment = fast[k]
                 doc_tokens = len(segment)
                 if doc_tokens <= limit:
                     out.append(PreparedDocument(index=index, id=doc.id, segment=segment, uses_prefix=True,
-                                                prompt_tokens=shared + doc_tokens, images=0, cached_images=cached))
+                                                prompt_tokens=shared + doc_tokens, images=len(images),
+                                                cached_images=cached))
                     continue
                 ids = np.concatenate((prefix_ids, segment.ids.numpy()))  # truncated or refused below
             doc_tokens = ids.size - shared
@@ -707,6 +799,90 @@ class Preprocessor:
         positions = np.arange(len(flat), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts - shared, counts)
         spans = torch.split(torch.from_numpy(positions).expand(3, -1), sizes, dim=1)
         return {k: Segment(ids=ids_t, positions=pos, images=[]) for k, ids_t, pos in zip(rows, segments, spans)}
+
+    def _plan_laid_out(self, query: PreparedQuery, documents: Sequence[tuple[int, Document]], limit: int
+                       ) -> _LaidOut | None:
+        """The documents (by position in `documents`) after a clean boundary that are laid out from
+        their text runs' ids, each one's runs, and those ids: every document with an image, and a
+        text-only one when the query has images (after a text query those take
+        `_encode_text_runs`), whose suffix `encode_pieces` would tokenize on its ordinary path.
+
+        That path splits the rendered suffix at its markers only, then tokenizes each text run
+        between them on its own. So a document's ids are its runs' ids (each run tokenized alone,
+        one tokenizer call for every distinct run of the call) with the markers' ids between them,
+        each image's one pad expanded, and the tail's ids; its positions follow from that layout
+        (`laid_out_positions`) without scanning the ids. The condition is checked per run, against
+        the marker after it: as `_ordinary_path_takes` checks a whole suffix, the added-token
+        strings found there must be exactly the markers, and no added-token string holds a marker
+        (`_image_markers`), so none can reach across one. A document with more text than `limit`
+        tokens can hold is left to the general path (it is refused or truncated there).
+
+        When some document has an image, the runs are tokenized in a decode task, started before the
+        images are looked up or decoded, which it overlaps (the tokenizer releases the GIL). Image
+        documents took ~12 ids and positions calls each on the general path (bench/RESULTS.md,
+        "Warm image documents")."""
+        if self._tail is None or self._added is None or self._image_run is None or query.clean_boundary_ids is None:
+            return None
+        _, tail_text, first_end = self._tail
+        added = self._added
+        after_text = tail_text[:first_end]  # the tail's first marker
+        max_chars = limit * self._chars_per_token
+        plans: dict[int, list[str]] = {}
+        with_images = False
+        for k, (_, doc) in enumerate(documents):
+            runs = [template.DOCUMENT_LEAD]
+            chars = 0
+            for part in doc.parts:
+                if isinstance(part, TextPart):
+                    runs[-1] += part.text
+                    chars += len(part.text)
+                elif isinstance(part, ImagePart):
+                    runs.append("")
+                else:
+                    break
+            else:
+                if (len(runs) == 1 and not query.images) or chars > max_chars:
+                    continue
+                last = len(runs) - 1
+                if all(_ordinary_path_takes(added, run + (after_text if i == last else _VISION_START),
+                                            ((len(run), len(run) + (first_end if i == last else _VISION_START_LEN)),),
+                                            tail_checked=True)
+                       for i, run in enumerate(runs)):
+                    plans[k] = runs
+                    with_images |= last > 0
+        if not plans:
+            return None
+        unique = list({run: None for runs in plans.values() for run in runs if run})
+        if with_images:
+            return _LaidOut(plans, self._decoder.submit(self._ordinary_ids, unique), unique)
+        return _LaidOut(plans, None, unique, self._ordinary_ids(unique))
+
+    def _laid_out_segments(self, query: PreparedQuery, laid: _LaidOut, images: dict[int, list[EncodedImage]]
+                           ) -> dict[int, Segment]:
+        """By document (a key of `images`, its encoded images), its segment after the shared
+        prefix, laid out as `_plan_laid_out` planned."""
+        assert self._tail is not None and self._image_run is not None and query.clean_boundary_ids is not None
+        ids_of = dict(zip(laid.runs, laid.ids()))
+        ids_of[""] = []
+        tail_ids = self._tail[0]
+        vs, pad, ve = self._image_run
+        head = query.clean_boundary_ids[len(query.prefix_ids):]
+        out: dict[int, Segment] = {}
+        for k, doc_images in images.items():
+            runs = laid.plans[k]
+            flat = head + ids_of[runs[0]]
+            blocks: list[tuple[int, tuple[int, int, int]]] = []
+            for image, run in zip(doc_images, runs[1:]):
+                flat.append(vs)
+                blocks.append((len(flat), image.grid_thw))
+                flat += [pad] * image.tokens
+                flat.append(ve)
+                flat += ids_of[run]
+            flat += tail_ids
+            ids = torch.from_numpy(np.asarray(flat, dtype=np.int64))
+            positions = laid_out_positions(query.first_position, len(flat), blocks, self.merge_size)
+            out[k] = Segment(ids=ids, positions=torch.from_numpy(positions), images=doc_images)
+        return out
 
     def _document_ids(self, query: PreparedQuery, parts: Sequence[Part], images: list[EncodedImage]) -> np.ndarray:
         """The whole prompt's ids for one document, tokenized as `prepare_documents` does."""

@@ -83,6 +83,9 @@ class PreparedQuery:
     prepare_ms: float = 0.0
     # All tokens of the prefix text, when no BPE merge can cross from it into a document.
     clean_boundary_ids: list[int] | None = None
+    # The position of a document segment's first token (the prefix's last token, left to the
+    # document: a text token, so its three axes are equal). Its index unless the query has images.
+    first_position: int = 0
 
 
 @dataclass

@@ -211,3 +211,54 @@ async def test_text_documents_after_a_clean_boundary_have_the_whole_prompts_ids_
             assert positions.shape == (3, len(whole) - shared) and positions.dtype == torch.long
             assert torch.equal(positions, torch.arange(shared, len(whole)).expand(3, -1)), doc
         assert torch.equal(p.segment.ids, q.segment.ids) and torch.equal(p.segment.positions, q.segment.positions)
+
+
+@pytest.mark.parametrize("query_parts", [
+    (TextPart("blue denim jacket"),),
+    (ImagePart(noise_image(56, 84, seed=5)), TextPart("like this one")),
+    (TextPart("like"), ImagePart(noise_image(84, 56, seed=6))),
+], ids=["text query", "image then text", "text then image"])
+async def test_documents_after_a_clean_boundary_laid_out_from_their_runs_have_the_whole_prompts_ids_and_positions(
+        make_engine, query_parts):
+    """Documents with images after a clean boundary (of a text query, or of one with images, whose
+    positions are not the tokens' indices) get the ids of their whole prompt, the positions
+    computed from those ids, and their images; whether laid out from their runs' ids or, when some
+    run holds a special-token string (at its edges too), on the general path."""
+    engine = await make_engine()
+    pre = engine.preprocessor
+    from lychee_grpc.engine.prompt.positions import mrope_positions
+
+    rng = random.Random(9)
+    photos = [noise_image(28 * w, 28 * h, fmt="JPEG", seed=w * 10 + h) for w, h in ((2, 2), (3, 2), (2, 4))]
+
+    def part():
+        if rng.random() < 0.4:
+            return ImagePart(rng.choice(photos))
+        plain = rng.random() < 0.7
+        text = random_text(rng, rng.randint(1, 12)) if plain else "".join(rng.choice(FRAGMENTS) for _ in range(3))
+        return TextPart(text)
+
+    docs = [Document(str(k), tuple(part() for _ in range(rng.randint(1, 4)))) for k in range(120)]
+    docs = [d for d in docs if all(not isinstance(p, TextPart) or p.text.strip() for p in d.parts)]
+    pq = pre.prepare_query(Query(query_parts), DEFAULT_INSTRUCTION)
+    assert pq.clean_boundary_ids is not None
+    prepared = pre.prepare_documents(pq, list(enumerate(docs)))
+    shared = len(pq.prefix_ids)
+    query_pieces = template.parts_pieces(query_parts)
+    plan = pre._plan_laid_out(pq, list(enumerate(docs)), pre.text_limits.max_tokens_per_document)
+    assert plan is not None and 0 < len(plan.plans) < len(docs)
+    laid_out = pre._laid_out_segments(pq, plan, {k: prepared[k].segment.images for k in plan.plans})
+    for k, (doc, got) in enumerate(zip(docs, prepared)):
+        images = pq.images + got.segment.images
+        pieces = template.prefix_pieces(DEFAULT_INSTRUCTION, query_pieces) + template.suffix_pieces(
+            template.parts_pieces(doc.parts))
+        whole = pre._expand_pads(pre.encode_pieces([pieces])[0], images)
+        assert got.uses_prefix and got.prompt_tokens == len(whole) == shared + len(got.segment)
+        assert got.images == sum(isinstance(p, ImagePart) for p in doc.parts)
+        assert pq.prefix_ids + got.segment.ids.tolist() == whole.tolist(), doc
+        positions = mrope_positions(torch.from_numpy(whole), pre.image_token_id, [im.grid_thw for im in images],
+                                    pre.merge_size)[:, shared:]
+        assert torch.equal(got.segment.positions, positions), doc
+        if k in laid_out:
+            assert torch.equal(laid_out[k].ids, got.segment.ids)
+            assert torch.equal(laid_out[k].positions, got.segment.positions)

@@ -4,6 +4,8 @@ batch-invariant mode). Documents whose tokens agree but whose pictures differ sh
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -176,3 +178,22 @@ def test_a_long_head_of_many_is_not_given_up_for_a_short_one_of_all():
     heads = shared_heads(with_a + with_b, PAD)
     # One group of six at 40 saves 200; four at 70 and two at 70 save 280.
     assert sorted((h.length, h.members) for h in heads) == [(70, (0, 1, 2, 3)), (70, (4, 5))]
+
+
+def test_candidates_with_one_layout_and_other_pictures_are_told_apart_without_signatures(monkeypatch):
+    """A request's image candidates begin with the same ids (the template, then their pads): their
+    pictures tell them apart before any signature is computed, where a batch of them is formed
+    (common_head) and where it is launched (shared_heads). Two with one picture still share."""
+    from lychee_grpc.engine import heads
+
+    lead = list(range(1, 8))
+    candidates = [segment(lead + [PAD] * 40 + [70 + i, 1], [image(bytes([i]), 40)]) for i in range(6)]
+    computed: list[int] = []
+    signatures = heads.signatures
+    monkeypatch.setattr(heads, "signatures", lambda segs, pad: (computed.append(len(segs)), signatures(segs, pad))[1])
+    assert shared_heads(candidates, PAD) == []
+    assert all(heads.common_head(a, b, PAD) == 0 for a, b in itertools.pairwise(candidates))
+    assert computed == []
+    twins = [segment(lead + [PAD] * 40 + [70 + i, 1], [image(b"same", 40)]) for i in range(2)]
+    assert [(h.length, h.members) for h in shared_heads([*candidates, *twins], PAD)] == [(47, (6, 7))]
+    assert heads.common_head(twins[0], twins[1], PAD) == 47 and computed
