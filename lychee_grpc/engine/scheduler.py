@@ -165,6 +165,10 @@ class Scheduler:
                     await self._task
                 except asyncio.CancelledError:
                     pass
+                # The loop still holds the cancelled worker (a wake-up queued for this coroutine), and
+                # with it the executor and its GPU memory, until it runs once more: bench.run's next
+                # engine in the process ran out of memory beside it under a 24 GiB cap.
+                await asyncio.sleep(0)
             self._task = None
         self._gpu.shutdown(wait=True)
 
