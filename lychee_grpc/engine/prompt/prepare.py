@@ -200,6 +200,7 @@ class _Ready:
 
 _Outcome = Future | _Ready
 
+
 @dataclass
 class _LaidOut:
     """`Preprocessor._plan_laid_out`'s plan: by document, its text runs; the distinct runs; and
@@ -210,10 +211,12 @@ class _LaidOut:
     runs: list[str]
     done: list[list[int]] | None = None
 
-    def ids(self) -> list[list[int]]:
+    def ids(self, tokenize: Callable[[list[str]], list[list[int]]]) -> list[list[int]]:
+        """The runs' ids; `tokenize` makes them here when the task has not started yet (the decode
+        threads busy with another request's images), rather than waiting behind that work."""
         if self.done is None:
             assert self.pending is not None
-            done: list[list[int]] = self.pending.result()
+            done: list[list[int]] = tokenize(self.runs) if self.pending.cancel() else self.pending.result()
             self.done = done
             return done
         return self.done
@@ -818,7 +821,8 @@ class Preprocessor:
         tokens can hold is left to the general path (it is refused or truncated there).
 
         When some document has an image, the runs are tokenized in a decode task, started before the
-        images are looked up or decoded, which it overlaps (the tokenizer releases the GIL). Image
+        images are looked up or decoded, which it overlaps (the tokenizer releases the GIL); if it has
+        not started when its ids are needed, they are made on the preparing thread instead. Image
         documents took ~12 ids and positions calls each on the general path (bench/RESULTS.md,
         "Warm image documents")."""
         if self._tail is None or self._added is None or self._image_run is None or query.clean_boundary_ids is None:
@@ -834,14 +838,16 @@ class Preprocessor:
             chars = 0
             for part in doc.parts:
                 if isinstance(part, TextPart):
-                    runs[-1] += part.text
                     chars += len(part.text)
+                    if chars > max_chars:
+                        break
+                    runs[-1] += part.text
                 elif isinstance(part, ImagePart):
                     runs.append("")
                 else:
                     break
             else:
-                if (len(runs) == 1 and not query.images) or chars > max_chars:
+                if len(runs) == 1 and not query.images:
                     continue
                 last = len(runs) - 1
                 if all(_ordinary_path_takes(added, run + (after_text if i == last else _VISION_START),
@@ -862,7 +868,7 @@ class Preprocessor:
         """By document (a key of `images`, its encoded images), its segment after the shared
         prefix, laid out as `_plan_laid_out` planned."""
         assert self._tail is not None and self._image_run is not None and query.clean_boundary_ids is not None
-        ids_of = dict(zip(laid.runs, laid.ids()))
+        ids_of = dict(zip(laid.runs, laid.ids(self._ordinary_ids)))
         ids_of[""] = []
         tail_ids = self._tail[0]
         vs, pad, ve = self._image_run

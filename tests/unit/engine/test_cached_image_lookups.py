@@ -117,3 +117,31 @@ def test_an_image_parts_digest_is_computed_once_for_the_engine_and_the_score_cac
     assert engine_key == sha256(photo).digest()[:16] == content_key(photo)
     assert service_key == keys.of(Document("d", (ImagePart(bytes(bytearray(photo))), TextPart("a lamp"))))
     assert ImagePart(photo) == part  # the digest is no field: parts compare by their bytes
+
+
+async def test_a_warm_request_does_not_wait_behind_other_requests_decodes(make_engine):
+    """Its documents' runs are tokenized in a decode task when one is free; with every decode
+    thread busy (another request's images), on the preparing thread instead."""
+    import threading
+    import time
+
+    from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
+
+    engine = await make_engine(prefetch_image_tokens=0)
+    photos = _photos(6)
+    await score_documents(engine, QUERY, _docs(photos))
+    pre = engine.preprocessor
+    query = pre.prepare_query(QUERY, DEFAULT_INSTRUCTION)
+    expected = pre.prepare_documents(query, list(enumerate(_docs(photos))))
+    release = threading.Event()
+    blockers = [pre._decoder.submit(release.wait, 30) for _ in range(engine.config.preprocess_threads)]
+    try:
+        started = time.perf_counter()
+        got = pre.prepare_documents(query, list(enumerate(_docs(photos))))
+        took = time.perf_counter() - started
+    finally:
+        release.set()
+    assert all(b.result() for b in blockers)
+    assert took < 10
+    assert [(d.segment.ids.tolist(), d.segment.positions.tolist()) for d in got] == [
+        (d.segment.ids.tolist(), d.segment.positions.tolist()) for d in expected]
