@@ -77,9 +77,11 @@ class Tracer:
         encodes = [r for r in rows if r["name"] == "encode_image"]
         rows = [r for r in rows if r["name"] != "encode_image"]
         if encodes:
-            # One line for the images' encodes on the decode threads (up to 100 a request).
+            # One line for the images' encodes (up to 100 a request).
             took = sorted(r["exit"] - r["enter"] for r in encodes)
-            print(f"  {'encode_image x' + str(len(encodes)):22s} {'lychee-decode':14s} "
+            # The decode threads, or the preparing thread for images it looks up itself.
+            where = "+".join(sorted({r["thread"].split("_")[0] for r in encodes}))
+            print(f"  {'encode_image x' + str(len(encodes)):22s} {where[:14]:14s} "
                   f"{min(r['enter'] for r in encodes):8.1f} {max(r['exit'] for r in encodes):7.1f} "
                   f"  each p50 {took[len(took) // 2]:.2f} ms, max {took[-1]:.2f} ms, "
                   f"{len({r['thread'] for r in encodes})} threads")

@@ -24,3 +24,22 @@ def test_i100_titles_are_32_real_qwen_tokens(loaded):
     _, docs = image_workload(tok, 2, size=56, documents=5)
     for doc in docs:
         assert 32 <= len(tok.encode(doc.parts[1].text, add_special_tokens=False)) < 32 + longest_word
+
+
+def test_each_request_is_sent_as_new_parts_so_no_digest_carries_over(loaded):
+    """A transport builds new parts for every call; so does the benchmark (`as_received`), or a
+    request would find its images' digests computed by the one before it."""
+    from bench.harness.workloads import as_received, mixed_workload
+    from lychee_grpc.engine.types import ImagePart
+
+    query, docs = mixed_workload(loaded.processor.tokenizer, 3, documents=3)
+    for doc in docs:
+        _ = doc.parts[0].digest  # the first request computes them
+    again_query, again = as_received(query, docs)
+    assert again_query == query and again == docs  # the same request, part for part
+    images = [(old, new) for before, after in zip([query, *docs], [again_query, *again])
+              for old, new in zip(before.parts, after.parts) if isinstance(old, ImagePart)]
+    assert len(images) == 4  # the query's image and each document's
+    for old, new in images:
+        assert new is not old and new.data is old.data
+        assert "_digest" not in new.__dict__
