@@ -34,39 +34,30 @@ def mrope_positions(
 ) -> torch.Tensor:
     tokens = ids.numpy()
     n = tokens.size
-    out = np.empty((3, n), dtype=np.int64)
     is_image = tokens == image_token_id
-    # Boundaries where the token kind changes give text runs and image runs.
+    # Boundaries where the token kind changes give text runs and image runs; an image run holds
+    # the pads of one image or more (consecutive images, never in our template).
     bounds = [0, *(np.flatnonzero(is_image[1:] != is_image[:-1]) + 1).tolist(), n]
-    cur = 0
+    blocks: list[tuple[int, tuple[int, int, int]]] = []
     grid_iter = iter(grids)
     for start, end in itertools.pairwise(bounds):
-        if start == end:
-            continue
-        if not is_image[start]:
-            out[:, start:end] = np.arange(cur, cur + end - start)
-            cur += end - start
-            continue
         pos = start
-        while pos < end:  # consecutive images with no token between them (never in our template)
+        while pos < end and is_image[start]:
             grid = next(grid_iter, None)
             if grid is None:  # a pad the caller did not account for: an error, never a StopIteration
                 raise ValueError(f"more image pad tokens than the {len(grids)} image grids given")
+            blocks.append((pos, grid))
             t, h, w = grid
-            pattern = _grid_pattern(t, h, w, merge)
-            count = pattern.shape[1]
-            out[:, pos : pos + count] = pattern + cur
-            cur += max(h, w) // merge
-            pos += count
-    return torch.from_numpy(out)
+            pos += t * (h // merge) * (w // merge)
+    return torch.from_numpy(laid_out_positions(0, n, blocks, merge))
 
 
 def laid_out_positions(start: int, size: int, images: Sequence[tuple[int, tuple[int, int, int]]],
                        merge: int) -> np.ndarray:
     """[3, size] positions of a sequence whose first token sits at position `start` (a text
     token's, equal on the three axes) and whose images are the (offset, grid) blocks given in
-    order, everything else text: what `mrope_positions` computes, from a layout that is known
-    without scanning ids (prepare.py's image documents after a clean boundary)."""
+    order, everything else text. `mrope_positions` finds the blocks in the ids; prepare.py's
+    documents laid out from their runs know them without scanning."""
     out = np.empty((3, size), dtype=np.int64)
     cur, at = start, 0
     for offset, (t, h, w) in images:

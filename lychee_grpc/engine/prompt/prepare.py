@@ -174,6 +174,14 @@ def _ordinary_path_takes(added: re.Pattern[str], text: str, markers: Sequence[tu
     return tail_checked or added.search(text, pos) is None
 
 
+def _run_takes(added: re.Pattern[str], run: str, after: str, marker_end: int) -> bool:
+    """`_ordinary_path_takes` for one text run of a suffix followed by `after` (a marker's string,
+    or the tail's text, whose first marker ends at `marker_end`): the added-token strings found
+    there are exactly that marker."""
+    at = len(run)
+    return _ordinary_path_takes(added, run + after, ((at, at + marker_end),), tail_checked=True)
+
+
 def _max_chars_per_token(tokenizer) -> int:
     """A bound on the characters of user text one token can stand for. A byte-level BPE token
     covers at most as many bytes as its vocabulary string has characters, an added token its
@@ -221,8 +229,6 @@ class _LaidOut:
             return done
         return self.done
 
-
-_VISION_START, _VISION_START_LEN = template.VISION_START, len(template.VISION_START)
 
 # A likely cached image up to this size is looked up on the preparing thread: its content key
 # takes <= ~50 us there (SHA-256 at ~1.4 GB/s). A larger one is a decode task's, so that their
@@ -591,8 +597,7 @@ class Preprocessor:
         for i, run in enumerate(runs):
             if run is None:
                 continue
-            at = len(run)
-            if _ordinary_path_takes(added, run + tail_text, ((at, at + first_end),), tail_checked=True):
+            if _run_takes(added, run, tail_text, first_end):
                 whole.append(i)
                 texts.append(run)
         for i, ids in zip(whole, self._ordinary_ids(texts)):
@@ -815,8 +820,9 @@ class Preprocessor:
         one tokenizer call for every distinct run of the call) with the markers' ids between them,
         each image's one pad expanded, and the tail's ids; its positions follow from that layout
         (`laid_out_positions`) without scanning the ids. The condition is checked per run, against
-        the marker after it: as `_ordinary_path_takes` checks a whole suffix, the added-token
-        strings found there must be exactly the markers, and no added-token string holds a marker
+        the marker after it (`_run_takes`, the text documents' check too): as `_ordinary_path_takes`
+        checks a whole suffix, the added-token strings found there must be exactly the markers, and
+        no added-token string holds a marker
         (`_image_markers`), so none can reach across one. A document with more text than `limit`
         tokens can hold is left to the general path (it is refused or truncated there).
 
@@ -829,7 +835,7 @@ class Preprocessor:
             return None
         _, tail_text, first_end = self._tail
         added = self._added
-        after_text = tail_text[:first_end]  # the tail's first marker
+        image_start = template.VISION_START
         max_chars = limit * self._chars_per_token
         plans: dict[int, list[str]] = {}
         with_images = False
@@ -850,10 +856,8 @@ class Preprocessor:
                 if len(runs) == 1 and not query.images:
                     continue
                 last = len(runs) - 1
-                if all(_ordinary_path_takes(added, run + (after_text if i == last else _VISION_START),
-                                            ((len(run), len(run) + (first_end if i == last else _VISION_START_LEN)),),
-                                            tail_checked=True)
-                       for i, run in enumerate(runs)):
+                if all(_run_takes(added, run, tail_text, first_end) if i == last
+                       else _run_takes(added, run, image_start, len(image_start)) for i, run in enumerate(runs)):
                     plans[k] = runs
                     with_images |= last > 0
         if not plans:
