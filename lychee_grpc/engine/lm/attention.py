@@ -192,24 +192,12 @@ class PackedAttention:
             mask=torch.from_numpy(mask).to(dev), valid=torch.from_numpy(valid).to(dev),
             rows=None if whole else torch.from_numpy(q_index.ravel()[valid]).to(dev))
 
-    def _kernel_runs(self, at: Plan) -> bool:
-        return self.use_kernel and (at.max_q <= KERNEL_LONGEST or self.batch_invariant or not self.use_varlen)
-
-    def rotates(self, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, at: Plan) -> bool:
-        """Whether this call can take q before its rotary embedding and apply it itself (the Triton
-        kernel, in bfloat16: the same bits as the rope kernel, without writing q out twice)."""
-        return self._kernel_runs(at) and attention_kernel.takes_rotary(q, cos, sin)
-
-    def __call__(self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, at: Plan,
-                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """q: [rows, H, D] packed in sequence order; k_src/v_src: [rows, Hkv, D], padding row last.
-        `rotary` (cos, sin): q is not rotated yet; only where `rotates` says so."""
-        if self._kernel_runs(at):
+    def __call__(self, q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, at: Plan) -> torch.Tensor:
+        """q: [rows, H, D] packed in sequence order; k_src/v_src: [rows, Hkv, D], padding row last."""
+        if self.use_kernel and (at.max_q <= KERNEL_LONGEST or self.batch_invariant or not self.use_varlen):
             tiles = attention_kernel.LAST_TILES if at.last else attention_kernel.FULL_TILES
             return attention_kernel.packed_attention(q, k_src, v_src, at.kv_rows, at.cu_q, at.cu_k, at.max_q,
-                                                     self.scale, tiles, rotary)
-        if rotary is not None:
-            raise ValueError("this attention call does not apply the rotary embedding (see `rotates`)")
+                                                     self.scale, tiles)
         if self.use_varlen:
             k, v = k_src[at.kv_rows], v_src[at.kv_rows]
             if self._varlen_expand_kv:

@@ -25,13 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..util import rope_kernel
-
 try:
     import triton
     import triton.language as tl
-
-    from ..util.rope_kernel import bf16_bits, rounded
 except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     triton = None
 
@@ -60,10 +56,9 @@ if triton is not None:
 
     @triton.jit
     def _packed_attention_kernel(
-        q_ptr, k_ptr, v_ptr, rows_ptr, cu_q_ptr, cu_k_ptr, out_ptr, cos_ptr, sin_ptr, scale_log2,
-        q_row, q_head, k_row, k_head, v_row, v_head, o_row, t_row,
+        q_ptr, k_ptr, v_ptr, rows_ptr, cu_q_ptr, cu_k_ptr, out_ptr, scale_log2,
+        q_row, q_head, k_row, k_head, v_row, v_head, o_row,
         REP: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        ROTARY: tl.constexpr,
     ):
         seq = tl.program_id(0)
         kvh = tl.program_id(1)
@@ -78,21 +73,8 @@ if triton is not None:
             head = kvh * REP + folded % REP
             valid = pos < n
             d = tl.arange(0, D)
-            q_at = q_ptr + (q_first + pos)[:, None] * q_row + head[:, None] * q_head
-            q = tl.load(q_at + d[None, :], mask=valid[:, None], other=0.0)
-            if ROTARY:
-                # The rotary embedding as rope_kernel rounds it (eager's bits): x * cos and
-                # rotate_half(x) * sin each rounded to bfloat16, then their sum.
-                half = D // 2
-                first = d < half
-                partner = tl.load(q_at + tl.where(first, d + half, d - half)[None, :], mask=valid[:, None],
-                                  other=0.0).to(tl.float32)
-                t_at = (q_first + pos)[:, None] * t_row + d[None, :]
-                c = tl.load(cos_ptr + t_at, mask=valid[:, None], other=0.0).to(tl.float32)
-                sn = tl.load(sin_ptr + t_at, mask=valid[:, None], other=0.0).to(tl.float32)
-                turned = tl.where(first[None, :], -partner, partner)
-                bits = bf16_bits(rounded(q.to(tl.float32) * c) + rounded(turned * sn))
-                q = bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+            q = tl.load(q_ptr + (q_first + pos)[:, None] * q_row + head[:, None] * q_head + d[None, :],
+                        mask=valid[:, None], other=0.0)
             # Keys 0 .. context + pos are visible to a row (causal, aligned bottom-right).
             last_pos = tl.minimum(n - 1, (block * BLOCK_M + BLOCK_M - 1) // REP)
             end = context + last_pos + 1
@@ -130,28 +112,14 @@ def supported(q: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int)
     )
 
 
-def takes_rotary(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
-    """Whether `packed_attention` can rotate these queries itself: what the LM's rope kernel takes
-    (bfloat16, cos and sin [rows, 1, dim]), q's last dimension contiguous."""
-    return rope_kernel.supported(q, cos, sin)
-
-
 def packed_attention(
     q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, kv_rows: torch.Tensor, cu_q: torch.Tensor,
     cu_k: torch.Tensor, max_q: int, scale: float, tiles: Tiles = FULL_TILES,
-    rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """q [rows, H, D] packed sequence after sequence; k_src/v_src [source rows, Hkv, D] with unit
     stride in D; sequence i's keys are rows kv_rows[cu_k[i]:cu_k[i+1]] of the source, its queries
     rows cu_q[i]:cu_q[i+1] of q, the last of its keys. `max_q` bounds any sequence's query rows
-    (it sizes the grid). `rotary` (cos, sin), each [rows, 1, D] (`takes_rotary`): q is not rotated
-    yet; the kernel applies the rotary embedding to each query row as it loads it, with the bits
-    rope_kernel.rope would give, and never writes the rotated queries out. Returns [rows, H * D]."""
-    if rotary is not None and not takes_rotary(q, *rotary):
-        cos, sin = rotary
-        raise ValueError(f"packed_attention: q {tuple(q.shape)} {q.dtype} (strides {q.stride()}) with cos "
-                         f"{tuple(cos.shape)} {cos.dtype} and sin {tuple(sin.shape)} {sin.dtype} is not a layout "
-                         "its rotary embedding takes")
+    (it sizes the grid). Returns [rows, H * D]."""
     rows, heads, dim = q.shape
     kv_heads = k_src.shape[1]
     rep = heads // kv_heads
@@ -160,11 +128,10 @@ def packed_attention(
     if rows == 0 or sequences == 0:
         return out
     blocks = math.ceil(max_q * rep / tiles.block_m)
-    cos, sin = rotary if rotary is not None else (q, q)  # unread without ROTARY
     _packed_attention_kernel[(sequences, kv_heads, blocks)](
-        q, k_src, v_src, kv_rows, cu_q, cu_k, out, cos, sin, scale * LOG2E,
+        q, k_src, v_src, kv_rows, cu_q, cu_k, out, scale * LOG2E,
         q.stride(0), q.stride(1), k_src.stride(0), k_src.stride(1), v_src.stride(0), v_src.stride(1), out.stride(0),
-        cos.stride(0), REP=rep, D=dim, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, ROTARY=rotary is not None,
+        REP=rep, D=dim, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
         num_warps=tiles.warps, num_stages=tiles.stages,  # pyright: ignore[reportCallIssue]  # launch options
     )
     return out

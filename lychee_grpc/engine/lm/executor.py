@@ -260,15 +260,12 @@ class Executor:
                 h, x = h[last_rows], x[last_rows]
                 q = ops.linear(attn.q_proj, h).view(-1, self.num_heads, self.head_dim)
                 q = ops.rope(q, cos[last_rows], sin[last_rows])
-                attended = self.attention(q, k_src, v_src, last)
+                at = last
             else:
-                q = ops.linear(attn.q_proj, h).view(-1, self.num_heads, self.head_dim)
-                # Rotated inside the attention kernel where it can: q is written and read once less.
-                if self.attention.rotates(q, cos, sin, full):
-                    attended = self.attention(q, k_src, v_src, full, rotary=(cos, sin))
-                else:
-                    attended = self.attention(ops.rope(q, cos, sin), k_src, v_src, full)
-            x, h = ops.add_rms_norm(x, ops.linear(attn.o_proj, attended), layer.post_attention_layernorm.weight, eps)
+                q = ops.rope(ops.linear(attn.q_proj, h).view(-1, self.num_heads, self.head_dim), cos, sin)
+                at = full
+            x, h = ops.add_rms_norm(x, ops.linear(attn.o_proj, self.attention(q, k_src, v_src, at)),
+                                    layer.post_attention_layernorm.weight, eps)
             mlp = layer.mlp
             # Here the fused kernel measured level with cuBLAS + the SiLU kernel (bench/RESULTS.md).
             delta = ops.linear(mlp.down_proj, ops.gate_up_silu(mlp.gate_proj, mlp.up_proj, h, cublas_first=True))

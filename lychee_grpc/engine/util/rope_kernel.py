@@ -30,7 +30,7 @@ NUM_WARPS = 4
 if triton is not None:
 
     @triton.jit
-    def bf16_bits(p):
+    def _bf16_bits(p):
         """float32 rounded to bfloat16, to nearest even: its 16 bits, in a uint32. Integer arithmetic,
         because LLVM narrows a float32 product and sum that are each cast to bfloat16 into one
         bfloat16 FMA (`fma.rn.bf16x2`), which skips the product's rounding: a quarter of the outputs
@@ -40,8 +40,8 @@ if triton is not None:
         return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
 
     @triton.jit
-    def rounded(p):
-        return (bf16_bits(p) << 16).to(tl.float32, bitcast=True)
+    def _rounded(p):
+        return (_bf16_bits(p) << 16).to(tl.float32, bitcast=True)
 
     @triton.jit
     def _rope_kernel(x_ptr, cos_ptr, sin_ptr, out_ptr, heads, x_row, x_head, t_row,
@@ -61,8 +61,8 @@ if triton is not None:
         s2 = tl.load(sin_ptr + ta + HALF).to(tl.float32)
         # x * cos and rotate_half(x) * sin, each rounded, then their sum rounded: rotate_half puts
         # -x2 in the first half and x1 in the second. A product of two bfloat16 is exact in float32.
-        o1 = bf16_bits(rounded(x1 * c1) + rounded(-x2 * s1))
-        o2 = bf16_bits(rounded(x2 * c2) + rounded(x1 * s2))
+        o1 = _bf16_bits(_rounded(x1 * c1) + _rounded(-x2 * s1))
+        o2 = _bf16_bits(_rounded(x2 * c2) + _rounded(x1 * s2))
         oa = out_ptr + (r * heads + h) * (2 * HALF) + d
         tl.store(oa, o1.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
         tl.store(oa + HALF, o2.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
@@ -87,14 +87,14 @@ if triton is not None:
         s1 = tl.load(sin_ptr + ta, mask=inside, other=0.0).to(tl.float32)
         s2 = tl.load(sin_ptr + ta + HALF, mask=inside, other=0.0).to(tl.float32)
         # Each product and the sum rounded in float32 (no contraction: see the launch), once to
-        # the output's type at the end (to bfloat16 by `bf16_bits`, which rounds to nearest even
+        # the output's type at the end (to bfloat16 by `_bf16_bits`, which rounds to nearest even
         # under Triton's interpreter too, whose cast truncates).
         o1 = x1 * c1 - x2 * s1
         o2 = x2 * c2 + x1 * s2
         oa = out_ptr + ((r * 2 + which) * heads + h) * (2 * HALF) + d
         if BF16:
-            tl.store(oa, bf16_bits(o1).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
-            tl.store(oa + HALF, bf16_bits(o2).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+            tl.store(oa, _bf16_bits(o1).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+            tl.store(oa + HALF, _bf16_bits(o2).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
         else:
             tl.store(oa, o1.to(out_ptr.dtype.element_ty), mask=mask)
             tl.store(oa + HALF, o2.to(out_ptr.dtype.element_ty), mask=mask)

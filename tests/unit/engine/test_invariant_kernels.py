@@ -285,42 +285,6 @@ def test_the_attention_kernel_gives_a_document_the_same_bits_alone_beside_others
     assert out == {"beside": True, "split": True, "last": True}
 
 
-def test_the_attention_kernel_rotating_its_queries_equals_rope_then_attention_bit_for_bit():
-    """q before its rotary embedding, rotated by the kernel as it loads it: the bits of the rope
-    kernel's rotated q attended by the same kernel, for a prefix and documents after it (a masked
-    tail of folded rows); layouts it cannot rotate are refused by name."""
-    out = run_interpreted(textwrap.dedent(ATTENTION_SETUP) + textwrap.dedent("""
-        from lychee_grpc.engine.util import rope_kernel
-        torch.manual_seed(2)
-        P, lengths = 6, [17, 1, 33]
-        rows = P + sum(lengths)
-        queries, keys, r = [(0, P)], [[(0, P)]], P
-        for n in lengths:
-            queries.append((r, n))
-            keys.append([(0, P), (r, n)])
-            r += n
-        q = (torch.randn(rows, H, D) * 3).bfloat16()
-        k, v = torch.randn(rows + 1, HKV, D).bfloat16(), torch.randn(rows + 1, HKV, D).bfloat16()
-        angles = torch.rand(rows, 1, D) * 100
-        cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
-        host = host_plan(queries, keys, rows, rows)
-        def call(qq, rotary=None):
-            return ak.packed_attention(qq, k, v, host.flat, host.cu_q, host.cu_k, int(host.counts.max()), D**-0.5,
-                                       TILES, rotary)
-        want = call(rope_kernel.rope(q, cos, sin))
-        got = call(q, (cos, sin))
-        try:
-            call(q.half(), (cos.half(), sin.half()))
-            refused = ""
-        except ValueError as exc:
-            refused = str(exc)
-        print(json.dumps({"equal": torch.equal(got, want), "rotated_matters": not torch.equal(call(q), want),
-                          "takes": ak.takes_rotary(q, cos, sin), "refused": refused}))
-    """))
-    assert out["equal"] and out["rotated_matters"] and out["takes"], out
-    assert "rotary embedding takes" in out["refused"] and "torch.float16" in out["refused"], out
-
-
 def test_the_lm_rope_kernel_equals_eager_torch_bit_for_bit_and_ignores_the_rows_beside():
     out = run_interpreted("""
         import json, torch
