@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,9 +28,9 @@ from ..types import Document, ImagePart, Part, Query, TextPart
 from ..util.lru import LRU
 from . import template
 from .image_files import cheap_key
-from .images import ImageRejected, image_key, jpeg_decoder_agrees, part_pixels
+from .images import ImageRejected, check_picture, image_key, jpeg_decoder_agrees, part_pixels
 from .positions import laid_out_positions, mrope_positions
-from .prepared import Edit, EncodedImage, Prefetch, PreparedDocument, PreparedQuery, Segment, prefetch_chunk
+from .prepared import Edit, EncodedImage, Fill, Prefetch, PreparedDocument, PreparedQuery, Segment, prefetch_chunk
 from .truncation import text_head, truncate
 
 
@@ -236,6 +237,38 @@ class _LaidOut:
 INLINE_LOOKUP_BYTES = 1 << 16
 
 
+# A masked picture's base pixels are read-only (every cell shares them) and are read here, never
+# written: stacked or pinned into copies. torch warns on any view of read-only memory.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning,
+                        module=__name__)
+
+
+def _memory(picture: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+    """Where a picture's pixels lie and how: equal for views of one memory alike (a masked
+    picture's cells)."""
+    return picture.data_ptr(), picture.stride()
+
+
+def _pinned(picture: torch.Tensor) -> torch.Tensor:
+    """`picture` (uint8 [3, h, w], a view of [h, w, 3] memory) in pinned memory, as it lies: the
+    decoders pin theirs; a masked picture's shared base is pinned here, once per batch."""
+    if picture.is_pinned():
+        return picture
+    out = torch.empty((picture.shape[1], picture.shape[2], 3), dtype=torch.uint8, pin_memory=True)
+    out.copy_(picture.permute(1, 2, 0))
+    return out.permute(2, 0, 1)
+
+
+def _box_masks(height: int, width: int, boxes: tuple[tuple[int, int, int, int], ...],
+               device: torch.device) -> torch.Tensor:
+    """[len(boxes), 1, height, width] bool on `device`: True inside each box (x, y, width, height)."""
+    mask = np.zeros((len(boxes), 1, height, width), dtype=np.bool_)
+    for k, (x, y, w, h) in enumerate(boxes):
+        mask[k, 0, y : y + h, x : x + w] = True
+    out = torch.from_numpy(mask)
+    return out.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else out
+
+
 class Preprocessor:
     """Owns the tokenizer and image processor; safe to call from several threads."""
 
@@ -278,6 +311,10 @@ class Preprocessor:
         self._seen: LRU[bytes, bytes] = LRU(max_items=65536)
         # Content key -> grid for images already seen, so a cached image skips decoding.
         self._grids: LRU[bytes, tuple[int, int, int]] = LRU(max_items=65536)
+        # Masked pictures' boxes as masks, per picture size and boxes (Explain's 16 cells of a
+        # 448x448 picture: 3.2 MB on the GPU).
+        self._box_masks: LRU[tuple[int, int, tuple[tuple[int, int, int, int], ...], str], torch.Tensor] = LRU(
+            max_items=8, max_size=64 << 20, size_of=lambda mask: mask.numel())
         self._overheads: dict[str, int] = {}
         self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
         self._tail = self._suffix_tail()
@@ -303,13 +340,23 @@ class Preprocessor:
         key = image_key(part) + self._bounds_tag
         grid = self._grids.get(key)
         cached = grid is not None and self._vision_cached(key)
+        given = part.picture
+        fill = None
+        if given is not None and given.colour is not None and given.box is not None:
+            fill = Fill(given.box, (int(given.colour[0]), int(given.colour[1]), int(given.colour[2])))
         picture = None
         if not cached:
-            picture = self._picture(part)
+            if fill is not None and given is not None:
+                # The base's pixels, shared by its cells and not copied: each cell's box is filled
+                # where the batch's pixels are made (16 pinned copies of a 448x448 picture kept
+                # Explain's decode threads busy for ~4 ms before its tower; bench/RESULTS.md).
+                check_picture(given, self.image_limits)
+                picture = torch.from_numpy(given.source).permute(2, 0, 1)
+            else:
+                picture = self._picture(part)
             grid = self._grid(picture.shape[1], picture.shape[2])
         assert grid is not None
         t, h, w = grid
-        given = part.picture
         edit = None
         if given is not None and given.base is not None and given.box is not None:
             edit = Edit(given.base + self._bounds_tag, given.box, (given.height, given.width))
@@ -321,6 +368,7 @@ class Preprocessor:
             decode=lambda: self._picture(part),
             picture=picture,
             edit=edit,
+            fill=fill,
         )
         return encoded, cached
 
@@ -335,7 +383,8 @@ class Preprocessor:
         content key and two lookups: up to INLINE_LOOKUP_BYTES it is looked up here, on this
         thread. As a decode task each, 100 cached images took 8 ms on the H200 host: the tasks
         waited for the GIL until this thread had submitted them all, then for each other
-        (bench/RESULTS.md, "Warm image documents")."""
+        (bench/RESULTS.md, "Warm image documents"). So is a masked picture, which `encode_image`
+        takes without copying its pixels."""
         started: dict[bytes, list[tuple[ImagePart, _Outcome]]] = {}
         return [[self._decode_once(p, started) for p in parts if isinstance(p, ImagePart)] for parts in part_lists]
 
@@ -348,7 +397,9 @@ class Preprocessor:
             if other == part:
                 return outcome
         seen = self._seen.get(key)
-        if (seen is not None and (part.picture is not None or len(part.data) <= INLINE_LOOKUP_BYTES)
+        given = part.picture
+        if (given is not None and given.colour is not None) or (
+                seen is not None and (given is not None or len(part.data) <= INLINE_LOOKUP_BYTES)
                 and self._grids.get(seen) is not None and self._vision_cached(seen)):
             try:
                 outcome: _Outcome = _Ready(self._encode_noting(part, key))
@@ -384,10 +435,14 @@ class Preprocessor:
                 # Each pinned picture copied as it lies in memory (decoders give a [3, h, w] view of
                 # [h, w, 3]): asynchronous. Copying into a device batch's [3, h, w] slots is not a plain
                 # memcpy and made this thread wait for the GPU (bench/RESULTS.md, "Host-to-device copies
-                # of pictures"). The stack runs on the GPU.
-                batch = torch.stack([picture.to(device, non_blocking=True) for picture in pictures])
-            else:
-                batch = torch.stack(pictures)
+                # of pictures"). The stack runs on the GPU. Pictures that are one memory (a masked
+                # picture's cells) are copied once.
+                copies: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+                for picture in pictures:
+                    if _memory(picture) not in copies:
+                        copies[_memory(picture)] = _pinned(picture).to(device, non_blocking=True)
+                pictures = [copies[_memory(picture)] for picture in pictures]
+            batch = torch.stack(self._with_boxes_filled(images, pictures))
             batch = proc.resize(batch, size=size, resample=proc.resample, factor=proc.patch_size * self.merge_size)
             batch = proc.rescale_and_normalize(batch, proc.do_rescale, proc.rescale_factor, proc.do_normalize,
                                                tuple(proc.image_mean), tuple(proc.image_std))
@@ -398,6 +453,33 @@ class Preprocessor:
             for image, pixels in zip(images, patches.unbind(0)):
                 image.pixel_values = pixels
                 self._grids.put(image.key, grid)
+
+    def _with_boxes_filled(self, images: Sequence[EncodedImage], pictures: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`pictures` ([3, h, w] each, on one device) with each masked picture's box filled: the
+        cells of one base in one `torch.where` over their boxes' masks (kept per size and boxes:
+        Explain's grid repeats), so a few torch calls in all, not a few per cell (this runs on the
+        GPU thread beside the documents' preparation, and each call waits for the GIL)."""
+        cells: dict[tuple[int, tuple[int, ...]], list[int]] = {}  # by the memory they are made from
+        for i, image in enumerate(images):
+            if image.fill is not None:
+                cells.setdefault(_memory(pictures[i]), []).append(i)
+        out = list(pictures)
+        for members in cells.values():
+            base = pictures[members[0]]
+            fills = [images[i].fill for i in members]
+            boxes = tuple(fill.box for fill in fills if fill is not None)
+            key = (base.shape[1], base.shape[2], boxes, str(base.device))
+            masks = self._box_masks.get(key)
+            if masks is None:
+                masks = _box_masks(base.shape[1], base.shape[2], boxes, base.device)
+                self._box_masks.put(key, masks)
+            colours = torch.tensor([fill.colour for fill in fills if fill is not None], dtype=torch.uint8)
+            if base.device.type == "cuda":
+                colours = colours.pin_memory().to(base.device, non_blocking=True)
+            made = torch.where(masks, colours.view(-1, 3, 1, 1), base).unbind(0)
+            for i, picture in zip(members, made):
+                out[i] = picture
+        return out
 
     def _prefetch_ready(self, pending: list[EncodedImage], chunk: int, prefetch: Prefetch) -> None:
         """Hands `pending` to `prefetch` once it holds `chunk` images, while the request's budget

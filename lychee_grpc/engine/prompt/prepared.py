@@ -44,6 +44,16 @@ class Edit:
     size: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class Fill:
+    """A box (x, y, width, height) of an image's decoded pixels to fill with `colour` (RGB) when
+    its pixels are made: a masked picture's `picture` is its base's pixels, shared by its cells,
+    and each cell's box is filled where the batch of pixels is made (on the GPU where that is)."""
+
+    box: tuple[int, int, int, int]
+    colour: tuple[int, int, int]
+
+
 @dataclass
 class EncodedImage:
     """One image ready for the vision tower. `picture` is None when the vision cache held its
@@ -59,6 +69,7 @@ class EncodedImage:
     # batch or a prefetch chunk: a request's pixels never wait on the GPU all at once.
     picture: torch.Tensor | None = None
     edit: Edit | None = None  # the vision tower shares windows with its base (vision/sharing.py)
+    fill: Fill | None = None  # filled into `picture` when its pixels are made (a masked picture)
 
 
 @dataclass

@@ -75,3 +75,35 @@ def test_the_pixels_the_engine_takes_from_a_masked_picture_are_its_own_and_its_s
         got = part_pixels(ImagePart(picture=cell), ImageLimits(), pin=pin)
         assert got.is_pinned() == pin and torch.equal(got, torch.from_numpy(expected).permute(2, 0, 1))
     assert np.array_equal(source, kept) and not source.flags.writeable  # one source, shared, never written
+
+
+async def test_masked_cells_are_taken_without_a_copy_and_their_boxes_filled_where_pixels_are_made(make_engine):
+    """Explain's cells reach the engine as their base's pixels: each cell's picture is that memory
+    (no copy per cell), and its pixels, made for the tower with the box filled there, equal those
+    of the same pixels given whole; so do the cells' scores, in one call with their base (within
+    float32's rounding)."""
+    engine = await make_engine()
+    pre = engine.preprocessor
+    data = noise_image(84, 56, fmt="PNG", seed=5)  # 84 wide, 56 high
+    source = _pixels(data).copy()
+    colour = np.array([200, 10, 90], dtype=np.uint8)
+    cells = Picture.masked(source, b"base", [(0, 0, 28, 28), (28, 28, 56, 28), (10, 3, 5, 50)], colour)
+    taken = [pre.encode_image(ImagePart(picture=cell))[0] for cell in cells]
+    whole = [pre.encode_image(ImagePart(picture=Picture.of(cell.pixels)))[0] for cell in cells]
+    assert all(image.picture is not None and image.picture.data_ptr() == source.ctypes.data for image in taken)
+    pre.fill_pixels(taken + whole)
+    for a, b in zip(taken, whole):
+        assert a.pixel_values is not None and b.pixel_values is not None
+        assert torch.equal(a.pixel_values, b.pixel_values)
+    assert np.array_equal(source, _pixels(data))  # the shared source is never written
+
+    query = Query((TextPart("a lamp"),))
+    docs = [Document(str(i), (ImagePart(picture=cell), TextPart("lamp"))) for i, cell in enumerate(cells)]
+    copies = [Document(str(i), (ImagePart(picture=Picture.of(cell.pixels)), TextPart("lamp")))
+              for i, cell in enumerate(cells)]
+    masked = await score_documents(engine, query, [Document("b", (ImagePart(data), TextPart("lamp"))), *docs])
+    given = await score_documents(engine, query, copies)
+    # With their base in the call the tower shares its windows with them (vision/sharing.py): the
+    # same arithmetic in another order, so equal within float32's rounding here.
+    assert [s.logit for s in sorted(masked.scores, key=lambda s: s.index)][1:] == pytest.approx(
+        [s.logit for s in sorted(given.scores, key=lambda s: s.index)], rel=1e-5, abs=1e-5)
