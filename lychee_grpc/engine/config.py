@@ -49,6 +49,10 @@ class EngineConfig:
     # Image tokens per request whose vision outputs are computed as the images decode, ahead of
     # their batch (they wait on the GPU: 32768 tokens are ~230 MiB for the 7B); 0 turns it off.
     prefetch_image_tokens: int = 32768
+    # After handing a chunk of images to the GPU thread, the preparing thread waits up to this long
+    # (without the GIL) while their pixels are made and their tower launched: its Python would
+    # otherwise compete with that thread's for the GIL (Explain's tower started ~5 ms later). 0: no wait.
+    prefetch_handoff_wait_ms: float = 10.0
     # torch's CPU threads (None: torch's default), for hosts shared with other processes.
     torch_threads: int | None = None
     warmup: bool = True

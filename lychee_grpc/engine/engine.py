@@ -11,6 +11,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -180,8 +181,12 @@ class Engine(EngineClient):
         if scheduler is None or self.config.prefetch_image_tokens <= 0:
             return None
 
+        wait_s = self.config.prefetch_handoff_wait_ms / 1e3
+
         def start(pending: list[EncodedImage]) -> None:
-            scheduler.submit_to_gpu(self.embed_ahead, pending, job)
+            launched = scheduler.submit_to_gpu(self.embed_ahead, pending, job)
+            if wait_s > 0:
+                futures.wait([launched], timeout=wait_s)
 
         return Prefetch(start=start, budget=self.config.prefetch_image_tokens)
 

@@ -1,9 +1,12 @@
 """Image embeddings computed ahead of the batch, in chunks as a request's images decode, give the
 same scores as the tower run inside the batch; a failure there only costs the time; a budget
 bounds what waits on the GPU; a cancelled request's chunks are skipped; an image evicted from the
-vision cache after preparation is decoded again in its batch."""
+vision cache after preparation is decoded again in its batch; preparation waits, within a bound,
+while a chunk handed over is embedded."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -165,3 +168,32 @@ async def test_image_evicted_between_preparation_and_batch_is_decoded_again(make
     got = by_index(await score_documents(engine, text_query("red shoes"), docs))
     assert len(evicted) == 6
     assert got == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(("wait_ms", "prepared_first"), [(5000.0, False), (50.0, True), (0.0, True)])
+async def test_preparation_waits_while_a_handed_chunk_is_embedded_up_to_its_bound(make_engine, wait_ms,
+                                                                                   prepared_first):
+    """With a bound longer than the chunk takes, the documents are prepared after its embeddings
+    are launched (the two threads' Python does not compete); with a short one, or none, a slow
+    GPU thread does not hold preparation up."""
+    engine = await make_engine(prefetch_handoff_wait_ms=wait_ms)
+    events: list[tuple[float, str]] = []
+    embed_ahead = engine.embed_ahead
+
+    def slow_embed(pending, job) -> None:
+        time.sleep(0.5)
+        embed_ahead(pending, job)
+        events.append((time.perf_counter(), "embedded"))
+
+    prepare = engine.preprocessor.prepare_documents
+
+    def timed_prepare(*args, **kwargs):
+        out = prepare(*args, **kwargs)
+        events.append((time.perf_counter(), "prepared"))
+        return out
+
+    engine.embed_ahead = slow_embed
+    engine.preprocessor.prepare_documents = timed_prepare
+    await _scores(engine, image_docs(4))
+    order = [name for _, name in sorted(events)]
+    assert order == (["prepared", "embedded"] if prepared_first else ["embedded", "prepared"])
