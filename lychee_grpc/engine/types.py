@@ -27,8 +27,8 @@ class Picture:
     those of the image whose key is `base` (an image part's `image_key`). The vision tower then
     computes the windows they share once, where both are in one call (vision/sharing.py). A masked
     picture holds the base's pixels (`source`, shared by all its cells) and the colour of its box:
-    its own pixels are written once, where they are used (`copy_into`: the engine's pinned copy
-    for the GPU)."""
+    its own pixels are made where they are used (the engine fills the box in its copy on the GPU;
+    `copy_into` writes them anywhere else)."""
 
     source: np.ndarray  # the pixels; or (with `colour`) the base's, before the box is filled
     key: bytes  # a digest of the size and the pixels, or (`masked`) of what they were made from
@@ -53,9 +53,9 @@ class Picture:
         holds. A key is a digest of what the picture was made from (the base's key, the size, the
         box and the colour), which fix its pixels: Explain makes 16 per image on its critical path,
         and hashing 600 KB of pixels took ~0.5 ms each. Nothing is copied here: the engine copies
-        each picture into pinned memory anyway, which `copy_into` fills directly (16 copies made
-        here first, into fresh memory on one thread, took Explain's plan on the H200 host from ~6
-        to 7-9 ms; bench/RESULTS.md)."""
+        the shared pixels to the GPU once and fills each box there (16 copies made here first, into
+        fresh memory on one thread, took Explain's plan on the H200 host from ~6 to 7-9 ms;
+        bench/RESULTS.md)."""
         pixels = _checked(pixels)
         pixels.flags.writeable = False  # shared by every cell
         fill = np.asarray(colour, dtype=np.uint8).reshape(3).copy()
