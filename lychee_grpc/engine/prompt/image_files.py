@@ -26,7 +26,7 @@ class ImageRejected(ValueError):
 
 def content_key(data: bytes) -> bytes:
     """`image_key` of an image part holding `data`."""
-    return ImagePart(data).digest[:16]
+    return image_key(ImagePart(data))
 
 
 def image_key(part: ImagePart) -> bytes:

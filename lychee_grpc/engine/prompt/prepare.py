@@ -243,6 +243,14 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
                         module=__name__)
 
 
+def _fill_of(part: ImagePart) -> Fill | None:
+    """What a masked picture fills into its base's pixels (None for any other image)."""
+    given = part.picture
+    if given is None or given.colour is None or given.box is None:
+        return None
+    return Fill(given.box, (int(given.colour[0]), int(given.colour[1]), int(given.colour[2])))
+
+
 def _memory(picture: torch.Tensor) -> tuple[int, tuple[int, ...]]:
     """Where a picture's pixels lie and how: equal for views of one memory alike (a masked
     picture's cells)."""
@@ -341,9 +349,7 @@ class Preprocessor:
         grid = self._grids.get(key)
         cached = grid is not None and self._vision_cached(key)
         given = part.picture
-        fill = None
-        if given is not None and given.colour is not None and given.box is not None:
-            fill = Fill(given.box, (int(given.colour[0]), int(given.colour[1]), int(given.colour[2])))
+        fill = _fill_of(part)
         picture = None
         if not cached:
             if fill is not None and given is not None:
@@ -397,9 +403,8 @@ class Preprocessor:
             if other == part:
                 return outcome
         seen = self._seen.get(key)
-        given = part.picture
-        if (given is not None and given.colour is not None) or (
-                seen is not None and (given is not None or len(part.data) <= INLINE_LOOKUP_BYTES)
+        if _fill_of(part) is not None or (
+                seen is not None and (part.picture is not None or len(part.data) <= INLINE_LOOKUP_BYTES)
                 and self._grids.get(seen) is not None and self._vision_cached(seen)):
             try:
                 outcome: _Outcome = _Ready(self._encode_noting(part, key))
@@ -459,25 +464,24 @@ class Preprocessor:
         cells of one base in one `torch.where` over their boxes' masks (kept per size and boxes:
         Explain's grid repeats), so a few torch calls in all, not a few per cell (this runs on the
         GPU thread beside the documents' preparation, and each call waits for the GIL)."""
-        cells: dict[tuple[int, tuple[int, ...]], list[int]] = {}  # by the memory they are made from
+        cells: dict[tuple[int, tuple[int, ...]], list[tuple[int, Fill]]] = {}  # by the memory they are made from
         for i, image in enumerate(images):
             if image.fill is not None:
-                cells.setdefault(_memory(pictures[i]), []).append(i)
+                cells.setdefault(_memory(pictures[i]), []).append((i, image.fill))
         out = list(pictures)
         for members in cells.values():
-            base = pictures[members[0]]
-            fills = [images[i].fill for i in members]
-            boxes = tuple(fill.box for fill in fills if fill is not None)
+            base = pictures[members[0][0]]
+            boxes = tuple(fill.box for _, fill in members)
             key = (base.shape[1], base.shape[2], boxes, str(base.device))
             masks = self._box_masks.get(key)
             if masks is None:
                 masks = _box_masks(base.shape[1], base.shape[2], boxes, base.device)
                 self._box_masks.put(key, masks)
-            colours = torch.tensor([fill.colour for fill in fills if fill is not None], dtype=torch.uint8)
+            colours = torch.tensor([fill.colour for _, fill in members], dtype=torch.uint8)
             if base.device.type == "cuda":
                 colours = colours.pin_memory().to(base.device, non_blocking=True)
             made = torch.where(masks, colours.view(-1, 3, 1, 1), base).unbind(0)
-            for i, picture in zip(members, made):
+            for (i, _), picture in zip(members, made):
                 out[i] = picture
         return out
 
