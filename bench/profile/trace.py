@@ -104,6 +104,9 @@ def install(engine: Engine, tracer: Tracer) -> None:
     ex, pre, sched = engine.executor, engine.preprocessor, engine.scheduler
     engine.embed_ahead = tracer.wrap("embed_ahead", engine.embed_ahead, gpu=True)
     sched._launch_batch = tracer.wrap("batch launch", sched._launch_batch, gpu=True)
+    # The hop from the prepared documents to the GPU thread: queued on the event loop, then a batch formed.
+    sched.submit = tracer.wrap("queued", sched.submit, gpu=False)
+    sched._fill = tracer.wrap("batch formed", sched._fill, gpu=False)
     fill = tracer.wrap("  fill_pixels", pre.fill_pixels, gpu=True)
     pre.fill_pixels = fill
     ex.fill_pixels = fill

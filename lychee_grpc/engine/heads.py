@@ -11,7 +11,8 @@ image this way; so do a product's variants sent with one photo and different tit
 Groups are found by sorting the documents' token signatures (ids, with each image's pad tokens
 standing for that image): documents sharing a head are then neighbours. Runs of neighbours whose
 common start is at least MIN_HEAD tokens are cut into the groups that save the most tokens. The
-scheduler looks again among each group's tails, which read one context (their head): heads nest.
+scheduler looks again among each group's tails, which read one context (their head): heads nest,
+down to MIN_NESTED_HEAD tokens.
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ import numpy as np
 
 from .prompt.prepared import EncodedImage, Segment
 
-# A shared head below this many tokens saves less than its extra packed sequence costs.
+# A shared head below this many tokens saves less than its extra packed sequence costs. Its first
+# MIN_HEAD ids are also the quick test that keeps a batch of unrelated documents out of the search.
 MIN_HEAD = 32
+# Among a head's tails (already one group, read after one context), shorter heads pay: Explain's
+# word variants, each a title with one word removed, share the words before it. Nested heads of
+# 8 tokens or more compute ~300 fewer of its ~6,700 LM rows than 32 or more did (bench/RESULTS.md).
+MIN_NESTED_HEAD = 8
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,11 @@ def _start(segment: Segment, tokens: int, image_token_id: int) -> tuple[bytes, t
     pictures: told apart here, they cost no signatures (~2 ms of the GPU thread's time before a
     100-image batch could launch, and as much in forming it; bench/RESULTS.md, "Warm image
     documents")."""
-    ids = segment.ids[:tokens].numpy()
+    # NumPy's view, then its slice: a torch slice first cost ~2 us more per call, and this runs for
+    # every document of a batch twice (a T100 batch took 2.4 ms to form on the H200 host).
+    ids = segment.ids.numpy()[:tokens]
+    if not segment.images:
+        return ids.tobytes(), ()
     pads = int(np.count_nonzero(ids == image_token_id))
     keys: list[bytes] = []
     covered = 0

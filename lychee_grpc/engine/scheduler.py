@@ -31,7 +31,7 @@ import torch
 
 from .errors import DeadlineExpired, EngineError, FieldViolation, NotReady, Overloaded, TooLarge
 from .faults import FaultHook, NoFaults
-from .heads import common_head, shared_heads, split
+from .heads import MIN_HEAD, MIN_NESTED_HEAD, common_head, shared_heads, split
 from .job import Job
 from .lm.executor import BatchItem, Executor, PrefixKV
 from .prompt.prepared import PreparedDocument, Segment
@@ -494,10 +494,10 @@ class Scheduler:
         out: list[tuple[Job, int, int]] = []
         # The rests of a head's documents read one context, that head: they may share a head in
         # turn (Explain's word variants removing later words share the words before them).
-        todo = list(groups.values())
+        todo = [(ks, MIN_HEAD) for ks in groups.values()]
         while todo:
-            ks = todo.pop()
-            for shared in shared_heads([segments[k] for k in ks], image_token_id):
+            ks, min_head = todo.pop()
+            for shared in shared_heads([segments[k] for k in ks], image_token_id, min_head):
                 members = [ks[m] for m in shared.members]
                 head = None
                 for k in members:
@@ -507,7 +507,7 @@ class Scheduler:
                 for k in members:
                     contexts[k] = len(items) - 1
                 out.append((batch[members[0]].job, shared.length, len(members)))
-                todo.append(members)
+                todo.append((members, MIN_NESTED_HEAD))
         return out
 
 

@@ -25,7 +25,7 @@ from . import fragments as fr
 from .config import ServiceConfig
 from .types import ExplainOptions, ExplainOutcome, Fragment
 
-__all__ = ["Occlusion", "explain", "plan"]
+__all__ = ["Occlusion", "Plan", "explain", "plan"]
 
 @dataclass(frozen=True)
 class Occlusion:
@@ -46,13 +46,23 @@ class Occlusion:
         )
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What Explain scores: `document`, the pair's document with each image given with its decoded
+    pixels (the engine does not decode it again), then each fragment's `occlusions`."""
+
+    document: Document
+    occlusions: list[Occlusion]
+
+
 def plan(
     query: Query, document: Document, grid: int, include_query: bool, limit: int, limits: ImageLimits
-) -> list[Occlusion]:
+) -> Plan:
     """Every fragment of the pair (the query's first, when asked for), in order of part and
     position, each with its occluded parts. Text is merged into phrases to fit `limit`; image
     cells cannot be, so a grid whose cells alone do not fit is refused. Images are checked against
     `limits` (the engine's) before any pixel is decoded; a refused one is named as Rerank names it."""
+    given = {"query": list(query.parts), "document": list(document.parts)}
     sides = ([("query", query.parts)] if include_query else []) + [("document", document.parts)]
     spans: dict[tuple[str, int], list[fr.Span]] = {}
     cells: dict[tuple[str, int], tuple[fr.Pixels, list[fr.Box]]] = {}
@@ -66,6 +76,7 @@ def plan(
                 except ImageRejected as exc:
                     raise InvalidInput([FieldViolation(f"{side}.parts[{i}].image", str(exc))]) from None
                 cells[side, i] = (pixels, fr.grid_boxes(pixels.shape[1], pixels.shape[0], grid))
+                given[side][i] = fr.decoded_part(part, pixels)
     n_cells = sum(len(boxes) for _, boxes in cells.values())
     if n_cells + len(spans) > limit:
         raise InvalidInput([FieldViolation(
@@ -78,7 +89,8 @@ def plan(
         spans[key] = fr.merge_spans(spans[key], share)
 
     out: list[Occlusion] = []
-    for side, parts in sides:
+    for side, _ in sides:
+        parts = tuple(given[side])
         only = parts[0] if len(parts) == 1 else None
         if isinstance(only, TextPart) and len(spans.get((side, 0), ())) == 1:
             field = "include_query" if side == "query" else "document"
@@ -99,7 +111,7 @@ def plan(
             masked = fr.masked_pictures(pixels, base, boxes, colour)
             out += [Occlusion(side, i, fr.image_variant(parts, i, picture), box=box)
                     for box, picture in zip(boxes, masked)]
-    return out
+    return Plan(Document(document.id, tuple(given["document"])), out)
 
 
 _JOB_DOCUMENT = re.compile(r"^documents\[\d+\]")
@@ -158,7 +170,7 @@ async def explain(
     query_tasks: list[asyncio.Task[tuple[Score, RequestStats]]] = []
     try:
         try:
-            occlusions = await asyncio.to_thread(plan, query, document, grid, options.include_query, limit, limits)
+            planned = await asyncio.to_thread(plan, query, document, grid, options.include_query, limit, limits)
         except InvalidInput as refused:
             if any(v.field.startswith("document.parts") for v in refused.violations):
                 # A refused image: the engine's verdict on the whole document names every bad field,
@@ -168,8 +180,9 @@ async def explain(
                 except InvalidInput as exc:
                     raise _as_document_field(exc) from None
             raise
-        of_query = [o for o in occlusions if o.source == "query"]
-        of_document = [o for o in occlusions if o.source == "document"]
+        of_query = [o for o in planned.occlusions if o.source == "query"]
+        of_document = [o for o in planned.occlusions if o.source == "document"]
+        document = planned.document
         query_tasks = [
             asyncio.create_task(_score_pair(engine, Query(o.parts), document, options), name="lychee-explain-query")
             for o in of_query

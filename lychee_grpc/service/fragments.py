@@ -29,7 +29,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from ..engine.config import ImageLimits
-from ..engine.prompt.image_files import decode_image
+from ..engine.prompt.image_files import decode_image, image_key
 from ..engine.types import ImagePart, Part, Picture, TextPart, grid_cells
 
 Pixels = npt.NDArray[np.uint8]  # [height, width, 3]
@@ -211,8 +211,15 @@ def text_variant(parts: Sequence[Part], index: int, span: Span) -> tuple[Part, .
 def upright_rgb(data: bytes, limits: ImageLimits) -> Pixels:
     """The pixels the model sees, [height, width, 3] uint8: the engine's own decode (first frame,
     EXIF orientation applied, transparency on white), its bounds checked from the header first.
-    Raises ImageRejected in the words a Rerank of the image would get."""
+    (The engine's decode threads take a JPEG through torchvision only where it gives these pixels:
+    `images.jpeg_decoder_agrees`.) Raises ImageRejected in the words a Rerank of the image would get."""
     return np.asarray(decode_image(data, limits))
+
+
+def decoded_part(part: ImagePart, pixels: Pixels) -> ImagePart:
+    """`part` with its `upright_rgb` pixels beside its bytes: the engine takes those rather than
+    decode the bytes again, and keys the image as it keys the bytes."""
+    return ImagePart(part.data, picture=Picture.decoded(pixels, image_key(part)))
 
 
 def grid_boxes(width: int, height: int, grid: int) -> list[Box]:

@@ -33,14 +33,13 @@ def guess_tokens(doc: Document) -> int:
 
 
 def image_key(doc: Document) -> bytes | None:
-    """A key for the document's first image: its picture's digest, or `cheap_key` of its bytes
-    (not their whole digest, which held the event loop), 8 bytes either way; a collision costs
-    only a vision-cache miss."""
+    """A key for the document's first image: `cheap_key` of its bytes (not their whole digest,
+    which held the event loop), or its picture's digest where it has no bytes, 8 bytes either way;
+    a collision costs only a vision-cache miss. Bytes given with their decoded pixels (Explain's
+    photo) go where those bytes alone would."""
     for part in doc.parts:
-        if isinstance(part, ImagePart) and part.picture is not None:
-            return part.picture.key[:8]
         if isinstance(part, ImagePart):
-            return cheap_key(part.data)
+            return cheap_key(part.data) if part.data or part.picture is None else part.picture.key[:8]
     return None
 
 

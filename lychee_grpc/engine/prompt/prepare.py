@@ -352,10 +352,12 @@ class Preprocessor:
         fill = _fill_of(part)
         picture = None
         if not cached:
-            if fill is not None and given is not None:
-                # The base's pixels, shared by its cells and not copied: each cell's box is filled
-                # where the batch's pixels are made (16 pinned copies of a 448x448 picture kept
-                # Explain's decode threads busy for ~4 ms before its tower; bench/RESULTS.md).
+            if given is not None:
+                # Given pixels are not copied here: a masked picture's are its base's, shared by its
+                # cells (and by the base itself where Explain gives it decoded), copied to the GPU
+                # once where the batch's pixels are made, each cell's box filled there (16 pinned
+                # copies of a 448x448 picture kept Explain's decode threads busy for ~4 ms before its
+                # tower; bench/RESULTS.md).
                 check_picture(given, self.image_limits)
                 picture = torch.from_numpy(given.source).permute(2, 0, 1)
             else:
@@ -389,8 +391,8 @@ class Preprocessor:
         content key and two lookups: up to INLINE_LOOKUP_BYTES it is looked up here, on this
         thread. As a decode task each, 100 cached images took 8 ms on the H200 host: the tasks
         waited for the GIL until this thread had submitted them all, then for each other
-        (bench/RESULTS.md, "Warm image documents"). So is a masked picture, which `encode_image`
-        takes without copying its pixels."""
+        (bench/RESULTS.md, "Warm image documents"). So is an image given as pixels (Explain's photo
+        and its masked cells), which `encode_image` takes without decoding or copying them."""
         started: dict[bytes, list[tuple[ImagePart, _Outcome]]] = {}
         return [[self._decode_once(p, started) for p in parts if isinstance(p, ImagePart)] for parts in part_lists]
 
@@ -403,8 +405,8 @@ class Preprocessor:
             if other == part:
                 return outcome
         seen = self._seen.get(key)
-        if _fill_of(part) is not None or (
-                seen is not None and (part.picture is not None or len(part.data) <= INLINE_LOOKUP_BYTES)
+        if part.picture is not None or (
+                seen is not None and len(part.data) <= INLINE_LOOKUP_BYTES
                 and self._grids.get(seen) is not None and self._vision_cached(seen)):
             try:
                 outcome: _Outcome = _Ready(self._encode_noting(part, key))

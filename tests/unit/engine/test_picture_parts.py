@@ -10,6 +10,7 @@ import torch
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import ImageLimits
 from lychee_grpc.engine.errors import InvalidInput
+from lychee_grpc.engine.prompt.image_files import image_key
 from lychee_grpc.engine.prompt.images import decode_pixels, part_pixels
 from lychee_grpc.engine.types import Document, ImagePart, Picture, Query, TextPart
 
@@ -107,3 +108,22 @@ async def test_masked_cells_are_taken_without_a_copy_and_their_boxes_filled_wher
     # same arithmetic in another order, so equal within float32's rounding here.
     assert [s.logit for s in sorted(masked.scores, key=lambda s: s.index)][1:] == pytest.approx(
         [s.logit for s in sorted(given.scores, key=lambda s: s.index)], rel=1e-5, abs=1e-5)
+
+
+async def test_bytes_given_with_their_decoded_pixels_are_taken_as_given_and_keyed_as_the_bytes(make_engine):
+    """Explain hands on the photo it decoded for its masked cells: the engine takes that memory
+    (no decode, no copy), scores it as the bytes, and keys it as the bytes (a Rerank of the bytes
+    then finds its vision output cached)."""
+    engine = await make_engine()
+    data = noise_image(61, 47, fmt="JPEG", seed=12)
+    pixels = _pixels(data).copy()
+    given = ImagePart(data, picture=Picture.decoded(pixels, image_key(ImagePart(data))))
+    taken, _ = engine.preprocessor.encode_image(given)
+    assert taken.picture is not None and taken.picture.data_ptr() == pixels.ctypes.data
+    assert taken.key == engine.preprocessor.encode_image(ImagePart(data))[0].key
+
+    query = Query((TextPart("a red lamp"),))
+    by_pixels = await score_documents(engine, query, [Document("p", (given, TextPart("lamp")))])
+    by_bytes = await score_documents(engine, query, [Document("b", (ImagePart(data), TextPart("lamp")))])
+    assert by_bytes.scores[0].logit == by_pixels.scores[0].logit
+    assert (by_pixels.stats.usage.cached_images, by_bytes.stats.usage.cached_images) == (0, 1)

@@ -11,7 +11,7 @@ import torch
 
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.faults import NoFaults
-from lychee_grpc.engine.heads import MIN_HEAD, shared_heads, split
+from lychee_grpc.engine.heads import MIN_HEAD, MIN_NESTED_HEAD, shared_heads, split
 from lychee_grpc.engine.lm.executor import BatchItem
 from lychee_grpc.engine.prompt.prepared import EncodedImage, Segment
 from lychee_grpc.engine.types import Document, ImagePart, TextPart
@@ -87,6 +87,31 @@ async def test_documents_sharing_more_than_the_photo_share_that_too_after_it(mak
     # The photo's head for all four, then the longer text's head after it for the first two.
     assert len(heads) == 2 and items[heads[1]].context == heads[0]
     assert sum(isinstance(it.context, int) and it.context == heads[1] for it in items if it.score) == 2
+
+
+async def test_word_variants_after_one_photo_nest_heads_shorter_than_a_first_head(make_engine):
+    """Explain's word variants: one photo and a title with one word removed each. Past the photo's
+    head they share the words before the removed one, in heads down to MIN_NESTED_HEAD tokens."""
+    passes: list[list[BatchItem]] = []
+
+    class Recording(NoFaults):
+        def model_call(self, items) -> None:
+            passes.append(list(items))
+
+    engine = await make_engine(max_wait_ms=50)
+    query = text_query("linen shirt")
+    words = ("blue linen shirt relaxed fit two chest pockets machine washable short sleeves pure flax "
+             "sky blue summer beach made in portugal").split()
+    docs = [Document(f"w{k}", (ImagePart(PHOTO), TextPart(OPENING + " ".join(words[:k] + words[k + 1:]))))
+            for k in range(len(words))]
+    single = await alone(engine, query, docs)
+    engine.inject_faults(Recording())
+    together = await score_documents(engine, query, docs)
+    assert {s.id: s.logit for s in together.scores} == pytest.approx(single, abs=2e-4)
+    (items,) = passes
+    heads = {i: it for i, it in enumerate(items) if not it.score and not it.keep_kv}
+    nested = [it for it in heads.values() if isinstance(it.context, int) and it.context in heads]
+    assert any(MIN_NESTED_HEAD <= len(it.segment) < MIN_HEAD for it in nested)
 
 
 async def test_same_tokens_with_other_pictures_share_nothing_past_the_picture(make_engine):

@@ -129,7 +129,7 @@ def test_the_mask_colour_is_the_pictures_mean_rounded(seed):
 def test_plan_merges_text_into_phrases_to_fit_the_limit_and_drops_nothing():
     words = " ".join(f"w{i}" for i in range(40))
     doc = Document("d", (TextPart(words), ImagePart(noise_image(32, 32, seed=1)), TextPart("short tail")))
-    occlusions = plan(Query((TextPart("q"),)), doc, grid=2, include_query=False, limit=10, limits=LIMITS)
+    occlusions = plan(Query((TextPart("q"),)), doc, grid=2, include_query=False, limit=10, limits=LIMITS).occlusions
     assert len(occlusions) == 10
     first = [o for o in occlusions if o.part_index == 0]
     assert "".join(o.text for o in first) == words  # phrases still cover every word
@@ -156,7 +156,7 @@ def test_plan_refuses_a_grid_whose_cells_do_not_fit_naming_grid_size():
 def test_plan_orders_query_fragments_first_and_builds_their_variants():
     query = Query((TextPart("复古牛仔外套"),))
     doc = Document("d", (TextPart("denim jacket"),))
-    occlusions = plan(query, doc, grid=2, include_query=True, limit=64, limits=LIMITS)
+    occlusions = plan(query, doc, grid=2, include_query=True, limit=64, limits=LIMITS).occlusions
     assert [(o.source, o.text) for o in occlusions] == [
         ("query", "复古"), ("query", "牛仔"), ("query", "外套"), ("document", "denim "), ("document", "jacket")]
     assert occlusions[1].parts == (TextPart("复古外套"),)
@@ -174,5 +174,6 @@ def test_a_lone_text_fragment_is_refused_since_nothing_would_be_left():
 
 def test_a_text_part_left_blank_by_its_removal_is_left_out():
     doc = Document("d", (TextPart("sofa"), ImagePart(noise_image(16, 16, seed=1))))
-    occlusions = plan(Query((TextPart("q"),)), doc, grid=1, include_query=False, limit=64, limits=LIMITS)
-    assert occlusions[0].parts == (doc.parts[1],)
+    occlusions = plan(Query((TextPart("q"),)), doc, grid=1, include_query=False, limit=64, limits=LIMITS).occlusions
+    (image,) = occlusions[0].parts
+    assert isinstance(image, ImagePart) and image.data == doc.parts[1].data

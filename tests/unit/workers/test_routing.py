@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
-from lychee_grpc.engine.types import Document, ImagePart, TextPart
+import numpy as np
+
+from lychee_grpc.engine.types import Document, ImagePart, Picture, TextPart
 from lychee_grpc.workers.routing import Router, guess_tokens
 
 
@@ -87,3 +89,15 @@ def test_a_busy_worker_gets_the_smaller_share():
 
 def test_a_message_without_documents_opens_the_least_loaded_worker_only():
     assert Router(16).assign([], {"a": 7, "b": 3}) == {"b": []}
+
+
+def test_bytes_given_with_their_decoded_pixels_go_where_the_bytes_went():
+    router = Router(16)
+    items = [(i, image_doc(i, seed=5)) for i in range(64)]
+    first = router.assign(items, {"a": 0, "b": 0})
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    decoded = [(i, Document(doc.id, (ImagePart(doc.parts[0].data, picture=Picture.decoded(pixels, bytes(16))),
+                                     doc.parts[1]))) for i, doc in items]
+    again = router.assign(decoded, {"a": 0, "b": 0})
+    home = {i: w for w, chosen in first.items() for i, _ in chosen}
+    assert sum(home[i] == w for w, chosen in again.items() for i, _ in chosen) >= 56
