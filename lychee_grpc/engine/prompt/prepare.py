@@ -210,6 +210,13 @@ class _Ready:
 _Outcome = Future | _Ready
 
 
+@dataclass(frozen=True)
+class EarlyDecodes:
+    """`Preprocessor.start_decoding`'s decodes: each document's image outcomes, in order."""
+
+    outcomes: list[list[_Outcome]]
+
+
 @dataclass
 class _LaidOut:
     """`Preprocessor._plan_laid_out`'s plan: by document, its text runs; the distinct runs; and
@@ -744,14 +751,26 @@ class Preprocessor:
         return np.repeat(arr, counts)
 
     # ---- documents ----------------------------------------------------------------------
+    def start_decoding(self, query: Query, documents: Sequence[tuple[int, Document]]) -> EarlyDecodes | None:
+        """Starts decoding `documents`' images before their query is prepared (a request's first
+        documents and its query are prepared in one hop): `prepare_documents` takes them with
+        `early`. None where the query has images of its own, which are decoded first."""
+        if any(isinstance(part, ImagePart) for part in query.parts):
+            return None
+        if not any(isinstance(part, ImagePart) for _, doc in documents for part in doc.parts):
+            return None
+        return EarlyDecodes(self._decode_all([doc.parts for _, doc in documents]))
+
     def prepare_documents(
         self, query: PreparedQuery, documents: Sequence[tuple[int, Document]], prefetch: Prefetch | None = None,
         truncation: Truncation = Truncation.NONE, max_tokens_per_document: int | None = None,
+        early: EarlyDecodes | None = None,
     ) -> list[PreparedDocument]:
         """Validates and encodes documents; raises InvalidInput naming every bad field. With
         `prefetch`, chunks of new images are handed to it as soon as they are decoded. A document
         over `max_tokens_per_document` (None: the configured limit) is refused, or with `Truncation.END`
-        has the end of its text cut to fit (images are never cut)."""
+        has the end of its text cut to fit (images are never cut). `early`: `start_decoding` of
+        these documents."""
         limit = max_tokens_per_document or self.text_limits.max_tokens_per_document
         cut_ends = truncation is Truncation.END
         if cut_ends:
@@ -763,7 +782,9 @@ class Preprocessor:
         encoded: list[tuple[int, Document, list[EncodedImage], int]] = []
         clean = query.clean_boundary_ids is not None
         laid = self._plan_laid_out(query, documents, limit) if clean else None  # its tokenizing may start here
-        decoded = self._decode_all([doc.parts for _, doc in documents])
+        if early is not None and len(early.outcomes) != len(documents):
+            raise ValueError(f"early decodes of {len(early.outcomes)} documents for {len(documents)}")
+        decoded = early.outcomes if early is not None else self._decode_all([doc.parts for _, doc in documents])
         chunk = prefetch_chunk(len({id(future) for futures in decoded for future in futures}))
         listed: set[int] = set()
         for (index, doc), futures in zip(documents, decoded):

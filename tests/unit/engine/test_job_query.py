@@ -47,3 +47,28 @@ async def test_refused_documents_leave_the_query_prepared_for_the_next_call(make
     job.close()
     assert [s.index async for s in job.results()] == [1]
     assert job.stats.usage.images == 1  # the query's image, once
+
+
+@pytest.mark.parametrize("query_has_image", [False, True])
+async def test_the_first_documents_images_decode_while_a_text_query_is_prepared(make_engine, query_has_image):
+    """A pair's photo starts decoding before its query's preparation, not after it; a query with
+    an image of its own has that decoded first. Either way the scores are those of the request."""
+    engine = await make_engine()
+    pre = engine.preprocessor
+    events: list[str] = []
+    encode, prepare_query = pre.encode_image, pre.prepare_query
+    photo = noise_image(40, 32, fmt="JPEG", seed=3)
+    pre.encode_image = lambda part: (events.append("document image" if part.data == photo else "query image"),
+                                     encode(part))[1]
+    pre.prepare_query = lambda *args: (events.append("query"), prepare_query(*args))[1]
+    parts = (ImagePart(noise_image(24, 24, fmt="PNG", seed=4)), TextPart("lamp")) if query_has_image else (
+        TextPart("lamp"),)
+    job = await engine.open_job(Query(parts))
+    await job.add_documents([(0, Document("d", (ImagePart(photo), TextPart("a desk lamp"))))])
+    job.close()
+    scores = [s async for s in job.results()]
+    assert len(scores) == 1
+    if query_has_image:
+        assert events.index("query") < events.index("query image") < events.index("document image")
+    else:
+        assert events.index("document image") < events.index("query")
