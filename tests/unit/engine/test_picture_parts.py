@@ -112,8 +112,8 @@ async def test_masked_cells_are_taken_without_a_copy_and_their_boxes_filled_wher
 
 async def test_bytes_given_with_their_decoded_pixels_are_taken_as_given_and_keyed_as_the_bytes(make_engine):
     """Explain hands on the photo it decoded for its masked cells: the engine takes that memory
-    (no decode, no copy), scores it as the bytes, and keys it as the bytes (a Rerank of the bytes
-    then finds its vision output cached)."""
+    (no decode, and on CUDA no pinned copy, which it used to make), scores it as the bytes, and
+    keys it as the bytes (a Rerank of the bytes then finds its vision output cached)."""
     engine = await make_engine()
     data = noise_image(61, 47, fmt="JPEG", seed=12)
     pixels = _pixels(data).copy()
