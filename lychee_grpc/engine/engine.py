@@ -271,7 +271,8 @@ class Engine(EngineClient):
         """On a preparation thread: the query (raising what refuses it), then the documents
         (what refuses them is returned: the prepared query stands either way)."""
         # The documents' images decode on their threads while the query is prepared here (a pair's
-        # photo decoded after its query's ~1 ms of preparation before).
+        # photo decoded after its query's ~1 ms of preparation before); a refused query leaves
+        # them to finish unread.
         early = self.preprocessor.start_decoding(job.request[0], documents)
         query = self.preprocessor.prepare_query(*job.request)
         try:

@@ -58,7 +58,8 @@ class Plan:
 def plan(
     query: Query, document: Document, grid: int, include_query: bool, limit: int, limits: ImageLimits
 ) -> Plan:
-    """Every fragment of the pair (the query's first, when asked for), in order of part and
+    """The pair's document as the engine gets it (each image with the pixels decoded here for its
+    cells), and every fragment of the pair (the query's first, when asked for), in order of part and
     position, each with its occluded parts. Text is merged into phrases to fit `limit`; image
     cells cannot be, so a grid whose cells alone do not fit is refused. Images are checked against
     `limits` (the engine's) before any pixel is decoded; a refused one is named as Rerank names it."""
