@@ -18,9 +18,9 @@ class TextPart:
 class Picture:
     """Decoded pixels given in place of an image's bytes, or beside them: [height, width, 3] uint8
     RGB, upright, as the engine decodes bytes. Made in the process that scores them (Explain's
-    masked cells, and the photo it decoded to make them), so
-    nothing encodes or decodes them; a transport never makes one. Equal when their keys are: two
-    pictures of one key have the same pixels. Built by `Picture.of` (a key of the pixels),
+    masked cells, and the photo it decoded to make them), so nothing encodes or decodes them; a
+    transport never makes one. Equal when their keys are: two pictures of one key have the same
+    pixels. Built by `Picture.of` (a key of the pixels),
     `Picture.decoded` (the key of the bytes they were decoded from) or `Picture.masked` (a key of
     what they were made from); what they hold is not to be changed afterwards.
 
