@@ -20,9 +20,9 @@ class Picture:
     RGB, upright, as the engine decodes bytes. Made in the process that scores them (Explain's
     masked cells, and the photo it decoded to make them), so nothing encodes or decodes them; a
     transport never makes one. Equal when their keys are: two pictures of one key have the same
-    pixels. Built by `Picture.of` (a key of the pixels),
-    `Picture.decoded` (the key of the bytes they were decoded from) or `Picture.masked` (a key of
-    what they were made from); what they hold is not to be changed afterwards.
+    pixels. Built by `Picture.of` (a key of the pixels), `Picture.decoded` (the key of the bytes
+    they were decoded from) or `Picture.masked` (a key of what they were made from); what they hold
+    is not to be changed afterwards.
 
     `base` and `box` (x, y, width, height), set by `masked` only: outside the box these pixels are
     those of the image whose key is `base` (an image part's `image_key`). The vision tower then
