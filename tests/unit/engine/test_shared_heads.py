@@ -39,6 +39,18 @@ async def alone(engine, query, docs) -> dict[str, float]:
     return out
 
 
+def record_passes(engine) -> list[list[BatchItem]]:
+    """From now on, the items of each of `engine`'s model calls."""
+    passes: list[list[BatchItem]] = []
+
+    class Recording(NoFaults):
+        def model_call(self, items) -> None:
+            passes.append(list(items))
+
+    engine.inject_faults(Recording())
+    return passes
+
+
 async def test_documents_with_one_photo_share_its_head_and_score_as_alone(make_engine):
     engine = await make_engine()
     query, docs = text_query("linen shirt"), photo_docs()
@@ -66,12 +78,6 @@ async def test_documents_sharing_a_head_count_their_tails_against_the_batch_toke
 
 
 async def test_documents_sharing_more_than_the_photo_share_that_too_after_it(make_engine):
-    passes: list[list[BatchItem]] = []
-
-    class Recording(NoFaults):
-        def model_call(self, items) -> None:
-            passes.append(list(items))
-
     engine = await make_engine(max_wait_ms=50)
     query = text_query("linen shirt")
     longer = OPENING + ("Sizes S to XXL, colours sky blue, navy and white, all in stock today; washed cotton "
@@ -79,7 +85,7 @@ async def test_documents_sharing_more_than_the_photo_share_that_too_after_it(mak
     docs = [Document(f"d{i}", (ImagePart(PHOTO), TextPart(text))) for i, text in enumerate(
         [longer + "pockets", longer + "short sleeves", OPENING + TITLES[2], OPENING + TITLES[3]])]
     single = await alone(engine, query, docs)
-    engine.inject_faults(Recording())
+    passes = record_passes(engine)
     together = await score_documents(engine, query, docs)
     assert {s.id: s.logit for s in together.scores} == pytest.approx(single, abs=2e-4)
     (items,) = passes
@@ -92,12 +98,6 @@ async def test_documents_sharing_more_than_the_photo_share_that_too_after_it(mak
 async def test_word_variants_after_one_photo_nest_heads_shorter_than_a_first_head(make_engine):
     """Explain's word variants: one photo and a title with one word removed each. Past the photo's
     head they share the words before the removed one, in heads down to MIN_NESTED_HEAD tokens."""
-    passes: list[list[BatchItem]] = []
-
-    class Recording(NoFaults):
-        def model_call(self, items) -> None:
-            passes.append(list(items))
-
     engine = await make_engine(max_wait_ms=50)
     query = text_query("linen shirt")
     words = ("blue linen shirt relaxed fit two chest pockets machine washable short sleeves pure flax "
@@ -105,7 +105,7 @@ async def test_word_variants_after_one_photo_nest_heads_shorter_than_a_first_hea
     docs = [Document(f"w{k}", (ImagePart(PHOTO), TextPart(OPENING + " ".join(words[:k] + words[k + 1:]))))
             for k in range(len(words))]
     single = await alone(engine, query, docs)
-    engine.inject_faults(Recording())
+    passes = record_passes(engine)
     together = await score_documents(engine, query, docs)
     assert {s.id: s.logit for s in together.scores} == pytest.approx(single, abs=2e-4)
     (items,) = passes
