@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from bench.harness.model import DEFAULT_TINY, SEVEN_B, SMOKE, build_model
-from bench.harness.timing import forget_images, sync
+from bench.harness.timing import collector_as_served, forget_images, sync
 from bench.harness.workloads import (
     as_received,
     image_pair,
@@ -155,27 +155,29 @@ async def main_async(a: argparse.Namespace) -> int:
     times: dict[tuple[str, str], list[float]] = {(w, v): [] for w in chosen for v in variants}
     default_switch = sys.getswitchinterval()
     switch = {"a": a.a_switch_ms / 1e3 or default_switch, "b": a.b_switch_ms / 1e3 or default_switch}
-    for r in range(a.warmup + a.rounds):
-        order = list(variants) if r % 2 == 0 else list(reversed(variants))  # neither always goes first
-        for name in chosen:
-            workloads, cold = plan[name]
-            query, docs = workloads[r % len(workloads)]
-            for label in order:
-                engine = variants[label]
-                if cold:
-                    forget_images(engine)
-                request = (as_received(query, docs) if types_of[label] is None
-                           else in_package(types_of[label], query, docs))
-                score = explainers[label] if name == "EXPLAIN" else scorers[label]
-                if name.endswith("_warm") and any(plan[other][1] for other in chosen):
-                    await score(engine, *request)  # a cold workload of this run emptied the vision cache
-                sys.setswitchinterval(switch[label])
-                sync()
-                start = time.perf_counter()
-                await score(engine, *request)
-                sync()
-                if r >= a.warmup:
-                    times[(name, label)].append((time.perf_counter() - start) * 1e3)
+    # The collector as the server runs it: loaded objects frozen (bench.harness.timing).
+    with collector_as_served():
+        for r in range(a.warmup + a.rounds):
+            order = list(variants) if r % 2 == 0 else list(reversed(variants))  # neither always goes first
+            for name in chosen:
+                workloads, cold = plan[name]
+                query, docs = workloads[r % len(workloads)]
+                for label in order:
+                    engine = variants[label]
+                    if cold:
+                        forget_images(engine)
+                    request = (as_received(query, docs) if types_of[label] is None
+                               else in_package(types_of[label], query, docs))
+                    score = explainers[label] if name == "EXPLAIN" else scorers[label]
+                    if name.endswith("_warm") and any(plan[other][1] for other in chosen):
+                        await score(engine, *request)  # a cold workload of this run emptied the vision cache
+                    sys.setswitchinterval(switch[label])
+                    sync()
+                    start = time.perf_counter()
+                    await score(engine, *request)
+                    sync()
+                    if r >= a.warmup:
+                        times[(name, label)].append((time.perf_counter() - start) * 1e3)
     sys.setswitchinterval(default_switch)
     for engine in variants.values():
         await engine.stop()

@@ -40,6 +40,7 @@ from bench.harness.floor import (
 from bench.harness.model import DEFAULT_TINY, ROOT, Shape, build_model
 from bench.harness.timing import compare, pct, time_engine, time_reference
 from bench.harness.workloads import image_workload, mixed_workload, text_workload
+from lychee_grpc import memory
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
@@ -202,6 +203,7 @@ async def main_async(a) -> dict:
     results["engine_settings"] = a.engine or "defaults"
     engine = Engine(EngineConfig(**base), loaded)
     await engine.start()
+    memory.freeze_loaded_objects()  # the collector as the server runs it, until this engine stops
 
     if a.compare_eager:
         from lychee_grpc.engine.lm.fused import FusedOps
@@ -266,6 +268,7 @@ async def main_async(a) -> dict:
     # Each engine gives its GPU memory back before the next one starts: beside a stopped engine that
     # kept its 2 GiB vision cache (full of 896x896 images) and graphs, run 29's capped engine and C8
     # ran out of memory under the 24 GiB cap (one engine to a process when serving).
+    memory.unfreeze()
     await engine.stop()
     del engine
     free_gpu("the main engine")

@@ -5,15 +5,31 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
+from lychee_grpc import memory
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.model.reference import reference_logits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
 
 from .workloads import Workload, as_received
+
+
+@contextmanager
+def collector_as_served() -> Iterator[None]:
+    """Python's garbage collector as a server runs it while the block runs: what is loaded now
+    (the model, the engines, the libraries) frozen out of its passes, with the serving thresholds
+    (`memory.freeze_loaded_objects`). Unfrozen, a benchmark process's full collection took 270-350
+    ms and a generation-1 pass ~10 ms inside single requests, which a server does not pay
+    (bench/RESULTS.md)."""
+    memory.freeze_loaded_objects()
+    try:
+        yield
+    finally:
+        memory.unfreeze()
 
 
 def sync() -> None:

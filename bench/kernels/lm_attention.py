@@ -5,6 +5,7 @@ float32 and whether a document's rows keep their bits alone and beside 99 others
 
     python -m bench.kernels.lm_attention            # on a GPU
     python -m bench.kernels.lm_attention --quick    # the tilings in use only
+    python -m bench.kernels.lm_attention --cases MM100,I100
     compute-sanitizer --tool memcheck python -m bench.kernels.lm_attention --quick --untimed
 """
 
@@ -75,6 +76,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--untimed", action="store_true", help="errors only (under compute-sanitizer)")
+    ap.add_argument("--cases", default="", help="comma-separated layouts (all when empty)")
     args = ap.parse_args()
     dev = "cuda"
     rng = np.random.default_rng(0)
@@ -83,6 +85,8 @@ def main() -> int:
         "I100": (70, [int(x) for x in rng.integers(290, 310, 100)]),
         "pair": (60, [40]),
         "Explain57": (60, [int(x) for x in rng.integers(10, 40, 57)]),
+        # MM100: a query with a 512x512 image (~400 prefix rows), documents of a 640x480 image + 60 tokens
+        "MM100": (400, [int(x) for x in rng.integers(450, 470, 100)]),
         "hires25": (70, [int(x) for x in rng.integers(1050, 1090, 25)]),  # 896x896 images + titles
         "long8": (74, [int(x) for x in rng.integers(3500, 4500, 8)]),  # long text documents
     }
@@ -94,6 +98,8 @@ def main() -> int:
         ak.Tiles(m, n, w, s) for m in (16, 32) for n in (64, 128) for w in (4,) for s in (1, 2)]
     print(f"{'case':12s} {'kernel':46s} {'ms':>8s} {'vs flash':>9s} {'max err f32':>12s}")
     for name, (prefix, lengths) in cases.items():
+        if args.cases and name not in args.cases.split(","):
+            continue
         for last in (False, True):
             queries, keys, rows = layout(prefix, lengths, last)
             n_q = sum(n for _, n in queries)

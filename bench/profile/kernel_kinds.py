@@ -1,9 +1,10 @@
 """Which kernels one request's GPU time goes to, by kind (GEMMs, attention, norms, SiLU*up, RoPE,
 copies, other), and the GPU's busy time and longest idle gaps (c8_timeline's report), for T100,
-I100 cold and Explain (bench.profile.trace's pair: a 448x448 JPEG, a 40-word title, grid 4);
+I100 cold, MM100 cold (`--only`) and Explain (bench.profile.trace's pair: a 448x448 JPEG, a 40-word title, grid 4);
 RANDOM weights of the 7B shape. One request under the profiler after three untimed ones.
 
     python -m bench.profile.kernel_kinds --tiny .cache/tiny-model --only Explain
+    python -m bench.profile.kernel_kinds --tiny .cache/tiny-model --only "I100 cold" --top 5
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from bench.harness.model import DEFAULT_TINY
-from bench.harness.workloads import image_workload, text_workload
+from bench.harness.timing import collector_as_served
+from bench.harness.workloads import image_workload, mixed_workload, text_workload
 from bench.profile.c8_timeline import idle_report
 from bench.profile.trace import explain_workload, run_once, started_engine
 
@@ -41,7 +43,7 @@ def kind(name: str) -> str:
     return "other"
 
 
-def report(name: str, prof, wall_ms: float) -> None:
+def report(name: str, prof, wall_ms: float, top: int = 0) -> None:
     kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
     table: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     names: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -59,33 +61,38 @@ def report(name: str, prof, wall_ms: float) -> None:
         idle_report([(e.time_range.start, e.time_range.end, e.name) for e in kernels], wall_ms * 1e3, top=8)
     print(f"  {'kind':10s} {'ms':>8s} {'kernels':>8s}  largest")
     for kd, (ms, n) in sorted(table.items(), key=lambda kv: -kv[1][0]):
-        top = max(names[kd].items(), key=lambda kv: kv[1])
-        print(f"  {kd:10s} {ms:8.2f} {n:8d}  {top[0]} ({top[1]:.2f})")
+        largest = max(names[kd].items(), key=lambda kv: kv[1])
+        print(f"  {kd:10s} {ms:8.2f} {n:8d}  {largest[0]} ({largest[1]:.2f})")
+        for kernel, kernel_ms in sorted(names[kd].items(), key=lambda kv: -kv[1])[1:top]:
+            print(f"  {'':10s} {'':8s} {'':8s}  {kernel} ({kernel_ms:.2f})")
 
 
 async def main_async() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", default=DEFAULT_TINY)
     ap.add_argument("--only", default="T100,I100 cold,Explain")
+    ap.add_argument("--top", type=int, default=1, help="the largest N kernels of each kind, by name")
     a = ap.parse_args()
     engine, loaded = await started_engine(a.tiny)
     ex = engine.executor
     tok = loaded.processor.tokenizer
-    for name, (query, docs) in (("T100", text_workload(tok, 1)), ("I100 cold", image_workload(tok, 7)),
-                                ("Explain", explain_workload(tok))):
-        if name not in a.only.split(","):
-            continue
-        for _ in range(3):
+    with collector_as_served():  # as the server runs it
+        for name, (query, docs) in (("T100", text_workload(tok, 1)), ("I100 cold", image_workload(tok, 7)),
+                                    ("MM100 cold", mixed_workload(tok, 11)),
+                                    ("Explain", explain_workload(tok))):
+            if name not in a.only.split(","):
+                continue
+            for _ in range(3):
+                ex.vision_cache.clear()
+                await run_once(engine, query, docs)
             ex.vision_cache.clear()
-            await run_once(engine, query, docs)
-        ex.vision_cache.clear()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            t0 = time.perf_counter()
-            await run_once(engine, query, docs)
             torch.cuda.synchronize()
-            wall = (time.perf_counter() - t0) * 1e3
-        report(name, prof, wall)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                t0 = time.perf_counter()
+                await run_once(engine, query, docs)
+                torch.cuda.synchronize()
+                wall = (time.perf_counter() - t0) * 1e3
+            report(name, prof, wall, a.top)
     await engine.stop()
 
 

@@ -18,6 +18,7 @@ import time
 import torch
 
 from bench.harness.model import DEFAULT_TINY, build_model
+from bench.harness.timing import collector_as_served
 from bench.harness.workloads import as_received, image_workload, text_workload
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
@@ -247,30 +248,31 @@ async def main_async() -> None:
     if a.profile:
         engine.embed_ahead = calls.wrap(engine.embed_ahead, first_only=True)
         engine.preprocessor.encode_image = calls.wrap(engine.preprocessor.encode_image, first_only=False)
-    for name, (query, docs), cold in (("T100", text_workload(tok, 1), False),
-                                      ("I100 cold", image_workload(tok, 7), True),
-                                      ("I100 warm", image_workload(tok, 7), False),
-                                      ("Explain", explain_workload(tok), True)):
-        if a.only and name not in a.only.split(","):
-            continue
-        times = [await timed(engine, query, docs, cold) for _ in range(6)]
-        print(f"\n{name}: p50 {statistics.median(times):.1f} ms of 6 untraced requests")
-        for _ in range(2):
-            if cold:
+    with collector_as_served():  # as the server runs it
+        for name, (query, docs), cold in (("T100", text_workload(tok, 1), False),
+                                          ("I100 cold", image_workload(tok, 7), True),
+                                          ("I100 warm", image_workload(tok, 7), False),
+                                          ("Explain", explain_workload(tok), True)):
+            if a.only and name not in a.only.split(","):
+                continue
+            times = [await timed(engine, query, docs, cold) for _ in range(6)]
+            print(f"\n{name}: p50 {statistics.median(times):.1f} ms of 6 untraced requests")
+            for _ in range(2):
+                if cold:
+                    engine.executor.vision_cache.clear()
+                tracer.start()
+                t = time.perf_counter()
+                await run_once(engine, query, docs)
+                tracer.report(name, (time.perf_counter() - t) * 1e3)
+            if a.profile and cold:
                 engine.executor.vision_cache.clear()
-            tracer.start()
-            t = time.perf_counter()
-            await run_once(engine, query, docs)
-            tracer.report(name, (time.perf_counter() - t) * 1e3)
-        if a.profile and cold:
-            engine.executor.vision_cache.clear()
-            calls.on = True
-            t = time.perf_counter()
-            await score_documents(engine, query, docs)
-            calls.on = False
-            print(f"\n{name}, C calls of the first prefetch chunk (GPU thread) and of all image decodes "
-                  f"(decode threads), under sys.setprofile: wall {(time.perf_counter() - t) * 1e3:.1f} ms")
-            calls.report()
+                calls.on = True
+                t = time.perf_counter()
+                await score_documents(engine, query, docs)
+                calls.on = False
+                print(f"\n{name}, C calls of the first prefetch chunk (GPU thread) and of all image decodes "
+                      f"(decode threads), under sys.setprofile: wall {(time.perf_counter() - t) * 1e3:.1f} ms")
+                calls.report()
     await engine.stop()
 
 

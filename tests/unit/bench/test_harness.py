@@ -3,6 +3,7 @@ loader prepares one, a workload goes through the engine, and the tools answer --
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 import torch
 
 from bench.harness.model import SMOKE, build_model
-from bench.harness.timing import time_engine
+from bench.harness.timing import collector_as_served, time_engine
 from bench.harness.workloads import image_workload, text_workload
+from lychee_grpc import memory
 from lychee_grpc.engine import Engine, EngineConfig
 
 
@@ -160,3 +162,12 @@ def test_ab_settings_take_each_engine_field_s_type_and_refuse_what_is_not_one():
     for bad in ("tower_graph_cells=four", "share_windows=maybe", "no_such_field=1"):
         with pytest.raises(SystemExit):
             parse_settings(bad)
+
+
+def test_benchmarks_run_the_garbage_collector_as_the_server_does_and_give_it_back():
+    before = (gc.get_freeze_count(), gc.get_threshold())
+    loaded = [object() for _ in range(100)]
+    with collector_as_served():
+        assert gc.get_freeze_count() >= before[0] + len(loaded)
+        assert gc.get_threshold() == memory.SERVING_THRESHOLDS
+    assert (gc.get_freeze_count(), gc.get_threshold()) == before
