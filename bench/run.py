@@ -275,10 +275,12 @@ async def main_async(a) -> dict:
     if a.hires:
         capped = Engine(EngineConfig(**{**base, "max_image_pixels": 448 * 448}), loaded)
         await capped.start()
+        memory.freeze_loaded_objects()
         c_times, c_rank = await time_engine(capped, hires, 2, cold=True, warmup=1)
         W["I100_hires_capped_448"] = summary("I100_hires (896px, max pixels 448*448)", c_times,
                                              c_rank[0].stats.usage.computed_tokens * FLOP_PER_TOKEN
                                              + 100 * VISION_FLOP_448, matmul)
+        memory.unfreeze()
         await capped.stop()
         del capped
         free_gpu("the capped engine")
