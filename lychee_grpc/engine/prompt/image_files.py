@@ -7,7 +7,6 @@ decoded, so a decompression bomb costs a header read.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
 
@@ -40,14 +39,11 @@ def cheap_key(data: bytes) -> bytes:
     give equal keys; different bytes of the same length, head and tail collide, so a user either
     tolerates that or compares in full on a match. Hashing whole images (`content_key`) held the
     server's event loop 42 ms per 100 photos of 200 KB when the workers' routing did it (1.1 ms
-    this way)."""
-    digest = hashlib.blake2b(len(data).to_bytes(8, "little"), digest_size=8)
-    # In pieces under 2 KB, the size from which hashlib lets go of the GIL: each release had the
-    # preparing thread wait to take it back from the decode threads for a ~2 us hash (the same
-    # digest: BLAKE2b's updates chain).
-    for piece in (data[:1024], data[1024:2048], data[-2048:-1024], data[-1024:]):
-        digest.update(piece)
-    return digest.digest()
+    this way). Python's own hash of the three (SipHash, keyed per process: a key holds in the
+    process that made it, the only place one is used) took 1.2 us against BLAKE2b's 5.6 (fed in
+    pieces under 2 KB, from which hashlib lets go of the GIL: the preparing thread then waited to
+    take it back from the decode threads) on the development host."""
+    return hash((len(data), data[:2048], data[-2048:])).to_bytes(8, "little", signed=True)
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
