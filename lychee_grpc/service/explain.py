@@ -63,12 +63,12 @@ def plan(
     position, each with its occluded parts. Text is merged into phrases to fit `limit`; image
     cells cannot be, so a grid whose cells alone do not fit is refused. Images are checked against
     `limits` (the engine's) before any pixel is decoded; a refused one is named as Rerank names it."""
-    given = {"query": list(query.parts), "document": list(document.parts)}
-    sides = ([("query", query.parts)] if include_query else []) + [("document", document.parts)]
+    given = {"query": list(query.parts), "document": list(document.parts)}  # images get their pixels below
+    sides = (["query"] if include_query else []) + ["document"]
     spans: dict[tuple[str, int], list[fr.Span]] = {}
     cells: dict[tuple[str, int], tuple[fr.Pixels, list[fr.Box]]] = {}
-    for side, parts in sides:
-        for i, part in enumerate(parts):
+    for side in sides:
+        for i, part in enumerate(given[side]):
             if isinstance(part, TextPart):
                 spans[side, i] = fr.split_text(part.text)
             else:
@@ -90,7 +90,7 @@ def plan(
         spans[key] = fr.merge_spans(spans[key], share)
 
     out: list[Occlusion] = []
-    for side, _ in sides:
+    for side in sides:
         parts = tuple(given[side])
         only = parts[0] if len(parts) == 1 else None
         if isinstance(only, TextPart) and len(spans.get((side, 0), ())) == 1:
