@@ -10,6 +10,7 @@ lychee_grpc/engine/prompt/prepare.py, e.g. from `git show REV:lychee_grpc/engine
 beside this one, checks both prepare the same, and alternates them round by round (ratios new/old):
 
     python -m bench.profile.prep --text --rounds 300 --against /tmp/old_prepare.py
+    python -m bench.profile.prep --text --seen --rounds 300 --against /tmp/old_prepare.py   # titles met before
 
 `--warm` times preparing I100's 100 documents whose images are cached (I100_warm's preparation),
 each call on new part objects as a transport makes them; with `--b-checkout DIR` (another
@@ -80,8 +81,10 @@ def _same(a: list, b: list, strides: bool = True) -> None:
             assert not strides or u.stride() == v.stride()
 
 
-def text_main(rounds: int, against: str | None, cprofile: bool) -> int:
-    """T100's documents: the tokenizer's calls and the rest, this tree and optionally `against`."""
+def text_main(rounds: int, against: str | None, cprofile: bool, seen: bool = False) -> int:
+    """T100's documents: the tokenizer's calls and the rest, this tree and optionally `against`.
+    This tree's token cache of documents' text is emptied before each round (every title new, as
+    T100 in bench.run), or with `seen` kept (every title met before)."""
     from bench.harness.workloads import text_workload
 
     proc = AutoProcessor.from_pretrained(DEFAULT_TINY)
@@ -99,7 +102,8 @@ def text_main(rounds: int, against: str | None, cprofile: bool) -> int:
     spent = {name: [0.0] for name in kinds}
     pres, queries = {}, {}
     for name, kind in kinds.items():
-        pres[name] = kind(proc, pad, 2, TextLimits(), ImageLimits(), 3136, 12845056)
+        held = {"run_ids_bytes": 64 << 20} if name == "this" else {}
+        pres[name] = kind(proc, pad, 2, TextLimits(), ImageLimits(), 3136, 12845056, **held)
         _timed_tokenizer(pres[name], spent[name])
         queries[name] = pres[name].prepare_query(query, DEFAULT_INSTRUCTION)
     if against:
@@ -111,12 +115,16 @@ def text_main(rounds: int, against: str | None, cprofile: bool) -> int:
     for r in range(rounds):
         for name in (list(kinds) if r % 2 == 0 else list(kinds)[::-1]):
             spent[name][0] = 0.0
+            runs = getattr(pres[name], "run_ids", None)
+            if runs is not None and not seen:
+                runs.clear()
             t0 = time.perf_counter()
             pres[name].prepare_documents(queries[name], documents)
             total[name].append((time.perf_counter() - t0) * 1e3)
             tokenizer[name].append(spent[name][0] * 1e3)
     med = statistics.median
-    print(f"T100 prepare_documents, median of {rounds} rounds (ms): total, tokenizer calls, the rest")
+    print(f"T100 prepare_documents, median of {rounds} rounds (ms): total, tokenizer calls, the rest; "
+          f"this tree's titles {'met before (held by its token cache)' if seen else 'new (its token cache emptied)'}")
     for name in kinds:
         rest = [t - k for t, k in zip(total[name], tokenizer[name])]
         print(f"{name:8s} {med(total[name]):8.3f} {med(tokenizer[name]):8.3f} {med(rest):8.3f}")
@@ -133,14 +141,17 @@ def text_main(rounds: int, against: str | None, cprofile: bool) -> int:
         profile = cProfile.Profile()
         profile.enable()
         for _ in range(50):
+            if not seen:
+                pres["this"].run_ids.clear()
             pres["this"].prepare_documents(queries["this"], documents)
         profile.disable()
         pstats.Stats(profile).sort_stats("tottime").print_stats(20)
     return 0
 
 
-def warm_main(rounds: int, b_checkout: str | None, threads: int, mixed: bool) -> int:
-    """I100's (or MM100's) documents with every image cached: this tree, and `b_checkout`'s."""
+def warm_main(rounds: int, b_checkout: str | None, threads: int, mixed: bool, seen: bool = False) -> int:
+    """I100's (or MM100's) documents with every image cached: this tree, and `b_checkout`'s. This
+    tree's token cache of documents' text is emptied before each round unless `seen`."""
     from bench.ab import import_checkout, in_package
     from bench.harness.workloads import as_received, mixed_workload
 
@@ -161,8 +172,9 @@ def warm_main(rounds: int, b_checkout: str | None, threads: int, mixed: bool) ->
         return as_received(query, docs) if types is None else in_package(types, query, docs)
 
     for name, (kind, text_limits, image_limits, _) in kinds.items():
+        held = {"run_ids_bytes": 64 << 20} if name == "this" else {}
         pre = pres[name] = kind(proc, pad, 2, text_limits(), image_limits(), 3136, 12845056,
-                                vision_cached=lambda key: True, decode_threads=threads)
+                                vision_cached=lambda key: True, decode_threads=threads, **held)
         q, d = request(name)
         queries[name] = pre.prepare_query(q, DEFAULT_INSTRUCTION)
         first = pre.prepare_documents(queries[name], list(enumerate(d)))
@@ -176,13 +188,17 @@ def warm_main(rounds: int, b_checkout: str | None, threads: int, mixed: bool) ->
     for r in range(rounds):
         for name in (list(kinds) if r % 2 == 0 else list(kinds)[::-1]):
             documents = list(enumerate(request(name)[1]))
+            runs = getattr(pres[name], "run_ids", None)
+            if runs is not None and not seen:
+                runs.clear()
             t0 = time.perf_counter()
             pres[name].prepare_documents(queries[name], documents)
             total[name].append((time.perf_counter() - t0) * 1e3)
     med = statistics.median
     workload = "MM100" if mixed else "I100"
-    print(f"{workload}'s documents, images cached, prepare_documents on {threads} decode threads, median of {rounds} "
-          f"rounds: " + ", ".join(f"{name} {med(times):.2f} ms" for name, times in total.items()))
+    print(f"{workload}'s documents, images cached, titles {'met before' if seen else 'new'} to this tree's token "
+          f"cache, prepare_documents on {threads} decode threads, median of {rounds} rounds: "
+          + ", ".join(f"{name} {med(times):.2f} ms" for name, times in total.items()))
     if b_checkout:
         print(f"b/this, median of the rounds' ratios: {med([x / y for x, y in zip(total['b'], total['this'])]):.3f}")
     return 0
@@ -191,6 +207,8 @@ def warm_main(rounds: int, b_checkout: str | None, threads: int, mixed: bool) ->
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--text", action="store_true", help="only T100's documents: tokenizer calls and the rest")
+    p.add_argument("--seen", action="store_true",
+                   help="with --text or --warm: this tree's titles met before (its token cache kept)")
     p.add_argument("--rounds", type=int, default=200)
     p.add_argument("--against", help="with --text: another checkout's prepare.py, alternated with this one")
     p.add_argument("--cprofile", action="store_true", help="with --text: the top functions of this tree's")
@@ -200,9 +218,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=8, help="with --warm: decode threads")
     a = p.parse_args()
     if a.warm:
-        return warm_main(a.rounds, a.b_checkout, a.threads, a.mixed)
+        return warm_main(a.rounds, a.b_checkout, a.threads, a.mixed, a.seen)
     if a.text:
-        return text_main(a.rounds, a.against, a.cprofile)
+        return text_main(a.rounds, a.against, a.cprofile, a.seen)
     proc = AutoProcessor.from_pretrained(DEFAULT_TINY)
     device = "cuda" if torch.cuda.is_available() else None
     query, docs = image_workload(proc.tokenizer, 2)

@@ -18,7 +18,7 @@ import time
 import torch
 
 from bench.harness.model import DEFAULT_TINY, build_model
-from bench.harness.timing import collector_as_served
+from bench.harness.timing import collector_as_served, forget_text
 from bench.harness.workloads import as_received, image_workload, text_workload
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
@@ -188,7 +188,9 @@ async def started_engine(tiny: str = DEFAULT_TINY, preprocess_threads: int = 8) 
 
 
 async def run_once(engine: Engine, query, docs) -> None:
-    """One request: a Rerank's documents, or (docs None) Explain of `query`'s pair as the service runs it."""
+    """One request: a Rerank's documents, or (docs None) Explain of `query`'s pair as the service runs it;
+    its documents' text new to the engine's token cache, as every request of these workloads before it."""
+    forget_text(engine)
     if docs is None:
         from lychee_grpc.service.config import ServiceConfig
         from lychee_grpc.service.explain import explain

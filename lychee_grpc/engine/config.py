@@ -44,6 +44,9 @@ class EngineConfig:
     max_queue_documents: int = 20000
     max_queue_tokens: int = 0  # 0: no bound beyond documents (the app sets the service's bound)
     vision_cache_bytes: int | None = None  # None: 2 GiB on cuda, 256 MiB on cpu
+    # Documents' text runs tokenized before, by their text (prompt/run_ids.py): ~4.4 KB for a
+    # 100-token document, so 256 MiB hold ~60,000 documents; 0 tokenizes every document.
+    token_cache_bytes: int = 256 << 20
     images_on_gpu: bool = True  # resize/normalize images on the model's GPU
     preprocess_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     # Image tokens per request whose vision outputs are computed as the images decode, ahead of

@@ -67,6 +67,7 @@ class Engine(EngineClient):
             vision_cached=self.vision_cache.__contains__,
             image_device=str(loaded.device) if cuda and config.images_on_gpu else None,
             decode_threads=config.preprocess_threads,
+            run_ids_bytes=config.token_cache_bytes,
         )
         self.executor = Executor(
             loaded.model,
@@ -316,6 +317,7 @@ class Engine(EngineClient):
         counters = self._recorder.counters()
         scheduler = self.scheduler
         cache = self.vision_cache
+        runs = self.preprocessor.run_ids
         device = self.loaded.device
         if device.type == "cuda":
             memory = DeviceMemory(str(device), torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
@@ -330,4 +332,8 @@ class Engine(EngineClient):
             image_cache_bytes=cache.bytes,
             image_cache_capacity_bytes=cache.capacity_bytes,
             gpu_memory=(memory,),
+            token_cache_hits=runs.hits,
+            token_cache_misses=runs.misses,
+            token_cache_bytes=runs.bytes,
+            token_cache_capacity_bytes=runs.capacity_bytes,
         )]

@@ -61,6 +61,11 @@ class EngineStats(Counters):
     image_cache_bytes: int
     image_cache_capacity_bytes: int
     gpu_memory: tuple[DeviceMemory, ...]
+    # Documents' text runs answered from the token cache, and tokenized (prompt/run_ids.py).
+    token_cache_hits: int = 0
+    token_cache_misses: int = 0
+    token_cache_bytes: int = 0
+    token_cache_capacity_bytes: int = 0
 
 
 class StatsObserver(Protocol):

@@ -93,6 +93,16 @@ class EngineCollector(Collector):
                                 value=stats.image_cache_bytes)
         yield GaugeMetricFamily("lychee_image_cache_capacity_bytes", "Byte bound of the vision-tower output cache.",
                                 value=stats.image_cache_capacity_bytes)
+        yield CounterMetricFamily("lychee_token_cache_hits",
+                                  "Documents' text runs whose token ids were held from an earlier request.",
+                                  value=stats.token_cache_hits)
+        yield CounterMetricFamily("lychee_token_cache_misses", "Documents' text runs that went through the tokenizer.",
+                                  value=stats.token_cache_misses)
+        yield GaugeMetricFamily("lychee_token_cache_bytes", "Bytes held by the token cache of documents' text.",
+                                value=stats.token_cache_bytes)
+        yield GaugeMetricFamily("lychee_token_cache_capacity_bytes",
+                                "Byte bound of the token cache (--token-cache-mib).",
+                                value=stats.token_cache_capacity_bytes)
         allocated = GaugeMetricFamily("lychee_gpu_memory_allocated_bytes", "GPU memory allocated by tensors.",
                                       labels=["device"])
         reserved = GaugeMetricFamily("lychee_gpu_memory_reserved_bytes", "GPU memory reserved by the allocator.",

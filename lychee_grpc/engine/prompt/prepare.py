@@ -31,6 +31,7 @@ from .image_files import cheap_key
 from .images import ImageRejected, check_picture, image_key, jpeg_decoder_agrees, part_pixels
 from .positions import laid_out_positions, mrope_positions
 from .prepared import Edit, EncodedImage, Fill, Prefetch, PreparedDocument, PreparedQuery, Segment, prefetch_chunk
+from .run_ids import RunIds
 from .truncation import text_head, truncate
 
 
@@ -225,14 +226,14 @@ class _LaidOut:
     plans: dict[int, list[str]]
     pending: Future | None
     runs: list[str]
-    done: list[list[int]] | None = None
+    done: list[Sequence[int]] | None = None
 
-    def ids(self, tokenize: Callable[[list[str]], list[list[int]]]) -> list[list[int]]:
+    def ids(self, tokenize: Callable[[list[str]], list[Sequence[int]]]) -> list[Sequence[int]]:
         """The runs' ids; `tokenize` makes them here when the task has not started yet (the decode
         threads busy with another request's images), rather than waiting behind that work."""
         if self.done is None:
             assert self.pending is not None
-            done: list[list[int]] = tokenize(self.runs) if self.pending.cancel() else self.pending.result()
+            done: list[Sequence[int]] = tokenize(self.runs) if self.pending.cancel() else self.pending.result()
             self.done = done
             return done
         return self.done
@@ -299,6 +300,7 @@ class Preprocessor:
         vision_cached: Callable[[bytes], bool] = lambda key: False,
         image_device: str | None = None,
         decode_threads: int = 4,
+        run_ids_bytes: int = 0,
     ):
         self.tokenizer = processor.tokenizer
         facts = _text_facts(self.tokenizer)
@@ -331,6 +333,8 @@ class Preprocessor:
         self._box_masks: LRU[tuple[int, int, tuple[tuple[int, int, int, int], ...], str], torch.Tensor] = LRU(
             max_items=8, max_size=64 << 20, size_of=lambda mask: mask.numel())
         self._overheads: dict[str, int] = {}
+        # Documents' text runs tokenized before (run_ids.py); 0 bytes: every run is tokenized.
+        self.run_ids = RunIds(run_ids_bytes)
         self._bounds_tag = f"{min_image_pixels}:{max_image_pixels}".encode()
         self._tail = self._suffix_tail()
         self._image_run = self._image_markers()
@@ -669,7 +673,7 @@ class Preprocessor:
         ids = self._ordinary([text])[0]
         return (ids[0], ids[1], ids[2]) if len(ids) == 3 else None
 
-    def _encode_text_runs(self, runs: Sequence[str | None]) -> list[list[int] | None]:
+    def _encode_text_runs(self, runs: Sequence[str | None]) -> list[Sequence[int] | None]:
         """For each text-only document's suffix run (`template.text_suffix_run`), the ids of the run
         alone, to which the tail's ids are appended to make the suffix's (None where the run is None
         or must take `encode_pieces`).
@@ -682,7 +686,7 @@ class Preprocessor:
         once, in `_suffix_tail`). Every document of a text request was rendered, spanned and
         tokenized whole before: this is one string and one search each (T100's documents:
         bench/RESULTS.md, "Preparing T100's documents")."""
-        out: list[list[int] | None] = [None] * len(runs)
+        out: list[Sequence[int] | None] = [None] * len(runs)
         if self._tail is None or self._ordinary is None or self._added is None:
             return out
         _, tail_text, first_end = self._tail
@@ -695,9 +699,13 @@ class Preprocessor:
             if _run_takes(added, run, tail_text, first_end):
                 whole.append(i)
                 texts.append(run)
-        for i, ids in zip(whole, self._ordinary_ids(texts)):
+        for i, ids in zip(whole, self._run_ids(texts)):
             out[i] = ids
         return out
+
+    def _run_ids(self, texts: list[str]) -> list[Sequence[int]]:
+        """`_ordinary_ids` of documents' text runs, those tokenized before from `run_ids`."""
+        return self.run_ids.ids(texts, self._ordinary_ids)
 
     def _ordinary_ids(self, texts: list[str]) -> list[list[int]]:
         """The ordinary tokenizer's ids of `texts`, the ASCII ones through its copy without the
@@ -803,7 +811,7 @@ class Preprocessor:
         prefix_ids = np.asarray(query.prefix_ids, dtype=np.int64)
         # Text-only documents after a clean boundary of a text query (whose positions are the tokens'
         # indices): their suffix is their run's ids and the tail's.
-        text_ids: list[list[int] | None] = (
+        text_ids: list[Sequence[int] | None] = (
             self._encode_text_runs([template.text_suffix_run(doc.parts) for _, doc, _, _ in encoded])
             if clean and not query.images else [None] * len(encoded))
         rest = [k for k, ids in enumerate(text_ids) if ids is None]
@@ -885,7 +893,7 @@ class Preprocessor:
             raise InvalidInput(violations)
         return out
 
-    def _text_segments(self, query: PreparedQuery, text_ids: Sequence[list[int] | None]) -> dict[int, Segment]:
+    def _text_segments(self, query: PreparedQuery, text_ids: Sequence[Sequence[int] | None]) -> dict[int, Segment]:
         """By document, the segments after the shared prefix of text-only documents (those whose
         run ids `text_ids` holds) after a clean boundary of a text query: the prefix's last tokens,
         the run's and the tail's. All their ids make one array and one tensor, split into views, and
@@ -972,16 +980,19 @@ class Preprocessor:
         if not plans:
             return None
         unique = list({run: None for runs in plans.values() for run in runs if run})
+        known = self.run_ids.known(unique)
+        if known is not None:  # every run tokenized before: no task to start or wait for
+            return _LaidOut(plans, None, unique, known)
         if with_images:
-            return _LaidOut(plans, self._decoder.submit(self._ordinary_ids, unique), unique)
-        return _LaidOut(plans, None, unique, self._ordinary_ids(unique))
+            return _LaidOut(plans, self._decoder.submit(self._run_ids, unique), unique)
+        return _LaidOut(plans, None, unique, self._run_ids(unique))
 
     def _laid_out_segments(self, query: PreparedQuery, laid: _LaidOut, images: dict[int, list[EncodedImage]]
                            ) -> dict[int, Segment]:
         """By document (a key of `images`, its encoded images), its segment after the shared
         prefix, laid out as `_plan_laid_out` planned."""
         assert self._tail is not None and self._image_run is not None and query.clean_boundary_ids is not None
-        ids_of = dict(zip(laid.runs, laid.ids(self._ordinary_ids)))
+        ids_of = dict(zip(laid.runs, laid.ids(self._run_ids)))
         ids_of[""] = []
         tail_ids = self._tail[0]
         vs, pad, ve = self._image_run
@@ -989,7 +1000,7 @@ class Preprocessor:
         out: dict[int, Segment] = {}
         for k, doc_images in images.items():
             runs = laid.plans[k]
-            flat = head + ids_of[runs[0]]
+            flat = [*head, *ids_of[runs[0]]]
             blocks: list[tuple[int, tuple[int, int, int]]] = []
             for image, run in zip(doc_images, runs[1:]):
                 flat.append(vs)

@@ -43,3 +43,17 @@ def test_concurrent_puts_keep_the_size_account_exact():
     for t in threads:
         t.join()
     assert lru.size == sum(len(lru.get(k) or b"") for k in lru.keys()) <= 1000
+
+
+def test_many_at_once_behave_as_one_at_a_time():
+    one: LRU[str, bytes] = LRU(max_size=10, size_of=len)
+    many: LRU[str, bytes] = LRU(max_size=10, size_of=len)
+    entries = [("a", b"aaa"), ("b", b"bb"), ("huge", b"h" * 11), ("c", b"cccc"), ("a", b"a")]
+    for key, value in entries:
+        one.put(key, value)
+    many.put_many(entries)
+    assert many.keys() == one.keys() == ["b", "c", "a"] and many.size == one.size == 7
+    assert many.get_many(["b", "zz", "c"]) == [b"bb", None, b"cccc"]
+    assert many.keys() == ["a", "b", "c"]  # the ones found are the most recent, in the order asked
+    many.put_many([("d", b"dddddd")])
+    assert many.keys() == ["c", "d"] and many.size == 10
