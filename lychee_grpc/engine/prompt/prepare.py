@@ -945,7 +945,8 @@ class Preprocessor:
 
         When some document has an image, the runs are tokenized in a decode task, started before the
         images are looked up or decoded, which it overlaps (the tokenizer releases the GIL); if it has
-        not started when its ids are needed, they are made on the preparing thread instead. Image
+        not started when its ids are needed, they are made on the preparing thread instead. Runs the
+        token cache holds (`run_ids`) are not tokenized again; when it holds them all, no task starts. Image
         documents took ~12 ids and positions calls each on the general path (bench/RESULTS.md,
         "Warm image documents")."""
         if self._tail is None or self._added is None or self._image_run is None or query.clean_boundary_ids is None:

@@ -35,6 +35,16 @@ async def test_harness_builds_a_prepared_model_and_times_a_workload_on_cpu(tiny_
     assert rankings[1].stats.usage.images == 2
 
 
+async def test_timed_requests_meet_their_text_new_unless_it_was_seen(make_engine):
+    engine = await make_engine()
+    workloads = [text_workload(engine.preprocessor.tokenizer, 3, documents=5)]
+    await time_engine(engine, workloads, iterations=3, cold=False, warmup=1)
+    stats = engine.stats()[0]
+    assert stats.token_cache_hits == 0 and stats.token_cache_misses == 4 * 5  # the same titles, new each time
+    await time_engine(engine, workloads, iterations=2, cold=False, warmup=0, text_seen=True)
+    assert engine.stats()[0].token_cache_hits == 2 * 5  # held since the last request of the first run
+
+
 def test_benchmark_and_ab_tool_answer_help_without_a_gpu():
     for module in ("bench.run", "bench.ab", "bench.pool", "bench.load", "bench.queueing",
                    "bench.profile.pool_timeline"):
@@ -74,13 +84,15 @@ def test_the_load_generator_keeps_its_requests_and_reads_back_the_same(tiny_mode
 def test_the_ab_tool_times_explain_through_each_variants_own_service_on_cpu(tiny_model_dir):
     root = Path(__file__).resolve().parents[3]
     done = subprocess.run([sys.executable, "-m", "bench.ab", "--smoke", "--rounds", "1", "--warmup", "0",
-                           "--workloads", "EXPLAIN,I100_warm", "--b-checkout", str(root), "--a-switch-ms", "0.5",
-                           "--tiny", tiny_model_dir], capture_output=True, text=True, timeout=600, cwd=root)
+                           "--workloads", "EXPLAIN,I100_warm,T100_seen", "--b-checkout", str(root),
+                           "--a-switch-ms", "0.5", "--tiny", tiny_model_dir],
+                          capture_output=True, text=True, timeout=600, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "GIL switch 0.5 ms" in done.stdout
-    row = next(line for line in done.stdout.splitlines() if line.startswith("| EXPLAIN |"))
-    a_ms, b_ms = (float(cell) for cell in row.split("|")[2:4])
-    assert a_ms > 0 and b_ms > 0
+    for workload in ("EXPLAIN", "T100_seen"):
+        row = next(line for line in done.stdout.splitlines() if line.startswith(f"| {workload} |"))
+        a_ms, b_ms = (float(cell) for cell in row.split("|")[2:4])
+        assert a_ms > 0 and b_ms > 0
 
 
 def test_kernels_are_sorted_into_kinds_by_name():
