@@ -85,24 +85,18 @@ class EngineCollector(Collector):
                                   "Tokens reused instead of recomputed: the shared prefix (instruction and query), and "
                                   "heads that documents of a request share.",
                                   value=stats.prefix_tokens_saved)
-        yield CounterMetricFamily("lychee_image_cache_hits", "Images whose vision-tower output was cached.",
-                                  value=stats.image_cache_hits)
-        yield CounterMetricFamily("lychee_image_cache_misses", "Images that went through the vision tower.",
-                                  value=stats.image_cache_misses)
-        yield GaugeMetricFamily("lychee_image_cache_bytes", "Bytes held by the vision-tower output cache.",
-                                value=stats.image_cache_bytes)
-        yield GaugeMetricFamily("lychee_image_cache_capacity_bytes", "Byte bound of the vision-tower output cache.",
-                                value=stats.image_cache_capacity_bytes)
-        yield CounterMetricFamily("lychee_token_cache_hits",
-                                  "Documents' text runs whose token ids were held from an earlier request.",
-                                  value=stats.token_cache_hits)
-        yield CounterMetricFamily("lychee_token_cache_misses", "Documents' text runs that went through the tokenizer.",
-                                  value=stats.token_cache_misses)
-        yield GaugeMetricFamily("lychee_token_cache_bytes", "Bytes held by the token cache of documents' text.",
-                                value=stats.token_cache_bytes)
-        yield GaugeMetricFamily("lychee_token_cache_capacity_bytes",
-                                "Byte bound of the token cache (--token-cache-mib).",
-                                value=stats.token_cache_capacity_bytes)
+        yield from _cache_families(
+            "image_cache", ("Images whose vision-tower output was cached.",
+                            "Images that went through the vision tower.",
+                            "Bytes held by the vision-tower output cache.",
+                            "Byte bound of the vision-tower output cache."),
+            stats.image_cache_hits, stats.image_cache_misses, stats.image_cache_bytes, stats.image_cache_capacity_bytes)
+        yield from _cache_families(
+            "token_cache", ("Documents' text runs whose token ids were held from an earlier request.",
+                            "Documents' text runs that went through the tokenizer.",
+                            "Bytes held by the token cache of documents' text.",
+                            "Byte bound of the token cache (--token-cache-mib)."),
+            stats.token_cache_hits, stats.token_cache_misses, stats.token_cache_bytes, stats.token_cache_capacity_bytes)
         allocated = GaugeMetricFamily("lychee_gpu_memory_allocated_bytes", "GPU memory allocated by tensors.",
                                       labels=["device"])
         reserved = GaugeMetricFamily("lychee_gpu_memory_reserved_bytes", "GPU memory reserved by the allocator.",
@@ -157,6 +151,15 @@ def _per_device(snapshots: list[EngineStats]) -> Iterable[Metric]:
         scored.add_metric([snapshot.device], snapshot.documents_scored)
         queued.add_metric([snapshot.device], snapshot.queue_tokens)
     yield from (batches, scored, queued)
+
+
+def _cache_families(name: str, helps: tuple[str, str, str, str], hits: int, misses: int, held: int,
+                    capacity: int) -> Iterable[Metric]:
+    """A cache's hits and misses (counters), and the bytes it holds and may hold (gauges)."""
+    yield CounterMetricFamily(f"lychee_{name}_hits", helps[0], value=hits)
+    yield CounterMetricFamily(f"lychee_{name}_misses", helps[1], value=misses)
+    yield GaugeMetricFamily(f"lychee_{name}_bytes", helps[2], value=held)
+    yield GaugeMetricFamily(f"lychee_{name}_capacity_bytes", helps[3], value=capacity)
 
 
 def _combined(snapshots: list[EngineStats]) -> EngineStats:

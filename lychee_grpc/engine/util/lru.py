@@ -41,7 +41,8 @@ class LRU(Generic[K, V]):
             return out
 
     def put_many(self, entries: Iterable[tuple[K, V]]) -> None:
-        """`put` of each (key, value), in order, under one acquisition of the lock."""
+        """`put` of each (key, value), in order, under one acquisition of the lock (a value larger
+        than `max_size` is not kept)."""
         sized = [(key, value, self._size_of(value)) for key, value in entries]
         with self._lock:
             for key, value, size in sized:
@@ -56,16 +57,7 @@ class LRU(Generic[K, V]):
 
     def put(self, key: K, value: V) -> None:
         """Stores `value` as the most recent entry; a value larger than `max_size` is not kept."""
-        size = self._size_of(value)
-        if self.max_size is not None and size > self.max_size:
-            return
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._size -= self._size_of(old)
-            self._items[key] = value
-            self._size += size
-            self._evict()
+        self.put_many(((key, value),))
 
     def _evict(self) -> None:  # under the lock
         while (self.max_items is not None and len(self._items) > self.max_items) or (
