@@ -59,7 +59,8 @@ class EngineLimits:
 
 @dataclass(frozen=True)
 class ImageCacheInfo:
-    """The vision-tower output cache (summed over devices)."""
+    """A cache of the engine's (summed over devices): the vision-tower output cache, and the token
+    cache of documents' text (prompt/run_ids.py)."""
 
     bytes: int = 0
     capacity_bytes: int = 0
@@ -72,7 +73,7 @@ class ImageCacheInfo:
 
 @dataclass(frozen=True)
 class EngineInfo:
-    """What the engine serves: the model, its limits, its cache and the devices it runs on."""
+    """What the engine serves: the model, its limits, its caches and the devices it runs on."""
 
     model: str
     dtype: str
@@ -87,17 +88,19 @@ class EngineInfo:
     # A digest of the checkpoint's weight files (model/loader.py's weights_fingerprint): part of
     # the service's pair-score cache key.
     weights: str = ""
+    token_cache: ImageCacheInfo = field(default_factory=ImageCacheInfo)
 
     @classmethod
     def combined(cls, infos: Sequence[EngineInfo]) -> EngineInfo:
         """One engine per device, the same model and limits: devices listed, caches summed."""
         first = infos[0]
-        cache = ImageCacheInfo()
+        cache, tokens = ImageCacheInfo(), ImageCacheInfo()
         for info in infos:
             cache += info.image_cache
+            tokens += info.token_cache
         return cls(first.model, first.dtype, first.attention, first.random_weights, first.parameters,
                    first.default_instruction, first.limits, cache, tuple(d for i in infos for d in i.devices),
-                   first.batch_invariant, first.weights)
+                   first.batch_invariant, first.weights, tokens)
 
 
 class JobHandle(Protocol):

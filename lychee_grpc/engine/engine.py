@@ -286,6 +286,7 @@ class Engine(EngineClient):
     def info(self) -> EngineInfo:
         config = self.config
         counters = self._recorder.counters()
+        runs = self.preprocessor.run_ids
         device = self.loaded.device
         return EngineInfo(
             model=config.model,
@@ -310,6 +311,7 @@ class Engine(EngineClient):
             devices=(str(device) if device.type != "cuda" else f"{device}:{torch.cuda.get_device_name(device)}",),
             batch_invariant=config.batch_invariant,
             weights=self.loaded.weights,
+            token_cache=ImageCacheInfo(runs.bytes, runs.capacity_bytes, runs.hits, runs.misses),
         )
 
     def stats(self) -> list[EngineStats]:

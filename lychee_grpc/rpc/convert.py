@@ -189,4 +189,8 @@ def model_info(info: ModelInfo) -> pb.GetModelInfoResponse:
         score_cache_entries=info.score_cache.entries,
         score_cache_hits=info.score_cache.hits,
         score_cache_misses=info.score_cache.misses,
+        token_cache_bytes=info.token_cache_bytes,
+        token_cache_capacity_bytes=info.token_cache_capacity_bytes,
+        token_cache_hits=info.token_cache_hits,
+        token_cache_misses=info.token_cache_misses,
     )

@@ -258,6 +258,10 @@ class Service:
             workers=self.engine.workers,
             batch_invariant=info.batch_invariant,
             score_cache=self.pairs.stats(),
+            token_cache_bytes=info.token_cache.bytes,
+            token_cache_capacity_bytes=info.token_cache.capacity_bytes,
+            token_cache_hits=info.token_cache.hits,
+            token_cache_misses=info.token_cache.misses,
         )
 
 

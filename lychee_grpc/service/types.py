@@ -155,3 +155,8 @@ class ModelInfo:
     extra: dict[str, str] = field(default_factory=dict[str, str])
     batch_invariant: bool = False
     score_cache: ScoreCacheStats = field(default_factory=ScoreCacheStats)
+    # The token cache of documents' text (--token-cache-mib), as the image cache's four above.
+    token_cache_bytes: int = 0
+    token_cache_capacity_bytes: int = 0
+    token_cache_hits: int = 0
+    token_cache_misses: int = 0

@@ -152,6 +152,7 @@ async def test_model_info_lists_every_device(pool_app):
     async with AsyncLycheeClient(f"127.0.0.1:{pool_app.port}", timeout=60) as client:
         info = await client.stub.GetModelInfo(pb.GetModelInfoRequest())
     assert info.workers == 2 and len(info.devices) == 2
+    assert info.token_cache_capacity_bytes == 2 * (256 << 20)  # each worker's token cache, summed
 
 
 async def test_two_workers_answer_a_repeated_request_from_the_score_cache_bit_for_bit(pool_app):

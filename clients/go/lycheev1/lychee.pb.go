@@ -1357,6 +1357,12 @@ type GetModelInfoResponse struct {
 	ScoreCacheEntries       uint64 `protobuf:"varint,19,opt,name=score_cache_entries,json=scoreCacheEntries,proto3" json:"score_cache_entries,omitempty"`
 	ScoreCacheHits          uint64 `protobuf:"varint,20,opt,name=score_cache_hits,json=scoreCacheHits,proto3" json:"score_cache_hits,omitempty"`
 	ScoreCacheMisses        uint64 `protobuf:"varint,21,opt,name=score_cache_misses,json=scoreCacheMisses,proto3" json:"score_cache_misses,omitempty"`
+	// The token cache of documents' text (--token-cache-mib; capacity 0: off): bytes used and
+	// bound, and text runs answered from it (hits) or tokenized (misses) since start.
+	TokenCacheBytes         uint64 `protobuf:"varint,22,opt,name=token_cache_bytes,json=tokenCacheBytes,proto3" json:"token_cache_bytes,omitempty"`
+	TokenCacheCapacityBytes uint64 `protobuf:"varint,23,opt,name=token_cache_capacity_bytes,json=tokenCacheCapacityBytes,proto3" json:"token_cache_capacity_bytes,omitempty"`
+	TokenCacheHits          uint64 `protobuf:"varint,24,opt,name=token_cache_hits,json=tokenCacheHits,proto3" json:"token_cache_hits,omitempty"`
+	TokenCacheMisses        uint64 `protobuf:"varint,25,opt,name=token_cache_misses,json=tokenCacheMisses,proto3" json:"token_cache_misses,omitempty"`
 	unknownFields           protoimpl.UnknownFields
 	sizeCache               protoimpl.SizeCache
 }
@@ -1534,6 +1540,34 @@ func (x *GetModelInfoResponse) GetScoreCacheHits() uint64 {
 func (x *GetModelInfoResponse) GetScoreCacheMisses() uint64 {
 	if x != nil {
 		return x.ScoreCacheMisses
+	}
+	return 0
+}
+
+func (x *GetModelInfoResponse) GetTokenCacheBytes() uint64 {
+	if x != nil {
+		return x.TokenCacheBytes
+	}
+	return 0
+}
+
+func (x *GetModelInfoResponse) GetTokenCacheCapacityBytes() uint64 {
+	if x != nil {
+		return x.TokenCacheCapacityBytes
+	}
+	return 0
+}
+
+func (x *GetModelInfoResponse) GetTokenCacheHits() uint64 {
+	if x != nil {
+		return x.TokenCacheHits
+	}
+	return 0
+}
+
+func (x *GetModelInfoResponse) GetTokenCacheMisses() uint64 {
+	if x != nil {
+		return x.TokenCacheMisses
 	}
 	return 0
 }
@@ -1942,7 +1976,7 @@ const file_lychee_proto_rawDesc = "" +
 	"\x11explain_grid_size\x18\x0e \x01(\rR\x0fexplainGridSize\"@\n" +
 	"\x0eBandThresholds\x12\x16\n" +
 	"\x06strong\x18\x01 \x01(\x02R\x06strong\x12\x16\n" +
-	"\x06medium\x18\x02 \x01(\x02R\x06medium\"\x9a\a\n" +
+	"\x06medium\x18\x02 \x01(\x02R\x06medium\"\xdb\b\n" +
 	"\x14GetModelInfoResponse\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
 	"\x05dtype\x18\x02 \x01(\tR\x05dtype\x129\n" +
@@ -1967,7 +2001,11 @@ const file_lychee_proto_rawDesc = "" +
 	"\x1ascore_cache_capacity_bytes\x18\x12 \x01(\x04R\x17scoreCacheCapacityBytes\x12.\n" +
 	"\x13score_cache_entries\x18\x13 \x01(\x04R\x11scoreCacheEntries\x12(\n" +
 	"\x10score_cache_hits\x18\x14 \x01(\x04R\x0escoreCacheHits\x12,\n" +
-	"\x12score_cache_misses\x18\x15 \x01(\x04R\x10scoreCacheMisses\"\xcd\x01\n" +
+	"\x12score_cache_misses\x18\x15 \x01(\x04R\x10scoreCacheMisses\x12*\n" +
+	"\x11token_cache_bytes\x18\x16 \x01(\x04R\x0ftokenCacheBytes\x12;\n" +
+	"\x1atoken_cache_capacity_bytes\x18\x17 \x01(\x04R\x17tokenCacheCapacityBytes\x12(\n" +
+	"\x10token_cache_hits\x18\x18 \x01(\x04R\x0etokenCacheHits\x12,\n" +
+	"\x12token_cache_misses\x18\x19 \x01(\x04R\x10tokenCacheMisses\"\xcd\x01\n" +
 	"\x0eExplainRequest\x12&\n" +
 	"\x05query\x18\x01 \x01(\v2\x10.lychee.v1.QueryR\x05query\x12/\n" +
 	"\bdocument\x18\x02 \x01(\v2\x13.lychee.v1.DocumentR\bdocument\x12 \n" +
