@@ -87,6 +87,11 @@ class AppConfig:
             out.append(band_problem + " (--band-medium, --band-strong)")
         if self.service.max_explain_fragments < 1 or self.service.explain_grid_size < 1:
             out.append("--max-explain-fragments and --explain-grid must be at least 1")
+        for flag, size in (("--vision-cache-mib", self.engine.vision_cache_bytes),
+                           ("--token-cache-mib", self.engine.token_cache_bytes),
+                           ("--score-cache-mib", self.service.score_cache_bytes)):
+            if size is not None and size < 0:
+                out.append(f"{flag} must be 0 or more (0 turns the cache off), not {size >> 20}")
         return out  # and security.problems(self.security): the TLS and token files, read there
 
 
