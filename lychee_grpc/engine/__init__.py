@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "EngineClient": ".api",
     "EngineInfo": ".api",
     "EngineLimits": ".api",
+    "CacheInfo": ".api",
     "ImageCacheInfo": ".api",
     "IndexedDocument": ".api",
     "JobHandle": ".api",
@@ -63,6 +64,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
+    "CacheInfo",
     "Cancelled",
     "DeadlineExpired",
     "Document",
@@ -121,6 +123,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .api import (
+        CacheInfo,
         EngineClient,
         EngineInfo,
         EngineLimits,

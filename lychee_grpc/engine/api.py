@@ -19,6 +19,7 @@ from .stats import EngineStats
 from .types import Document, Query, RequestStats, Score
 
 __all__ = [
+    "CacheInfo",
     "EngineClient",
     "EngineInfo",
     "EngineLimits",
@@ -58,7 +59,7 @@ class EngineLimits:
 
 
 @dataclass(frozen=True)
-class ImageCacheInfo:
+class CacheInfo:
     """A cache of the engine's (summed over devices): the vision-tower output cache, and the token
     cache of documents' text (prompt/run_ids.py)."""
 
@@ -67,8 +68,11 @@ class ImageCacheInfo:
     hits: int = 0
     misses: int = 0
 
-    def __add__(self, other: ImageCacheInfo) -> ImageCacheInfo:
-        return ImageCacheInfo(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+    def __add__(self, other: CacheInfo) -> CacheInfo:
+        return CacheInfo(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+ImageCacheInfo = CacheInfo  # its name while the image cache was the engine's only one
 
 
 @dataclass(frozen=True)
@@ -82,19 +86,19 @@ class EngineInfo:
     parameters: int
     default_instruction: str
     limits: EngineLimits
-    image_cache: ImageCacheInfo = field(default_factory=ImageCacheInfo)
+    image_cache: CacheInfo = field(default_factory=CacheInfo)
     devices: tuple[str, ...] = ()
     batch_invariant: bool = False
     # A digest of the checkpoint's weight files (model/loader.py's weights_fingerprint): part of
     # the service's pair-score cache key.
     weights: str = ""
-    token_cache: ImageCacheInfo = field(default_factory=ImageCacheInfo)
+    token_cache: CacheInfo = field(default_factory=CacheInfo)
 
     @classmethod
     def combined(cls, infos: Sequence[EngineInfo]) -> EngineInfo:
         """One engine per device, the same model and limits: devices listed, caches summed."""
         first = infos[0]
-        cache, tokens = ImageCacheInfo(), ImageCacheInfo()
+        cache, tokens = CacheInfo(), CacheInfo()
         for info in infos:
             cache += info.image_cache
             tokens += info.token_cache

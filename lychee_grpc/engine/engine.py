@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from PIL import Image
 
-from .api import EngineClient, EngineInfo, EngineLimits, ImageCacheInfo, IndexedDocument, Truncation, score_documents
+from .api import CacheInfo, EngineClient, EngineInfo, EngineLimits, IndexedDocument, Truncation, score_documents
 from .config import EngineConfig
 from .errors import DeadlineExpired, NotReady
 from .faults import FaultHook, NoFaults
@@ -306,12 +306,12 @@ class Engine(EngineClient):
                 max_image_model_pixels=self.max_image_pixels,
                 max_queue_documents=config.max_queue_documents,
             ),
-            image_cache=ImageCacheInfo(self.vision_cache.bytes, self.vision_cache.capacity_bytes,
+            image_cache=CacheInfo(self.vision_cache.bytes, self.vision_cache.capacity_bytes,
                                        counters.image_cache_hits, counters.image_cache_misses),
             devices=(str(device) if device.type != "cuda" else f"{device}:{torch.cuda.get_device_name(device)}",),
             batch_invariant=config.batch_invariant,
             weights=self.loaded.weights,
-            token_cache=ImageCacheInfo(runs.bytes, runs.capacity_bytes, runs.hits, runs.misses),
+            token_cache=CacheInfo(runs.bytes, runs.capacity_bytes, runs.hits, runs.misses),
         )
 
     def stats(self) -> list[EngineStats]:
