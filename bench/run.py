@@ -38,9 +38,8 @@ from bench.harness.floor import (
     summary,
 )
 from bench.harness.model import DEFAULT_TINY, ROOT, Shape, build_model
-from bench.harness.timing import compare, pct, time_engine, time_reference
+from bench.harness.timing import collector_as_served, compare, pct, time_engine, time_reference
 from bench.harness.workloads import image_workload, mixed_workload, text_workload
-from lychee_grpc import memory
 from lychee_grpc.engine.api import score_documents
 from lychee_grpc.engine.config import EngineConfig
 from lychee_grpc.engine.engine import Engine
@@ -203,90 +202,88 @@ async def main_async(a) -> dict:
     results["engine_settings"] = a.engine or "defaults"
     engine = Engine(EngineConfig(**base), loaded)
     await engine.start()
-    memory.freeze_loaded_objects()  # the collector as the server runs it, until this engine stops
+    with collector_as_served():  # the collector as the server runs it, until this engine stops
 
-    if a.compare_eager:
-        from lychee_grpc.engine.lm.fused import FusedOps
+        if a.compare_eager:
+            from lychee_grpc.engine.lm.fused import FusedOps
 
-        fused = engine.executor.ops
-        engine.executor.ops = FusedOps(torch.device("cpu"))  # eager kernels
-        e_times, _ = await time_engine(engine, texts, a.iters, cold=False, warmup=1)
-        W["T100_eager_elementwise"] = summary("T100 (eager elementwise)", e_times,
-                                              10889 * FLOP_PER_TOKEN, matmul)
-        engine.executor.ops = fused
-    t_times, t_rank = await time_engine(engine, texts, a.iters, cold=False, warmup=3)
-    t_tokens = t_rank[0].stats.usage.computed_tokens
-    pre = statistics.median(r.stats.timings.preprocess_ms for r in t_rank)
-    W["T100"] = summary("T100", t_times, t_tokens * FLOP_PER_TOKEN, matmul,
-                        {"computed_tokens": t_tokens, "preprocess_ms": round(pre, 1),
-                         **compare(t_rank[0], ref_t_logits[0]),
-                         "vs_ref_batch1": compare(t_rank[0], r1)})
-    W["REF_T100"] = summary("REF_T100", ref_t_times, t_tokens * FLOP_PER_TOKEN, matmul)
-    # T100 again with every title met before: the token cache of documents' text answers them.
-    await time_engine(engine, texts, len(texts), cold=False, warmup=0, text_seen=True)  # each workload once
-    s_times, s_rank = await time_engine(engine, texts, a.iters, cold=False, warmup=0, text_seen=True)
-    W["T100_seen"] = summary("T100_seen", s_times, t_tokens * FLOP_PER_TOKEN, matmul,
-                             {"preprocess_ms": round(statistics.median(r.stats.timings.preprocess_ms
-                                                                       for r in s_rank), 1)})
-    log(f"  T100 bf16 scores vs REF at batch 16: {compare(t_rank[0], ref_t_logits[0])}; "
-        f"vs REF at batch 1: {W['T100']['vs_ref_batch1']}")
+            fused = engine.executor.ops
+            engine.executor.ops = FusedOps(torch.device("cpu"))  # eager kernels
+            e_times, _ = await time_engine(engine, texts, a.iters, cold=False, warmup=1)
+            W["T100_eager_elementwise"] = summary("T100 (eager elementwise)", e_times,
+                                                  10889 * FLOP_PER_TOKEN, matmul)
+            engine.executor.ops = fused
+        t_times, t_rank = await time_engine(engine, texts, a.iters, cold=False, warmup=3)
+        t_tokens = t_rank[0].stats.usage.computed_tokens
+        pre = statistics.median(r.stats.timings.preprocess_ms for r in t_rank)
+        W["T100"] = summary("T100", t_times, t_tokens * FLOP_PER_TOKEN, matmul,
+                            {"computed_tokens": t_tokens, "preprocess_ms": round(pre, 1),
+                             **compare(t_rank[0], ref_t_logits[0]),
+                             "vs_ref_batch1": compare(t_rank[0], r1)})
+        W["REF_T100"] = summary("REF_T100", ref_t_times, t_tokens * FLOP_PER_TOKEN, matmul)
+        # T100 again with every title met before: the token cache of documents' text answers them.
+        await time_engine(engine, texts, len(texts), cold=False, warmup=0, text_seen=True)  # each workload once
+        s_times, s_rank = await time_engine(engine, texts, a.iters, cold=False, warmup=0, text_seen=True)
+        W["T100_seen"] = summary("T100_seen", s_times, t_tokens * FLOP_PER_TOKEN, matmul,
+                                 {"preprocess_ms": round(statistics.median(r.stats.timings.preprocess_ms
+                                                                           for r in s_rank), 1)})
+        log(f"  T100 bf16 scores vs REF at batch 16: {compare(t_rank[0], ref_t_logits[0])}; "
+            f"vs REF at batch 1: {W['T100']['vs_ref_batch1']}")
 
-    i_times, i_rank = await time_engine(engine, images, a.iters, cold=True, warmup=1)
-    i_tokens = i_rank[0].stats.usage.computed_tokens
-    i_pre = statistics.median(r.stats.timings.preprocess_ms for r in i_rank)
-    W["I100"] = summary("I100", i_times, i_tokens * FLOP_PER_TOKEN + 100 * VISION_FLOP_448, matmul,
-                        {"computed_tokens": i_tokens, "preprocess_ms": round(i_pre, 1)})
-    w_times, w_rank = await time_engine(engine, images[:1], a.iters, cold=False, warmup=1)
-    W["I100_warm"] = summary("I100_warm", w_times, i_tokens * FLOP_PER_TOKEN, matmul,
-                             {"cached_images": w_rank[0].stats.usage.cached_images,
-                              "preprocess_ms": round(statistics.median(r.stats.timings.preprocess_ms
-                                                                       for r in w_rank), 1)})
-    # Parity on images: our cold run on workload 0 vs the reference's logits on the same inputs.
-    _, first = await time_engine(engine, images[:1], 1, cold=True, warmup=0)
-    W["I100"].update(compare(first[0], ref_i_logits[0]))
-    W["REF_I100"] = summary("REF_I100", ref_i_times, i_tokens * FLOP_PER_TOKEN + 100 * VISION_FLOP_448, matmul)
-    for k in ("T100", "I100"):
-        W[k]["ratio_vs_ref"] = round(W[f"REF_{k}"]["p50_ms"] / W[k]["p50_ms"], 2)
-        log(f"  {k} is {W[k]['ratio_vs_ref']}x faster than REF_{k}")
+        i_times, i_rank = await time_engine(engine, images, a.iters, cold=True, warmup=1)
+        i_tokens = i_rank[0].stats.usage.computed_tokens
+        i_pre = statistics.median(r.stats.timings.preprocess_ms for r in i_rank)
+        W["I100"] = summary("I100", i_times, i_tokens * FLOP_PER_TOKEN + 100 * VISION_FLOP_448, matmul,
+                            {"computed_tokens": i_tokens, "preprocess_ms": round(i_pre, 1)})
+        w_times, w_rank = await time_engine(engine, images[:1], a.iters, cold=False, warmup=1)
+        W["I100_warm"] = summary("I100_warm", w_times, i_tokens * FLOP_PER_TOKEN, matmul,
+                                 {"cached_images": w_rank[0].stats.usage.cached_images,
+                                  "preprocess_ms": round(statistics.median(r.stats.timings.preprocess_ms
+                                                                           for r in w_rank), 1)})
+        # Parity on images: our cold run on workload 0 vs the reference's logits on the same inputs.
+        _, first = await time_engine(engine, images[:1], 1, cold=True, warmup=0)
+        W["I100"].update(compare(first[0], ref_i_logits[0]))
+        W["REF_I100"] = summary("REF_I100", ref_i_times, i_tokens * FLOP_PER_TOKEN + 100 * VISION_FLOP_448, matmul)
+        for k in ("T100", "I100"):
+            W[k]["ratio_vs_ref"] = round(W[f"REF_{k}"]["p50_ms"] / W[k]["p50_ms"], 2)
+            log(f"  {k} is {W[k]['ratio_vs_ref']}x faster than REF_{k}")
 
-    if mixed:
-        flop_images = (image_patches(loaded.processor, 512, 512) + 100 * image_patches(loaded.processor, 640, 480)) \
-            * VISION_FLOP_PER_PATCH
-        m_times, m_rank = await time_engine(engine, mixed, a.iters, cold=True, warmup=1)
-        m_tokens = m_rank[0].stats.usage.computed_tokens
-        W["MM100"] = summary("MM100 (mixed-mixed, cold)", m_times, m_tokens * FLOP_PER_TOKEN + flop_images, matmul,
-                             {"computed_tokens": m_tokens, "preprocess_ms": round(statistics.median(
-                                 r.stats.timings.preprocess_ms for r in m_rank), 1)})
-        mw_times, _ = await time_engine(engine, mixed[:1], a.iters, cold=False, warmup=1)
-        W["MM100_warm"] = summary("MM100_warm", mw_times, m_tokens * FLOP_PER_TOKEN, matmul)
-        _, first_m = await time_engine(engine, mixed[:1], 1, cold=True, warmup=0)
-        W["MM100"].update(compare(first_m[0], ref_m_logits[0]))
-        W["REF_MM100"] = summary("REF_MM100", ref_m_times, m_tokens * FLOP_PER_TOKEN + flop_images, matmul)
-        W["MM100"]["ratio_vs_ref"] = round(W["REF_MM100"]["p50_ms"] / W["MM100"]["p50_ms"], 2)
-        log(f"  MM100 is {W['MM100']['ratio_vs_ref']}x faster than REF_MM100")
+        if mixed:
+            flop_images = (image_patches(loaded.processor, 512, 512)
+                           + 100 * image_patches(loaded.processor, 640, 480)) * VISION_FLOP_PER_PATCH
+            m_times, m_rank = await time_engine(engine, mixed, a.iters, cold=True, warmup=1)
+            m_tokens = m_rank[0].stats.usage.computed_tokens
+            W["MM100"] = summary("MM100 (mixed-mixed, cold)", m_times, m_tokens * FLOP_PER_TOKEN + flop_images, matmul,
+                                 {"computed_tokens": m_tokens, "preprocess_ms": round(statistics.median(
+                                     r.stats.timings.preprocess_ms for r in m_rank), 1)})
+            mw_times, _ = await time_engine(engine, mixed[:1], a.iters, cold=False, warmup=1)
+            W["MM100_warm"] = summary("MM100_warm", mw_times, m_tokens * FLOP_PER_TOKEN, matmul)
+            _, first_m = await time_engine(engine, mixed[:1], 1, cold=True, warmup=0)
+            W["MM100"].update(compare(first_m[0], ref_m_logits[0]))
+            W["REF_MM100"] = summary("REF_MM100", ref_m_times, m_tokens * FLOP_PER_TOKEN + flop_images, matmul)
+            W["MM100"]["ratio_vs_ref"] = round(W["REF_MM100"]["p50_ms"] / W["MM100"]["p50_ms"], 2)
+            log(f"  MM100 is {W['MM100']['ratio_vs_ref']}x faster than REF_MM100")
 
-    if a.hires:
-        hires = [image_workload(tok, 500 + s, size=896) for s in range(3)]
-        h_times, h_rank = await time_engine(engine, hires, 2, cold=True, warmup=1)
-        W["I100_hires_default_bound"] = summary("I100_hires (896px, default bound)", h_times,
-                                                h_rank[0].stats.usage.computed_tokens * FLOP_PER_TOKEN
-                                                + 400 * VISION_FLOP_448, matmul)
+        if a.hires:
+            hires = [image_workload(tok, 500 + s, size=896) for s in range(3)]
+            h_times, h_rank = await time_engine(engine, hires, 2, cold=True, warmup=1)
+            W["I100_hires_default_bound"] = summary("I100_hires (896px, default bound)", h_times,
+                                                    h_rank[0].stats.usage.computed_tokens * FLOP_PER_TOKEN
+                                                    + 400 * VISION_FLOP_448, matmul)
     # Each engine gives its GPU memory back before the next one starts: beside a stopped engine that
     # kept its 2 GiB vision cache (full of 896x896 images) and graphs, run 29's capped engine and C8
     # ran out of memory under the 24 GiB cap (one engine to a process when serving).
-    memory.unfreeze()
     await engine.stop()
     del engine
     free_gpu("the main engine")
     if a.hires:
         capped = Engine(EngineConfig(**{**base, "max_image_pixels": 448 * 448}), loaded)
         await capped.start()
-        memory.freeze_loaded_objects()
-        c_times, c_rank = await time_engine(capped, hires, 2, cold=True, warmup=1)
-        W["I100_hires_capped_448"] = summary("I100_hires (896px, max pixels 448*448)", c_times,
-                                             c_rank[0].stats.usage.computed_tokens * FLOP_PER_TOKEN
-                                             + 100 * VISION_FLOP_448, matmul)
-        memory.unfreeze()
+        with collector_as_served():  # the collector as the server runs it, until this engine stops
+            c_times, c_rank = await time_engine(capped, hires, 2, cold=True, warmup=1)
+            W["I100_hires_capped_448"] = summary("I100_hires (896px, max pixels 448*448)", c_times,
+                                                 c_rank[0].stats.usage.computed_tokens * FLOP_PER_TOKEN
+                                                 + 100 * VISION_FLOP_448, matmul)
         await capped.stop()
         del capped
         free_gpu("the capped engine")

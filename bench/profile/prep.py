@@ -12,6 +12,11 @@ beside this one, checks both prepare the same, and alternates them round by roun
     python -m bench.profile.prep --text --rounds 300 --against /tmp/old_prepare.py
     python -m bench.profile.prep --text --seen --rounds 300 --against /tmp/old_prepare.py   # titles met before
 
+`--text --b-checkout DIR` alternates with a whole other tree instead (each with its token cache),
+and `--repeated K` gives the last K documents the first K's titles:
+
+    python -m bench.profile.prep --text --repeated 20 --rounds 300 --b-checkout /tmp/old-tree
+
 `--warm` times preparing I100's 100 documents whose images are cached (I100_warm's preparation),
 each call on new part objects as a transport makes them; with `--b-checkout DIR` (another
 checkout's tree, imported as bench.ab does) alternating with it round by round:
@@ -38,6 +43,7 @@ from bench.profile.breakdown import prepare_with_pixels
 from lychee_grpc.engine.prompt.images import ImageLimits, content_key, decode_image, decode_pixels, jpeg_decoder_agrees
 from lychee_grpc.engine.prompt.prepare import Preprocessor, TextLimits
 from lychee_grpc.engine.prompt.template import DEFAULT_INSTRUCTION
+from lychee_grpc.engine.types import Document, TextPart
 
 
 def ms(fn, n: int = 5) -> float:
@@ -81,14 +87,19 @@ def _same(a: list, b: list, strides: bool = True) -> None:
             assert not strides or u.stride() == v.stride()
 
 
-def text_main(rounds: int, against: str | None, cprofile: bool, seen: bool = False) -> int:
-    """T100's documents: the tokenizer's calls and the rest, this tree and optionally `against`.
-    This tree's token cache of documents' text is emptied before each round (every title new, as
-    T100 in bench.run), or with `seen` kept (every title met before)."""
+def text_main(rounds: int, against: str | None, cprofile: bool, seen: bool = False, b_checkout: str | None = None,
+              repeated: int = 0) -> int:
+    """T100's documents: the tokenizer's calls and the rest, this tree and optionally `against`
+    (a prepare.py, with this tree's other modules and no token cache) or `b_checkout` (a whole
+    tree, with its token cache where it has one). A token cache is emptied before each round
+    (every title new, as T100 in bench.run), or with `seen` kept (every title met before). With
+    `repeated` K, the last K documents carry the first K's titles (a product's variants share one)."""
+    from bench.ab import import_checkout, in_package
     from bench.harness.workloads import text_workload
 
     proc = AutoProcessor.from_pretrained(DEFAULT_TINY)
     kinds: dict[str, type] = {"this": Preprocessor}
+    types = None
     if against:
         spec = importlib.util.spec_from_file_location("lychee_grpc.engine.prompt._against_prepare", against)
         assert spec is not None and spec.loader is not None
@@ -96,19 +107,29 @@ def text_main(rounds: int, against: str | None, cprofile: bool, seen: bool = Fal
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         kinds = {"against": module.Preprocessor, "this": Preprocessor}
+    elif b_checkout:
+        import_checkout(b_checkout)
+        b_prepare = importlib.import_module("lychee_b.engine.prompt.prepare")
+        kinds = {"against": b_prepare.Preprocessor, "this": Preprocessor}
+        types = importlib.import_module("lychee_b.engine.types")
     pad = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     query, docs = text_workload(proc.tokenizer, 1)
-    documents = list(enumerate(docs))
+    if repeated:
+        docs = docs[:-repeated] + [Document(d.id + "-again", (TextPart("".join(list(d.parts[0].text))),))
+                                   for d in docs[:repeated]]
+    requests = {name: (query, docs) if types is None or name == "this" else in_package(types, query, docs)
+                for name in kinds}
+    documents = {name: list(enumerate(requests[name][1])) for name in kinds}
     spent = {name: [0.0] for name in kinds}
     pres, queries = {}, {}
     for name, kind in kinds.items():
-        held = {"run_ids_bytes": 64 << 20} if name == "this" else {}
+        held = {"run_ids_bytes": 64 << 20} if name == "this" or b_checkout else {}
         pres[name] = kind(proc, pad, 2, TextLimits(), ImageLimits(), 3136, 12845056, **held)
         _timed_tokenizer(pres[name], spent[name])
-        queries[name] = pres[name].prepare_query(query, DEFAULT_INSTRUCTION)
-    if against:
-        _same(pres["against"].prepare_documents(queries["against"], documents),
-              pres["this"].prepare_documents(queries["this"], documents))
+        queries[name] = pres[name].prepare_query(requests[name][0], DEFAULT_INSTRUCTION)
+    if len(kinds) > 1:
+        _same(pres["against"].prepare_documents(queries["against"], documents["against"]),
+              pres["this"].prepare_documents(queries["this"], documents["this"]))
         print("the same ids, positions and fields")
     total: dict[str, list[float]] = {name: [] for name in kinds}
     tokenizer: dict[str, list[float]] = {name: [] for name in kinds}
@@ -119,16 +140,17 @@ def text_main(rounds: int, against: str | None, cprofile: bool, seen: bool = Fal
             if runs is not None and not seen:
                 runs.clear()
             t0 = time.perf_counter()
-            pres[name].prepare_documents(queries[name], documents)
+            pres[name].prepare_documents(queries[name], documents[name])
             total[name].append((time.perf_counter() - t0) * 1e3)
             tokenizer[name].append(spent[name][0] * 1e3)
     med = statistics.median
-    print(f"T100 prepare_documents, median of {rounds} rounds (ms): total, tokenizer calls, the rest; "
-          f"this tree's titles {'met before (held by its token cache)' if seen else 'new (its token cache emptied)'}")
+    titles = "met before (held by its token cache)" if seen else "new (its token cache emptied)"
+    print(f"T100 prepare_documents{f' ({repeated} titles twice)' if repeated else ''}, median of {rounds} rounds "
+          f"(ms): total, tokenizer calls, the rest; this tree's titles {titles}")
     for name in kinds:
         rest = [t - k for t, k in zip(total[name], tokenizer[name])]
         print(f"{name:8s} {med(total[name]):8.3f} {med(tokenizer[name]):8.3f} {med(rest):8.3f}")
-    if against:
+    if len(kinds) > 1:
         a, b = total["against"], total["this"]
         ka, kb = tokenizer["against"], tokenizer["this"]
         print(f"this/against, median of the rounds' ratios: total {med([y / x for x, y in zip(a, b)]):.3f}, "
@@ -143,7 +165,7 @@ def text_main(rounds: int, against: str | None, cprofile: bool, seen: bool = Fal
         for _ in range(50):
             if not seen:
                 pres["this"].run_ids.clear()
-            pres["this"].prepare_documents(queries["this"], documents)
+            pres["this"].prepare_documents(queries["this"], documents["this"])
         profile.disable()
         pstats.Stats(profile).sort_stats("tottime").print_stats(20)
     return 0
@@ -214,13 +236,15 @@ def main() -> int:
     p.add_argument("--cprofile", action="store_true", help="with --text: the top functions of this tree's")
     p.add_argument("--warm", action="store_true", help="I100's documents with their images cached")
     p.add_argument("--mixed", action="store_true", help="with --warm: MM100's documents instead")
-    p.add_argument("--b-checkout", help="with --warm: another checkout, alternated with this one")
+    p.add_argument("--b-checkout", help="with --warm or --text: another checkout, alternated with this one")
+    p.add_argument("--repeated", type=int, default=0,
+                   help="with --text: the last K documents carry the first K's titles")
     p.add_argument("--threads", type=int, default=8, help="with --warm: decode threads")
     a = p.parse_args()
     if a.warm:
         return warm_main(a.rounds, a.b_checkout, a.threads, a.mixed, a.seen)
     if a.text:
-        return text_main(a.rounds, a.against, a.cprofile, a.seen)
+        return text_main(a.rounds, a.against, a.cprofile, a.seen, a.b_checkout, a.repeated)
     proc = AutoProcessor.from_pretrained(DEFAULT_TINY)
     device = "cuda" if torch.cuda.is_available() else None
     query, docs = image_workload(proc.tokenizer, 2)

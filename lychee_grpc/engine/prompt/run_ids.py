@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from ..util.lru import LRU
 
@@ -45,24 +46,16 @@ class RunIds:
     def ids(self, texts: Sequence[str], tokenize: Callable[[list[str]], list[list[int]]]) -> list[Sequence[int]]:
         """Each text's ids: those held, and the others through one `tokenize` call (then held)."""
         if not self.capacity_bytes:
-            return list(tokenize(list(texts)))
-        out: list[Sequence[int]] = []
-        missing: list[int] = []
-        for i, entry in enumerate(self._held.get_many(texts)):
-            if entry is None:
-                missing.append(i)
-                out.append(())
-            else:
-                out.append(entry[1])
-        if missing:
-            made = [tuple(ids) for ids in tokenize([texts[i] for i in missing])]
-            for i, ids in zip(missing, made):
-                out[i] = ids
-            self._held.put_many(
-                (texts[i], (sys.getsizeof(texts[i]) + BYTES_PER_TOKEN * len(ids) + ENTRY_OVERHEAD, ids))
-                for i, ids in zip(missing, made))
-        self._count(len(texts) - len(missing), len(missing))
-        return out
+            return list(self._make(texts, tokenize))
+        found = [None if entry is None else entry[1] for entry in self._held.get_many(texts)]
+        missing = [text for text, ids in zip(texts, found) if ids is None]
+        self._count(len(texts) - len(missing), 0)
+        if not missing:
+            return cast(list[Sequence[int]], found)
+        if len(missing) == len(texts):
+            return list(self._make(missing, tokenize))
+        made = iter(self._make(missing, tokenize))
+        return [next(made) if ids is None else ids for ids in found]
 
     def known(self, texts: Sequence[str]) -> list[Sequence[int]] | None:
         """Every text's ids when all are held (counted as hits), else None (nothing counted)."""
@@ -76,6 +69,21 @@ class RunIds:
             out.append(entry[1])
         self._count(len(texts), 0)
         return out
+
+    def _make(self, texts: Sequence[str], tokenize: Callable[[list[str]], list[list[int]]]) -> list[Ids]:
+        """Each text's ids through one `tokenize` call, then held (counted as misses). A text
+        repeated among `texts` (a title twice in one call) is tokenized once."""
+        distinct = list(dict.fromkeys(texts))
+        made = [tuple(ids) for ids in tokenize(distinct)]
+        if self.capacity_bytes:
+            self._held.put_many(
+                (text, (sys.getsizeof(text) + BYTES_PER_TOKEN * len(ids) + ENTRY_OVERHEAD, ids))
+                for text, ids in zip(distinct, made))
+            self._count(0, len(texts))
+        if len(distinct) == len(texts):
+            return made
+        by_text = dict(zip(distinct, made))
+        return [by_text[text] for text in texts]
 
     def clear(self) -> None:
         self._held.clear()

@@ -53,6 +53,15 @@ def test_benchmark_and_ab_tool_answer_help_without_a_gpu():
         assert f"python -m {module}" in done.stdout
 
 
+def test_the_preparation_probe_alternates_t100_with_another_tree_and_checks_they_agree(tiny_model_dir):
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-m", "bench.profile.prep", "--text", "--repeated", "5", "--rounds", "2",
+                           "--b-checkout", str(root)], capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the same ids, positions and fields" in done.stdout
+    assert "(5 titles twice)" in done.stdout and "this/against" in done.stdout
+
+
 def test_the_queueing_yardstick_matches_pollaczek_khinchine():
     from bench.queueing import mean_theory, sojourn_times
 

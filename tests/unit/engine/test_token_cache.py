@@ -140,3 +140,43 @@ def test_held_ids_are_handed_out_as_they_are_held_and_cannot_be_changed():
     assert (runs.hits, runs.misses) == (5, 3)
     assert 0 < runs.bytes <= runs.capacity_bytes
     assert torch.tensor(runs.known(["f"])[0]).dtype == torch.int64
+
+
+def test_a_text_repeated_in_one_call_goes_to_the_tokenizer_once_with_or_without_the_cache():
+    for capacity in (1 << 20, 0):
+        runs = RunIds(capacity)
+        calls: list[list[str]] = []
+
+        def tokenize(texts: list[str], calls: list[list[str]] = calls) -> list[list[int]]:
+            calls.append(list(texts))
+            return [[len(t), 151_000 + len(t)] for t in texts]
+
+        assert runs.ids(["abc", "de", "abc", "abc"], tokenize) == [(3, 151_003), (2, 151_002), (3, 151_003),
+                                                                   (3, 151_003)]
+        assert calls == [["abc", "de"]]
+        assert runs.ids(["xy", "abc", "xy"], tokenize) == [(2, 151_002), (3, 151_003), (2, 151_002)]
+        assert calls[-1] == ["xy"] if capacity else ["xy", "abc"]  # only what is not held
+        assert (runs.hits, runs.misses) == ((1, 6) if capacity else (0, 0))  # a miss per copy, as served
+
+
+async def test_documents_partly_held_and_repeated_lay_out_as_tokenizing_gives(make_engine):
+    engine = await make_engine()
+    uncached = await make_engine(token_cache_bytes=0)
+    photo = noise_image(56, 56, fmt="PNG", seed=5)
+    old, new = _plain(_titles(6, 10)), _plain(_titles(7, 10))
+    mixed = old[:4] + new + old[:2] + new[:3]  # some held, some new, some twice in the call
+    image_query = Query((ImagePart(noise_image(56, 56, fmt="PNG", seed=6)), TextPart("denim jacket")))
+    for query, docs in ((QUERY, lambda titles: _image_docs(titles, photo)),  # the runs tokenized on a decode task
+                        (image_query, _text_docs)):  # text documents after an image query: made where needed
+        pre = engine.preprocessor
+        prepared_query = pre.prepare_query(query, DEFAULT_INSTRUCTION)
+        pre.prepare_documents(prepared_query, docs(old))
+        hits, misses = _counts(engine)
+        got = pre.prepare_documents(prepared_query, docs(mixed))
+        want = uncached.preprocessor.prepare_documents(
+            uncached.preprocessor.prepare_query(query, DEFAULT_INSTRUCTION), docs(mixed))
+        assert _layout(got) == _layout(want)
+        distinct_new = [t for t in dict.fromkeys(new) if t not in old]
+        assert _counts(engine)[1] - misses == len(distinct_new)  # each distinct new run missed once
+        assert _counts(engine)[0] > hits
+        pre.run_ids.clear()
