@@ -38,6 +38,7 @@ from bench.harness.floor import (
     summary,
 )
 from bench.harness.model import DEFAULT_TINY, ROOT, Shape, build_model
+from bench.harness.partial import WrittenAsFilled
 from bench.harness.timing import collector_as_served, compare, pct, time_engine, time_reference
 from bench.harness.workloads import image_workload, mixed_workload, text_workload
 from lychee_grpc.engine.api import score_documents
@@ -170,8 +171,8 @@ async def main_async(a) -> dict:
     matmul = matmul_tflops()
     log(f"bf16 8192^3 matmul: {matmul:.0f} TFLOP/s")
     results: dict = {"gpu": gpu, "matmul_tflops": round(matmul, 1), "random_weights": True,
-                     "date": dt.date.today().isoformat(), "workloads": {}}
-    W = results["workloads"]
+                     "date": dt.date.today().isoformat()}
+    W = WrittenAsFilled(partial_path(a.out, gpu), results)  # kept where the call runs past its limit
     texts = [text_workload(tok, s) for s in range(4)]
     images = [image_workload(tok, 100 + s) for s in range(a.iters + 2)]
 
@@ -315,6 +316,11 @@ def free_gpu(what: str) -> None:
     log(f"  after {what}: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated")
 
 
+def partial_path(out: str, gpu: str) -> Path:
+    """Where the run's results stand while it runs (removed once the whole run is written)."""
+    return Path(out) / f"{gpu.lower().replace(' ', '-')}.partial.json"
+
+
 def table(results: dict) -> str:
     rows = ["| workload | p50 ms | p95 ms | floor ms | p50/floor | cand/s | peak GiB | needed TFLOP/s | x vs ref |",
             "|---|---|---|---|---|---|---|---|---|"]
@@ -351,6 +357,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     name = results["gpu"].lower().replace(" ", "-")
     (out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    partial_path(a.out, results["gpu"]).unlink(missing_ok=True)
     print("\nRANDOM WEIGHTS (Qwen2.5-VL-7B shape): timings are real, scores are not relevance judgements.")
     print(f"GPU {results['gpu']}, bf16 matmul {results['matmul_tflops']} TFLOP/s, {results['date']}\n")
     print(table(results))

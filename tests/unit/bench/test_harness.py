@@ -62,6 +62,19 @@ def test_the_preparation_probe_alternates_t100_with_another_tree_and_checks_they
     assert "(5 titles twice)" in done.stdout and "this/against" in done.stdout
 
 
+def test_a_runs_results_are_on_disk_after_each_workload(tmp_path):
+    from bench.harness.partial import WrittenAsFilled
+
+    path = tmp_path / "out" / "gpu.partial.json"
+    results = {"gpu": "GPU", "random_weights": True}
+    workloads = WrittenAsFilled(path, results)
+    workloads["T100"] = {"p50_ms": 227.3}
+    assert json.loads(path.read_text()) == {"gpu": "GPU", "random_weights": True,
+                                            "workloads": {"T100": {"p50_ms": 227.3}}}
+    workloads["I100"] = {"p50_ms": 882.0}
+    assert list(json.loads(path.read_text())["workloads"]) == ["T100", "I100"]
+
+
 def test_the_queueing_yardstick_matches_pollaczek_khinchine():
     from bench.queueing import mean_theory, sojourn_times
 
