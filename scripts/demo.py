@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -75,6 +76,17 @@ def show(title: str, response: pb.RerankResponse, labels: list[str]) -> None:
           f"{t.total_ms:.0f} ms total, {t.inference_ms:.0f} ms model)")
 
 
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP (a `kill`, a closed terminal) end the demo as Ctrl-C does, through its
+    `finally`, which stops the server: Python's default for them exits at once and left the server
+    holding its ports, so the next `make demo` found them taken."""
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -84,6 +96,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the server (and its web console) up until Ctrl-C")
     a = parser.parse_args()
     check_ports(a)
+    stop_on_signals()
     target = f"{HOST}:{a.port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "lychee_grpc.cli", "serve", "--model", a.model, "--host", HOST, "--port", str(a.port),
