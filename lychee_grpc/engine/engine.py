@@ -307,7 +307,7 @@ class Engine(EngineClient):
                 max_queue_documents=config.max_queue_documents,
             ),
             image_cache=CacheInfo(self.vision_cache.bytes, self.vision_cache.capacity_bytes,
-                                       counters.image_cache_hits, counters.image_cache_misses),
+                                  counters.image_cache_hits, counters.image_cache_misses),
             devices=(str(device) if device.type != "cuda" else f"{device}:{torch.cuda.get_device_name(device)}",),
             batch_invariant=config.batch_invariant,
             weights=self.loaded.weights,
